@@ -1,0 +1,50 @@
+"""Every Redis name oktopost-connect uses, built in this one place (CONTRACT section 4).
+
+Channels and streams are public: subscribing services rely on them. The flow hash, the token key and
+the deadline index are internal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNames:
+    prefix: str = "oktopost"
+
+    # public
+    @property
+    def all_events_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    def flow_channel(self, flow_id: str) -> str:
+        return f"{self.prefix}:flow:{flow_id}"
+
+    def flow_stream(self, flow_id: str) -> str:
+        return f"{self.prefix}:flow:{flow_id}:events"
+
+    # internal
+    def flow_state(self, flow_id: str) -> str:
+        return f"{self.prefix}:flow:{flow_id}:state"
+
+    def flow_token(self, flow_id: str) -> str:
+        return f"{self.prefix}:flow:{flow_id}:token"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: live flow ids scored by the epoch second at which they expire."""
+        return f"{self.prefix}:deadlines"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set: flows with work queued or running, scored by when that work must show progress."""
+        return f"{self.prefix}:leases"
+
+    @property
+    def rate_limit(self) -> str:
+        return f"{self.prefix}:ratelimit"
+
+    @property
+    def worker_metrics(self) -> str:
+        return f"{self.prefix}:metrics"

@@ -1,0 +1,156 @@
+"""Settings of the shim and the worker, read from the environment (CONTRACT section 5).
+
+A bad value stops start-up with one line naming the setting: `load_settings()` raises `ConfigError`,
+and the command line turns it into that line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+US_BASE_URL = "https://api.oktopost.com"
+EU_BASE_URL = "https://eu-api.oktopost.com"
+
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it and fits on one line."""
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """`"60/minute"` -> (60, 60): calls allowed per window of that many seconds."""
+    match = _RATE.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError("expected a rate such as 60/minute, 10/second or 100/10 seconds")
+    multiplier = int(match.group(2) or 1)
+    if multiplier < 1:
+        raise ValueError("the window must be at least 1")
+    return int(match.group(1)), multiplier * _PERIOD_SECONDS[match.group(3).lower()]
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in; ValueError when not http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("user information is not allowed in a URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname.lower(), port
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    redis_url: str = "redis://localhost:6379/0"
+    celery_broker_url: str | None = None
+
+    oktopost_account_id: str = "demo-account"
+    oktopost_api_key: SecretStr = SecretStr("demo-key")
+    oktopost_base_url: str = US_BASE_URL
+    oktopost_rate_limit: str = "60/minute"
+    oktopost_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    token_ttl_seconds: int = Field(default=300, gt=0, le=86400)
+    flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
+    flow_retention_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
+    channel_prefix: str = Field(default="oktopost", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.upper() if value.lower() in ("debug", "info", "warning", "error") else value.lower()
+        return value
+
+    @field_validator("allowed_return_urls", "shim_api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("allowed_return_urls")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for url in value:
+            origin_of(url)
+        return value
+
+    @field_validator("redis_url", "celery_broker_url")
+    @classmethod
+    def _redis_like(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("expected a URL such as redis://localhost:6379/0")
+        return value
+
+    @field_validator("oktopost_base_url", "public_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        origin_of(value)
+        return value.rstrip("/")
+
+    @field_validator("oktopost_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _broker_defaults_to_redis(self) -> Settings:
+        if not self.celery_broker_url:
+            self.celery_broker_url = self.redis_url
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def rate_limit(self) -> tuple[int, int]:
+        return parse_rate(self.oktopost_rate_limit)
+
+    @property
+    def uses_default_credentials(self) -> bool:
+        """True when no Oktopost account is configured: `up` then runs the sandbox."""
+        return self.oktopost_account_id == "demo-account"
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the first bad setting, as it is spelled in the environment."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"invalid setting {name}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(describe_error(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()
