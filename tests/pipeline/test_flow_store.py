@@ -1,0 +1,144 @@
+"""The flow store and its Lua step, on fakeredis: states, seq, one terminal event, publishes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import fakeredis
+import pytest
+
+from worker.events import ConnectedCredential, EntityOffer, parse_event
+from worker.flows import Flow, FlowState, FlowStore, Lifetimes, StepOutcome, token_fingerprint
+from worker.keys import RedisNames
+
+TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
+
+
+@pytest.fixture()
+def store() -> FlowStore:
+    server = fakeredis.FakeServer()
+    return FlowStore(fakeredis.FakeRedis(server=server), RedisNames("oktopost"), Lifetimes(flow_ttl=20, token_ttl=30))
+
+
+def new_flow(store: FlowStore, entity_type: str = "profile") -> Flow:
+    return store.create("flow-1", "LinkedIn", entity_type, "user-42", "https://app.example/done")
+
+
+def test_create_publishes_started_with_seq_1(store: FlowStore) -> None:
+    pubsub = store.redis.pubsub()
+    pubsub.subscribe("oktopost:events", "oktopost:flow:flow-1")
+    pubsub.get_message(timeout=1)
+    pubsub.get_message(timeout=1)
+    flow = new_flow(store)
+    assert flow.state is FlowState.AWAITING_CALLBACK
+    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
+    channels = sorted(m["channel"].decode() for m in messages if m)
+    assert channels == ["oktopost:events", "oktopost:flow:flow-1"]
+    event = json.loads(messages[0]["data"])
+    assert event["seq"] == 1 and event["type"] == "authorization.started"
+    assert event["reference"] == "user-42" and event["entity_type"] == "profile"
+    assert store.events("flow-1") == [event]
+    assert store.due_deadlines(time.time() + 21) == ["flow-1"]
+
+
+def test_create_twice_refused(store: FlowStore) -> None:
+    new_flow(store)
+    with pytest.raises(RuntimeError):
+        new_flow(store)
+
+
+def test_claim_keeps_token_outside_the_hash_and_moves_deadline(store: FlowStore) -> None:
+    flow = new_flow(store)
+    step = store.claim_callback(flow, TOKEN)
+    assert step.done and step.seq == 2
+    claimed = store.get("flow-1")
+    assert claimed is not None and claimed.state is FlowState.VERIFYING
+    assert claimed.owns_token(TOKEN) and not claimed.owns_token(TOKEN + "x")
+    assert TOKEN not in str(store.redis.hgetall("oktopost:flow:flow-1:state"))
+    assert store.token("flow-1") == TOKEN
+    assert 28 <= store.redis.ttl("oktopost:flow:flow-1:token") <= 30
+    assert abs(claimed.deadline - (time.time() + 30)) < 2
+    assert store.due_leases(time.time() + 100) == ["flow-1"]
+
+
+def test_second_claim_reports_conflict_with_fingerprint(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    again = store.claim_callback(flow, TOKEN)
+    assert again.outcome is StepOutcome.CONFLICT and again.state is FlowState.VERIFYING
+    assert again.token_fp == token_fingerprint(TOKEN)
+    assert len(store.events("flow-1")) == 2
+
+
+def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
+    flow = new_flow(store, "page")
+    store.claim_callback(flow, TOKEN)
+    offers = [EntityOffer(id=str(i), name=f"Page {i}", network="LinkedIn", is_connected=i == 1) for i in (1, 2, 3)]
+    assert store.offer_selection(store.get("flow-1"), offers).done  # type: ignore[arg-type]
+    waiting = store.get("flow-1")
+    assert waiting is not None and waiting.offered_ids() == ["1", "2", "3"]
+    assert store.due_leases(time.time() + 1000) == []
+    assert store.submit_selection(waiting, ["2", "3"]).done
+    assert store.submit_selection(waiting, ["2"]).outcome is StepOutcome.CONFLICT
+    completing = store.get("flow-1")
+    assert completing is not None and completing.selected_ids == ["2", "3"]
+    creds = [ConnectedCredential(id="003-2", name="Page 2", status="valid", network="LinkedIn")]
+    assert store.complete(completing, creds).done
+    events = [parse_event(json.dumps(e)) for e in store.events("flow-1")]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert [e.type for e in events][-1] == "connection.completed"
+    assert store.token("flow-1") is None
+    assert store.due_deadlines(time.time() + 10**6) == [] and store.due_leases(time.time() + 10**6) == []
+
+
+def test_exactly_one_terminal_event_whatever_races(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    verifying = store.get("flow-1")
+    assert verifying is not None
+    creds = [ConnectedCredential(id="003-1", name="Me", status="valid", network="LinkedIn")]
+    outcomes = [
+        store.complete(verifying, creds).outcome,
+        store.fail(verifying, "token_invalid", "gone", False, 1).outcome,
+        store.expire(verifying, now=time.time() + 10**6).outcome,
+        store.complete(verifying, creds).outcome,
+    ]
+    assert outcomes.count(StepOutcome.DONE) == 1
+    types = [e["type"] for e in store.events("flow-1")]
+    assert types == ["authorization.started", "callback.received", "connection.completed"]
+
+
+def test_expire_waits_for_the_deadline(store: FlowStore) -> None:
+    flow = new_flow(store)
+    assert store.expire(flow, now=time.time()).outcome is StepOutcome.EARLY
+    step = store.expire(flow, now=time.time() + 21)
+    assert step.done
+    last = store.events("flow-1")[-1]
+    assert last["type"] == "authorization.expired" and last["data"] == {"stage": "callback"}
+    assert store.get("flow-1").state is FlowState.EXPIRED  # type: ignore[union-attr]
+
+
+def test_expire_after_claim_reports_verify_stage(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    claimed = store.get("flow-1")
+    assert claimed is not None
+    # the callback-stage deadline has passed, but the claim moved the deadline: not yet
+    assert store.expire(claimed, now=flow.deadline + 1).outcome is StepOutcome.EARLY
+    assert store.expire(claimed, now=claimed.deadline + 1).done
+    assert store.events("flow-1")[-1]["data"] == {"stage": "verify"}
+
+
+def test_missing_flow(store: FlowStore) -> None:
+    ghost = Flow("nope", FlowState.VERIFYING, "LinkedIn", "profile", None, None, 0.0, 0.0)
+    assert store.fail(ghost, "x", "y", False, 1).outcome is StepOutcome.MISSING
+    assert not store.redis.exists("oktopost:flow:nope:state")
+
+
+def test_lapsed_lease_taken_once(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    later = time.time() + 1000
+    assert store.take_lapsed_lease("flow-1", later) is True
+    assert store.take_lapsed_lease("flow-1", later) is False

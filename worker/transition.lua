@@ -1,0 +1,74 @@
+-- One step of a flow, atomically: check the state, change it, give the event its seq, XADD it to the
+-- flow's stream and PUBLISH it on both channels. Either all of it happens or none of it does.
+--
+-- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
+-- ARGV: 1 flow id
+--       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
+--       3 new state
+--       4 event JSON carrying the placeholder "seq":0,
+--       5 flow channel, 6 all-events channel
+--       7 seconds to keep the hash and stream after this step
+--       8 deadline: "" keep, "-" drop, else epoch seconds to index
+--       9 lease: "" keep, "-" drop, else epoch seconds by which queued work must show progress
+--      10 token: "" keep, "-" delete, else the token to keep for ARGV[11] milliseconds
+--      11 token lifetime in milliseconds
+--      12 "" or epoch seconds "now": then the step only happens when the flow's deadline has passed
+--      13.. field, value pairs to store in the flow hash
+-- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
+
+local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+if allowed == "" then
+  if redis.call("EXISTS", flow) == 1 then
+    local current = redis.call("HMGET", flow, "state", "token_fp")
+    return {"conflict", current[1] or "", current[2] or ""}
+  end
+else
+  local current = redis.call("HMGET", flow, "state", "token_fp", "deadline")
+  if not current[1] then
+    return {"missing"}
+  end
+  if not string.find(allowed, "," .. current[1] .. ",", 1, true) then
+    return {"conflict", current[1], current[2] or ""}
+  end
+  if ARGV[12] ~= "" and tonumber(current[3] or "0") > tonumber(ARGV[12]) then
+    return {"early", current[3]}
+  end
+end
+
+local fields = {"state", new_state}
+for i = 13, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+end
+redis.call("HSET", flow, unpack(fields))
+local seq = redis.call("HINCRBY", flow, "seq", 1)
+
+local at = string.find(event, '"seq":0,', 1, true)
+event = string.sub(event, 1, at - 1) .. '"seq":' .. seq .. ',' .. string.sub(event, at + 8)
+
+redis.call("XADD", stream, "*", "event", event)
+local keep = tonumber(ARGV[7])
+redis.call("EXPIRE", flow, keep)
+redis.call("EXPIRE", stream, keep)
+
+if ARGV[8] == "-" then
+  redis.call("ZREM", deadlines, flow_id)
+elseif ARGV[8] ~= "" then
+  redis.call("ZADD", deadlines, ARGV[8], flow_id)
+end
+if ARGV[9] == "-" then
+  redis.call("ZREM", leases, flow_id)
+elseif ARGV[9] ~= "" then
+  redis.call("ZADD", leases, ARGV[9], flow_id)
+end
+if ARGV[10] == "-" then
+  redis.call("DEL", token_key)
+elseif ARGV[10] ~= "" then
+  redis.call("SET", token_key, ARGV[10], "PX", ARGV[11])
+end
+
+redis.call("PUBLISH", ARGV[5], event)
+redis.call("PUBLISH", ARGV[6], event)
+return {"ok", seq}
