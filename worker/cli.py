@@ -6,6 +6,8 @@ and the pipeline never loads the sandbox.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,13 +25,113 @@ commands:
 Run `oktopost-connect COMMAND --help` for a command's options."""
 
 
+def _settings_or_exit():  # type: ignore[no-untyped-def]
+    from worker.settings import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as error:
+        raise SystemExit(_fail(str(error))) from None
+
+
+def _fail(message: str) -> int:
+    print(f"oktopost-connect: {message}", file=sys.stderr)
+    return 2
+
+
 def _sandbox(argv: Sequence[str]) -> int:
     from sandbox.cli import main
 
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"sandbox": _sandbox}
+def _shim(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oktopost-connect shim", description="Run the HTTP shim.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    args = parser.parse_args(argv)
+    settings = _settings_or_exit()
+    if not settings.shim_api_keys:
+        return _fail("invalid setting SHIM_API_KEYS: at least one caller key is required")
+    from worker.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    import uvicorn
+
+    from api_shim.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _worker(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect worker", description="Run a Celery worker (threads pool) for the pipeline."
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="threads working on flows (default 8)")
+    parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default worker@HOST)")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        return _fail("--concurrency must be at least 1")
+    settings = _settings_or_exit()
+    from worker.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    from worker.celery_app import app
+
+    options = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency)]
+    options += ["--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
+    if args.hostname:
+        options += ["--hostname", args.hostname]
+    app.worker_main(options)
+    return 0
+
+
+def _watch(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect watch",
+        description="Print a flow's events: its stored history, then live ones, until a terminal event.",
+    )
+    parser.add_argument("flow_id")
+    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    args = parser.parse_args(argv)
+    settings = _settings_or_exit()
+    import redis
+
+    from worker.subscribe import follow_flow
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        if not client.exists(f"{settings.channel_prefix}:flow:{args.flow_id}:state") and not client.exists(
+            f"{settings.channel_prefix}:flow:{args.flow_id}:events"
+        ):
+            return _fail(f"no flow {args.flow_id!r} in {settings.channel_prefix}")
+        terminal = False
+        for event in follow_flow(client, args.flow_id, settings.channel_prefix, timeout=args.timeout):
+            print(json.dumps(event), flush=True)
+            terminal = event["type"] in ("connection.completed", "authorization.failed", "authorization.expired")
+    except redis.exceptions.ConnectionError:
+        return _fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
+    except KeyboardInterrupt:
+        return 130
+    return 0 if terminal else 1
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "sandbox": _sandbox,
+    "shim": _shim,
+    "worker": _worker,
+    "watch": _watch,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

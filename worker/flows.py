@@ -291,13 +291,19 @@ class FlowStore:
         )
         return self._finish(flow, LIVE_STATES, FlowState.FAILED, event, {"failure_code": code})
 
-    def expire(self, flow: Flow, now: float | None = None) -> Step:
-        """Ends a live flow whose deadline has passed; EARLY when it has not (a callback moved it)."""
+    def expire(self, flow: Flow, now: float | None = None, *, doomed: bool = False) -> Step:
+        """Ends a live flow whose deadline has passed; EARLY when it has not (a callback moved it).
+
+        `doomed` ends it before its deadline: the worker knows no attempt could finish in the time left.
+        """
         now = time.time() if now is None else now
         if flow.state.terminal:
             return Step(StepOutcome.CONFLICT, state=flow.state)
         event = AuthorizationExpired(**_envelope(flow), data=ExpiredData(stage=flow.state.stage))  # type: ignore[arg-type]
-        return self._finish(flow, (flow.state,), FlowState.EXPIRED, event, {"expired_stage": flow.state.stage}, now)
+        only_after = None if doomed else now
+        return self._finish(
+            flow, (flow.state,), FlowState.EXPIRED, event, {"expired_stage": flow.state.stage}, only_after
+        )
 
     def renew_lease(self, flow_id: str, until: float) -> None:
         """Tells the sweeper this flow's work is alive (only while it still has a lease)."""

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the shim, served on /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("okc_shim_requests_total", "HTTP requests answered by the shim", ["route", "method", "status"])
+REQUEST_SECONDS = Histogram(
+    "okc_shim_request_seconds",
+    "Time to answer a request",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CALLBACK_SECONDS = Histogram(
+    "okc_shim_callback_seconds",
+    "Time to claim and enqueue a callback",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcome"])
+FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
+
+
+def install(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # the route's template, never the raw path: flow ids would explode the label set
+        template = getattr(route, "path", "unmatched")
+        REQUESTS.labels(route=template, method=request.method, status=str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(route=template).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,51 @@
+"""Who may call the shim (Bearer keys), and where it may send a browser back to (return URLs)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from api_shim.errors import ApiError
+from worker.settings import origin_of
+
+
+def check_bearer(header: str | None, keys: list[SecretStr]) -> None:
+    """Constant-time comparison against every configured key; 401 unless one matches."""
+    scheme, _, presented = (header or "").partition(" ")
+    matched = False
+    candidate = presented.strip().encode()
+    for key in keys:
+        # compare with every key, so the time taken does not tell which key came close
+        matched |= hmac.compare_digest(candidate, key.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not presented or not matched:
+        raise ApiError(401, "unauthorized", "a valid Bearer key is required", {"WWW-Authenticate": "Bearer"})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_return_url(url: str, allowed: list[str]) -> str:
+    """The URL when its scheme, host and port equal one allowed origin exactly; 422 otherwise."""
+    if len(url) > 2048 or any(ch in url for ch in "\r\n\t\\ ") or not url.isprintable():
+        raise ApiError(422, "return_url_not_allowed", "return_url is not a plain URL")
+    try:
+        origin = origin_of(url)
+    except ValueError as error:
+        raise ApiError(422, "return_url_not_allowed", f"return_url: {error}") from None
+    if urlsplit(url).fragment:
+        raise ApiError(422, "return_url_not_allowed", "return_url must not carry a fragment")
+    scheme, host, _ = origin
+    if scheme != "https" and not is_loopback(host):
+        raise ApiError(422, "return_url_not_allowed", "return_url must use https (http only on loopback)")
+    if origin not in {origin_of(item) for item in allowed}:
+        raise ApiError(422, "return_url_not_allowed", "return_url is not in ALLOWED_RETURN_URLS")
+    return url

@@ -1,0 +1,42 @@
+"""Celery configuration of oktopost-connect, read from the environment through worker.settings.
+
+Why each choice (see README, "Guarantees"):
+- acks late + reject on worker lost: a task whose worker dies is delivered again, never dropped.
+- prefetch 1: a worker holds no more flows than it is working on, so others can take them.
+- visibility timeout longer than the longest task (a task never outlives its flow's token), so Redis
+  does not hand a task still running to a second worker (celery #2599). A dead worker's flow is taken
+  up much sooner by the lease sweeper (worker/sweeper.py), within a quarter of TOKEN_TTL_SECONDS.
+- task and sent events on, so Flower shows every task; results are not stored (events carry outcomes).
+"""
+
+from __future__ import annotations
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": _settings.token_ttl_seconds + 120,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+    "retry_on_timeout": True,
+}
+broker_pool_limit = 20
+
+task_serializer = "json"
+accept_content = ["json"]
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+task_ignore_result = True
+task_track_started = True
+worker_prefetch_multiplier = 1
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+
+worker_send_task_events = True
+task_send_sent_event = True
+enable_utc = True

@@ -1,0 +1,162 @@
+"""Shared fixtures: a private real Redis, a sandbox, and the pipeline (shim + worker) as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
+
+API_KEY = "test-caller-key-0123456789"
+RETURN_URL = "https://app.example/done"
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    directory: str | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+def start_redis(extra: list[str] | None = None, port: int | None = None, directory: str | None = None) -> RedisServer:
+    port = port or free_port()
+    directory = directory or tempfile.mkdtemp(prefix="okc-redis-")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", directory, *(extra or [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, directory)
+
+
+def stop_redis(server: RedisServer) -> None:
+    if server.process is not None:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of our own on a free port (isolated from anything else on 6379), else REDIS_URL."""
+    if shutil.which("redis-server") is None:
+        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+        yield RedisServer(url, int(url.split(":")[2].split("/")[0]))
+        return
+    server = start_redis()
+    yield server
+    stop_redis(server)
+
+
+@dataclass
+class Sandbox:
+    url: str
+    process: Process
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_sandbox/reset").raise_for_status()
+
+    def faults(self, **faults: Any) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=faults).raise_for_status()
+
+    def connections(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/_sandbox/connections").json()  # type: ignore[no-any-return]
+
+
+def start_sandbox(*extra: str) -> Sandbox:
+    port = free_port()
+    process = start_cli(["sandbox", "--port", str(port), *extra], name="sandbox")
+    wait_for_port(port)
+    return Sandbox(f"http://127.0.0.1:{port}", process)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    server = start_sandbox()
+    yield server
+    server.process.stop()
+
+
+@dataclass
+class Pipeline:
+    """A shim and a worker in their own processes, with their own channel prefix."""
+
+    shim_url: str
+    redis_url: str
+    prefix: str
+    env: dict[str, str]
+    shim: Process
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def start_worker(self, concurrency: int = 4) -> Process:
+        worker = start_cli(
+            ["worker", "--concurrency", str(concurrency), "--hostname", f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"],
+            env=self.env,
+            name="worker",
+        )
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.shim.stop()
+
+
+def pipeline_env(redis_url: str, sandbox_url: str, shim_port: int, **settings: Any) -> dict[str, str]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    env = {
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "OKTOPOST_BASE_URL": sandbox_url,
+        "OKTOPOST_ACCOUNT_ID": "demo-account",
+        "OKTOPOST_API_KEY": "demo-key",
+        "SHIM_API_KEYS": f"other-key,{API_KEY}",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{shim_port}",
+        "ALLOWED_RETURN_URLS": "https://app.example,http://127.0.0.1:9",
+        "CHANNEL_PREFIX": prefix,
+        "LOG_LEVEL": "DEBUG",
+        "OKTOPOST_RATE_LIMIT": "100000/second",
+    }
+    env.update({name.upper(): str(value) for name, value in settings.items()})
+    return env
+
+
+def start_pipeline(redis_url: str, sandbox_url: str, workers: int = 1, **settings: Any) -> Pipeline:
+    port = free_port()
+    env = pipeline_env(redis_url, sandbox_url, port, **settings)
+    shim = start_cli(["shim", "--port", str(port)], env=env, name="shim")
+    pipeline = Pipeline(f"http://127.0.0.1:{port}", redis_url, env["CHANNEL_PREFIX"], env, shim)
+    for _ in range(workers):
+        pipeline.start_worker()
+    wait_for_http(f"{pipeline.shim_url}/healthz")
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def pipeline(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[Pipeline]:
+    running = start_pipeline(redis_server.url, sandbox.url)
+    yield running
+    running.stop()

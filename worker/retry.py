@@ -1,0 +1,162 @@
+"""The retry policy, in one place: retry what the error tree calls transient, until the flow's deadline.
+
+An okt token dies at an absolute moment, so every decision is measured against that deadline, never
+against a count: an attempt starts only when it could finish in time, its timeout is at most the time
+left, and a Retry-After is honoured only when waiting it still leaves time for an attempt. Refusals
+(4xx, `Result: false`) are never retried, and nothing outside the Oktopost error tree is retried either
+(Celery's own exceptions, bugs): they propagate untouched. The same policy drives the worker's sync
+calls and the shim's async Step 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    wait_random_exponential,
+)
+
+from worker.errors import OktopostError, ThrottledError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds of each attempt; the deadline itself comes from the flow."""
+
+    max_attempt_seconds: float = 10.0  # OKTOPOST_TIMEOUT_SECONDS: no single call waits longer
+    min_attempt_seconds: float = 0.25  # less time than this left cannot fit a round trip
+    backoff_multiplier: float = 0.1  # exponential backoff with full jitter: 0.1 s, 0.2 s, 0.4 s ...
+    backoff_max: float = 4.0
+
+
+class DeadlineReached(Exception):
+    """No attempt can finish before the deadline; `last_error` is the transient fault seen last, if any."""
+
+    def __init__(self, attempts: int, last_error: OktopostError | None) -> None:
+        self.attempts = attempts
+        self.last_error = last_error
+        reason = f"; last fault: {last_error}" if last_error else ""
+        super().__init__(f"deadline reached after {attempts} attempt(s){reason}")
+
+
+class _NoTimeLeft(Exception):
+    """Raised inside the loop when the time left cannot fit an attempt; not an Oktopost error, not retried."""
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, OktopostError) and error.retryable
+
+
+@dataclass(frozen=True, slots=True)
+class _Schedule:
+    """The tenacity settings for one call: when to retry, how long to wait, when to stop."""
+
+    deadline: float
+    policy: RetryPolicy
+    clock: Callable[[], float]
+    on_retry: Callable[[OktopostError, float], None] | None
+
+    def tenacity_kwargs(self) -> dict[str, Any]:
+        backoff = wait_random_exponential(multiplier=self.policy.backoff_multiplier, max=self.policy.backoff_max)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, ThrottledError) and error.retry_after is not None:
+                return error.retry_after
+            return float(backoff(state))
+
+        def stop(state: RetryCallState) -> bool:
+            return self.clock() + (state.upcoming_sleep or 0.0) + self.policy.min_attempt_seconds > self.deadline
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if self.on_retry is not None and isinstance(error, OktopostError):
+                self.on_retry(error, state.upcoming_sleep or 0.0)
+
+        return {
+            "retry": retry_if_exception(is_transient),
+            "wait": wait,
+            "stop": stop,
+            "before_sleep": before_sleep,
+            "reraise": False,
+        }
+
+    def attempt_timeout(self) -> float:
+        left = self.deadline - self.clock()
+        if left < self.policy.min_attempt_seconds:
+            raise _NoTimeLeft()
+        return min(self.policy.max_attempt_seconds, left)
+
+
+def _attempts(retrying: Retrying | AsyncRetrying) -> int:
+    return int(retrying.statistics.get("attempt_number", 1))
+
+
+def _deadline_reached(exhausted: RetryError) -> DeadlineReached:
+    last = exhausted.last_attempt.exception()
+    return DeadlineReached(exhausted.last_attempt.attempt_number, last if isinstance(last, OktopostError) else None)
+
+
+def call_until_deadline(
+    attempt: Callable[[float], T],
+    deadline: float,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[OktopostError, float], None] | None = None,
+) -> tuple[T, int]:
+    """Calls `attempt(timeout_seconds)` until it succeeds; returns its result and the attempts made.
+
+    Raises the refusal as it came (`RefusedError`, with `.attempts`), or `DeadlineReached`.
+    """
+    schedule = _Schedule(deadline, policy, clock, on_retry)
+    retrying = Retrying(sleep=sleep, **schedule.tenacity_kwargs())
+    try:
+        result = retrying(lambda: attempt(schedule.attempt_timeout()))
+    except RetryError as exhausted:
+        raise _deadline_reached(exhausted) from None
+    except _NoTimeLeft:
+        raise DeadlineReached(_attempts(retrying) - 1, None) from None
+    except OktopostError as refused:
+        refused.attempts = _attempts(retrying)
+        raise
+    return result, _attempts(retrying)
+
+
+async def acall_until_deadline(
+    attempt: Callable[[float], Awaitable[T]],
+    deadline: float,
+    *,
+    policy: RetryPolicy = RetryPolicy(),
+    clock: Callable[[], float] = time.time,
+    on_retry: Callable[[OktopostError, float], None] | None = None,
+) -> tuple[T, int]:
+    """The same policy for async callers (the shim's Step 1)."""
+    schedule = _Schedule(deadline, policy, clock, on_retry)
+    retrying = AsyncRetrying(sleep=asyncio.sleep, **schedule.tenacity_kwargs())
+
+    async def bounded_attempt() -> T:  # a coroutine function, so tenacity awaits it
+        return await attempt(schedule.attempt_timeout())
+
+    try:
+        result = await retrying(bounded_attempt)
+    except RetryError as exhausted:
+        raise _deadline_reached(exhausted) from None
+    except _NoTimeLeft:
+        raise DeadlineReached(_attempts(retrying) - 1, None) from None
+    except OktopostError as refused:
+        refused.attempts = _attempts(retrying)
+        raise
+    return result, _attempts(retrying)

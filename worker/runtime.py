@@ -1,0 +1,48 @@
+"""The worker process's shared objects, built once from settings: Redis, the flow store, the client."""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+import redis
+
+from worker.flows import FlowStore, Lifetimes
+from worker.keys import RedisNames
+from worker.retry import RetryPolicy
+from worker.settings import Settings, get_settings
+
+_lock = threading.Lock()
+
+
+def lifetimes(settings: Settings) -> Lifetimes:
+    return Lifetimes(
+        flow_ttl=settings.flow_ttl_seconds,
+        token_ttl=settings.token_ttl_seconds,
+        retention=settings.flow_retention_seconds,
+        # a flow whose work shows no progress for this long is taken up again (CONTRACT section 8)
+        lease=max(2.0, settings.token_ttl_seconds / 4),
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+        retry_on_timeout=True,
+        max_connections=64,
+    )
+
+
+@lru_cache(maxsize=1)
+def store() -> FlowStore:
+    with _lock:
+        settings = get_settings()
+        return FlowStore(redis_client(settings), RedisNames(settings.channel_prefix), lifetimes(settings))
+
+
+@lru_cache(maxsize=1)
+def policy() -> RetryPolicy:
+    return RetryPolicy(max_attempt_seconds=get_settings().oktopost_timeout_seconds)
