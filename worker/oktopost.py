@@ -110,6 +110,8 @@ def timeout_from_settings(settings: Settings) -> httpx.Timeout:
 
 
 class _Answer(BaseModel):
+    # Upstream names are validation aliases, so code builds and reads these by their snake_case names
+    # (and type checkers see those in __init__), while answers validate by Oktopost's spelling.
     # Ids arrive as strings in the reference, but a JSON number must not fail a flow.
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True, coerce_numbers_to_str=True)
 
@@ -117,49 +119,49 @@ class _Answer(BaseModel):
 class Credential(_Answer):
     """A connected profile, page or group. The PUT answer carries only id, name, status and network."""
 
-    id: str = Field(alias="Id", min_length=1)
-    name: str = Field(alias="Name")
-    status: str = Field(alias="Status")
-    network: str = Field(alias="Network")
-    created: str | None = Field(default=None, alias="Created")
-    image_link: str | None = Field(default=None, alias="ImageLink")
-    network_username: str | None = Field(default=None, alias="NetworkUsername")
+    id: str = Field(validation_alias="Id", min_length=1)
+    name: str = Field(validation_alias="Name")
+    status: str = Field(validation_alias="Status")
+    network: str = Field(validation_alias="Network")
+    created: str | None = Field(default=None, validation_alias="Created")
+    image_link: str | None = Field(default=None, validation_alias="ImageLink")
+    network_username: str | None = Field(default=None, validation_alias="NetworkUsername")
 
 
 class Entity(_Answer):
     """A page or group the user may choose to connect."""
 
-    id: str = Field(alias="Id", min_length=1)
-    name: str = Field(alias="Name")
-    network: str = Field(alias="Network")
-    image_link: str | None = Field(default=None, alias="ImageLink")
-    network_username: str | None = Field(default=None, alias="NetworkUsername")
-    is_connected: bool = Field(default=False, alias="IsConnected")
+    id: str = Field(validation_alias="Id", min_length=1)
+    name: str = Field(validation_alias="Name")
+    network: str = Field(validation_alias="Network")
+    image_link: str | None = Field(default=None, validation_alias="ImageLink")
+    network_username: str | None = Field(default=None, validation_alias="NetworkUsername")
+    is_connected: bool = Field(default=False, validation_alias="IsConnected")
 
 
 class VerifiedProfile(_Answer):
     """Verify's answer for a profile: it is connected already."""
 
-    credential: Credential = Field(alias="Credential")
+    credential: Credential = Field(validation_alias="Credential")
 
 
 class EntityChoice(_Answer):
     """Verify's answer for pages and groups: the user must pick, then `complete(token, ids)`."""
 
-    token: str = Field(alias="token", min_length=1, repr=False)
-    entities: list[Entity] = Field(alias="data")
+    token: str = Field(min_length=1, repr=False)
+    entities: list[Entity] = Field(validation_alias="data")
 
 
 class _StartAnswer(_Answer):
-    redirect_url: str = Field(alias="RedirectUrl", min_length=1)
+    redirect_url: str = Field(validation_alias="RedirectUrl", min_length=1)
 
 
 class _CredentialAnswer(_Answer):
-    credential: Credential = Field(alias="Credential")
+    credential: Credential = Field(validation_alias="Credential")
 
 
 class _CompleteAnswer(_Answer):
-    credentials: list[Credential] = Field(alias="Credentials")
+    credentials: list[Credential] = Field(validation_alias="Credentials")
 
 
 # ---------------------------------------------------------------------------------------------------

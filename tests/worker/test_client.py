@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from worker.errors import (
     MalformedAnswerError,
@@ -337,13 +338,13 @@ EXPECTED = {
 
 
 def invoke(call: Callable[..., Any], recorder: Recorder, step: str) -> OktopostError:
-    args = {
+    args: tuple[Any, ...] = {
         "start": ("start_authorization", "LinkedIn", "https://app.example/cb"),
         "verify": ("verify", TOKEN),
         "complete": ("complete", TOKEN, ["1", "2"]),
         "credential": ("get_credential", "003-1"),
     }[step]
-    return raised(call, recorder, *args)
+    return raised(call, recorder, args[0], *args[1:])
 
 
 @pytest.mark.parametrize(
@@ -568,7 +569,7 @@ def test_bad_arguments_are_refused_before_any_request(call: Callable[..., Any]) 
 def test_get_client_is_built_once_per_process_and_thread_safe() -> None:
     reset_clients()
     settings = Settings(
-        oktopost_base_url=EU_BASE_URL, oktopost_account_id="eu-acct", oktopost_api_key="eu-key-123"
+        oktopost_base_url=EU_BASE_URL, oktopost_account_id="eu-acct", oktopost_api_key=SecretStr("eu-key-123")
     )
     try:
         seen: list[OktopostClient] = []
@@ -589,7 +590,9 @@ def test_get_client_is_built_once_per_process_and_thread_safe() -> None:
 
 def test_from_settings_uses_settings_and_transport() -> None:
     recorder = Recorder(ok(Credential=PROFILE))
-    settings = Settings(oktopost_account_id=ACCOUNT, oktopost_api_key=KEY, oktopost_base_url=BASE + "/")
+    settings = Settings(
+        oktopost_account_id=ACCOUNT, oktopost_api_key=SecretStr(KEY), oktopost_base_url=BASE + "/"
+    )
     with OktopostClient.from_settings(settings, transport=httpx.MockTransport(recorder)) as client:
         client.get_credential("1")
     assert str(recorder.last.url) == f"{BASE}/v2/credential/1"
