@@ -188,7 +188,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if moment.tzinfo is None:  # RFC 9110 dates are GMT; parsedate gives naive for "-0000"
         moment = moment.replace(tzinfo=UTC)
     seconds = moment.timestamp() - (time.time() if now is None else now)
-    return max(0.0, math.ceil(seconds))
+    return float(max(0, math.ceil(seconds)))
 
 
 def error_messages(errors: object) -> list[str]:
