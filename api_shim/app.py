@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    metrics.install(app)
+    metrics.install(app, store.redis, names.worker_metrics)
     access.install(app)
     app.state.store = store
     app.state.settings = settings
@@ -106,9 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 policy=STEP1_POLICY,
             )
         except RejectedError as refused:
-            raise ApiError(422, refused.code, f"Oktopost refused the request: {refused}") from None
+            raise ApiError(422, refused.code, str(refused)) from None
         except RefusedError as refused:
-            raise ApiError(502, refused.code, f"Oktopost refused the request: {refused}") from None
+            raise ApiError(502, refused.code, str(refused)) from None
         except DeadlineReached as reached:
             raise ApiError(502, "upstream_unavailable", f"Oktopost is unavailable: {reached}") from None
         flow = await run_in_threadpool(store.create, flow_id, network, entity_type, body.reference, return_url)

@@ -6,7 +6,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import Counter, Histogram
+import redis
+from prometheus_client import REGISTRY, Counter, Histogram
+
+from worker.metrics import RedisMetricsCollector
 
 REQUESTS = Counter("okc_shim_requests_total", "HTTP requests answered by the shim", ["route", "method", "status"])
 REQUEST_SECONDS = Histogram(
@@ -21,10 +24,18 @@ CALLBACK_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
 CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcome"])
+_worker_collector: RedisMetricsCollector | None = None
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, client: redis.Redis, worker_metrics_key: str) -> None:
+    """Counts every request; /metrics also shows the workers' metrics, read from Redis at scrape time."""
+    global _worker_collector
+    if _worker_collector is not None:  # one per process, even when tests build several apps
+        REGISTRY.unregister(_worker_collector)
+    _worker_collector = RedisMetricsCollector(client, worker_metrics_key)
+    REGISTRY.register(_worker_collector)
+
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()

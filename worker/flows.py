@@ -97,6 +97,7 @@ class Flow:
     created_at: float
     deadline: float
     token_expires_at: float | None = None
+    callback_at: float | None = None
     token_fp: str = ""
     entities: list[dict[str, Any]] = field(default_factory=list)
     selected_ids: list[str] = field(default_factory=list)
@@ -114,6 +115,7 @@ class Flow:
             created_at=float(raw["created_at"]),
             deadline=float(raw["deadline"]),
             token_expires_at=float(raw["token_expires_at"]) if raw.get("token_expires_at") else None,
+            callback_at=float(raw["callback_at"]) if raw.get("callback_at") else None,
             token_fp=raw.get("token_fp", ""),
             entities=json.loads(raw.get("entities") or "[]"),
             selected_ids=json.loads(raw.get("selected_ids") or "[]"),

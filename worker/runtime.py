@@ -9,8 +9,11 @@ import redis
 
 from worker.flows import FlowStore, Lifetimes
 from worker.keys import RedisNames
+from worker.metrics import WorkerMetrics
+from worker.oktopost import get_client
 from worker.retry import RetryPolicy
 from worker.settings import Settings, get_settings
+from worker.steps import Worker
 
 _lock = threading.Lock()
 
@@ -44,5 +47,12 @@ def store() -> FlowStore:
 
 
 @lru_cache(maxsize=1)
-def policy() -> RetryPolicy:
-    return RetryPolicy(max_attempt_seconds=get_settings().oktopost_timeout_seconds)
+def worker() -> Worker:
+    settings = get_settings()
+    flow_store = store()
+    return Worker(
+        store=flow_store,
+        client=get_client(settings),
+        policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
+        metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
+    )

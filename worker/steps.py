@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows import Flow, FlowState, FlowStore
+from worker.metrics import WorkerMetrics
 from worker.oktopost import Credential, EntityChoice, OktopostClient
 from worker.retry import DeadlineReached, RetryPolicy, call_until_deadline
 
@@ -31,24 +33,34 @@ class Outcome(StrEnum):
     EXPIRED = "expired"
 
 
-def verify_flow(store: FlowStore, client: OktopostClient, flow_id: str, policy: RetryPolicy) -> Outcome:
-    flow = store.get(flow_id)
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """What a step works with; one per worker process (see worker.runtime)."""
+
+    store: FlowStore
+    client: OktopostClient
+    policy: RetryPolicy
+    metrics: WorkerMetrics
+
+
+def verify_flow(worker: Worker, flow_id: str) -> Outcome:
+    flow = worker.store.get(flow_id)
     if flow is None or flow.state is not FlowState.VERIFYING:
         return Outcome.SKIPPED
-    token = store.token(flow_id)
+    token = worker.store.token(flow_id)
     if token is None:
-        return _expire(store, flow)
+        return _expire(worker, flow)
     try:
         answer, attempts = call_until_deadline(
-            _leased(store, flow, lambda timeout: client.verify(token, timeout=timeout)),
+            _observed(worker, flow, "verify", lambda timeout: worker.client.verify(token, timeout=timeout)),
             flow.deadline,
-            policy=policy,
-            on_retry=_renewing_lease(store, flow),
+            policy=worker.policy,
+            on_retry=_on_retry(worker, flow),
         )
     except DeadlineReached as reached:
-        return _expire(store, flow, reached)
+        return _expire(worker, flow, reached)
     except RefusedError as refused:
-        return _fail(store, flow, refused, attempts=_attempts(refused))
+        return _fail(worker, flow, refused)
     if isinstance(answer, EntityChoice):
         offers = [
             EntityOffer(
@@ -61,37 +73,35 @@ def verify_flow(store: FlowStore, client: OktopostClient, flow_id: str, policy: 
             )
             for entity in answer.entities
         ]
-        step = store.offer_selection(flow, offers)
-        return Outcome.SELECTION_REQUIRED if step.done else Outcome.SKIPPED
-    step = store.complete(flow, [_connected(answer.credential)])
-    log.info("flow %s verified after %d attempt(s)", flow_id, attempts)
-    return Outcome.COMPLETED if step.done else Outcome.SKIPPED
+        step = worker.store.offer_selection(flow, offers)
+        log.info("flow %s offers %d entities after %d attempt(s)", flow_id, len(offers), attempts)
+        return _recorded(worker, Outcome.SELECTION_REQUIRED if step.done else Outcome.SKIPPED)
+    return _complete(worker, flow, [answer.credential], attempts)
 
 
-def complete_flow(store: FlowStore, client: OktopostClient, flow_id: str, policy: RetryPolicy) -> Outcome:
-    flow = store.get(flow_id)
+def complete_flow(worker: Worker, flow_id: str) -> Outcome:
+    flow = worker.store.get(flow_id)
     if flow is None or flow.state is not FlowState.COMPLETING:
         return Outcome.SKIPPED
-    token = store.token(flow_id)
+    token = worker.store.token(flow_id)
     if token is None:
-        return _expire(store, flow)
+        return _expire(worker, flow)
     try:
         credentials, attempts = call_until_deadline(
-            _leased(store, flow, lambda timeout: client.complete(token, flow.selected_ids, timeout=timeout)),
+            _observed(
+                worker, flow, "complete", lambda timeout: worker.client.complete(token, flow.selected_ids, timeout=timeout)
+            ),
             flow.deadline,
-            policy=policy,
-            on_retry=_renewing_lease(store, flow),
+            policy=worker.policy,
+            on_retry=_on_retry(worker, flow),
         )
     except DeadlineReached as reached:
-        return _expire(store, flow, reached)
+        return _expire(worker, flow, reached)
     except RefusedError as refused:
-        code = refused.code
-        if isinstance(refused, RejectedError) and not isinstance(refused, TokenInvalidError):
-            code = "invalid_selection"
-        return _fail(store, flow, refused, attempts=_attempts(refused), code=code)
-    step = store.complete(flow, [_connected(credential) for credential in credentials])
-    log.info("flow %s completed after %d attempt(s)", flow_id, attempts)
-    return Outcome.COMPLETED if step.done else Outcome.SKIPPED
+        # Oktopost refusing ids we offered from its own list means the selection no longer holds
+        invalid = isinstance(refused, RejectedError) and not isinstance(refused, TokenInvalidError)
+        return _fail(worker, flow, refused, code="invalid_selection" if invalid else None)
+    return _complete(worker, flow, credentials, attempts)
 
 
 def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Outcome:
@@ -103,42 +113,77 @@ def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Out
     return Outcome.EXPIRED if store.expire(flow, now).done else Outcome.SKIPPED
 
 
-def _leased(store: FlowStore, flow: Flow, call: Callable[[float], T]) -> Callable[[float], T]:
-    """Before each attempt, tells the sweeper this flow's work is alive for as long as the attempt may take."""
+def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float], T]) -> Callable[[float], T]:
+    """One attempt: renew the flow's lease for as long as the attempt may take, time it, count it."""
 
     def attempt(timeout: float) -> T:
-        store.renew_lease(flow.flow_id, time.time() + timeout + store.lifetimes.lease)
-        return call(timeout)
+        worker.store.renew_lease(flow.flow_id, time.time() + timeout + worker.store.lifetimes.lease)
+        started = time.perf_counter()
+        try:
+            result = call(timeout)
+        except OktopostError as error:
+            worker.metrics.upstream(call_name, type(error).__name__, time.perf_counter() - started)
+            raise
+        worker.metrics.upstream(call_name, "ok", time.perf_counter() - started)
+        return result
 
     return attempt
 
 
-def _renewing_lease(store: FlowStore, flow: Flow) -> Callable[[OktopostError, float], None]:
+def _on_retry(worker: Worker, flow: Flow) -> Callable[[OktopostError, float], None]:
     def on_retry(error: OktopostError, sleep_seconds: float) -> None:
         log.warning("flow %s: %s; next attempt in %.2fs", flow.flow_id, error, sleep_seconds)
-        store.renew_lease(flow.flow_id, time.time() + sleep_seconds + store.lifetimes.lease)
+        worker.metrics.retry(type(error).__name__)
+        worker.store.renew_lease(flow.flow_id, time.time() + sleep_seconds + worker.store.lifetimes.lease)
 
     return on_retry
 
 
-def _expire(store: FlowStore, flow: Flow, reached: DeadlineReached | None = None) -> Outcome:
+def _complete(worker: Worker, flow: Flow, credentials: list[Credential], attempts: int) -> Outcome:
+    step = worker.store.complete(flow, [_connected(credential) for credential in credentials])
+    if not step.done:
+        return _recorded(worker, Outcome.SKIPPED)
+    log.info("flow %s completed after %d attempt(s)", flow.flow_id, attempts)
+    _time_to_terminal(worker, flow)
+    return _recorded(worker, Outcome.COMPLETED)
+
+
+def _expire(worker: Worker, flow: Flow, reached: DeadlineReached | None = None) -> Outcome:
     if reached is not None:
         log.warning("flow %s expires in stage %s: %s", flow.flow_id, flow.state.stage, reached)
-    return Outcome.EXPIRED if store.expire(flow, doomed=True).done else Outcome.SKIPPED
+    if not worker.store.expire(flow, doomed=True).done:
+        return _recorded(worker, Outcome.SKIPPED)
+    _time_to_terminal(worker, flow)
+    return _recorded(worker, Outcome.EXPIRED)
 
 
-def _fail(store: FlowStore, flow: Flow, refused: RefusedError, attempts: int, code: str | None = None) -> Outcome:
+def _fail(worker: Worker, flow: Flow, refused: RefusedError, code: str | None = None) -> Outcome:
     code = code or refused.code
     log.warning("flow %s failed: %s (%s)", flow.flow_id, code, refused)
-    step = store.fail(flow, code, str(refused), retryable=False, attempts=attempts)
-    return Outcome.FAILED if step.done else Outcome.SKIPPED
+    attempts = int(getattr(refused, "attempts", 1))
+    if not worker.store.fail(flow, code, str(refused), retryable=False, attempts=attempts).done:
+        return _recorded(worker, Outcome.SKIPPED)
+    _time_to_terminal(worker, flow)
+    worker.metrics.outcome(code)
+    return Outcome.FAILED
 
 
-def _attempts(error: BaseException) -> int:
-    return int(getattr(error, "attempts", 1))
+def _recorded(worker: Worker, outcome: Outcome) -> Outcome:
+    worker.metrics.outcome(outcome.value)
+    return outcome
+
+
+def _time_to_terminal(worker: Worker, flow: Flow) -> None:
+    if flow.callback_at is not None:
+        worker.metrics.callback_to_terminal(time.time() - flow.callback_at)
 
 
 def _connected(credential: Credential) -> ConnectedCredential:
+    extra = {"image_link": credential.image_link, "network_username": credential.network_username}
     return ConnectedCredential(
-        id=credential.id, name=credential.name, status=credential.status, network=credential.network
+        id=credential.id,
+        name=credential.name,
+        status=credential.status,
+        network=credential.network,
+        **{name: value for name, value in extra.items() if value is not None},
     )

@@ -8,20 +8,19 @@ from worker import runtime, steps
 from worker.celery_app import app
 from worker.flows import FlowState
 from worker.logs import flow_context
-from worker.oktopost import get_client
 from worker.sweeper import Sweeper
 
 
 @app.task(name="oktopost.verify", acks_late=True, reject_on_worker_lost=True)
 def verify(flow_id: str) -> str:
     with flow_context(flow_id):
-        return steps.verify_flow(runtime.store(), get_client(), flow_id, runtime.policy()).value
+        return steps.verify_flow(runtime.worker(), flow_id).value
 
 
 @app.task(name="oktopost.complete", acks_late=True, reject_on_worker_lost=True)
 def complete(flow_id: str) -> str:
     with flow_context(flow_id):
-        return steps.complete_flow(runtime.store(), get_client(), flow_id, runtime.policy()).value
+        return steps.complete_flow(runtime.worker(), flow_id).value
 
 
 def enqueue(flow_id: str, state: FlowState) -> None:

@@ -1,0 +1,149 @@
+"""The deadline-driven retry policy, with a fake clock: what is retried, when it stops, Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from worker.errors import (
+    MalformedAnswerError,
+    RejectedError,
+    ServerError,
+    ThrottledError,
+    TokenInvalidError,
+    UnauthorizedError,
+    UpstreamTransportError,
+)
+from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline, call_until_deadline
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def failing(*errors: Exception, then: str = "ok", clock: FakeClock | None = None, cost: float = 0.0):  # type: ignore[no-untyped-def]
+    remaining = list(errors)
+    timeouts: list[float] = []
+
+    def attempt(timeout: float) -> str:
+        timeouts.append(timeout)
+        if clock is not None:
+            clock.now += cost
+        if remaining:
+            raise remaining.pop(0)
+        return then
+
+    attempt.timeouts = timeouts  # type: ignore[attr-defined]
+    return attempt
+
+
+@pytest.mark.parametrize(
+    "transient",
+    [UpstreamTransportError("read timeout"), MalformedAnswerError("not JSON"), ServerError(503), ThrottledError(None)],
+)
+def test_transient_faults_are_retried_until_success(transient: Exception) -> None:
+    clock = FakeClock()
+    result, attempts = call_until_deadline(
+        failing(transient, transient), clock.now + 30, clock=clock, sleep=clock.sleep
+    )
+    assert (result, attempts) == ("ok", 3)
+    assert len(clock.sleeps) == 2
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [RejectedError(["nope"], status=400), TokenInvalidError(["gone"], status=404), UnauthorizedError(401)],
+)
+def test_refusals_are_never_retried(refusal: Exception) -> None:
+    clock = FakeClock()
+    attempt = failing(refusal)
+    with pytest.raises(type(refusal)) as raised:
+        call_until_deadline(attempt, clock.now + 30, clock=clock, sleep=clock.sleep)
+    assert raised.value.attempts == 1  # type: ignore[attr-defined]
+    assert clock.sleeps == []
+
+
+def test_exceptions_outside_the_tree_propagate_untouched() -> None:
+    class CeleryRetry(Exception):
+        pass
+
+    clock = FakeClock()
+    with pytest.raises(CeleryRetry):
+        call_until_deadline(failing(CeleryRetry()), clock.now + 30, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == []
+
+
+def test_stops_before_an_attempt_that_could_not_finish() -> None:
+    clock = FakeClock()
+    deadline = clock.now + 5
+    errors = [ServerError(503)] * 1000
+    attempt = failing(*errors, clock=clock, cost=0.5)
+    with pytest.raises(DeadlineReached) as raised:
+        call_until_deadline(attempt, deadline, clock=clock, sleep=clock.sleep)
+    assert clock.now <= deadline
+    assert raised.value.attempts >= 3 and isinstance(raised.value.last_error, ServerError)
+    # every attempt was given at most the time left
+    assert all(t <= 5 for t in attempt.timeouts)  # type: ignore[attr-defined]
+
+
+def test_attempt_timeout_is_bounded_by_time_left() -> None:
+    clock = FakeClock()
+    attempt = failing()
+    call_until_deadline(attempt, clock.now + 1.5, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep)
+    assert attempt.timeouts == [1.5]  # type: ignore[attr-defined]
+    attempt = failing()
+    call_until_deadline(attempt, clock.now + 100, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep)
+    assert attempt.timeouts == [10]  # type: ignore[attr-defined]
+
+
+def test_retry_after_is_honoured_when_it_fits() -> None:
+    clock = FakeClock()
+    call_until_deadline(failing(ThrottledError(7.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [7.0]
+
+
+def test_retry_after_past_the_deadline_stops_at_once() -> None:
+    clock = FakeClock()
+    with pytest.raises(DeadlineReached) as raised:
+        call_until_deadline(failing(ThrottledError(60.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [] and isinstance(raised.value.last_error, ThrottledError)
+
+
+def test_no_time_left_means_no_attempt() -> None:
+    clock = FakeClock()
+    attempt = failing()
+    with pytest.raises(DeadlineReached) as raised:
+        call_until_deadline(attempt, clock.now + 0.1, clock=clock, sleep=clock.sleep)
+    assert raised.value.attempts == 0 and attempt.timeouts == []  # type: ignore[attr-defined]
+
+
+def test_async_variant_follows_the_same_policy() -> None:
+    calls: list[float] = []
+
+    async def attempt(timeout: float) -> str:
+        calls.append(timeout)
+        if len(calls) < 3:
+            raise ServerError(502)
+        return "redirect"
+
+    policy = RetryPolicy(backoff_multiplier=0.001, backoff_max=0.01)
+    import time
+
+    result, attempts = asyncio.run(acall_until_deadline(attempt, time.time() + 5, policy=policy))
+    assert (result, attempts) == ("redirect", 3)
+
+    async def refused(timeout: float) -> str:
+        raise RejectedError(["bad network"], status=400)
+
+    with pytest.raises(RejectedError):
+        asyncio.run(acall_until_deadline(refused, time.time() + 5, policy=policy))

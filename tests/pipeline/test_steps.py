@@ -1,0 +1,167 @@
+"""Task steps on fakeredis with the real client over httpx.MockTransport: outcomes and their events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import fakeredis
+import httpx
+import pytest
+
+from worker.flows import FlowState, FlowStore, Lifetimes
+from worker.keys import RedisNames
+from worker.metrics import RedisMetricsCollector, WorkerMetrics
+from worker.oktopost import OktopostClient
+from worker.retry import RetryPolicy
+from worker.steps import Outcome, Worker, complete_flow, expire_flow, verify_flow
+
+TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
+PROFILE = {
+    "Result": True,
+    "Credential": {"Id": "003-1", "Name": "Jo", "Status": "valid", "Network": "LinkedIn", "Extra": "ignored"},
+}
+PAGES = {
+    "Result": True,
+    "token": TOKEN,
+    "data": [
+        {"Id": str(i), "Name": f"P{i}", "Network": "LinkedIn", "ImageLink": "", "NetworkUsername": f"p{i}", "IsConnected": i == 1}
+        for i in (1, 2, 3)
+    ],
+}
+FAST = RetryPolicy(max_attempt_seconds=1, backoff_multiplier=0.001, backoff_max=0.01)
+
+
+def make_worker(handler: Callable[[httpx.Request], httpx.Response], token_ttl: int = 30) -> Worker:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
+    upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
+    return Worker(store, upstream, FAST, WorkerMetrics(client, "t:metrics"))
+
+
+def claimed(worker: Worker, entity_type: str = "profile") -> str:
+    flow = worker.store.create("flow-1", "LinkedIn", entity_type, None, None)
+    assert worker.store.claim_callback(flow, TOKEN).done
+    return "flow-1"
+
+
+def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
+    queue = list(responses)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+def types(worker: Worker) -> list[str]:
+    return [e["type"] for e in worker.store.events("flow-1")]
+
+
+def test_profile_verified_through_transient_faults() -> None:
+    handler = answers(
+        httpx.Response(503),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, text="<html>oops</html>"),
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(200, json=PROFILE),
+    )
+    worker = make_worker(handler)
+    assert verify_flow(worker, claimed(worker)) is Outcome.COMPLETED
+    assert types(worker)[-1] == "connection.completed"
+    assert worker.store.events("flow-1")[-1]["data"]["credentials"][0]["id"] == "003-1"
+    assert len(handler.seen) == 5  # type: ignore[attr-defined]
+    assert all(TOKEN in str(r.url) for r in handler.seen)  # type: ignore[attr-defined]
+
+
+def test_page_verification_offers_a_selection_then_completion_connects() -> None:
+    put_answer = {"Result": True, "Credentials": [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "LinkedIn"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
+
+    worker = make_worker(handler)
+    flow_id = claimed(worker, "page")
+    assert verify_flow(worker, flow_id) is Outcome.SELECTION_REQUIRED
+    waiting = worker.store.get(flow_id)
+    assert waiting is not None and waiting.state is FlowState.AWAITING_SELECTION
+    assert worker.store.submit_selection(waiting, ["2"]).done
+    assert complete_flow(worker, flow_id) is Outcome.COMPLETED
+    assert types(worker)[-2:] == ["selection.submitted", "connection.completed"]
+
+
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (httpx.Response(200, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid or has expired"}}}), "token_invalid"),
+        (httpx.Response(404, json={"Result": False, "Errors": []}), "token_invalid"),
+        (httpx.Response(401, json={"Result": False}), "unauthorized"),
+        (httpx.Response(400, json={"Result": False, "Errors": {"Param": {"get": "Missing value"}}}), "upstream_rejected"),
+    ],
+)
+def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> None:
+    handler = answers(response)
+    worker = make_worker(handler)
+    assert verify_flow(worker, claimed(worker)) is Outcome.FAILED
+    failed = worker.store.events("flow-1")[-1]
+    assert failed["type"] == "authorization.failed"
+    assert failed["data"]["code"] == code and failed["data"]["retryable"] is False and failed["data"]["attempts"] == 1
+    assert TOKEN not in failed["data"]["message"]
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+
+
+def test_rejected_completion_is_an_invalid_selection() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=PAGES)
+        return httpx.Response(400, json={"Result": False, "Errors": {"API": {"Error": "Unknown id: 2"}}})
+
+    worker = make_worker(handler)
+    flow_id = claimed(worker, "group")
+    verify_flow(worker, flow_id)
+    worker.store.submit_selection(worker.store.get(flow_id), ["2"])  # type: ignore[arg-type]
+    assert complete_flow(worker, flow_id) is Outcome.FAILED
+    assert worker.store.events(flow_id)[-1]["data"]["code"] == "invalid_selection"
+
+
+def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None:
+    worker = make_worker(answers(httpx.Response(503)), token_ttl=1)
+    started = time.time()
+    assert verify_flow(worker, claimed(worker)) is Outcome.EXPIRED
+    assert time.time() - started < 1.5
+    assert worker.store.events("flow-1")[-1]["data"] == {"stage": "verify"}
+    assert "authorization.failed" not in types(worker)
+
+
+def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
+    handler = answers(httpx.Response(200, json=PROFILE))
+    worker = make_worker(handler)
+    flow_id = claimed(worker)
+    assert verify_flow(worker, flow_id) is Outcome.COMPLETED
+    assert verify_flow(worker, flow_id) is Outcome.SKIPPED
+    assert complete_flow(worker, flow_id) is Outcome.SKIPPED
+    assert verify_flow(worker, "missing") is Outcome.SKIPPED
+    assert expire_flow(worker.store, flow_id, now=time.time() + 10**6) is Outcome.SKIPPED
+    assert len(handler.seen) == 1 and len(types(worker)) == 3  # type: ignore[attr-defined]
+
+
+def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
+    worker = make_worker(answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
+    verify_flow(worker, claimed(worker))
+    families = {f.name: f for f in RedisMetricsCollector(worker.store.redis, "t:metrics").collect()}
+    outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
+    assert outcomes == {"completed": 1.0}
+    retries = {s.labels["fault"]: s.value for s in families["okc_worker_retries"].samples}
+    assert retries == {"ServerError": 1.0}
+    calls = {(s.labels["call"], s.labels["result"]): s.value for s in families["okc_worker_upstream_calls"].samples}
+    assert calls == {("verify", "ServerError"): 1.0, ("verify", "ok"): 1.0}
+    count = [s.value for s in families["okc_worker_upstream_seconds"].samples if s.name.endswith("_count")]
+    assert count == [2.0]
+    flow_count = [s.value for s in families["okc_worker_callback_to_terminal_seconds"].samples if s.name.endswith("_count")]
+    assert flow_count == [1.0]

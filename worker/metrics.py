@@ -1,0 +1,124 @@
+"""Worker metrics kept in Redis, so any number of worker processes on any number of machines add up.
+
+Workers increment fields of one Redis hash (a pipelined HINCRBY per observation); the shim's
+/metrics reads the hash through `RedisMetricsCollector` and exposes it in Prometheus format:
+
+    okc_worker_outcomes_total{outcome}            flows ended (or skipped) by a task, by outcome/code
+    okc_worker_retries_total{fault}               attempts retried, by the transient fault seen
+    okc_worker_upstream_calls_total{call,result}  calls made to Oktopost
+    okc_worker_upstream_seconds{call}             histogram of their latency
+    okc_worker_callback_to_terminal_seconds       histogram of time from callback to terminal event
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_SEP = "|"
+
+
+class WorkerMetrics:
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.redis = client
+        self.key = key
+
+    def outcome(self, outcome: str) -> None:
+        self._add({f"outcome{_SEP}{outcome}": 1})
+
+    def retry(self, fault: str) -> None:
+        self._add({f"retry{_SEP}{fault}": 1})
+
+    def upstream(self, call: str, result: str, seconds: float) -> None:
+        fields = {f"call{_SEP}{call}{_SEP}{result}": 1}
+        fields.update(_histogram_fields(f"upstream.{call}", seconds, UPSTREAM_BUCKETS))
+        self._add(fields)
+
+    def callback_to_terminal(self, seconds: float) -> None:
+        self._add(_histogram_fields("flow", seconds, FLOW_BUCKETS))
+
+    def _add(self, fields: dict[str, float]) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, amount in fields.items():
+                if isinstance(amount, int):
+                    pipe.hincrby(self.key, name, amount)
+                else:
+                    pipe.hincrbyfloat(self.key, name, amount)
+            pipe.execute()
+        except redis.RedisError as error:  # metrics never break a flow
+            log.debug("metrics not recorded: %s", type(error).__name__)
+
+
+def _histogram_fields(name: str, value: float, buckets: Iterable[float]) -> dict[str, float]:
+    fields: dict[str, float] = {f"h{_SEP}{name}{_SEP}count": 1, f"h{_SEP}{name}{_SEP}sum": float(value)}
+    for bound in buckets:
+        if value <= bound:
+            fields[f"h{_SEP}{name}{_SEP}le={bound}"] = 1
+    return fields
+
+
+class RedisMetricsCollector(Collector):
+    """Reads the workers' hash at scrape time."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.redis = client
+        self.key = key
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        try:
+            raw = self.redis.hgetall(self.key)
+        except redis.RedisError:
+            return
+        fields = {_text(k): float(_text(v)) for k, v in raw.items()}
+        outcomes = CounterMetricFamily("okc_worker_outcomes", "Task outcomes by code", labels=["outcome"])
+        retries = CounterMetricFamily("okc_worker_retries", "Attempts retried by transient fault", labels=["fault"])
+        calls = CounterMetricFamily("okc_worker_upstream_calls", "Calls made to Oktopost", labels=["call", "result"])
+        histograms: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, value in fields.items():
+            parts = name.split(_SEP)
+            if parts[0] == "outcome":
+                outcomes.add_metric([parts[1]], value)
+            elif parts[0] == "retry":
+                retries.add_metric([parts[1]], value)
+            elif parts[0] == "call":
+                calls.add_metric([parts[1], parts[2]], value)
+            elif parts[0] == "h":
+                histograms[parts[1]][parts[2]] = value
+        yield outcomes
+        yield retries
+        yield calls
+        for name, values in histograms.items():
+            if name == "flow":
+                family = HistogramMetricFamily(
+                    "okc_worker_callback_to_terminal_seconds", "Time from callback to terminal event"
+                )
+                yield _histogram(family, [], values, FLOW_BUCKETS)
+            else:
+                call = name.removeprefix("upstream.")
+                family = HistogramMetricFamily(
+                    "okc_worker_upstream_seconds", "Latency of calls to Oktopost", labels=["call"]
+                )
+                yield _histogram(family, [call], values, UPSTREAM_BUCKETS)
+
+
+def _histogram(
+    family: HistogramMetricFamily, labels: list[str], values: dict[str, float], buckets: Iterable[float]
+) -> HistogramMetricFamily:
+    counts = [(str(bound), values.get(f"le={bound}", 0.0)) for bound in buckets]
+    counts.append(("+Inf", values.get("count", 0.0)))
+    family.add_metric(labels, counts, values.get("sum", 0.0))
+    return family
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
