@@ -21,12 +21,22 @@ def install(app: FastAPI) -> None:
     @app.middleware("http")
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        flow_id = request.url.path.split("/")[3] if request.url.path.startswith(("/v1/callback/", "/v1/authorizations/")) else "-"
+        flow_id = (
+            request.url.path.split("/")[3]
+            if request.url.path.startswith(("/v1/callback/", "/v1/authorizations/"))
+            else "-"
+        )
         token = current_flow.set(flow_id[:64])
         try:
             response = await call_next(request)
             route = getattr(request.scope.get("route"), "path", "unmatched")
-            log.info("%s %s %d %.1fms", request.method, route, response.status_code, (time.perf_counter() - started) * 1000)
+            log.info(
+                "%s %s %d %.1fms",
+                request.method,
+                route,
+                response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
             return response
         finally:
             current_flow.reset(token)

@@ -10,8 +10,8 @@ import logging
 import re
 import secrets
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from html import escape
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,7 +34,7 @@ from api_shim.security import check_bearer, check_return_url
 from worker import runtime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flows import Flow, FlowState, FlowStore, StepOutcome, token_fingerprint
+from worker.flows import Flow, FlowState, FlowStore, token_fingerprint
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
@@ -96,12 +96,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             entity_type = canonical_entity_type(body.type)
         except ValueError as error:
             raise ApiError(422, "invalid_request", str(error)) from None
-        return_url = check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
+        return_url = (
+            check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
+        )
         flow_id = secrets.token_urlsafe(24)  # 192 random bits
         callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
         try:
             redirect_url, _ = await acall_until_deadline(
-                lambda timeout: upstream.start_authorization(network, callback_url, entity_type, timeout=timeout),
+                lambda timeout: upstream.start_authorization(
+                    network, callback_url, entity_type, timeout=timeout
+                ),
                 time.time() + STEP1_SECONDS,
                 policy=STEP1_POLICY,
             )
@@ -111,7 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(502, refused.code, str(refused)) from None
         except DeadlineReached as reached:
             raise ApiError(502, "upstream_unavailable", f"Oktopost is unavailable: {reached}") from None
-        flow = await run_in_threadpool(store.create, flow_id, network, entity_type, body.reference, return_url)
+        flow = await run_in_threadpool(
+            store.create, flow_id, network, entity_type, body.reference, return_url
+        )
         metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
         return AuthorizationCreated(
             flow_id=flow_id,
@@ -174,7 +180,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.redis.ping()
         except Exception as error:
             return JSONResponse(
-                {"error": {"code": "unavailable", "message": f"Redis does not answer ({type(error).__name__})"}},
+                {
+                    "error": {
+                        "code": "unavailable",
+                        "message": f"Redis does not answer ({type(error).__name__})",
+                    }
+                },
                 status_code=503,
             )
         return JSONResponse({"status": "ready"})
@@ -236,7 +247,11 @@ def _denied(store: FlowStore, flow: Flow, error: str | None) -> Response:
 def _back_to_caller(flow: Flow, status: str) -> Response:
     if flow.return_url:
         parts = urlsplit(flow.return_url)
-        query = [*parse_qsl(parts.query, keep_blank_values=True), ("flow_id", flow.flow_id), ("status", status)]
+        query = [
+            *parse_qsl(parts.query, keep_blank_values=True),
+            ("flow_id", flow.flow_id),
+            ("status", status),
+        ]
         return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), status_code=303)
     message = {
         "processing": "Thanks! Your account is being connected. You can close this window.",
@@ -247,4 +262,3 @@ def _back_to_caller(flow: Flow, status: str) -> Response:
         f"<body><p>{escape(message)}</p><p>Reference: <code>{escape(flow.flow_id)}</code></p></body></html>"
     )
     return HTMLResponse(page, status_code=200)
-

@@ -23,7 +23,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -68,4 +70,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
         log.warning("storage unavailable: %s", type(error).__name__)
-        return error_response(503, "unavailable", "storage is unavailable, try again shortly", {"Retry-After": "2"})
+        return error_response(
+            503, "unavailable", "storage is unavailable, try again shortly", {"Retry-After": "2"}
+        )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
 import redis
+from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from worker.metrics import RedisMetricsCollector
 
-REQUESTS = Counter("okc_shim_requests_total", "HTTP requests answered by the shim", ["route", "method", "status"])
+REQUESTS = Counter(
+    "okc_shim_requests_total", "HTTP requests answered by the shim", ["route", "method", "status"]
+)
 REQUEST_SECONDS = Histogram(
     "okc_shim_request_seconds",
     "Time to answer a request",

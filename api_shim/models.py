@@ -12,10 +12,20 @@ EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 class AuthorizationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    network: str = Field(max_length=32, examples=["LinkedIn"], description="Twitter, Facebook, LinkedIn, YouTube or Instagram, any case")
+    network: str = Field(
+        max_length=32,
+        examples=["LinkedIn"],
+        description="Twitter, Facebook, LinkedIn, YouTube or Instagram, any case",
+    )
     type: str = Field(default="profile", max_length=16, description="profile, page or group")
-    return_url: str | None = Field(default=None, max_length=2048, description="where the browser goes after the callback; its origin must be in ALLOWED_RETURN_URLS")
-    reference: str | None = Field(default=None, max_length=256, description="your own id for this flow, echoed in every event")
+    return_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="where the browser goes after the callback; its origin must be in ALLOWED_RETURN_URLS",
+    )
+    reference: str | None = Field(
+        default=None, max_length=256, description="your own id for this flow, echoed in every event"
+    )
 
 
 class AuthorizationCreated(BaseModel):

@@ -32,12 +32,26 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
 
-def start_redis(extra: list[str] | None = None, port: int | None = None, directory: str | None = None) -> RedisServer:
+def start_redis(
+    extra: list[str] | None = None, port: int | None = None, directory: str | None = None
+) -> RedisServer:
     port = port or free_port()
     directory = directory or tempfile.mkdtemp(prefix="okc-redis-")
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", directory, *(extra or [])],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+            *(extra or []),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -112,7 +126,13 @@ class Pipeline:
 
     def start_worker(self, concurrency: int = 4) -> Process:
         worker = start_cli(
-            ["worker", "--concurrency", str(concurrency), "--hostname", f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h"],
+            [
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h",
+            ],
             env=self.env,
             name="worker",
         )

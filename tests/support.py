@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -51,11 +52,18 @@ class Process:
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, name: str = "") -> None:
         self.name = name or args[0]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"okc-{self.name}-{os.getpid()}-{time.time_ns()}.log"
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"okc-{self.name}-{os.getpid()}-{time.time_ns()}.log"
+        )
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
-            list(args), env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            list(args),
+            env=full_env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -65,10 +73,8 @@ class Process:
 
     def kill(self) -> None:
         """SIGKILL the whole group at once, as a crash would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(10)
 
     def stop(self, timeout: float = 10.0) -> int | None:

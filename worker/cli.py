@@ -118,7 +118,11 @@ def _watch(argv: Sequence[str]) -> int:
         terminal = False
         for event in follow_flow(client, args.flow_id, settings.channel_prefix, timeout=args.timeout):
             print(json.dumps(event), flush=True)
-            terminal = event["type"] in ("connection.completed", "authorization.failed", "authorization.expired")
+            terminal = event["type"] in (
+                "connection.completed",
+                "authorization.failed",
+                "authorization.expired",
+            )
     except redis.exceptions.ConnectionError:
         return _fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
     except KeyboardInterrupt:

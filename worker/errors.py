@@ -45,6 +45,7 @@ class OktopostError(Exception):
 
     retryable: ClassVar[bool] = False
     code: ClassVar[str] = "upstream_rejected"
+    attempts: int = 1  # set by the retry policy: how many attempts led to this error
 
     def __init__(self, message: str) -> None:
         self.message = _one_line(message)

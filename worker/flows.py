@@ -163,7 +163,8 @@ class Lifetimes:
 
 class FlowStore:
     def __init__(self, client: redis.Redis, names: RedisNames, lifetimes: Lifetimes) -> None:
-        self.redis = client
+        # Any: redis-py annotates every command as sync-or-async; this store is sync only
+        self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
         self._transition = client.register_script(_TRANSITION)
@@ -183,13 +184,20 @@ class FlowStore:
 
     def events(self, flow_id: str) -> list[dict[str, Any]]:
         entries = self.redis.xrange(self.names.flow_stream(flow_id))
-        return [json.loads(_text(fields[b"event"] if b"event" in fields else fields["event"])) for _, fields in entries]
+        return [
+            json.loads(_text(fields[b"event"] if b"event" in fields else fields["event"]))
+            for _, fields in entries
+        ]
 
     def due_deadlines(self, now: float, limit: int = 200) -> list[str]:
-        return [_text(m) for m in self.redis.zrangebyscore(self.names.deadlines, "-inf", now, start=0, num=limit)]
+        return [
+            _text(m) for m in self.redis.zrangebyscore(self.names.deadlines, "-inf", now, start=0, num=limit)
+        ]
 
     def due_leases(self, now: float, limit: int = 200) -> list[str]:
-        return [_text(m) for m in self.redis.zrangebyscore(self.names.leases, "-inf", now, start=0, num=limit)]
+        return [
+            _text(m) for m in self.redis.zrangebyscore(self.names.leases, "-inf", now, start=0, num=limit)
+        ]
 
     # steps
 
@@ -219,7 +227,9 @@ class FlowStore:
             "created_at": repr(now),
             "deadline": repr(deadline),
         }
-        step = self._step(flow_id, "", FlowState.AWAITING_CALLBACK, event, deadline, fields, new_deadline=deadline)
+        step = self._step(
+            flow_id, "", FlowState.AWAITING_CALLBACK, event, deadline, fields, new_deadline=deadline
+        )
         if not step.done:
             raise RuntimeError(f"flow {flow_id} already exists")
         return Flow(
@@ -266,7 +276,12 @@ class FlowStore:
         event = SelectionRequired(**_envelope(flow), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
         return self._step(
-            flow.flow_id, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, flow.deadline, fields,
+            flow.flow_id,
+            (FlowState.VERIFYING,),
+            FlowState.AWAITING_SELECTION,
+            event,
+            flow.deadline,
+            fields,
             lease="-",
         )
 
@@ -289,7 +304,8 @@ class FlowStore:
 
     def fail(self, flow: Flow, code: str, message: str, retryable: bool, attempts: int) -> Step:
         event = AuthorizationFailed(
-            **_envelope(flow), data=FailedData(code=code, message=message, retryable=retryable, attempts=attempts)
+            **_envelope(flow),
+            data=FailedData(code=code, message=message, retryable=retryable, attempts=attempts),
         )
         return self._finish(flow, LIVE_STATES, FlowState.FAILED, event, {"failure_code": code})
 
@@ -313,7 +329,9 @@ class FlowStore:
 
     def take_lapsed_lease(self, flow_id: str, now: float) -> bool:
         """True for exactly one caller when a flow's queued or running work stopped showing progress."""
-        return bool(self._take_lease(keys=[self.names.leases], args=[flow_id, now, now + self.lifetimes.lease]))
+        return bool(
+            self._take_lease(keys=[self.names.leases], args=[flow_id, now, now + self.lifetimes.lease])
+        )
 
     def forget_lease(self, flow_id: str) -> None:
         self.redis.zrem(self.names.leases, flow_id)
@@ -333,7 +351,15 @@ class FlowStore:
         only_after: float | None = None,
     ) -> Step:
         return self._step(
-            flow.flow_id, allowed, state, event, None, fields or {}, new_deadline="-", lease="-", token="-",
+            flow.flow_id,
+            allowed,
+            state,
+            event,
+            None,
+            fields or {},
+            new_deadline="-",
+            lease="-",
+            token="-",  # noqa: S106 - "-" tells the Lua step to delete the token, not a password
             only_after=only_after,
         )
 
@@ -386,7 +412,9 @@ class FlowStore:
         if outcome is StepOutcome.DONE:
             return Step(outcome, seq=int(result[1]), state=state)
         if outcome is StepOutcome.CONFLICT:
-            return Step(outcome, state=FlowState(_text(result[1])) if result[1] else None, token_fp=_text(result[2]))
+            return Step(
+                outcome, state=FlowState(_text(result[1])) if result[1] else None, token_fp=_text(result[2])
+            )
         return Step(outcome)
 
 

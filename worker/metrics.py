@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -29,7 +30,7 @@ _SEP = "|"
 
 class WorkerMetrics:
     def __init__(self, client: redis.Redis, key: str) -> None:
-        self.redis = client
+        self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.key = key
 
     def outcome(self, outcome: str) -> None:
@@ -39,7 +40,7 @@ class WorkerMetrics:
         self._add({f"retry{_SEP}{fault}": 1})
 
     def upstream(self, call: str, result: str, seconds: float) -> None:
-        fields = {f"call{_SEP}{call}{_SEP}{result}": 1}
+        fields: dict[str, float] = {f"call{_SEP}{call}{_SEP}{result}": 1}
         fields.update(_histogram_fields(f"upstream.{call}", seconds, UPSTREAM_BUCKETS))
         self._add(fields)
 
@@ -71,7 +72,7 @@ class RedisMetricsCollector(Collector):
     """Reads the workers' hash at scrape time."""
 
     def __init__(self, client: redis.Redis, key: str) -> None:
-        self.redis = client
+        self.redis: Any = client
         self.key = key
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
@@ -81,8 +82,12 @@ class RedisMetricsCollector(Collector):
             return
         fields = {_text(k): float(_text(v)) for k, v in raw.items()}
         outcomes = CounterMetricFamily("okc_worker_outcomes", "Task outcomes by code", labels=["outcome"])
-        retries = CounterMetricFamily("okc_worker_retries", "Attempts retried by transient fault", labels=["fault"])
-        calls = CounterMetricFamily("okc_worker_upstream_calls", "Calls made to Oktopost", labels=["call", "result"])
+        retries = CounterMetricFamily(
+            "okc_worker_retries", "Attempts retried by transient fault", labels=["fault"]
+        )
+        calls = CounterMetricFamily(
+            "okc_worker_upstream_calls", "Calls made to Oktopost", labels=["call", "result"]
+        )
         histograms: dict[str, dict[str, float]] = defaultdict(dict)
         for name, value in fields.items():
             parts = name.split(_SEP)

@@ -68,7 +68,9 @@ class _Schedule:
     on_retry: Callable[[OktopostError, float], None] | None
 
     def tenacity_kwargs(self) -> dict[str, Any]:
-        backoff = wait_random_exponential(multiplier=self.policy.backoff_multiplier, max=self.policy.backoff_max)
+        backoff = wait_random_exponential(
+            multiplier=self.policy.backoff_multiplier, max=self.policy.backoff_max
+        )
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
@@ -77,7 +79,9 @@ class _Schedule:
             return float(backoff(state))
 
         def stop(state: RetryCallState) -> bool:
-            return self.clock() + (state.upcoming_sleep or 0.0) + self.policy.min_attempt_seconds > self.deadline
+            return (
+                self.clock() + (state.upcoming_sleep or 0.0) + self.policy.min_attempt_seconds > self.deadline
+            )
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -105,7 +109,9 @@ def _attempts(retrying: Retrying | AsyncRetrying) -> int:
 
 def _deadline_reached(exhausted: RetryError) -> DeadlineReached:
     last = exhausted.last_attempt.exception()
-    return DeadlineReached(exhausted.last_attempt.attempt_number, last if isinstance(last, OktopostError) else None)
+    return DeadlineReached(
+        exhausted.last_attempt.attempt_number, last if isinstance(last, OktopostError) else None
+    )
 
 
 def call_until_deadline(
@@ -151,7 +157,7 @@ async def acall_until_deadline(
         return await attempt(schedule.attempt_timeout())
 
     try:
-        result = await retrying(bounded_attempt)
+        result: T = await retrying(bounded_attempt)
     except RetryError as exhausted:
         raise _deadline_reached(exhausted) from None
     except _NoTimeLeft:

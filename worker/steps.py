@@ -89,7 +89,10 @@ def complete_flow(worker: Worker, flow_id: str) -> Outcome:
     try:
         credentials, attempts = call_until_deadline(
             _observed(
-                worker, flow, "complete", lambda timeout: worker.client.complete(token, flow.selected_ids, timeout=timeout)
+                worker,
+                flow,
+                "complete",
+                lambda timeout: worker.client.complete(token, flow.selected_ids, timeout=timeout),
             ),
             flow.deadline,
             policy=worker.policy,
@@ -160,7 +163,7 @@ def _expire(worker: Worker, flow: Flow, reached: DeadlineReached | None = None) 
 def _fail(worker: Worker, flow: Flow, refused: RefusedError, code: str | None = None) -> Outcome:
     code = code or refused.code
     log.warning("flow %s failed: %s (%s)", flow.flow_id, code, refused)
-    attempts = int(getattr(refused, "attempts", 1))
+    attempts = refused.attempts
     if not worker.store.fail(flow, code, str(refused), retryable=False, attempts=attempts).done:
         return _recorded(worker, Outcome.SKIPPED)
     _time_to_terminal(worker, flow)

@@ -33,8 +33,10 @@ def follow_flow(
     pubsub.subscribe(names.flow_channel(flow_id))
     try:
         last_seq = 0
-        for _, fields in client.xrange(names.flow_stream(flow_id)):
-            event = json.loads(fields.get(b"event") or fields.get("event"))  # type: ignore[call-overload]
+        history: list[tuple[Any, dict[Any, Any]]] = client.xrange(names.flow_stream(flow_id))  # type: ignore[assignment]
+        for _, fields in history:
+            # works with decode_responses=True clients too
+            event = json.loads(fields.get(b"event") or fields["event"])
             last_seq = event["seq"]
             yield event
             if event["type"] in TERMINAL_TYPES:

@@ -23,7 +23,9 @@ def start_flow(
         body["return_url"] = return_url
     if reference is not None:
         body["reference"] = reference
-    response = httpx.post(f"{pipeline.shim_url}/v1/authorizations", json=body, headers=pipeline.headers, timeout=15)
+    response = httpx.post(
+        f"{pipeline.shim_url}/v1/authorizations", json=body, headers=pipeline.headers, timeout=15
+    )
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 

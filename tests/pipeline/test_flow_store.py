@@ -18,7 +18,9 @@ TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 @pytest.fixture()
 def store() -> FlowStore:
     server = fakeredis.FakeServer()
-    return FlowStore(fakeredis.FakeRedis(server=server), RedisNames("oktopost"), Lifetimes(flow_ttl=20, token_ttl=30))
+    return FlowStore(
+        fakeredis.FakeRedis(server=server), RedisNames("oktopost"), Lifetimes(flow_ttl=20, token_ttl=30)
+    )
 
 
 def new_flow(store: FlowStore, entity_type: str = "profile") -> Flow:
@@ -74,7 +76,9 @@ def test_second_claim_reports_conflict_with_fingerprint(store: FlowStore) -> Non
 def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
     flow = new_flow(store, "page")
     store.claim_callback(flow, TOKEN)
-    offers = [EntityOffer(id=str(i), name=f"Page {i}", network="LinkedIn", is_connected=i == 1) for i in (1, 2, 3)]
+    offers = [
+        EntityOffer(id=str(i), name=f"Page {i}", network="LinkedIn", is_connected=i == 1) for i in (1, 2, 3)
+    ]
     assert store.offer_selection(store.get("flow-1"), offers).done  # type: ignore[arg-type]
     waiting = store.get("flow-1")
     assert waiting is not None and waiting.offered_ids() == ["1", "2", "3"]

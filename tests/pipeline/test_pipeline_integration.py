@@ -28,14 +28,20 @@ def test_profile_flow_completes(pipeline: Pipeline, sandbox: Sandbox, network: s
     assert parse_qs(location.query) == {"flow_id": [created["flow_id"]], "status": ["processing"]}
 
     events = events_of(pipeline, created["flow_id"])
-    assert [e["type"] for e in events] == ["authorization.started", "callback.received", "connection.completed"]
+    assert [e["type"] for e in events] == [
+        "authorization.started",
+        "callback.received",
+        "connection.completed",
+    ]
     assert [e["seq"] for e in events] == [1, 2, 3]
     assert all(e["network"] == network and e["reference"] == "user-42" for e in events)
     credential = events[-1]["data"]["credentials"][0]
     assert credential["status"] == "valid" and credential["network"] == network
     assert credential["id"] in {c["Id"] for c in sandbox.connections()}
 
-    status = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers).json()
+    status = httpx.get(
+        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
+    ).json()
     assert status["status"] == "completed" and status["type"] == "profile" and len(status["events"]) == 3
 
 
@@ -75,7 +81,9 @@ def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipelin
     refused = select(pipeline, created["flow_id"], [offer["data"]["entities"][0]["id"], "not-offered"])
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_selection"
     assert select(pipeline, created["flow_id"], []).status_code == 422
-    status = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers).json()
+    status = httpx.get(
+        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
+    ).json()
     assert status["status"] == "awaiting_selection" and len(status["events"]) == 3
 
 
@@ -121,7 +129,9 @@ def test_callback_input_errors(pipeline: Pipeline) -> None:
     assert callback(f"{base}/unknownflowid0000000000000?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/x?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/{created['flow_id']}?okt=abcdefgh.1&okt=abcdefgh.2").status_code == 400
-    status = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers).json()
+    status = httpx.get(
+        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
+    ).json()
     assert status["status"] == "awaiting_callback" and len(status["events"]) == 1
 
 
@@ -172,7 +182,9 @@ def short_lived(redis_server: RedisServer):  # type: ignore[no-untyped-def]
     own_sandbox.process.stop()
 
 
-def _expired_within(pipeline: Pipeline, flow_id: str, stage: str, deadline: float, slack: float = 2.5) -> None:
+def _expired_within(
+    pipeline: Pipeline, flow_id: str, stage: str, deadline: float, slack: float = 2.5
+) -> None:
     events = events_of(pipeline, flow_id, timeout=15)
     assert events[-1]["type"] == "authorization.expired" and events[-1]["data"] == {"stage": stage}
     assert [e["type"] for e in events].count("authorization.expired") == 1

@@ -49,7 +49,12 @@ def failing(*errors: Exception, then: str = "ok", clock: FakeClock | None = None
 
 @pytest.mark.parametrize(
     "transient",
-    [UpstreamTransportError("read timeout"), MalformedAnswerError("not JSON"), ServerError(503), ThrottledError(None)],
+    [
+        UpstreamTransportError("read timeout"),
+        MalformedAnswerError("not JSON"),
+        ServerError(503),
+        ThrottledError(None),
+    ],
 )
 def test_transient_faults_are_retried_until_success(transient: Exception) -> None:
     clock = FakeClock()
@@ -99,10 +104,14 @@ def test_stops_before_an_attempt_that_could_not_finish() -> None:
 def test_attempt_timeout_is_bounded_by_time_left() -> None:
     clock = FakeClock()
     attempt = failing()
-    call_until_deadline(attempt, clock.now + 1.5, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep)
+    call_until_deadline(
+        attempt, clock.now + 1.5, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep
+    )
     assert attempt.timeouts == [1.5]  # type: ignore[attr-defined]
     attempt = failing()
-    call_until_deadline(attempt, clock.now + 100, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep)
+    call_until_deadline(
+        attempt, clock.now + 100, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep
+    )
     assert attempt.timeouts == [10]  # type: ignore[attr-defined]
 
 

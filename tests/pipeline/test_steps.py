@@ -25,7 +25,14 @@ PAGES = {
     "Result": True,
     "token": TOKEN,
     "data": [
-        {"Id": str(i), "Name": f"P{i}", "Network": "LinkedIn", "ImageLink": "", "NetworkUsername": f"p{i}", "IsConnected": i == 1}
+        {
+            "Id": str(i),
+            "Name": f"P{i}",
+            "Network": "LinkedIn",
+            "ImageLink": "",
+            "NetworkUsername": f"p{i}",
+            "IsConnected": i == 1,
+        }
         for i in (1, 2, 3)
     ],
 }
@@ -81,7 +88,10 @@ def test_profile_verified_through_transient_faults() -> None:
 
 
 def test_page_verification_offers_a_selection_then_completion_connects() -> None:
-    put_answer = {"Result": True, "Credentials": [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "LinkedIn"}]}
+    put_answer = {
+        "Result": True,
+        "Credentials": [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "LinkedIn"}],
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
@@ -99,10 +109,18 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
 @pytest.mark.parametrize(
     ("response", "code"),
     [
-        (httpx.Response(200, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid or has expired"}}}), "token_invalid"),
+        (
+            httpx.Response(
+                200, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid or has expired"}}}
+            ),
+            "token_invalid",
+        ),
         (httpx.Response(404, json={"Result": False, "Errors": []}), "token_invalid"),
         (httpx.Response(401, json={"Result": False}), "unauthorized"),
-        (httpx.Response(400, json={"Result": False, "Errors": {"Param": {"get": "Missing value"}}}), "upstream_rejected"),
+        (
+            httpx.Response(400, json={"Result": False, "Errors": {"Param": {"get": "Missing value"}}}),
+            "upstream_rejected",
+        ),
     ],
 )
 def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> None:
@@ -111,7 +129,11 @@ def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> 
     assert verify_flow(worker, claimed(worker)) is Outcome.FAILED
     failed = worker.store.events("flow-1")[-1]
     assert failed["type"] == "authorization.failed"
-    assert failed["data"]["code"] == code and failed["data"]["retryable"] is False and failed["data"]["attempts"] == 1
+    assert (
+        failed["data"]["code"] == code
+        and failed["data"]["retryable"] is False
+        and failed["data"]["attempts"] == 1
+    )
     assert TOKEN not in failed["data"]["message"]
     assert len(handler.seen) == 1  # type: ignore[attr-defined]
 
@@ -159,9 +181,15 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
     assert outcomes == {"completed": 1.0}
     retries = {s.labels["fault"]: s.value for s in families["okc_worker_retries"].samples}
     assert retries == {"ServerError": 1.0}
-    calls = {(s.labels["call"], s.labels["result"]): s.value for s in families["okc_worker_upstream_calls"].samples}
+    calls = {
+        (s.labels["call"], s.labels["result"]): s.value for s in families["okc_worker_upstream_calls"].samples
+    }
     assert calls == {("verify", "ServerError"): 1.0, ("verify", "ok"): 1.0}
     count = [s.value for s in families["okc_worker_upstream_seconds"].samples if s.name.endswith("_count")]
     assert count == [2.0]
-    flow_count = [s.value for s in families["okc_worker_callback_to_terminal_seconds"].samples if s.name.endswith("_count")]
+    flow_count = [
+        s.value
+        for s in families["okc_worker_callback_to_terminal_seconds"].samples
+        if s.name.endswith("_count")
+    ]
     assert flow_count == [1.0]
