@@ -7,10 +7,11 @@ and completion run in the worker, which is told a flow id and nothing else.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from html import escape
 from typing import Annotated
@@ -32,6 +33,7 @@ from api_shim.models import (
 )
 from api_shim.security import check_bearer, check_return_url
 from worker import runtime
+from worker.budget import STEP1_PRIORITY, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
 from worker.flows import Flow, FlowState, FlowStore, token_fingerprint
@@ -78,6 +80,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.settings = settings
 
+    budget = runtime.budget(settings, store.redis)
+    # a new flow waits this long at most for a Step 1 slot; verifications and completions go first
+    admission_wait = max(1.0, min(STEP1_SECONDS / 2, settings.token_ttl_seconds / 4))
+
+    async def admit_step1() -> Callable[[], None]:
+        grant = await run_in_threadpool(
+            budget.acquire, STEP1_PRIORITY, time.time() + admission_wait, STEP1_POLICY.max_attempt_seconds + 1
+        )
+        return lambda: budget.finished(grant)
+
     def caller(authorization: Annotated[str | None, Header()] = None) -> None:
         check_bearer(authorization, settings.shim_api_keys)
 
@@ -108,7 +120,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 time.time() + STEP1_SECONDS,
                 policy=STEP1_POLICY,
+                admit=admit_step1,
             )
+        except NoBudgetInTime as busy:
+            # admission control: the shared budget is spoken for by flows already under way
+            metrics.ADMISSIONS_REFUSED.inc()
+            raise ApiError(
+                503,
+                "upstream_budget_exhausted",
+                "Oktopost's rate limit is taken by flows in progress; try again shortly",
+                {"Retry-After": str(max(1, math.ceil(busy.wait)))},
+            ) from None
         except RejectedError as refused:
             raise ApiError(422, refused.code, str(refused)) from None
         except RefusedError as refused:

@@ -26,6 +26,9 @@ CALLBACK_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
 CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcome"])
+ADMISSIONS_REFUSED = Counter(
+    "okc_shim_admissions_refused_total", "New flows refused with 503: the upstream budget is spoken for"
+)
 _worker_collector: RedisMetricsCollector | None = None
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 

@@ -42,8 +42,19 @@ class RedisNames:
         return f"{self.prefix}:leases"
 
     @property
-    def rate_limit(self) -> str:
-        return f"{self.prefix}:ratelimit"
+    def budget_window(self) -> str:
+        """Sorted set: upstream calls granted, scored by when they ended (or may end, while in flight)."""
+        return f"{self.prefix}:budget:window"
+
+    @property
+    def budget_queue(self) -> str:
+        """Sorted set: callers waiting for upstream budget, scored by priority (deadline first)."""
+        return f"{self.prefix}:budget:queue"
+
+    @property
+    def budget_alive(self) -> str:
+        """Sorted set: the same waiters, scored by when they last asked (drops dead ones)."""
+        return f"{self.prefix}:budget:alive"
 
     @property
     def worker_metrics(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from tenacity import (
 from worker.errors import OktopostError, ThrottledError
 
 T = TypeVar("T")
+Admission = Callable[[], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +124,23 @@ def call_until_deadline(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[OktopostError, float], None] | None = None,
+    admit: Admission | None = None,
 ) -> tuple[T, int]:
     """Calls `attempt(timeout_seconds)` until it succeeds; returns its result and the attempts made.
 
-    Raises the refusal as it came (`RefusedError`, with `.attempts`), or `DeadlineReached`.
+    `admit()` is entered around each attempt (the shared upstream budget: it may wait for a slot, or
+    raise NoBudgetInTime, which is passed on as it is). Raises the refusal as it came (`RefusedError`,
+    with `.attempts`), or `DeadlineReached`.
     """
     schedule = _Schedule(deadline, policy, clock, on_retry)
     retrying = Retrying(sleep=sleep, **schedule.tenacity_kwargs())
+
+    def bounded_attempt() -> T:
+        with admit() if admit is not None else nullcontext():
+            return attempt(schedule.attempt_timeout())
+
     try:
-        result = retrying(lambda: attempt(schedule.attempt_timeout()))
+        result = retrying(bounded_attempt)
     except RetryError as exhausted:
         raise _deadline_reached(exhausted) from None
     except _NoTimeLeft:
@@ -148,13 +158,19 @@ async def acall_until_deadline(
     policy: RetryPolicy = RetryPolicy(),
     clock: Callable[[], float] = time.time,
     on_retry: Callable[[OktopostError, float], None] | None = None,
+    admit: Callable[[], Awaitable[Callable[[], None]]] | None = None,
 ) -> tuple[T, int]:
-    """The same policy for async callers (the shim's Step 1)."""
+    """The same policy for async callers (the shim's Step 1); `admit()` returns the call's `finished`."""
     schedule = _Schedule(deadline, policy, clock, on_retry)
     retrying = AsyncRetrying(sleep=asyncio.sleep, **schedule.tenacity_kwargs())
 
     async def bounded_attempt() -> T:  # a coroutine function, so tenacity awaits it
-        return await attempt(schedule.attempt_timeout())
+        finished = await admit() if admit is not None else None
+        try:
+            return await attempt(schedule.attempt_timeout())
+        finally:
+            if finished is not None:
+                finished()
 
     try:
         result: T = await retrying(bounded_attempt)

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import redis
 
+from worker.budget import UpstreamBudget
 from worker.flows import FlowStore, Lifetimes
 from worker.keys import RedisNames
 from worker.metrics import WorkerMetrics
@@ -55,4 +56,10 @@ def worker() -> Worker:
         client=get_client(settings),
         policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
         metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
+        budget=budget(settings, flow_store.redis),
     )
+
+
+def budget(settings: Settings, client: redis.Redis) -> UpstreamBudget:
+    limit, period = settings.rate_limit
+    return UpstreamBudget(client, RedisNames(settings.channel_prefix), limit, period)

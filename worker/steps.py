@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from worker.budget import NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows import Flow, FlowState, FlowStore
 from worker.metrics import WorkerMetrics
 from worker.oktopost import Credential, EntityChoice, OktopostClient
-from worker.retry import DeadlineReached, RetryPolicy, call_until_deadline
+from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +42,15 @@ class Worker:
     client: OktopostClient
     policy: RetryPolicy
     metrics: WorkerMetrics
+    budget: UpstreamBudget
+
+    def admission(self, flow: Flow) -> Admission:
+        """Each attempt waits for a slot of the shared budget, earliest deadline first."""
+        return lambda: self.budget.call(
+            priority=flow.deadline,
+            give_up_at=flow.deadline - self.policy.min_attempt_seconds,
+            hold=self.policy.max_attempt_seconds + 1,
+        )
 
 
 def verify_flow(worker: Worker, flow_id: str) -> Outcome:
@@ -56,8 +66,9 @@ def verify_flow(worker: Worker, flow_id: str) -> Outcome:
             flow.deadline,
             policy=worker.policy,
             on_retry=_on_retry(worker, flow),
+            admit=worker.admission(flow),
         )
-    except DeadlineReached as reached:
+    except (DeadlineReached, NoBudgetInTime) as reached:
         return _expire(worker, flow, reached)
     except RefusedError as refused:
         return _fail(worker, flow, refused)
@@ -97,8 +108,9 @@ def complete_flow(worker: Worker, flow_id: str) -> Outcome:
             flow.deadline,
             policy=worker.policy,
             on_retry=_on_retry(worker, flow),
+            admit=worker.admission(flow),
         )
-    except DeadlineReached as reached:
+    except (DeadlineReached, NoBudgetInTime) as reached:
         return _expire(worker, flow, reached)
     except RefusedError as refused:
         # Oktopost refusing ids we offered from its own list means the selection no longer holds
@@ -151,7 +163,7 @@ def _complete(worker: Worker, flow: Flow, credentials: list[Credential], attempt
     return _recorded(worker, Outcome.COMPLETED)
 
 
-def _expire(worker: Worker, flow: Flow, reached: DeadlineReached | None = None) -> Outcome:
+def _expire(worker: Worker, flow: Flow, reached: Exception | None = None) -> Outcome:
     if reached is not None:
         log.warning("flow %s expires in stage %s: %s", flow.flow_id, flow.state.stage, reached)
     if not worker.store.expire(flow, doomed=True).done:

@@ -9,6 +9,7 @@ import fakeredis
 import httpx
 import pytest
 
+from worker.budget import UpstreamBudget
 from worker.flows import FlowState, FlowStore, Lifetimes
 from worker.keys import RedisNames
 from worker.metrics import RedisMetricsCollector, WorkerMetrics
@@ -43,7 +44,9 @@ def make_worker(handler: Callable[[httpx.Request], httpx.Response], token_ttl: i
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
     upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
-    return Worker(store, upstream, FAST, WorkerMetrics(client, "t:metrics"))
+    names = RedisNames("t")
+    budget = UpstreamBudget(client, names, 1000, 1.0)
+    return Worker(store, upstream, FAST, WorkerMetrics(client, "t:metrics"), budget)
 
 
 def claimed(worker: Worker, entity_type: str = "profile") -> str:

@@ -1,0 +1,161 @@
+"""The upstream budget: every shim and worker process shares OKTOPOST_RATE_LIMIT through Redis.
+
+Oktopost blocks an account for 15 minutes once it exceeds its burst limit, far longer than a token
+lives, so the limit is never to be exceeded, not merely respected on average. Two Redis structures:
+
+- the window (sorted set): one entry per call granted, scored by when the call *finished* (while in
+  flight: by the latest moment it can finish). Counting calls whose end lies inside the last window,
+  rather than their start, is what keeps the count at Oktopost (which sees arrivals somewhere between
+  our start and our end) at or under the limit, whatever the network's jitter.
+- the queue (sorted set): callers waiting for a slot, scored by priority. Verifications and
+  completions are scored by their flow's deadline (earliest deadline first); new Step 1 calls come
+  after all of them. A waiter that stops polling (its process died) drops out after a few seconds.
+
+Both are changed only inside one Lua script, on Redis's clock, so several machines agree.
+Why not the `limits` library: its moving window answers "may I, now?" to whoever asks first; it has
+no queue, so under contention the flow that dies first gets no precedence, and waiting means polling.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.keys import RedisNames
+
+STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
+STALE_WAITER_SECONDS = 3.0
+MAX_POLL_SECONDS = 1.0  # a waiter re-checks at least this often (and so stays alive in the queue)
+
+_ACQUIRE = """
+local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
+local waiter, priority = ARGV[1], tonumber(ARGV[2])
+local limit, period, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local stale, give_up_at = tonumber(ARGV[6]), tonumber(ARGV[7])
+local t = redis.call("TIME")
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
+local gone = redis.call("ZRANGEBYSCORE", alive, "-inf", now - stale)
+for _, member in ipairs(gone) do
+  redis.call("ZREM", queue, member)
+  redis.call("ZREM", alive, member)
+end
+redis.call("ZADD", queue, priority, waiter)
+redis.call("ZADD", alive, now, waiter)
+
+local free = limit - redis.call("ZCARD", window)
+local rank = redis.call("ZRANK", queue, waiter)
+if rank < free then
+  redis.call("ZREM", queue, waiter)
+  redis.call("ZREM", alive, waiter)
+  redis.call("ZADD", window, now + hold, waiter)
+  redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
+  return {"granted", tostring(now)}
+end
+-- the earliest moment enough calls leave the window for this waiter's place in the queue
+local ahead = rank - free
+local entry = redis.call("ZRANGE", window, ahead, ahead, "WITHSCORES")
+local wait = 0.05
+if entry[2] then
+  wait = math.max(0.001, tonumber(entry[2]) + period - now)
+end
+if now + wait > give_up_at then
+  redis.call("ZREM", queue, waiter)
+  redis.call("ZREM", alive, waiter)
+  return {"doomed", tostring(wait)}
+end
+redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)
+redis.call("PEXPIRE", alive, math.ceil(stale * 1000) + 1000)
+return {"wait", tostring(wait)}
+"""
+
+_FINISHED = """
+local t = redis.call("TIME")
+redis.call("ZADD", KEYS[1], "XX", tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
+return 1
+"""
+
+
+class NoBudgetInTime(Exception):
+    """The budget cannot grant a call before the caller's deadline; `wait` is the least it would take."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        super().__init__(f"no upstream budget for {wait:.1f}s, past the deadline")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    waiter: str
+    waited: float
+
+
+class UpstreamBudget:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: RedisNames,
+        limit: int,
+        period: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
+        self.names = names
+        self.limit = limit
+        self.period = period
+        self.sleep = sleep
+        self._acquire = client.register_script(_ACQUIRE)
+        self._finished = client.register_script(_FINISHED)
+
+    def acquire(self, priority: float, give_up_at: float, hold: float) -> Grant:
+        """Blocks until a call may start; `hold` bounds how long the call can take.
+
+        Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds).
+        """
+        waiter = uuid.uuid4().hex
+        started = time.monotonic()
+        keys = [self.names.budget_window, self.names.budget_queue, self.names.budget_alive]
+        while True:
+            answer = self._acquire(
+                keys=keys,
+                args=[waiter, priority, self.limit, self.period, hold, STALE_WAITER_SECONDS, give_up_at],
+            )
+            verdict, value = _text(answer[0]), float(_text(answer[1]))
+            if verdict == "granted":
+                return Grant(waiter, time.monotonic() - started)
+            if verdict == "doomed":
+                raise NoBudgetInTime(value)
+            self.sleep(min(value, MAX_POLL_SECONDS))
+
+    def finished(self, grant: Grant) -> None:
+        """Scores the call by when it ended, which frees its slot one period later."""
+        self._finished(keys=[self.names.budget_window], args=[grant.waiter])
+
+    @contextmanager
+    def call(self, priority: float, give_up_at: float, hold: float) -> Iterator[Grant]:
+        grant = self.acquire(priority, give_up_at, hold)
+        try:
+            yield grant
+        finally:
+            # if Redis is away, the slot stays counted until `hold` runs out: safe, only slower
+            with suppress(redis.RedisError):
+                self.finished(grant)
+
+    def backlog(self) -> int:
+        """Calls waiting for a slot right now."""
+        return int(self.redis.zcard(self.names.budget_queue))
+
+    def rate(self) -> float:
+        return self.limit / self.period
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
