@@ -11,9 +11,15 @@ Why each choice (see README, "Guarantees"):
 
 from __future__ import annotations
 
-from worker.settings import get_settings
+import sys
 
-_settings = get_settings()
+from worker.settings import ConfigError, get_settings
+
+try:
+    _settings = get_settings()
+except ConfigError as error:  # `celery -A worker ...` started with a bad setting: one line, exit 2
+    print(f"oktopost-connect: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
