@@ -115,10 +115,13 @@ class UpstreamBudget:
         self._acquire = client.register_script(_ACQUIRE)
         self._finished = client.register_script(_FINISHED)
 
-    def acquire(self, priority: float, give_up_at: float, hold: float) -> Grant:
+    def acquire(
+        self, priority: float, give_up_at: float, hold: float, heartbeat: Callable[[], None] | None = None
+    ) -> Grant:
         """Blocks until a call may start; `hold` bounds how long the call can take.
 
         Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds).
+        `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()
@@ -133,6 +136,8 @@ class UpstreamBudget:
                 return Grant(waiter, time.monotonic() - started)
             if verdict == "doomed":
                 raise NoBudgetInTime(value)
+            if heartbeat is not None:
+                heartbeat()
             self.sleep(min(value, MAX_POLL_SECONDS))
 
     def finished(self, grant: Grant) -> None:
@@ -140,8 +145,10 @@ class UpstreamBudget:
         self._finished(keys=[self.names.budget_window], args=[grant.waiter])
 
     @contextmanager
-    def call(self, priority: float, give_up_at: float, hold: float) -> Iterator[Grant]:
-        grant = self.acquire(priority, give_up_at, hold)
+    def call(
+        self, priority: float, give_up_at: float, hold: float, heartbeat: Callable[[], None] | None = None
+    ) -> Iterator[Grant]:
+        grant = self.acquire(priority, give_up_at, hold, heartbeat)
         try:
             yield grant
         finally:

@@ -71,10 +71,31 @@ LIVE_STATES = tuple(_STAGES)
 WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
 
 _TRANSITION = Path(__file__).with_name("transition.lua").read_text()
-_TAKE_LEASE = """
-local score = redis.call("ZSCORE", KEYS[1], ARGV[1])
+# A flow's work has one owner at a time: the task that took it. Another task for the same flow (a
+# redelivery, a requeue by the sweeper) finds the owner's lease alive and leaves the flow alone.
+# KEYS: flow hash, leases; ARGV: flow id, owner, now, lease until, allowed states ",a,b,"
+_TAKE_WORK = """
+local current = redis.call("HMGET", KEYS[1], "state", "owner")
+if not current[1] or not string.find(ARGV[5], "," .. current[1] .. ",", 1, true) then
+  return "gone"
+end
+local score = redis.call("ZSCORE", KEYS[2], ARGV[1])
+if current[2] and current[2] ~= "" and current[2] ~= ARGV[2] and score and tonumber(score) > tonumber(ARGV[3]) then
+  return "busy"
+end
+redis.call("HSET", KEYS[1], "owner", ARGV[2])
+redis.call("ZADD", KEYS[2], ARGV[4], ARGV[1])
+return "taken"
+"""
+# The sweeper's half: a lapsed lease loses its owner, and exactly one sweeper gets to requeue the flow.
+# KEYS: flow hash, leases; ARGV: flow id, now, new lease until
+_TAKE_LAPSED = """
+local score = redis.call("ZSCORE", KEYS[2], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[2]) then
-  redis.call("ZADD", KEYS[1], ARGV[3], ARGV[1])
+  redis.call("ZADD", KEYS[2], ARGV[3], ARGV[1])
+  if redis.call("EXISTS", KEYS[1]) == 1 then
+    redis.call("HSET", KEYS[1], "owner", "")
+  end
   return 1
 end
 return 0
@@ -158,7 +179,8 @@ class Lifetimes:
     flow_ttl: int = 900
     token_ttl: int = 300
     retention: int = 86400
-    lease: float = 75.0
+    lease: float = 75.0  # a running task that shows no progress for this long is taken up again
+    queued_lease: float = 150.0  # work queued but not started yet gets this long before a requeue
 
 
 class FlowStore:
@@ -168,7 +190,8 @@ class FlowStore:
         self.names = names
         self.lifetimes = lifetimes
         self._transition = client.register_script(_TRANSITION)
-        self._take_lease = client.register_script(_TAKE_LEASE)
+        self._take_work = client.register_script(_TAKE_WORK)
+        self._take_lapsed = client.register_script(_TAKE_LAPSED)
 
     # reading
 
@@ -259,6 +282,7 @@ class FlowStore:
             "token_expires_at": repr(token_deadline),
             "deadline": repr(token_deadline),
             "callback_at": repr(now),
+            "owner": "",
         }
         return self._step(
             flow.flow_id,
@@ -268,7 +292,7 @@ class FlowStore:
             token_deadline,
             fields,
             new_deadline=token_deadline,
-            lease=now + self.lifetimes.lease,
+            lease=now + self.lifetimes.queued_lease,
             token=token,
         )
 
@@ -294,8 +318,8 @@ class FlowStore:
             FlowState.COMPLETING,
             event,
             flow.deadline,
-            {"selected_ids": json.dumps(ids)},
-            lease=now + self.lifetimes.lease,
+            {"selected_ids": json.dumps(ids), "owner": ""},
+            lease=now + self.lifetimes.queued_lease,
         )
 
     def complete(self, flow: Flow, credentials: list[ConnectedCredential]) -> Step:
@@ -327,10 +351,22 @@ class FlowStore:
         """Tells the sweeper this flow's work is alive (only while it still has a lease)."""
         self.redis.zadd(self.names.leases, {flow_id: until}, xx=True)
 
+    def take_work(self, flow_id: str, owner: str, state: FlowState) -> bool:
+        """True when this task may work on the flow: it is in `state` and no live task owns it."""
+        now = time.time()
+        verdict = self._take_work(
+            keys=[self.names.flow_state(flow_id), self.names.leases],
+            args=[flow_id, owner, now, now + self.lifetimes.lease, f",{state.value},"],
+        )
+        return _text(verdict) == "taken"
+
     def take_lapsed_lease(self, flow_id: str, now: float) -> bool:
         """True for exactly one caller when a flow's queued or running work stopped showing progress."""
         return bool(
-            self._take_lease(keys=[self.names.leases], args=[flow_id, now, now + self.lifetimes.lease])
+            self._take_lapsed(
+                keys=[self.names.flow_state(flow_id), self.names.leases],
+                args=[flow_id, now, now + self.lifetimes.queued_lease],
+            )
         )
 
     def forget_lease(self, flow_id: str) -> None:

@@ -26,6 +26,8 @@ def lifetimes(settings: Settings) -> Lifetimes:
         retention=settings.flow_retention_seconds,
         # a flow whose work shows no progress for this long is taken up again (CONTRACT section 8)
         lease=max(2.0, settings.token_ttl_seconds / 4),
+        # queued work is not requeued early: under load a task may wait its turn in the broker
+        queued_lease=max(4.0, settings.token_ttl_seconds / 2),
     )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from worker.budget import NoBudgetInTime, UpstreamBudget
+from worker.budget import MAX_POLL_SECONDS, NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows import Flow, FlowState, FlowStore
@@ -46,17 +47,23 @@ class Worker:
 
     def admission(self, flow: Flow) -> Admission:
         """Each attempt waits for a slot of the shared budget, earliest deadline first."""
+        lease = self.store.lifetimes.lease
+
+        def keep_lease() -> None:  # waiting for budget is progress too: the sweeper must not requeue
+            self.store.renew_lease(flow.flow_id, time.time() + lease + MAX_POLL_SECONDS)
+
         return lambda: self.budget.call(
             priority=flow.deadline,
             give_up_at=flow.deadline - self.policy.min_attempt_seconds,
             hold=self.policy.max_attempt_seconds + 1,
+            heartbeat=keep_lease,
         )
 
 
 def verify_flow(worker: Worker, flow_id: str) -> Outcome:
-    flow = worker.store.get(flow_id)
-    if flow is None or flow.state is not FlowState.VERIFYING:
-        return Outcome.SKIPPED
+    flow = _take(worker, flow_id, FlowState.VERIFYING)
+    if flow is None:
+        return _recorded(worker, Outcome.SKIPPED)
     token = worker.store.token(flow_id)
     if token is None:
         return _expire(worker, flow)
@@ -91,9 +98,9 @@ def verify_flow(worker: Worker, flow_id: str) -> Outcome:
 
 
 def complete_flow(worker: Worker, flow_id: str) -> Outcome:
-    flow = worker.store.get(flow_id)
-    if flow is None or flow.state is not FlowState.COMPLETING:
-        return Outcome.SKIPPED
+    flow = _take(worker, flow_id, FlowState.COMPLETING)
+    if flow is None:
+        return _recorded(worker, Outcome.SKIPPED)
     token = worker.store.token(flow_id)
     if token is None:
         return _expire(worker, flow)
@@ -126,6 +133,17 @@ def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Out
         store.forget_deadline(flow_id)
         return Outcome.SKIPPED
     return Outcome.EXPIRED if store.expire(flow, now).done else Outcome.SKIPPED
+
+
+def _take(worker: Worker, flow_id: str, state: FlowState) -> Flow | None:
+    """The flow, when it is in `state` and this task now owns its work; None for a duplicate task."""
+    flow = worker.store.get(flow_id)
+    if flow is None or flow.state is not state:
+        return None
+    if not worker.store.take_work(flow_id, uuid.uuid4().hex, state):
+        log.info("flow %s is being worked on by another task", flow_id)
+        return None
+    return flow
 
 
 def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float], T]) -> Callable[[float], T]:

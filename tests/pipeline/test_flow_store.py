@@ -61,7 +61,7 @@ def test_claim_keeps_token_outside_the_hash_and_moves_deadline(store: FlowStore)
     assert store.token("flow-1") == TOKEN
     assert 28 <= store.redis.ttl("oktopost:flow:flow-1:token") <= 30
     assert abs(claimed.deadline - (time.time() + 30)) < 2
-    assert store.due_leases(time.time() + 100) == ["flow-1"]
+    assert store.due_leases(time.time() + 1000) == ["flow-1"]
 
 
 def test_second_claim_reports_conflict_with_fingerprint(store: FlowStore) -> None:
@@ -146,3 +146,15 @@ def test_lapsed_lease_taken_once(store: FlowStore) -> None:
     later = time.time() + 1000
     assert store.take_lapsed_lease("flow-1", later) is True
     assert store.take_lapsed_lease("flow-1", later) is False
+
+
+def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING) is True
+    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING) is False  # a duplicate task
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING) is True
+    assert store.take_work("flow-1", "task-b", FlowState.COMPLETING) is False  # wrong state
+    # the owner dies: its lease lapses, the sweeper takes it and clears the owner, a new task takes over
+    assert store.take_lapsed_lease("flow-1", time.time() + 1000) is True
+    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING) is True

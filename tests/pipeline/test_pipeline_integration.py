@@ -204,7 +204,7 @@ def test_selection_that_never_comes_expires(short_lived) -> None:  # type: ignor
     created = start_flow(pipeline, entity_type="group")
     callback(consent(created["redirect_url"]))
     claimed_at = time.time()
-    wait_for_event(pipeline, created["flow_id"], "selection.required", timeout=5)
+    wait_for_event(pipeline, created["flow_id"], "selection.required", timeout=10)
     _expired_within(pipeline, created["flow_id"], "selection", claimed_at + 3)
     assert select(pipeline, created["flow_id"], ["x"]).status_code == 410
 
@@ -225,7 +225,7 @@ def test_token_dying_during_completion_expires(short_lived) -> None:  # type: ig
     created = start_flow(pipeline, entity_type="page")
     callback(consent(created["redirect_url"]))
     claimed_at = time.time()
-    offer = wait_for_event(pipeline, created["flow_id"], "selection.required", timeout=5)
+    offer = wait_for_event(pipeline, created["flow_id"], "selection.required", timeout=10)
     own_sandbox.faults(timeout_rate=1.0)
     try:
         assert select(pipeline, created["flow_id"], [offer["data"]["entities"][1]["id"]]).status_code == 202
