@@ -1,0 +1,1 @@
+"""A local stand-in for Oktopost's social authorization API, with injectable faults; standalone."""

@@ -1,0 +1,205 @@
+"""The sandbox's Oktopost account: authorization requests, consent, okt tokens and connected credentials.
+
+Everything here is idempotent the way the upstream is: approving a request twice gives the same token,
+verifying a live token again or repeating a completion answers the same credentials again.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from sandbox.catalog import CREDENTIAL_PREFIX, Entity, new_profile, selectable_entities
+
+Clock = Callable[[], float]
+
+APPROVE = "approve"
+DENY = "deny"
+
+
+class AuthorizationError(Exception):
+    """A refusal of the account; each subclass maps to one HTTP answer."""
+
+
+class UnknownRequest(AuthorizationError):
+    """No authorization request has this id."""
+
+
+class DecisionConflict(AuthorizationError):
+    """The request was already approved and is now denied, or the other way round."""
+
+
+class TokenInvalid(AuthorizationError):
+    """The token is unknown or has expired."""
+
+
+class NotSelectable(AuthorizationError):
+    """A completion (PUT) for a profile token: there is nothing to select."""
+
+
+class UnknownEntity(AuthorizationError):
+    """A completion names an id that the token's entity list does not offer."""
+
+    def __init__(self, entity_id: str) -> None:
+        super().__init__(entity_id)
+        self.entity_id = entity_id
+
+
+@dataclass(slots=True)
+class AuthorizationRequest:
+    """Step 1's result: the user has yet to approve or deny on the consent page."""
+
+    id: str
+    network: str
+    entity_type: str
+    callback_url: str
+    decision: str | None = None
+    token: str | None = None
+
+
+@dataclass(slots=True)
+class Grant:
+    """What an approved request's okt token unlocks until it expires."""
+
+    token: str
+    request: AuthorizationRequest
+    expires_at: float  # on the account's monotonic clock
+    profile: Entity | None  # only for entity_type == "profile"
+
+
+@dataclass(slots=True)
+class Credential:
+    """A profile, page or group connected to the account."""
+
+    entity: Entity
+    entity_type: str
+    created: str  # "YYYY-MM-DD HH:MM:SS", UTC
+    calls: int = 0  # verify or PUT answers that carried it
+
+    @property
+    def id(self) -> str:
+        return CREDENTIAL_PREFIX + self.entity.id
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """Step 3's result: a connected profile, or the pages/groups to choose from."""
+
+    token: str
+    entity_type: str
+    profile: Credential | None = None
+    entities: tuple[Entity, ...] = field(default_factory=tuple)
+
+
+def new_token() -> str:
+    """A token shaped like the reference's: 14 hex chars, a dot, 40 hex chars."""
+    return f"{secrets.token_hex(7)}.{secrets.token_hex(20)}"
+
+
+def add_query_param(url: str, name: str, value: str) -> str:
+    """`url` with `name=value` appended to its query; existing parameters are kept byte for byte."""
+    parts = urlsplit(url)
+    pair = f"{quote(name)}={quote(value, safe='')}"
+    query = f"{parts.query}&{pair}" if parts.query else pair
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+class Account:
+    """One Oktopost account's social authorizations, kept in memory."""
+
+    def __init__(
+        self,
+        token_ttl_s: float,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._token_ttl_s = token_ttl_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._requests: dict[str, AuthorizationRequest] = {}
+        self._grants: dict[str, Grant] = {}
+        self._credentials: dict[str, Credential] = {}  # by credential id, in connection order
+
+    def reset(self) -> None:
+        self._requests.clear()
+        self._grants.clear()
+        self._credentials.clear()
+
+    def request_authorization(
+        self, network: str, entity_type: str, callback_url: str
+    ) -> AuthorizationRequest:
+        request = AuthorizationRequest(secrets.token_urlsafe(16), network, entity_type, callback_url)
+        self._requests[request.id] = request
+        return request
+
+    def find_request(self, request_id: str) -> AuthorizationRequest:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise UnknownRequest(request_id)
+        return request
+
+    def decide(self, request_id: str, decision: str) -> str:
+        """Records the user's decision (once) and answers where to send the browser."""
+        request = self.find_request(request_id)
+        if request.decision is None:
+            request.decision = decision
+            if decision == APPROVE:
+                request.token = new_token()
+                profile = new_profile(request.network) if request.entity_type == "profile" else None
+                expires_at = self._clock() + self._token_ttl_s
+                self._grants[request.token] = Grant(request.token, request, expires_at, profile)
+        elif request.decision != decision:
+            raise DecisionConflict(request_id)
+        if request.decision == APPROVE:
+            assert request.token is not None
+            return add_query_param(request.callback_url, "okt", request.token)
+        return add_query_param(request.callback_url, "error", "access_denied")
+
+    def verify(self, token: str) -> Verification:
+        grant = self._live_grant(token)
+        request = grant.request
+        if grant.profile is not None:
+            credential = self._connect(grant.profile, request.entity_type)
+            return Verification(token, request.entity_type, profile=credential)
+        return Verification(
+            token, request.entity_type, entities=selectable_entities(request.network, request.entity_type)
+        )
+
+    def complete(self, token: str, ids: Sequence[str]) -> list[Credential]:
+        """Connects the chosen pages or groups; `ids` is non-empty and free of duplicates."""
+        grant = self._live_grant(token)
+        if grant.profile is not None:
+            raise NotSelectable(token)
+        offered = {
+            entity.id: entity
+            for entity in selectable_entities(grant.request.network, grant.request.entity_type)
+        }
+        for entity_id in ids:
+            if entity_id not in offered:
+                raise UnknownEntity(entity_id)
+        return [self._connect(offered[entity_id], grant.request.entity_type) for entity_id in ids]
+
+    def credential(self, credential_id: str) -> Credential | None:
+        return self._credentials.get(credential_id)
+
+    def connections(self) -> list[Credential]:
+        return list(self._credentials.values())
+
+    def _live_grant(self, token: str) -> Grant:
+        grant = self._grants.get(token)
+        if grant is None or self._clock() >= grant.expires_at:
+            raise TokenInvalid(token)
+        return grant
+
+    def _connect(self, entity: Entity, entity_type: str) -> Credential:
+        credential_id = CREDENTIAL_PREFIX + entity.id
+        credential = self._credentials.get(credential_id)
+        if credential is None:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._wall_clock()))
+            credential = Credential(entity, entity_type, created)
+            self._credentials[credential_id] = credential
+        credential.calls += 1
+        return credential

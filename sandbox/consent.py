@@ -1,0 +1,73 @@
+"""The consent page a user's browser is sent to (`/oauth/authorize`), standing in for the social network's.
+
+`?request=ID` shows Approve and Deny forms; `&decision=approve|deny` records the choice and answers 303
+to the callback URL. A request is decided once: repeating the same decision answers the same redirect
+(the same token for an approval), the opposite decision afterwards is refused with 409.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from importlib import resources
+from string import Template
+from urllib.parse import urlsplit
+
+from sandbox.api import parse_form
+from sandbox.authorizations import APPROVE, DENY, Account, DecisionConflict, UnknownRequest
+from sandbox.httpserver import Request, Response, html_response
+
+_PAGE = Template(resources.files("sandbox").joinpath("consent.html").read_text(encoding="utf-8"))
+
+
+class ConsentPage:
+    """Serves `/oauth/authorize`; never subject to faults or the rate limit."""
+
+    def __init__(self, account: Account, account_id: str) -> None:
+        self._account = account
+        self._account_id = account_id
+
+    def answer(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return _message(405, "Method not allowed", "Use GET.", [("allow", "GET, HEAD")])
+        form = parse_form(request.query)
+        request_id = form.get("request", "")
+        if not request_id:
+            return _message(400, "Bad request", "The request parameter is missing.")
+        decision = form.get("decision")
+        if decision is not None and decision not in (APPROVE, DENY):
+            return _message(400, "Bad request", "decision must be approve or deny.")
+        try:
+            if decision is None:
+                return self._page(request_id)
+            location = self._account.decide(request_id, decision)
+        except UnknownRequest:
+            return _message(404, "Unknown authorization request", "It may have been reset; start again.")
+        except DecisionConflict:
+            return _message(
+                409, "Already decided", "This authorization request was already answered otherwise."
+            )
+        return html_response(303, _redirect_page(location), [("location", location)])
+
+    def _page(self, request_id: str) -> Response:
+        authorization = self._account.find_request(request_id)
+        callback = urlsplit(authorization.callback_url)
+        page = _PAGE.substitute(
+            network=escape(authorization.network),
+            entity_type=escape(authorization.entity_type),
+            account=escape(self._account_id),
+            callback_origin=escape(f"{callback.scheme}://{callback.netloc}"),
+            request_id=escape(request_id),
+        )
+        return html_response(200, page, [("cache-control", "no-store")])
+
+
+def _message(status: int, title: str, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title></head>"
+        f"<body><h1>{escape(title)}</h1><p>{escape(text)}</p></body></html>"
+    )
+    return html_response(status, page, headers)
+
+
+def _redirect_page(location: str) -> str:
+    return f'<!doctype html><html lang=en><body><a href="{escape(location)}">Continue</a></body></html>'

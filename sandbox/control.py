@@ -1,0 +1,83 @@
+"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset. No auth, no faults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from sandbox.authorizations import Account
+from sandbox.faults import FaultConfigError, Faults
+from sandbox.httpserver import Request, Response, json_response
+from sandbox.stats import Stats
+
+
+class ControlPanel:
+    """Serves `/_sandbox/*` for tests, benchmarks and the demo."""
+
+    def __init__(self, account: Account, faults: Faults, stats: Stats, reset: Callable[[], None]) -> None:
+        self._account = account
+        self._faults = faults
+        self._stats = stats
+        self._reset = reset
+        self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
+            "/_sandbox/faults": {"GET": self._read_faults, "POST": self._set_faults},
+            "/_sandbox/connections": {"GET": self._connections},
+            "/_sandbox/stats": {"GET": self._read_stats},
+            "/_sandbox/reset": {"POST": self._reset_all},
+            "/_sandbox/health": {"GET": self._health},
+        }
+
+    def answer(self, request: Request) -> Response:
+        methods = self._routes.get(request.path.rstrip("/"))
+        if methods is None:
+            return _error(404, "API", {"Error": f"Unknown sandbox route {request.path}"})
+        endpoint = methods.get(request.method)
+        if endpoint is None:
+            return _error(405, "API", {"Error": "Method not allowed"}, [("allow", ", ".join(methods))])
+        return endpoint(request)
+
+    def _read_faults(self, request: Request) -> Response:
+        return json_response(200, self._faults.config.as_json())
+
+    def _set_faults(self, request: Request) -> Response:
+        try:
+            changes = json.loads(request.body or b"{}")
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+            changes = None
+        if not isinstance(changes, dict):
+            return _error(400, "Param", {"body": "must be a JSON object of fault settings"})
+        try:
+            config = self._faults.configure(changes)
+        except FaultConfigError as exc:
+            return _error(400, "Param", {exc.field: exc.message})
+        return json_response(200, config.as_json())
+
+    def _connections(self, request: Request) -> Response:
+        listed = [
+            {
+                "Id": credential.id,
+                "Network": credential.entity.network,
+                "Name": credential.entity.name,
+                "Type": credential.entity_type,
+                "Created": credential.created,
+                "calls": credential.calls,
+            }
+            for credential in self._account.connections()
+        ]
+        return json_response(200, listed)
+
+    def _read_stats(self, request: Request) -> Response:
+        return json_response(200, self._stats.as_json())
+
+    def _reset_all(self, request: Request) -> Response:
+        self._reset()
+        return json_response(200, {"Result": True})
+
+    def _health(self, request: Request) -> Response:
+        return json_response(200, {"Result": True})
+
+
+def _error(
+    status: int, kind: str, detail: dict[str, str], headers: list[tuple[str, str]] | None = None
+) -> Response:
+    return json_response(status, {"Result": False, "Errors": {kind: detail}}, headers)

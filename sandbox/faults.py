@@ -1,0 +1,125 @@
+"""Injected upstream faults: their settings, their validation, and the seeded dice that pick one per call."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+
+# Each call draws one number; the rates cut [0, 1) into consecutive slices in this order.
+FAULT_KINDS = ("error", "throttle", "timeout", "drop", "malformed")
+RATE_FIELDS = tuple(f"{kind}_rate" for kind in FAULT_KINDS)
+RETRY_AFTER_FORMATS = ("seconds", "http-date")
+MAX_LATENCY_MS = 600_000
+MAX_RETRY_AFTER_S = 86_400
+
+
+class FaultConfigError(ValueError):
+    """A fault setting out of range; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """The faults in force. Rates are probabilities per `/v2/` call and add up to at most 1."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    timeout_rate: float = 0.0
+    drop_rate: float = 0.0
+    malformed_rate: float = 0.0
+    retry_after_s: int = 1
+    retry_after_format: str = "seconds"
+    seed: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def updated(self, changes: Mapping[str, object]) -> FaultConfig:
+        """A copy with `changes` applied; FaultConfigError names the first bad field."""
+        known = {f.name for f in dataclasses.fields(self)}
+        values: dict[str, object] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise FaultConfigError(name, f"unknown fault setting (known: {', '.join(sorted(known))})")
+            values[name] = _validated(name, value)
+        config = dataclasses.replace(self, **values)  # type: ignore[arg-type]
+        if sum(getattr(config, name) for name in RATE_FIELDS) > 1.0 + 1e-9:
+            blamed = next((name for name in RATE_FIELDS if name in changes), RATE_FIELDS[0])
+            raise FaultConfigError(blamed, "the fault rates together must not exceed 1")
+        return config
+
+
+def _validated(name: str, value: object) -> object:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if name in RATE_FIELDS:
+        if not is_number or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
+            raise FaultConfigError(name, "must be a number from 0 to 1")
+        return float(value)  # type: ignore[arg-type]
+    if name == "latency_ms":
+        if not is_number or not 0.0 <= float(value) <= MAX_LATENCY_MS:  # type: ignore[arg-type]
+            raise FaultConfigError(name, f"must be a number of milliseconds from 0 to {MAX_LATENCY_MS}")
+        return float(value)  # type: ignore[arg-type]
+    if name == "retry_after_s":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRY_AFTER_S:
+            raise FaultConfigError(name, f"must be a whole number of seconds from 0 to {MAX_RETRY_AFTER_S}")
+        return value
+    if name == "retry_after_format":
+        if value not in RETRY_AFTER_FORMATS:
+            raise FaultConfigError(name, f"must be one of {', '.join(RETRY_AFTER_FORMATS)}")
+        return value
+    # seed
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise FaultConfigError(name, "must be an integer or null")
+    return value
+
+
+class Faults:
+    """The fault settings in force and the random source that decides, call by call, which fault strikes."""
+
+    def __init__(self, initial: FaultConfig) -> None:
+        self._initial = initial
+        self._config = initial
+        self._random = random.Random(initial.seed)  # noqa: S311 - fault injection, not cryptography
+
+    @property
+    def config(self) -> FaultConfig:
+        return self._config
+
+    def configure(self, changes: Mapping[str, object]) -> FaultConfig:
+        """Applies a partial update; a `seed` in it restarts the dice so runs can be repeated."""
+        self._config = self._config.updated(changes)
+        if "seed" in changes:
+            self._random.seed(self._config.seed)
+        return self._config
+
+    def reset(self) -> None:
+        self._config = self._initial
+        self._random.seed(self._initial.seed)
+
+    def roll(self) -> str | None:
+        """The fault kind for this call, or None for an honest answer."""
+        config = self._config
+        draw = self._random.random()
+        threshold = 0.0
+        for kind, name in zip(FAULT_KINDS, RATE_FIELDS, strict=True):
+            threshold += getattr(config, name)
+            if draw < threshold:
+                return kind
+        return None
+
+    def retry_after(self, seconds: float) -> str:
+        """A Retry-After value in the configured format."""
+        whole = max(0, math.ceil(seconds))
+        if self._config.retry_after_format == "http-date":
+            return formatdate(math.ceil(time.time()) + whole, usegmt=True)
+        return str(whole)
