@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -109,11 +109,20 @@ def _attempts(retrying: Retrying | AsyncRetrying) -> int:
     return int(retrying.statistics.get("attempt_number", 1))
 
 
-def _deadline_reached(exhausted: RetryError) -> DeadlineReached:
-    last = exhausted.last_attempt.exception()
-    return DeadlineReached(
-        exhausted.last_attempt.attempt_number, last if isinstance(last, OktopostError) else None
-    )
+@contextmanager
+def _outcome_of(retrying: Retrying | AsyncRetrying) -> Iterator[None]:
+    """Turns how the loop ended into what callers see: DeadlineReached, or the refusal with .attempts."""
+    try:
+        yield
+    except RetryError as exhausted:
+        last = exhausted.last_attempt.exception()
+        transient = last if isinstance(last, OktopostError) else None
+        raise DeadlineReached(exhausted.last_attempt.attempt_number, transient) from None
+    except _NoTimeLeft:
+        raise DeadlineReached(_attempts(retrying) - 1, None) from None
+    except OktopostError as refused:
+        refused.attempts = _attempts(retrying)
+        raise
 
 
 def call_until_deadline(
@@ -139,15 +148,8 @@ def call_until_deadline(
         with admit() if admit is not None else nullcontext():
             return attempt(schedule.attempt_timeout())
 
-    try:
+    with _outcome_of(retrying):
         result = retrying(bounded_attempt)
-    except RetryError as exhausted:
-        raise _deadline_reached(exhausted) from None
-    except _NoTimeLeft:
-        raise DeadlineReached(_attempts(retrying) - 1, None) from None
-    except OktopostError as refused:
-        refused.attempts = _attempts(retrying)
-        raise
     return result, _attempts(retrying)
 
 
@@ -172,13 +174,6 @@ async def acall_until_deadline(
             if finished is not None:
                 finished()
 
-    try:
+    with _outcome_of(retrying):
         result: T = await retrying(bounded_attempt)
-    except RetryError as exhausted:
-        raise _deadline_reached(exhausted) from None
-    except _NoTimeLeft:
-        raise DeadlineReached(_attempts(retrying) - 1, None) from None
-    except OktopostError as refused:
-        refused.attempts = _attempts(retrying)
-        raise
     return result, _attempts(retrying)

@@ -20,7 +20,7 @@ from worker.errors import OktopostError, RefusedError, RejectedError, TokenInval
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows import Flow, FlowState, FlowStore
 from worker.metrics import WorkerMetrics
-from worker.oktopost import Credential, EntityChoice, OktopostClient
+from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile
 from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,44 @@ class Worker:
 
 
 def verify_flow(worker: Worker, flow_id: str) -> Outcome:
-    flow = _take(worker, flow_id, FlowState.VERIFYING)
+    return _work_on(
+        worker,
+        flow_id,
+        FlowState.VERIFYING,
+        "verify",
+        lambda token, flow, timeout: worker.client.verify(token, timeout=timeout),
+        _verified,
+    )
+
+
+def complete_flow(worker: Worker, flow_id: str) -> Outcome:
+    return _work_on(
+        worker,
+        flow_id,
+        FlowState.COMPLETING,
+        "complete",
+        lambda token, flow, timeout: worker.client.complete(token, flow.selected_ids, timeout=timeout),
+        lambda worker, flow, credentials, attempts: _complete(worker, flow, credentials, attempts),
+        # Oktopost refusing ids we offered from its own list means the selection no longer holds
+        refusal_code=lambda refused: (
+            "invalid_selection"
+            if isinstance(refused, RejectedError) and not isinstance(refused, TokenInvalidError)
+            else refused.code
+        ),
+    )
+
+
+def _work_on(
+    worker: Worker,
+    flow_id: str,
+    state: FlowState,
+    call_name: str,
+    call: Callable[[str, Flow, float], T],
+    on_answer: Callable[[Worker, Flow, T, int], Outcome],
+    refusal_code: Callable[[RefusedError], str] = lambda refused: refused.code,
+) -> Outcome:
+    """Take the flow, call Oktopost until the deadline, end with exactly one step."""
+    flow = _take(worker, flow_id, state)
     if flow is None:
         return _recorded(worker, Outcome.SKIPPED)
     token = worker.store.token(flow_id)
@@ -69,7 +106,7 @@ def verify_flow(worker: Worker, flow_id: str) -> Outcome:
         return _expire(worker, flow)
     try:
         answer, attempts = call_until_deadline(
-            _observed(worker, flow, "verify", lambda timeout: worker.client.verify(token, timeout=timeout)),
+            _observed(worker, flow, call_name, lambda timeout: call(token, flow, timeout)),
             flow.deadline,
             policy=worker.policy,
             on_retry=_on_retry(worker, flow),
@@ -78,52 +115,17 @@ def verify_flow(worker: Worker, flow_id: str) -> Outcome:
     except (DeadlineReached, NoBudgetInTime) as reached:
         return _expire(worker, flow, reached)
     except RefusedError as refused:
-        return _fail(worker, flow, refused)
-    if isinstance(answer, EntityChoice):
-        offers = [
-            EntityOffer(
-                id=entity.id,
-                name=entity.name,
-                network=entity.network,
-                image_link=entity.image_link,
-                network_username=entity.network_username,
-                is_connected=entity.is_connected,
-            )
-            for entity in answer.entities
-        ]
-        step = worker.store.offer_selection(flow, offers)
-        log.info("flow %s offers %d entities after %d attempt(s)", flow_id, len(offers), attempts)
-        return _recorded(worker, Outcome.SELECTION_REQUIRED if step.done else Outcome.SKIPPED)
-    return _complete(worker, flow, [answer.credential], attempts)
+        return _fail(worker, flow, refused, code=refusal_code(refused))
+    return on_answer(worker, flow, answer, attempts)
 
 
-def complete_flow(worker: Worker, flow_id: str) -> Outcome:
-    flow = _take(worker, flow_id, FlowState.COMPLETING)
-    if flow is None:
-        return _recorded(worker, Outcome.SKIPPED)
-    token = worker.store.token(flow_id)
-    if token is None:
-        return _expire(worker, flow)
-    try:
-        credentials, attempts = call_until_deadline(
-            _observed(
-                worker,
-                flow,
-                "complete",
-                lambda timeout: worker.client.complete(token, flow.selected_ids, timeout=timeout),
-            ),
-            flow.deadline,
-            policy=worker.policy,
-            on_retry=_on_retry(worker, flow),
-            admit=worker.admission(flow),
-        )
-    except (DeadlineReached, NoBudgetInTime) as reached:
-        return _expire(worker, flow, reached)
-    except RefusedError as refused:
-        # Oktopost refusing ids we offered from its own list means the selection no longer holds
-        invalid = isinstance(refused, RejectedError) and not isinstance(refused, TokenInvalidError)
-        return _fail(worker, flow, refused, code="invalid_selection" if invalid else None)
-    return _complete(worker, flow, credentials, attempts)
+def _verified(worker: Worker, flow: Flow, answer: VerifiedProfile | EntityChoice, attempts: int) -> Outcome:
+    if isinstance(answer, VerifiedProfile):
+        return _complete(worker, flow, [answer.credential], attempts)
+    offers = [EntityOffer(**entity.model_dump()) for entity in answer.entities]
+    step = worker.store.offer_selection(flow, offers)
+    log.info("flow %s offers %d entities after %d attempt(s)", flow.flow_id, len(offers), attempts)
+    return _recorded(worker, Outcome.SELECTION_REQUIRED if step.done else Outcome.SKIPPED)
 
 
 def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Outcome:
