@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return_url = (
             check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
         )
-        flow_id = secrets.token_urlsafe(24)  # 192 random bits
+        flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
         callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
         try:
             redirect_url, _ = await acall_until_deadline(

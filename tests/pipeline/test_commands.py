@@ -1,0 +1,73 @@
+"""The command line: bad settings stop with one line and exit 2; `watch` prints a flow's events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import Pipeline
+from tests.pipeline.flows import callback, consent, events_of, start_flow
+from tests.support import CLI
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "named"),
+    [
+        (["shim"], {"TOKEN_TTL_SECONDS": "-5", "SHIM_API_KEYS": "k"}, "TOKEN_TTL_SECONDS"),
+        (["shim"], {"SHIM_API_KEYS": ""}, "SHIM_API_KEYS"),
+        (["worker"], {"OKTOPOST_RATE_LIMIT": "lots"}, "OKTOPOST_RATE_LIMIT"),
+        (["worker"], {"ALLOWED_RETURN_URLS": "ftp://x"}, "ALLOWED_RETURN_URLS"),
+        (["watch", "abc"], {"CHANNEL_PREFIX": "bad prefix!"}, "CHANNEL_PREFIX"),
+        (["shim"], {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "k"}, "OKTOPOST_BASE_URL"),
+    ],
+)
+def test_bad_setting_stops_with_one_line_and_exit_2(command: list[str], env: dict[str, str], named: str) -> None:
+    result = run_cli(*command, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unknown_command_and_help() -> None:
+    assert run_cli("frobnicate").returncode == 2
+    helped = run_cli("--help")
+    assert helped.returncode == 0 and "watch" in helped.stdout
+    for command in ("shim", "worker", "sandbox", "watch"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "usage" in result.stdout.lower()
+
+
+@pytest.mark.integration
+def test_watch_prints_history_then_stops_at_the_terminal_event(pipeline: Pipeline) -> None:
+    created = start_flow(pipeline)
+    callback(consent(created["redirect_url"]))
+    events = events_of(pipeline, created["flow_id"])
+    result = run_cli("watch", created["flow_id"], env=pipeline.env)
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert printed == events
+    unknown = run_cli("watch", "no-such-flow-000000000000", env=pipeline.env)
+    assert unknown.returncode == 2 and "no flow" in unknown.stderr
+
+
+@pytest.mark.integration
+def test_metrics_show_shim_and_worker_counters(pipeline: Pipeline) -> None:
+    created = start_flow(pipeline)
+    callback(consent(created["redirect_url"]))
+    events_of(pipeline, created["flow_id"])
+    text = httpx.get(f"{pipeline.shim_url}/metrics").text
+    assert 'okc_shim_callbacks_total{outcome="claimed"}' in text
+    assert 'okc_worker_outcomes_total{outcome="completed"}' in text
+    assert "okc_worker_upstream_seconds_bucket" in text
+    assert "okc_worker_callback_to_terminal_seconds_count" in text
+    assert created["flow_id"] not in text  # labels are route templates, never raw paths
