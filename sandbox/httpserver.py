@@ -236,7 +236,8 @@ class HttpServer:
 
 
 def _head_size(head: h11.Request) -> int:
-    return len(head.method) + len(head.target) + sum(len(name) + len(value) + 4 for name, value in head.headers)
+    header_bytes = sum(len(name) + len(value) + 4 for name, value in head.headers)  # ": " and CRLF
+    return len(head.method) + len(head.target) + header_bytes
 
 
 def _content_length(head: h11.Request) -> int | None:
