@@ -67,9 +67,8 @@ def main() -> None:
             thread.join()
         elapsed = time.perf_counter() - started
         total = sum(counts)
-        print(
-            f"{total} verify GETs in {elapsed:.1f}s over {args.threads} keep-alive clients: {total / elapsed:.0f}/s"
-        )
+        rate = total / elapsed
+        print(f"{total} verify GETs in {elapsed:.1f}s over {args.threads} keep-alive clients: {rate:.0f}/s")
     finally:
         if process is not None:
             process.stop()

@@ -274,10 +274,8 @@ def test_arbitrary_requests_never_get_a_500(
     url = path + quote(suffix, safe="/%")
     auth = api.auth if authenticated else None
     for content in (None, raw_body):
-        response = api.request(
-            method, url, params=form, data=form if content is None and method != "GET" else None, content=content,
-            auth=auth,  # type: ignore[arg-type]
-        )  # fmt: skip
+        form_body = form if content is None and method != "GET" else None
+        response = api.request(method, url, params=form, data=form_body, content=content, auth=auth)
         assert response.status_code < 500, (method, url, form, response.text)
         if response.status_code >= 400 and response.headers["content-type"] == "application/json":
             assert response.json()["Result"] is False
