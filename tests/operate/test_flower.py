@@ -1,0 +1,237 @@
+"""Flower as operators run it: it lists the worker and every finished task, only behind Basic auth, and
+shows nothing secret: no okt token, no Oktopost API key, no caller key, in its API or its HTML pages."""
+
+from __future__ import annotations
+
+import base64
+import html
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, Pipeline, start_pipeline, start_redis, stop_redis
+from tests.pipeline.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
+from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CELERY = str(Path(sys.executable).with_name("celery"))
+FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-pw-5f0c2a"
+# A key of our own (the sandbox is started with it), so finding it anywhere means it leaked.
+OKTOPOST_KEY = "okc-flower-test-oktopost-key-91d7e3"
+REDIS_PASSWORD = "okc-flower-test-redis-pw-2b8e41"
+
+
+@dataclass
+class Flower:
+    url: str
+    process: Process
+
+    def get(self, path: str, auth: tuple[str, str] | None = (FLOWER_USER, FLOWER_PASSWORD)) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", auth=auth, timeout=15)
+
+    def json(self, path: str) -> Any:
+        response = self.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text[:300])
+        return response.json()
+
+
+def start_flower(env: dict[str, str]) -> Flower:
+    port = free_port()
+    process = Process(
+        [
+            CELERY,
+            "-A",
+            "worker",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
+        ],
+        env=env,
+        name="flower",
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthcheck", timeout=30)
+    except TimeoutError:
+        process.stop()
+        raise AssertionError(f"Flower did not start:\n{process.output[-3000:]}") from None
+    return Flower(f"http://127.0.0.1:{port}", process)
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """check() until it returns something truthy; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout}s")
+        time.sleep(0.3)
+
+
+@dataclass
+class Stack:
+    pipeline: Pipeline
+    flower: Flower
+    worker_name: str
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # A broker of our own: Flower then lists exactly our worker and our tasks, and no other test's
+    # worker takes the tasks of this one.
+    # It asks for a password, which Flower must not show either (its broker page, the workers' stats).
+    server = start_redis(["--requirepass", REDIS_PASSWORD])
+    redis_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
+    sandbox_port = free_port()
+    sandbox = start_cli(["sandbox", "--port", str(sandbox_port)], env={"OKTOPOST_API_KEY": OKTOPOST_KEY})
+    pipeline: Pipeline | None = None
+    flower: Flower | None = None
+    try:
+        wait_for_port(sandbox_port)
+        pipeline = start_pipeline(
+            redis_url, f"http://127.0.0.1:{sandbox_port}", oktopost_api_key=OKTOPOST_KEY
+        )
+        flower = start_flower(pipeline.env)
+        # Flower has its event receiver running once it has seen our worker's heartbeat: only then do
+        # the flows start, so it misses none of their task events (Redis pub/sub keeps no history).
+        status: dict[str, bool] = poll(
+            "Flower sees the worker's heartbeat",
+            lambda: {name: alive for name, alive in flower.json("/api/workers?status=1").items() if alive},  # type: ignore[union-attr]
+        )
+        assert len(status) == 1, status
+        yield Stack(pipeline, flower, next(iter(status)))
+    finally:
+        if flower is not None:
+            flower.process.stop()
+        if pipeline is not None:
+            pipeline.stop()
+        sandbox.stop()
+        stop_redis(server)
+
+
+@dataclass
+class Flows:
+    profile: str
+    page: str
+    tokens: list[str]
+
+
+@pytest.fixture(scope="module")
+def flows(stack: Stack) -> Flows:
+    """A profile flow and a page flow, run to connection.completed through the real pipeline."""
+    pipeline = stack.pipeline
+    profile = start_flow(pipeline, network="LinkedIn")
+    profile_callback = consent(profile["redirect_url"])
+    assert callback(profile_callback).status_code == 303
+
+    page = start_flow(pipeline, network="Facebook", entity_type="page")
+    page_callback = consent(page["redirect_url"])
+    assert callback(page_callback).status_code == 303
+    offer = wait_for_event(pipeline, page["flow_id"], "selection.required")
+    assert select(pipeline, page["flow_id"], [offer["data"]["entities"][1]["id"]]).status_code == 202
+
+    for flow_id in (profile["flow_id"], page["flow_id"]):
+        assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+    return Flows(profile["flow_id"], page["flow_id"], [okt_of(profile_callback), okt_of(page_callback)])
+
+
+def finished_tasks(flower: Flower, expected: set[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """Flower's tasks once it lists every (name, flow id) of `expected` as SUCCESS."""
+
+    def check() -> dict[str, dict[str, Any]] | None:
+        tasks: dict[str, dict[str, Any]] = flower.json("/api/tasks")
+        done = {(t["name"], t["args"]) for t in tasks.values() if t["state"] == "SUCCESS"}
+        return tasks if {(name, repr([flow_id])) for name, flow_id in expected} <= done else None
+
+    return poll(f"Flower lists {sorted(expected)} as finished", check)  # type: ignore[no-any-return]
+
+
+def test_flower_lists_the_worker(stack: Stack) -> None:
+    workers = stack.flower.json("/api/workers?refresh=1")
+    assert list(workers) == [stack.worker_name]
+    registered = set(workers[stack.worker_name]["registered"])
+    assert {"oktopost.verify", "oktopost.complete"} <= registered
+
+
+def test_flower_lists_the_finished_tasks_with_a_flow_id_as_only_argument(stack: Stack, flows: Flows) -> None:
+    expected = {
+        ("oktopost.verify", flows.profile),
+        ("oktopost.verify", flows.page),
+        ("oktopost.complete", flows.page),
+    }
+    tasks = finished_tasks(stack.flower, expected)
+    ours = [t for t in tasks.values() if t["args"] in (repr([flows.profile]), repr([flows.page]))]
+    assert {(t["name"], t["args"]) for t in ours} == {(name, repr([fid])) for name, fid in expected}
+    for task in ours:
+        assert task["kwargs"] == "{}", task
+        assert task["worker"] == stack.worker_name, task
+        assert task["received"] and task["started"] and task["succeeded"], task
+
+    # One task read on its own, by the API and by its HTML page.
+    task_id = next(t["uuid"] for t in ours if t["name"] == "oktopost.complete")
+    info = stack.flower.json(f"/api/task/info/{task_id}")
+    assert info["args"] == repr([flows.page]) and info["state"] == "SUCCESS"
+    page = stack.flower.get(f"/task/{task_id}")
+    assert page.status_code == 200 and flows.page in page.text and "oktopost.complete" in page.text
+
+
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/workers", "/", "/tasks", "/broker"])
+def test_flower_refuses_requests_without_basic_auth(stack: Stack, path: str) -> None:
+    assert stack.flower.get(path, auth=None).status_code == 401
+    assert stack.flower.get(path, auth=(FLOWER_USER, "wrong")).status_code == 401
+    assert stack.flower.get(path, auth=("admin", FLOWER_PASSWORD)).status_code == 401
+
+
+def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
+    flower = stack.flower
+    tasks = finished_tasks(
+        flower,
+        {
+            ("oktopost.verify", flows.profile),
+            ("oktopost.verify", flows.page),
+            ("oktopost.complete", flows.page),
+        },
+    )
+    basic = base64.b64encode(f"demo-account:{OKTOPOST_KEY}".encode()).decode()
+    secrets = {
+        "okt token": flows.tokens,
+        "Oktopost API key": [OKTOPOST_KEY, basic],
+        "shim caller key": [API_KEY],
+        "Redis password": [REDIS_PASSWORD],
+    }
+    assert all(len(token) >= 16 for token in flows.tokens), flows.tokens
+
+    pages = {
+        "/api/tasks": flower.get("/api/tasks"),
+        "/api/workers?refresh=1": flower.get("/api/workers?refresh=1"),
+        "/tasks": flower.get("/tasks"),
+        "/workers": flower.get("/workers"),
+        f"/worker/{stack.worker_name}": flower.get(f"/worker/{stack.worker_name}"),
+        "/broker": flower.get("/broker"),
+    }
+    for task_id in tasks:
+        pages[f"/api/task/info/{task_id}"] = flower.get(f"/api/task/info/{task_id}")
+        pages[f"/task/{task_id}"] = flower.get(f"/task/{task_id}")
+    assert len(pages) >= 6 + 2 * 3
+
+    # The pages do show the flows (so the search below looks at the right text), never a secret.
+    assert flows.profile in pages["/api/tasks"].text and flows.page in pages["/api/tasks"].text
+    assert all(
+        flows.page in pages[f"/task/{tid}"].text or flows.profile in pages[f"/task/{tid}"].text
+        for tid in tasks
+    )
+    for path, response in pages.items():
+        assert response.status_code == 200, (path, response.status_code)
+        text = html.unescape(response.text)
+        for kind, values in secrets.items():
+            for value in values:
+                assert value not in text, f"{kind} shown by Flower at {path}"
