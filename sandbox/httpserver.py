@@ -144,6 +144,8 @@ class HttpServer:
             await self._refuse(writer, exc.error_status_hint, "Malformed HTTP request")
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # only close() cancels a connection: ending it is the point, not an error to report
         finally:
             self._connections.discard(task)
             writer.close()
