@@ -39,13 +39,13 @@ class RunningSandbox:
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/_sandbox/faults", json=faults)
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     def connections(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/_sandbox/connections").json()  # type: ignore[no-any-return]
+        return httpx.get(f"{self.url}/_sandbox/connections").json()
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_sandbox/stats").json()  # type: ignore[no-any-return]
+        return httpx.get(f"{self.url}/_sandbox/stats").json()
 
     def authorize(self, client: httpx.Client, network: str = "LinkedIn", entity_type: str = "profile") -> str:
         """Steps 1 and 2 for a script: get the RedirectUrl, approve, and answer the okt token."""
