@@ -46,11 +46,13 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$(
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())  # type: ignore[no-any-return]
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return data
 
 
 def services() -> dict[str, dict[str, Any]]:
-    return compose()["services"]  # type: ignore[no-any-return]
+    found: dict[str, dict[str, Any]] = compose()["services"]
+    return found
 
 
 def argv_of(command: str | list[str]) -> list[str]:
@@ -140,7 +142,6 @@ def shows_flag(text: str, flag: str) -> bool:
 
 def test_compose_has_the_documented_services() -> None:
     assert set(services()) == {"redis", *APP_SERVICES}
-    assert compose()["volumes"] == {"redis-data": None} or "redis-data" in compose()["volumes"]
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -210,7 +211,6 @@ def test_worker_can_scale() -> None:
     assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
     # The Celery node name must differ between replicas: the default, celery@<container hostname>.
     assert not {"--hostname", "-n"} & set(flags(argv_of(worker["command"])))
-    assert "/" not in str(worker.get("volumes", ""))
 
 
 def test_sandbox_runs_only_in_the_dev_profile() -> None:
@@ -463,6 +463,8 @@ def test_flower_command_shows_the_worker_behind_basic_auth(local: Local) -> None
     assert len(workers) == 1 and next(iter(workers)) == f"celery@{socket.gethostname()}"
     assert {"oktopost.verify", "oktopost.complete"} <= set(next(iter(workers.values()))["registered"])
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
+    check = local.healthcheck("flower")
+    assert check.returncode == 0, check
     assert httpx.get(f"{flower}/api/workers", auth=("admin", "wrong"), timeout=10).status_code == 401
 
 
@@ -510,7 +512,7 @@ def test_a_flow_completes_through_the_compose_services(local: Local) -> None:
 
     client = redis.Redis(port=local.redis_port)
     events = list(follow_flow(client, flow_id, env["CHANNEL_PREFIX"], timeout=30))
-    assert [e["type"] for e in events][-1] == "connection.completed", events
+    assert events and events[-1]["type"] == "connection.completed", events
 
     def verify_task_done() -> bool:
         tasks = httpx.get(f"{flower}/api/tasks", auth=flower_auth(), timeout=15).json()

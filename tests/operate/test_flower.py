@@ -105,7 +105,7 @@ def stack() -> Iterator[Stack]:
         # the flows start, so it misses none of their task events (Redis pub/sub keeps no history).
         status: dict[str, bool] = poll(
             "Flower sees the worker's heartbeat",
-            lambda: {name: alive for name, alive in flower.json("/api/workers?status=1").items() if alive},  # type: ignore[union-attr]
+            lambda: {name: alive for name, alive in flower.json("/api/workers?status=1").items() if alive},
         )
         assert len(status) == 1, status
         yield Stack(pipeline, flower, next(iter(status)))
@@ -152,11 +152,25 @@ def finished_tasks(flower: Flower, expected: set[tuple[str, str]]) -> dict[str, 
         done = {(t["name"], t["args"]) for t in tasks.values() if t["state"] == "SUCCESS"}
         return tasks if {(name, repr([flow_id])) for name, flow_id in expected} <= done else None
 
-    return poll(f"Flower lists {sorted(expected)} as finished", check)  # type: ignore[no-any-return]
+    tasks: dict[str, dict[str, Any]] = poll(f"Flower lists {sorted(expected)} as finished", check)
+    return tasks
+
+
+def listed_workers(flower: Flower) -> dict[str, Any]:
+    """/api/workers?refresh=1 once the worker has answered Flower's inspect (it waits 1 s for replies)."""
+    workers: dict[str, Any] = poll(
+        "Flower's inspect gets the worker's answers",
+        lambda: (
+            (found := flower.json("/api/workers?refresh=1"))
+            and all("stats" in w for w in found.values())
+            and found
+        ),
+    )
+    return workers
 
 
 def test_flower_lists_the_worker(stack: Stack) -> None:
-    workers = stack.flower.json("/api/workers?refresh=1")
+    workers = listed_workers(stack.flower)
     assert list(workers) == [stack.worker_name]
     registered = set(workers[stack.worker_name]["registered"])
     assert {"oktopost.verify", "oktopost.complete"} <= registered
@@ -201,6 +215,7 @@ def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
             ("oktopost.complete", flows.page),
         },
     )
+    listed_workers(flower)  # so the pages below show the worker's stats and configuration
     basic = base64.b64encode(f"demo-account:{OKTOPOST_KEY}".encode()).decode()
     secrets = {
         "okt token": flows.tokens,
@@ -212,7 +227,7 @@ def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
 
     pages = {
         "/api/tasks": flower.get("/api/tasks"),
-        "/api/workers?refresh=1": flower.get("/api/workers?refresh=1"),
+        "/api/workers": flower.get("/api/workers"),
         "/tasks": flower.get("/tasks"),
         "/workers": flower.get("/workers"),
         f"/worker/{stack.worker_name}": flower.get(f"/worker/{stack.worker_name}"),
