@@ -13,6 +13,7 @@ import fnmatch
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -421,6 +422,7 @@ def local() -> Iterator[Local]:
     finally:
         for process in reversed(stack.processes):
             process.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def flower_auth() -> tuple[str, str]:
