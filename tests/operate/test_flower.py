@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +117,8 @@ def stack() -> Iterator[Stack]:
             pipeline.stop()
         sandbox.stop()
         stop_redis(server)
+        if server.directory:
+            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @dataclass
