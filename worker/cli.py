@@ -78,7 +78,7 @@ def _worker(argv: Sequence[str]) -> int:
         prog="oktopost-connect worker", description="Run a Celery worker (threads pool) for the pipeline."
     )
     parser.add_argument("--concurrency", type=int, default=8, help="threads working on flows (default 8)")
-    parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default worker@HOST)")
+    parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default celery@HOST)")
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         return _fail("--concurrency must be at least 1")
@@ -130,7 +130,57 @@ def _watch(argv: Sequence[str]) -> int:
     return 0 if terminal else 1
 
 
+def _redis_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        choices=["auto", "external", "redis-server", "fakeredis"],
+        default="auto",
+        help="auto (default): REDIS_URL if it answers PING, else a private redis-server from PATH, "
+        "else fakeredis's server; the others force one",
+    )
+
+
+def _up(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect up",
+        description="Run shim + worker (+ sandbox when OKTOPOST_API_KEY is not set, + an embedded Redis when "
+        "none answers) in the foreground; print the URLs and the dev API key; Ctrl-C stops everything.",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port of the shim (default 8000)")
+    parser.add_argument("--sandbox-port", type=int, default=8090, help="port of the sandbox (default 8090)")
+    parser.add_argument("--concurrency", type=int, default=4, help="worker threads (default 4)")
+    _redis_choice(parser)
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        return _fail("--concurrency must be at least 1")
+    from worker.launcher import StackOptions, run_up
+
+    redis = None if args.redis == "auto" else args.redis
+    options = StackOptions(args.port, args.sandbox_port, args.concurrency, redis=redis)
+    return run_up(options)
+
+
+def _demo(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect demo",
+        description="Start the stack on free ports (always with the sandbox), drive a profile flow and a page "
+        "flow end to end over HTTP, print each event a Redis subscriber receives; exit 0 when both complete.",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds the flows get (default 30)")
+    parser.add_argument("--concurrency", type=int, default=4, help="worker threads (default 4)")
+    _redis_choice(parser)
+    args = parser.parse_args(argv)
+    if args.timeout <= 0 or args.concurrency < 1:
+        return _fail("--timeout must be positive and --concurrency at least 1")
+    from worker.demo import DemoOptions, run_demo
+
+    redis = None if args.redis == "auto" else args.redis
+    return run_demo(DemoOptions(timeout=args.timeout, redis=redis, concurrency=args.concurrency))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "up": _up,
+    "demo": _demo,
     "sandbox": _sandbox,
     "shim": _shim,
     "worker": _worker,
