@@ -1,0 +1,368 @@
+"""`oktopost-connect demo`: the stack on free ports, then a profile flow and a page flow driven end to end
+over real HTTP (as a caller service and a user's browser would) while a Redis subscriber prints every event.
+
+It exits 0 only when both flows end with `connection.completed`. Tokens and keys are never printed.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+
+from worker.events import TERMINAL_TYPES
+from worker.launcher import LaunchError, Stack, StackOptions, StopSignal, free_port, start_stack
+from worker.subscribe import follow_flow
+
+if TYPE_CHECKING:
+    from worker.embedded_redis import RedisKind
+
+FLOW_TIMEOUT = 30.0  # seconds both flows get, from the first request to their terminal events
+ENTITIES_TO_SELECT = 2
+
+
+class DemoFailed(Exception):
+    """The demo did not see both flows complete; the message is the one-line reason."""
+
+
+@dataclass
+class DemoOptions:
+    timeout: float = FLOW_TIMEOUT
+    redis: RedisKind | None = None
+    concurrency: int = 4
+
+
+@dataclass
+class FlowRun:
+    """One flow the demo drives, and what its subscriber has received so far."""
+
+    label: str
+    network: str
+    entity_type: str
+    flow_id: str = ""
+    redirect_url: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    inbox: queue.Queue[dict[str, Any] | Exception | None] = field(default_factory=queue.Queue)
+
+    @property
+    def short_id(self) -> str:
+        return self.flow_id[:8]
+
+    @property
+    def last_type(self) -> str:
+        return self.events[-1]["type"] if self.events else "no event"
+
+
+class Console:
+    """One line per step or event, each with its offset from the demo's first request."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.origin = time.monotonic()
+        self._lock = threading.Lock()
+
+    def offset(self) -> float:
+        return time.monotonic() - self.origin
+
+    def line(self, flow: str, kind: str, text: str) -> None:
+        with self._lock:
+            offset = f"+{self.offset():.3f}s"
+            print(f"  {offset:>8}  {flow:8}  {kind:22}  {text}", file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.out, flush=True)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """The key data of an event, on one line."""
+    data = event.get("data") or {}
+    kind = event["type"]
+    if kind == "authorization.started":
+        reference = f", reference {event['reference']}" if event.get("reference") else ""
+        subject = f"{event['network']} {event['entity_type']}{reference}"
+        return f"{subject}; callback awaited until {data.get('expires_at')}"
+    if kind == "callback.received":
+        return f"okt token claimed, verification queued; the token lives until {data.get('token_expires_at')}"
+    if kind == "selection.required":
+        entities = data.get("entities", [])
+        names = ", ".join(f"{e['name']}{' (connected)' if e.get('is_connected') else ''}" for e in entities)
+        return f"{len(entities)} offered: {names}"
+    if kind == "selection.submitted":
+        return f"ids {', '.join(data.get('ids', []))}"
+    if kind == "connection.completed":
+        credentials = data.get("credentials", [])
+        return "; ".join(f"{c.get('name')} [{c.get('id')}] {c.get('status')}" for c in credentials)
+    if kind == "authorization.failed":
+        return f"{data.get('code')}: {data.get('message')} (retryable {data.get('retryable')})"
+    if kind == "authorization.expired":
+        return f"at stage {data.get('stage')}"
+    return str(data)
+
+
+def subscribe(
+    client: redis.Redis, run: FlowRun, prefix: str, console: Console, timeout: float
+) -> threading.Thread:
+    """A subscriber thread: follows the flow's events (history, then live), prints and forwards each."""
+
+    def follow() -> None:
+        try:
+            for event in follow_flow(client, run.flow_id, prefix, timeout=timeout):
+                console.line(run.short_id, event["type"], describe_event(event))
+                run.inbox.put(event)
+        except redis.exceptions.RedisError as error:
+            run.inbox.put(error)
+        finally:
+            run.inbox.put(None)
+
+    thread = threading.Thread(target=follow, name=f"subscriber-{run.short_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+class Driver:
+    """Speaks to the shim as a caller service, to the sandbox's consent page as a browser."""
+
+    def __init__(
+        self, stack: Stack, console: Console, deadline: float, interrupted: Callable[[], str | None]
+    ) -> None:
+        self.stack = stack
+        self.console = console
+        self.deadline = deadline
+        self.interrupted = interrupted
+        self.http = httpx.Client(timeout=10.0, follow_redirects=False)
+        self.headers = {"Authorization": f"Bearer {stack.api_key}"}
+        self.return_url = f"{stack.shim_url}/demo/done"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def start(self, run: FlowRun) -> None:
+        body = {
+            "network": run.network,
+            "type": run.entity_type,
+            "return_url": self.return_url,
+            "reference": f"demo-{run.label}",
+        }
+        answer = self.http.post(f"{self.stack.shim_url}/v1/authorizations", json=body, headers=self.headers)
+        if answer.status_code != 201:
+            raise DemoFailed(f"POST /v1/authorizations answered {answer.status_code}: {_error_of(answer)}")
+        created = answer.json()
+        run.flow_id, run.redirect_url = created["flow_id"], created["redirect_url"]
+        run.started_at = self.console.offset()
+        self.console.line(
+            run.short_id, "caller", f"POST /v1/authorizations {run.network} {run.entity_type} -> 201"
+        )
+
+    def approve(self, run: FlowRun) -> None:
+        """The user approves on the consent page, and the browser follows it back to the shim's callback."""
+        joiner = "&" if "?" in run.redirect_url else "?"
+        consent = self.http.get(f"{run.redirect_url}{joiner}decision=approve")
+        callback_url = consent.headers.get("location", "")
+        if consent.status_code != 303 or not callback_url.startswith(
+            f"{self.stack.public_base_url}/v1/callback/"
+        ):
+            raise DemoFailed(
+                f"the sandbox's consent page answered {consent.status_code}, not 303 to the callback"
+            )
+        self.console.line(
+            run.short_id, "browser", "approves on the consent page -> 303 to the shim's callback"
+        )
+        back = self.http.get(callback_url)  # carries the okt token: never printed
+        location = back.headers.get("location", "")
+        if back.status_code != 303 or not location.startswith(self.return_url):
+            raise DemoFailed(f"the callback answered {back.status_code}: {_error_of(back)}")
+        self.console.line(run.short_id, "browser", f"GET /v1/callback -> 303 to {urlsplit(location).path}?…")
+
+    def select(self, run: FlowRun, offer: dict[str, Any]) -> list[str]:
+        entities = offer["data"]["entities"]
+        free = [e for e in entities if not e.get("is_connected")] or entities
+        chosen = [str(e["id"]) for e in free[:ENTITIES_TO_SELECT]]
+        answer = self.http.post(
+            f"{self.stack.shim_url}/v1/authorizations/{run.flow_id}/selection",
+            json={"ids": chosen},
+            headers=self.headers,
+        )
+        if answer.status_code != 202:
+            raise DemoFailed(
+                f"the selection of flow {run.short_id} answered {answer.status_code}: {_error_of(answer)}"
+            )
+        self.console.line(run.short_id, "caller", f"POST …/selection {len(chosen)} not yet connected -> 202")
+        return chosen
+
+    def wait_for(self, run: FlowRun, types: Collection[str]) -> dict[str, Any]:
+        """The flow's next event among `types` (or its terminal one); DemoFailed on timeout or dead child."""
+        while True:
+            reason = self.interrupted()
+            if reason:
+                raise DemoFailed(reason)
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise DemoFailed(
+                    f"{run.label} flow {run.short_id} did not complete in time (last event: {run.last_type})"
+                )
+            try:
+                item = run.inbox.get(timeout=min(0.2, left))
+            except queue.Empty:
+                continue
+            if item is None:
+                raise DemoFailed(
+                    f"{run.label} flow {run.short_id}: the subscriber stopped after {run.last_type}"
+                )
+            if isinstance(item, Exception):
+                raise DemoFailed(f"the subscriber lost Redis: {item}")
+            run.events.append(item)
+            if item["type"] in types or item["type"] in TERMINAL_TYPES:
+                return item
+
+
+def _error_of(answer: httpx.Response) -> str:
+    try:
+        error = answer.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:120].replace("\n", " ")
+
+
+def _ended(run: FlowRun, console: Console) -> None:
+    run.ended_at = console.offset()
+    if run.last_type != "connection.completed":
+        event = run.events[-1]
+        raise DemoFailed(f"{run.label} flow {run.short_id} ended as {event['type']}: {describe_event(event)}")
+
+
+def drive(
+    stack: Stack, console: Console, timeout: float, interrupted: Callable[[], str | None]
+) -> list[FlowRun]:
+    """Both flows, side by side; returns them once both completed, else raises DemoFailed."""
+    profile = FlowRun("profile", "LinkedIn", "profile")
+    page = FlowRun("page", "Facebook", "page")
+    client = redis.Redis.from_url(stack.redis.url, socket_connect_timeout=3, socket_timeout=10)
+    driver = Driver(stack, console, time.monotonic() + timeout, interrupted)
+    try:
+        for run in (profile, page):
+            driver.start(run)
+            subscribe(client, run, stack.prefix, console, timeout)
+        for run in (profile, page):
+            driver.approve(run)
+        offer = driver.wait_for(page, {"selection.required"})
+        if offer["type"] == "selection.required":
+            driver.select(page, offer)
+        for run in (profile, page):
+            if run.last_type not in TERMINAL_TYPES:
+                driver.wait_for(run, TERMINAL_TYPES)
+            _ended(run, console)
+    finally:
+        driver.close()
+        client.close()
+    return [profile, page]
+
+
+def confirmed_upstream(stack: Stack, runs: list[FlowRun]) -> tuple[int, int]:
+    """(credentials the flows reported, how many of them the sandbox lists as connected)."""
+    reported = {c["id"] for run in runs for c in run.events[-1]["data"]["credentials"]}
+    if not stack.sandbox_url:
+        return len(reported), 0
+    listed = httpx.get(f"{stack.sandbox_url}/_sandbox/connections", timeout=5).json()
+    return len(reported), len(reported & {str(c["Id"]) for c in listed})
+
+
+def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
+    began = time.monotonic()
+    stop = StopSignal()
+    stop.install()
+    tag = uuid.uuid4().hex[:8]
+    log_dir = Path(tempfile.mkdtemp(prefix="okc-demo-"))
+    stack_options = StackOptions(
+        shim_port=free_port(),
+        sandbox_port=free_port(),
+        concurrency=options.concurrency,
+        with_sandbox=True,
+        redis=options.redis,
+        log_dir=log_dir,
+        override_env=True,
+        worker_name=f"demo-{tag}@%h",
+        # the demo never talks to the real Oktopost, so it never needs (or sees) a real key
+        extra_env={
+            "CHANNEL_PREFIX": f"demo-{tag}",
+            "OKTOPOST_ACCOUNT_ID": "demo-account",
+            "OKTOPOST_API_KEY": "demo-key",
+            "SHIM_API_KEYS": f"demo-{uuid.uuid4().hex}",
+            "LOG_FORMAT": "text",
+        },
+    )
+    try:
+        stack = start_stack(stack_options)
+    except LaunchError as error:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        print(f"oktopost-connect demo: {error}", file=sys.stderr)
+        return 2
+    succeeded = False
+    try:
+        print(f"oktopost-connect demo: redis {stack.redis.describe()}", file=out)
+        print(
+            f"  sandbox {stack.sandbox_url}, shim {stack.shim_url}, events on {stack.prefix}:flow:<id>",
+            file=out,
+        )
+        try:
+            stack.wait_until_ready(stop=stop)
+        except LaunchError as error:
+            raise DemoFailed(str(error)) from None
+        ready = time.monotonic() - began
+        print(f"  started in {ready:.2f}s; driving a profile flow and a page flow", file=out, flush=True)
+
+        def interrupted() -> str | None:
+            if stop.requested:
+                return f"stopped by {stop.name}"
+            exited = stack.exited_child()
+            return stack.exit_reason(exited) if exited is not None else None
+
+        console = Console(out)
+        runs = drive(stack, console, options.timeout, interrupted)
+        reported, confirmed = confirmed_upstream(stack, runs)
+        print("summary:", file=out)
+        for run in runs:
+            credentials = len(run.events[-1]["data"]["credentials"])
+            print(
+                f"  {run.label:8} {run.network:9} {run.short_id}  connection.completed in"
+                f" {run.ended_at - run.started_at:.2f}s, {len(run.events)} events,"
+                f" {credentials} credential(s)",
+                file=out,
+            )
+        print(
+            f"  the sandbox lists {confirmed} of the {reported} reported credentials as connected", file=out
+        )
+        if confirmed != reported:
+            raise DemoFailed(f"only {confirmed} of {reported} reported credentials are connected upstream")
+        print(
+            f"  total {time.monotonic() - began:.2f}s (start {ready:.2f}s, flows {console.offset():.2f}s)",
+            file=out,
+            flush=True,
+        )
+        succeeded = True
+    except DemoFailed as failure:
+        print(f"oktopost-connect demo: failed: {failure} (logs: {log_dir})", file=sys.stderr)
+    except (httpx.HTTPError, redis.exceptions.RedisError) as error:
+        print(
+            f"oktopost-connect demo: failed: {type(error).__name__}: {error} (logs: {log_dir})",
+            file=sys.stderr,
+        )
+    finally:
+        stack.stop()
+        if succeeded:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    return 0 if succeeded else 1
