@@ -163,7 +163,7 @@ def _up(argv: Sequence[str]) -> int:
 def _demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect demo",
-        description="Start the stack on free ports (always with the sandbox), drive a profile flow and a page "
+        description="Start the stack on free ports (always with the sandbox), drive a profile and a page "
         "flow end to end over HTTP, print each event a Redis subscriber receives; exit 0 when both complete.",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds the flows get (default 30)")
