@@ -6,6 +6,7 @@ It exits 0 only when both flows end with `connection.completed`. Tokens and keys
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import sys
@@ -83,9 +84,11 @@ class Console:
             offset = f"+{self.offset():.3f}s"
             print(f"  {offset:>8}  {flow:8}  {kind:22}  {text}", file=self.out, flush=True)
 
-    def say(self, text: str) -> None:
+    def mute(self) -> None:
+        """No more lines: what the subscribers still receive while the stack stops is not shown."""
         with self._lock:
-            print(text, file=self.out, flush=True)
+            self.out.flush()
+            self.out = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the demo)
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -206,26 +209,29 @@ class Driver:
 
     def wait_for(self, run: FlowRun, types: Collection[str]) -> dict[str, Any]:
         """The flow's next event among `types` (or its terminal one); DemoFailed on timeout or dead child."""
+        late = f"{run.label} flow {run.short_id} did not complete in time (last event: {run.last_type})"
         while True:
             reason = self.interrupted()
             if reason:
                 raise DemoFailed(reason)
             left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise DemoFailed(
-                    f"{run.label} flow {run.short_id} did not complete in time (last event: {run.last_type})"
-                )
             try:
-                item = run.inbox.get(timeout=min(0.2, left))
+                # what already arrived counts even when time is up
+                item = run.inbox.get(timeout=min(0.2, left)) if left > 0 else run.inbox.get_nowait()
             except queue.Empty:
-                continue
-            if item is None:
+                if left > 0:
+                    continue
+                raise DemoFailed(late) from None
+            if item is None:  # the subscriber ended without a terminal event
+                if time.monotonic() >= self.deadline:
+                    raise DemoFailed(late)
                 raise DemoFailed(
                     f"{run.label} flow {run.short_id}: the subscriber stopped after {run.last_type}"
                 )
             if isinstance(item, Exception):
                 raise DemoFailed(f"the subscriber lost Redis: {item}")
             run.events.append(item)
+            late = f"{run.label} flow {run.short_id} did not complete in time (last event: {run.last_type})"
             if item["type"] in types or item["type"] in TERMINAL_TYPES:
                 return item
 
@@ -253,10 +259,12 @@ def drive(
     page = FlowRun("page", "Facebook", "page")
     client = redis.Redis.from_url(stack.redis.url, socket_connect_timeout=3, socket_timeout=10)
     driver = Driver(stack, console, time.monotonic() + timeout, interrupted)
+    subscribers: list[threading.Thread] = []
     try:
         for run in (profile, page):
             driver.start(run)
-            subscribe(client, run, stack.prefix, console, timeout)
+            # the subscriber outlives the demo's own deadline, so the demo is the one that reports time up
+            subscribers.append(subscribe(client, run, stack.prefix, console, timeout + 2))
         for run in (profile, page):
             driver.approve(run)
         offer = driver.wait_for(page, {"selection.required"})
@@ -268,7 +276,8 @@ def drive(
             _ended(run, console)
     finally:
         driver.close()
-        client.close()
+        if not any(thread.is_alive() for thread in subscribers):
+            client.close()  # else a subscriber still reads from it; it goes with the process
     return [profile, page]
 
 
@@ -311,7 +320,8 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
         shutil.rmtree(log_dir, ignore_errors=True)
         print(f"oktopost-connect demo: {error}", file=sys.stderr)
         return 2
-    succeeded = False
+    console = Console(out)
+    failure = ""
     try:
         print(f"oktopost-connect demo: redis {stack.redis.describe()}", file=out)
         print(
@@ -331,7 +341,7 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
             exited = stack.exited_child()
             return stack.exit_reason(exited) if exited is not None else None
 
-        console = Console(out)
+        console.origin = time.monotonic()
         runs = drive(stack, console, options.timeout, interrupted)
         reported, confirmed = confirmed_upstream(stack, runs)
         print("summary:", file=out)
@@ -353,16 +363,15 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
             file=out,
             flush=True,
         )
-        succeeded = True
-    except DemoFailed as failure:
-        print(f"oktopost-connect demo: failed: {failure} (logs: {log_dir})", file=sys.stderr)
+    except DemoFailed as error:
+        failure = str(error)
     except (httpx.HTTPError, redis.exceptions.RedisError) as error:
-        print(
-            f"oktopost-connect demo: failed: {type(error).__name__}: {error} (logs: {log_dir})",
-            file=sys.stderr,
-        )
+        failure = f"{type(error).__name__}: {error}"
     finally:
+        if failure:
+            console.mute()
+            print(f"oktopost-connect demo: failed: {failure} (logs: {log_dir})", file=sys.stderr, flush=True)
         stack.stop()
-        if succeeded:
-            shutil.rmtree(log_dir, ignore_errors=True)
-    return 0 if succeeded else 1
+    if not failure:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return 1 if failure else 0

@@ -214,9 +214,11 @@ class Stack:
             time.sleep(0.05)
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
-        processes = [child.process for child in self.children]
-        # the pipeline first, Redis last: a worker finishing its task still needs the broker
-        stop_groups(processes, timeout)
+        # Shim and worker first, then what they call: a worker finishing its tasks in hand (Celery's warm
+        # shutdown) still needs the sandbox and Redis, and would otherwise retry until SIGKILL.
+        pipeline = [child.process for child in self.children if child.name != "sandbox"]
+        stop_groups(pipeline, timeout)
+        stop_groups([child.process for child in self.children if child.name == "sandbox"], timeout)
         self.redis.stop(timeout)
         for log in self._logs:
             log.close()
