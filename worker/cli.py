@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 USAGE = """usage: oktopost-connect COMMAND [options]
 
@@ -20,7 +21,7 @@ commands:
   worker    a Celery worker (threads pool)
   sandbox   a local stand-in for Oktopost's social authorization API
   watch     print a flow's events: its history, then live ones until a terminal event
-  bench     the benchmark
+  bench     ours against two baselines (inline, naive Celery): latency, throughput, faults, burst
 
 Run `oktopost-connect COMMAND --help` for a command's options."""
 
@@ -178,6 +179,42 @@ def _demo(argv: Sequence[str]) -> int:
     return run_demo(DemoOptions(timeout=args.timeout, redis=redis, concurrency=args.concurrency))
 
 
+def _bench(argv: Sequence[str]) -> int:
+    from worker.bench import SCENARIO_NAMES, BenchOptions, run
+
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect bench",
+        description="Start Redis, sandboxes, ours and two baselines as real processes; time callback "
+        "to terminal in each scenario; print a table.",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIO_NAMES,
+        help="run this scenario (repeatable; default all)",
+    )
+    parser.add_argument("--flows", type=int, default=None, help="flows per scenario, overriding each default")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes per Celery system (default 1)"
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="threads per worker process (default 64)")
+    parser.add_argument("--quick", action="store_true", help="a short run with few flows (for tests)")
+    args = parser.parse_args(argv)
+    if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
+        return _fail("--flows, --workers and --concurrency must be at least 1")
+    return run(
+        BenchOptions(
+            scenarios=tuple(args.scenario or SCENARIO_NAMES),
+            flows=args.flows,
+            json_path=args.json,
+            workers=args.workers,
+            concurrency=args.concurrency,
+            quick=args.quick,
+        )
+    )
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "up": _up,
     "demo": _demo,
@@ -185,6 +222,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "shim": _shim,
     "worker": _worker,
     "watch": _watch,
+    "bench": _bench,
 }
 
 

@@ -1,0 +1,108 @@
+"""`oktopost-connect bench --quick`: every scenario x system row, sane figures, ours loses nothing and
+never trips the upstream block, and no child process outlives the run, even an interrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = ("overhead", "throughput", "faults", "burst")
+SYSTEMS = ("pipeline", "inline", "naive-celery")
+
+
+def _children_of(pid: int) -> list[int]:
+    listing = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in listing.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _bench(*options: str) -> list[str]:
+    return [sys.executable, "-m", "worker.cli", "bench", "--quick", "--concurrency", "16", *options]
+
+
+def test_quick_bench_reports_every_scenario_and_system(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "bench",
+            "--quick",
+            "--concurrency",
+            "16",
+            "--json",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "scenario" in run.stdout and "targets:" in run.stdout
+
+    document = json.loads(results.read_text())
+    rows = {(row["scenario"], row["system"]): row for row in document["rows"]}
+    assert set(rows) == {(scenario, system) for scenario in SCENARIOS for system in SYSTEMS}
+    for row in rows.values():
+        assert row["flows"] > 0
+        ended = row["completed"] + row["expired"] + row["failed"]
+        assert ended + row["lost"] == row["flows"], row
+        assert row["completed"] > 0, row
+        assert 0 < row["callback_p50_ms"] <= row["callback_p99_ms"] < 60_000, row
+        assert row["upstream_calls"] >= row["completed"], row
+
+    for scenario in SCENARIOS:
+        ours = rows[(scenario, "pipeline")]
+        assert ours["lost"] == 0, ours
+        assert ours["repeated_endings"] == 0, ours  # exactly one terminal event per flow
+        assert ours["callbacks_refused"] == 0, ours
+    assert rows[("faults", "pipeline")]["failed"] == 0  # a transient fault never fails a flow
+    burst = rows[("burst", "pipeline")]
+    assert burst["block_tripped"] is False and burst["rate_limit_429s"] == 0, burst
+    assert burst["optimum"] and burst["completed"] >= 0.8 * burst["optimum"], burst
+
+    # the inline baseline has no retry: with 30% faults, some of its flows fail
+    assert rows[("faults", "inline")]["completed"] < rows[("faults", "inline")]["flows"]
+    assert document["generator_floor_ms"]["p50"] > 0
+
+
+def test_interrupted_bench_stops_every_child_process(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as sink:
+        bench = subprocess.Popen(
+            _bench("--scenario", "overhead"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "pipeline: overhead" not in stderr.read_text() and time.monotonic() < deadline:
+            assert bench.poll() is None, stderr.read_text()
+            time.sleep(0.2)
+        children = _children_of(bench.pid)
+        assert len(children) >= 4, children  # redis, sandbox, shim, worker
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(60) == 130
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert [pid for pid in children if _alive(pid)] == []
+    assert "every process stopped" in stderr.read_text()

@@ -1,0 +1,158 @@
+"""`oktopost-connect bench`: ours (shim + worker) against two baselines, as real processes on one machine.
+
+It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
+`naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
+Every child process is stopped at the end, on Ctrl-C and on failure too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.bench.load import generator_floor
+from worker.bench.processes import Child, Children, StartupError, interrupted_by_sigterm, start_redis
+from worker.bench.report import Row, table
+from worker.bench.scenarios import BURST_RATE_LIMIT, Scenario, measure, scenarios, warm_up, with_flows
+from worker.bench.systems import SYSTEMS, SandboxServer, Setup, System, start_sandbox
+
+SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst")
+SYSTEM_NAMES = tuple(SYSTEMS)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    scenarios: tuple[str, ...] = SCENARIO_NAMES
+    flows: int | None = None  # overrides every scenario's flow count
+    json_path: Path | None = None
+    workers: int = 1
+    concurrency: int = 64
+    quick: bool = False
+
+
+def run(options: BenchOptions) -> int:
+    log_dir = Path(tempfile.mkdtemp(prefix="okc-bench-"))
+    chosen = _chosen(options)
+    rows: list[Row] = []
+    floor: tuple[float, float] | None = None
+    try:
+        with interrupted_by_sigterm(), Children(log_dir) as children:
+            redis_url, redis_child = start_redis(children)
+            shared = [redis_child] if redis_child is not None else []
+            databases = iter(range(1, 64))
+            for limited in (False, True):
+                group = [scenario for scenario in chosen if scenario.limited is limited]
+                if not group:
+                    continue
+                rate_limit = BURST_RATE_LIMIT if limited else None
+                ttl = _burst_token_ttl(options) if limited else 300
+                sandbox = start_sandbox(
+                    children, "sandbox-limited" if limited else "sandbox", ttl, rate_limit
+                )
+                if floor is None:
+                    floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
+                for name in SYSTEM_NAMES:
+                    # a database of its own per system (brokers included), unless Redis is not ours
+                    url = _database(redis_url, next(databases)) if shared else redis_url
+                    setup = Setup(url, sandbox, options.concurrency, options.workers, rate_limit)
+                    rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
+                children.stop([sandbox.child])
+    except KeyboardInterrupt:
+        _say(f"interrupted; every process stopped (logs in {log_dir})")
+        return 130
+    except (StartupError, OSError) as error:
+        _say(f"failed: {error}\n(logs kept in {log_dir})")
+        return 1
+    rows.sort(key=lambda row: (SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
+    print(table(rows))
+    print()
+    print(_targets(chosen))
+    if floor is not None:
+        print(f"load generator floor (a trivial GET): p50 {floor[0]:.2f} ms, p99 {floor[1]:.2f} ms")
+    if options.json_path is not None:
+        document = _document(options, chosen, rows, floor)
+        options.json_path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {options.json_path}")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+def _chosen(options: BenchOptions) -> list[Scenario]:
+    defined = scenarios(options.quick, _burst_token_ttl(options))
+    picked = [defined[name] for name in SCENARIO_NAMES if name in options.scenarios]
+    return [with_flows(s, options.flows) for s in picked] if options.flows else picked
+
+
+def _burst_token_ttl(options: BenchOptions) -> int:
+    return 2 if options.quick else 8
+
+
+def _run_system(
+    system: System, group: list[Scenario], sandbox: SandboxServer, shared: list[Child]
+) -> list[Row]:
+    _say(f"{system.name}: starting")
+    rows = []
+    try:
+        system.start()
+        asyncio.run(warm_up(system, sandbox, system.setup.redis_url))
+        for scenario in group:
+            _say(f"{system.name}: {scenario.name} ({scenario.flows} flows)")
+            watched = [*system.processes, sandbox.child, *shared]
+            row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+            _say(
+                f"{system.name}: {scenario.name}: {row.completed}/{row.flows} completed, {row.lost} lost, "
+                f"{row.flows_per_second:.1f} flows/s"
+            )
+            rows.append(row)
+    finally:
+        system.stop()
+    return rows
+
+
+def _database(url: str, index: int) -> str:
+    """The URL with another database number: every system gets a Redis of its own (brokers included)."""
+    base, _, last = url.rpartition("/")
+    return f"{base}/{index}" if last.isdigit() else f"{url.rstrip('/')}/{index}"
+
+
+def _targets(chosen: list[Scenario]) -> str:
+    return "targets:\n" + "\n".join(f"  {scenario.name:<10}  {scenario.target}" for scenario in chosen)
+
+
+def _document(
+    options: BenchOptions, chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None
+) -> dict[str, Any]:
+    return {
+        "command": "oktopost-connect bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "generator_floor_ms": None
+        if floor is None
+        else {"p50": round(floor[0], 3), "p99": round(floor[1], 3)},
+        "options": {
+            "quick": options.quick,
+            "workers": options.workers,
+            "concurrency": options.concurrency,
+            "flows_override": options.flows,
+        },
+        "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
+        "rows": [row.as_json() for row in rows],
+    }
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,105 @@
+"""Baseline `naive-celery`: a textbook Celery task (`autoretry_for=(Exception,)`, `retry_backoff=True`,
+`max_retries=5`), with the token as a task argument, no shared budget and no deadline. Its callback
+endpoint enqueues and answers.
+
+    python -m worker.bench.naive web --port 8124        the callback endpoint
+    python -m worker.bench.naive worker --concurrency 64   its Celery worker (threads pool)
+
+Oktopost comes from the OKTOPOST_* settings, Redis (broker and outcomes) from BENCH_REDIS_URL. The one
+thing a textbook task lacks is `on_failure` reporting the outcome: the benchmark needs to see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from worker.bench.completion import (
+    DONE_CHANNEL_ENV,
+    QUEUE_ENV_NAME,
+    REDIS_URL_ENV,
+    Completion,
+    outcome_of,
+)
+from worker.oktopost import OktopostClient
+from worker.settings import load_settings
+
+app = Celery("okc_bench_naive", broker=os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0"))
+app.conf.update(
+    task_default_queue=os.environ.get(QUEUE_ENV_NAME, "naive"),
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@cache
+def _upstream() -> OktopostClient:
+    return OktopostClient.from_settings(load_settings())
+
+
+@cache
+def _results() -> redis.Redis:
+    return redis.Redis.from_url(os.environ[REDIS_URL_ENV])
+
+
+def _report(flow_id: str, outcome: str) -> None:
+    _results().publish(os.environ[DONE_CHANNEL_ENV], Completion(flow_id, outcome).to_json())
+
+
+class _Reported(Task):
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        _report(args[0], outcome_of(exc))
+
+
+@app.task(bind=True, base=_Reported, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def verify_callback(self: Task, flow_id: str, token: str) -> None:
+    _upstream().verify(token)
+    _report(flow_id, "completed")
+
+
+def create_web() -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    web = FastAPI()
+
+    @web.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @web.get("/callback/{flow_id}")
+    def callback(flow_id: str, okt: str) -> HTMLResponse:
+        verify_callback.delay(flow_id, okt)
+        return HTMLResponse("<p>Your account is being connected.</p>")
+
+    return web
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.bench.naive")
+    parser.add_argument("role", choices=["web", "worker"])
+    parser.add_argument("--port", type=int, default=8124)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.role == "web":
+        import uvicorn
+
+        uvicorn.run(create_web(), host="127.0.0.1", port=args.port, access_log=False, log_level="warning")
+        return 0
+    options = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency)]
+    app.worker_main([*options, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

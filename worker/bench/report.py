@@ -1,0 +1,105 @@
+"""One row of the benchmark per scenario and system: its figures, the target it is held to, the table
+printed at the end and the JSON written with `--json`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Row:
+    scenario: str
+    system: str
+    flows: int
+    completed: int
+    expired: int
+    failed: int
+    lost: int  # no ending at all within the scenario's settle time
+    flows_per_second: float  # completed / (last completion - first callback sent)
+    callback_p50_ms: float
+    callback_p99_ms: float
+    e2e_p50_ms: float  # callback sent -> ending seen on Redis, completed flows
+    e2e_p99_ms: float
+    upstream_429s: int
+    offered_rate: float | None  # callbacks a second; None: all at once
+    callbacks_refused: int  # callbacks answered with 4xx/5xx or not at all
+    repeated_endings: int  # endings seen more than once for a flow
+    upstream_calls: int  # /v2/ calls the sandbox saw during the timed part
+    rate_limit_429s: int
+    block_tripped: bool
+    seconds: float  # first callback sent -> last ending seen (or the settle time ran out)
+    generator_lag_p99_ms: float  # how late the load generator sent callbacks (its own slowness)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
+    optimum: int | None = None  # burst: min(flows, rate x token TTL)
+    target: str = ""
+    target_met: bool | None = None
+
+    def cpu_ms_per_flow(self) -> dict[str, float]:
+        return {
+            name: round(1000 * seconds / max(1, self.flows), 2) for name, seconds in self.cpu_seconds.items()
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        figures = asdict(self)
+        figures["cpu_ms_per_flow"] = self.cpu_ms_per_flow()
+        return {name: _finite(value) for name, value in figures.items()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 3)
+    if isinstance(value, dict):
+        return {name: _finite(item) for name, item in value.items()}
+    return value
+
+
+_COLUMNS = (
+    ("scenario", 10, "scenario"),
+    ("system", 12, "system"),
+    ("flows", 5, "flows"),
+    ("completed", 5, "done"),
+    ("expired", 5, "exp"),
+    ("failed", 5, "fail"),
+    ("lost", 4, "lost"),
+    ("flows_per_second", 7, "flows/s"),
+    ("callback_p50_ms", 7, "cb p50"),
+    ("callback_p99_ms", 7, "cb p99"),
+    ("e2e_p50_ms", 8, "e2e p50"),
+    ("e2e_p99_ms", 8, "e2e p99"),
+    ("upstream_429s", 5, "429s"),
+)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a fixed-width table (times in ms), each with its target verdict."""
+    header = "  ".join(
+        title.rjust(width) if i > 1 else title.ljust(width) for i, (_, width, title) in enumerate(_COLUMNS)
+    )
+    lines = [header + "  target", "-" * (len(header) + 8)]
+    for row in rows:
+        cells = []
+        for i, (name, width, _) in enumerate(_COLUMNS):
+            text = _cell(getattr(row, name))
+            cells.append(text.rjust(width) if i > 1 else text.ljust(width))
+        verdict = "" if row.target_met is None else ("met" if row.target_met else "MISSED")
+        lines.append("  ".join(cells) + "  " + verdict)
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""The four scenarios, the targets ours is held to, and how one scenario is measured on one system:
+Step 1 and consent first (untimed), then callbacks fired and every flow's ending awaited (timed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from worker.bench.load import EndingListener, Shot, consent, fire
+from worker.bench.processes import Child, StartupError
+from worker.bench.report import Row, percentile
+from worker.bench.systems import SandboxServer, System
+
+NO_FAULTS: dict[str, Any] = {
+    "latency_ms": 0,
+    "error_rate": 0,
+    "throttle_rate": 0,
+    "timeout_rate": 0,
+    "drop_rate": 0,
+    "malformed_rate": 0,
+    "retry_after_s": 1,
+}
+# 30% of upstream calls fail transiently: 503s, 429s with a 1 s Retry-After, non-JSON 200s, lost answers
+TRANSIENT_FAULTS = {
+    "error_rate": 0.10,
+    "throttle_rate": 0.08,
+    "retry_after_s": 1,
+    "malformed_rate": 0.06,
+    "drop_rate": 0.06,
+    "seed": 7,
+}
+BURST_RATE_LIMIT = "10/second"
+WARM_UP_FLOWS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    flows: int
+    rate: float | None  # callbacks a second, offered; None: all at once
+    faults: dict[str, Any]  # the sandbox's faults while timed
+    settle: float  # seconds to wait for the last ending after the last callback
+    target: str
+    met: Callable[[Row], bool]
+    limited: bool = False  # against the sandbox that blocks past its rate limit, ours with that budget
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "flows": self.flows,
+            "offered_rate": self.rate,
+            "faults": self.faults,
+            "settle_s": self.settle,
+            "target": self.target,
+            **self.notes,
+        }
+
+
+def _overhead_met(row: Row) -> bool:
+    return row.lost == 0 and row.e2e_p50_ms <= 5 and row.e2e_p99_ms <= 20
+
+
+def _throughput_met(row: Row) -> bool:
+    return row.flows_per_second >= 300 and row.callback_p99_ms <= 10 and row.completed == row.flows
+
+
+def _faults_met(row: Row) -> bool:
+    return row.completed == row.flows
+
+
+def _burst_met(row: Row) -> bool:
+    return row.completed >= 0.95 * (row.optimum or row.flows) and not row.block_tripped
+
+
+def scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
+    """Full runs size each scenario to say something; `quick` ones only prove the machinery works."""
+    optimum_note = {"token_ttl_s": burst_token_ttl, "rate_limit": BURST_RATE_LIMIT}
+    return {
+        "overhead": Scenario(
+            "overhead",
+            20 if quick else 300,
+            20.0 if quick else 25.0,
+            {"latency_ms": 0},
+            10 if quick else 30,
+            "callback-to-terminal p50 <= 5 ms, p99 <= 20 ms (upstream latency 0)",
+            _overhead_met,
+        ),
+        "throughput": Scenario(
+            "throughput",
+            300 if quick else 3200,
+            300.0 if quick else 320.0,
+            {"latency_ms": 100},
+            15 if quick else 60,
+            ">= 300 flows/s with callback p99 <= 10 ms (upstream latency 100 ms)",
+            _throughput_met,
+        ),
+        "faults": Scenario(
+            "faults",
+            30 if quick else 300,
+            30.0 if quick else 50.0,
+            TRANSIENT_FAULTS,
+            15 if quick else 60,
+            "100% completed with 30% transient upstream faults",
+            _faults_met,
+        ),
+        "burst": Scenario(
+            "burst",
+            20 if quick else 100,
+            None,
+            {},
+            burst_token_ttl + (8 if quick else 40),
+            f"completed >= 95% of min(flows, {BURST_RATE_LIMIT} x token TTL {burst_token_ttl} s), "
+            "block never tripped",
+            _burst_met,
+            limited=True,
+            notes=optimum_note,
+        ),
+    }
+
+
+def with_flows(scenario: Scenario, flows: int) -> Scenario:
+    return replace(scenario, flows=flows)
+
+
+async def warm_up(system: System, sandbox: SandboxServer, redis_url: str) -> None:
+    """A few flows end to end: proves every process of the system is up and warms its connections."""
+    sandbox.reset()
+    flows = await system.start_flows(WARM_UP_FLOWS, limited=sandbox.rate_limit is not None)
+    shots = await consent(flows)
+    async with EndingListener(
+        redis_url, system.done_channel, system.ended, {s.flow_id for s in shots}
+    ) as ear:
+        await fire(shots, None)
+        if not await ear.wait(60):
+            tails = "\n".join(f"--- {child.name} ---\n{child.tail()}" for child in system.processes)
+            raise StartupError(f"{system.name}: warm-up flows did not end within 60 s\n{tails}")
+
+
+async def measure(
+    system: System, scenario: Scenario, sandbox: SandboxServer, redis_url: str, watched: list[Child]
+) -> Row:
+    """Runs one scenario against one (started, warmed-up) system; `watched` get their CPU time counted."""
+    sandbox.reset()  # each system starts unblocked, with no faults
+    flows = await system.start_flows(scenario.flows, scenario.limited)
+    if scenario.limited:
+        await asyncio.sleep(1.5)  # let Step 1's calls leave the sandbox's window before the burst
+    shots = await consent(flows)  # tokens live from here: the burst fires right after
+    sandbox.set_faults({**NO_FAULTS, **scenario.faults})
+    stats_before = sandbox.stats()
+    cpu_before = _cpu(watched)
+    async with EndingListener(
+        redis_url, system.done_channel, system.ended, {s.flow_id for s in shots}
+    ) as ear:
+        await fire(shots, scenario.rate)
+        await ear.wait(scenario.settle)
+        endings = ear.endings
+    cpu_after = _cpu(watched)
+    stats_after = sandbox.stats()
+    sandbox.set_faults(NO_FAULTS)
+    row = _row(system, scenario, shots, endings.first, endings.repeated, stats_before, stats_after)
+    row.cpu_seconds = {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before}
+    if scenario.limited and sandbox.rate is not None:
+        row.optimum = min(scenario.flows, int(sandbox.rate * sandbox.token_ttl))
+    row.target = scenario.target
+    row.target_met = scenario.met(row)
+    return row
+
+
+def _cpu(watched: list[Child]) -> dict[str, float]:
+    seconds = {child.name: child.cpu_seconds() for child in watched}
+    seconds["bench (load generator)"] = time.process_time()
+    return seconds
+
+
+def _row(
+    system: System,
+    scenario: Scenario,
+    shots: list[Shot],
+    endings: dict[str, tuple[str, float]],
+    repeated: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> Row:
+    outcomes = [outcome for outcome, _ in endings.values()]
+    sent = {shot.flow_id: shot.sent for shot in shots}
+    done_at = [at for outcome, at in endings.values() if outcome == "completed"]
+    e2e = [
+        (at - sent[flow_id]) * 1000 for flow_id, (outcome, at) in endings.items() if outcome == "completed"
+    ]
+    answered = [shot.seconds * 1000 for shot in shots if shot.status]
+    first_sent = min(shot.sent for shot in shots) if shots else math.nan
+    last_seen = max((at for _, at in endings.values()), default=math.nan)
+    completed = outcomes.count("completed")
+    span = max(done_at) - first_sent if done_at else math.nan
+    return Row(
+        scenario=scenario.name,
+        system=system.name,
+        flows=len(shots),
+        completed=completed,
+        expired=outcomes.count("expired"),
+        failed=outcomes.count("failed"),
+        lost=len(shots) - len(endings),
+        flows_per_second=completed / span if completed and span > 0 else math.nan,
+        callback_p50_ms=percentile(answered, 50),
+        callback_p99_ms=percentile(answered, 99),
+        e2e_p50_ms=percentile(e2e, 50),
+        e2e_p99_ms=percentile(e2e, 99),
+        upstream_429s=after["responses_429"]["total"] - before["responses_429"]["total"],
+        offered_rate=scenario.rate,
+        callbacks_refused=sum(not shot.accepted for shot in shots),
+        repeated_endings=repeated,
+        upstream_calls=after["v2_calls"] - before["v2_calls"],
+        rate_limit_429s=after["responses_429"]["rate_limit"] - before["responses_429"]["rate_limit"],
+        block_tripped=after["blocked_count"] > before["blocked_count"] or bool(after["ever_blocked"]),
+        seconds=(last_seen - first_sent) if not math.isnan(last_seen) else scenario.settle,
+        generator_lag_p99_ms=percentile([(shot.sent - shot.due) * 1000 for shot in shots], 99),
+    )

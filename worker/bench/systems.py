@@ -1,0 +1,292 @@
+"""The systems the benchmark compares, each as real processes: `pipeline` (ours: shim + worker),
+`inline` and `naive-celery` (the baselines), and the sandbox they all call. Each system creates flows
+(Step 1) its own way and names the Redis channel, and the message on it, that says a flow has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from worker.bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
+from worker.bench.processes import Child, Children, free_port, wait_for_http, wait_for_port
+from worker.events import TERMINAL_TYPES
+
+SANDBOX_AUTH = ("demo-account", "demo-key")
+CALLER_KEY = "bench-caller-key-0123456789"
+RETURN_URL = "https://app.example/done"
+NETWORK = "LinkedIn"
+STEP1_CONCURRENCY = 16
+# Oktopost's burst limit counts Step 1 too: baselines create at most this many flows a second there
+LIMITED_STEP1_PER_SECOND = 9.0
+_OUTCOME_OF_EVENT = {
+    "connection.completed": "completed",
+    "authorization.failed": "failed",
+    "authorization.expired": "expired",
+}
+
+
+@dataclass
+class SandboxServer:
+    """A sandbox process, with its start flags remembered for the report."""
+
+    url: str
+    child: Child
+    token_ttl: int
+    rate_limit: str | None = None  # e.g. "10/second"; None: no limit
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_sandbox/reset", timeout=10).raise_for_status()
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=faults, timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        answer = httpx.get(f"{self.url}/_sandbox/stats", timeout=10)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    @property
+    def rate(self) -> float | None:
+        """Calls a second the sandbox allows; None without a limit."""
+        if self.rate_limit is None:
+            return None
+        calls, unit = self.rate_limit.split("/")
+        return int(calls) / {"second": 1, "minute": 60}[unit]
+
+
+def start_sandbox(
+    children: Children, name: str, token_ttl: int, rate_limit: str | None, block_seconds: int = 900
+) -> SandboxServer:
+    port = free_port()
+    flags = ["--port", str(port), "--token-ttl", str(token_ttl)]
+    if rate_limit is not None:
+        flags += ["--rate-limit", rate_limit, "--block-seconds", str(block_seconds)]
+    child = children.start_cli(name, ["sandbox", *flags])
+    wait_for_port(port, child)
+    return SandboxServer(f"http://127.0.0.1:{port}", child, token_ttl, rate_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a system is started with."""
+
+    redis_url: str
+    sandbox: SandboxServer
+    concurrency: int
+    workers: int
+    rate_limit: str | None  # ours' OKTOPOST_RATE_LIMIT; None: unlimited
+    log_level: str = "WARNING"
+
+
+@dataclass(frozen=True, slots=True)
+class StartedFlow:
+    flow_id: str
+    redirect_url: str
+
+
+class System(ABC):
+    """One system under test; `start()` brings its processes up, `stop()` ends them."""
+
+    name: str
+
+    def __init__(self, children: Children, setup: Setup) -> None:
+        self.children = children
+        self.setup = setup
+        self.processes: list[Child] = []
+        self.tag = secrets.token_hex(4)
+
+    @property
+    @abstractmethod
+    def done_channel(self) -> str:
+        """The Redis channel on which the end of every flow is published."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def ended(self, message: bytes) -> tuple[str, str] | None:
+        """(flow id, outcome) when the message says a flow ended, else None."""
+
+    @abstractmethod
+    async def start_flow(self, http: httpx.AsyncClient) -> StartedFlow | float:
+        """Step 1 for one flow; a float instead means: refused for now, try again in that many seconds."""
+
+    def stop(self) -> None:
+        self.children.stop(self.processes)
+        self.processes = []
+
+    def _oktopost_env(self) -> dict[str, str]:
+        return {
+            "OKTOPOST_BASE_URL": self.setup.sandbox.url,
+            "OKTOPOST_ACCOUNT_ID": SANDBOX_AUTH[0],
+            "OKTOPOST_API_KEY": SANDBOX_AUTH[1],
+            "LOG_LEVEL": self.setup.log_level,
+        }
+
+    async def start_flows(self, count: int, limited: bool) -> list[StartedFlow]:
+        """Step 1 for `count` flows, before any timing: paced under the sandbox's limit when `limited`."""
+        async with httpx.AsyncClient(timeout=30) as http:
+            if not limited:
+                return await _bounded(
+                    [lambda: self._start_one(http) for _ in range(count)], STEP1_CONCURRENCY
+                )
+            flows = []
+            for _ in range(count):
+                started = time.monotonic()
+                flows.append(await self._start_one(http))
+                await asyncio.sleep(max(0.0, self._step1_spacing() - (time.monotonic() - started)))
+            return flows
+
+    def _step1_spacing(self) -> float:
+        return 1.0 / LIMITED_STEP1_PER_SECOND
+
+    async def _start_one(self, http: httpx.AsyncClient) -> StartedFlow:
+        while True:
+            answer = await self.start_flow(http)
+            if isinstance(answer, StartedFlow):
+                return answer
+            await asyncio.sleep(answer)
+
+
+class Pipeline(System):
+    """Ours: the shim and `--workers` Celery workers, as `oktopost-connect shim|worker` processes."""
+
+    name = "pipeline"
+
+    def __init__(self, children: Children, setup: Setup) -> None:
+        super().__init__(children, setup)
+        self.prefix = f"bench-{self.tag}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def done_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self._oktopost_env(),
+            "REDIS_URL": self.setup.redis_url,
+            "CELERY_BROKER_URL": self.setup.redis_url,
+            "SHIM_API_KEYS": CALLER_KEY,
+            "PUBLIC_BASE_URL": self.url,
+            "ALLOWED_RETURN_URLS": RETURN_URL,
+            "CHANNEL_PREFIX": self.prefix,
+            "OKTOPOST_RATE_LIMIT": self.setup.rate_limit or "1000000/second",
+            "TOKEN_TTL_SECONDS": str(self.setup.sandbox.token_ttl),
+        }
+
+    def start(self) -> None:
+        env = self.env()
+        shim = self.children.start_cli("pipeline-shim", ["shim", "--port", str(self.port)], env)
+        self.processes.append(shim)
+        for index in range(self.setup.workers):
+            command = ["worker", "--concurrency", str(self.setup.concurrency)]
+            command += ["--hostname", f"bench{index}-{self.tag}@%h"]
+            self.processes.append(self.children.start_cli(f"pipeline-worker{index}", command, env))
+        wait_for_http(f"{self.url}/readyz", shim)
+
+    def ended(self, message: bytes) -> tuple[str, str] | None:
+        event = json.loads(message)
+        if event.get("type") not in TERMINAL_TYPES:
+            return None
+        return str(event["flow_id"]), _OUTCOME_OF_EVENT[event["type"]]
+
+    async def start_flow(self, http: httpx.AsyncClient) -> StartedFlow | float:
+        answer = await http.post(
+            f"{self.url}/v1/authorizations",
+            json={"network": NETWORK, "return_url": RETURN_URL, "reference": "bench"},
+            headers={"Authorization": f"Bearer {CALLER_KEY}"},
+        )
+        if answer.status_code == 503:  # admission control: the upstream budget is taken for now
+            return float(answer.headers.get("Retry-After", "1"))
+        answer.raise_for_status()
+        body = answer.json()
+        return StartedFlow(body["flow_id"], body["redirect_url"])
+
+    def _step1_spacing(self) -> float:
+        return 0.0  # the shim's admission control paces Step 1 itself
+
+
+class _Baseline(System):
+    """A baseline: its callback app on its own port; Step 1 straight at the sandbox."""
+
+    def __init__(self, children: Children, setup: Setup) -> None:
+        super().__init__(children, setup)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def done_channel(self) -> str:
+        return f"bench-{self.tag}:done"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self._oktopost_env(),
+            REDIS_URL_ENV: self.setup.redis_url,
+            DONE_CHANNEL_ENV: self.done_channel,
+            QUEUE_ENV_NAME: f"naive-{self.tag}",
+        }
+
+    def ended(self, message: bytes) -> tuple[str, str] | None:
+        completion = Completion.from_json(message)
+        return None if completion is None else (completion.flow_id, completion.outcome)
+
+    async def start_flow(self, http: httpx.AsyncClient) -> StartedFlow | float:
+        flow_id = secrets.token_hex(20)
+        answer = await http.post(
+            f"{self.setup.sandbox.url}/v2/social-authorization",
+            data={"network": NETWORK, "url": f"{self.url}/callback/{flow_id}", "type": "profile"},
+            auth=SANDBOX_AUTH,
+        )
+        if answer.status_code == 429:
+            return float(answer.headers.get("Retry-After", "1"))
+        answer.raise_for_status()
+        return StartedFlow(flow_id, answer.json()["RedirectUrl"])
+
+
+class Inline(_Baseline):
+    name = "inline"
+
+    def start(self) -> None:
+        app = self.children.start(
+            "inline-app", [sys.executable, "-m", "worker.bench.inline", "--port", str(self.port)], self.env()
+        )
+        self.processes.append(app)
+        wait_for_http(f"{self.url}/healthz", app)
+
+
+class NaiveCelery(_Baseline):
+    name = "naive-celery"
+
+    def start(self) -> None:
+        module = [sys.executable, "-m", "worker.bench.naive"]
+        web = self.children.start("naive-web", [*module, "web", "--port", str(self.port)], self.env())
+        self.processes.append(web)
+        for index in range(self.setup.workers):
+            worker = [*module, "worker", "--concurrency", str(self.setup.concurrency)]
+            self.processes.append(self.children.start(f"naive-worker{index}", worker, self.env()))
+        wait_for_http(f"{self.url}/healthz", web)
+
+
+SYSTEMS: dict[str, type[System]] = {"pipeline": Pipeline, "inline": Inline, "naive-celery": NaiveCelery}
+
+
+async def _bounded(jobs: list[Callable[[], Awaitable[StartedFlow]]], limit: int) -> list[StartedFlow]:
+    gate = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[StartedFlow]]) -> StartedFlow:
+        async with gate:
+            return await job()
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
