@@ -301,6 +301,8 @@ def start_stack(options: StackOptions, base_env: Mapping[str, str] | None = None
         [("--sandbox-port", options.sandbox_port)] if with_sandbox else []
     )
     for flag, port in ports:
+        if not 0 < port < 65536:
+            raise LaunchError(f"{flag} must be a port number from 1 to 65535, not {port}")
         if not port_is_free(port, options.host):
             raise LaunchError(f"port {port} is in use (choose another with {flag})")
     try:
