@@ -89,7 +89,8 @@ class Sandbox:
         httpx.post(f"{self.url}/_sandbox/faults", json=faults).raise_for_status()
 
     def connections(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/_sandbox/connections").json()  # type: ignore[no-any-return]
+        connections: list[dict[str, Any]] = httpx.get(f"{self.url}/_sandbox/connections").json()
+        return connections
 
 
 def start_sandbox(*extra: str) -> Sandbox:

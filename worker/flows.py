@@ -80,7 +80,8 @@ if not current[1] or not string.find(ARGV[5], "," .. current[1] .. ",", 1, true)
   return "gone"
 end
 local score = redis.call("ZSCORE", KEYS[2], ARGV[1])
-if current[2] and current[2] ~= "" and current[2] ~= ARGV[2] and score and tonumber(score) > tonumber(ARGV[3]) then
+local owned_by_other = current[2] and current[2] ~= "" and current[2] ~= ARGV[2]
+if owned_by_other and score and tonumber(score) > tonumber(ARGV[3]) then
   return "busy"
 end
 redis.call("HSET", KEYS[1], "owner", ARGV[2])

@@ -38,7 +38,7 @@ def failing(*errors: Exception, then: str = "ok", clock: FakeClock | None = None
     def attempt(timeout: float) -> str:
         timeouts.append(timeout)
         if clock is not None:
-            clock.now += cost
+            clock.now += min(cost, timeout)  # a real attempt never outlives its timeout
         if remaining:
             raise remaining.pop(0)
         return then
