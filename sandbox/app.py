@@ -116,6 +116,9 @@ class Sandbox:
             return Silence.HANG
         if fault == "malformed":
             return html_response(200, MALFORMED_PAGE)
+        if fault == "reject":
+            # Oktopost refuses with HTTP 200 too (CONTRACT section 6): a 200 is not success until Result
+            return api_error(200, "The request was rejected")
         answer = self._api.answer(request)
         return Silence.DROP if fault == "drop" else answer
 

@@ -28,6 +28,7 @@ _FAULT_FLAGS = {
     "timeout_rate": "--timeout-rate",
     "drop_rate": "--drop-rate",
     "malformed_rate": "--malformed-rate",
+    "reject_rate": "--reject-rate",
     "seed": "--seed",
 }
 
@@ -87,6 +88,9 @@ def _build_parser() -> _Parser:
     )
     faults.add_argument(
         "--malformed-rate", type=float, help="share of calls answered 200 with a non-JSON body"
+    )
+    faults.add_argument(
+        "--reject-rate", type=float, help="share of calls answered 200 with Result false (a refusal)"
     )
     faults.add_argument("--seed", type=int, help="seed of the fault dice, for repeatable runs")
     return parser

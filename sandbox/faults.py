@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 # Each call draws one number; the rates cut [0, 1) into consecutive slices in this order.
-FAULT_KINDS = ("error", "throttle", "timeout", "drop", "malformed")
+# "reject" is last, so adding it left the slices (and seeded runs) of the others as they were.
+FAULT_KINDS = ("error", "throttle", "timeout", "drop", "malformed", "reject")
 RATE_FIELDS = tuple(f"{kind}_rate" for kind in FAULT_KINDS)
 RETRY_AFTER_FORMATS = ("seconds", "http-date")
 MAX_LATENCY_MS = 600_000
@@ -37,6 +38,7 @@ class FaultConfig:
     timeout_rate: float = 0.0
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
+    reject_rate: float = 0.0  # HTTP 200 with `Result: false`: a refusal, not a transient fault
     retry_after_s: int = 1
     retry_after_format: str = "seconds"
     seed: int | None = None

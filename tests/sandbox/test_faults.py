@@ -120,6 +120,20 @@ def test_malformed_fault_answers_200_with_a_body_that_is_not_json(
     assert sandbox.connections() == []
 
 
+def test_reject_fault_answers_200_with_result_false_and_does_no_work(
+    api: httpx.Client, sandbox: RunningSandbox
+) -> None:
+    token = sandbox.authorize(api)
+    sandbox.set_faults(reject_rate=1)
+    response = api.get(f"/v2/social-authorization/{token}")
+    assert response.status_code == 200
+    assert response.json() == {"Result": False, "Errors": {"API": {"Error": "The request was rejected"}}}
+    assert sandbox.connections() == []
+    assert sandbox.stats()["faults"]["reject"] == 1
+    sandbox.set_faults(reject_rate=0)
+    assert api.get(f"/v2/social-authorization/{token}").json()["Result"] is True  # the token still lives
+
+
 def test_faults_never_touch_the_consent_page_or_the_controls(sandbox: RunningSandbox) -> None:
     with sandbox.client() as api:
         redirect = api.post("/v2/social-authorization", data={"network": "LinkedIn", "url": CALLBACK}).json()[
@@ -151,7 +165,7 @@ def test_fault_settings_are_validated_and_answered_in_full(sandbox: RunningSandb
     current = httpx.get(url).json()
     assert set(current) == {
         "latency_ms", "error_rate", "throttle_rate", "retry_after_s", "retry_after_format",
-        "timeout_rate", "drop_rate", "malformed_rate", "seed",
+        "timeout_rate", "drop_rate", "malformed_rate", "reject_rate", "seed",
     }  # fmt: skip
     assert httpx.post(url, json={"error_rate": 0.1}).json() == {**current, "error_rate": 0.1}
 
@@ -185,5 +199,7 @@ def test_stats_count_calls_and_faults_by_kind(api: httpx.Client, sandbox: Runnin
     api.get("/v2/credential/003-001000000000000-1")
     stats = sandbox.stats()
     assert stats["v2_calls"] == 4
-    assert stats["faults"] == {"error": 3, "throttle": 0, "timeout": 0, "drop": 0, "malformed": 1}
+    assert stats["faults"] == {
+        "error": 3, "throttle": 0, "timeout": 0, "drop": 0, "malformed": 1, "reject": 0,
+    }  # fmt: skip
     assert stats["statuses"] == {"200": 1, "503": 3}
