@@ -22,7 +22,7 @@ from typing import Any
 from worker.bench.load import generator_floor
 from worker.bench.processes import Child, Children, StartupError, interrupted_by_sigterm, start_redis
 from worker.bench.report import Row, table
-from worker.bench.scenarios import BURST_RATE_LIMIT, Scenario, measure, scenarios, warm_up, with_flows
+from worker.bench.scenarios import BURST_RATE_LIMIT, Scenario, define_scenarios, measure, warm_up, with_flows
 from worker.bench.systems import SYSTEMS, SandboxServer, Setup, System, start_sandbox
 
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst")
@@ -87,7 +87,7 @@ def run(options: BenchOptions) -> int:
 
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
-    defined = scenarios(options.quick, _burst_token_ttl(options))
+    defined = define_scenarios(options.quick, _burst_token_ttl(options))
     picked = [defined[name] for name in SCENARIO_NAMES if name in options.scenarios]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 

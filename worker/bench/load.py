@@ -22,6 +22,7 @@ from worker.bench.report import percentile
 from worker.bench.systems import StartedFlow
 
 CONSENT_CONCURRENCY = 16
+CALLBACK_TIMEOUT = 30.0  # a browser gives up on a callback answered later than this
 
 
 @dataclass(slots=True)
@@ -116,8 +117,8 @@ async def fire(shots: list[Shot], rate: float | None) -> None:
     async def send(shot: Shot) -> None:
         shot.sent = time.perf_counter()
         try:
-            shot.status = await browsers.get(shot.url)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as error:
+            shot.status = await asyncio.wait_for(browsers.get(shot.url), CALLBACK_TIMEOUT)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError) as error:
             shot.error = type(error).__name__
         shot.answered = time.perf_counter()
 

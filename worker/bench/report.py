@@ -26,7 +26,7 @@ class Row:
     expired: int
     failed: int
     lost: int  # no ending at all within the scenario's settle time
-    flows_per_second: float  # completed / (last completion - first callback sent)
+    flows_per_second: float  # completions a second between their 10th and 90th percentile times
     callback_p50_ms: float
     callback_p99_ms: float
     e2e_p50_ms: float  # callback sent -> ending seen on Redis, completed flows
