@@ -25,6 +25,7 @@ from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_dea
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LEASE_GRACE_SECONDS = 1.0
 
 
 class Outcome(StrEnum):
@@ -152,7 +153,7 @@ def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float]
     """One attempt: renew the flow's lease for as long as the attempt may take, time it, count it."""
 
     def attempt(timeout: float) -> T:
-        worker.store.renew_lease(flow.flow_id, time.time() + timeout + worker.store.lifetimes.lease)
+        _keep_lease(worker, flow, busy_for=timeout)
         started = time.perf_counter()
         try:
             result = call(timeout)
@@ -165,11 +166,23 @@ def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float]
     return attempt
 
 
+def _keep_lease(worker: Worker, flow: Flow, busy_for: float) -> None:
+    """The worker shows progress again within `busy_for` seconds (a call's timeout, a backoff).
+
+    The lease runs from now, not from the end of that wait: a worker killed mid-call must lose the flow
+    within the lease (a quarter of the token's life, CONTRACT section 8), not a call's timeout later.
+    Only a single call or wait longer than the lease stretches it, with a little grace so that the
+    sweeper does not take a flow from a worker that is about to show progress.
+    """
+    until = time.time() + max(busy_for + LEASE_GRACE_SECONDS, worker.store.lifetimes.lease)
+    worker.store.renew_lease(flow.flow_id, until)
+
+
 def _on_retry(worker: Worker, flow: Flow) -> Callable[[OktopostError, float], None]:
     def on_retry(error: OktopostError, sleep_seconds: float) -> None:
         log.warning("flow %s: %s; next attempt in %.2fs", flow.flow_id, error, sleep_seconds)
         worker.metrics.retry(type(error).__name__)
-        worker.store.renew_lease(flow.flow_id, time.time() + sleep_seconds + worker.store.lifetimes.lease)
+        _keep_lease(worker, flow, busy_for=sleep_seconds)
 
     return on_retry
 
