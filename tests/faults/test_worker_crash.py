@@ -1,0 +1,107 @@
+"""A worker SIGKILLed while flows are mid-verification and mid-completion (CONTRACT section 8).
+
+Every flow still reaches exactly one terminal event, and the flows the dead worker held are taken up
+by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper promises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.faults.conftest import FaultReport
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+TOKEN_TTL = 20  # the lease, a quarter of it, is 5 s
+LATENCY_S = 1.5  # every upstream call is in flight this long, so the kill finds them all mid-call
+PROFILES = 6
+ENTITIES = 6
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
+    sandbox = start_sandbox()
+    pipeline = start_pipeline(
+        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=3
+    )
+    yield pipeline, sandbox
+    pipeline.stop()
+    sandbox.process.stop()
+
+
+def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
+    stack: tuple[Pipeline, Sandbox], fault_report: FaultReport
+) -> None:
+    pipeline, sandbox = stack
+    first = pipeline.start_worker(concurrency=PROFILES + ENTITIES + 4)
+    ledger = Ledger(pipeline)
+    profiles = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(PROFILES)]
+    entities = [ledger.start(network, kind) for network, kind in ENTITY_KINDS[:ENTITIES]]
+    for flow in entities:
+        ledger.callback(flow)
+    offers = ledger.wait_for(entities, "selection.required")
+
+    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    calls_before = sandbox_stats(sandbox)["v2_calls"]
+    for flow in profiles:
+        ledger.callback(flow)
+    for flow in entities:
+        ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
+    in_flight = _wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
+    assert in_flight, "the worker did not start every call"
+    first.kill()
+    killed_at = time.time()
+    states = {flow.flow_id: _state(ledger, flow.flow_id) for flow in ledger.flows}
+    assert set(states.values()) == {"verifying", "completing"}, states
+
+    second = pipeline.start_worker(concurrency=PROFILES + ENTITIES + 4)
+    events = ledger.outcomes(ledger.flows, timeout=TOKEN_TTL)
+    sandbox.faults(latency_ms=0)
+    tally = ledger.tally(events)
+    taken_up = [epoch(flow_events[-1]["at"]) - LATENCY_S - killed_at for flow_events in events.values()]
+    connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
+    fault_report.record(
+        "1 worker crash",
+        flows=tally.flows,
+        faults_injected=1,
+        lost=len(tally.lost),
+        duplicated_terminal=len(tally.duplicated),
+        server_errors=ledger.server_errors,
+        taken_up_within_s=round(max(taken_up), 2),
+        quarter_of_token_ttl_s=TOKEN_TTL / 4,
+        upstream_calls_per_credential=sorted(connections.values()),
+    )
+    ledger.close()
+
+    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.by_outcome == {"connection.completed": PROFILES + ENTITIES}, tally.by_outcome
+    for flow_events in events.values():  # really connected upstream, by the new worker or the old one
+        credentials = flow_events[-1]["data"]["credentials"]
+        assert all(connections.get(credential["id"], 0) >= 1 for credential in credentials)
+    # a credential is answered again only when the killed worker's call had reached the sandbox
+    assert all(1 <= calls <= 2 for calls in connections.values()), connections
+    assert len(connections) == PROFILES + ENTITIES
+    takeover = [line for line in second.output.splitlines() if "ready" in line or "queued again" in line]
+    assert max(taken_up) <= TOKEN_TTL / 4 + 1.5, (
+        f"taken up {sorted(taken_up)}s after the kill at {killed_at}",
+        takeover,
+    )
+    assert ledger.server_errors == 0
+
+
+def _state(ledger: Ledger, flow_id: str) -> str:
+    return str(ledger.redis.hget(ledger.names.flow_state(flow_id), "state").decode())
+
+
+def _wait_until(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
