@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api_shim import access, metrics
+from api_shim import access, limits, metrics
 from api_shim.errors import ApiError, install_error_handlers
 from api_shim.models import (
     AuthorizationCreated,
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    limits.install(app)  # innermost: metrics and the access log count what it refuses
     metrics.install(app, store.redis, names.worker_metrics)
     access.install(app)
     app.state.store = store
