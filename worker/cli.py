@@ -11,6 +11,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.embedded_redis import RedisKind
 
 USAGE = """usage: oktopost-connect COMMAND [options]
 
@@ -137,8 +141,20 @@ def _redis_choice(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "external", "redis-server", "fakeredis"],
         default="auto",
         help="auto (default): REDIS_URL if it answers PING, else a private redis-server from PATH, "
-        "else fakeredis's server; the others force one",
+        "else fakeredis's server; the others force one (so does OKC_EMBEDDED_REDIS=KIND)",
     )
+
+
+def _redis_preference(option: str) -> RedisKind | None:
+    """The Redis kind forced by --redis or OKC_EMBEDDED_REDIS, None for auto; exit 2 on a bad value."""
+    import os
+
+    from worker.embedded_redis import EmbeddedRedisError, redis_preference
+
+    try:
+        return redis_preference(option, os.environ)
+    except EmbeddedRedisError as error:
+        raise SystemExit(_fail(str(error))) from None
 
 
 def _up(argv: Sequence[str]) -> int:
@@ -149,14 +165,14 @@ def _up(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--port", type=int, default=8000, help="port of the shim (default 8000)")
     parser.add_argument("--sandbox-port", type=int, default=8090, help="port of the sandbox (default 8090)")
-    parser.add_argument("--concurrency", type=int, default=4, help="worker threads (default 4)")
+    parser.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
     _redis_choice(parser)
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         return _fail("--concurrency must be at least 1")
+    redis = _redis_preference(args.redis)
     from worker.launcher import StackOptions, run_up
 
-    redis = None if args.redis == "auto" else args.redis
     options = StackOptions(args.port, args.sandbox_port, args.concurrency, redis=redis)
     return run_up(options)
 
@@ -167,15 +183,15 @@ def _demo(argv: Sequence[str]) -> int:
         description="Start the stack on free ports (always with the sandbox), drive a profile and a page "
         "flow end to end over HTTP, print each event a Redis subscriber receives; exit 0 when both complete.",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds the flows get (default 30)")
-    parser.add_argument("--concurrency", type=int, default=4, help="worker threads (default 4)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds the flows get (default 60)")
+    parser.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
     _redis_choice(parser)
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.concurrency < 1:
         return _fail("--timeout must be positive and --concurrency at least 1")
+    redis = _redis_preference(args.redis)
     from worker.demo import DemoOptions, run_demo
 
-    redis = None if args.redis == "auto" else args.redis
     return run_demo(DemoOptions(timeout=args.timeout, redis=redis, concurrency=args.concurrency))
 
 

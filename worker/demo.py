@@ -30,7 +30,7 @@ from worker.subscribe import follow_flow
 if TYPE_CHECKING:
     from worker.embedded_redis import RedisKind
 
-FLOW_TIMEOUT = 30.0  # seconds both flows get, from the first request to their terminal events
+FLOW_TIMEOUT = 60.0  # seconds both flows get, from the first request to their terminal events
 ENTITIES_TO_SELECT = 2
 
 
@@ -42,7 +42,7 @@ class DemoFailed(Exception):
 class DemoOptions:
     timeout: float = FLOW_TIMEOUT
     redis: RedisKind | None = None
-    concurrency: int = 4
+    concurrency: int = 8
 
 
 @dataclass

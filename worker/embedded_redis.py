@@ -2,6 +2,7 @@
 fakeredis's TCP server in a child process (`python -m worker.embedded_redis --port P`).
 
 The private servers keep nothing on disk and live only as long as the command that started them.
+`--redis KIND` or `OKC_EMBEDDED_REDIS=KIND` (external, redis-server, fakeredis) forces one kind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -23,13 +24,20 @@ import redis
 from worker.launcher import STOP_SECONDS, free_port, has_exited, spawn, stop_groups
 
 RedisKind = Literal["external", "redis-server", "fakeredis"]
+REDIS_KINDS: tuple[RedisKind, ...] = ("external", "redis-server", "fakeredis")
+PREFERENCE_ENV = "OKC_EMBEDDED_REDIS"
 
-PING_TIMEOUT = 0.5  # seconds a REDIS_URL gets to answer PING before we start our own
+PING_TIMEOUT = 1.0  # seconds a REDIS_URL gets to answer PING before we start our own
 START_TIMEOUT = 15.0  # seconds a private server gets to answer PING after it was started
+START_ATTEMPTS = 3  # another free port when a private server exits at start (its port was taken meanwhile)
 
 
 class EmbeddedRedisError(Exception):
     """No Redis could be found or started; the message fits on one line."""
+
+
+class _ExitedAtStart(EmbeddedRedisError):
+    """A private server exited before it answered, most likely because its port was taken meanwhile."""
 
 
 @dataclass
@@ -66,10 +74,33 @@ def redacted_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def redis_preference(option: str | None, env: Mapping[str, str]) -> RedisKind | None:
+    """The kind forced by `--redis` (when not auto), else by OKC_EMBEDDED_REDIS; None: choose as usual."""
+    for name, value in (("--redis", option), (PREFERENCE_ENV, env.get(PREFERENCE_ENV))):
+        value = (value or "").strip().lower()
+        if value in ("", "auto"):
+            continue
+        for kind in REDIS_KINDS:
+            if value == kind:
+                return kind
+        raise EmbeddedRedisError(f"{name} must be one of auto, {', '.join(REDIS_KINDS)}, not {value!r}")
+    return None
+
+
 def answers_ping(url: str, timeout: float = PING_TIMEOUT) -> bool:
+    """True when a Redis answers PING at `url`; EmbeddedRedisError when one answers but refuses us
+    (a wrong password is a mistake to report, not a reason to start another Redis)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+        raise EmbeddedRedisError(f"Redis at {redacted_url(url)} refused the connection: {error}") from None
+    except redis.exceptions.ResponseError as error:
+        if str(error).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            raise EmbeddedRedisError(
+                f"Redis at {redacted_url(url)} refused the connection: {error}"
+            ) from None
+        return False
     except (redis.exceptions.RedisError, OSError, ValueError):
         return False
     finally:
@@ -104,6 +135,25 @@ def ensure_redis(url: str | None, prefer: RedisKind | None = None) -> RedisServi
 
 
 def start_redis_server() -> RedisService:
+    return _start_with_retries(_start_redis_server_once)
+
+
+def start_fakeredis() -> RedisService:
+    return _start_with_retries(_start_fakeredis_once)
+
+
+def _start_with_retries(start: Callable[[], RedisService]) -> RedisService:
+    """A free port can be taken between our probe and the server's bind: then try another one."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return start()
+        except _ExitedAtStart as error:
+            if attempt == START_ATTEMPTS:
+                raise EmbeddedRedisError(str(error)) from None
+    raise AssertionError("unreachable")
+
+
+def _start_redis_server_once() -> RedisService:
     port = free_port()
     directory = tempfile.mkdtemp(prefix="okc-redis-")
     # nothing on disk: no RDB snapshots, no AOF, and a working directory removed at stop
@@ -123,7 +173,7 @@ def start_redis_server() -> RedisService:
     return _wait_until_ready(RedisService(f"redis://127.0.0.1:{port}/0", "redis-server", process, directory))
 
 
-def start_fakeredis() -> RedisService:
+def _start_fakeredis_once() -> RedisService:
     port = free_port()
     process = spawn(
         [sys.executable, "-m", "worker.embedded_redis", "--port", str(port)], output=subprocess.DEVNULL
@@ -137,11 +187,15 @@ def _wait_until_ready(service: RedisService) -> RedisService:
     while time.monotonic() < deadline:
         if has_exited(service.process):
             service.stop()
-            raise EmbeddedRedisError(
+            raise _ExitedAtStart(
                 f"the embedded {service.kind} exited at start (code {service.process.returncode})"
             )
-        if answers_ping(service.url, timeout=0.2):
-            return service
+        try:
+            if answers_ping(service.url, timeout=0.2):
+                return service
+        except EmbeddedRedisError:
+            service.stop()
+            raise
         time.sleep(0.05)
     service.stop()
     raise EmbeddedRedisError(f"the embedded {service.kind} did not answer PING within {START_TIMEOUT:.0f}s")
@@ -166,7 +220,9 @@ def serve_fakeredis(host: str, port: int) -> int:
         pass
     finally:
         # ends the per-connection loops, which otherwise run until their client leaves
-        server._shutdown_event.set()
+        shutdown_event = getattr(server, "_shutdown_event", None)
+        if shutdown_event is not None:
+            shutdown_event.set()
         server.server_close()
     return 0
 

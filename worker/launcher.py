@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -81,8 +81,13 @@ def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> N
         os.killpg(process.pid, signum)
 
 
-def stop_groups(processes: Iterable[subprocess.Popen[bytes]], timeout: float = STOP_SECONDS) -> None:
-    """SIGTERM every group at once, SIGKILL what is left after `timeout`, then reap the leaders.
+def stop_groups(
+    processes: Iterable[subprocess.Popen[bytes]],
+    timeout: float = STOP_SECONDS,
+    hurry: Callable[[], bool] | None = None,
+) -> None:
+    """SIGTERM every group at once, SIGKILL what is left after `timeout` (or as soon as `hurry()` is true,
+    e.g. on a second Ctrl-C), then reap the leaders.
 
     A leader is reaped only after its group got SIGKILL, so no straggler of the group survives it.
     """
@@ -91,6 +96,8 @@ def stop_groups(processes: Iterable[subprocess.Popen[bytes]], timeout: float = S
         _signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all(has_exited(process) for process in running):
+        if hurry is not None and hurry():
+            break
         time.sleep(0.05)
     for process in running:
         _signal_group(process, signal.SIGKILL)
@@ -123,7 +130,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class StackOptions:
     shim_port: int = 8000
     sandbox_port: int = 8090
-    concurrency: int = 4
+    concurrency: int = 8
     host: str = "127.0.0.1"
     with_sandbox: bool | None = None  # None: when OKTOPOST_API_KEY is not in the environment
     redis: RedisKind | None = None  # None: REDIS_URL if it answers, else redis-server, else fakeredis
@@ -213,12 +220,14 @@ class Stack:
                 pass
             time.sleep(0.05)
 
-    def stop(self, timeout: float = STOP_SECONDS) -> None:
+    def stop(self, timeout: float = STOP_SECONDS, hurry: Callable[[], bool] | None = None) -> None:
         # Shim and worker first, then what they call: a worker finishing its tasks in hand (Celery's warm
         # shutdown) still needs the sandbox and Redis, and would otherwise retry until SIGKILL.
         pipeline = [child.process for child in self.children if child.name != "sandbox"]
-        stop_groups(pipeline, timeout)
-        stop_groups([child.process for child in self.children if child.name == "sandbox"], timeout)
+        stop_groups(pipeline, timeout, hurry)
+        stop_groups([child.process for child in self.children if child.name == "sandbox"], timeout, hurry)
+        if self.redis.process is not None:
+            stop_groups([self.redis.process], timeout, hurry)
         self.redis.stop(timeout)
         for log in self._logs:
             log.close()
@@ -265,17 +274,25 @@ def child_env(
     if redis.embedded or not env.get("CELERY_BROKER_URL"):
         env["CELERY_BROKER_URL"] = redis.url
     if sandbox_url:
-        # without credentials there is nothing to call but the sandbox, which accepts the default pair
+        # without credentials there is nothing to call but the sandbox, which reads the same pair (or its
+        # defaults) from the same environment
         env["OKTOPOST_BASE_URL"] = sandbox_url
+        if not env.get("OKTOPOST_API_KEY"):
+            env.pop("OKTOPOST_API_KEY", None)
     defaults = {
         "PUBLIC_BASE_URL": shim_url,
+        # the shim's own origin, and return pages a developer serves locally
         "ALLOWED_RETURN_URLS": ",".join(
-            [
-                shim_url,
-                shim_url.replace("127.0.0.1", "localhost"),
-                "http://localhost:3000",
-                "http://127.0.0.1:3000",
-            ]
+            dict.fromkeys(
+                [
+                    shim_url,
+                    shim_url.replace("127.0.0.1", "localhost"),
+                    "http://127.0.0.1",
+                    "http://localhost",
+                    "http://127.0.0.1:3000",
+                    "http://localhost:3000",
+                ]
+            )
         ),
     }
     for name, value in defaults.items():
@@ -289,14 +306,25 @@ def child_env(
     return env, keys[0], generated
 
 
+def check_settings(env: Mapping[str, str]) -> None:
+    """The children's settings, validated once here: a bad one is one line (LaunchError), not a dead child."""
+    from worker.settings import ConfigError, Settings, load_settings
+
+    fields = {name.lower(): value for name, value in env.items() if name.lower() in Settings.model_fields}
+    try:
+        load_settings(**fields)
+    except ConfigError as error:
+        raise LaunchError(str(error)) from None
+
+
 def start_stack(options: StackOptions, base_env: Mapping[str, str] | None = None) -> Stack:
     """Redis first (found or started), then sandbox, shim and worker; LaunchError with one line if not."""
-    from worker.embedded_redis import EmbeddedRedisError, ensure_redis
+    from worker.embedded_redis import EmbeddedRedisError, RedisService, ensure_redis
 
     base = dict(os.environ if base_env is None else base_env)
     with_sandbox = options.with_sandbox
     if with_sandbox is None:
-        with_sandbox = "OKTOPOST_API_KEY" not in base
+        with_sandbox = not base.get("OKTOPOST_API_KEY")
     ports = [("--port", options.shim_port)] + (
         [("--sandbox-port", options.sandbox_port)] if with_sandbox else []
     )
@@ -305,12 +333,15 @@ def start_stack(options: StackOptions, base_env: Mapping[str, str] | None = None
             raise LaunchError(f"{flag} must be a port number from 1 to 65535, not {port}")
         if not port_is_free(port, options.host):
             raise LaunchError(f"port {port} is in use (choose another with {flag})")
-    try:
-        redis = ensure_redis(base.get("REDIS_URL", "redis://localhost:6379/0"), options.redis)
-    except EmbeddedRedisError as error:
-        raise LaunchError(str(error)) from None
     shim_url = f"http://{_url_host(options.host)}:{options.shim_port}"
     sandbox_url = f"http://{_url_host(options.host)}:{options.sandbox_port}" if with_sandbox else None
+    redis_url = base.get("REDIS_URL") or "redis://localhost:6379/0"
+    # settings first: a bad one (REDIS_URL included) is reported, not papered over by an embedded Redis
+    check_settings(child_env(options, RedisService(redis_url, "external"), shim_url, sandbox_url, base)[0])
+    try:
+        redis = ensure_redis(redis_url, options.redis)
+    except EmbeddedRedisError as error:
+        raise LaunchError(str(error)) from None
     env, api_key, generated = child_env(options, redis, shim_url, sandbox_url, base)
     stack = Stack(options, redis, env, api_key, generated, shim_url, sandbox_url)
     try:
@@ -392,7 +423,12 @@ def run_up(options: StackOptions, out: IO[str] = sys.stdout) -> int:
             print(f"oktopost-connect up: {error}", file=sys.stderr)
             exit_code = 1
     finally:
+        signals_before = stop.count
         if stop.requested:
-            print(f"oktopost-connect up: {stop.name}, stopping", file=out, flush=True)
-        stack.stop()
+            print(
+                f"oktopost-connect up: {stop.name}, stopping (press Ctrl-C again to kill at once)",
+                file=out,
+                flush=True,
+            )
+        stack.stop(hurry=lambda: stop.count > signals_before)
     return exit_code
