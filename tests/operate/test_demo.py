@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 MARKER = "OKC_TEST_MARKER"
 SECRET_KEY = "okc-demo-test-real-oktopost-key-6c1f0e"
+# the embedded Redis `up` starts in these tests: redis-server when on PATH, else fakeredis's server
+EMBEDDED = "redis-server" if shutil.which("redis-server") else "fakeredis"
+EMBEDDED_COMMAND = "redis-server" if EMBEDDED == "redis-server" else "worker.embedded_redis"
 
 
 def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -74,9 +77,10 @@ def test_demo_starts_its_own_redis_when_redis_url_does_not_answer() -> None:
     assert closed not in result.stdout
 
 
-def test_demo_runs_on_fakeredis_server() -> None:
+def test_demo_runs_on_fakeredis_server_when_the_environment_asks_for_it() -> None:
     pytest.importorskip("lupa")
-    result = run_demo({}, "--redis", "fakeredis")
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_demo({"REDIS_URL": closed, "CELERY_BROKER_URL": closed, "OKC_EMBEDDED_REDIS": "fakeredis"})
     assert_both_flows_completed(result)
     assert "(embedded fakeredis, in memory)" in result.stdout
 
@@ -177,18 +181,15 @@ def survivors(up: Up, seconds: float = 1.0) -> dict[int, str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_up_stops_every_child_on_a_signal(up_runs: list[Up], signum: signal.Signals) -> None:
-    up = Up("--redis", "redis-server")
+    up = Up("--redis", EMBEDDED)
     up_runs.append(up)
     output = up.wait_ready()
     assert re.search(r"api key\s+dev-[A-Za-z0-9_-]{20,}", output)
-    assert "embedded redis-server" in output
+    assert f"embedded {EMBEDDED}" in output
     children = up.children()
-    kinds = {
-        name
-        for name in ("worker.cli shim", "worker.cli worker", "worker.cli sandbox", "redis-server")
-        if any(name in cmd for cmd in children.values())
-    }
-    assert kinds == {"worker.cli shim", "worker.cli worker", "worker.cli sandbox", "redis-server"}, children
+    expected = {"worker.cli shim", "worker.cli worker", "worker.cli sandbox", EMBEDDED_COMMAND}
+    kinds = {name for name in expected if any(name in cmd for cmd in children.values())}
+    assert kinds == expected, children
 
     up.process.popen.send_signal(signum)  # what Ctrl-C or `kill` does: only `up` gets it
     assert up.wait_exit() == 0, up.process.output
@@ -243,7 +244,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
 
 
 def test_up_stops_the_others_when_a_child_dies(up_runs: list[Up]) -> None:
-    up = Up("--redis", "redis-server")
+    up = Up("--redis", EMBEDDED)
     up_runs.append(up)
     up.wait_ready()
     [worker] = [pid for pid, cmd in up.children().items() if "worker.cli worker" in cmd]
@@ -255,7 +256,7 @@ def test_up_stops_the_others_when_a_child_dies(up_runs: list[Up]) -> None:
 
 
 def test_children_die_with_up_even_when_it_is_killed(up_runs: list[Up]) -> None:
-    up = Up("--redis", "redis-server")
+    up = Up("--redis", EMBEDDED)
     up_runs.append(up)
     up.wait_ready()
     assert len(up.children()) == 4
@@ -274,3 +275,20 @@ def test_up_refuses_a_port_in_use_with_one_line() -> None:
         )
     assert result.returncode == 2
     assert result.stderr == f"oktopost-connect up: port {port} is in use (choose another with --port)\n"
+
+
+def test_up_refuses_a_bad_setting_with_one_line_before_starting_anything() -> None:
+    marker = uuid.uuid4().hex
+    env = {**os.environ, MARKER: marker, "TOKEN_TTL_SECONDS": "soon", "OKC_EMBEDDED_REDIS": EMBEDDED}
+    result = subprocess.run(
+        [*CLI, "up", "--port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("oktopost-connect up: invalid setting TOKEN_TTL_SECONDS: ")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert marked_processes(marker) == {}
