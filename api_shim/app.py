@@ -36,7 +36,7 @@ from worker import runtime
 from worker.budget import STEP1_PRIORITY, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flows import Flow, FlowState, FlowStore, token_fingerprint
+from worker.flows import Flow, FlowState, FlowStore, StepOutcome, token_fingerprint
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
@@ -238,6 +238,9 @@ def _claim(store: FlowStore, flow: Flow, token: str) -> Response:
         enqueue(flow.flow_id, FlowState.VERIFYING)
         metrics.CALLBACKS.labels(outcome="claimed").inc()
         return _back_to_caller(flow, "processing")
+    if step is not None and step.outcome is StepOutcome.TAKEN:
+        metrics.CALLBACKS.labels(outcome="conflict").inc()
+        raise ApiError(409, "token_already_used", "this token was already used by another flow")
     fingerprint = step.token_fp if step is not None else flow.token_fp
     state = (step.state if step is not None else None) or flow.state
     if fingerprint and fingerprint == token_fingerprint(token):

@@ -159,6 +159,7 @@ class StepOutcome(StrEnum):
     MISSING = "missing"
     CONFLICT = "conflict"
     EARLY = "early"
+    TAKEN = "taken"  # the okt token was already claimed by another flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +273,8 @@ class FlowStore:
         """awaiting_callback -> verifying, keeping the token for its lifetime; the caller enqueues on DONE.
 
         On CONFLICT, `step.token_fp` tells a repeat of the same callback (nothing to do) from another token.
+        TAKEN: another flow claimed this token. Verifying it again would connect that flow's account to
+        this one (Oktopost answers a live token as often as asked), so a token claims one flow only.
         """
         now = time.time() if now is None else now
         token_deadline = now + self.lifetimes.token_ttl
@@ -295,6 +298,7 @@ class FlowStore:
             new_deadline=token_deadline,
             lease=now + self.lifetimes.queued_lease,
             token=token,
+            claim_key=self.names.token_claim(token_fingerprint(token)),
         )
 
     def offer_selection(self, flow: Flow, entities: list[EntityOffer]) -> Step:
@@ -413,6 +417,7 @@ class FlowStore:
         lease: float | str = "",
         token: str = "",
         only_after: float | None = None,
+        claim_key: str | None = None,
     ) -> Step:
         now = time.time()
         keep = self.lifetimes.retention + max(0, int((live_until or now) - now) + 1)
@@ -428,6 +433,7 @@ class FlowStore:
                 self.names.deadlines,
                 self.names.flow_token(flow_id),
                 self.names.leases,
+                *([claim_key] if claim_key else []),
             ],
             args=[
                 flow_id,

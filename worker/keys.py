@@ -31,6 +31,10 @@ class RedisNames:
     def flow_token(self, flow_id: str) -> str:
         return f"{self.prefix}:flow:{flow_id}:token"
 
+    def token_claim(self, token_fp: str) -> str:
+        """The flow an okt token was claimed by (keyed by its fingerprint), for as long as the token lives."""
+        return f"{self.prefix}:token:{token_fp}"
+
     @property
     def deadlines(self) -> str:
         """Sorted set: live flow ids scored by the epoch second at which they expire."""

@@ -2,6 +2,7 @@
 -- flow's stream and PUBLISH it on both channels. Either all of it happens or none of it does.
 --
 -- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
+--       6 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -14,7 +15,7 @@
 --      11 token lifetime in milliseconds
 --      12 "" or epoch seconds "now": then the step only happens when the flow's deadline has passed
 --      13.. field, value pairs to store in the flow hash
--- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
+-- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline} | {"taken", flow}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -34,6 +35,13 @@ else
   end
   if ARGV[12] ~= "" and tonumber(current[3] or "0") > tonumber(ARGV[12]) then
     return {"early", current[3]}
+  end
+end
+local claim_key = KEYS[6]
+if claim_key then
+  local holder = redis.call("GET", claim_key)
+  if holder and holder ~= flow_id then
+    return {"taken", holder}
   end
 end
 
@@ -67,6 +75,9 @@ if ARGV[10] == "-" then
   redis.call("DEL", token_key)
 elseif ARGV[10] ~= "" then
   redis.call("SET", token_key, ARGV[10], "PX", ARGV[11])
+  if claim_key then
+    redis.call("SET", claim_key, flow_id, "PX", ARGV[11])
+  end
 end
 
 redis.call("PUBLISH", ARGV[5], event)
