@@ -8,6 +8,7 @@ which also shows that oversized bodies, headers and URLs are refused early.
 
 from __future__ import annotations
 
+import socket
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import schemathesis
 from celery import Celery
@@ -24,20 +26,20 @@ from schemathesis import GenerationMode
 from schemathesis.python import asgi
 
 import api_shim.app
-from tests.conftest import API_KEY, RedisServer, Sandbox
+from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.faults.conftest import FaultReport
 from worker.events import EntityOffer
 from worker.flows import FlowState, FlowStore
 from worker.keys import RedisNames
 from worker.runtime import lifetimes, redis_client
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 FUZZ_DB = 9  # the session redis-server's database for this module alone: `celery` and `oktopost:*` are ours
 QUEUE = "celery"
-SCHEMA_CASES = 300  # in-process, through every route in /openapi.json
-CALLBACK_CASES = 500  # in-process, the callback route
+SCHEMA_CASES = 1000  # in-process, through every route in /openapi.json
+CALLBACK_CASES = 1500  # in-process, the callback route
 SOCKET_CASES = 400  # over real sockets to a shim process
 FUZZ = settings(
     deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True, max_examples=100
@@ -46,46 +48,50 @@ FUZZ = settings(
 
 @dataclass
 class InProcessShim:
-    client: asgi.ASGIClient  # requests to the app in this process, on schemathesis' event loop
+    config: Settings
     store: FlowStore
     flows: dict[str, str]  # a flow in each state (and a fresh one awaiting its callback), by role
-    tokens: list[str]
+    client: Any = None  # requests to the app in this process (schemathesis' ASGI client), set per test
     requests: int = 0
     refused: int = 0
+    last: tuple[Any, ...] | None = None
     statuses: dict[int, int] = field(default_factory=dict)
 
     def snapshot(self) -> tuple[Any, ...]:
-        """What a refused request must leave as it was: the task queue, the flow indexes, every seeded flow."""
+        """What a refused request must leave as it is: the task queue, the flow indexes, each seeded flow."""
         names = self.store.names
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.llen(QUEUE).zcard(names.deadlines).zcard(names.leases)
         for flow_id in self.flows.values():
-            pipe.hmget(names.flow_state(flow_id), "state", "seq", "token_fp").exists(
-                names.flow_token(flow_id)
-            )
-        return tuple(str(item) for item in pipe.execute())
+            pipe.hmget(names.flow_state(flow_id), "state", "seq", "token_fp")
+            pipe.exists(names.flow_token(flow_id))
+        return tuple(map(repr, pipe.execute()))
 
     def send(self, method: str, url: str, **options: Any) -> Any:
         return self.observe(lambda: self.client.request(method, url, **options))
 
     def observe(self, request: Callable[[], Any]) -> Any:
-        """Makes the request (an httpx or requests response comes back) and checks what it left behind."""
-        before = self.snapshot()
+        """Makes the request (an httpx or requests response comes back) and checks what it left behind.
+
+        Nothing else writes to this module's Redis database, so the state after one request is the
+        state before the next: one snapshot per request.
+        """
+        if self.last is None:
+            self.last = self.snapshot()
         response = request()
         self.requests += 1
         self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
         check_answer(response)
+        after = self.snapshot()
         if response.status_code >= 400:
             self.refused += 1
-            assert self.snapshot() == before, f"refused {method} {url} changed the queue or a flow"
-        self.replenish()
+            assert after == self.last, (response.request.method, response.request.url, "changed things")
+        if "awaiting_callback" not in after[3]:  # the fresh flow (seeded first) was claimed or denied
+            flow = self.store.create(_new_id(), "LinkedIn", "profile", None, "https://app.example/done")
+            self.flows["awaiting"] = flow.flow_id
+            after = self.snapshot()
+        self.last = after
         return response
-
-    def replenish(self) -> None:
-        """A fresh flow awaiting its callback, once the last one was claimed or denied."""
-        current = self.store.get(self.flows["awaiting"])
-        if current is None or current.state is not FlowState.AWAITING_CALLBACK:
-            self.flows["awaiting"] = self.store.create(_new_id(), "LinkedIn", "profile", None, None).flow_id
 
 
 def check_answer(response: Any) -> None:
@@ -103,7 +109,8 @@ def _new_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def shim(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[InProcessShim]:
+def fuzz_world(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[InProcessShim]:
+    """The shim's settings, store, seeded flows and broker for this module; each test builds its own app."""
     url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_DB}"
     config = load_settings(
         redis_url=url,
@@ -123,12 +130,17 @@ def shim(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[InProcessShim]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(api_shim.app, "enqueue", enqueue)
-        with asgi.get_client(api_shim.app.create_app(config)) as client:
-            yield InProcessShim(
-                client, store, _seed(store), ["591c6053d81978.11578446867279657339b29ad2799b11"]
-            )
+        yield InProcessShim(config, store, _seed(store))
     producer.close()
     store.redis.flushdb()
+
+
+@pytest.fixture
+def shim(fuzz_world: InProcessShim) -> Iterator[InProcessShim]:
+    # schemathesis ends an in-process app's lifespan after each test (closing its upstream client)
+    with asgi.get_client(api_shim.app.create_app(fuzz_world.config)) as client:
+        fuzz_world.client = client
+        yield fuzz_world
 
 
 def _seed(store: FlowStore) -> dict[str, str]:
@@ -239,3 +251,153 @@ def test_every_route_in_the_schema_never_5xx_and_refusals_change_nothing(
         "5 bad input", faults_injected=shim.requests - started, schema_requests=shim.requests - started
     )
     assert shim.requests - started >= SCHEMA_CASES * 0.9
+
+
+# --- over real sockets: a shim process ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shim_process(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[Pipeline]:
+    running = start_pipeline(redis_server.url, sandbox.url, workers=0)
+    yield running
+    running.stop()
+
+
+def test_generated_requests_over_sockets_never_5xx(shim_process: Pipeline, fault_report: FaultReport) -> None:
+    schema = schemathesis.openapi.from_url(f"{shim_process.shim_url}/openapi.json")
+    caller = {"authorization": f"Bearer {API_KEY}"}
+    strategy = st.one_of(
+        schema.as_strategy(GenerationMode.POSITIVE, headers=caller),
+        schema.as_strategy(GenerationMode.NEGATIVE, headers=caller),
+    )
+    redis = shim_process.redis()
+    names = RedisNames(shim_process.prefix)
+
+    def indexes() -> list[int]:
+        return [
+            redis.llen(f"{shim_process.prefix}.celery"),
+            redis.zcard(names.deadlines),
+            redis.zcard(names.leases),
+        ]
+
+    sent = 0
+
+    @settings(FUZZ, max_examples=SOCKET_CASES)
+    @given(case=strategy)
+    def each_case(case: schemathesis.Case) -> None:
+        nonlocal sent
+        before = indexes()
+        response = case.call(base_url=shim_process.shim_url, timeout=10)
+        sent += 1
+        check_answer(response)
+        if response.status_code >= 400:
+            assert indexes() == before
+
+    each_case()
+    fault_report.record("5 bad input", faults_injected=sent, socket_requests=sent)
+    assert sent >= SOCKET_CASES * 0.9
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+
+
+def raw_request(url: str, head: bytes, body_chunks: list[bytes] = (), timeout: float = 5.0) -> RawAnswer:  # type: ignore[assignment]
+    """Sends `head` (and what body it is given) over a plain socket and reads the answer, without waiting to
+    send more: a server that refuses early answers before the body it was promised has arrived."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(head)
+        for chunk in body_chunks:
+            try:
+                connection.sendall(chunk)
+            except OSError:  # the server answered and closed while we were still sending
+                break
+        received = b""
+        while b"\r\n\r\n" not in received or not _complete(received):
+            try:
+                data = connection.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += data
+    seconds = time.monotonic() - started
+    head_part, _, body = received.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return RawAnswer(int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body, seconds)
+
+
+def _complete(received: bytes) -> bool:
+    head, _, body = received.partition(b"\r\n\r\n")
+    for line in head.decode("latin-1").split("\r\n"):
+        if line.lower().startswith("content-length:"):
+            return len(body) >= int(line.split(":")[1])
+    return True
+
+
+def _head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def test_oversized_bodies_headers_and_urls_are_refused_early(
+    shim_process: Pipeline, fault_report: FaultReport
+) -> None:
+    url = shim_process.shim_url
+    auth = ("Authorization", f"Bearer {API_KEY}")
+    json_body = [auth, ("Content-Type", "application/json")]
+    big = 10 * 1024 * 1024
+    answers = {
+        # promised 10 MiB, sent 1 KiB: the answer must not wait for the rest
+        "declared body": raw_request(
+            url,
+            _head("POST", "/v1/authorizations", [*json_body, ("Content-Length", str(big))]),
+            [b" " * 1024],
+        ),
+        "chunked body": raw_request(
+            url,
+            _head("POST", "/v1/authorizations", [*json_body, ("Transfer-Encoding", "chunked")]),
+            [f"{32768:x}\r\n".encode() + b" " * 32768 + b"\r\n" for _ in range(8)],
+        ),
+        "one large header": raw_request(
+            url, _head("GET", "/v1/authorizations/x", [auth, ("X-Filler", "a" * 13_000)])
+        ),
+        "many headers": raw_request(
+            url, _head("GET", "/healthz", [(f"X-Filler-{i}", "a" * 40) for i in range(300)])
+        ),
+        "huge header": raw_request(url, _head("GET", "/healthz", [("X-Filler", "a" * 40_000)])),
+        "long query": raw_request(url, _head("GET", "/v1/callback/" + "a" * 40 + "?okt=" + "b" * 6000, [])),
+        "huge query": raw_request(url, _head("GET", "/v1/callback/" + "a" * 40 + "?okt=" + "b" * 40_000, [])),
+        "long path": raw_request(url, _head("GET", "/v1/callback/" + "a" * 6000, [])),
+    }
+    expected = {
+        "declared body": {413},
+        "chunked body": {413},
+        "one large header": {431},
+        "many headers": {431},
+        "huge header": {400, 431},
+        "long query": {414},
+        "huge query": {400, 414},
+        "long path": {414},
+    }
+    statuses = {name: answer.status for name, answer in answers.items()}
+    fault_report.record(
+        "5 bad input",
+        faults_injected=len(answers),
+        server_errors=sum(status >= 500 for status in statuses.values()),
+        oversized=statuses,
+    )
+    for name, answer in answers.items():
+        assert answer.status in expected[name], (name, answer)
+        assert answer.seconds < 2.0, (name, answer.seconds)
+        if answer.status != 400:  # uvicorn's own 400 for a request head over 16 KiB is plain text
+            assert httpx.Response(answer.status, content=answer.body).json()["error"]["code"], (name, answer)
+    ok = raw_request(url, _head("GET", "/v1/callback/" + "a" * 40 + "?okt=" + "b" * 200, []))
+    assert ok.status == 404  # a request within the limits goes through
