@@ -41,6 +41,7 @@ class BenchOptions:
 
 def run(options: BenchOptions) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="okc-bench-"))
+    load_at_start = os.getloadavg()
     chosen = _chosen(options)
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
@@ -76,10 +77,15 @@ def run(options: BenchOptions) -> int:
     print(table(rows))
     print()
     print(_targets(chosen))
+    staged = [row for row in rows if row.stages_p50_ms]
+    if staged:
+        print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")
+        for row in staged:
+            print(f"  {row.scenario:<10}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
     if floor is not None:
         print(f"load generator floor (a trivial GET): p50 {floor[0]:.2f} ms, p99 {floor[1]:.2f} ms")
     if options.json_path is not None:
-        document = _document(options, chosen, rows, floor)
+        document = _document(options, chosen, rows, floor, load_at_start)
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {options.json_path}")
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -129,14 +135,20 @@ def _targets(chosen: list[Scenario]) -> str:
 
 
 def _document(
-    options: BenchOptions, chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None
+    options: BenchOptions,
+    chosen: list[Scenario],
+    rows: list[Row],
+    floor: tuple[float, float] | None,
+    load_at_start: tuple[float, float, float],
 ) -> dict[str, Any]:
     return {
         "command": "oktopost-connect bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
+            # other work on the machine skews every figure: compare rows of one run, and runs by ratio
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },

@@ -33,6 +33,7 @@ class Shot:
     url: str
     due: float = math.nan
     sent: float = math.nan
+    sent_wall: float = math.nan  # time.time() at sending, to compare with the `at` of ours' events
     answered: float = math.nan
     status: int = 0
     error: str = ""
@@ -115,7 +116,7 @@ async def fire(shots: list[Shot], rate: float | None) -> None:
     browsers = Browsers()
 
     async def send(shot: Shot) -> None:
-        shot.sent = time.perf_counter()
+        shot.sent, shot.sent_wall = time.perf_counter(), time.time()
         try:
             shot.status = await asyncio.wait_for(browsers.get(shot.url), CALLBACK_TIMEOUT)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError) as error:

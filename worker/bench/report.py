@@ -40,6 +40,8 @@ class Row:
     block_tripped: bool
     seconds: float  # first callback sent -> last ending seen (or the settle time ran out)
     generator_lag_p99_ms: float  # how late the load generator sent callbacks (its own slowness)
+    stages_p50_ms: dict[str, float] = field(default_factory=dict)  # ours: where the time goes
+    lost_fates: dict[str, int] = field(default_factory=dict)  # lost flows by the state they were left in
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
     optimum: int | None = None  # burst: min(flows, rate x token TTL)
     target: str = ""

@@ -163,6 +163,8 @@ async def measure(
     stats_after = sandbox.stats()
     sandbox.set_faults(NO_FAULTS)
     row = _row(system, scenario, shots, endings.first, endings.repeated, stats_before, stats_after)
+    row.stages_p50_ms = system.stages({shot.flow_id: shot.sent_wall for shot in shots})
+    row.lost_fates = system.fate_of([s.flow_id for s in shots if s.flow_id not in endings.first])
     row.cpu_seconds = {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before}
     if scenario.limited and sandbox.rate is not None:
         row.optimum = min(scenario.flows, int(sandbox.rate * sandbox.token_ttl))

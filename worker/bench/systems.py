@@ -11,15 +11,20 @@ import secrets
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import redis
 
 from worker.bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
 from worker.bench.processes import Child, Children, free_port, wait_for_http, wait_for_port
+from worker.bench.report import percentile
 from worker.events import TERMINAL_TYPES
+from worker.keys import RedisNames
 
 SANDBOX_AUTH = ("demo-account", "demo-key")
 CALLER_KEY = "bench-caller-key-0123456789"
@@ -125,6 +130,14 @@ class System(ABC):
         self.children.stop(self.processes)
         self.processes = []
 
+    def fate_of(self, flow_ids: list[str]) -> dict[str, int]:
+        """Where flows that never ended were left, by state; empty when the system keeps no state."""
+        return {}
+
+    def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:
+        """p50 (ms) of each stage between a callback sent (wall clock) and its flow's end, when known."""
+        return {}
+
     def _oktopost_env(self) -> dict[str, str]:
         return {
             "OKTOPOST_BASE_URL": self.setup.sandbox.url,
@@ -166,6 +179,10 @@ class Pipeline(System):
     def __init__(self, children: Children, setup: Setup) -> None:
         super().__init__(children, setup)
         self.prefix = f"bench-{self.tag}"
+        # wall-clock moments per flow, from the events' `at` and from when the subscriber saw the end
+        self._claimed_at: dict[str, float] = {}
+        self._ended_at: dict[str, float] = {}
+        self._seen_at: dict[str, float] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -196,11 +213,45 @@ class Pipeline(System):
             self.processes.append(self.children.start_cli(f"pipeline-worker{index}", command, env))
         wait_for_http(f"{self.url}/readyz", shim)
 
+    def fate_of(self, flow_ids: list[str]) -> dict[str, int]:
+        """The state each flow is in, and "stream-ended" for one whose stream holds a terminal event that
+        the benchmark's subscriber never received (a gap in the measurement, not in the pipeline)."""
+        names = RedisNames(self.prefix)
+        fates: Counter[str] = Counter()
+        with redis.Redis.from_url(self.setup.redis_url) as client:
+            for flow_id in flow_ids:
+                last = client.xrevrange(names.flow_stream(flow_id), count=1)
+                if last and json.loads(last[0][1][b"event"])["type"] in TERMINAL_TYPES:
+                    fates["stream-ended"] += 1
+                    continue
+                state = client.hget(names.flow_state(flow_id), "state")
+                fates[state.decode() if state else "missing"] += 1
+        return dict(fates)
+
     def ended(self, message: bytes) -> tuple[str, str] | None:
+        seen = time.time()
         event = json.loads(message)
+        flow_id = str(event["flow_id"])
+        if event.get("type") == "callback.received":
+            self._claimed_at[flow_id] = _epoch(event["at"])
         if event.get("type") not in TERMINAL_TYPES:
             return None
-        return str(event["flow_id"]), _OUTCOME_OF_EVENT[event["type"]]
+        self._ended_at.setdefault(flow_id, _epoch(event["at"]))
+        self._seen_at.setdefault(flow_id, seen)
+        return flow_id, _OUTCOME_OF_EVENT[event["type"]]
+
+    def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:
+        """Callback sent -> claimed by the shim (callback.received's `at`) -> terminal event built in
+        the worker (its `at`) -> seen by the subscriber. Event times have millisecond resolution."""
+        ended = [
+            flow_id for flow_id in sent_wall if flow_id in self._ended_at and flow_id in self._claimed_at
+        ]
+        spans = {
+            "callback_to_claim": [self._claimed_at[f] - sent_wall[f] for f in ended],
+            "claim_to_terminal_event": [self._ended_at[f] - self._claimed_at[f] for f in ended],
+            "terminal_event_to_subscriber": [self._seen_at[f] - self._ended_at[f] for f in ended],
+        }
+        return {name: round(percentile(values, 50) * 1000, 2) for name, values in spans.items() if values}
 
     async def start_flow(self, http: httpx.AsyncClient) -> StartedFlow | float:
         answer = await http.post(
@@ -277,6 +328,10 @@ class NaiveCelery(_Baseline):
             worker = [*module, "worker", "--concurrency", str(self.setup.concurrency)]
             self.processes.append(self.children.start(f"naive-worker{index}", worker, self.env()))
         wait_for_http(f"{self.url}/healthz", web)
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 SYSTEMS: dict[str, type[System]] = {"pipeline": Pipeline, "inline": Inline, "naive-celery": NaiveCelery}
