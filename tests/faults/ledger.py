@@ -163,6 +163,23 @@ class Ledger:
                 raise AssertionError(f"no {event_type} within {timeout}s for {missing}")
             time.sleep(0.1)
 
+    def offers(self, flows: list[TrackedFlow], timeout: float = 30) -> dict[str, list[dict[str, Any]]]:
+        """The entities offered to each flow that got that far; flows that ended first are left out."""
+        offers: dict[str, list[dict[str, Any]]] = {}
+        pending = list(flows)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for flow_id, events in self.events(pending).items():
+                offered = [e for e in events if e["type"] == "selection.required"]
+                if offered:
+                    offers[flow_id] = offered[0]["data"]["entities"]
+                if offered or _terminal_count(events):
+                    pending = [flow for flow in pending if flow.flow_id != flow_id]
+            if pending and time.monotonic() > deadline:
+                raise AssertionError(f"neither an offer nor an end within {timeout}s for {pending}")
+            time.sleep(0.1)
+        return offers
+
     def outcomes(
         self, flows: list[TrackedFlow], timeout: float = 30, settle: float = 1.0
     ) -> dict[str, list[dict[str, Any]]]:

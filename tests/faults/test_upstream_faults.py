@@ -9,7 +9,6 @@ deadline are part 4's business (test_expiry.py).
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,8 +19,7 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats
-from worker.events import TERMINAL_TYPES
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -98,7 +96,7 @@ def drive(
         sandbox.faults(seed=7, **faults)
     for flow in ledger.flows:
         ledger.callback(flow)
-    offers = _offers_or_ends(ledger, entities)
+    offers = ledger.offers(entities, timeout=TOKEN_TTL + 5)
     if completion_only:
         sandbox.faults(seed=7, **faults)
     for flow in entities:
@@ -111,23 +109,6 @@ def drive(
 
 
 _RATES = ("error_rate", "throttle_rate", "timeout_rate", "drop_rate", "malformed_rate", "reject_rate")
-
-
-def _offers_or_ends(ledger: Ledger, flows: list[TrackedFlow]) -> dict[str, list[dict[str, Any]]]:
-    """The entities offered to each flow that got that far; flows that ended first are left out."""
-    offers: dict[str, list[dict[str, Any]]] = {}
-    pending = list(flows)
-    for _ in range(int((TOKEN_TTL + 5) / 0.1)):
-        for flow_id, events in ledger.events(pending).items():
-            types = [event["type"] for event in events]
-            if "selection.required" in types:
-                offers[flow_id] = events[types.index("selection.required")]["data"]["entities"]
-            if "selection.required" in types or TERMINAL_TYPES & set(types):
-                pending = [flow for flow in pending if flow.flow_id != flow_id]
-        if not pending:
-            return offers
-        time.sleep(0.1)
-    raise AssertionError(f"no selection.required nor an end for {[flow.flow_id for flow in pending]}")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[scenario.name for scenario in SCENARIOS])
