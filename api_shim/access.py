@@ -1,42 +1,57 @@
-"""The shim's access log: method, route template, status and time, never the query string.
+"""Every request observed once: the access log line, the request metrics, the flow id for its logs.
 
 uvicorn's own access log prints the full query, which holds the okt token, so it is turned off and
-this line takes its place. It also tags everything logged during a request with the flow id.
+this line takes its place: method, route template, status and time, never the query string. It is
+plain ASGI middleware (Starlette's `@app.middleware("http")` costs a task and a stream per request,
+which showed up on the callback's hot path).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_shim.metrics import REQUEST_SECONDS, REQUESTS
 from worker.logs import current_flow
 
 log = logging.getLogger("api_shim.access")
+_FLOW_ROUTES = ("/v1/callback/", "/v1/authorizations/")
+
+
+class Observed:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        flow_id = path.split("/")[3][:64] if path.startswith(_FLOW_ROUTES) else "-"
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        token = current_flow.set(flow_id)
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            # the route's template, never the raw path: flow ids would explode the label set
+            route = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
+            REQUEST_SECONDS.labels(route=route).observe(elapsed)
+            log.info("%s %s %d %.1fms", scope["method"], route, status, elapsed * 1000)
+            current_flow.reset(token)
 
 
 def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        flow_id = (
-            request.url.path.split("/")[3]
-            if request.url.path.startswith(("/v1/callback/", "/v1/authorizations/"))
-            else "-"
-        )
-        token = current_flow.set(flow_id[:64])
-        try:
-            response = await call_next(request)
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            log.info(
-                "%s %s %d %.1fms",
-                request.method,
-                route,
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
-            return response
-        finally:
-            current_flow.reset(token)
+    app.add_middleware(Observed)

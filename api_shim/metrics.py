@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
 import redis
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from worker.metrics import RedisMetricsCollector
@@ -34,20 +31,9 @@ FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["netwo
 
 
 def install(app: FastAPI, client: redis.Redis, worker_metrics_key: str) -> None:
-    """Counts every request; /metrics also shows the workers' metrics, read from Redis at scrape time."""
+    """/metrics also shows the workers' metrics, read from Redis at scrape time."""
     global _worker_collector
     if _worker_collector is not None:  # one per process, even when tests build several apps
         REGISTRY.unregister(_worker_collector)
     _worker_collector = RedisMetricsCollector(client, worker_metrics_key)
     REGISTRY.register(_worker_collector)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # the route's template, never the raw path: flow ids would explode the label set
-        template = getattr(route, "path", "unmatched")
-        REQUESTS.labels(route=template, method=request.method, status=str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(route=template).observe(time.perf_counter() - started)
-        return response

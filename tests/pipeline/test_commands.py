@@ -14,7 +14,9 @@ from tests.pipeline.flows import callback, consent, events_of, start_flow
 from tests.support import CLI
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
@@ -31,7 +33,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) 
         (["shim"], {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "k"}, "OKTOPOST_BASE_URL"),
     ],
 )
-def test_bad_setting_stops_with_one_line_and_exit_2(command: list[str], env: dict[str, str], named: str) -> None:
+def test_bad_setting_stops_with_one_line_and_exit_2(
+    command: list[str], env: dict[str, str], named: str
+) -> None:
     result = run_cli(*command, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -70,4 +74,5 @@ def test_metrics_show_shim_and_worker_counters(pipeline: Pipeline) -> None:
     assert 'okc_worker_outcomes_total{outcome="completed"}' in text
     assert "okc_worker_upstream_seconds_bucket" in text
     assert "okc_worker_callback_to_terminal_seconds_count" in text
+    assert 'route="/v1/callback/{flow_id}",status="303"' in text or 'route="/v1/callback/{flow_id}"' in text
     assert created["flow_id"] not in text  # labels are route templates, never raw paths
