@@ -49,6 +49,7 @@ FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 OKT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
 STEP1_SECONDS = 8.0  # the whole of Step 1's bounded retry: a caller is waiting on this request
 STEP1_POLICY = RetryPolicy(max_attempt_seconds=4.0, backoff_max=1.0)
+REDIS_ANSWER_SECONDS = 1.0  # a stopped or unreachable Redis: 503 within about a second, never a hang
 
 
 def enqueue(flow_id: str, state: FlowState) -> None:
@@ -60,7 +61,9 @@ def enqueue(flow_id: str, state: FlowState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     names = RedisNames(settings.channel_prefix)
-    store = FlowStore(runtime.redis_client(settings), names, runtime.lifetimes(settings))
+    store = FlowStore(
+        runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS), names, runtime.lifetimes(settings)
+    )
     upstream = AsyncOktopostClient.from_settings(settings)
 
     @asynccontextmanager

@@ -6,6 +6,8 @@ import threading
 from functools import lru_cache
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.budget import UpstreamBudget
 from worker.flows import FlowStore, Lifetimes
@@ -32,7 +34,24 @@ def lifetimes(settings: Settings) -> Lifetimes:
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings, *, answer_within: float | None = None) -> redis.Redis:
+    """The process's Redis connections.
+
+    `answer_within` is for the shim: a command with no answer in that many seconds fails at once, so a
+    request gets its 503 instead of hanging on a stopped or unreachable Redis (redis-py's default retries
+    timeouts three times with backoff: 20 s and more per request). Only a broken connection is retried,
+    once and straight away, since a Redis that restarted leaves the pool's connections dead. The worker
+    has no one waiting on it and keeps the patient defaults.
+    """
+    if answer_within is not None:
+        return redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=answer_within,
+            socket_connect_timeout=answer_within,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            max_connections=64,
+        )
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=5,
