@@ -77,6 +77,14 @@ def run(options: BenchOptions) -> int:
     print(table(rows))
     print()
     print(_targets(chosen))
+    unusual = [row for row in rows if row.reasons or row.refusals or row.lost_fates]
+    if unusual:
+        print("\nwhy flows did not complete (endings by outcome:code; callbacks refused; lost flows' state):")
+        for row in unusual:
+            details = {**row.reasons, **{f"callback {k}": v for k, v in row.refusals.items()}}
+            details.update({f"lost in {k}": v for k, v in row.lost_fates.items()})
+            listed = ", ".join(f"{name} {count}" for name, count in details.items())
+            print(f"  {row.scenario:<10}  {row.system:<12}  {listed}")
     staged = [row for row in rows if row.stages_p50_ms]
     if staged:
         print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")

@@ -20,15 +20,16 @@ QUEUE_ENV_NAME = "BENCH_QUEUE"  # the naive baseline's Celery queue, one per run
 class Completion:
     flow_id: str
     outcome: str  # one of OUTCOMES
+    reason: str = ""  # for an outcome other than completed: the error's class, e.g. ServerError
 
     def to_json(self) -> str:
-        return json.dumps({"flow_id": self.flow_id, "outcome": self.outcome})
+        return json.dumps({"flow_id": self.flow_id, "outcome": self.outcome, "reason": self.reason})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Completion | None:
         try:
             message = json.loads(raw)
-            completion = cls(str(message["flow_id"]), str(message["outcome"]))
+            completion = cls(str(message["flow_id"]), str(message["outcome"]), str(message.get("reason", "")))
         except (ValueError, KeyError, TypeError):
             return None
         return completion if completion.outcome in OUTCOMES else None

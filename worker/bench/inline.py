@@ -45,7 +45,8 @@ def create_app(redis_url: str, done_channel: str) -> FastAPI:
         try:
             await upstream.verify(okt)
         except OktopostError as error:
-            await results.publish(done_channel, Completion(flow_id, outcome_of(error)).to_json())
+            ending = Completion(flow_id, outcome_of(error), type(error).__name__)
+            await results.publish(done_channel, ending.to_json())
             return HTMLResponse("<p>Connecting your account failed.</p>", status_code=502)
         await results.publish(done_channel, Completion(flow_id, "completed").to_json())
         return HTMLResponse("<p>Your account is connected.</p>")

@@ -52,13 +52,13 @@ def _results() -> redis.Redis:
     return redis.Redis.from_url(os.environ[REDIS_URL_ENV])
 
 
-def _report(flow_id: str, outcome: str) -> None:
-    _results().publish(os.environ[DONE_CHANNEL_ENV], Completion(flow_id, outcome).to_json())
+def _report(flow_id: str, outcome: str, reason: str = "") -> None:
+    _results().publish(os.environ[DONE_CHANNEL_ENV], Completion(flow_id, outcome, reason).to_json())
 
 
 class _Reported(Task):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        _report(args[0], outcome_of(exc))
+        _report(args[0], outcome_of(exc), type(exc).__name__)
 
 
 @app.task(bind=True, base=_Reported, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)

@@ -42,6 +42,8 @@ class Row:
     generator_lag_p99_ms: float  # how late the load generator sent callbacks (its own slowness)
     stages_p50_ms: dict[str, float] = field(default_factory=dict)  # ours: where the time goes
     lost_fates: dict[str, int] = field(default_factory=dict)  # lost flows by the state they were left in
+    reasons: dict[str, int] = field(default_factory=dict)  # endings other than completed, by outcome:code
+    refusals: dict[str, int] = field(default_factory=dict)  # callbacks not accepted: HTTP status or error
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
     optimum: int | None = None  # burst: min(flows, rate x token TTL)
     target: str = ""
@@ -80,10 +82,13 @@ _COLUMNS = (
     ("e2e_p50_ms", 8, "e2e p50"),
     ("e2e_p99_ms", 8, "e2e p99"),
     ("upstream_429s", 5, "429s"),
+    ("block_tripped", 5, "block"),
 )
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"

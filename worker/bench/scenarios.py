@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -165,6 +166,8 @@ async def measure(
     row = _row(system, scenario, shots, endings.first, endings.repeated, stats_before, stats_after)
     row.stages_p50_ms = system.stages({shot.flow_id: shot.sent_wall for shot in shots})
     row.lost_fates = system.fate_of([s.flow_id for s in shots if s.flow_id not in endings.first])
+    row.reasons = system.reasons([shot.flow_id for shot in shots])
+    row.refusals = dict(Counter(shot.error or f"HTTP {shot.status}" for shot in shots if not shot.accepted))
     row.cpu_seconds = {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before}
     if scenario.limited and sandbox.rate is not None:
         row.optimum = min(scenario.flows, int(sandbox.rate * sandbox.token_ttl))

@@ -109,6 +109,7 @@ class System(ABC):
         self.setup = setup
         self.processes: list[Child] = []
         self.tag = secrets.token_hex(4)
+        self._reasons: dict[str, str] = {}  # flow id -> "outcome:code" for flows not completed
 
     @property
     @abstractmethod
@@ -133,6 +134,11 @@ class System(ABC):
     def fate_of(self, flow_ids: list[str]) -> dict[str, int]:
         """Where flows that never ended were left, by state; empty when the system keeps no state."""
         return {}
+
+    def reasons(self, flow_ids: list[str]) -> dict[str, int]:
+        """Why flows ended other than completed ("failed:token_invalid": 4), as far as the system says."""
+        counted = Counter(self._reasons[flow_id] for flow_id in flow_ids if flow_id in self._reasons)
+        return dict(sorted(counted.items()))
 
     def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:
         """p50 (ms) of each stage between a callback sent (wall clock) and its flow's end, when known."""
@@ -238,7 +244,11 @@ class Pipeline(System):
             return None
         self._ended_at.setdefault(flow_id, _epoch(event["at"]))
         self._seen_at.setdefault(flow_id, seen)
-        return flow_id, _OUTCOME_OF_EVENT[event["type"]]
+        outcome = _OUTCOME_OF_EVENT[event["type"]]
+        if outcome != "completed":
+            data = event.get("data") or {}
+            self._reasons.setdefault(flow_id, f"{outcome}:{data.get('code') or data.get('stage') or '?'}")
+        return flow_id, outcome
 
     def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:
         """Callback sent -> claimed by the shim (callback.received's `at`) -> terminal event built in
@@ -291,7 +301,11 @@ class _Baseline(System):
 
     def ended(self, message: bytes) -> tuple[str, str] | None:
         completion = Completion.from_json(message)
-        return None if completion is None else (completion.flow_id, completion.outcome)
+        if completion is None:
+            return None
+        if completion.outcome != "completed":
+            self._reasons.setdefault(completion.flow_id, f"{completion.outcome}:{completion.reason or '?'}")
+        return completion.flow_id, completion.outcome
 
     async def start_flow(self, http: httpx.AsyncClient) -> StartedFlow | float:
         flow_id = secrets.token_hex(20)
