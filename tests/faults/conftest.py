@@ -42,7 +42,7 @@ class FaultReport:
 
     def table(self) -> list[str]:
         width = max([len("part"), len("total"), *(len(name) for name in self.parts)])
-        rows = [("part".ljust(width), *_HEADINGS)]
+        rows: list[tuple[str, ...]] = [("part".ljust(width), *_HEADINGS)]
         for name, figures in sorted(self.parts.items()):
             rows.append((name.ljust(width), *(str(figures[key]) for key in FIGURES)))
         rows.append(("total".ljust(width), *(str(value) for value in self.totals().values())))

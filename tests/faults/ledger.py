@@ -75,7 +75,7 @@ class Ledger:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.names = RedisNames(pipeline.prefix)
-        self.redis = pipeline.redis()
+        self.redis: Any = pipeline.redis()  # redis-py types every reply as sync-or-async
         self.flows: list[TrackedFlow] = []
         self.statuses: Counter[int] = Counter()
         self.error_bodies: list[str] = []

@@ -14,15 +14,17 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, epoch
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, epoch, faults_injected
+from worker.retry import RetryPolicy
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 FLOW_TTL = 4
-TOKEN_TTL = 4
+TOKEN_TTL = 6
 PER_STAGE = 5
 LATE_AT_MOST_S = 2.5  # the sweeper runs every 0.25 s; the rest is a busy machine's scheduling
-EARLY_AT_MOST_S = 2.5  # a worker ends a doomed flow early when no attempt (or Retry-After) fits
+# a worker ends a flow early when its next backoff (up to the policy's longest) would pass the deadline
+EARLY_AT_MOST_S = RetryPolicy().backoff_max + 0.5
 EVERY_FAULT = {
     "error_rate": 0.2,
     "throttle_rate": 0.2,
@@ -73,7 +75,7 @@ def test_many_flows_expire_in_every_stage_close_to_their_deadline(
     for flow in stages["complete"]:
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
     events = ledger.outcomes(ledger.flows, timeout=FLOW_TTL + TOKEN_TTL + 10)
-    injected = sum(_faults(sandbox).values())
+    injected = faults_injected(sandbox)
     sandbox.faults(**dict.fromkeys(EVERY_FAULT, 0))
     tally = ledger.tally(events)
 
@@ -112,9 +114,3 @@ def _distribution(values: list[float]) -> dict[str, float]:
         "p95": round(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))], 2),
         "max": round(ordered[-1], 2),
     }
-
-
-def _faults(sandbox: Sandbox) -> dict[str, int]:
-    from tests.faults.ledger import sandbox_stats
-
-    return dict(sandbox_stats(sandbox)["faults"])

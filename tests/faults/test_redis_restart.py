@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -76,7 +77,7 @@ def test_redis_down_is_a_quick_json_503_and_shim_and_worker_recover(
     offer = ledger.wait_for([waiting], "selection.required")[waiting.flow_id]["data"]["entities"]
 
     server.stop()
-    outage: dict[str, tuple[int, float, dict[str, object] | None]] = {}
+    outage: dict[str, tuple[int, float, dict[str, Any] | None]] = {}
     with httpx.Client(base_url=pipeline.shim_url, timeout=10) as client:
         requests = {
             "start": ("POST", "/v1/authorizations", {"json": {"network": "LinkedIn"}}, True),
