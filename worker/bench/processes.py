@@ -134,6 +134,18 @@ def interrupted_by_sigterm() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def wait_until_idle(children: Sequence[Child], timeout: float, busy: float = 0.1, step: float = 0.5) -> float:
+    """Waits until `children` together use less than `busy` of a core (work left over from the last
+    scenario, such as an overloaded app's backlog, must not run into the next); returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = sum(child.cpu_seconds() for child in children)
+        time.sleep(step)
+        if sum(child.cpu_seconds() for child in children) - before < busy * step:
+            break
+    return time.monotonic() - started
+
+
 def wait_for_port(port: int, child: Child | None = None, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

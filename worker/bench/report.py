@@ -40,6 +40,7 @@ class Row:
     block_tripped: bool
     seconds: float  # first callback sent -> last ending seen (or the settle time ran out)
     generator_lag_p99_ms: float  # how late the load generator sent callbacks (its own slowness)
+    idle_wait_s: float = 0.0  # waited before Step 1 for the system to finish earlier work
     stages_p50_ms: dict[str, float] = field(default_factory=dict)  # ours: where the time goes
     lost_fates: dict[str, int] = field(default_factory=dict)  # lost flows by the state they were left in
     reasons: dict[str, int] = field(default_factory=dict)  # endings other than completed, by outcome:code
