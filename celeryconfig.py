@@ -34,7 +34,9 @@ broker_pool_limit = 20
 
 # Flows live under CHANNEL_PREFIX; so do their tasks. Two deployments (or a demo beside production)
 # sharing one Redis must not take each other's tasks: a worker would find no such flow and drop it.
-task_default_queue = "celery" if _settings.channel_prefix == "oktopost" else f"{_settings.channel_prefix}.celery"
+task_default_queue = (
+    "celery" if _settings.channel_prefix == "oktopost" else f"{_settings.channel_prefix}.celery"
+)
 
 task_serializer = "json"
 accept_content = ["json"]
