@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 
+from worker.broker import repair_redis_transport
 from worker.settings import ConfigError, get_settings
 
 try:
@@ -21,6 +22,7 @@ except ConfigError as error:  # `celery -A worker ...` started with a bad settin
     print(f"oktopost-connect: {error}", file=sys.stderr)
     raise SystemExit(2) from None
 
+repair_redis_transport()  # a worker survives a Redis restart while tasks run (worker/broker.py)
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {
