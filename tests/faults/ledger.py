@@ -212,6 +212,15 @@ def _terminal_count(events: list[dict[str, Any]]) -> int:
     return sum(event["type"] in TERMINAL_TYPES for event in events)
 
 
+def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
+    """Ends a module's processes. Workers are killed: nothing of theirs is kept, and Celery's warm
+    shutdown costs more than a second each."""
+    for worker in pipeline.workers:
+        worker.kill()
+    pipeline.stop()
+    sandbox.process.stop()
+
+
 def sandbox_stats(sandbox: Sandbox) -> dict[str, Any]:
     stats: dict[str, Any] = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()
     return stats

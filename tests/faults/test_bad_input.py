@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 FUZZ_DB = 9  # the session redis-server's database for this module alone: `celery` and `oktopost:*` are ours
 QUEUE = "celery"
-SCHEMA_CASES = 1500  # in-process, through every route in /openapi.json
-CALLBACK_CASES = 8200  # in-process, the callback route
+SCHEMA_CASES = 1000  # in-process, through every route in /openapi.json
+CALLBACK_CASES = 8700  # in-process, the callback route
 SOCKET_CASES = 300  # over real sockets to a shim process
 CALLBACKS_PER_EXAMPLE = 10  # hypothesis' own cost is per example: each sends this many
 FUZZ = settings(

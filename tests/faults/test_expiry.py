@@ -14,7 +14,15 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, epoch, faults_injected
+from tests.faults.ledger import (
+    ENTITY_KINDS,
+    NETWORKS,
+    Ledger,
+    TrackedFlow,
+    epoch,
+    faults_injected,
+    stop_stack,
+)
 from worker.retry import RetryPolicy
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -48,8 +56,7 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     )
     pipeline.start_worker(concurrency=12)
     yield pipeline, sandbox
-    pipeline.stop()
-    sandbox.process.stop()
+    stop_stack(pipeline, sandbox)
 
 
 def test_many_flows_expire_in_every_stage_close_to_their_deadline(

@@ -25,7 +25,7 @@ from tests.conftest import (
     stop_redis,
 )
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import Ledger
+from tests.faults.ledger import Ledger, stop_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -60,8 +60,7 @@ def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
     sandbox = start_sandbox()
     pipeline = start_pipeline(server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL)
     yield pipeline, sandbox, server
-    pipeline.stop()
-    sandbox.process.stop()
+    stop_stack(pipeline, sandbox)
     stop_redis(server.server)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
 from tests.support import free_port, start_cli, wait_for_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -43,8 +43,7 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
         **credentials,
     )
     yield pipeline, sandbox
-    pipeline.stop()
-    sandbox.process.stop()
+    stop_stack(pipeline, sandbox)
 
 
 def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(

@@ -19,12 +19,12 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 TOKEN_TTL = 20
-PROFILES = 3
+PROFILES = 2
 ENTITIES = 2
 COMPLETED = {"connection.completed": PROFILES + ENTITIES}
 
@@ -38,15 +38,15 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("5xx", {"error_rate": 0.5}),
-    Scenario("429 retry-after seconds", {"throttle_rate": 0.3, "retry_after_s": 1}),
+    Scenario("5xx", {"error_rate": 0.35}),
+    Scenario("429 retry-after seconds", {"throttle_rate": 0.25, "retry_after_s": 1}),
     Scenario(
         "429 retry-after http-date",
-        {"throttle_rate": 0.25, "retry_after_s": 1, "retry_after_format": "http-date"},
+        {"throttle_rate": 0.15, "retry_after_s": 1, "retry_after_format": "http-date"},
     ),
-    Scenario("answers that hang", {"timeout_rate": 0.25}),
-    Scenario("answers lost after the work", {"drop_rate": 0.5}),
-    Scenario("bodies that are not JSON", {"malformed_rate": 0.5}),
+    Scenario("answers that hang", {"timeout_rate": 0.2}),
+    Scenario("answers lost after the work", {"drop_rate": 0.35}),
+    Scenario("bodies that are not JSON", {"malformed_rate": 0.35}),
     Scenario(
         "mixed transient",
         {
@@ -79,8 +79,7 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     )
     pipeline.start_worker(concurrency=12)
     yield pipeline, sandbox
-    pipeline.stop()
-    sandbox.process.stop()
+    stop_stack(pipeline, sandbox)
 
 
 def drive(

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats, stop_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -30,8 +30,7 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
         redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=3
     )
     yield pipeline, sandbox
-    pipeline.stop()
-    sandbox.process.stop()
+    stop_stack(pipeline, sandbox)
 
 
 def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
