@@ -1,0 +1,167 @@
+"""Redis outages the shim and worker must ride out without a restart (CONTRACT section 8).
+
+- Redis stops answering without closing its connections (SIGSTOP: a stalled host, a partition). Harder
+  than a Redis that is down, where connections are refused at once: every command waits for an answer
+  that does not come. The shim still answers within a couple of seconds, with a JSON 503, and /readyz
+  fails; when Redis answers again the same processes carry on.
+- Redis restarts (AOF on) while flows are mid-verification: their upstream calls are in flight when it
+  goes and answer while it is away, so the worker has outcomes it cannot record yet. The same worker
+  process reconnects and the lease sweeper hands those flows to another attempt: every flow completes
+  exactly once, and the upstream saw each verification once or, for a flow taken up again, twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    Pipeline,
+    RedisServer,
+    Sandbox,
+    start_pipeline,
+    start_redis,
+    start_sandbox,
+    stop_redis,
+)
+from tests.faults.conftest import FaultReport
+from tests.faults.ledger import NETWORKS, Ledger, epoch, sandbox_stats
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+AOF = ["--appendonly", "yes", "--appendfsync", "always"]
+ANSWER_WITHIN_S = 2.0
+STALL_S = 3.0
+LATENCY_S = 1.0
+DOWN_S = 2.0
+FLOWS = 6
+TOKEN_TTL = 20  # a lease of 4 s: a flow whose outcome was lost is taken up again 4 s after its call began
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Pipeline, Sandbox, list[RedisServer]]]:
+    directory = tempfile.mkdtemp(prefix="okc-aof-")
+    servers = [start_redis(AOF, directory=directory)]  # a restart appends the new server
+    sandbox = start_sandbox()
+    pipeline = start_pipeline(
+        servers[0].url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
+    )
+    yield pipeline, sandbox, servers
+    pipeline.stop()
+    sandbox.process.stop()
+    stop_redis(servers[-1])
+
+
+def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(
+    stack: tuple[Pipeline, Sandbox, list[RedisServer]], fault_report: FaultReport
+) -> None:
+    pipeline, _, servers = stack
+    server = servers[-1]
+    assert server.process is not None
+    ledger = Ledger(pipeline)
+    before = [ledger.start(), ledger.start("Twitter")]
+    for flow in before:
+        ledger.consent(flow)
+    processes = [pipeline.shim, *pipeline.workers]
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    stalled_at = time.monotonic()
+    answers: dict[str, tuple[int, float, str]] = {}
+    try:
+        with httpx.Client(base_url=pipeline.shim_url, timeout=30) as client:
+            requests = {
+                "readyz": ("GET", "/readyz", {}, False),
+                "callback": ("GET", before[0].callback_url.removeprefix(pipeline.shim_url), {}, False),
+                "status": ("GET", f"/v1/authorizations/{before[1].flow_id}", {}, True),
+                "start": ("POST", "/v1/authorizations", {"json": {"network": "LinkedIn"}}, True),
+            }
+            for name, (method, path, options, as_caller) in requests.items():
+                started = time.monotonic()
+                headers = pipeline.headers if as_caller else {}
+                answer = client.request(method, path, headers=headers, **options)  # type: ignore[arg-type]
+                answers[name] = (answer.status_code, time.monotonic() - started, answer.text)
+        time.sleep(max(0.0, STALL_S - (time.monotonic() - stalled_at)))
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+    for flow in before:  # the same callbacks, now that Redis answers again
+        ledger.callback(flow)
+    after = ledger.start("Facebook")
+    ledger.callback(after)
+    events = ledger.outcomes([*before, after], timeout=30)
+    tally = ledger.tally(events)
+    fault_report.record(
+        "2 redis restart",
+        flows=tally.flows,
+        faults_injected=1,
+        lost=len(tally.lost),
+        duplicated_terminal=len(tally.duplicated),
+        server_errors=ledger.server_errors + sum(status == 500 for status, _, _ in answers.values()),
+        slowest_answer_while_stalled_s=round(max(seconds for _, seconds, _ in answers.values()), 2),
+    )
+    ledger.close()
+
+    for name, (status, seconds, body) in answers.items():
+        assert status == 503, (name, status, body)
+        assert httpx.Response(503, content=body).json()["error"]["code"] == "unavailable", (name, body)
+        assert seconds <= ANSWER_WITHIN_S, (name, round(seconds, 2))
+    assert all(process.popen.poll() is None for process in processes), "a process died with the stall"
+    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.by_outcome == {"connection.completed": 3}, tally.by_outcome
+    assert ledger.server_errors == 0
+
+
+def test_flows_in_flight_when_redis_restarts_complete_once(
+    stack: tuple[Pipeline, Sandbox, list[RedisServer]], fault_report: FaultReport
+) -> None:
+    pipeline, sandbox, servers = stack
+    ledger = Ledger(pipeline)
+    flows = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(FLOWS)]
+    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    calls_before = sandbox_stats(sandbox)["v2_calls"]
+    for flow in flows:
+        ledger.callback(flow)
+    deadline = time.monotonic() + 10
+    while sandbox_stats(sandbox)["v2_calls"] - calls_before < FLOWS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_stats(sandbox)["v2_calls"] - calls_before >= FLOWS, "not every verification started"
+
+    stop_redis(servers[-1])
+    time.sleep(DOWN_S)  # the calls answer meanwhile: outcomes with nowhere to go
+    servers.append(start_redis(AOF, port=servers[0].port, directory=servers[0].directory))
+    back_at = time.time()
+    events = ledger.outcomes(flows, timeout=TOKEN_TTL / 4 + 15)
+    sandbox.faults(latency_ms=0)
+    tally = ledger.tally(events)
+    connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
+    completed_after = [epoch(flow_events[-1]["at"]) - back_at for flow_events in events.values()]
+    fault_report.record(
+        "2 redis restart",
+        flows=tally.flows,
+        faults_injected=1,
+        lost=len(tally.lost),
+        duplicated_terminal=len(tally.duplicated),
+        server_errors=ledger.server_errors,
+        mid_flow_restart_completed_within_s=round(max(completed_after), 2),
+        mid_flow_restart_upstream_calls=sorted(connections.values()),
+    )
+    ledger.close()
+
+    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.by_outcome == {"connection.completed": FLOWS}, tally.by_outcome
+    assert all(process.popen.poll() is None for process in [pipeline.shim, *pipeline.workers])
+    for flow_events in events.values():
+        assert [e["type"] for e in flow_events] == [
+            "authorization.started",
+            "callback.received",
+            "connection.completed",
+        ]
+        assert all(connections.get(c["id"], 0) >= 1 for c in flow_events[-1]["data"]["credentials"])
+    assert all(1 <= calls <= 2 for calls in connections.values()), connections
+    assert ledger.server_errors == 0
