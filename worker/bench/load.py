@@ -72,21 +72,47 @@ class Browsers:
     Content-Length or chunks; a connection that says `close` is not reused.
     """
 
+    # servers close idle keep-alive connections (uvicorn after 5 s): older ones are not reused
+    MAX_IDLE_SECONDS = 2.0
+
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._idle: dict[tuple[str, int], list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._open: list[asyncio.StreamWriter] = []
 
     async def get(self, url: str) -> int:
         parts = urlsplit(url)
         origin = (parts.hostname or "127.0.0.1", parts.port or 80)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        request = f"GET {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\n"
+        request += f"Host: {origin[0]}:{origin[1]}\r\n\r\n"
+        reused = self._reuse(origin)
+        if reused is not None:
+            try:
+                return await self._exchange(origin, *reused, request.encode())
+            except (ConnectionError, asyncio.IncompleteReadError) as error:
+                if getattr(error, "partial", b""):  # the server had begun answering: no replay
+                    raise
+                # closed by the server while idle, before our request: a browser sends it again
+        reader, writer = await asyncio.open_connection(*origin)
+        self._open.append(writer)
+        return await self._exchange(origin, reader, writer, request.encode())
+
+    def _reuse(self, origin: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         idle = self._idle.setdefault(origin, [])
-        if idle:
-            reader, writer = idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(*origin)
-            self._open.append(writer)
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {origin[0]}:{origin[1]}\r\n\r\n".encode())
+        while idle:
+            since, reader, writer = idle.pop()
+            if time.monotonic() - since < self.MAX_IDLE_SECONDS and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    async def _exchange(
+        self,
+        origin: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+    ) -> int:
+        writer.write(request)
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         headers = {
             name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in head[1:])
@@ -100,7 +126,7 @@ class Browsers:
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
-            idle.append((reader, writer))
+            self._idle[origin].append((time.monotonic(), reader, writer))
         return int(head[0].split()[1])
 
     async def close(self) -> None:
