@@ -12,7 +12,7 @@ import json
 import socket
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -395,7 +395,7 @@ class RawAnswer:
     seconds: float
 
 
-def raw_request(url: str, head: bytes, body_chunks: list[bytes] = (), timeout: float = 5.0) -> RawAnswer:  # type: ignore[assignment]
+def raw_request(url: str, head: bytes, body_chunks: Sequence[bytes] = (), timeout: float = 5.0) -> RawAnswer:
     """Sends `head` (and what body it is given) over a plain socket and reads the answer, without waiting to
     send more: a server that refuses early answers before the body it was promised has arrived."""
     host, port = url.removeprefix("http://").split(":")

@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
+from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats, stop_stack
+from tests.pipeline.flows import consent
 from tests.support import free_port, start_cli, wait_for_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -130,7 +131,5 @@ def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(
     assert ledger.server_errors == 0
 
 
-def consent_url(ledger: Ledger, flow, decision: str) -> str:  # type: ignore[no-untyped-def]
-    from tests.pipeline.flows import consent
-
+def consent_url(ledger: Ledger, flow: TrackedFlow, decision: str) -> str:
     return consent(flow.redirect_url, decision).removeprefix(ledger.pipeline.shim_url)

@@ -7,7 +7,7 @@ by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper prom
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -97,7 +97,7 @@ def _state(ledger: Ledger, flow_id: str) -> str:
     return str(ledger.redis.hget(ledger.names.flow_state(flow_id), "state").decode())
 
 
-def _wait_until(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
