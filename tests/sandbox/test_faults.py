@@ -35,7 +35,7 @@ def test_latency_delays_answers_without_blocking_other_requests(
     time.sleep(0.1)
     controls_started = time.monotonic()
     assert httpx.get(f"{sandbox.url}/_sandbox/stats").status_code == 200  # not delayed
-    assert time.monotonic() - controls_started < 0.2
+    assert time.monotonic() - controls_started < 0.35  # under the 0.4 s latency: not delayed
     for thread in threads:
         thread.join()
     assert min(durations) >= 0.4
