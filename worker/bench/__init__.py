@@ -114,14 +114,25 @@ def _run_system(
     system: System, group: list[Scenario], sandbox: SandboxServer, shared: list[Child]
 ) -> list[Row]:
     _say(f"{system.name}: starting")
-    rows = []
+    rows: list[Row] = []
     try:
         system.start()
         asyncio.run(warm_up(system, sandbox, system.setup.redis_url))
-        for scenario in group:
+        restarted = False
+        for index, scenario in enumerate(group):
+            if index and _left_broken(rows[-1]):
+                # an overloaded app can stay broken after its load is gone (the inline baseline's
+                # connection pool: every later call waited out its pool timeout), so the next
+                # scenario gets fresh processes rather than the last one's leftovers
+                _say(f"{system.name}: restarting after {rows[-1].scenario} lost flows or callbacks")
+                system.stop()
+                system.start()
+                asyncio.run(warm_up(system, sandbox, system.setup.redis_url))
+                restarted = True
             _say(f"{system.name}: {scenario.name} ({scenario.flows} flows)")
             watched = [*system.processes, sandbox.child, *shared]
             row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+            row.restarted_before, restarted = restarted, False
             _say(
                 f"{system.name}: {scenario.name}: {row.completed}/{row.flows} completed, {row.lost} lost, "
                 f"{row.flows_per_second:.1f} flows/s"
@@ -130,6 +141,11 @@ def _run_system(
     finally:
         system.stop()
     return rows
+
+
+def _left_broken(row: Row) -> bool:
+    """Flows without an ending, or callbacks never answered: the system may not have recovered."""
+    return row.lost > 0 or any(not refusal.startswith("HTTP") for refusal in row.refusals)
 
 
 def _database(url: str, index: int) -> str:

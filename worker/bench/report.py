@@ -45,6 +45,7 @@ class Row:
     lost_fates: dict[str, int] = field(default_factory=dict)  # lost flows by the state they were left in
     reasons: dict[str, int] = field(default_factory=dict)  # endings other than completed, by outcome:code
     refusals: dict[str, int] = field(default_factory=dict)  # callbacks not accepted: HTTP status or error
+    restarted_before: bool = False  # the system was restarted: the scenario before left it broken
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
     optimum: int | None = None  # burst: min(flows, rate x token TTL)
     target: str = ""
