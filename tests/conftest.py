@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
+from worker.embedded_redis import redis_server_command
 
 API_KEY = "test-caller-key-0123456789"
 RETURN_URL = "https://app.example/done"
@@ -38,20 +39,7 @@ def start_redis(
     port = port or free_port()
     directory = directory or tempfile.mkdtemp(prefix="okc-redis-")
     process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-            *(extra or []),
-        ],
+        redis_server_command(port, directory, *(extra or [])),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -153,23 +153,19 @@ def _start_with_retries(start: Callable[[], RedisService]) -> RedisService:
     raise AssertionError("unreachable")
 
 
+def redis_server_command(port: int, directory: str, *extra: str) -> list[str]:
+    """A private redis-server on loopback keeping nothing on disk (no RDB, no AOF) unless `extra` says so."""
+    return [
+        "redis-server",
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory),
+        *extra,
+    ]
+
+
 def _start_redis_server_once() -> RedisService:
     port = free_port()
     directory = tempfile.mkdtemp(prefix="okc-redis-")
-    # nothing on disk: no RDB snapshots, no AOF, and a working directory removed at stop
-    arguments = [
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        directory,
-    ]
-    process = spawn(["redis-server", *arguments], output=subprocess.DEVNULL)
+    process = spawn(redis_server_command(port, directory), output=subprocess.DEVNULL)
     return _wait_until_ready(RedisService(f"redis://127.0.0.1:{port}/0", "redis-server", process, directory))
 
 
