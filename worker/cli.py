@@ -196,7 +196,7 @@ def _demo(argv: Sequence[str]) -> int:
 
 
 def _bench(argv: Sequence[str]) -> int:
-    from worker.bench import SCENARIO_NAMES, BenchOptions, run
+    from worker.bench import SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
 
     parser = argparse.ArgumentParser(
         prog="oktopost-connect bench",
@@ -208,6 +208,12 @@ def _bench(argv: Sequence[str]) -> int:
         action="append",
         choices=SCENARIO_NAMES,
         help="run this scenario (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--system",
+        action="append",
+        choices=SYSTEM_NAMES,
+        help="measure this system (repeatable; default all: ours and both baselines)",
     )
     parser.add_argument("--flows", type=int, default=None, help="flows per scenario, overriding each default")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
@@ -222,6 +228,7 @@ def _bench(argv: Sequence[str]) -> int:
     return run(
         BenchOptions(
             scenarios=tuple(args.scenario or SCENARIO_NAMES),
+            systems=tuple(args.system or SYSTEM_NAMES),
             flows=args.flows,
             json_path=args.json,
             workers=args.workers,

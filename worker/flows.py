@@ -73,20 +73,21 @@ WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
 _TRANSITION = Path(__file__).with_name("transition.lua").read_text()
 # A flow's work has one owner at a time: the task that took it. Another task for the same flow (a
 # redelivery, a requeue by the sweeper) finds the owner's lease alive and leaves the flow alone.
-# KEYS: flow hash, leases; ARGV: flow id, owner, now, lease until, allowed states ",a,b,"
+# The task gets the flow and its token with it: one round trip where reading them took two more.
+# KEYS: flow hash, leases, token; ARGV: flow id, owner, now, lease until, allowed states ",a,b,"
 _TAKE_WORK = """
 local current = redis.call("HMGET", KEYS[1], "state", "owner")
 if not current[1] or not string.find(ARGV[5], "," .. current[1] .. ",", 1, true) then
-  return "gone"
+  return {"gone"}
 end
 local score = redis.call("ZSCORE", KEYS[2], ARGV[1])
 local owned_by_other = current[2] and current[2] ~= "" and current[2] ~= ARGV[2]
 if owned_by_other and score and tonumber(score) > tonumber(ARGV[3]) then
-  return "busy"
+  return {"busy"}
 end
 redis.call("HSET", KEYS[1], "owner", ARGV[2])
 redis.call("ZADD", KEYS[2], ARGV[4], ARGV[1])
-return "taken"
+return {"taken", redis.call("HGETALL", KEYS[1]), redis.call("GET", KEYS[3])}
 """
 # The sweeper's half: a lapsed lease loses its owner, and exactly one sweeper gets to requeue the flow.
 # KEYS: flow hash, leases; ARGV: flow id, now, new lease until
@@ -172,6 +173,26 @@ class Step:
     @property
     def done(self) -> bool:
         return self.outcome is StepOutcome.DONE
+
+
+class TakeOutcome(StrEnum):
+    TAKEN = "taken"
+    GONE = "gone"  # no such flow, or not in the state the task works on (a duplicate task)
+    BUSY = "busy"  # another task owns the flow's work and its lease is alive
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `take_work` answers: on TAKEN, the flow as it was taken, its token and the lease's end."""
+
+    outcome: TakeOutcome
+    flow: Flow | None = None
+    token: str | None = None
+    leased_until: float = 0.0
+
+    @property
+    def taken(self) -> bool:
+        return self.outcome is TakeOutcome.TAKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,14 +377,21 @@ class FlowStore:
         """Tells the sweeper this flow's work is alive (only while it still has a lease)."""
         self.redis.zadd(self.names.leases, {flow_id: until}, xx=True)
 
-    def take_work(self, flow_id: str, owner: str, state: FlowState) -> bool:
-        """True when this task may work on the flow: it is in `state` and no live task owns it."""
+    def take_work(self, flow_id: str, owner: str, state: FlowState) -> Taken:
+        """TAKEN when this task may work on the flow: it is in `state` and no live task owns it."""
         now = time.time()
-        verdict = self._take_work(
-            keys=[self.names.flow_state(flow_id), self.names.leases],
-            args=[flow_id, owner, now, now + self.lifetimes.lease, f",{state.value},"],
+        until = now + self.lifetimes.lease
+        answer = self._take_work(
+            keys=[self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)],
+            args=[flow_id, owner, now, until, f",{state.value},"],
         )
-        return _text(verdict) == "taken"
+        outcome = TakeOutcome(_text(answer[0]))
+        if outcome is not TakeOutcome.TAKEN:
+            return Taken(outcome)
+        flat = [_text(item) for item in answer[1]]
+        flow = Flow.from_hash(flow_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        token = _text(answer[2]) if answer[2] is not None else None
+        return Taken(outcome, flow, token, until)
 
     def take_lapsed_lease(self, flow_id: str, now: float) -> bool:
         """True for exactly one caller when a flow's queued or running work stopped showing progress."""

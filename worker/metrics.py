@@ -1,7 +1,9 @@
 """Worker metrics kept in Redis, so any number of worker processes on any number of machines add up.
 
-Workers increment fields of one Redis hash (a pipelined HINCRBY per observation); the shim's
-/metrics reads the hash through `RedisMetricsCollector` and exposes it in Prometheus format:
+Workers increment fields of one Redis hash; the shim's /metrics reads the hash through
+`RedisMetricsCollector` and exposes it in Prometheus format. A task's observations are gathered in the
+process while it runs (`batch()`) and added in one call when it ends; a histogram observation adds to
+its count, its sum and the one bucket it falls in, and the collector sums buckets up at scrape time.
 
     okc_worker_outcomes_total{outcome}            flows ended (or skipped) by a task, by outcome/code
     okc_worker_retries_total{fault}               attempts retried, by the transient fault seen
@@ -13,8 +15,10 @@ Workers increment fields of one Redis hash (a pipelined HINCRBY per observation)
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -26,12 +30,36 @@ log = logging.getLogger(__name__)
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _SEP = "|"
+_INF = "+Inf"
+# KEYS: the hash; ARGV: field, amount, field, amount, ...
+_ADD = """
+for i = 1, #ARGV, 2 do
+  redis.call("HINCRBYFLOAT", KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
 
 
 class WorkerMetrics:
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.key = key
+        self._add_script = client.register_script(_ADD)
+        self._local = threading.local()  # each task thread gathers its own batch
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Observations made inside the block reach Redis together, in one call, when it ends."""
+        if getattr(self._local, "pending", None) is not None:  # nested: the outer block sends
+            yield
+            return
+        pending: Counter[str] = Counter()
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = None
+            self._send(pending)
 
     def outcome(self, outcome: str) -> None:
         self._add({f"outcome{_SEP}{outcome}": 1})
@@ -48,24 +76,32 @@ class WorkerMetrics:
         self._add(_histogram_fields("flow", seconds, FLOW_BUCKETS))
 
     def _add(self, fields: dict[str, float]) -> None:
+        pending: Counter[str] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.update(fields)
+        else:
+            self._send(fields)
+
+    def _send(self, fields: dict[str, float]) -> None:
+        if not fields:
+            return
+        flat: list[str] = []
+        for name, amount in fields.items():
+            flat += [name, repr(amount)]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, amount in fields.items():
-                if isinstance(amount, int):
-                    pipe.hincrby(self.key, name, amount)
-                else:
-                    pipe.hincrbyfloat(self.key, name, amount)
-            pipe.execute()
+            self._add_script(keys=[self.key], args=flat)
         except redis.RedisError as error:  # metrics never break a flow
             log.debug("metrics not recorded: %s", type(error).__name__)
 
 
 def _histogram_fields(name: str, value: float, buckets: Iterable[float]) -> dict[str, float]:
-    fields: dict[str, float] = {f"h{_SEP}{name}{_SEP}count": 1, f"h{_SEP}{name}{_SEP}sum": float(value)}
-    for bound in buckets:
-        if value <= bound:
-            fields[f"h{_SEP}{name}{_SEP}le={bound}"] = 1
-    return fields
+    """Count, sum and the one bucket (the least bound >= value) a histogram observation adds to."""
+    bucket = next((str(bound) for bound in buckets if value <= bound), _INF)
+    return {
+        f"h{_SEP}{name}{_SEP}count": 1,
+        f"h{_SEP}{name}{_SEP}sum": float(value),
+        f"h{_SEP}{name}{_SEP}b={bucket}": 1,
+    }
 
 
 class RedisMetricsCollector(Collector):
@@ -119,8 +155,11 @@ class RedisMetricsCollector(Collector):
 def _histogram(
     family: HistogramMetricFamily, labels: list[str], values: dict[str, float], buckets: Iterable[float]
 ) -> HistogramMetricFamily:
-    counts = [(str(bound), values.get(f"le={bound}", 0.0)) for bound in buckets]
-    counts.append(("+Inf", values.get("count", 0.0)))
+    counts, below = [], 0.0
+    for bound in buckets:  # cumulative: each bucket counts every observation at or below its bound
+        below += values.get(f"b={bound}", 0.0)
+        counts.append((str(bound), below))
+    counts.append((_INF, values.get("count", 0.0)))
     family.add_metric(labels, counts, values.get("sum", 0.0))
     return family
 

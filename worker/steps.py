@@ -8,8 +8,8 @@ exactly one flow-store step. Celery is not needed here; worker.tasks wraps these
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,7 +18,7 @@ from typing import TypeVar
 from worker.budget import MAX_POLL_SECONDS, NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer
-from worker.flows import Flow, FlowState, FlowStore
+from worker.flows import Flow, FlowState, FlowStore, TakeOutcome
 from worker.metrics import WorkerMetrics
 from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile
 from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
@@ -99,18 +99,34 @@ def _work_on(
     refusal_code: Callable[[RefusedError], str] = lambda refused: refused.code,
 ) -> Outcome:
     """Take the flow, call Oktopost until the deadline, end with exactly one step."""
-    flow = _take(worker, flow_id, state)
-    if flow is None:
+    with worker.metrics.batch():  # the task's observations reach Redis in one call, at its end
+        return _take_and_work(worker, flow_id, state, call_name, call, on_answer, refusal_code)
+
+
+def _take_and_work(
+    worker: Worker,
+    flow_id: str,
+    state: FlowState,
+    call_name: str,
+    call: Callable[[str, Flow, float], T],
+    on_answer: Callable[[Worker, Flow, T, int], Outcome],
+    refusal_code: Callable[[RefusedError], str],
+) -> Outcome:
+    taken = worker.store.take_work(flow_id, secrets.token_hex(16), state)
+    if taken.outcome is TakeOutcome.BUSY:
+        log.info("flow %s is being worked on by another task", flow_id)
+    if taken.flow is None:
         return _recorded(worker, Outcome.SKIPPED)
-    token = worker.store.token(flow_id)
+    flow, token = taken.flow, taken.token
     if token is None:
         return _expire(worker, flow)
+    lease = _Lease(worker, flow, taken.leased_until)
     try:
         answer, attempts = call_until_deadline(
-            _observed(worker, flow, call_name, lambda timeout: call(token, flow, timeout)),
+            _observed(worker, flow, call_name, lambda timeout: call(token, flow, timeout), lease),
             flow.deadline,
             policy=worker.policy,
-            on_retry=_on_retry(worker, flow),
+            on_retry=_on_retry(worker, flow, lease),
             admit=worker.admission(flow),
         )
     except (DeadlineReached, NoBudgetInTime) as reached:
@@ -138,22 +154,13 @@ def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Out
     return Outcome.EXPIRED if store.expire(flow, now).done else Outcome.SKIPPED
 
 
-def _take(worker: Worker, flow_id: str, state: FlowState) -> Flow | None:
-    """The flow, when it is in `state` and this task now owns its work; None for a duplicate task."""
-    flow = worker.store.get(flow_id)
-    if flow is None or flow.state is not state:
-        return None
-    if not worker.store.take_work(flow_id, uuid.uuid4().hex, state):
-        log.info("flow %s is being worked on by another task", flow_id)
-        return None
-    return flow
-
-
-def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float], T]) -> Callable[[float], T]:
+def _observed(
+    worker: Worker, flow: Flow, call_name: str, call: Callable[[float], T], lease: _Lease
+) -> Callable[[float], T]:
     """One attempt: renew the flow's lease for as long as the attempt may take, time it, count it."""
 
     def attempt(timeout: float) -> T:
-        _keep_lease(worker, flow, busy_for=timeout)
+        lease.keep(busy_for=timeout)
         started = time.perf_counter()
         try:
             result = call(timeout)
@@ -166,23 +173,36 @@ def _observed(worker: Worker, flow: Flow, call_name: str, call: Callable[[float]
     return attempt
 
 
-def _keep_lease(worker: Worker, flow: Flow, busy_for: float) -> None:
-    """The worker shows progress again within `busy_for` seconds (a call's timeout, a backoff).
+class _Lease:
+    """The task's lease on its flow, renewed before each call or wait that it would not cover."""
 
-    The lease runs from now, not from the end of that wait: a worker killed mid-call must lose the flow
-    within the lease (a quarter of the token's life, CONTRACT section 8), not a call's timeout later.
-    Only a single call or wait longer than the lease stretches it, with a little grace so that the
-    sweeper does not take a flow from a worker that is about to show progress.
-    """
-    until = time.time() + max(busy_for + LEASE_GRACE_SECONDS, worker.store.lifetimes.lease)
-    worker.store.renew_lease(flow.flow_id, until)
+    def __init__(self, worker: Worker, flow: Flow, until: float) -> None:
+        self.worker = worker
+        self.flow = flow
+        self.until = until  # the lease the task holds now (take_work set it)
+
+    def keep(self, busy_for: float) -> None:
+        """The worker shows progress again within `busy_for` seconds (a call's timeout, a backoff).
+
+        The lease runs from its renewal, not from the end of that wait: a worker killed mid-call must
+        lose the flow within the lease (a quarter of the token's life, CONTRACT section 8), not a call's
+        timeout later. Only a single call or wait longer than the lease stretches it, with a little
+        grace so that the sweeper does not take a flow from a worker about to show progress.
+        A lease that still covers the wait is left as it is (it only ends sooner than a renewed one
+        would, never later): a task's first call goes out under the lease set by taking the flow.
+        """
+        now = time.time()
+        if self.until >= now + busy_for + LEASE_GRACE_SECONDS:
+            return
+        self.until = now + max(busy_for + LEASE_GRACE_SECONDS, self.worker.store.lifetimes.lease)
+        self.worker.store.renew_lease(self.flow.flow_id, self.until)
 
 
-def _on_retry(worker: Worker, flow: Flow) -> Callable[[OktopostError, float], None]:
+def _on_retry(worker: Worker, flow: Flow, lease: _Lease) -> Callable[[OktopostError, float], None]:
     def on_retry(error: OktopostError, sleep_seconds: float) -> None:
         log.warning("flow %s: %s; next attempt in %.2fs", flow.flow_id, error, sleep_seconds)
         worker.metrics.retry(type(error).__name__)
-        _keep_lease(worker, flow, busy_for=sleep_seconds)
+        lease.keep(busy_for=sleep_seconds)
 
     return on_retry
 

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from worker.events import ConnectedCredential, EntityOffer, parse_event
-from worker.flows import Flow, FlowState, FlowStore, Lifetimes, StepOutcome, token_fingerprint
+from worker.flows import Flow, FlowState, FlowStore, Lifetimes, StepOutcome, TakeOutcome, token_fingerprint
 from worker.keys import RedisNames
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -151,10 +151,28 @@ def test_lapsed_lease_taken_once(store: FlowStore) -> None:
 def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
     flow = new_flow(store)
     store.claim_callback(flow, TOKEN)
-    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING) is True
-    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING) is False  # a duplicate task
-    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING) is True
-    assert store.take_work("flow-1", "task-b", FlowState.COMPLETING) is False  # wrong state
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    duplicate = store.take_work("flow-1", "task-b", FlowState.VERIFYING)
+    assert duplicate.outcome is TakeOutcome.BUSY and duplicate.flow is None and duplicate.token is None
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).taken
+    wrong_state = store.take_work("flow-1", "task-b", FlowState.COMPLETING)
+    assert wrong_state.outcome is TakeOutcome.GONE
     # the owner dies: its lease lapses, the sweeper takes it and clears the owner, a new task takes over
     assert store.take_lapsed_lease("flow-1", time.time() + 1000) is True
-    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING) is True
+    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING).taken
+    assert store.take_work("nope", "task-c", FlowState.VERIFYING).outcome is TakeOutcome.GONE
+
+
+def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None:
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    before = time.time()
+    taken = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
+    assert taken.taken and taken.token == TOKEN
+    assert taken.flow == store.get("flow-1")  # the flow as stored
+    assert taken.flow is not None and taken.flow.state is FlowState.VERIFYING
+    assert before + store.lifetimes.lease <= taken.leased_until <= time.time() + store.lifetimes.lease
+    assert store.redis.zscore(store.names.leases, "flow-1") == pytest.approx(taken.leased_until)
+    store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
+    taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
+    assert taken_again.taken and taken_again.token is None

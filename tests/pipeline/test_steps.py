@@ -12,7 +12,7 @@ import pytest
 from worker.budget import UpstreamBudget
 from worker.flows import FlowState, FlowStore, Lifetimes
 from worker.keys import RedisNames
-from worker.metrics import RedisMetricsCollector, WorkerMetrics
+from worker.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
 from worker.steps import Outcome, Worker, complete_flow, expire_flow, verify_flow
@@ -196,3 +196,38 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
         if s.name.endswith("_count")
     ]
     assert flow_count == [1.0]
+    buckets = [s.value for s in families["okc_worker_upstream_seconds"].samples if s.name.endswith("_bucket")]
+    assert len(buckets) == len(UPSTREAM_BUCKETS) + 1 and buckets[-1] == 2.0
+    assert buckets == sorted(buckets)  # cumulative: each bound counts every call at or below it
+
+
+def test_histogram_buckets_are_cumulative_at_scrape_time() -> None:
+    client = fakeredis.FakeRedis()
+    metrics = WorkerMetrics(client, "t:metrics")
+    for seconds in (0.005, 0.03, 0.03, 0.2, 99.0):
+        metrics.upstream("verify", "ok", seconds)
+    family = next(
+        f
+        for f in RedisMetricsCollector(client, "t:metrics").collect()
+        if f.name == "okc_worker_upstream_seconds"
+    )
+    cumulative = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert cumulative["0.01"] == 1 and cumulative["0.025"] == 1 and cumulative["0.05"] == 3
+    assert cumulative["0.25"] == 4 and cumulative["10.0"] == 4 and cumulative["+Inf"] == 5
+    total = next(s.value for s in family.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(99.265)
+
+
+def test_a_batch_reaches_redis_in_one_call_when_it_ends() -> None:
+    client = fakeredis.FakeRedis()
+    metrics = WorkerMetrics(client, "t:metrics")
+    with metrics.batch():
+        metrics.outcome("completed")
+        metrics.retry("ServerError")
+        metrics.retry("ServerError")
+        with metrics.batch():  # nested: the outer block sends
+            metrics.outcome("completed")
+        assert client.hgetall("t:metrics") == {}
+    assert client.hgetall("t:metrics") == {b"outcome|completed": b"2", b"retry|ServerError": b"2"}
+    metrics.outcome("expired")  # outside a batch: sent at once
+    assert client.hget("t:metrics", "outcome|expired") == b"1"

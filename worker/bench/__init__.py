@@ -32,6 +32,7 @@ SYSTEM_NAMES = tuple(SYSTEMS)
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
     scenarios: tuple[str, ...] = SCENARIO_NAMES
+    systems: tuple[str, ...] = SYSTEM_NAMES
     flows: int | None = None  # overrides every scenario's flow count
     json_path: Path | None = None
     workers: int = 1
@@ -61,7 +62,7 @@ def run(options: BenchOptions) -> int:
                 )
                 if floor is None:
                     floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
-                for name in SYSTEM_NAMES:
+                for name in (name for name in SYSTEM_NAMES if name in options.systems):
                     # a database of its own per system (brokers included), unless Redis is not ours
                     url = _database(redis_url, next(databases)) if shared else redis_url
                     setup = Setup(url, sandbox, options.concurrency, options.workers, rate_limit)
@@ -183,6 +184,7 @@ def _document(
             "quick": options.quick,
             "workers": options.workers,
             "concurrency": options.concurrency,
+            "systems": list(options.systems),
             "flows_override": options.flows,
         },
         "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
