@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -82,7 +82,7 @@ class WorkerMetrics:
         else:
             self._send(fields)
 
-    def _send(self, fields: dict[str, float]) -> None:
+    def _send(self, fields: Mapping[str, float]) -> None:
         if not fields:
             return
         flat: list[str] = []
