@@ -36,7 +36,7 @@ from worker import runtime
 from worker.budget import STEP1_PRIORITY, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flows import Flow, FlowState, FlowStore, StepOutcome, token_fingerprint
+from worker.flows import Flow, FlowState, FlowStore, QueuedTask, Step, StepOutcome, token_fingerprint
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
@@ -56,6 +56,19 @@ def enqueue(flow_id: str, state: FlowState) -> None:
     from worker.tasks import enqueue as enqueue_task
 
     enqueue_task(flow_id, state)
+
+
+def queued_task(flow_id: str, state: FlowState, redis_url: str) -> QueuedTask | None:
+    """The task message that the flow's step pushes itself (one atomic trip to Redis: no claimed flow
+    without its task); None when the broker is another Redis, and then the step is followed by enqueue."""
+    from worker.tasks import queued_with_step
+
+    return queued_with_step(flow_id, state, redis_url)
+
+
+def _queue_after(step: Step, flow_id: str, state: FlowState, queued: QueuedTask | None) -> None:
+    if step.done and queued is None:
+        enqueue(flow_id, state)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -163,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not params:
             response = _denied(store, flow, request.query_params.get("error"))
         else:
-            response = _claim(store, flow, params[0])
+            response = _claim(store, flow, params[0], settings.redis_url)
         metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
         return response
 
@@ -190,10 +203,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if unknown:
             raise ApiError(422, "invalid_selection", f"not offered to this flow: {', '.join(unknown[:5])}")
         ids = list(dict.fromkeys(body.ids))
-        step = store.submit_selection(flow, ids)
+        queued = queued_task(flow_id, FlowState.COMPLETING, settings.redis_url)
+        step = store.submit_selection(flow, ids, queue=queued)
         if not step.done:
             _refuse_unless(store.get(flow_id) or flow, FlowState.AWAITING_SELECTION)
-        enqueue(flow_id, FlowState.COMPLETING)
+        _queue_after(step, flow_id, FlowState.COMPLETING, queued)
         return SelectionAccepted(flow_id=flow_id, status=FlowState.COMPLETING.value, ids=ids)
 
     @app.get("/healthz", include_in_schema=False)
@@ -230,15 +244,18 @@ def _refuse_unless(flow: Flow, state: FlowState) -> None:
         raise ApiError(409, "wrong_state", f"the flow is {flow.state.value}, not {state.value}")
 
 
-def _claim(store: FlowStore, flow: Flow, token: str) -> Response:
+def _claim(store: FlowStore, flow: Flow, token: str, redis_url: str) -> Response:
     if not OKT_TOKEN.match(token):
         raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
     if flow.state is FlowState.AWAITING_CALLBACK and flow.seconds_left() <= 0:
         store.expire(flow)
         raise ApiError(410, "flow_expired", "the flow has expired")
-    step = store.claim_callback(flow, token) if flow.state is FlowState.AWAITING_CALLBACK else None
+    step: Step | None = None
+    if flow.state is FlowState.AWAITING_CALLBACK:
+        queued = queued_task(flow.flow_id, FlowState.VERIFYING, redis_url)
+        step = store.claim_callback(flow, token, queue=queued)
+        _queue_after(step, flow.flow_id, FlowState.VERIFYING, queued)
     if step is not None and step.done:
-        enqueue(flow.flow_id, FlowState.VERIFYING)
         metrics.CALLBACKS.labels(outcome="claimed").inc()
         return _back_to_caller(flow, "processing")
     if step is not None and step.outcome is StepOutcome.TAKEN:

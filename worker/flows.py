@@ -175,6 +175,17 @@ class Step:
         return self.outcome is StepOutcome.DONE
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A Celery task message that a step pushes onto the broker list itself (worker/queueing.py)."""
+
+    queue: str  # the broker list (LPUSH)
+    message: str
+    event_channel: str  # "" when task-sent events are off
+    event: str
+    task_id: str
+
+
 class TakeOutcome(StrEnum):
     TAKEN = "taken"
     GONE = "gone"  # no such flow, or not in the state the task works on (a duplicate task)
@@ -290,8 +301,11 @@ class FlowStore:
             seq=step.seq,
         )
 
-    def claim_callback(self, flow: Flow, token: str, now: float | None = None) -> Step:
-        """awaiting_callback -> verifying, keeping the token for its lifetime; the caller enqueues on DONE.
+    def claim_callback(
+        self, flow: Flow, token: str, now: float | None = None, queue: QueuedTask | None = None
+    ) -> Step:
+        """awaiting_callback -> verifying, keeping the token for its lifetime; queues `queue` with it, or
+        the caller enqueues on DONE.
 
         On CONFLICT, `step.token_fp` tells a repeat of the same callback (nothing to do) from another token.
         TAKEN: another flow claimed this token. Verifying it again would connect that flow's account to
@@ -320,6 +334,7 @@ class FlowStore:
             lease=now + self.lifetimes.queued_lease,
             token=token,
             claim_key=self.names.token_claim(token_fingerprint(token)),
+            queue=queue,
         )
 
     def offer_selection(self, flow: Flow, entities: list[EntityOffer]) -> Step:
@@ -335,7 +350,10 @@ class FlowStore:
             lease="-",
         )
 
-    def submit_selection(self, flow: Flow, ids: list[str], now: float | None = None) -> Step:
+    def submit_selection(
+        self, flow: Flow, ids: list[str], now: float | None = None, queue: QueuedTask | None = None
+    ) -> Step:
+        """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues on DONE."""
         now = time.time() if now is None else now
         event = SelectionSubmitted(**_envelope(flow), data=SelectionSubmittedData(ids=ids))
         return self._step(
@@ -346,6 +364,7 @@ class FlowStore:
             flow.deadline,
             {"selected_ids": json.dumps(ids), "owner": ""},
             lease=now + self.lifetimes.queued_lease,
+            queue=queue,
         )
 
     def complete(self, flow: Flow, credentials: list[ConnectedCredential]) -> Step:
@@ -446,6 +465,7 @@ class FlowStore:
         token: str = "",
         only_after: float | None = None,
         claim_key: str | None = None,
+        queue: QueuedTask | None = None,
     ) -> Step:
         now = time.time()
         keep = self.lifetimes.retention + max(0, int((live_until or now) - now) + 1)
@@ -476,6 +496,11 @@ class FlowStore:
                 token,
                 token_ms,
                 "" if only_after is None else repr(only_after),
+                *(
+                    (queue.queue, queue.message, queue.event_channel, queue.event)
+                    if queue is not None
+                    else ("", "", "", "")
+                ),
                 *flat,
             ],
         )

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery.signals import worker_ready, worker_shutdown
 
 from worker import runtime, steps
 from worker.celery_app import app
-from worker.flows import FlowState
+from worker.flows import FlowState, QueuedTask
 from worker.logs import flow_context
+from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
 from worker.sweeper import Sweeper
 
 
-@app.task(name="oktopost.verify", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
 def verify(flow_id: str) -> str:
     with flow_context(flow_id):
         return steps.verify_flow(runtime.worker(), flow_id).value
 
 
-@app.task(name="oktopost.complete", acks_late=True, reject_on_worker_lost=True)
+@app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True)
 def complete(flow_id: str) -> str:
     with flow_context(flow_id):
         return steps.complete_flow(runtime.worker(), flow_id).value
@@ -27,6 +30,22 @@ def enqueue(flow_id: str, state: FlowState) -> None:
     """Queues the task that works on a flow in this state."""
     task = complete if state is FlowState.COMPLETING else verify
     task.apply_async(args=[flow_id])
+
+
+@lru_cache(maxsize=1)
+def _messages() -> TaskMessages:
+    return TaskMessages(app)
+
+
+def queued_with_step(flow_id: str, state: FlowState, redis_url: str) -> QueuedTask | None:
+    """The message of the task for a flow in this state, for the flow store's step to push itself.
+
+    None when the broker is not the flows' Redis (CELERY_BROKER_URL set apart from REDIS_URL): a Lua
+    script reaches one Redis only, so the caller then enqueues after the step, with `enqueue`.
+    """
+    if app.conf.broker_url != redis_url:
+        return None
+    return _messages().prepare(task_for(state), flow_id)
 
 
 _sweeper: Sweeper | None = None

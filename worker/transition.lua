@@ -14,7 +14,11 @@
 --      10 token: "" keep, "-" delete, else the token to keep for ARGV[11] milliseconds
 --      11 token lifetime in milliseconds
 --      12 "" or epoch seconds "now": then the step only happens when the flow's deadline has passed
---      13.. field, value pairs to store in the flow hash
+--      13 "" or a Celery broker list: the step queues the task that works on the flow (LPUSH ARGV[14])
+--      14 that task's message, 15 "" or the channel of its task-sent event, 16 that event
+--         (worker/queueing.py builds both; the broker list is named here, not in KEYS, as it lives
+--         outside the flow's keys: the project assumes one Redis, not a cluster)
+--      17.. field, value pairs to store in the flow hash
 -- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline} | {"taken", flow}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -46,7 +50,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 13, #ARGV, 2 do
+for i = 17, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -82,4 +86,10 @@ end
 
 redis.call("PUBLISH", ARGV[5], event)
 redis.call("PUBLISH", ARGV[6], event)
+if ARGV[13] ~= "" then
+  redis.call("LPUSH", ARGV[13], ARGV[14])
+  if ARGV[15] ~= "" then
+    redis.call("PUBLISH", ARGV[15], ARGV[16])
+  end
+end
 return {"ok", seq}

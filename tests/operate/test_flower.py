@@ -192,6 +192,8 @@ def test_flower_lists_the_finished_tasks_with_a_flow_id_as_only_argument(stack: 
         assert task["kwargs"] == "{}", task
         assert task["worker"] == stack.worker_name, task
         assert task["received"] and task["started"] and task["succeeded"], task
+        # the task-sent event, which the shim's claim (or selection) step publishes with the task
+        assert task["sent"] and task["sent"] <= task["received"], task
 
     # One task read on its own, by the API and by its HTML page.
     task_id = next(t["uuid"] for t in ours if t["name"] == "oktopost.complete")

@@ -1,0 +1,177 @@
+"""The shim's task messages, pushed by the flow's own Lua step: the same message and task-sent event
+that Celery's `apply_async` sends, queued in the same atomic step as the claim (or the selection), or
+not at all."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from celery import Celery
+
+from tests.conftest import RedisServer
+from worker.flows import FlowState, FlowStore, Lifetimes, QueuedTask, StepOutcome
+from worker.keys import RedisNames
+from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
+from worker.tasks import queued_with_step
+
+TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
+FLOW_ID = "ab" * 20
+# what differs between any two messages, whoever sends them: ids, the moment, the sender's clock
+_PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "uuid", "timestamp", "clock", "pid"}
+
+
+def _app(broker_url: str, queue: str) -> Celery:
+    app = Celery("queueing-test", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = broker_url
+    app.conf.task_default_queue = queue
+    return app
+
+
+def _decoded(raw: bytes | str) -> dict[str, Any]:
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return _without_ids(message)
+
+
+def _without_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("<id>" if k in _PER_MESSAGE else _without_ids(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_ids(item) for item in value]
+    return value
+
+
+@pytest.fixture
+def broker(redis_server: RedisServer) -> Iterator[tuple[Celery, redis.Redis, str]]:
+    queue = f"q{uuid.uuid4().hex[:8]}.celery"
+    app = _app(redis_server.url, queue)
+    client = redis_server.client()
+    yield app, client, queue
+    client.delete(queue)
+    app.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("task_name", [VERIFY_TASK, COMPLETE_TASK])
+def test_the_prepared_message_and_event_are_what_apply_async_sends(
+    broker: tuple[Celery, redis.Redis, str], task_name: str
+) -> None:
+    app, client, queue = broker
+    listener = client.pubsub()
+    listener.psubscribe("*celeryev/task.sent")
+    assert listener.get_message(timeout=2)["type"] == "psubscribe"  # type: ignore[index]
+
+    app.tasks[task_name].apply_async(args=[FLOW_ID])  # our tasks are shared: every app has them
+    sent = client.rpop(queue)
+    sent_event = listener.get_message(timeout=2)
+    prepared = TaskMessages(app).prepare(task_name, FLOW_ID)
+    listener.close()
+
+    assert sent is not None and sent_event is not None
+    assert prepared.queue == queue
+    assert _decoded(prepared.message) == _decoded(sent)
+    assert json.loads(prepared.message)["headers"]["id"] == prepared.task_id
+    assert prepared.event_channel == sent_event["channel"].decode()
+    assert _decoded(prepared.event) == _decoded(sent_event["data"])
+    assert _decoded(prepared.event)["body"]["uuid"] == "<id>"
+    assert json.loads(base64.b64decode(json.loads(prepared.event)["body"]))["uuid"] == prepared.task_id
+
+
+def test_without_sent_events_there_is_no_event_to_publish() -> None:
+    app = _app("redis://127.0.0.1:1/0", "quiet.celery")  # never connected to: no event, no channel
+    app.conf.task_send_sent_event = False
+    prepared = TaskMessages(app).prepare(VERIFY_TASK, FLOW_ID)
+    assert prepared.event_channel == "" and prepared.event == ""
+    assert json.loads(base64.b64decode(json.loads(prepared.message)["body"]))[0] == [FLOW_ID]
+
+
+def test_the_task_follows_the_state() -> None:
+    assert task_for(FlowState.VERIFYING) == VERIFY_TASK
+    assert task_for(FlowState.COMPLETING) == COMPLETE_TASK
+
+
+def test_our_tasks_messages_say_their_results_are_ignored() -> None:
+    from worker.celery_app import app
+
+    prepared = TaskMessages(app)
+    for name in (VERIFY_TASK, COMPLETE_TASK):
+        headers = json.loads(prepared.prepare(name, FLOW_ID).message)["headers"]
+        assert headers["task"] == name and headers["ignore_result"] is True
+
+
+def test_the_step_queues_only_when_the_broker_is_the_flows_redis() -> None:
+    from worker.celery_app import app
+
+    assert queued_with_step(FLOW_ID, FlowState.VERIFYING, app.conf.broker_url) is not None
+    assert queued_with_step(FLOW_ID, FlowState.VERIFYING, "redis://elsewhere.example:6379/3") is None
+
+
+# --- the step pushes it, atomically -----------------------------------------------------------------------
+
+
+def _queued(name: str = "q.celery") -> QueuedTask:
+    return QueuedTask(name, f"message for {FLOW_ID}", "/0.celeryev/task.sent", "sent event", "task-1")
+
+
+@pytest.fixture
+def store() -> FlowStore:
+    return FlowStore(fakeredis.FakeRedis(), RedisNames("oktopost"), Lifetimes())
+
+
+def test_a_claim_queues_its_task_and_publishes_the_sent_event_in_the_same_step(store: FlowStore) -> None:
+    flow = store.create(FLOW_ID, "LinkedIn", "profile", None, None)
+    listener = store.redis.pubsub()
+    listener.subscribe("/0.celeryev/task.sent")
+    listener.get_message(timeout=1)
+    assert store.claim_callback(flow, TOKEN, queue=_queued()).done
+    assert store.redis.lrange("q.celery", 0, -1) == [f"message for {FLOW_ID}".encode()]
+    assert listener.get_message(timeout=1)["data"] == b"sent event"  # type: ignore[index]
+
+
+def test_a_refused_step_queues_nothing(store: FlowStore) -> None:
+    flow = store.create(FLOW_ID, "LinkedIn", "profile", None, None)
+    other = store.create("cd" * 20, "LinkedIn", "profile", None, None)
+    assert store.claim_callback(other, TOKEN).done  # the token belongs to another flow now
+    assert store.claim_callback(flow, TOKEN, queue=_queued()).outcome is StepOutcome.TAKEN
+    assert store.claim_callback(other, TOKEN, queue=_queued()).outcome is StepOutcome.CONFLICT  # again
+    assert store.redis.llen("q.celery") == 0
+
+
+def test_a_selection_queues_the_completion_with_its_step(store: FlowStore) -> None:
+    flow = store.create(FLOW_ID, "Facebook", "page", None, None)
+    store.claim_callback(flow, TOKEN)
+    verifying = store.get(FLOW_ID)
+    assert verifying is not None and store.offer_selection(verifying, []).done
+    waiting = store.get(FLOW_ID)
+    assert waiting is not None
+    assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).done
+    assert store.redis.llen("c.celery") == 1
+    assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).outcome is StepOutcome.CONFLICT
+    assert store.redis.llen("c.celery") == 1
+
+
+@pytest.mark.integration
+def test_a_worker_runs_the_task_that_a_claim_queued(broker: tuple[Celery, redis.Redis, str]) -> None:
+    """The prepared message as a real Celery consumer reads it: kombu decodes it into our task call."""
+    app, client, queue = broker
+    store = FlowStore(client, RedisNames(f"t{uuid.uuid4().hex[:6]}"), Lifetimes())
+    flow = store.create(uuid.uuid4().hex, "LinkedIn", "profile", None, None)
+    assert store.claim_callback(flow, TOKEN, queue=TaskMessages(app).prepare(VERIFY_TASK, flow.flow_id)).done
+    with app.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue)
+        deadline = time.monotonic() + 5
+        message = simple.get(timeout=max(0.1, deadline - time.monotonic()))
+        assert message.headers["task"] == VERIFY_TASK
+        args, kwargs, _embed = message.decode()
+        assert args == [flow.flow_id] and kwargs == {}
+        message.ack()
+        simple.close()
