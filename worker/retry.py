@@ -77,8 +77,11 @@ class _Schedule:
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, ThrottledError) and error.retry_after is not None:
-                return error.retry_after
-            return float(backoff(state))
+                return error.retry_after  # Oktopost's word: honoured in full, or not at all (stop)
+            # our own backoff never waits past the moment that still leaves time for one attempt:
+            # a jittered 4 s near the deadline would otherwise give the flow up seconds early
+            room = self.deadline - self.clock() - self.policy.min_attempt_seconds
+            return max(0.0, min(float(backoff(state)), room))
 
         def stop(state: RetryCallState) -> bool:
             return (

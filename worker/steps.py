@@ -26,6 +26,7 @@ from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_dea
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEASE_GRACE_SECONDS = 1.0
+TOKEN_END_OF_LIFE = 0.25  # the share of a token's life, at its end, in which "invalid" means expired
 
 
 class Outcome(StrEnum):
@@ -131,9 +132,21 @@ def _take_and_work(
         )
     except (DeadlineReached, NoBudgetInTime) as reached:
         return _expire(worker, flow, reached)
+    except TokenInvalidError as refused:
+        if _near_the_end_of_its_life(worker, flow):
+            return _expire(worker, flow, refused)
+        return _fail(worker, flow, refused, code=refusal_code(refused))
     except RefusedError as refused:
         return _fail(worker, flow, refused, code=refusal_code(refused))
     return on_answer(worker, flow, answer, attempts)
+
+
+def _near_the_end_of_its_life(worker: Worker, flow: Flow) -> bool:
+    """Oktopost refuses an expired token exactly as an unknown one ("Token is invalid or has expired"),
+    and its clock starts when it issues the token, a little before our callback starts ours. A refusal
+    in the last quarter of the token's life (TOKEN_TTL_SECONDS) is taken for what it almost surely is:
+    the token ran out, and the flow ends as expired, not as failed."""
+    return flow.seconds_left() < TOKEN_END_OF_LIFE * worker.store.lifetimes.token_ttl
 
 
 def _verified(worker: Worker, flow: Flow, answer: VerifiedProfile | EntityChoice, attempts: int) -> Outcome:

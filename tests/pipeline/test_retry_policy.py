@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -113,6 +114,18 @@ def test_attempt_timeout_is_bounded_by_time_left() -> None:
         attempt, clock.now + 100, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep
     )
     assert attempt.timeouts == [10]  # type: ignore[attr-defined]
+
+
+def test_backoff_is_cut_short_to_leave_time_for_one_more_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter at its longest
+    clock = FakeClock()
+    deadline = clock.now + 3.0
+    policy = RetryPolicy(backoff_multiplier=100.0, backoff_max=100.0)  # a backoff far past the deadline
+    attempt = failing(ServerError(503), clock=clock, cost=0.5)
+    result, attempts = call_until_deadline(attempt, deadline, policy=policy, clock=clock, sleep=clock.sleep)
+    assert (result, attempts) == ("ok", 2)
+    assert clock.sleeps == [pytest.approx(3.0 - 0.5 - policy.min_attempt_seconds)]
+    assert attempt.timeouts[-1] == pytest.approx(policy.min_attempt_seconds)  # type: ignore[attr-defined]
 
 
 def test_retry_after_is_honoured_when_it_fits() -> None:

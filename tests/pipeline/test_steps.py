@@ -109,6 +109,22 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
     assert types(worker)[-2:] == ["selection.submitted", "connection.completed"]
 
 
+def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
+    """ "invalid or has expired" with less than a quarter of TOKEN_TTL_SECONDS left: expired, not failed."""
+    refused = httpx.Response(404, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid"}}})
+    worker = make_worker(answers(refused), token_ttl=30)
+    flow = worker.store.create("flow-1", "LinkedIn", "profile", None, None)
+    assert worker.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
+    assert verify_flow(worker, "flow-1") is Outcome.EXPIRED
+    ended = worker.store.events("flow-1")[-1]
+    assert ended["type"] == "authorization.expired" and ended["data"] == {"stage": "verify"}
+
+    fresh = make_worker(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
+    flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
+    assert fresh.store.claim_callback(flow, TOKEN, now=time.time() - 20).done
+    assert verify_flow(fresh, "flow-1") is Outcome.FAILED
+
+
 @pytest.mark.parametrize(
     ("response", "code"),
     [
