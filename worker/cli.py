@@ -72,6 +72,9 @@ def _shim(argv: Sequence[str]) -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        # h11 rather than httptools even where that is installed: its 16 KiB bound on a request's line
+        # and headers is the first of the shim's size limits (api_shim/limits.py)
+        http="h11",
         h11_max_incomplete_event_size=16 * 1024,
         timeout_graceful_shutdown=5,
     )
