@@ -101,44 +101,32 @@ def _work_on(
 ) -> Outcome:
     """Take the flow, call Oktopost until the deadline, end with exactly one step."""
     with worker.metrics.batch():  # the task's observations reach Redis in one call, at its end
-        return _take_and_work(worker, flow_id, state, call_name, call, on_answer, refusal_code)
-
-
-def _take_and_work(
-    worker: Worker,
-    flow_id: str,
-    state: FlowState,
-    call_name: str,
-    call: Callable[[str, Flow, float], T],
-    on_answer: Callable[[Worker, Flow, T, int], Outcome],
-    refusal_code: Callable[[RefusedError], str],
-) -> Outcome:
-    taken = worker.store.take_work(flow_id, secrets.token_hex(16), state)
-    if taken.outcome is TakeOutcome.BUSY:
-        log.info("flow %s is being worked on by another task", flow_id)
-    if taken.flow is None:
-        return _recorded(worker, Outcome.SKIPPED)
-    flow, token = taken.flow, taken.token
-    if token is None:
-        return _expire(worker, flow)
-    lease = _Lease(worker, flow, taken.leased_until)
-    try:
-        answer, attempts = call_until_deadline(
-            _observed(worker, flow, call_name, lambda timeout: call(token, flow, timeout), lease),
-            flow.deadline,
-            policy=worker.policy,
-            on_retry=_on_retry(worker, flow, lease),
-            admit=worker.admission(flow),
-        )
-    except (DeadlineReached, NoBudgetInTime) as reached:
-        return _expire(worker, flow, reached)
-    except TokenInvalidError as refused:
-        if _near_the_end_of_its_life(worker, flow):
-            return _expire(worker, flow, refused)
-        return _fail(worker, flow, refused, code=refusal_code(refused))
-    except RefusedError as refused:
-        return _fail(worker, flow, refused, code=refusal_code(refused))
-    return on_answer(worker, flow, answer, attempts)
+        taken = worker.store.take_work(flow_id, secrets.token_hex(16), state)
+        if taken.outcome is TakeOutcome.BUSY:
+            log.info("flow %s is being worked on by another task", flow_id)
+        if taken.flow is None:
+            return _recorded(worker, Outcome.SKIPPED)
+        flow, token = taken.flow, taken.token
+        if token is None:
+            return _expire(worker, flow)
+        lease = _Lease(worker, flow, taken.leased_until)
+        try:
+            answer, attempts = call_until_deadline(
+                _observed(worker, flow, call_name, lambda timeout: call(token, flow, timeout), lease),
+                flow.deadline,
+                policy=worker.policy,
+                on_retry=_on_retry(worker, flow, lease),
+                admit=worker.admission(flow),
+            )
+        except (DeadlineReached, NoBudgetInTime) as reached:
+            return _expire(worker, flow, reached)
+        except TokenInvalidError as refused:
+            if _near_the_end_of_its_life(worker, flow):
+                return _expire(worker, flow, refused)
+            return _fail(worker, flow, refused, code=refusal_code(refused))
+        except RefusedError as refused:
+            return _fail(worker, flow, refused, code=refusal_code(refused))
+        return on_answer(worker, flow, answer, attempts)
 
 
 def _near_the_end_of_its_life(worker: Worker, flow: Flow) -> bool:
