@@ -4,6 +4,7 @@ never trips the upstream block, and no child process outlives the run, even an i
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -106,3 +107,31 @@ def test_interrupted_bench_stops_every_child_process(tmp_path: Path) -> None:
             bench.kill()
     assert [pid for pid in children if _alive(pid)] == []
     assert "every process stopped" in stderr.read_text()
+
+
+def test_bench_measures_only_the_systems_asked_for(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        _bench("--system", "pipeline", "--scenario", "overhead", "--flows", "5", "--json", str(results)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads(results.read_text())
+    assert [(row["scenario"], row["system"]) for row in document["rows"]] == [("overhead", "pipeline")]
+    assert document["options"]["systems"] == ["pipeline"]
+    assert "naive-celery: starting" not in run.stderr and "inline: starting" not in run.stderr
+    refused = subprocess.run(
+        _bench("--system", "celery"), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
+
+
+def test_a_rate_needs_enough_completions_to_mean_something() -> None:
+    from worker.bench.scenarios import MIN_RATED, completion_rate
+
+    assert math.isnan(completion_rate([5.0] * (MIN_RATED - 1)))
+    steady = [index / 100 for index in range(200)]  # 100 a second
+    assert completion_rate(steady) == pytest.approx(100.0)

@@ -37,6 +37,7 @@ TRANSIENT_FAULTS = {
 }
 BURST_RATE_LIMIT = "10/second"
 WARM_UP_FLOWS = 3
+MIN_RATED = 20  # completions below which a scenario gets no flows/s figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +181,10 @@ async def measure(
 
 def completion_rate(done_at: list[float]) -> float:
     """Completions a second while flows complete steadily: between the 10th and 90th percentile of their
-    completion times, so neither the ramp-up nor one late straggler (a retried call) moves the figure."""
-    if len(done_at) < 2:
+    completion times, so neither the ramp-up nor one late straggler (a retried call) moves the figure.
+    Fewer than MIN_RATED completions say nothing of a rate (ten that end together would read as
+    tens of thousands a second): no figure then."""
+    if len(done_at) < MIN_RATED:
         return math.nan
     ordered = sorted(done_at)
     low, high = (len(ordered) - 1) // 10, len(ordered) - 1 - (len(ordered) - 1) // 10
