@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_channel_keeps_one_client_until_kombu_drops_its_pool(redis_server: RedisServer) -> None:
     repair_redis_transport()
-    repair_redis_transport()  # idempotent: wrapping twice would still work, but it does not happen
+    repair_redis_transport()  # a second call changes nothing (celeryconfig made the first)
     queue = f"broker-test-{uuid.uuid4().hex[:8]}"
     with kombu.Connection(redis_server.url) as connection:
         channel = connection.default_channel
