@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import platform
 import shutil
@@ -136,7 +137,11 @@ def _run_system(
             row.restarted_before, restarted = restarted, False
             _say(
                 f"{system.name}: {scenario.name}: {row.completed}/{row.flows} completed, {row.lost} lost, "
-                f"{row.flows_per_second:.1f} flows/s"
+                + (
+                    "no flows/s figure"
+                    if math.isnan(row.flows_per_second)
+                    else f"{row.flows_per_second:.1f} flows/s"
+                )
             )
             rows.append(row)
     finally:
