@@ -59,13 +59,21 @@ if rank < free then
   redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
   return {"granted", tostring(now)}
 end
--- the earliest moment enough calls leave the window for this waiter's place in the queue
+-- the earliest moment enough calls could leave the window for this waiter's place in the queue: a
+-- finished call leaves one period after its end; one in flight (scored by the latest moment it can
+-- end) might end now, so no sooner than a period from now. Optimistic on purpose: a flow is doomed
+-- only when even that is too late, and it polls again then.
+-- A waiter further back than the window holds waits a period more for each `limit` ahead of it.
 local ahead = rank - free
-local entry = redis.call("ZRANGE", window, ahead, ahead, "WITHSCORES")
+local held = limit - free
 local wait = 0.05
-if entry[2] then
-  wait = math.max(0.001, tonumber(entry[2]) + period - now)
+if held > 0 then
+  local entry = redis.call("ZRANGE", window, ahead % held, ahead % held, "WITHSCORES")
+  if entry[2] then
+    wait = math.max(0.001, math.min(tonumber(entry[2]), now) + period - now)
+  end
 end
+wait = wait + math.floor(ahead / limit) * period
 if now + wait > give_up_at then
   redis.call("ZREM", queue, waiter)
   redis.call("ZREM", alive, waiter)

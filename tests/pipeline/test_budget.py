@@ -99,3 +99,36 @@ def test_dead_waiters_drop_out_of_the_queue(client: fakeredis.FakeRedis) -> None
     grant = budget.acquire(priority=time.time() + 5, give_up_at=time.time() + 5, hold=1)
     assert grant.waited < 0.1
     assert client.zscore(names.budget_queue, "ghost") is None
+
+
+def test_a_call_in_flight_dooms_no_one_that_could_follow_it_in_time(client: fakeredis.FakeRedis) -> None:
+    """An in-flight call is scored by the latest moment it may end (its hold); it may end any moment,
+    so a waiter is kept (not doomed) while one period from now still fits before it gives up."""
+    budget = UpstreamBudget(client, RedisNames("b"), limit=1, period=0.5)
+    granted = budget.acquire(priority=time.time(), give_up_at=time.time() + 10, hold=30)
+
+    def end_the_call() -> None:
+        time.sleep(0.1)
+        budget.finished(granted)
+
+    ender = threading.Thread(target=end_the_call)
+    ender.start()
+    started = time.monotonic()
+    budget.acquire(priority=time.time() + 2, give_up_at=time.time() + 1.5, hold=1)  # not doomed
+    ender.join()
+    assert 0.5 <= time.monotonic() - started < 1.2  # a period after the call ended
+
+
+def test_a_waiter_far_back_in_the_queue_knows_at_once_that_it_is_doomed(client: fakeredis.FakeRedis) -> None:
+    names = RedisNames("b")
+    budget = UpstreamBudget(client, names, limit=2, period=1.0)
+    now = time.time()
+    for _ in range(2):  # the window is full
+        budget.acquire(priority=now, give_up_at=now + 10, hold=1)
+    for index in range(4):  # four live waiters ahead, all with earlier deadlines
+        client.zadd(names.budget_queue, {f"ahead-{index}": now + index})
+        client.zadd(names.budget_alive, {f"ahead-{index}": now})
+    started = time.monotonic()
+    with pytest.raises(NoBudgetInTime) as raised:  # two periods at least: past its 1.5 s
+        budget.acquire(priority=now + 10, give_up_at=time.time() + 1.5, hold=1)
+    assert time.monotonic() - started < 0.2 and raised.value.wait >= 2.0
