@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from worker.budget import MAX_POLL_SECONDS, NoBudgetInTime, UpstreamBudget
+import redis
+
+from worker.budget import MAX_POLL_SECONDS, Grant, NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows import Flow, FlowState, FlowStore, TakeOutcome
@@ -47,19 +50,41 @@ class Worker:
     metrics: WorkerMetrics
     budget: UpstreamBudget
 
-    def admission(self, flow: Flow) -> Admission:
-        """Each attempt waits for a slot of the shared budget, earliest deadline first."""
+    def admission(self, flow: Flow, answered: list[Grant]) -> Admission:
+        """Each attempt waits for a slot of the shared budget, earliest deadline first.
+
+        A failed attempt's slot is scored by its end at once (a retry may need the room); one that
+        answered is added to `answered`, and its end is recorded after the flow's step (see `_work_on`):
+        a little later than it ended, which only keeps the slot counted a little longer, and the
+        round trip is off the path from callback to terminal event.
+        """
         lease = self.store.lifetimes.lease
 
         def keep_lease() -> None:  # waiting for budget is progress too: the sweeper must not requeue
             self.store.renew_lease(flow.flow_id, time.time() + lease + MAX_POLL_SECONDS)
 
-        return lambda: self.budget.call(
-            priority=flow.deadline,
-            give_up_at=flow.deadline - self.policy.min_attempt_seconds,
-            hold=self.policy.max_attempt_seconds + 1,
-            heartbeat=keep_lease,
-        )
+        @contextmanager
+        def admitted() -> Iterator[Grant]:
+            grant = self.budget.acquire(
+                priority=flow.deadline,
+                give_up_at=flow.deadline - self.policy.min_attempt_seconds,
+                hold=self.policy.max_attempt_seconds + 1,
+                heartbeat=keep_lease,
+            )
+            try:
+                yield grant
+            except BaseException:
+                self.finish_calls([grant])
+                raise
+            answered.append(grant)
+
+        return admitted
+
+    def finish_calls(self, grants: list[Grant]) -> None:
+        for grant in grants:
+            # if Redis is away, the slot stays counted until its hold runs out: safe, only slower
+            with suppress(redis.RedisError):
+                self.budget.finished(grant)
 
 
 def verify_flow(worker: Worker, flow_id: str) -> Outcome:
@@ -100,7 +125,8 @@ def _work_on(
     refusal_code: Callable[[RefusedError], str] = lambda refused: refused.code,
 ) -> Outcome:
     """Take the flow, call Oktopost until the deadline, end with exactly one step."""
-    with worker.metrics.batch():  # the task's observations reach Redis in one call, at its end
+    answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
+    with worker.metrics.batch(), _then_finish(worker, answered):
         taken = worker.store.take_work(flow_id, secrets.token_hex(16), state)
         if taken.outcome is TakeOutcome.BUSY:
             log.info("flow %s is being worked on by another task", flow_id)
@@ -116,7 +142,7 @@ def _work_on(
                 flow.deadline,
                 policy=worker.policy,
                 on_retry=_on_retry(worker, flow, lease),
-                admit=worker.admission(flow),
+                admit=worker.admission(flow, answered),
             )
         except (DeadlineReached, NoBudgetInTime) as reached:
             return _expire(worker, flow, reached)
@@ -127,6 +153,14 @@ def _work_on(
         except RefusedError as refused:
             return _fail(worker, flow, refused, code=refusal_code(refused))
         return on_answer(worker, flow, answer, attempts)
+
+
+@contextmanager
+def _then_finish(worker: Worker, answered: list[Grant]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        worker.finish_calls(answered)
 
 
 def _near_the_end_of_its_life(worker: Worker, flow: Flow) -> bool:

@@ -247,3 +247,25 @@ def test_a_batch_reaches_redis_in_one_call_when_it_ends() -> None:
     assert client.hgetall("t:metrics") == {b"outcome|completed": b"2", b"retry|ServerError": b"2"}
     metrics.outcome("expired")  # outside a batch: sent at once
     assert client.hget("t:metrics", "outcome|expired") == b"1"
+
+
+def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() -> None:
+    """A call in flight is counted up to its hold (the latest it can end); each call's end is recorded:
+    a failed one's before its retry, an answered one's after the flow's step (off the latency path)."""
+    seen_in_window: list[list[float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_in_window.append(
+            [score for _, score in worker.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+        )
+        return httpx.Response(503) if len(seen_in_window) == 1 else httpx.Response(200, json=PROFILE)
+
+    worker = make_worker(handler)
+    started = time.time()
+    assert verify_flow(worker, claimed(worker)) is Outcome.COMPLETED
+    # during the first call: its own slot, counted up to its hold; during the retry: the first call's
+    # slot already scored by its end, and the retry's own up to its hold
+    assert len(seen_in_window[0]) == 1 and seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
+    assert sorted(seen_in_window[1])[0] <= time.time() < sorted(seen_in_window[1])[1]
+    ends = [score for _, score in worker.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+    assert len(ends) == 2 and all(started <= end <= time.time() for end in ends)
