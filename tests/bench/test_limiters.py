@@ -17,22 +17,9 @@ pytestmark = pytest.mark.integration
 
 def test_ours_serves_the_optimum_and_never_lets_a_window_exceed_the_limit(tmp_path: Path) -> None:
     results = tmp_path / "limiters.json"
+    command = [sys.executable, "-m", "worker.bench.limiters", *"--flows 30 --call-ms 200".split()]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worker.bench.limiters",
-            "--flows",
-            "30",
-            "--call-ms",
-            "200",
-            "--json",
-            str(results),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [*command, "--json", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["limiter"]: row for row in json.loads(results.read_text())["results"]}
