@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_ours_serves_the_optimum_and_never_lets_a_window_exceed_the_limit(tmp_path: Path) -> None:
     results = tmp_path / "limiters.json"
-    command = [sys.executable, "-m", "worker.bench.limiters", *"--flows 30 --call-ms 200".split()]
+    command = [sys.executable, "-m", "worker.bench.limiters", "--flows", "30", "--call-ms", "200"]
     run = subprocess.run(
         [*command, "--json", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
