@@ -421,6 +421,13 @@ class FlowStore:
             )
         )
 
+    def worker_alive(self, name: str, now: float) -> None:
+        """A worker is consuming (its sweeper runs only once Celery says the worker is ready)."""
+        self.redis.zadd(self.names.workers, {name: now})
+
+    def worker_gone(self, name: str) -> None:
+        self.redis.zrem(self.names.workers, name)
+
     def forget_lease(self, flow_id: str) -> None:
         self.redis.zrem(self.names.leases, flow_id)
 

@@ -61,5 +61,10 @@ class RedisNames:
         return f"{self.prefix}:budget:alive"
 
     @property
+    def workers(self) -> str:
+        """Sorted set: worker node names, scored by when each last showed it is consuming (its sweeper)."""
+        return f"{self.prefix}:workers"
+
+    @property
     def worker_metrics(self) -> str:
         return f"{self.prefix}:metrics"

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import httpx
+import redis
+
+from worker.keys import RedisNames
 
 if TYPE_CHECKING:
     from worker.embedded_redis import RedisKind, RedisService
 
 STOP_SECONDS = 5.0  # between SIGTERM and SIGKILL; the shim's graceful shutdown takes at most 5 s
-READY_SECONDS = 30.0  # how long the shim and the sandbox get to answer after start
+READY_SECONDS = 30.0  # how long the shim, the sandbox and a worker get to be ready after start
+WORKER_FRESH_SECONDS = 5.0  # a worker that marked itself consuming this recently counts as ready
 CLI = (sys.executable, "-m", "worker.cli")
 
 
@@ -147,6 +151,16 @@ class Child:
     log_path: Path | None = None
 
 
+def _answers(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=0.5).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
 @dataclass
 class Stack:
     """A running shim + worker (+ sandbox, + embedded Redis); `stop()` ends all of them."""
@@ -199,26 +213,39 @@ class Stack:
         return f"{child.name} {how}{where}"
 
     def wait_until_ready(self, timeout: float = READY_SECONDS, stop: StopSignal | None = None) -> None:
-        """Until the shim (and sandbox) answer over HTTP; LaunchError when a child dies or time runs out."""
-        urls = [f"{self.shim_url}/healthz"]
+        """Until the shim (and sandbox) answer over HTTP and a worker is consuming; LaunchError when a
+        child dies or time runs out. A worker marks itself in Redis once Celery calls it ready."""
+        waits: list[tuple[str, Callable[[], bool]]] = [
+            (f"{self.shim_url}/healthz", _answers(f"{self.shim_url}/healthz"))
+        ]
         if self.sandbox_url:
-            urls.append(f"{self.sandbox_url}/_sandbox/connections")
-        deadline = time.monotonic() + timeout
-        while urls:
-            if stop is not None and stop.requested:
-                raise LaunchError(f"stopped by {stop.name} while starting")
-            exited = self.exited_child()
-            if exited is not None:
-                raise LaunchError(f"{self.exit_reason(exited)} while starting")
-            if time.monotonic() > deadline:
-                raise LaunchError(f"{urls[0]} did not answer within {timeout:.0f}s")
-            try:
-                if httpx.get(urls[0], timeout=0.5).status_code < 500:
-                    urls.pop(0)
+            url = f"{self.sandbox_url}/_sandbox/connections"
+            waits.append((url, _answers(url)))
+        workers = RedisNames(self.prefix).workers
+        with redis.Redis.from_url(
+            self.env["REDIS_URL"], socket_timeout=1, socket_connect_timeout=1
+        ) as client:
+
+            def consuming() -> bool:
+                try:
+                    return bool(client.zcount(workers, time.time() - WORKER_FRESH_SECONDS, "+inf"))
+                except redis.RedisError:
+                    return False
+
+            waits.append(("a worker consuming tasks", consuming))
+            deadline = time.monotonic() + timeout
+            while waits:
+                if stop is not None and stop.requested:
+                    raise LaunchError(f"stopped by {stop.name} while starting")
+                exited = self.exited_child()
+                if exited is not None:
+                    raise LaunchError(f"{self.exit_reason(exited)} while starting")
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"{waits[0][0]} did not answer within {timeout:.0f}s")
+                if waits[0][1]():
+                    waits.pop(0)
                     continue
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+                time.sleep(0.05)
 
     def stop(self, timeout: float = STOP_SECONDS, hurry: Callable[[], bool] | None = None) -> None:
         # Shim and worker first, then what they call: a worker finishing its tasks in hand (Celery's warm

@@ -39,11 +39,20 @@ def sweep_once(store: FlowStore, enqueue: Enqueue, now: float | None = None) -> 
     return expired, requeued
 
 
+HEARTBEAT_SECONDS = 1.0  # how often a worker's sweeper says the worker is consuming
+
+
 class Sweeper:
-    def __init__(self, store: FlowStore, enqueue: Enqueue, interval: float = 0.25) -> None:
+    """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it)."""
+
+    def __init__(
+        self, store: FlowStore, enqueue: Enqueue, interval: float = 0.25, name: str | None = None
+    ) -> None:
         self.store = store
         self.enqueue = enqueue
         self.interval = interval
+        self.name = name
+        self._beat_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oktopost-sweeper", daemon=True)
 
@@ -53,11 +62,25 @@ class Sweeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.name is not None:
+            try:
+                self.store.worker_gone(self.name)
+            except Exception as error:  # Redis away at shutdown: the mark ages out by itself
+                log.debug("worker mark not removed: %s", type(error).__name__)
+
+    def _beat(self) -> None:
+        now = time.time()
+        if self.name is not None and now - self._beat_at >= HEARTBEAT_SECONDS:
+            self.store.worker_alive(self.name, now)
+            self._beat_at = now
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             try:
+                self._beat()
                 sweep_once(self.store, self.enqueue)
             except Exception as error:  # Redis away: keep sweeping once it is back
                 log.warning("sweep failed: %s", type(error).__name__)
                 self._stop.wait(1.0)
+            if self._stop.wait(self.interval):
+                return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 
 from celery.signals import worker_ready, worker_shutdown
@@ -52,9 +53,10 @@ _sweeper: Sweeper | None = None
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
+def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper
-    _sweeper = Sweeper(runtime.store(), enqueue)
+    name = str(getattr(sender, "hostname", "") or socket.gethostname())
+    _sweeper = Sweeper(runtime.store(), enqueue, name=name)
     _sweeper.start()
 
 

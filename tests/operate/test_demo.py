@@ -219,9 +219,14 @@ def test_up_without_oktopost_credentials_runs_the_sandbox_and_points_the_pipelin
     assert created.status_code == 201, created.text
     sandbox = re.search(r"^  sandbox\s+(\S+)", output, re.M).group(1)  # type: ignore[union-attr]
     assert created.json()["redirect_url"].startswith(f"{sandbox}/oauth/authorize")
+    # "ready" means a worker is consuming: its sweeper marked it in Redis before `up` said so
+    client = redis_server.client()
+    consuming = client.zrangebyscore("okc-up-test:workers", time.time() - 5, "+inf")
+    assert len(consuming) == 1, consuming
     up.process.popen.send_signal(signal.SIGTERM)
     assert up.wait_exit() == 0
     assert survivors(up) == {}
+    assert client.zscore("okc-up-test:workers", consuming[0]) is None  # a stopped worker unmarks itself
 
 
 def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_server: RedisServer) -> None:

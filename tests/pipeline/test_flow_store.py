@@ -11,6 +11,7 @@ import pytest
 from worker.events import ConnectedCredential, EntityOffer, parse_event
 from worker.flows import Flow, FlowState, FlowStore, Lifetimes, StepOutcome, TakeOutcome, token_fingerprint
 from worker.keys import RedisNames
+from worker.sweeper import Sweeper
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
@@ -176,3 +177,16 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
     store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
     taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
     assert taken_again.taken and taken_again.token is None
+
+
+def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowStore) -> None:
+    sweeper = Sweeper(store, lambda flow_id, state: None, interval=0.05, name="w1@host")
+    before = time.time()
+    sweeper.start()
+    deadline = time.monotonic() + 2
+    while store.redis.zscore(store.names.workers, "w1@host") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    marked = store.redis.zscore(store.names.workers, "w1@host")
+    sweeper.stop()
+    assert marked is not None and before <= marked <= time.time()
+    assert store.redis.zscore(store.names.workers, "w1@host") is None
