@@ -62,6 +62,10 @@ class Tally:
     duplicated: list[str]  # more than one terminal event, or anything after it
     by_outcome: Counter[str]  # "connection.completed", "authorization.failed:token_invalid", ...
 
+    def figures(self) -> dict[str, int]:
+        """The fault report's figures for these flows (FaultReport.record)."""
+        return {"flows": self.flows, "lost": len(self.lost), "duplicated_terminal": len(self.duplicated)}
+
 
 def describe(event: dict[str, Any]) -> str:
     if event["type"] == "authorization.failed":

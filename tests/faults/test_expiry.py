@@ -95,10 +95,8 @@ def test_many_flows_expire_in_every_stage_close_to_their_deadline(
             lateness.setdefault(stage, []).append(epoch(flow_events[-1]["at"]) - deadline)
     fault_report.record(
         "4 expiry",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=injected,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
         lateness_s={stage: _distribution(values) for stage, values in lateness.items()},
     )

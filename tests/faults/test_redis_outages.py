@@ -98,10 +98,8 @@ def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(
     tally = ledger.tally(events)
     fault_report.record(
         "2 redis restart",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=1,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors + sum(status == 500 for status, _, _ in answers.values()),
         slowest_answer_while_stalled_s=round(max(seconds for _, seconds, _ in answers.values()), 2),
     )
@@ -143,10 +141,8 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     completed_after = [epoch(flow_events[-1]["at"]) - back_at for flow_events in events.values()]
     fault_report.record(
         "2 redis restart",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=1,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
         mid_flow_restart_completed_within_s=round(max(completed_after), 2),
         mid_flow_restart_upstream_calls=sorted(connections.values()),

@@ -107,10 +107,8 @@ def test_redis_down_is_a_quick_json_503_and_shim_and_worker_recover(
     dependent = ("start", "callback", "status", "selection")
     fault_report.record(
         "2 redis restart",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=1,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors + sum(outage[name][0] == 500 for name in outage),
         answered_503_while_down=sorted(name for name in outage if outage[name][0] == 503),
         slowest_answer_while_down_s=round(max(seconds for _, seconds, _ in outage.values()), 2),
@@ -159,10 +157,8 @@ def test_callbacks_queued_before_a_restart_complete_after_it(
     tally = ledger.tally(events)
     fault_report.record(
         "2 redis restart",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=1,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
         tasks_queued_across_the_restart=queued_after,
     )

@@ -113,10 +113,8 @@ def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(
     lines = sum(text.count("\n") for name, text in places.items() if name.endswith("log"))
     fault_report.record(
         "6 secrets",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=injected,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
         log_lines_scanned=lines,
         secrets_checked=len(secret_values),

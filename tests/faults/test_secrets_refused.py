@@ -101,9 +101,7 @@ def test_refused_credentials_leave_no_key_or_token_behind(
     ]
     fault_report.record(
         "6 secrets",
-        flows=tally.flows,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
+        **tally.figures(),
         server_errors=ledger.server_errors,
         refused_credentials_leaks=len(leaks),
     )

@@ -121,10 +121,8 @@ def test_flows_complete_through_transient_faults_and_fail_precisely_on_refusals(
     connected = {c["Id"] for c in sandbox.connections()}
     fault_report.record(
         "3 upstream faults",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=injected,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
     )
     fault_report.parts["3 upstream faults"]["details"].setdefault("by_scenario", {})[scenario.name] = {
@@ -160,10 +158,8 @@ def test_refusals_mixed_into_transient_faults_fail_exactly_the_flows_they_hit(
     tally = ledger.tally(events)
     fault_report.record(
         "3 upstream faults",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=sum(stats["faults"].values()),
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
     )
     ledger.close()

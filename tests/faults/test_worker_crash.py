@@ -66,10 +66,8 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
     connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
     fault_report.record(
         "1 worker crash",
-        flows=tally.flows,
+        **tally.figures(),
         faults_injected=1,
-        lost=len(tally.lost),
-        duplicated_terminal=len(tally.duplicated),
         server_errors=ledger.server_errors,
         taken_up_within_s=round(max(taken_up), 2),
         quarter_of_token_ttl_s=TOKEN_TTL / 4,
