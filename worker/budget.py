@@ -154,13 +154,35 @@ class UpstreamBudget:
 
     @contextmanager
     def call(
-        self, priority: float, give_up_at: float, hold: float, heartbeat: Callable[[], None] | None = None
+        self,
+        priority: float,
+        give_up_at: float,
+        hold: float,
+        heartbeat: Callable[[], None] | None = None,
+        defer_end_to: list[Grant] | None = None,
     ) -> Iterator[Grant]:
+        """One call under the budget: acquired on entry, scored by its end on exit.
+
+        With `defer_end_to`, a call that returns is added to that list instead, for the caller to
+        record with `finished_all` once it has done what must come first (it stays counted a little
+        longer meanwhile, which is safe); a call that raises is recorded at once, as a retry may need
+        the room.
+        """
         grant = self.acquire(priority, give_up_at, hold, heartbeat)
         try:
             yield grant
-        finally:
-            # if Redis is away, the slot stays counted until `hold` runs out: safe, only slower
+        except BaseException:
+            self.finished_all([grant])
+            raise
+        if defer_end_to is not None:
+            defer_end_to.append(grant)
+        else:
+            self.finished_all([grant])
+
+    def finished_all(self, grants: list[Grant]) -> None:
+        """`finished` for each; if Redis is away, a slot stays counted until its hold runs out: safe,
+        only slower."""
+        for grant in grants:
             with suppress(redis.RedisError):
                 self.finished(grant)
 

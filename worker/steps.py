@@ -11,12 +11,10 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
-
-import redis
 
 from worker.budget import MAX_POLL_SECONDS, Grant, NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
@@ -53,38 +51,22 @@ class Worker:
     def admission(self, flow: Flow, answered: list[Grant]) -> Admission:
         """Each attempt waits for a slot of the shared budget, earliest deadline first.
 
-        A failed attempt's slot is scored by its end at once (a retry may need the room); one that
-        answered is added to `answered`, and its end is recorded after the flow's step (see `_work_on`):
-        a little later than it ended, which only keeps the slot counted a little longer, and the
-        round trip is off the path from callback to terminal event.
+        A failed attempt's slot is scored by its end at once; one that answered goes to `answered`,
+        and its end is recorded after the flow's step (see `_work_on`), off the path from callback to
+        terminal event.
         """
         lease = self.store.lifetimes.lease
 
         def keep_lease() -> None:  # waiting for budget is progress too: the sweeper must not requeue
             self.store.renew_lease(flow.flow_id, time.time() + lease + MAX_POLL_SECONDS)
 
-        @contextmanager
-        def admitted() -> Iterator[Grant]:
-            grant = self.budget.acquire(
-                priority=flow.deadline,
-                give_up_at=flow.deadline - self.policy.min_attempt_seconds,
-                hold=self.policy.max_attempt_seconds + 1,
-                heartbeat=keep_lease,
-            )
-            try:
-                yield grant
-            except BaseException:
-                self.finish_calls([grant])
-                raise
-            answered.append(grant)
-
-        return admitted
-
-    def finish_calls(self, grants: list[Grant]) -> None:
-        for grant in grants:
-            # if Redis is away, the slot stays counted until its hold runs out: safe, only slower
-            with suppress(redis.RedisError):
-                self.budget.finished(grant)
+        return lambda: self.budget.call(
+            priority=flow.deadline,
+            give_up_at=flow.deadline - self.policy.min_attempt_seconds,
+            hold=self.policy.max_attempt_seconds + 1,
+            heartbeat=keep_lease,
+            defer_end_to=answered,
+        )
 
 
 def verify_flow(worker: Worker, flow_id: str) -> Outcome:
@@ -160,7 +142,7 @@ def _then_finish(worker: Worker, answered: list[Grant]) -> Iterator[None]:
     try:
         yield
     finally:
-        worker.finish_calls(answered)
+        worker.budget.finished_all(answered)
 
 
 def _near_the_end_of_its_life(worker: Worker, flow: Flow) -> bool:
