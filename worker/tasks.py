@@ -29,8 +29,7 @@ def complete(flow_id: str) -> str:
 
 def enqueue(flow_id: str, state: FlowState) -> None:
     """Queues the task that works on a flow in this state."""
-    task = complete if state is FlowState.COMPLETING else verify
-    task.apply_async(args=[flow_id])
+    app.tasks[task_for(state)].apply_async(args=[flow_id])
 
 
 @lru_cache(maxsize=1)
