@@ -27,7 +27,8 @@ COMMANDS = {
 
 def pattern_subscriptions(client: redis.Redis) -> int:
     """PSUBSCRIBEs held by every client of this Redis (gossip adds one: the events exchange)."""
-    return sum(int(entry.get("psub", 0)) for entry in client.client_list())
+    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
+    return sum(int(entry.get("psub", 0)) for entry in clients)
 
 
 @pytest.fixture(params=list(COMMANDS))
