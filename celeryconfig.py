@@ -1,6 +1,6 @@
 """Celery configuration of oktopost-connect, read from the environment through worker.settings.
 
-Why each choice (see README, "Guarantees"):
+Why each choice (docs/design.md, "Guarantees", says what they promise):
 - acks late + reject on worker lost: a task whose worker dies is delivered again, never dropped.
 - prefetch 1: a worker holds no more flows than it is working on, so others can take them.
 - visibility timeout longer than the longest task (a task never outlives its flow's token), so Redis
@@ -34,10 +34,13 @@ broker_transport_options = {
 }
 broker_pool_limit = 20
 
-# Flows live under CHANNEL_PREFIX; so do their tasks. Two deployments (or a demo beside production)
-# sharing one Redis must not take each other's tasks: a worker would find no such flow and drop it.
+# Named after the project, not Celery's generic "celery", which another app on the same Redis would
+# consume. Flows live under CHANNEL_PREFIX and so do their tasks: two deployments (or a demo beside
+# production) sharing one Redis must not take each other's tasks.
 task_default_queue = (
-    "celery" if _settings.channel_prefix == "oktopost" else f"{_settings.channel_prefix}.celery"
+    "oktopost-connect"
+    if _settings.channel_prefix == "oktopost"
+    else f"{_settings.channel_prefix}.oktopost-connect"
 )
 
 task_serializer = "json"
@@ -48,6 +51,10 @@ task_acks_on_failure_or_timeout = True
 task_ignore_result = True
 task_track_started = True
 worker_prefetch_multiplier = 1
+# Threads: a task spends its time waiting on Oktopost and Redis, and threads share one Oktopost client
+# and one Redis pool per process. `celery -A worker worker` gets them too, not only our command.
+worker_pool = "threads"
+worker_concurrency = 8
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 

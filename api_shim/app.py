@@ -36,11 +36,12 @@ from worker import runtime
 from worker.budget import STEP1_PRIORITY, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flows import Flow, FlowState, FlowStore, QueuedTask, Step, StepOutcome, token_fingerprint
+from worker.flow import Flow, FlowState, token_fingerprint
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
 from worker.settings import Settings, get_settings
+from worker.store import FlowStore, QueuedTask, Transition, TransitionOutcome
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def queued_task(flow_id: str, state: FlowState, redis_url: str) -> QueuedTask | 
     return queued_with_step(flow_id, state, redis_url)
 
 
-def _queue_after(step: Step, flow_id: str, state: FlowState, queued: QueuedTask | None) -> None:
+def _queue_after(step: Transition, flow_id: str, state: FlowState, queued: QueuedTask | None) -> None:
     if step.done and queued is None:
         enqueue(flow_id, state)
 
@@ -250,7 +251,7 @@ def _claim(store: FlowStore, flow: Flow, token: str, redis_url: str) -> Response
     if flow.state is FlowState.AWAITING_CALLBACK and flow.seconds_left() <= 0:
         store.expire(flow)
         raise ApiError(410, "flow_expired", "the flow has expired")
-    step: Step | None = None
+    step: Transition | None = None
     if flow.state is FlowState.AWAITING_CALLBACK:
         queued = queued_task(flow.flow_id, FlowState.VERIFYING, redis_url)
         step = store.claim_callback(flow, token, queue=queued)
@@ -258,7 +259,7 @@ def _claim(store: FlowStore, flow: Flow, token: str, redis_url: str) -> Response
     if step is not None and step.done:
         metrics.CALLBACKS.labels(outcome="claimed").inc()
         return _back_to_caller(flow, "processing")
-    if step is not None and step.outcome is StepOutcome.TAKEN:
+    if step is not None and step.outcome is TransitionOutcome.TOKEN_IN_USE:
         metrics.CALLBACKS.labels(outcome="conflict").inc()
         raise ApiError(409, "token_already_used", "this token was already used by another flow")
     fingerprint = step.token_fp if step is not None else flow.token_fp

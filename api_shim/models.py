@@ -1,4 +1,4 @@
-"""Bodies of the shim's routes (CONTRACT section 3); these shape /openapi.json."""
+"""Bodies of the shim's routes; these shape /openapi.json."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class Sandbox:
         if fault == "malformed":
             return html_response(200, MALFORMED_PAGE)
         if fault == "reject":
-            # Oktopost refuses with HTTP 200 too (CONTRACT section 6): a 200 is not success until Result
+            # Oktopost refuses with HTTP 200 too: a 200 is not success until Result
             return api_error(200, "The request was rejected")
         answer = self._api.answer(request)
         return Silence.DROP if fault == "drop" else answer

@@ -27,68 +27,12 @@ from typing import Any
 
 import redis
 
+from worker import scripts
 from worker.keys import RedisNames
 
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
 STALE_WAITER_SECONDS = 3.0
 MAX_POLL_SECONDS = 1.0  # a waiter re-checks at least this often (and so stays alive in the queue)
-
-_ACQUIRE = """
-local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
-local waiter, priority = ARGV[1], tonumber(ARGV[2])
-local limit, period, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local stale, give_up_at = tonumber(ARGV[6]), tonumber(ARGV[7])
-local t = redis.call("TIME")
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-
-redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
-local gone = redis.call("ZRANGEBYSCORE", alive, "-inf", now - stale)
-for _, member in ipairs(gone) do
-  redis.call("ZREM", queue, member)
-  redis.call("ZREM", alive, member)
-end
-redis.call("ZADD", queue, priority, waiter)
-redis.call("ZADD", alive, now, waiter)
-
-local free = limit - redis.call("ZCARD", window)
-local rank = redis.call("ZRANK", queue, waiter)
-if rank < free then
-  redis.call("ZREM", queue, waiter)
-  redis.call("ZREM", alive, waiter)
-  redis.call("ZADD", window, now + hold, waiter)
-  redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
-  return {"granted", tostring(now)}
-end
--- the earliest moment enough calls could leave the window for this waiter's place in the queue: a
--- finished call leaves one period after its end; one in flight (scored by the latest moment it can
--- end) might end now, so no sooner than a period from now. Optimistic on purpose: a flow is doomed
--- only when even that is too late, and it polls again then.
--- A waiter further back than the window holds waits a period more for each `limit` ahead of it.
-local ahead = rank - free
-local held = limit - free
-local wait = 0.05
-if held > 0 then
-  local entry = redis.call("ZRANGE", window, ahead % held, ahead % held, "WITHSCORES")
-  if entry[2] then
-    wait = math.max(0.001, math.min(tonumber(entry[2]), now) + period - now)
-  end
-end
-wait = wait + math.floor(ahead / limit) * period
-if now + wait > give_up_at then
-  redis.call("ZREM", queue, waiter)
-  redis.call("ZREM", alive, waiter)
-  return {"doomed", tostring(wait)}
-end
-redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)
-redis.call("PEXPIRE", alive, math.ceil(stale * 1000) + 1000)
-return {"wait", tostring(wait)}
-"""
-
-_FINISHED = """
-local t = redis.call("TIME")
-redis.call("ZADD", KEYS[1], "XX", tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
-return 1
-"""
 
 
 class NoBudgetInTime(Exception):
@@ -120,8 +64,8 @@ class UpstreamBudget:
         self.limit = limit
         self.period = period
         self.sleep = sleep
-        self._acquire = client.register_script(_ACQUIRE)
-        self._finished = client.register_script(_FINISHED)
+        self._acquire = scripts.register(client, "budget_acquire")
+        self._finished = scripts.register(client, "budget_finished")
 
     def acquire(
         self, priority: float, give_up_at: float, hold: float, heartbeat: Callable[[], None] | None = None

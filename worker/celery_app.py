@@ -1,8 +1,42 @@
-"""The Celery app: configured from celeryconfig.py, tasks in worker.tasks, the sweeper started with it."""
+"""The Celery app: configured from celeryconfig.py, tasks in worker.tasks, the sweeper started with it.
+
+`celery -A worker worker` and `oktopost-connect worker` start the same worker: the pool and its
+concurrency come from the configuration, logging is ours on either path (each task's flow id, secrets
+redacted, LOG_FORMAT), and gossip and mingle are off on either path.
+"""
 
 from __future__ import annotations
 
-from celery import Celery
+from functools import cached_property
+from typing import Any
 
-app = Celery("oktopost_connect", include=["worker.tasks"])
+from celery import Celery, signals
+from celery.apps.worker import Worker
+
+
+class _Worker(Worker):
+    def prepare_args(self, **kwargs: Any) -> dict[str, Any]:
+        # Mingle asks the other workers for revoked tasks and clocks at start-up, and gossip follows
+        # every other worker's events: neither is used here (tasks are idempotent by their flow's
+        # lease), both cost a start-up wait and a stream of broadcasts on Redis.
+        return {**super().prepare_args(**kwargs), "without_gossip": True, "without_mingle": True}
+
+
+class ConnectCelery(Celery):
+    @cached_property
+    def Worker(self) -> type[Worker]:
+        return self.subclass_with_self(_Worker)
+
+
+app = ConnectCelery("oktopost_connect", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    """Celery leaves logging to us when this signal has a receiver, whichever command started it."""
+    from worker.logs import configure_logging
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)

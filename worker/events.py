@@ -1,4 +1,4 @@
-"""The events a flow publishes (CONTRACT section 4): one pydantic model per type, and their JSON Schema.
+"""The events a flow publishes (docs/api.md): one pydantic model per type, and their JSON Schema.
 
 Events are built here and given their `seq` inside Redis, by the flow store's Lua step, so that the
 state change, the stream entry and both publishes happen at once.
@@ -82,7 +82,7 @@ class ExpiredData(_Data):
     stage: ExpiredStage
 
 
-class _Event(BaseModel):
+class FlowEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
@@ -104,37 +104,37 @@ class _Event(BaseModel):
         return self.model_dump_json()
 
 
-class AuthorizationStarted(_Event):
+class AuthorizationStarted(FlowEvent):
     type: Literal["authorization.started"] = "authorization.started"
     data: StartedData
 
 
-class CallbackReceived(_Event):
+class CallbackReceived(FlowEvent):
     type: Literal["callback.received"] = "callback.received"
     data: CallbackData
 
 
-class SelectionRequired(_Event):
+class SelectionRequired(FlowEvent):
     type: Literal["selection.required"] = "selection.required"
     data: SelectionRequiredData
 
 
-class SelectionSubmitted(_Event):
+class SelectionSubmitted(FlowEvent):
     type: Literal["selection.submitted"] = "selection.submitted"
     data: SelectionSubmittedData
 
 
-class ConnectionCompleted(_Event):
+class ConnectionCompleted(FlowEvent):
     type: Literal["connection.completed"] = "connection.completed"
     data: CompletedData
 
 
-class AuthorizationFailed(_Event):
+class AuthorizationFailed(FlowEvent):
     type: Literal["authorization.failed"] = "authorization.failed"
     data: FailedData
 
 
-class AuthorizationExpired(_Event):
+class AuthorizationExpired(FlowEvent):
     type: Literal["authorization.expired"] = "authorization.expired"
     data: ExpiredData
 

@@ -1,4 +1,4 @@
-"""Every Redis name oktopost-connect uses, built in this one place (CONTRACT section 4).
+"""Every Redis name oktopost-connect uses, built in this one place.
 
 Channels and streams are public: subscribing services rely on them. The flow hash, the token key and
 the deadline index are internal.

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from worker.redaction import install_log_redaction, redacting_filter
 
 current_flow: ContextVar[str] = ContextVar("current_flow", default="-")
+TASK_PREFIX = "oktopost."  # the names of our Celery tasks (worker/queueing.py)
 
 
 @contextmanager
@@ -26,12 +28,29 @@ def flow_context(flow_id: str) -> Iterator[None]:
 
 
 class FlowContextFilter(logging.Filter):
-    """Puts the flow being worked on into every record, as `record.flow_id`."""
+    """Puts the flow being worked on into every record, as `record.flow_id`.
+
+    Celery logs a task's "received" and "succeeded" lines outside the task's body, with the task's name
+    and arguments in `record.data`: our tasks take the flow id alone, so it is read from there.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "flow_id"):
-            record.flow_id = current_flow.get()
+            flow_id = current_flow.get()
+            record.flow_id = flow_id if flow_id != "-" else _task_flow_id(getattr(record, "data", None))
         return True
+
+
+def _task_flow_id(data: object) -> str:
+    if not isinstance(data, dict) or not str(data.get("name", "")).startswith(TASK_PREFIX):
+        return "-"
+    args = data.get("args")
+    if isinstance(args, str):  # Celery passes the arguments' repr
+        with suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+            args = ast.literal_eval(args)
+    if isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    return "-"
 
 
 class JsonFormatter(logging.Formatter):

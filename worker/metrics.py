@@ -25,26 +25,21 @@ import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from worker import scripts
+
 log = logging.getLogger(__name__)
 
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _SEP = "|"
 _INF = "+Inf"
-# KEYS: the hash; ARGV: field, amount, field, amount, ...
-_ADD = """
-for i = 1, #ARGV, 2 do
-  redis.call("HINCRBYFLOAT", KEYS[1], ARGV[i], ARGV[i + 1])
-end
-return 1
-"""
 
 
 class WorkerMetrics:
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.key = key
-        self._add_script = client.register_script(_ADD)
+        self._add_script = scripts.register(client, "metrics_add")
         self._local = threading.local()  # each task thread gathers its own batch
 
     @contextmanager

@@ -25,7 +25,8 @@ from celery.utils.time import utcoffset
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
-from worker.flows import FlowState, QueuedTask
+from worker.flow import FlowState
+from worker.store import QueuedTask
 
 VERIFY_TASK = "oktopost.verify"
 COMPLETE_TASK = "oktopost.complete"

@@ -1,4 +1,5 @@
-"""The worker process's shared objects, built once from settings: Redis, the flow store, the client."""
+"""The worker process's shared objects, built once from settings: Redis, the flow store, the Oktopost
+client (one pooled client per process), the budget and the task context that holds them."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.budget import UpstreamBudget
-from worker.flows import FlowStore, Lifetimes
+from worker.flow import Lifetimes
 from worker.keys import RedisNames
 from worker.metrics import WorkerMetrics
-from worker.oktopost import get_client
+from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
 from worker.settings import Settings, get_settings
-from worker.steps import Worker
+from worker.store import FlowStore
+from worker.work import TaskContext
 
 _lock = threading.Lock()
 
@@ -27,7 +29,7 @@ def lifetimes(settings: Settings) -> Lifetimes:
         token_ttl=settings.token_ttl_seconds,
         retention=settings.flow_retention_seconds,
         # a flow whose work shows no progress for this long is taken up again: within a quarter of
-        # the token's life (CONTRACT section 8), less room for the sweeper's tick and the task's start
+        # the token's life (the promise to users), less room for the sweeper's tick and the task's start
         lease=max(1.5, 0.8 * settings.token_ttl_seconds / 4),
         # queued work is not requeued early: under load a task may wait its turn in the broker
         queued_lease=max(4.0, settings.token_ttl_seconds / 2),
@@ -70,12 +72,12 @@ def store() -> FlowStore:
 
 
 @lru_cache(maxsize=1)
-def worker() -> Worker:
+def task_context() -> TaskContext:
     settings = get_settings()
     flow_store = store()
-    return Worker(
+    return TaskContext(
         store=flow_store,
-        client=get_client(settings),
+        client=OktopostClient.from_settings(settings),
         policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
         metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
         budget=budget(settings, flow_store.redis),

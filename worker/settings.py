@@ -1,4 +1,4 @@
-"""Settings of the shim and the worker, read from the environment (CONTRACT section 5).
+"""Settings of the shim and the worker, read from the environment (docs/api.md lists them).
 
 A bad value stops start-up with one line naming the setting: `load_settings()` raises `ConfigError`,
 and the command line turns it into that line and exit code 2.

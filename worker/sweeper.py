@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker.flows import FlowState, FlowStore
-from worker.steps import expire_flow
+from worker.flow import WORKING_STATES, FlowState
+from worker.store import FlowStore
+from worker.work import TaskOutcome, expire_flow
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,13 @@ Enqueue = Callable[[str, FlowState], None]
 def sweep_once(store: FlowStore, enqueue: Enqueue, now: float | None = None) -> tuple[int, int]:
     """One pass; returns (flows expired, flows taken up again)."""
     now = time.time() if now is None else now
-    expired = sum(expire_flow(store, flow_id, now).value == "expired" for flow_id in store.due_deadlines(now))
+    expired = sum(
+        expire_flow(store, flow_id, now) is TaskOutcome.EXPIRED for flow_id in store.due_deadlines(now)
+    )
     requeued = 0
     for flow_id in store.due_leases(now):
         flow = store.get(flow_id)
-        if flow is None or flow.state not in (FlowState.VERIFYING, FlowState.COMPLETING):
+        if flow is None or flow.state not in WORKING_STATES:
             store.forget_lease(flow_id)
             continue
         if store.take_lapsed_lease(flow_id, now):
@@ -64,14 +67,14 @@ class Sweeper:
         self._thread.join(timeout=5)
         if self.name is not None:
             try:
-                self.store.worker_gone(self.name)
+                self.store.redis.zrem(self.store.names.workers, self.name)
             except Exception as error:  # Redis away at shutdown: the mark ages out by itself
                 log.debug("worker mark not removed: %s", type(error).__name__)
 
     def _beat(self) -> None:
         now = time.time()
         if self.name is not None and now - self._beat_at >= HEARTBEAT_SECONDS:
-            self.store.worker_alive(self.name, now)
+            self.store.redis.zadd(self.store.names.workers, {self.name: now})
             self._beat_at = now
 
     def _run(self) -> None:

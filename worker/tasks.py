@@ -7,24 +7,25 @@ from functools import lru_cache
 
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import runtime, steps
+from worker import runtime, work
 from worker.celery_app import app
-from worker.flows import FlowState, QueuedTask
+from worker.flow import FlowState
 from worker.logs import flow_context
 from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
+from worker.store import QueuedTask
 from worker.sweeper import Sweeper
 
 
 @app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
 def verify(flow_id: str) -> str:
     with flow_context(flow_id):
-        return steps.verify_flow(runtime.worker(), flow_id).value
+        return work.verify_flow(runtime.task_context(), flow_id).value
 
 
 @app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True)
 def complete(flow_id: str) -> str:
     with flow_context(flow_id):
-        return steps.complete_flow(runtime.worker(), flow_id).value
+        return work.complete_flow(runtime.task_context(), flow_id).value
 
 
 def enqueue(flow_id: str, state: FlowState) -> None:

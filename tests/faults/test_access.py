@@ -20,10 +20,11 @@ from schemathesis.python import asgi
 import api_shim.app
 from tests.conftest import API_KEY, RedisServer, Sandbox
 from tests.faults.conftest import FaultReport
-from worker.flows import FlowState, FlowStore
+from worker.flow import FlowState
 from worker.keys import RedisNames
 from worker.runtime import lifetimes, redis_client
 from worker.settings import Settings, load_settings
+from worker.store import FlowStore
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -32,15 +32,16 @@ import api_shim.app
 from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.faults.conftest import FaultReport
 from worker.events import EntityOffer
-from worker.flows import FlowState, FlowStore
+from worker.flow import FlowState
 from worker.keys import RedisNames
 from worker.runtime import lifetimes, redis_client
 from worker.settings import Settings, load_settings
+from worker.store import FlowStore
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-FUZZ_DB = 9  # the session redis-server's database for this module alone: `celery` and `oktopost:*` are ours
-QUEUE = "celery"
+FUZZ_DB = 9  # this module alone uses this database: `oktopost-connect` and `oktopost:*` are ours
+QUEUE = "oktopost-connect"
 SCHEMA_CASES = 800  # in-process, through every route in /openapi.json
 CALLBACK_CASES = 9000  # in-process, the callback route
 SOCKET_CASES = 200  # over real sockets to a shim process
@@ -364,7 +365,7 @@ def test_generated_requests_over_sockets_never_5xx(shim_process: Pipeline, fault
 
     def indexes() -> list[int]:
         return [
-            redis.llen(f"{shim_process.prefix}.celery"),
+            redis.llen(f"{shim_process.prefix}.oktopost-connect"),
             redis.zcard(names.deadlines),
             redis.zcard(names.leases),
         ]

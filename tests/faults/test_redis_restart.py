@@ -142,7 +142,7 @@ def test_callbacks_queued_before_a_restart_complete_after_it(
     pages = [ledger.start(network, "page") for network in ("Facebook", "LinkedIn", "Instagram")]
     for flow in ledger.flows:
         ledger.callback(flow)
-    queue = f"{pipeline.prefix}.celery"
+    queue = f"{pipeline.prefix}.oktopost-connect"
     queued_before = server.server.client().llen(queue)
 
     server.stop()

@@ -58,7 +58,7 @@ def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(
     denied = ledger.start("Twitter")
     for flow in profiles + entities:
         ledger.callback(flow)
-    queued = [bytes(message) for message in ledger.redis.lrange(f"{pipeline.prefix}.celery", 0, -1)]
+    queued = [bytes(message) for message in ledger.redis.lrange(f"{pipeline.prefix}.oktopost-connect", 0, -1)]
     assert len(queued) == len(profiles) + len(entities)
 
     # refusals: a replayed token, a second token, a denial's repeat, bad keys, a token of the wrong shape

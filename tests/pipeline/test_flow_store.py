@@ -9,8 +9,9 @@ import fakeredis
 import pytest
 
 from worker.events import ConnectedCredential, EntityOffer, parse_event
-from worker.flows import Flow, FlowState, FlowStore, Lifetimes, StepOutcome, TakeOutcome, token_fingerprint
+from worker.flow import Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
+from worker.store import FlowStore, TakeOutcome, TransitionOutcome
 from worker.sweeper import Sweeper
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -69,7 +70,7 @@ def test_second_claim_reports_conflict_with_fingerprint(store: FlowStore) -> Non
     flow = new_flow(store)
     store.claim_callback(flow, TOKEN)
     again = store.claim_callback(flow, TOKEN)
-    assert again.outcome is StepOutcome.CONFLICT and again.state is FlowState.VERIFYING
+    assert again.outcome is TransitionOutcome.CONFLICT and again.state is FlowState.VERIFYING
     assert again.token_fp == token_fingerprint(TOKEN)
     assert len(store.events("flow-1")) == 2
 
@@ -85,7 +86,7 @@ def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
     assert waiting is not None and waiting.offered_ids() == ["1", "2", "3"]
     assert store.due_leases(time.time() + 1000) == []
     assert store.submit_selection(waiting, ["2", "3"]).done
-    assert store.submit_selection(waiting, ["2"]).outcome is StepOutcome.CONFLICT
+    assert store.submit_selection(waiting, ["2"]).outcome is TransitionOutcome.CONFLICT
     completing = store.get("flow-1")
     assert completing is not None and completing.selected_ids == ["2", "3"]
     creds = [ConnectedCredential(id="003-2", name="Page 2", status="valid", network="LinkedIn")]
@@ -109,14 +110,14 @@ def test_exactly_one_terminal_event_whatever_races(store: FlowStore) -> None:
         store.expire(verifying, now=time.time() + 10**6).outcome,
         store.complete(verifying, creds).outcome,
     ]
-    assert outcomes.count(StepOutcome.DONE) == 1
+    assert outcomes.count(TransitionOutcome.DONE) == 1
     types = [e["type"] for e in store.events("flow-1")]
     assert types == ["authorization.started", "callback.received", "connection.completed"]
 
 
 def test_expire_waits_for_the_deadline(store: FlowStore) -> None:
     flow = new_flow(store)
-    assert store.expire(flow, now=time.time()).outcome is StepOutcome.EARLY
+    assert store.expire(flow, now=time.time()).outcome is TransitionOutcome.EARLY
     step = store.expire(flow, now=time.time() + 21)
     assert step.done
     last = store.events("flow-1")[-1]
@@ -130,14 +131,14 @@ def test_expire_after_claim_reports_verify_stage(store: FlowStore) -> None:
     claimed = store.get("flow-1")
     assert claimed is not None
     # the callback-stage deadline has passed, but the claim moved the deadline: not yet
-    assert store.expire(claimed, now=flow.deadline + 1).outcome is StepOutcome.EARLY
+    assert store.expire(claimed, now=flow.deadline + 1).outcome is TransitionOutcome.EARLY
     assert store.expire(claimed, now=claimed.deadline + 1).done
     assert store.events("flow-1")[-1]["data"] == {"stage": "verify"}
 
 
 def test_missing_flow(store: FlowStore) -> None:
     ghost = Flow("nope", FlowState.VERIFYING, "LinkedIn", "profile", None, None, 0.0, 0.0)
-    assert store.fail(ghost, "x", "y", False, 1).outcome is StepOutcome.MISSING
+    assert store.fail(ghost, "x", "y", False, 1).outcome is TransitionOutcome.MISSING
     assert not store.redis.exists("oktopost:flow:nope:state")
 
 
@@ -155,12 +156,12 @@ def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
     assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     duplicate = store.take_work("flow-1", "task-b", FlowState.VERIFYING)
     assert duplicate.outcome is TakeOutcome.BUSY and duplicate.flow is None and duplicate.token is None
-    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).taken
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     wrong_state = store.take_work("flow-1", "task-b", FlowState.COMPLETING)
     assert wrong_state.outcome is TakeOutcome.GONE
     # the owner dies: its lease lapses, the sweeper takes it and clears the owner, a new task takes over
     assert store.take_lapsed_lease("flow-1", time.time() + 1000) is True
-    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING).taken
+    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     assert store.take_work("nope", "task-c", FlowState.VERIFYING).outcome is TakeOutcome.GONE
 
 
@@ -169,14 +170,14 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
     store.claim_callback(flow, TOKEN)
     before = time.time()
     taken = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
-    assert taken.taken and taken.token == TOKEN
+    assert taken.outcome is TakeOutcome.TAKEN and taken.token == TOKEN
     assert taken.flow == store.get("flow-1")  # the flow as stored
     assert taken.flow is not None and taken.flow.state is FlowState.VERIFYING
     assert before + store.lifetimes.lease <= taken.leased_until <= time.time() + store.lifetimes.lease
     assert store.redis.zscore(store.names.leases, "flow-1") == pytest.approx(taken.leased_until)
     store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
     taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
-    assert taken_again.taken and taken_again.token is None
+    assert taken_again.outcome is TakeOutcome.TAKEN and taken_again.token is None
 
 
 def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowStore) -> None:

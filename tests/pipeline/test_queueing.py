@@ -17,9 +17,10 @@ import redis
 from celery import Celery
 
 from tests.conftest import RedisServer
-from worker.flows import FlowState, FlowStore, Lifetimes, QueuedTask, StepOutcome
+from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
+from worker.store import FlowStore, QueuedTask, TransitionOutcome
 from worker.tasks import queued_with_step
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -141,8 +142,8 @@ def test_a_refused_step_queues_nothing(store: FlowStore) -> None:
     flow = store.create(FLOW_ID, "LinkedIn", "profile", None, None)
     other = store.create("cd" * 20, "LinkedIn", "profile", None, None)
     assert store.claim_callback(other, TOKEN).done  # the token belongs to another flow now
-    assert store.claim_callback(flow, TOKEN, queue=_queued()).outcome is StepOutcome.TAKEN
-    assert store.claim_callback(other, TOKEN, queue=_queued()).outcome is StepOutcome.CONFLICT  # again
+    assert store.claim_callback(flow, TOKEN, queue=_queued()).outcome is TransitionOutcome.TOKEN_IN_USE
+    assert store.claim_callback(other, TOKEN, queue=_queued()).outcome is TransitionOutcome.CONFLICT  # again
     assert store.redis.llen("q.celery") == 0
 
 
@@ -155,7 +156,10 @@ def test_a_selection_queues_the_completion_with_its_step(store: FlowStore) -> No
     assert waiting is not None
     assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).done
     assert store.redis.llen("c.celery") == 1
-    assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).outcome is StepOutcome.CONFLICT
+    assert (
+        store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).outcome
+        is TransitionOutcome.CONFLICT
+    )
     assert store.redis.llen("c.celery") == 1
 
 

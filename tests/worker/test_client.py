@@ -9,7 +9,6 @@ import json
 import logging
 import pickle
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -46,15 +45,12 @@ from worker.oktopost import (
     canonical_network,
     complete_request,
     error_messages,
-    get_async_client,
-    get_client,
     parse_retry_after,
-    reset_clients,
     timeout_from_settings,
     verify_request,
 )
 from worker.redaction import RedactingFilter, redact, register_secret
-from worker.settings import EU_BASE_URL, Settings
+from worker.settings import Settings
 
 BASE = "https://api.test"
 ACCOUNT = "acct-0001"
@@ -561,31 +557,6 @@ def test_bad_arguments_are_refused_before_any_request(call: Callable[..., Any]) 
     with pytest.raises(ValueError):
         call(recorder, "verify", TOKEN, timeout=0)
     assert recorder.requests == []
-
-
-# --- one pooled client per process --------------------------------------------------------------------
-
-
-def test_get_client_is_built_once_per_process_and_thread_safe() -> None:
-    reset_clients()
-    settings = Settings(
-        oktopost_base_url=EU_BASE_URL, oktopost_account_id="eu-acct", oktopost_api_key=SecretStr("eu-key-123")
-    )
-    try:
-        seen: list[OktopostClient] = []
-        threads = [threading.Thread(target=lambda: seen.append(get_client(settings))) for _ in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len({id(client) for client in seen}) == 1
-        client = seen[0]
-        assert client.base_url == EU_BASE_URL and client.account_id == "eu-acct"
-        assert get_async_client(settings) is get_async_client()
-        reset_clients()
-        assert client.is_closed and get_client(settings) is not client
-    finally:
-        reset_clients()
 
 
 def test_from_settings_uses_settings_and_transport() -> None:

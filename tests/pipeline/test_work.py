@@ -1,4 +1,4 @@
-"""Task steps on fakeredis with the real client over httpx.MockTransport: outcomes and their events."""
+"""What a task does with a flow (fakeredis, the real client over MockTransport): outcomes and events."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from worker.budget import UpstreamBudget
-from worker.flows import FlowState, FlowStore, Lifetimes
+from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
-from worker.steps import Outcome, Worker, complete_flow, expire_flow, verify_flow
+from worker.store import FlowStore
+from worker.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 PROFILE = {
@@ -40,18 +41,18 @@ PAGES = {
 FAST = RetryPolicy(max_attempt_seconds=1, backoff_multiplier=0.001, backoff_max=0.01)
 
 
-def make_worker(handler: Callable[[httpx.Request], httpx.Response], token_ttl: int = 30) -> Worker:
+def make_context(handler: Callable[[httpx.Request], httpx.Response], token_ttl: int = 30) -> TaskContext:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
     upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
     names = RedisNames("t")
     budget = UpstreamBudget(client, names, 1000, 1.0)
-    return Worker(store, upstream, FAST, WorkerMetrics(client, "t:metrics"), budget)
+    return TaskContext(store, upstream, FAST, WorkerMetrics(client, "t:metrics"), budget)
 
 
-def claimed(worker: Worker, entity_type: str = "profile") -> str:
-    flow = worker.store.create("flow-1", "LinkedIn", entity_type, None, None)
-    assert worker.store.claim_callback(flow, TOKEN).done
+def claimed(context: TaskContext, entity_type: str = "profile") -> str:
+    flow = context.store.create("flow-1", "LinkedIn", entity_type, None, None)
+    assert context.store.claim_callback(flow, TOKEN).done
     return "flow-1"
 
 
@@ -70,8 +71,8 @@ def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request],
     return handler
 
 
-def types(worker: Worker) -> list[str]:
-    return [e["type"] for e in worker.store.events("flow-1")]
+def types(context: TaskContext) -> list[str]:
+    return [e["type"] for e in context.store.events("flow-1")]
 
 
 def test_profile_verified_through_transient_faults() -> None:
@@ -82,10 +83,10 @@ def test_profile_verified_through_transient_faults() -> None:
         httpx.Response(429, headers={"Retry-After": "0"}),
         httpx.Response(200, json=PROFILE),
     )
-    worker = make_worker(handler)
-    assert verify_flow(worker, claimed(worker)) is Outcome.COMPLETED
-    assert types(worker)[-1] == "connection.completed"
-    assert worker.store.events("flow-1")[-1]["data"]["credentials"][0]["id"] == "003-1"
+    context = make_context(handler)
+    assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
+    assert types(context)[-1] == "connection.completed"
+    assert context.store.events("flow-1")[-1]["data"]["credentials"][0]["id"] == "003-1"
     assert len(handler.seen) == 5  # type: ignore[attr-defined]
     assert all(TOKEN in str(r.url) for r in handler.seen)  # type: ignore[attr-defined]
 
@@ -99,30 +100,30 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
 
-    worker = make_worker(handler)
-    flow_id = claimed(worker, "page")
-    assert verify_flow(worker, flow_id) is Outcome.SELECTION_REQUIRED
-    waiting = worker.store.get(flow_id)
+    context = make_context(handler)
+    flow_id = claimed(context, "page")
+    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
+    waiting = context.store.get(flow_id)
     assert waiting is not None and waiting.state is FlowState.AWAITING_SELECTION
-    assert worker.store.submit_selection(waiting, ["2"]).done
-    assert complete_flow(worker, flow_id) is Outcome.COMPLETED
-    assert types(worker)[-2:] == ["selection.submitted", "connection.completed"]
+    assert context.store.submit_selection(waiting, ["2"]).done
+    assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
+    assert types(context)[-2:] == ["selection.submitted", "connection.completed"]
 
 
 def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     """ "invalid or has expired" with less than a quarter of TOKEN_TTL_SECONDS left: expired, not failed."""
     refused = httpx.Response(404, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid"}}})
-    worker = make_worker(answers(refused), token_ttl=30)
-    flow = worker.store.create("flow-1", "LinkedIn", "profile", None, None)
-    assert worker.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
-    assert verify_flow(worker, "flow-1") is Outcome.EXPIRED
-    ended = worker.store.events("flow-1")[-1]
+    context = make_context(answers(refused), token_ttl=30)
+    flow = context.store.create("flow-1", "LinkedIn", "profile", None, None)
+    assert context.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
+    assert verify_flow(context, "flow-1") is TaskOutcome.EXPIRED
+    ended = context.store.events("flow-1")[-1]
     assert ended["type"] == "authorization.expired" and ended["data"] == {"stage": "verify"}
 
-    fresh = make_worker(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
+    fresh = make_context(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
     flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
     assert fresh.store.claim_callback(flow, TOKEN, now=time.time() - 20).done
-    assert verify_flow(fresh, "flow-1") is Outcome.FAILED
+    assert verify_flow(fresh, "flow-1") is TaskOutcome.FAILED
 
 
 @pytest.mark.parametrize(
@@ -144,9 +145,9 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
 )
 def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> None:
     handler = answers(response)
-    worker = make_worker(handler)
-    assert verify_flow(worker, claimed(worker)) is Outcome.FAILED
-    failed = worker.store.events("flow-1")[-1]
+    context = make_context(handler)
+    assert verify_flow(context, claimed(context)) is TaskOutcome.FAILED
+    failed = context.store.events("flow-1")[-1]
     assert failed["type"] == "authorization.failed"
     assert (
         failed["data"]["code"] == code
@@ -163,39 +164,39 @@ def test_rejected_completion_is_an_invalid_selection() -> None:
             return httpx.Response(200, json=PAGES)
         return httpx.Response(400, json={"Result": False, "Errors": {"API": {"Error": "Unknown id: 2"}}})
 
-    worker = make_worker(handler)
-    flow_id = claimed(worker, "group")
-    verify_flow(worker, flow_id)
-    worker.store.submit_selection(worker.store.get(flow_id), ["2"])  # type: ignore[arg-type]
-    assert complete_flow(worker, flow_id) is Outcome.FAILED
-    assert worker.store.events(flow_id)[-1]["data"]["code"] == "invalid_selection"
+    context = make_context(handler)
+    flow_id = claimed(context, "group")
+    verify_flow(context, flow_id)
+    context.store.submit_selection(context.store.get(flow_id), ["2"])  # type: ignore[arg-type]
+    assert complete_flow(context, flow_id) is TaskOutcome.FAILED
+    assert context.store.events(flow_id)[-1]["data"]["code"] == "invalid_selection"
 
 
 def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None:
-    worker = make_worker(answers(httpx.Response(503)), token_ttl=1)
+    context = make_context(answers(httpx.Response(503)), token_ttl=1)
     started = time.time()
-    assert verify_flow(worker, claimed(worker)) is Outcome.EXPIRED
+    assert verify_flow(context, claimed(context)) is TaskOutcome.EXPIRED
     assert time.time() - started < 1.5
-    assert worker.store.events("flow-1")[-1]["data"] == {"stage": "verify"}
-    assert "authorization.failed" not in types(worker)
+    assert context.store.events("flow-1")[-1]["data"] == {"stage": "verify"}
+    assert "authorization.failed" not in types(context)
 
 
 def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
     handler = answers(httpx.Response(200, json=PROFILE))
-    worker = make_worker(handler)
-    flow_id = claimed(worker)
-    assert verify_flow(worker, flow_id) is Outcome.COMPLETED
-    assert verify_flow(worker, flow_id) is Outcome.SKIPPED
-    assert complete_flow(worker, flow_id) is Outcome.SKIPPED
-    assert verify_flow(worker, "missing") is Outcome.SKIPPED
-    assert expire_flow(worker.store, flow_id, now=time.time() + 10**6) is Outcome.SKIPPED
-    assert len(handler.seen) == 1 and len(types(worker)) == 3  # type: ignore[attr-defined]
+    context = make_context(handler)
+    flow_id = claimed(context)
+    assert verify_flow(context, flow_id) is TaskOutcome.COMPLETED
+    assert verify_flow(context, flow_id) is TaskOutcome.SKIPPED
+    assert complete_flow(context, flow_id) is TaskOutcome.SKIPPED
+    assert verify_flow(context, "missing") is TaskOutcome.SKIPPED
+    assert expire_flow(context.store, flow_id, now=time.time() + 10**6) is TaskOutcome.SKIPPED
+    assert len(handler.seen) == 1 and len(types(context)) == 3  # type: ignore[attr-defined]
 
 
 def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
-    worker = make_worker(answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
-    verify_flow(worker, claimed(worker))
-    families = {f.name: f for f in RedisMetricsCollector(worker.store.redis, "t:metrics").collect()}
+    context = make_context(answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
+    verify_flow(context, claimed(context))
+    families = {f.name: f for f in RedisMetricsCollector(context.store.redis, "t:metrics").collect()}
     outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
     assert outcomes == {"completed": 1.0}
     retries = {s.labels["fault"]: s.value for s in families["okc_worker_retries"].samples}
@@ -256,16 +257,16 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen_in_window.append(
-            [score for _, score in worker.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+            [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
         )
         return httpx.Response(503) if len(seen_in_window) == 1 else httpx.Response(200, json=PROFILE)
 
-    worker = make_worker(handler)
+    context = make_context(handler)
     started = time.time()
-    assert verify_flow(worker, claimed(worker)) is Outcome.COMPLETED
+    assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
     # during the first call: its own slot, counted up to its hold; during the retry: the first call's
     # slot already scored by its end, and the retry's own up to its hold
     assert len(seen_in_window[0]) == 1 and seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
     assert sorted(seen_in_window[1])[0] <= time.time() < sorted(seen_in_window[1])[1]
-    ends = [score for _, score in worker.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+    ends = [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
     assert len(ends) == 2 and all(started <= end <= time.time() for end in ends)

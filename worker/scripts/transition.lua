@@ -1,4 +1,4 @@
--- One step of a flow, atomically: check the state, change it, give the event its seq, XADD it to the
+-- One transition of a flow, atomically: check the state, change it, give the event its seq, XADD it to the
 -- flow's stream and PUBLISH it on both channels. Either all of it happens or none of it does.
 --
 -- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
@@ -19,7 +19,7 @@
 --         (worker/queueing.py builds both; the broker list is named here, not in KEYS, as it lives
 --         outside the flow's keys: the project assumes one Redis, not a cluster)
 --      17.. field, value pairs to store in the flow hash
--- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline} | {"taken", flow}
+-- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline} | {"token_in_use", flow}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -45,7 +45,7 @@ local claim_key = KEYS[6]
 if claim_key then
   local holder = redis.call("GET", claim_key)
   if holder and holder ~= flow_id then
-    return {"taken", holder}
+    return {"token_in_use", holder}
   end
 end
 

@@ -1,0 +1,39 @@
+"""Log records carry the flow they are about: inside a task's body, and on Celery's own task lines."""
+
+from __future__ import annotations
+
+import logging
+
+from worker.logs import FlowContextFilter, flow_context
+
+
+def record(data: object = None) -> logging.LogRecord:
+    entry = logging.LogRecord("celery.app.trace", logging.INFO, __file__, 1, "Task %(name)s done", None, None)
+    if data is not None:
+        entry.data = data
+    return entry
+
+
+def flow_of(entry: logging.LogRecord) -> str:
+    assert FlowContextFilter().filter(entry)
+    return str(entry.flow_id)  # type: ignore[attr-defined]
+
+
+def test_a_line_inside_a_task_names_its_flow() -> None:
+    with flow_context("f" * 40):
+        assert flow_of(record()) == "f" * 40
+    assert flow_of(record()) == "-"
+
+
+def test_celerys_received_and_succeeded_lines_name_the_flow_of_our_tasks() -> None:
+    assert (
+        flow_of(record({"name": "oktopost.verify", "args": "['abc123abc123abc123']"})) == "abc123abc123abc123"
+    )
+    assert flow_of(record({"name": "oktopost.complete", "args": ["a1b2c3d4e5f60718"]})) == "a1b2c3d4e5f60718"
+
+
+def test_other_tasks_and_odd_arguments_name_no_flow() -> None:
+    assert flow_of(record({"name": "other.task", "args": "['x']"})) == "-"
+    assert flow_of(record({"name": "oktopost.verify", "args": "not python"})) == "-"
+    assert flow_of(record({"name": "oktopost.verify", "args": "['a', 'b']"})) == "-"
+    assert flow_of(record("not a dict")) == "-"

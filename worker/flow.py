@@ -1,0 +1,107 @@
+"""A flow: one user's authorization, from Step 1 to its one terminal event, and the lifetimes it lives by.
+
+A flow moves   awaiting_callback -> verifying -> (awaiting_selection -> completing ->) completed
+and can end as failed or expired from any stage before that. `worker.store` keeps flows in Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class FlowState(StrEnum):
+    AWAITING_CALLBACK = "awaiting_callback"
+    VERIFYING = "verifying"
+    AWAITING_SELECTION = "awaiting_selection"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (FlowState.COMPLETED, FlowState.FAILED, FlowState.EXPIRED)
+
+    @property
+    def stage(self) -> str:
+        """The stage an expiry in this state is reported with."""
+        return _STAGES[self]
+
+
+_STAGES = {
+    FlowState.AWAITING_CALLBACK: "callback",
+    FlowState.VERIFYING: "verify",
+    FlowState.AWAITING_SELECTION: "selection",
+    FlowState.COMPLETING: "complete",
+}
+LIVE_STATES = tuple(_STAGES)
+# the states in which a task works on the flow (and holds a lease on that work)
+WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
+
+
+def token_fingerprint(token: str) -> str:
+    """What the flow keeps to recognise a repeated callback without keeping the token in the hash."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    flow_id: str
+    state: FlowState
+    network: str
+    entity_type: str
+    reference: str | None
+    return_url: str | None
+    created_at: float
+    deadline: float
+    token_expires_at: float | None = None
+    callback_at: float | None = None
+    token_fp: str = ""
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    selected_ids: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    @classmethod
+    def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
+        return cls(
+            flow_id=flow_id,
+            state=FlowState(raw["state"]),
+            network=raw["network"],
+            entity_type=raw["entity_type"],
+            reference=raw.get("reference") or None,
+            return_url=raw.get("return_url") or None,
+            created_at=float(raw["created_at"]),
+            deadline=float(raw["deadline"]),
+            token_expires_at=float(raw["token_expires_at"]) if raw.get("token_expires_at") else None,
+            callback_at=float(raw["callback_at"]) if raw.get("callback_at") else None,
+            token_fp=raw.get("token_fp", ""),
+            entities=json.loads(raw.get("entities") or "[]"),
+            selected_ids=json.loads(raw.get("selected_ids") or "[]"),
+            seq=int(raw.get("seq", 0)),
+        )
+
+    def offered_ids(self) -> list[str]:
+        return [str(entity["id"]) for entity in self.entities]
+
+    def seconds_left(self, now: float | None = None) -> float:
+        return self.deadline - (time.time() if now is None else now)
+
+    def owns_token(self, token: str) -> bool:
+        return bool(self.token_fp) and hmac.compare_digest(self.token_fp, token_fingerprint(token))
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """How long flows wait, how long tokens live, how long finished flows are kept."""
+
+    flow_ttl: int = 900
+    token_ttl: int = 300
+    retention: int = 86400
+    lease: float = 75.0  # a running task that shows no progress for this long is taken up again
+    queued_lease: float = 150.0  # work queued but not started yet gets this long before a requeue

@@ -1,0 +1,83 @@
+"""Each API call built once, ready for either client to send: what to send and how to read the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
+from worker.oktopost.reading import parse_complete, parse_credential, parse_start, parse_verify
+from worker.oktopost.vocabulary import (
+    AUTHORIZATION_PATH,
+    CREDENTIAL_PATH,
+    canonical_entity_type,
+    canonical_network,
+)
+from worker.redaction import redact
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OktopostCall(Generic[_T]):
+    """One API call, ready to send by either client: what to send and how to read the answer."""
+
+    step: str
+    method: str
+    path: str  # quoted, may hold the token: never log it unredacted
+    parse: Callable[[httpx.Response], _T]
+    # Already encoded: Oktopost expects `ids=1,2` with a bare comma, which httpx's params= would escape.
+    query: str = ""
+    form: Mapping[str, str] | None = field(default=None)
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def __repr__(self) -> str:
+        return f"OktopostCall({self.step}: {self.method} {redact(self.path)})"
+
+
+def _quoted_token(token: str) -> str:
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError("an okt token is required")
+    return quote(token.strip(), safe="")
+
+
+def start_authorization_request(network: str, callback_url: str, type: str = "profile") -> OktopostCall[str]:
+    """Step 1: POST /v2/social-authorization, form-encoded network, url and type."""
+    parts = urlsplit(callback_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("the callback url must be an absolute http(s) URL")
+    form = {"network": canonical_network(network), "url": callback_url, "type": canonical_entity_type(type)}
+    return OktopostCall("start authorization", "POST", AUTHORIZATION_PATH, parse_start, form=form)
+
+
+def verify_request(token: str) -> OktopostCall[VerifiedProfile | EntityChoice]:
+    """Step 3: GET /v2/social-authorization/{token}."""
+    return OktopostCall("verify", "GET", f"{AUTHORIZATION_PATH}/{_quoted_token(token)}", parse_verify)
+
+
+def complete_request(token: str, ids: Sequence[str]) -> OktopostCall[list[Credential]]:
+    """Step 4: PUT /v2/social-authorization/{token}?ids=a,b, ids comma-joined as the reference does."""
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of ids, not one string")
+    cleaned = [str(entity_id).strip() for entity_id in ids]
+    if not cleaned or any(not entity_id or "," in entity_id for entity_id in cleaned):
+        raise ValueError("ids must be a non-empty list of non-empty ids without commas")
+    query = "ids=" + ",".join(quote(entity_id, safe="") for entity_id in cleaned)
+    return OktopostCall(
+        "complete", "PUT", f"{AUTHORIZATION_PATH}/{_quoted_token(token)}", parse_complete, query=query
+    )
+
+
+def credential_request(credential_id: str) -> OktopostCall[Credential]:
+    """GET /v2/credential/{id}."""
+    if not isinstance(credential_id, str) or not credential_id.strip():
+        raise ValueError("a credential id is required")
+    path = f"{CREDENTIAL_PATH}/{quote(credential_id.strip(), safe='')}"
+    return OktopostCall("get credential", "GET", path, parse_credential)

@@ -1,0 +1,25 @@
+"""Every Lua script of the pipeline: one `.lua` file each, beside this loader, and loaded only here.
+
+Each file's header documents its KEYS, ARGV and return values. A state change that must be atomic (a
+flow's transition with its event, a lease, a budget slot) is one script, never a read-modify-write in
+Python.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from redis.commands.core import Script
+
+
+@cache
+def source(name: str) -> str:
+    """The text of `{name}.lua`."""
+    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def register(client: Any, name: str) -> Script:
+    """`{name}.lua` registered on a Redis client (sent by EVALSHA, loaded again after a Redis restart)."""
+    return client.register_script(source(name))
