@@ -22,25 +22,43 @@ again per task in the worker, which publishes three task events and an ack. The 
 connection of its own (each command borrows one from the pool) and is safe to share between threads,
 so each channel now keeps the one it built for as long as its pool lives; a pool that kombu drops after
 a lost connection gets a new client with the new pool, exactly as before.
+
+Both reach into kombu's internals, so they are made only on the tested Celery and kombu releases
+(worker/versions.py); on others kombu's transport is left as it ships, with one warning.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 
+from worker.versions import LibraryVersions, describe_tested_ranges
+
+log = logging.getLogger(__name__)
+
 _REPAIRED = "_oktopost_connect_repaired"
 _CLIENT = "_oktopost_connect_client"
 
 
-def repair_redis_transport() -> None:
-    """Idempotent; called where Celery is configured (celeryconfig.py)."""
+def repair_redis_transport(versions: LibraryVersions | None = None) -> bool:
+    """Idempotent; called where Celery is configured (celeryconfig.py). False when the installed (or
+    given) versions are not the tested ones: then nothing is changed and one warning says so."""
+    versions = versions or LibraryVersions.installed()
+    if not versions.tested:
+        log.warning(
+            "untested %s (tested: %s): kombu's Redis transport is left as it ships",
+            ", ".join(versions.untested()),
+            describe_tested_ranges(),
+        )
+        return False
     _fail_closed_connection_as_connection_error()
     _reuse_one_client_per_channel()
+    return True
 
 
 def _fail_closed_connection_as_connection_error() -> None:

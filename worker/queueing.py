@@ -1,22 +1,26 @@
-"""Celery task messages built ahead of time, so that the flow step which makes work also queues it.
+"""The Enqueuer: which task works on a flow in which state, and how that task reaches the broker.
 
-A callback used to be a Lua step (the claim) followed by `apply_async`: two more trips to Redis (the
-LPUSH, then the task-sent event's PUBLISH), about 0.75 ms of CPU inside Celery and kombu, and a moment
-in which a claimed flow had no task (a shim dying there left the flow to the lease sweeper). Now the
-step's own Lua script pushes the task and publishes its task-sent event, or does neither: the message is
-Celery's protocol-2 message (`create_task_message`, what `apply_async` builds) in kombu's Redis envelope,
-what `apply_async` would LPUSH but for its ids. tests/pipeline/test_queueing.py sends one each way and
-compares them, so a Celery or kombu release that changes either fails there, not in production.
+A step that makes work (a callback's claim, a submitted selection) queues its task in the same Lua
+call: the flow store pushes a message prepared here and publishes its task-sent event, or does
+neither. So no claimed flow is ever left without its task, and the shim saves `apply_async`'s two
+trips to Redis and most of its CPU. The message is Celery's protocol-2 message (`create_task_message`,
+what `apply_async` builds) in kombu's Redis envelope, what `apply_async` would LPUSH but for its ids;
+tests/pipeline/test_queueing.py sends one each way and compares them.
 
-Only what the shim does per request is built here; the sweeper's rare requeues keep `apply_async`.
+Building messages by hand relies on Celery's and kombu's internals, so it is done only where it can
+work and was tested: the broker is the flows' Redis (a Lua script reaches one Redis) and the installed
+Celery and kombu are the tested ones (worker/versions.py). Otherwise the task is sent with
+`apply_async` after the step. The sweeper's rare requeues always use `apply_async`.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -26,16 +30,69 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
 from worker.flow import FlowState
-from worker.store import QueuedTask
+from worker.versions import LibraryVersions, describe_tested_ranges
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A Celery task message that a flow transition pushes onto the broker list itself (see `Enqueuer`)."""
+
+    queue: str  # the broker list (LPUSH)
+    message: str
+    event_channel: str  # "" when task-sent events are off
+    event: str
+    task_id: str
+
 
 VERIFY_TASK = "oktopost.verify"
 COMPLETE_TASK = "oktopost.complete"
 EVENT_EXCHANGE = "celeryev"  # celery.events.event.EVENT_EXCHANGE_NAME; a fanout exchange on Redis
 
+log = logging.getLogger(__name__)
+
 
 def task_for(state: FlowState) -> str:
     """The task that works on a flow in this state."""
     return COMPLETE_TASK if state is FlowState.COMPLETING else VERIFY_TASK
+
+
+class Enqueuer:
+    """Queues the task that works on a flow: with the flow's step when it can, after the step otherwise.
+
+    A caller asks for the `prepared` message, hands it to the store's step, then calls `after_step`,
+    which sends the task only when the step moved the flow without pushing a message itself.
+    `versions` are the installed ones unless given; outside the tested range the Enqueuer logs one
+    warning as it is built (at start-up) and never prepares a message.
+    """
+
+    def __init__(self, app: Celery, redis_url: str, *, versions: LibraryVersions | None = None) -> None:
+        self.app = app
+        versions = versions or LibraryVersions.installed()
+        if not versions.tested:
+            log.warning(
+                "untested %s (tested: %s): tasks are queued with apply_async after each step",
+                ", ".join(versions.untested()),
+                describe_tested_ranges(),
+            )
+        # a Lua script reaches one Redis only: with the broker elsewhere the step cannot push the task
+        self.prepares = versions.tested and app.conf.broker_url == redis_url
+        self._messages = TaskMessages(app)
+
+    def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None:
+        """The message of the task for a flow in this state, for the flow's step to push; None when the
+        step cannot push it (then `after_step` sends it)."""
+        if not self.prepares:
+            return None
+        return self._messages.prepare(task_for(state), flow_id)
+
+    def after_step(self, done: bool, flow_id: str, state: FlowState, prepared: QueuedTask | None) -> None:
+        """Sends the task when the step moved the flow (`done`) without pushing `prepared` itself."""
+        if done and prepared is None:
+            self.enqueue(flow_id, state)
+
+    def enqueue(self, flow_id: str, state: FlowState) -> None:
+        """Sends the task for a flow in this state with `apply_async`, apart from any step."""
+        self.app.tasks[task_for(state)].apply_async(args=[flow_id])
 
 
 class TaskMessages:

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -40,6 +40,9 @@ from worker.events import (
 from worker.flow import LIVE_STATES, WORKING_STATES, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
 
+if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
+    from worker.queueing import QueuedTask
+
 
 class TransitionOutcome(StrEnum):
     DONE = "done"
@@ -59,17 +62,6 @@ class Transition:
     @property
     def done(self) -> bool:
         return self.outcome is TransitionOutcome.DONE
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedTask:
-    """A Celery task message that a transition pushes onto the broker list itself (worker/queueing.py)."""
-
-    queue: str  # the broker list (LPUSH)
-    message: str
-    event_channel: str  # "" when task-sent events are off
-    event: str
-    task_id: str
 
 
 class TakeOutcome(StrEnum):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import socket
-from functools import lru_cache
 
 from celery.signals import worker_ready, worker_shutdown
 
 from worker import runtime, work
 from worker.celery_app import app
-from worker.flow import FlowState
 from worker.logs import flow_context
-from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
-from worker.store import QueuedTask
+from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer
+from worker.settings import get_settings
 from worker.sweeper import Sweeper
 
 
@@ -28,25 +26,9 @@ def complete(flow_id: str) -> str:
         return work.complete_flow(runtime.task_context(), flow_id).value
 
 
-def enqueue(flow_id: str, state: FlowState) -> None:
-    """Queues the task that works on a flow in this state."""
-    app.tasks[task_for(state)].apply_async(args=[flow_id])
-
-
-@lru_cache(maxsize=1)
-def _messages() -> TaskMessages:
-    return TaskMessages(app)
-
-
-def queued_with_step(flow_id: str, state: FlowState, redis_url: str) -> QueuedTask | None:
-    """The message of the task for a flow in this state, for the flow store's step to push itself.
-
-    None when the broker is not the flows' Redis (CELERY_BROKER_URL set apart from REDIS_URL): a Lua
-    script reaches one Redis only, so the caller then enqueues after the step, with `enqueue`.
-    """
-    if app.conf.broker_url != redis_url:
-        return None
-    return _messages().prepare(task_for(state), flow_id)
+def enqueuer(redis_url: str) -> Enqueuer:
+    """The Enqueuer of these tasks, for a process whose flows live at `redis_url`."""
+    return Enqueuer(app, redis_url)
 
 
 _sweeper: Sweeper | None = None
@@ -56,7 +38,7 @@ _sweeper: Sweeper | None = None
 def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
-    _sweeper = Sweeper(runtime.store(), enqueue, name=name)
+    _sweeper = Sweeper(runtime.store(), enqueuer(get_settings().redis_url).enqueue, name=name)
     _sweeper.start()
 
 

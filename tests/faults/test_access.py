@@ -1,4 +1,4 @@
-"""Access (CONTRACT section 3): who may call the shim, which flow a callback may claim, where a browser goes.
+"""Access: who may call the shim, which flow a callback may claim, where a browser goes.
 
 The shim app runs in-process against the test Redis and the session sandbox. Every refusal is a JSON
 error and leaves everything as it was: no flow created, no task queued, no flow moved.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,9 +17,10 @@ import httpx
 import pytest
 from schemathesis.python import asgi
 
-import api_shim.app
+from api_shim.app import create_app
 from tests.conftest import API_KEY, RedisServer, Sandbox
 from tests.faults.conftest import FaultReport
+from tests.shim.harness import RecordingEnqueuer
 from worker.flow import FlowState
 from worker.keys import RedisNames
 from worker.runtime import lifetimes, redis_client
@@ -39,7 +40,7 @@ ALLOWED = "https://app.example,http://127.0.0.1:9"
 class Shim:
     client: Any  # schemathesis' in-process client (requests-like)
     store: FlowStore
-    enqueued: list[tuple[str, str]] = field(default_factory=list)
+    enqueuer: RecordingEnqueuer
     refused: int = 0
     server_errors: int = 0
 
@@ -50,6 +51,10 @@ class Shim:
         if response.status_code >= 400:
             self.refused += 1
         return response
+
+    @property
+    def enqueued(self) -> list[tuple[str, FlowState]]:
+        return self.enqueuer.enqueued
 
     def flow_keys(self) -> list[bytes]:
         return sorted(self.store.redis.scan_iter(f"{PREFIX}:flow:*"))
@@ -79,12 +84,10 @@ def config(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[Settings]:
 def shim(config: Settings) -> Iterator[Shim]:
     """The app anew for each test: the in-process client ends the app's lifespan (its upstream client)."""
     store = FlowStore(redis_client(config), RedisNames(PREFIX), lifetimes(config))
-    enqueued: list[tuple[str, str]] = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api_shim.app, "enqueue", lambda flow_id, state: enqueued.append((flow_id, state.value)))
-        app: Any = api_shim.app.create_app(config)  # an ASGI app; schemathesis' annotation is narrower
-        with asgi.get_client(app) as client:
-            yield Shim(client, store, enqueued)
+    enqueuer = RecordingEnqueuer()
+    app: Any = create_app(config, enqueuer=enqueuer)  # an ASGI app; schemathesis' annotation is narrower
+    with asgi.get_client(app) as client:
+        yield Shim(client, store, enqueuer)
 
 
 def _forget(store: FlowStore) -> None:

@@ -28,19 +28,20 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python import asgi
 
-import api_shim.app
+import worker.tasks  # noqa: F401 - defines our tasks, which every Celery app shares
+from api_shim.app import create_app
 from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.faults.conftest import FaultReport
 from worker.events import EntityOffer
-from worker.flow import FlowState
 from worker.keys import RedisNames
+from worker.queueing import Enqueuer
 from worker.runtime import lifetimes, redis_client
 from worker.settings import Settings, load_settings
 from worker.store import FlowStore
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-FUZZ_DB = 9  # this module alone uses this database: `oktopost-connect` and `oktopost:*` are ours
+FUZZ_DB = 9  # the session redis-server's database for this module alone: `celery` and `oktopost:*` are ours
 QUEUE = "oktopost-connect"
 SCHEMA_CASES = 800  # in-process, through every route in /openapi.json
 CALLBACK_CASES = 9000  # in-process, the callback route
@@ -56,6 +57,7 @@ class InProcessShim:
     config: Settings
     store: FlowStore
     flows: dict[str, str]  # a flow in each state (and a fresh one awaiting its callback), by role
+    enqueuer: Enqueuer  # on this module's broker: the flows' Redis, queue QUEUE
     client: Any = None  # requests to the app in this process (schemathesis' ASGI client), set per test
     caller: AppCaller | None = None  # the same app called straight, for the callback route's many requests
     requests: int = 0
@@ -205,14 +207,8 @@ def fuzz_world(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[InProces
     store = FlowStore(redis_client(config), RedisNames(config.channel_prefix), lifetimes(config))
     store.redis.flushdb()
     producer = Celery("fuzz-producer", broker=url, set_as_current=False)
-
-    def enqueue(flow_id: str, state: FlowState) -> None:  # worker.tasks.enqueue, on this module's broker
-        task = "oktopost.complete" if state is FlowState.COMPLETING else "oktopost.verify"
-        producer.send_task(task, args=[flow_id], queue=QUEUE)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api_shim.app, "enqueue", enqueue)
-        yield InProcessShim(config, store, _seed(store))
+    producer.conf.task_default_queue = QUEUE
+    yield InProcessShim(config, store, _seed(store), Enqueuer(producer, url))
     producer.close()
     store.redis.flushdb()
 
@@ -220,7 +216,7 @@ def fuzz_world(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[InProces
 @pytest.fixture
 def shim(fuzz_world: InProcessShim) -> Iterator[InProcessShim]:
     # schemathesis ends an in-process app's lifespan after each test (closing its upstream client)
-    app: Any = api_shim.app.create_app(fuzz_world.config)
+    app: Any = create_app(fuzz_world.config, enqueuer=fuzz_world.enqueuer)
     with asgi.get_client(app) as client, start_blocking_portal() as portal:
         fuzz_world.client = client
         fuzz_world.caller = AppCaller(app, portal)

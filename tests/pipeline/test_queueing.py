@@ -16,17 +16,20 @@ import pytest
 import redis
 from celery import Celery
 
+import worker.tasks  # noqa: F401 - defines our tasks, which every Celery app shares
 from tests.conftest import RedisServer
 from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
-from worker.queueing import COMPLETE_TASK, VERIFY_TASK, TaskMessages, task_for
-from worker.store import FlowStore, QueuedTask, TransitionOutcome
-from worker.tasks import queued_with_step
+from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
+from worker.store import FlowStore, TransitionOutcome
+from worker.versions import LibraryVersions
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 FLOW_ID = "ab" * 20
 # what differs between any two messages, whoever sends them: ids, the moment, the sender's clock
 _PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "uuid", "timestamp", "clock", "pid"}
+# whatever is installed: this file is what tells whether the hand-built messages hold on a release
+AS_TESTED = LibraryVersions(celery="5.7.0", kombu="5.7.0")
 
 
 def _app(broker_url: str, queue: str) -> Celery:
@@ -62,22 +65,24 @@ def broker(redis_server: RedisServer) -> Iterator[tuple[Celery, redis.Redis, str
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("task_name", [VERIFY_TASK, COMPLETE_TASK])
+@pytest.mark.parametrize("state", [FlowState.VERIFYING, FlowState.COMPLETING])
 def test_the_prepared_message_and_event_are_what_apply_async_sends(
-    broker: tuple[Celery, redis.Redis, str], task_name: str
+    broker: tuple[Celery, redis.Redis, str], state: FlowState
 ) -> None:
     app, client, queue = broker
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
     listener = client.pubsub()
     listener.psubscribe("*celeryev/task.sent")
     assert listener.get_message(timeout=2)["type"] == "psubscribe"  # type: ignore[index]
 
-    app.tasks[task_name].apply_async(args=[FLOW_ID])  # our tasks are shared: every app has them
+    enqueuer.enqueue(FLOW_ID, state)  # apply_async
     sent = client.rpop(queue)
     sent_event = listener.get_message(timeout=2)
-    prepared = TaskMessages(app).prepare(task_name, FLOW_ID)
+    prepared = enqueuer.prepared(FLOW_ID, state)
     listener.close()
 
-    assert sent is not None and sent_event is not None
+    assert sent is not None and sent_event is not None and prepared is not None
+    assert json.loads(prepared.message)["headers"]["task"] == task_for(state)
     assert prepared.queue == queue
     assert _decoded(prepared.message) == _decoded(sent)
     assert json.loads(prepared.message)["headers"]["id"] == prepared.task_id
@@ -90,7 +95,8 @@ def test_the_prepared_message_and_event_are_what_apply_async_sends(
 def test_without_sent_events_there_is_no_event_to_publish() -> None:
     app = _app("redis://127.0.0.1:1/0", "quiet.celery")  # never connected to: no event, no channel
     app.conf.task_send_sent_event = False
-    prepared = TaskMessages(app).prepare(VERIFY_TASK, FLOW_ID)
+    prepared = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED).prepared(FLOW_ID, FlowState.VERIFYING)
+    assert prepared is not None
     assert prepared.event_channel == "" and prepared.event == ""
     assert json.loads(base64.b64decode(json.loads(prepared.message)["body"]))[0] == [FLOW_ID]
 
@@ -103,17 +109,21 @@ def test_the_task_follows_the_state() -> None:
 def test_our_tasks_messages_say_their_results_are_ignored() -> None:
     from worker.celery_app import app
 
-    prepared = TaskMessages(app)
-    for name in (VERIFY_TASK, COMPLETE_TASK):
-        headers = json.loads(prepared.prepare(name, FLOW_ID).message)["headers"]
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+    for state, name in ((FlowState.VERIFYING, VERIFY_TASK), (FlowState.COMPLETING, COMPLETE_TASK)):
+        prepared = enqueuer.prepared(FLOW_ID, state)
+        assert prepared is not None
+        headers = json.loads(prepared.message)["headers"]
         assert headers["task"] == name and headers["ignore_result"] is True
 
 
 def test_the_step_queues_only_when_the_broker_is_the_flows_redis() -> None:
     from worker.celery_app import app
 
-    assert queued_with_step(FLOW_ID, FlowState.VERIFYING, app.conf.broker_url) is not None
-    assert queued_with_step(FLOW_ID, FlowState.VERIFYING, "redis://elsewhere.example:6379/3") is None
+    with_step = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+    after_step = Enqueuer(app, "redis://elsewhere.example:6379/3", versions=AS_TESTED)
+    assert with_step.prepared(FLOW_ID, FlowState.VERIFYING) is not None
+    assert after_step.prepared(FLOW_ID, FlowState.VERIFYING) is None
 
 
 # --- the step pushes it, atomically -----------------------------------------------------------------------
@@ -169,7 +179,10 @@ def test_a_worker_runs_the_task_that_a_claim_queued(broker: tuple[Celery, redis.
     app, client, queue = broker
     store = FlowStore(client, RedisNames(f"t{uuid.uuid4().hex[:6]}"), Lifetimes())
     flow = store.create(uuid.uuid4().hex, "LinkedIn", "profile", None, None)
-    assert store.claim_callback(flow, TOKEN, queue=TaskMessages(app).prepare(VERIFY_TASK, flow.flow_id)).done
+    prepared = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED).prepared(
+        flow.flow_id, FlowState.VERIFYING
+    )
+    assert store.claim_callback(flow, TOKEN, queue=prepared).done
     with app.connection_for_read() as connection:
         simple = connection.SimpleQueue(queue)
         deadline = time.monotonic() + 5

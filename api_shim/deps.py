@@ -1,0 +1,56 @@
+"""What the routes work with, handed to them by FastAPI: one `Deps` per app, built by `create_app`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from api_shim.errors import ApiError
+from api_shim.security import check_bearer
+from worker.budget import UpstreamBudget
+from worker.flow import Flow
+from worker.keys import RedisNames
+from worker.oktopost import AsyncOktopostClient
+from worker.queueing import Enqueuer
+from worker.settings import Settings
+from worker.store import FlowStore
+
+FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: Settings
+    store: FlowStore
+    client: AsyncOktopostClient  # Oktopost, for Step 1: the only upstream call the shim makes
+    budget: UpstreamBudget
+    enqueuer: Enqueuer
+
+    @property
+    def names(self) -> RedisNames:
+        return self.store.names
+
+    def load_flow(self, flow_id: str) -> Flow:
+        """The flow, or a 404 that looks the same for a malformed id and an unknown one."""
+        if not FLOW_ID.match(flow_id):
+            raise ApiError(404, "flow_not_found", "no such flow")
+        flow = self.store.get(flow_id)
+        if flow is None:
+            raise ApiError(404, "flow_not_found", "no such flow")
+        return flow
+
+
+def app_deps(request: Request) -> Deps:
+    deps: Deps = request.app.state.deps
+    return deps
+
+
+ShimDeps = Annotated[Deps, Depends(app_deps)]
+
+
+def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Routes for callers (not browsers) take this: 401 unless a configured Bearer key is presented."""
+    check_bearer(authorization, shim.settings.shim_api_keys)

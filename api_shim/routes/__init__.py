@@ -1,0 +1,1 @@
+"""The shim's routes, one router per concern: callers' authorizations, browsers' callbacks, probes."""

@@ -1,0 +1,103 @@
+"""GET /v1/callback/{flow_id}: the browser comes back from Oktopost, with its okt token or without one.
+
+A token claims the flow and queues its verification in one step; no token means the user did not
+authorize, and the flow fails. Either way the browser goes on to the flow's return_url, or gets a
+small page. The rules for what a callback comes to are in api_shim/rules.py.
+"""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from api_shim import metrics, rules
+from api_shim.deps import Deps, ShimDeps
+from api_shim.errors import ApiError
+from api_shim.rules import Verdict
+from worker.flow import Flow, FlowState
+
+router = APIRouter()
+
+_PAGES = {
+    "processing": "Thanks! Your account is being connected. You can close this window.",
+    "denied": "The authorization was not granted. You can close this window.",
+}
+
+
+@router.get("/v1/callback/{flow_id}", response_model=None, responses={303: {"description": "to return_url"}})
+def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    started = time.perf_counter()
+    tokens = request.query_params.getlist("okt")
+    if len(tokens) > 1:
+        raise ApiError(400, "invalid_callback", "more than one okt parameter")
+    flow = shim.load_flow(flow_id)
+    if tokens:
+        response = _claim(shim, flow, tokens[0])
+    else:
+        response = _deny(shim, flow, request.query_params.get("error"))
+    metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
+    return response
+
+
+def _claim(shim: Deps, flow: Flow, token: str) -> Response:
+    if not rules.well_formed(token):
+        raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
+    if rules.came_too_late(flow):
+        shim.store.expire(flow)
+        raise _expired()
+    step = None
+    if rules.awaits_callback(flow):
+        prepared = shim.enqueuer.prepared(flow.flow_id, FlowState.VERIFYING)
+        step = shim.store.claim_callback(flow, token, queue=prepared)
+        shim.enqueuer.after_step(step.done, flow.flow_id, FlowState.VERIFYING, prepared)
+    verdict = rules.claim_verdict(flow, token, step)
+    if verdict is Verdict.EXPIRED:
+        raise _expired()
+    metrics.CALLBACKS.labels(outcome="conflict" if verdict is Verdict.TAKEN else verdict.value).inc()
+    if verdict is Verdict.TAKEN:
+        raise ApiError(409, "token_already_used", "this token was already used by another flow")
+    if verdict is Verdict.CONFLICT:
+        raise ApiError(409, "flow_already_claimed", "this flow already received another token")
+    return back_to_caller(flow, "processing")
+
+
+def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
+    if rules.came_too_late(flow):
+        shim.store.expire(flow)
+        raise _expired()
+    if rules.awaits_callback(flow):
+        shim.store.fail(flow, "authorization_denied", rules.denial_message(error), False, 0)
+        metrics.CALLBACKS.labels(outcome=Verdict.DENIED.value).inc()
+        return back_to_caller(flow, "denied")
+    verdict = rules.denial_verdict(shim.store.get(flow.flow_id) or flow)
+    if verdict is Verdict.EXPIRED:
+        raise _expired()
+    if verdict is Verdict.DENIED:
+        return back_to_caller(flow, "denied")
+    raise ApiError(409, "flow_already_claimed", "this flow already received a token")
+
+
+def _expired() -> ApiError:
+    return ApiError(410, "flow_expired", "the flow has expired")
+
+
+def back_to_caller(flow: Flow, status: str) -> Response:
+    """A 303 to the flow's own return_url with flow_id and status added; a small page when it has none."""
+    if flow.return_url:
+        parts = urlsplit(flow.return_url)
+        query = [
+            *parse_qsl(parts.query, keep_blank_values=True),
+            ("flow_id", flow.flow_id),
+            ("status", status),
+        ]
+        return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), status_code=303)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>oktopost-connect</title></head>"
+        f"<body><p>{escape(_PAGES[status])}</p><p>Reference: <code>{escape(flow.flow_id)}</code></p>"
+        "</body></html>"
+    )
+    return HTMLResponse(page, status_code=200)

@@ -1,0 +1,78 @@
+"""What a browser's callback comes to: the rules for claiming a flow with a token, or denying it.
+
+Plain functions of the flow, the token and the flow store's answer; the callback route takes the
+steps they call for and turns their verdict into a response. A flow is claimed once, by one token,
+and a token claims one flow: verifying a token for a second flow would connect the first flow's
+account to it (Oktopost answers a live token as often as asked).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from worker.flow import Flow, FlowState, token_fingerprint
+from worker.store import Transition, TransitionOutcome
+
+# okt tokens look like 591c6053d81978.11578446867279657339b29ad2799b11ca4ff883; accept a little more
+OKT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
+_REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_. -]")
+
+
+class Verdict(StrEnum):
+    CLAIMED = "claimed"  # this token claimed the flow: its verification is queued
+    REPEATED = "repeated"  # the token that claimed the flow, again: answered as the first time
+    DENIED = "denied"  # the user did not authorize: the flow has failed
+    CONFLICT = "conflict"  # the flow was already claimed, by another token
+    TAKEN = "taken"  # the token already claimed another flow
+    EXPIRED = "expired"  # the flow's deadline has passed
+
+
+def well_formed(token: str) -> bool:
+    return OKT_TOKEN.match(token) is not None
+
+
+def awaits_callback(flow: Flow) -> bool:
+    return flow.state is FlowState.AWAITING_CALLBACK
+
+
+def came_too_late(flow: Flow, now: float | None = None) -> bool:
+    """The flow still awaits its callback but its deadline has passed: it is to be expired, whatever
+    the callback says (the sweeper may not have got to it yet)."""
+    return awaits_callback(flow) and flow.seconds_left(now) <= 0
+
+
+def claim_verdict(flow: Flow, token: str, step: Transition | None) -> Verdict:
+    """What a callback with `token` comes to, given the claim step's answer (None when the flow was not
+    awaiting its callback, so no claim was tried)."""
+    if step is not None and step.done:
+        return Verdict.CLAIMED
+    if step is not None and step.outcome is TransitionOutcome.TOKEN_IN_USE:
+        return Verdict.TAKEN
+    # the step's answer is the flow as it is now; without a step, the flow as it was loaded
+    fingerprint = step.token_fp if step is not None else flow.token_fp
+    state = (step.state if step is not None else None) or flow.state
+    if fingerprint and fingerprint == token_fingerprint(token):
+        return Verdict.REPEATED
+    if state is FlowState.EXPIRED:
+        return Verdict.EXPIRED
+    return Verdict.CONFLICT
+
+
+def denial_verdict(current: Flow) -> Verdict:
+    """What a callback without a token comes to for a flow no longer awaiting its callback, as it is now."""
+    if current.state is FlowState.EXPIRED:
+        return Verdict.EXPIRED
+    if current.state is FlowState.FAILED:
+        return Verdict.DENIED
+    return Verdict.CONFLICT
+
+
+def denial_reason(error: str | None) -> str:
+    """The `error` Oktopost sent the browser back with, short and plain enough for an event's message."""
+    reason = _REASON_UNSAFE.sub("", (error or "no token").strip()[:64])
+    return reason or "no token"
+
+
+def denial_message(error: str | None) -> str:
+    return f"the user did not authorize ({denial_reason(error)})"

@@ -1,0 +1,43 @@
+"""/healthz, /readyz and /metrics: open to anyone, and honest about Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.shim.harness import TOKEN, Shim
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_shim_is_alive_and_ready_with_redis_answering(shim: Shim) -> None:
+    alive = await shim.http.get("/healthz")
+    ready = await shim.http.get("/readyz")
+    assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+async def test_the_shim_is_not_ready_while_redis_is_away_and_routes_answer_503(shim: Shim) -> None:
+    flow = shim.new_flow()
+    shim.redis_server.connected = False
+    ready = await shim.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "unavailable"
+    callback = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
+    assert callback.status_code == 503 and callback.headers["retry-after"] == "2"
+    shim.redis_server.connected = True
+    assert (await shim.http.get("/readyz")).status_code == 200
+
+
+async def test_metrics_count_requests_by_route_template_and_callbacks_by_outcome(shim: Shim) -> None:
+    flow = shim.new_flow()
+    await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
+    answer = await shim.http.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    lines = answer.text.splitlines()
+    assert any(
+        line.startswith("okc_shim_requests_total{")
+        and 'route="/v1/callback/{flow_id}"' in line
+        and 'status="303"' in line
+        for line in lines
+    )
+    assert any(line.startswith('okc_shim_callbacks_total{outcome="claimed"}') for line in lines)
+    assert flow.flow_id not in answer.text
