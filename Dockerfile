@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: rebuilding after a code change does not reinstall them.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
@@ -19,6 +19,7 @@ COPY celeryconfig.py ./
 COPY worker ./worker
 COPY api_shim ./api_shim
 COPY sandbox ./sandbox
+COPY cli ./cli
 RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info
 

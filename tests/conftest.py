@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ import httpx
 import pytest
 import redis
 
+from cli.processes import PrivateRedis, start_redis_server
 from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
-from worker.embedded_redis import redis_server_command
 
 API_KEY = "test-caller-key-0123456789"
 RETURN_URL = "https://app.example/done"
@@ -26,8 +25,9 @@ RETURN_URL = "https://app.example/done"
 class RedisServer:
     url: str
     port: int
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | None = None  # None: a Redis we did not start
     directory: str | None = None
+    private: PrivateRedis | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -36,21 +36,16 @@ class RedisServer:
 def start_redis(
     extra: list[str] | None = None, port: int | None = None, directory: str | None = None
 ) -> RedisServer:
-    port = port or free_port()
-    directory = directory or tempfile.mkdtemp(prefix="okc-redis-")
-    process = subprocess.Popen(
-        redis_server_command(port, directory, *(extra or [])),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, directory)
+    """A private redis-server (see cli.processes); `directory` kept for a restart on the same data."""
+    server = start_redis_server(*(extra or []), port=port, directory=directory)
+    home = directory or str(server.temporary_directory)
+    return RedisServer(server.url, server.port, server.child.popen, home, server)
 
 
 def stop_redis(server: RedisServer) -> None:
-    if server.process is not None:
-        server.process.terminate()
-        server.process.wait(10)
+    """SIGTERM (Redis writes what its AOF still holds), SIGKILL after 10 s."""
+    if server.private is not None:
+        server.private.stop(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def _alive(pid: int) -> bool:
 
 
 def _bench(*options: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", "bench", "--quick", "--concurrency", "16", *options]
+    return [sys.executable, "-m", "cli", "bench", "--quick", "--concurrency", "16", *options]
 
 
 def test_quick_bench_reports_every_scenario_and_system(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_quick_bench_reports_every_scenario_and_system(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "cli",
             "bench",
             "--quick",
             "--concurrency",
@@ -130,7 +130,7 @@ def test_bench_measures_only_the_systems_asked_for(tmp_path: Path) -> None:
 
 
 def test_a_rate_needs_enough_completions_to_mean_something() -> None:
-    from worker.bench.scenarios import MIN_RATED, completion_rate
+    from cli.bench.scenarios import MIN_RATED, completion_rate
 
     assert math.isnan(completion_rate([5.0] * (MIN_RATED - 1)))
     steady = [index / 100 for index in range(200)]  # 100 a second

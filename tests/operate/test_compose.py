@@ -29,9 +29,9 @@ import pytest
 import redis
 import yaml
 
+from cli.main import COMMANDS
 from tests.pipeline.flows import callback, consent
 from tests.support import ROOT, Process, free_port, wait_for_http, wait_for_port
-from worker.cli import COMMANDS
 from worker.subscribe import follow_flow
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -151,7 +151,7 @@ def test_every_command_is_a_real_oktopost_connect_or_celery_command(name: str) -
     if argv[0] == "oktopost-connect":
         command = argv[1]
         assert command in COMMANDS, f"{name}: no sub-command {command!r}"
-        text = help_text([sys.executable, "-m", "worker.cli", command, "--help"])
+        text = help_text([sys.executable, "-m", "cli", command, "--help"])
         for flag in flags(argv[2:]):
             assert shows_flag(text, flag), f"{name}: `oktopost-connect {command}` has no {flag}"
     else:
@@ -302,6 +302,8 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
         "worker/transition.lua",
         "worker/schema/event.schema.json",
         "sandbox/consent.html",
+        "cli/main.py",
+        "LICENSE",
     ):
         assert in_build_context(path), path
 

@@ -26,7 +26,7 @@ MARKER = "OKC_TEST_MARKER"
 SECRET_KEY = "okc-demo-test-real-oktopost-key-6c1f0e"
 # the embedded Redis `up` starts in these tests: redis-server when on PATH, else fakeredis's server
 EMBEDDED = "redis-server" if shutil.which("redis-server") else "fakeredis"
-EMBEDDED_COMMAND = "redis-server" if EMBEDDED == "redis-server" else "worker.embedded_redis"
+EMBEDDED_COMMAND = "redis-server" if EMBEDDED == "redis-server" else "-m cli.embedded_redis"
 
 
 def run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -187,7 +187,7 @@ def test_up_stops_every_child_on_a_signal(up_runs: list[Up], signum: signal.Sign
     assert re.search(r"api key\s+dev-[A-Za-z0-9_-]{20,}", output)
     assert f"embedded {EMBEDDED}" in output
     children = up.children()
-    expected = {"worker.cli shim", "worker.cli worker", "worker.cli sandbox", EMBEDDED_COMMAND}
+    expected = {"-m cli shim", "-m cli worker", "-m cli sandbox", EMBEDDED_COMMAND}
     kinds = {name for name in expected if any(name in cmd for cmd in children.values())}
     assert kinds == expected, children
 
@@ -242,7 +242,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
     output = up.wait_ready()
     assert "sandbox " not in output and "oktopost   https://api.oktopost.com" in output
     assert "my-own-key" not in output and SECRET_KEY not in output and "one of SHIM_API_KEYS" in output
-    assert not any("worker.cli sandbox" in cmd for cmd in up.children().values())
+    assert not any("-m cli sandbox" in cmd for cmd in up.children().values())
     up.process.popen.send_signal(signal.SIGINT)
     assert up.wait_exit() == 0
     assert survivors(up) == {}
@@ -252,7 +252,7 @@ def test_up_stops_the_others_when_a_child_dies(up_runs: list[Up]) -> None:
     up = Up("--redis", EMBEDDED)
     up_runs.append(up)
     up.wait_ready()
-    [worker] = [pid for pid, cmd in up.children().items() if "worker.cli worker" in cmd]
+    [worker] = [pid for pid, cmd in up.children().items() if "-m cli worker" in cmd]
     os.kill(worker, signal.SIGKILL)
     assert up.wait_exit() == 1
     reasons = [line for line in up.process.output.splitlines() if line.startswith("oktopost-connect up:")]

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from worker import embedded_redis
-from worker.demo import describe_event
-from worker.embedded_redis import EmbeddedRedisError, RedisService, ensure_redis, redacted_url
-from worker.launcher import StackOptions, child_env, free_port, spawn, stop_groups
+from cli import embedded_redis
+from cli.demo_flows import describe_event
+from cli.embedded_redis import EmbeddedRedisError, RedisService, ensure_redis, redacted_url
+from cli.processes import Child, PrivateRedis, free_port, spawn, stop_groups
+from cli.stack import StackOptions, child_env
 
 SHIM = "http://127.0.0.1:8000"
 SANDBOX = "http://127.0.0.1:8090"
@@ -57,8 +58,9 @@ def test_with_credentials_the_oktopost_url_is_left_alone() -> None:
 
 def test_an_embedded_redis_is_the_broker_too() -> None:
     base = {"REDIS_URL": "redis://down:6379/0", "CELERY_BROKER_URL": "redis://down:6379/0"}
-    embedded = RedisService("redis://127.0.0.1:5555/0", "redis-server", process=subprocess.Popen(["true"]))
-    embedded.process.wait()  # type: ignore[union-attr]
+    exited = Child("redis-server", ["true"])
+    exited.popen.wait()
+    embedded = RedisService("redis://127.0.0.1:5555/0", "redis-server", PrivateRedis(5555, exited))
     env, _, _ = child_env(StackOptions(), embedded, SHIM, SANDBOX, base)
     assert env["REDIS_URL"] == env["CELERY_BROKER_URL"] == "redis://127.0.0.1:5555/0"
     external = RedisService("redis://up:6379/0", "external")
@@ -84,7 +86,7 @@ def test_without_any_redis_the_error_says_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(embedded_redis, "fakeredis_available", lambda: False)
     with pytest.raises(EmbeddedRedisError) as refused:
         ensure_redis(f"redis://127.0.0.1:{free_port()}/0")
-    assert "fakeredis[lua]" in str(refused.value) and "\n" not in str(refused.value)
+    assert "pip install 'oktopost-connect[tools]'" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def _alive(pid: int) -> bool:

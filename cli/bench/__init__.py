@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.bench.load import generator_floor
-from worker.bench.processes import Child, Children, StartupError, interrupted_by_sigterm, start_redis
-from worker.bench.report import Row, table
-from worker.bench.scenarios import BURST_RATE_LIMIT, Scenario, define_scenarios, measure, warm_up, with_flows
-from worker.bench.systems import SYSTEMS, SandboxServer, Setup, System, start_sandbox
+from cli.bench.harness import interrupted_by_sigterm, start_redis
+from cli.bench.load import generator_floor
+from cli.bench.report import Row, table
+from cli.bench.scenarios import BURST_RATE_LIMIT, Scenario, define_scenarios, measure, warm_up, with_flows
+from cli.bench.systems import SYSTEMS, Setup, System
+from cli.bench.upstream import SandboxServer, start_sandbox
+from cli.processes import Child, Children, StartupError
 
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst")
 SYSTEM_NAMES = tuple(SYSTEMS)

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from worker.bench.load import EndingListener, Shot, consent, fire
-from worker.bench.processes import Child, StartupError, wait_until_idle
-from worker.bench.report import Row, percentile
-from worker.bench.systems import SandboxServer, System
+from cli.bench.harness import wait_until_idle
+from cli.bench.load import EndingListener, Shot, consent, fire
+from cli.bench.report import Row, percentile
+from cli.bench.systems import System
+from cli.bench.upstream import SandboxServer
+from cli.processes import Child, StartupError
 
 NO_FAULTS: dict[str, Any] = {
     "latency_ms": 0,

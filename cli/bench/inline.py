@@ -1,7 +1,7 @@
 """Baseline `inline`: the reference's implementation example as a web app. The callback handler verifies
 the okt token with Oktopost before it answers, once, with no queue and no retry, then reports the outcome.
 
-    python -m worker.bench.inline --port 8123     (Oktopost from OKTOPOST_* settings, Redis from
+    python -m cli.bench.inline --port 8123     (Oktopost from OKTOPOST_* settings, Redis from
                                                     BENCH_REDIS_URL, outcomes on BENCH_DONE_CHANNEL)
 """
 
@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from worker.bench.completion import DONE_CHANNEL_ENV, REDIS_URL_ENV, Completion, outcome_of
+from cli.bench.completion import DONE_CHANNEL_ENV, REDIS_URL_ENV, Completion, outcome_of
 from worker.errors import OktopostError
 from worker.oktopost import AsyncOktopostClient
 from worker.settings import load_settings
@@ -55,7 +55,7 @@ def create_app(redis_url: str, done_channel: str) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.bench.inline")
+    parser = argparse.ArgumentParser(prog="python -m cli.bench.inline")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     app = create_app(os.environ[REDIS_URL_ENV], os.environ[DONE_CHANNEL_ENV])

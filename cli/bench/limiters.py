@@ -1,10 +1,10 @@
 """Why the upstream budget is our own and not the `limits` library: the two side by side, measured.
 
-    python -m worker.bench.limiters [--flows 80] [--rate 10] [--call-ms 300] [--json PATH]
+    python -m cli.bench.limiters [--flows 80] [--rate 10] [--call-ms 300] [--json PATH]
 
-(`limits` is in the `test` extra: `pip install -e '.[test]'`.) A private redis-server, as the benchmark
-starts one. A burst of flows each needs one upstream call before its own deadline, the deadlines spread
-evenly over 1-8 s (tokens at every age); a call lasts `--call-ms`. Each flow is a thread:
+(`limits` is in the `tools` extra: `pip install 'oktopost-connect[tools]'`.) A private redis-server, as
+the benchmark starts one. A burst of flows each needs one upstream call before its own deadline, the
+deadlines spread evenly over 1-8 s (tokens at every age); a call lasts `--call-ms`. Each flow is a thread:
 
 - `limits`: its Redis moving window (`MovingWindowRateLimiter.hit`), the library the issue suggests.
   A flow asks until a hit succeeds or its deadline is too near, sleeping until the window's reset as
@@ -34,7 +34,8 @@ from typing import Any
 
 import redis
 
-from worker.bench.processes import Children, start_redis
+from cli.bench.harness import start_redis
+from cli.processes import Children
 from worker.budget import NoBudgetInTime, UpstreamBudget
 from worker.keys import RedisNames
 
@@ -202,21 +203,22 @@ def table(results: Sequence[Result]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker.bench.limiters", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m cli.bench.limiters", description=__doc__.split("\n")[0])
     parser.add_argument("--flows", type=int, default=80)
     parser.add_argument("--rate", type=int, default=10, help="calls a second (default 10)")
     parser.add_argument("--call-ms", type=int, default=300, help="how long each upstream call lasts")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args(argv)
     if args.flows < 1 or args.rate < 1 or args.call_ms < 0:
-        print("python -m worker.bench.limiters: --flows and --rate must be at least 1", file=sys.stderr)
+        print("python -m cli.bench.limiters: --flows and --rate must be at least 1", file=sys.stderr)
         return 2
     try:
         import limits  # noqa: F401
     except ImportError:
-        print("python -m worker.bench.limiters: needs `limits` (pip install -e '.[test]')", file=sys.stderr)
+        print(
+            "python -m cli.bench.limiters: needs `limits` (pip install 'oktopost-connect[tools]')",
+            file=sys.stderr,
+        )
         return 2
     with Children(Path(tempfile.mkdtemp(prefix="okc-limiters-"))) as children:
         url, _ = start_redis(children)

@@ -1,5 +1,5 @@
 """A Redis for `up` and `demo`: REDIS_URL when it answers, else a private redis-server from PATH, else
-fakeredis's TCP server in a child process (`python -m worker.embedded_redis --port P`).
+fakeredis's TCP server in a child process (`python -m cli.embedded_redis --port P`).
 
 The private servers keep nothing on disk and live only as long as the command that started them.
 `--redis KIND` or `OKC_EMBEDDED_REDIS=KIND` (external, redis-server, fakeredis) forces one kind.
@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,48 +18,47 @@ from urllib.parse import urlsplit
 
 import redis
 
-from worker.launcher import STOP_SECONDS, free_port, has_exited, spawn, stop_groups
+from cli.processes import (
+    DISCARD,
+    STOP_SECONDS,
+    Child,
+    PrivateRedis,
+    StartupError,
+    start_on_free_port,
+    start_redis_server,
+)
 
 RedisKind = Literal["external", "redis-server", "fakeredis"]
 REDIS_KINDS: tuple[RedisKind, ...] = ("external", "redis-server", "fakeredis")
 PREFERENCE_ENV = "OKC_EMBEDDED_REDIS"
+INSTALL_TOOLS = "pip install 'oktopost-connect[tools]'"
 
 PING_TIMEOUT = 1.0  # seconds a REDIS_URL gets to answer PING before we start our own
-START_TIMEOUT = 15.0  # seconds a private server gets to answer PING after it was started
-START_ATTEMPTS = 3  # another free port when a private server exits at start (its port was taken meanwhile)
 
 
 class EmbeddedRedisError(Exception):
     """No Redis could be found or started; the message fits on one line."""
 
 
-class _ExitedAtStart(EmbeddedRedisError):
-    """A private server exited before it answered, most likely because its port was taken meanwhile."""
-
-
 @dataclass
 class RedisService:
-    """A Redis the pipeline can use, and the private process behind it when we started one."""
+    """A Redis the pipeline can use, and the private server behind it when we started one."""
 
     url: str
     kind: RedisKind
-    process: subprocess.Popen[bytes] | None = None
-    directory: str | None = None
+    server: PrivateRedis | None = None
 
     @property
     def embedded(self) -> bool:
-        return self.process is not None
+        return self.server is not None
 
     def describe(self) -> str:
         where = redacted_url(self.url)
         return where if self.kind == "external" else f"{where} (embedded {self.kind}, in memory)"
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
-        if self.process is not None:
-            stop_groups([self.process], timeout)
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+        if self.server is not None:
+            self.server.stop(timeout)
 
 
 def redacted_url(url: str) -> str:
@@ -123,78 +119,34 @@ def ensure_redis(url: str | None, prefer: RedisKind | None = None) -> RedisServi
     if prefer == "external":
         raise EmbeddedRedisError(f"Redis at {redacted_url(url or '')} does not answer PING")
     if prefer in (None, "redis-server") and shutil.which("redis-server"):
-        return start_redis_server()
+        return _embedded("redis-server", lambda: start_redis_server(name="embedded redis-server"))
     if prefer == "redis-server":
         raise EmbeddedRedisError("redis-server is not on PATH")
     if fakeredis_available():
-        return start_fakeredis()
+        return _embedded("fakeredis", start_fakeredis)
     raise EmbeddedRedisError(
-        "no Redis: REDIS_URL does not answer, redis-server is not on PATH and fakeredis[lua] is not installed"
-        " (pip install 'fakeredis[lua]')"
+        "no Redis: REDIS_URL does not answer, redis-server is not on PATH and fakeredis is not installed"
+        f" ({INSTALL_TOOLS})"
     )
 
 
-def start_redis_server() -> RedisService:
-    return _start_with_retries(_start_redis_server_once)
+def start_fakeredis() -> PrivateRedis:
+    """fakeredis's TCP server in a child process of ours (`serve_fakeredis`), on a free port."""
+
+    def start(port: int) -> Child:
+        command = [sys.executable, "-m", "cli.embedded_redis", "--port", str(port)]
+        return Child("embedded fakeredis", command, log_path=DISCARD)
+
+    child, port = start_on_free_port(start)
+    return PrivateRedis(port, child)
 
 
-def start_fakeredis() -> RedisService:
-    return _start_with_retries(_start_fakeredis_once)
-
-
-def _start_with_retries(start: Callable[[], RedisService]) -> RedisService:
-    """A free port can be taken between our probe and the server's bind: then try another one."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        try:
-            return start()
-        except _ExitedAtStart as error:
-            if attempt == START_ATTEMPTS:
-                raise EmbeddedRedisError(str(error)) from None
-    raise AssertionError("unreachable")
-
-
-def redis_server_command(port: int, directory: str, *extra: str) -> list[str]:
-    """A private redis-server on loopback keeping nothing on disk (no RDB, no AOF) unless `extra` says so."""
-    return [
-        "redis-server",
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory),
-        *extra,
-    ]
-
-
-def _start_redis_server_once() -> RedisService:
-    port = free_port()
-    directory = tempfile.mkdtemp(prefix="okc-redis-")
-    process = spawn(redis_server_command(port, directory), output=subprocess.DEVNULL)
-    return _wait_until_ready(RedisService(f"redis://127.0.0.1:{port}/0", "redis-server", process, directory))
-
-
-def _start_fakeredis_once() -> RedisService:
-    port = free_port()
-    process = spawn(
-        [sys.executable, "-m", "worker.embedded_redis", "--port", str(port)], output=subprocess.DEVNULL
-    )
-    return _wait_until_ready(RedisService(f"redis://127.0.0.1:{port}/0", "fakeredis", process))
-
-
-def _wait_until_ready(service: RedisService) -> RedisService:
-    deadline = time.monotonic() + START_TIMEOUT
-    assert service.process is not None
-    while time.monotonic() < deadline:
-        if has_exited(service.process):
-            service.stop()
-            raise _ExitedAtStart(
-                f"the embedded {service.kind} exited at start (code {service.process.returncode})"
-            )
-        try:
-            if answers_ping(service.url, timeout=0.2):
-                return service
-        except EmbeddedRedisError:
-            service.stop()
-            raise
-        time.sleep(0.05)
-    service.stop()
-    raise EmbeddedRedisError(f"the embedded {service.kind} did not answer PING within {START_TIMEOUT:.0f}s")
+def _embedded(kind: RedisKind, start: Callable[[], PrivateRedis]) -> RedisService:
+    try:
+        server = start()
+    except StartupError as error:
+        raise EmbeddedRedisError(str(error).splitlines()[0]) from None
+    return RedisService(server.url, kind, server)
 
 
 def serve_fakeredis(host: str, port: int) -> int:
@@ -202,7 +154,7 @@ def serve_fakeredis(host: str, port: int) -> int:
     try:
         from fakeredis import TcpFakeServer
     except ImportError:
-        print("embedded_redis: fakeredis is not installed (pip install 'fakeredis[lua]')", file=sys.stderr)
+        print(f"embedded_redis: fakeredis is not installed ({INSTALL_TOOLS})", file=sys.stderr)
         return 2
     server = TcpFakeServer((host, port), server_type="redis")
 
@@ -225,7 +177,7 @@ def serve_fakeredis(host: str, port: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.embedded_redis", description="Serve an in-memory fakeredis over TCP."
+        prog="python -m cli.embedded_redis", description="Serve an in-memory fakeredis over TCP."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

@@ -1,48 +1,32 @@
-"""`oktopost-connect demo`: the stack on free ports, then a profile flow and a page flow driven end to end
-over real HTTP (as a caller service and a user's browser would) while a Redis subscriber prints every event.
+"""The two flows `oktopost-connect demo` drives end to end over real HTTP, as a caller service and a
+user's browser would, while a Redis subscriber per flow prints every event it receives.
 
-It exits 0 only when both flows end with `connection.completed`. Tokens and keys are never printed.
+Tokens and keys are never printed.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import shutil
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import httpx
 import redis
 
+from cli.stack import Stack
 from worker.events import TERMINAL_TYPES
-from worker.launcher import LaunchError, Stack, StackOptions, StopSignal, free_port, start_stack
 from worker.subscribe import follow_flow
 
-if TYPE_CHECKING:
-    from worker.embedded_redis import RedisKind
-
-FLOW_TIMEOUT = 60.0  # seconds both flows get, from the first request to their terminal events
 ENTITIES_TO_SELECT = 2
 
 
 class DemoFailed(Exception):
     """The demo did not see both flows complete; the message is the one-line reason."""
-
-
-@dataclass
-class DemoOptions:
-    timeout: float = FLOW_TIMEOUT
-    redis: RedisKind | None = None
-    concurrency: int = 8
 
 
 @dataclass
@@ -288,90 +272,3 @@ def confirmed_upstream(stack: Stack, runs: list[FlowRun]) -> tuple[int, int]:
         return len(reported), 0
     listed = httpx.get(f"{stack.sandbox_url}/_sandbox/connections", timeout=5).json()
     return len(reported), len(reported & {str(c["Id"]) for c in listed})
-
-
-def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
-    began = time.monotonic()
-    stop = StopSignal()
-    stop.install()
-    tag = uuid.uuid4().hex[:8]
-    log_dir = Path(tempfile.mkdtemp(prefix="okc-demo-"))
-    stack_options = StackOptions(
-        shim_port=free_port(),
-        sandbox_port=free_port(),
-        concurrency=options.concurrency,
-        with_sandbox=True,
-        redis=options.redis,
-        log_dir=log_dir,
-        override_env=True,
-        worker_name=f"demo-{tag}@%h",
-        # the demo never talks to the real Oktopost, so it never needs (or sees) a real key
-        extra_env={
-            "CHANNEL_PREFIX": f"demo-{tag}",
-            "OKTOPOST_ACCOUNT_ID": "demo-account",
-            "OKTOPOST_API_KEY": "demo-key",
-            "SHIM_API_KEYS": f"demo-{uuid.uuid4().hex}",
-            "LOG_FORMAT": "text",
-        },
-    )
-    try:
-        stack = start_stack(stack_options)
-    except LaunchError as error:
-        shutil.rmtree(log_dir, ignore_errors=True)
-        print(f"oktopost-connect demo: {error}", file=sys.stderr)
-        return 2
-    console = Console(out)
-    failure = ""
-    try:
-        print(f"oktopost-connect demo: redis {stack.redis.describe()}", file=out)
-        print(
-            f"  sandbox {stack.sandbox_url}, shim {stack.shim_url}, events on {stack.prefix}:flow:<id>",
-            file=out,
-        )
-        try:
-            stack.wait_until_ready(stop=stop)
-        except LaunchError as error:
-            raise DemoFailed(str(error)) from None
-        ready = time.monotonic() - began
-        print(f"  started in {ready:.2f}s; driving a profile flow and a page flow", file=out, flush=True)
-
-        def interrupted() -> str | None:
-            if stop.requested:
-                return f"stopped by {stop.name}"
-            exited = stack.exited_child()
-            return stack.exit_reason(exited) if exited is not None else None
-
-        console.origin = time.monotonic()
-        runs = drive(stack, console, options.timeout, interrupted)
-        reported, confirmed = confirmed_upstream(stack, runs)
-        print("summary:", file=out)
-        for run in runs:
-            credentials = len(run.events[-1]["data"]["credentials"])
-            print(
-                f"  {run.label:8} {run.network:9} {run.short_id}  connection.completed in"
-                f" {run.ended_at - run.started_at:.2f}s, {len(run.events)} events,"
-                f" {credentials} credential(s)",
-                file=out,
-            )
-        print(
-            f"  the sandbox lists {confirmed} of the {reported} reported credentials as connected", file=out
-        )
-        if confirmed != reported:
-            raise DemoFailed(f"only {confirmed} of {reported} reported credentials are connected upstream")
-        print(
-            f"  total {time.monotonic() - began:.2f}s (start {ready:.2f}s, flows {console.offset():.2f}s)",
-            file=out,
-            flush=True,
-        )
-    except DemoFailed as error:
-        failure = str(error)
-    except (httpx.HTTPError, redis.exceptions.RedisError) as error:
-        failure = f"{type(error).__name__}: {error}"
-    finally:
-        if failure:
-            console.mute()
-            print(f"oktopost-connect demo: failed: {failure} (logs: {log_dir})", file=sys.stderr, flush=True)
-        stack.stop()
-    if not failure:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    return 1 if failure else 0

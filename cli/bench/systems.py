@@ -15,18 +15,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import redis
 
-from worker.bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
-from worker.bench.processes import Child, Children, free_port, wait_for_http, wait_for_port
-from worker.bench.report import percentile
+from cli.bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
+from cli.bench.report import percentile
+from cli.bench.upstream import SANDBOX_AUTH, SandboxServer
+from cli.processes import Child, Children, free_port, wait_for_http
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
-SANDBOX_AUTH = ("demo-account", "demo-key")
 CALLER_KEY = "bench-caller-key-0123456789"
 RETURN_URL = "https://app.example/done"
 NETWORK = "LinkedIn"
@@ -38,47 +37,6 @@ _OUTCOME_OF_EVENT = {
     "authorization.failed": "failed",
     "authorization.expired": "expired",
 }
-
-
-@dataclass
-class SandboxServer:
-    """A sandbox process, with its start flags remembered for the report."""
-
-    url: str
-    child: Child
-    token_ttl: int
-    rate_limit: str | None = None  # e.g. "10/second"; None: no limit
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_sandbox/reset", timeout=10).raise_for_status()
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        httpx.post(f"{self.url}/_sandbox/faults", json=faults, timeout=10).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/_sandbox/stats", timeout=10)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-    @property
-    def rate(self) -> float | None:
-        """Calls a second the sandbox allows; None without a limit."""
-        if self.rate_limit is None:
-            return None
-        calls, unit = self.rate_limit.split("/")
-        return int(calls) / {"second": 1, "minute": 60}[unit]
-
-
-def start_sandbox(
-    children: Children, name: str, token_ttl: int, rate_limit: str | None, block_seconds: int = 900
-) -> SandboxServer:
-    port = free_port()
-    flags = ["--port", str(port), "--token-ttl", str(token_ttl)]
-    if rate_limit is not None:
-        flags += ["--rate-limit", rate_limit, "--block-seconds", str(block_seconds)]
-    child = children.start_cli(name, ["sandbox", *flags])
-    wait_for_port(port, child)
-    return SandboxServer(f"http://127.0.0.1:{port}", child, token_ttl, rate_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +283,7 @@ class Inline(_Baseline):
 
     def start(self) -> None:
         app = self.children.start(
-            "inline-app", [sys.executable, "-m", "worker.bench.inline", "--port", str(self.port)], self.env()
+            "inline-app", [sys.executable, "-m", "cli.bench.inline", "--port", str(self.port)], self.env()
         )
         self.processes.append(app)
         wait_for_http(f"{self.url}/healthz", app)
@@ -335,7 +293,7 @@ class NaiveCelery(_Baseline):
     name = "naive-celery"
 
     def start(self) -> None:
-        module = [sys.executable, "-m", "worker.bench.naive"]
+        module = [sys.executable, "-m", "cli.bench.naive"]
         web = self.children.start("naive-web", [*module, "web", "--port", str(self.port)], self.env())
         self.processes.append(web)
         for index in range(self.setup.workers):

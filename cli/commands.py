@@ -1,7 +1,7 @@
-"""The `oktopost-connect` command: one sub-command per component, plus `up`, `demo` and `watch`.
+"""The sub-commands of `oktopost-connect`, each a function of its arguments that returns an exit code.
 
-Each sub-command imports its component lazily, so `oktopost-connect sandbox` never loads the pipeline
-and the pipeline never loads the sandbox.
+Each imports its component lazily, so `oktopost-connect sandbox` never loads the pipeline and the
+pipeline never loads the sandbox.
 """
 
 from __future__ import annotations
@@ -9,55 +9,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from worker.embedded_redis import RedisKind
-
-USAGE = """usage: oktopost-connect COMMAND [options]
-
-commands:
-  up        run shim + worker (+ sandbox, + embedded Redis when needed) in the foreground
-  demo      like up on free ports, then drive a profile and a page flow end to end
-  shim      the HTTP shim (FastAPI on uvicorn)
-  worker    a Celery worker (threads pool)
-  sandbox   a local stand-in for Oktopost's social authorization API
-  watch     print a flow's events: its history, then live ones until a terminal event
-  bench     ours against two baselines (inline, naive Celery): latency, throughput, faults, burst
-
-Run `oktopost-connect COMMAND --help` for a command's options."""
+    from cli.embedded_redis import RedisKind
+    from worker.settings import Settings
 
 
-def _settings_or_exit():  # type: ignore[no-untyped-def]
+def settings_or_exit() -> Settings:
     from worker.settings import ConfigError, load_settings
 
     try:
         return load_settings()
     except ConfigError as error:
-        raise SystemExit(_fail(str(error))) from None
+        raise SystemExit(fail(str(error))) from None
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
     print(f"oktopost-connect: {message}", file=sys.stderr)
     return 2
 
 
-def _sandbox(argv: Sequence[str]) -> int:
+def sandbox(argv: Sequence[str]) -> int:
     from sandbox.cli import main
 
     return main(argv)
 
 
-def _shim(argv: Sequence[str]) -> int:
+def shim(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="oktopost-connect shim", description="Run the HTTP shim.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     args = parser.parse_args(argv)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     if not settings.shim_api_keys:
-        return _fail("invalid setting SHIM_API_KEYS: at least one caller key is required")
+        return fail("invalid setting SHIM_API_KEYS: at least one caller key is required")
     from worker.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -81,7 +69,7 @@ def _shim(argv: Sequence[str]) -> int:
     return 0
 
 
-def _worker(argv: Sequence[str]) -> int:
+def worker(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect worker", description="Run a Celery worker (threads pool) for the pipeline."
     )
@@ -89,8 +77,8 @@ def _worker(argv: Sequence[str]) -> int:
     parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default celery@HOST)")
     args = parser.parse_args(argv)
     if args.concurrency < 1:
-        return _fail("--concurrency must be at least 1")
-    settings = _settings_or_exit()
+        return fail("--concurrency must be at least 1")
+    settings = settings_or_exit()
     from worker.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -104,7 +92,7 @@ def _worker(argv: Sequence[str]) -> int:
     return 0
 
 
-def _watch(argv: Sequence[str]) -> int:
+def watch(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect watch",
         description="Print a flow's events: its stored history, then live ones, until a terminal event.",
@@ -112,27 +100,24 @@ def _watch(argv: Sequence[str]) -> int:
     parser.add_argument("flow_id")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     args = parser.parse_args(argv)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     import redis
 
+    from worker.events import TERMINAL_TYPES
+    from worker.keys import RedisNames
     from worker.subscribe import follow_flow
 
+    names = RedisNames(settings.channel_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
     try:
-        if not client.exists(f"{settings.channel_prefix}:flow:{args.flow_id}:state") and not client.exists(
-            f"{settings.channel_prefix}:flow:{args.flow_id}:events"
-        ):
-            return _fail(f"no flow {args.flow_id!r} in {settings.channel_prefix}")
+        if not client.exists(names.flow_state(args.flow_id), names.flow_stream(args.flow_id)):
+            return fail(f"no flow {args.flow_id!r} in {settings.channel_prefix}")
         terminal = False
         for event in follow_flow(client, args.flow_id, settings.channel_prefix, timeout=args.timeout):
             print(json.dumps(event), flush=True)
-            terminal = event["type"] in (
-                "connection.completed",
-                "authorization.failed",
-                "authorization.expired",
-            )
+            terminal = event["type"] in TERMINAL_TYPES
     except redis.exceptions.ConnectionError:
-        return _fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
+        return fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
     except KeyboardInterrupt:
         return 130
     return 0 if terminal else 1
@@ -152,15 +137,15 @@ def _redis_preference(option: str) -> RedisKind | None:
     """The Redis kind forced by --redis or OKC_EMBEDDED_REDIS, None for auto; exit 2 on a bad value."""
     import os
 
-    from worker.embedded_redis import EmbeddedRedisError, redis_preference
+    from cli.embedded_redis import EmbeddedRedisError, redis_preference
 
     try:
         return redis_preference(option, os.environ)
     except EmbeddedRedisError as error:
-        raise SystemExit(_fail(str(error))) from None
+        raise SystemExit(fail(str(error))) from None
 
 
-def _up(argv: Sequence[str]) -> int:
+def up(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect up",
         description="Run shim + worker (+ sandbox when OKTOPOST_API_KEY is not set, + an embedded Redis when "
@@ -172,15 +157,16 @@ def _up(argv: Sequence[str]) -> int:
     _redis_choice(parser)
     args = parser.parse_args(argv)
     if args.concurrency < 1:
-        return _fail("--concurrency must be at least 1")
+        return fail("--concurrency must be at least 1")
     redis = _redis_preference(args.redis)
-    from worker.launcher import StackOptions, run_up
+    from cli.launcher import run_up
+    from cli.stack import StackOptions
 
     options = StackOptions(args.port, args.sandbox_port, args.concurrency, redis=redis)
     return run_up(options)
 
 
-def _demo(argv: Sequence[str]) -> int:
+def demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect demo",
         description="Start the stack on free ports (always with the sandbox), drive a profile and a page "
@@ -191,15 +177,15 @@ def _demo(argv: Sequence[str]) -> int:
     _redis_choice(parser)
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.concurrency < 1:
-        return _fail("--timeout must be positive and --concurrency at least 1")
+        return fail("--timeout must be positive and --concurrency at least 1")
     redis = _redis_preference(args.redis)
-    from worker.demo import DemoOptions, run_demo
+    from cli.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(timeout=args.timeout, redis=redis, concurrency=args.concurrency))
 
 
-def _bench(argv: Sequence[str]) -> int:
-    from worker.bench import SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
+def bench(argv: Sequence[str]) -> int:
+    from cli.bench import SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
 
     parser = argparse.ArgumentParser(
         prog="oktopost-connect bench",
@@ -227,7 +213,7 @@ def _bench(argv: Sequence[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run with few flows (for tests)")
     args = parser.parse_args(argv)
     if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
-        return _fail("--flows, --workers and --concurrency must be at least 1")
+        return fail("--flows, --workers and --concurrency must be at least 1")
     return run(
         BenchOptions(
             scenarios=tuple(args.scenario or SCENARIO_NAMES),
@@ -239,30 +225,3 @@ def _bench(argv: Sequence[str]) -> int:
             quick=args.quick,
         )
     )
-
-
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "up": _up,
-    "demo": _demo,
-    "sandbox": _sandbox,
-    "shim": _shim,
-    "worker": _worker,
-    "watch": _watch,
-    "bench": _bench,
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0 if args else 2
-    command = COMMANDS.get(args[0])
-    if command is None:
-        print(f"oktopost-connect: unknown command {args[0]!r} (see oktopost-connect --help)", file=sys.stderr)
-        return 2
-    return command(args[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+"""oktopost-connect's command line and developer tooling: the `oktopost-connect` command (main), the
+stack that `up` and `demo` run, the embedded Redis, the bench, and the one place that spawns processes.
+
+The pipeline (worker, api_shim) never imports this package.
+"""

@@ -1,0 +1,57 @@
+"""What the bench adds to cli.processes: its Redis (64 databases, one per system), waiting for the machine
+to go quiet between scenarios, and SIGTERM unwinding like Ctrl-C so every child is stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+from cli.processes import Child, Children, StartupError, start_redis_server
+
+
+@contextlib.contextmanager
+def interrupted_by_sigterm() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and so every child's stop) runs."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def wait_until_idle(children: Sequence[Child], timeout: float, busy: float = 0.1, step: float = 0.5) -> float:
+    """Waits until `children` together use less than `busy` of a core (work left over from the last
+    scenario, such as an overloaded app's backlog, must not run into the next); returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = sum(child.cpu_seconds() for child in children)
+        time.sleep(step)
+        if sum(child.cpu_seconds() for child in children) - before < busy * step:
+            break
+    return time.monotonic() - started
+
+
+def start_redis(children: Children) -> tuple[str, Child | None]:
+    """A private redis-server on a free port (no persistence), one of `children`; REDIS_URL when there is
+    no redis-server."""
+    if shutil.which("redis-server") is None:
+        url = os.environ.get("REDIS_URL")
+        if not url:
+            raise StartupError("neither redis-server on PATH nor REDIS_URL in the environment")
+        return url, None
+    data_dir = children.log_dir / "redis"
+    data_dir.mkdir(exist_ok=True)
+    server = start_redis_server(
+        "--databases", "64", directory=data_dir, log_path=children.log_dir / "redis.log", name="redis"
+    )
+    return server.url, children.adopt(server.child)
