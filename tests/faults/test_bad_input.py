@@ -182,7 +182,8 @@ def check_answer(response: Any) -> None:
     assert response.status_code < 500, (response.status_code, response.text)
     if response.status_code >= 400 and response.request.method != "HEAD":
         error = response.json()["error"]
-        assert isinstance(error["code"], str) and isinstance(error["message"], str), response.text
+        assert isinstance(error["code"], str), response.text
+        assert isinstance(error["message"], str), response.text
 
 
 _counter = iter(range(10**9))

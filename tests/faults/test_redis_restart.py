@@ -118,12 +118,17 @@ def test_redis_down_is_a_quick_json_503_and_shim_and_worker_recover(
 
     for name in dependent:
         status, seconds, body = outage[name]
-        assert status == 503 and body is not None and body["error"]["code"] == "unavailable", (name, outage)
+        assert status == 503, (name, outage)
+        assert body is not None, (name, outage)
+        assert body["error"]["code"] == "unavailable", (name, outage)
         assert seconds <= ANSWER_WITHIN_S, (name, seconds)
-    assert outage["readyz"][0] == 503 and outage["readyz"][1] <= ANSWER_WITHIN_S, outage["readyz"]
-    assert outage["healthz"][0] == 200 and outage["metrics"][0] == 200, outage
+    assert outage["readyz"][0] == 503, outage["readyz"]
+    assert outage["readyz"][1] <= ANSWER_WITHIN_S, outage["readyz"]
+    assert outage["healthz"][0] == 200, outage
+    assert outage["metrics"][0] == 200, outage
     assert set(unexpected) == set(dependent), outage
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"connection.completed": 3}, tally.by_outcome
     assert ledger.server_errors == 0
 
@@ -165,7 +170,8 @@ def test_callbacks_queued_before_a_restart_complete_after_it(
     ledger.close()
 
     assert queued_before == queued_after == len(profiles) + len(pages)
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"connection.completed": len(ledger.flows)}, tally.by_outcome
     assert ledger.server_errors == 0
 

@@ -122,10 +122,12 @@ def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(
     )
     ledger.close()
 
-    assert len(tokens) == len(profiles) + len(entities) and lines > 500
+    assert len(tokens) == len(profiles) + len(entities)
+    assert lines > 500
     assert "/v2/social-authorization/" in places["worker log"]  # httpx's DEBUG lines were there to scan
     assert leaks == [], leaks
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert ledger.server_errors == 0
 
 

@@ -173,7 +173,8 @@ def test_the_commands_are_the_documented_ones() -> None:
 def test_app_services_run_the_projects_image() -> None:
     for name in APP_SERVICES:
         service = services()[name]
-        assert service["build"] == "." and service["image"].startswith("oktopost-connect"), name
+        assert service["build"] == ".", name
+        assert service["image"].startswith("oktopost-connect"), name
 
 
 def test_redis_keeps_its_data_and_is_health_checked() -> None:
@@ -198,7 +199,8 @@ def test_app_services_wait_for_a_healthy_redis_and_use_it() -> None:
         environment = environment_of(service)
         assert environment["REDIS_URL"] == IN_COMPOSE_REDIS, name
         assert environment.get("CELERY_BROKER_URL", IN_COMPOSE_REDIS) == IN_COMPOSE_REDIS, name
-    assert env_files_of(services()["shim"]) == [".env"] and env_files_of(services()["worker"]) == [".env"]
+    assert env_files_of(services()["shim"]) == [".env"]
+    assert env_files_of(services()["worker"]) == [".env"]
 
 
 def test_shim_publishes_8000_and_is_health_checked_on_healthz() -> None:
@@ -209,7 +211,9 @@ def test_shim_publishes_8000_and_is_health_checked_on_healthz() -> None:
 
 def test_worker_can_scale() -> None:
     worker = services()["worker"]
-    assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert "hostname" not in worker
     # The Celery node name must differ between replicas: the default, celery@<container hostname>.
     assert not {"--hostname", "-n"} & set(flags(argv_of(worker["command"])))
 
@@ -438,13 +442,15 @@ def test_redis_command_turns_on_aof_and_noeviction_and_its_healthcheck_passes(lo
     assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
     assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     check = local.healthcheck("redis")
-    assert check.returncode == 0 and check.stdout.strip() == "PONG", check
+    assert check.returncode == 0, check
+    assert check.stdout.strip() == "PONG", check
 
 
 @pytest.mark.integration
 def test_sandbox_command_serves(local: Local) -> None:
     answer = httpx.get(f"http://127.0.0.1:{local.ports[8090]}/_sandbox/connections", timeout=10)
-    assert answer.status_code == 200 and isinstance(answer.json(), list)
+    assert answer.status_code == 200
+    assert isinstance(answer.json(), list)
 
 
 @pytest.mark.integration
@@ -464,7 +470,8 @@ def test_flower_command_shows_the_worker_behind_basic_auth(local: Local) -> None
         "Flower lists the worker",
         lambda: httpx.get(f"{flower}/api/workers?refresh=1", auth=flower_auth(), timeout=15).json(),
     )
-    assert len(workers) == 1 and next(iter(workers)) == f"celery@{socket.gethostname()}"
+    assert len(workers) == 1
+    assert next(iter(workers)) == f"celery@{socket.gethostname()}"
     assert {"oktopost.verify", "oktopost.complete"} <= set(next(iter(workers.values()))["registered"])
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
     check = local.healthcheck("flower")
@@ -481,7 +488,8 @@ def test_worker_healthcheck_passes(local: Local) -> None:
         ).json(),
     )
     check = local.healthcheck("worker", {"HOSTNAME": socket.gethostname()})
-    assert check.returncode == 0 and "pong" in check.stdout, check
+    assert check.returncode == 0, check
+    assert "pong" in check.stdout, check
 
 
 @pytest.mark.integration
@@ -516,7 +524,8 @@ def test_a_flow_completes_through_the_compose_services(local: Local) -> None:
 
     client = redis.Redis(port=local.redis_port)
     events = list(follow_flow(client, flow_id, env["CHANNEL_PREFIX"], timeout=30))
-    assert events and events[-1]["type"] == "connection.completed", events
+    assert events, events
+    assert events[-1]["type"] == "connection.completed", events
 
     def verify_task_done() -> bool:
         tasks = httpx.get(f"{flower}/api/tasks", auth=flower_auth(), timeout=15).json()

@@ -49,7 +49,8 @@ def callback(url: str) -> httpx.Response:
 def events_of(pipeline: Pipeline, flow_id: str, timeout: float = 30) -> list[dict[str, Any]]:
     """Every event of the flow up to its terminal one (fails the test if none comes in time)."""
     events = list(follow_flow(pipeline.redis(), flow_id, pipeline.prefix, timeout=timeout))
-    assert events and events[-1]["type"] in (
+    assert events, [e["type"] for e in events]
+    assert events[-1]["type"] in (
         "connection.completed",
         "authorization.failed",
         "authorization.expired",

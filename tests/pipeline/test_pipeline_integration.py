@@ -36,13 +36,16 @@ def test_profile_flow_completes(pipeline: Pipeline, sandbox: Sandbox, network: s
     assert [e["seq"] for e in events] == [1, 2, 3]
     assert all(e["network"] == network and e["reference"] == "user-42" for e in events)
     credential = events[-1]["data"]["credentials"][0]
-    assert credential["status"] == "valid" and credential["network"] == network
+    assert credential["status"] == "valid"
+    assert credential["network"] == network
     assert credential["id"] in {c["Id"] for c in sandbox.connections()}
 
     status = httpx.get(
         f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
     ).json()
-    assert status["status"] == "completed" and status["type"] == "profile" and len(status["events"]) == 3
+    assert status["status"] == "completed"
+    assert status["type"] == "profile"
+    assert len(status["events"]) == 3
 
 
 @pytest.mark.parametrize("entity_type", ["page", "group"])
@@ -53,13 +56,15 @@ def test_entity_flow_waits_for_selection_then_connects_the_chosen(
     assert callback(consent(created["redirect_url"])).status_code == 303
     offer = wait_for_event(pipeline, created["flow_id"], "selection.required")
     entities = offer["data"]["entities"]
-    assert len(entities) >= 3 and entities[0]["is_connected"] is True
+    assert len(entities) >= 3
+    assert entities[0]["is_connected"] is True
     assert set(entities[0]) >= {"id", "name", "network", "image_link", "network_username", "is_connected"}
     chosen = [entities[1]["id"], entities[2]["id"]]
 
     assert select(pipeline, created["flow_id"], chosen).status_code == 202
     again = select(pipeline, created["flow_id"], chosen)
-    assert again.status_code == 409 and again.json()["error"]["code"] == "wrong_state"
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "wrong_state"
 
     events = events_of(pipeline, created["flow_id"])
     assert [e["type"] for e in events] == [
@@ -71,7 +76,8 @@ def test_entity_flow_waits_for_selection_then_connects_the_chosen(
     ]
     assert events[3]["data"] == {"ids": chosen}
     connected = {c["id"] for c in events[-1]["data"]["credentials"]}
-    assert len(connected) == 2 and connected <= {c["Id"] for c in sandbox.connections()}
+    assert len(connected) == 2
+    assert connected <= {c["Id"] for c in sandbox.connections()}
 
 
 def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipeline) -> None:
@@ -79,23 +85,28 @@ def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipelin
     callback(consent(created["redirect_url"]))
     offer = wait_for_event(pipeline, created["flow_id"], "selection.required")
     refused = select(pipeline, created["flow_id"], [offer["data"]["entities"][0]["id"], "not-offered"])
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_selection"
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "invalid_selection"
     assert select(pipeline, created["flow_id"], []).status_code == 422
     status = httpx.get(
         f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
     ).json()
-    assert status["status"] == "awaiting_selection" and len(status["events"]) == 3
+    assert status["status"] == "awaiting_selection"
+    assert len(status["events"]) == 3
 
 
 def test_denied_authorization_fails_the_flow(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     denied_url = consent(created["redirect_url"], "deny")
-    assert "okt=" not in denied_url and "error=access_denied" in denied_url
+    assert "okt=" not in denied_url
+    assert "error=access_denied" in denied_url
     answer = callback(denied_url)
-    assert answer.status_code == 303 and "status=denied" in answer.headers["location"]
+    assert answer.status_code == 303
+    assert "status=denied" in answer.headers["location"]
     events = events_of(pipeline, created["flow_id"])
     assert [e["type"] for e in events] == ["authorization.started", "authorization.failed"]
-    assert events[-1]["data"]["code"] == "authorization_denied" and events[-1]["data"]["retryable"] is False
+    assert events[-1]["data"]["code"] == "authorization_denied"
+    assert events[-1]["data"]["retryable"] is False
 
 
 def test_repeated_callback_enqueues_once(pipeline: Pipeline, sandbox: Sandbox) -> None:
@@ -118,7 +129,8 @@ def test_second_token_for_a_claimed_flow_is_409(pipeline: Pipeline) -> None:
     assert callback(url).status_code == 303
     other = url.replace(okt_of(url), "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883")
     refused = callback(other)
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "flow_already_claimed"
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "flow_already_claimed"
     assert events_of(pipeline, created["flow_id"])[-1]["type"] == "connection.completed"
 
 
@@ -132,7 +144,8 @@ def test_callback_input_errors(pipeline: Pipeline) -> None:
     status = httpx.get(
         f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
     ).json()
-    assert status["status"] == "awaiting_callback" and len(status["events"]) == 1
+    assert status["status"] == "awaiting_callback"
+    assert len(status["events"]) == 1
 
 
 def test_late_subscriber_replays_the_whole_history(pipeline: Pipeline) -> None:
@@ -141,7 +154,8 @@ def test_late_subscriber_replays_the_whole_history(pipeline: Pipeline) -> None:
     first = events_of(pipeline, created["flow_id"])
     time.sleep(0.2)
     late = events_of(pipeline, created["flow_id"])
-    assert late == first and [e["seq"] for e in late] == [1, 2, 3]
+    assert late == first
+    assert [e["seq"] for e in late] == [1, 2, 3]
 
 
 def test_redelivered_task_on_finished_flow_does_nothing(pipeline: Pipeline, sandbox: Sandbox) -> None:
@@ -186,7 +200,8 @@ def _expired_within(
     pipeline: Pipeline, flow_id: str, stage: str, deadline: float, slack: float = 2.5
 ) -> None:
     events = events_of(pipeline, flow_id, timeout=15)
-    assert events[-1]["type"] == "authorization.expired" and events[-1]["data"] == {"stage": stage}
+    assert events[-1]["type"] == "authorization.expired"
+    assert events[-1]["data"] == {"stage": stage}
     assert [e["type"] for e in events].count("authorization.expired") == 1
     assert time.time() <= deadline + slack, f"expired {time.time() - deadline:.1f}s after its deadline"
 

@@ -97,7 +97,8 @@ def test_stops_before_an_attempt_that_could_not_finish() -> None:
     with pytest.raises(DeadlineReached) as raised:
         call_until_deadline(attempt, deadline, clock=clock, sleep=clock.sleep)
     assert clock.now <= deadline
-    assert raised.value.attempts >= 3 and isinstance(raised.value.last_error, ServerError)
+    assert raised.value.attempts >= 3
+    assert isinstance(raised.value.last_error, ServerError)
     # every attempt was given at most the time left
     assert all(t <= 5 for t in attempt.timeouts)  # type: ignore[attr-defined]
 
@@ -117,7 +118,7 @@ def test_attempt_timeout_is_bounded_by_time_left() -> None:
 
 
 def test_backoff_is_cut_short_to_leave_time_for_one_more_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter at its longest
+    monkeypatch.setattr(random, "uniform", lambda _low, high: high)  # the jitter at its longest
     clock = FakeClock()
     deadline = clock.now + 3.0
     policy = RetryPolicy(backoff_multiplier=100.0, backoff_max=100.0)  # a backoff far past the deadline
@@ -138,7 +139,8 @@ def test_retry_after_past_the_deadline_stops_at_once() -> None:
     clock = FakeClock()
     with pytest.raises(DeadlineReached) as raised:
         call_until_deadline(failing(ThrottledError(60.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
-    assert clock.sleeps == [] and isinstance(raised.value.last_error, ThrottledError)
+    assert clock.sleeps == []
+    assert isinstance(raised.value.last_error, ThrottledError)
 
 
 def test_no_time_left_means_no_attempt() -> None:
@@ -146,7 +148,8 @@ def test_no_time_left_means_no_attempt() -> None:
     attempt = failing()
     with pytest.raises(DeadlineReached) as raised:
         call_until_deadline(attempt, clock.now + 0.1, clock=clock, sleep=clock.sleep)
-    assert raised.value.attempts == 0 and attempt.timeouts == []  # type: ignore[attr-defined]
+    assert raised.value.attempts == 0
+    assert attempt.timeouts == []
 
 
 def test_async_variant_follows_the_same_policy() -> None:
@@ -164,7 +167,7 @@ def test_async_variant_follows_the_same_policy() -> None:
     result, attempts = asyncio.run(acall_until_deadline(attempt, time.time() + 5, policy=policy))
     assert (result, attempts) == ("redirect", 3)
 
-    async def refused(timeout: float) -> str:
+    async def refused(_timeout: float) -> str:
         raise RejectedError(["bad network"], status=400)
 
     with pytest.raises(RejectedError):

@@ -104,7 +104,8 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
     flow_id = claimed(context, "page")
     assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
     waiting = context.store.get(flow_id)
-    assert waiting is not None and waiting.state is FlowState.AWAITING_SELECTION
+    assert waiting is not None
+    assert waiting.state is FlowState.AWAITING_SELECTION
     assert context.store.submit_selection(waiting, ["2"]).done
     assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
     assert types(context)[-2:] == ["selection.submitted", "connection.completed"]
@@ -118,7 +119,8 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     assert context.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
     assert verify_flow(context, "flow-1") is TaskOutcome.EXPIRED
     ended = context.store.events("flow-1")[-1]
-    assert ended["type"] == "authorization.expired" and ended["data"] == {"stage": "verify"}
+    assert ended["type"] == "authorization.expired"
+    assert ended["data"] == {"stage": "verify"}
 
     fresh = make_context(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
     flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
@@ -149,11 +151,9 @@ def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> 
     assert verify_flow(context, claimed(context)) is TaskOutcome.FAILED
     failed = context.store.events("flow-1")[-1]
     assert failed["type"] == "authorization.failed"
-    assert (
-        failed["data"]["code"] == code
-        and failed["data"]["retryable"] is False
-        and failed["data"]["attempts"] == 1
-    )
+    assert failed["data"]["code"] == code
+    assert failed["data"]["retryable"] is False
+    assert failed["data"]["attempts"] == 1
     assert TOKEN not in failed["data"]["message"]
     assert len(handler.seen) == 1  # type: ignore[attr-defined]
 
@@ -190,7 +190,8 @@ def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
     assert complete_flow(context, flow_id) is TaskOutcome.SKIPPED
     assert verify_flow(context, "missing") is TaskOutcome.SKIPPED
     assert expire_flow(context.store, flow_id, now=time.time() + 10**6) is TaskOutcome.SKIPPED
-    assert len(handler.seen) == 1 and len(types(context)) == 3  # type: ignore[attr-defined]
+    assert len(handler.seen) == 1
+    assert len(types(context)) == 3
 
 
 def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
@@ -214,7 +215,8 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
     ]
     assert flow_count == [1.0]
     buckets = [s.value for s in families["okc_worker_upstream_seconds"].samples if s.name.endswith("_bucket")]
-    assert len(buckets) == len(UPSTREAM_BUCKETS) + 1 and buckets[-1] == 2.0
+    assert len(buckets) == len(UPSTREAM_BUCKETS) + 1
+    assert buckets[-1] == 2.0
     assert buckets == sorted(buckets)  # cumulative: each bound counts every call at or below it
 
 
@@ -229,8 +231,12 @@ def test_histogram_buckets_are_cumulative_at_scrape_time() -> None:
         if f.name == "okc_worker_upstream_seconds"
     )
     cumulative = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
-    assert cumulative["0.01"] == 1 and cumulative["0.025"] == 1 and cumulative["0.05"] == 3
-    assert cumulative["0.25"] == 4 and cumulative["10.0"] == 4 and cumulative["+Inf"] == 5
+    assert cumulative["0.01"] == 1
+    assert cumulative["0.025"] == 1
+    assert cumulative["0.05"] == 3
+    assert cumulative["0.25"] == 4
+    assert cumulative["10.0"] == 4
+    assert cumulative["+Inf"] == 5
     total = next(s.value for s in family.samples if s.name.endswith("_sum"))
     assert total == pytest.approx(99.265)
 
@@ -255,7 +261,7 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     a failed one's before its retry, an answered one's after the flow's step (off the latency path)."""
     seen_in_window: list[list[float]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(_request: httpx.Request) -> httpx.Response:
         seen_in_window.append(
             [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
         )
@@ -266,7 +272,9 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
     # during the first call: its own slot, counted up to its hold; during the retry: the first call's
     # slot already scored by its end, and the retry's own up to its hold
-    assert len(seen_in_window[0]) == 1 and seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
+    assert len(seen_in_window[0]) == 1
+    assert seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
     assert sorted(seen_in_window[1])[0] <= time.time() < sorted(seen_in_window[1])[1]
     ends = [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
-    assert len(ends) == 2 and all(started <= end <= time.time() for end in ends)
+    assert len(ends) == 2
+    assert all(started <= end <= time.time() for end in ends)

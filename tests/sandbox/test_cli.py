@@ -20,7 +20,9 @@ from tests.support import ROOT
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "--rate-limit" in out and "--drop-rate" in out and "--token-ttl" in out
+    assert "--rate-limit" in out
+    assert "--drop-rate" in out
+    assert "--token-ttl" in out
 
 
 @pytest.mark.parametrize(

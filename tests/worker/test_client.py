@@ -149,8 +149,11 @@ def raised(call: Callable[..., Any], recorder: Recorder, method: str, *args: Any
         call(recorder, method, *args)
     error = caught.value
     # The cause (an httpx error, a pydantic error) would carry the URL or the body, hence the token.
-    assert error.__cause__ is None and error.__context__ is None
-    assert TOKEN not in str(error) and TOKEN not in repr(error) and KEY not in str(error)
+    assert error.__cause__ is None
+    assert error.__context__ is None
+    assert TOKEN not in str(error)
+    assert TOKEN not in repr(error)
+    assert KEY not in str(error)
     return error
 
 
@@ -166,7 +169,8 @@ def test_start_authorization_posts_form_with_basic_auth(call: Callable[..., Any]
     assert str(request.url) == f"{BASE}/v2/social-authorization"
     assert request.headers["Authorization"] == BASIC
     assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert request.headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("oktopost-connect/")
+    assert request.headers["User-Agent"] == USER_AGENT
+    assert USER_AGENT.startswith("oktopost-connect/")
     assert parse_qs(request.content.decode()) == {
         "network": ["LinkedIn"],
         "url": ["https://app.example/cb/flow-1"],
@@ -227,15 +231,18 @@ def test_verify_pages_offers_entities(call: Callable[..., Any]) -> None:
 
 def test_verify_pages_without_echoed_token_keeps_the_one_asked_about(call: Callable[..., Any]) -> None:
     result = call(Recorder(ok(data=PAGES)), "verify", TOKEN)
-    assert isinstance(result, EntityChoice) and result.token == TOKEN
+    assert isinstance(result, EntityChoice)
+    assert result.token == TOKEN
 
 
 def test_complete_puts_ids_comma_joined_in_the_query(call: Callable[..., Any]) -> None:
     recorder = Recorder(ok(Credentials=PUT_CREDENTIALS))
     credentials = call(recorder, "complete", TOKEN, ["123456", "2343257"])
     assert [c.id for c in credentials] == ["003-001000000000000-123456", "003-001000000000000-2343257"]
-    assert credentials[0].status == "valid" and credentials[0].network == "Facebook"
-    assert credentials[0].image_link is None and credentials[0].created is None
+    assert credentials[0].status == "valid"
+    assert credentials[0].network == "Facebook"
+    assert credentials[0].image_link is None
+    assert credentials[0].created is None
     request = recorder.last
     assert request.method == "PUT"
     assert request.url.raw_path.decode() == f"/v2/social-authorization/{TOKEN}?ids=123456,2343257"
@@ -245,7 +252,8 @@ def test_complete_puts_ids_comma_joined_in_the_query(call: Callable[..., Any]) -
 def test_get_credential_reads_one_back(call: Callable[..., Any]) -> None:
     recorder = Recorder(ok(Credential=PROFILE))
     credential = call(recorder, "get_credential", PROFILE["Id"])
-    assert credential.id == PROFILE["Id"] and credential.network_username == "johndoe"
+    assert credential.id == PROFILE["Id"]
+    assert credential.network_username == "johndoe"
     assert recorder.last.method == "GET"
     assert recorder.last.url.raw_path.decode() == f"/v2/credential/{PROFILE['Id']}"
 
@@ -261,7 +269,8 @@ def test_unknown_extra_fields_are_tolerated(call: Callable[..., Any]) -> None:
         ok(Credential={**PROFILE, "Brand": "new", "Id": 12345}, Extra={"nested": [1, 2]}, Meta=None)
     )
     result = call(recorder, "verify", TOKEN)
-    assert isinstance(result, VerifiedProfile) and result.credential.id == "12345"
+    assert isinstance(result, VerifiedProfile)
+    assert result.credential.id == "12345"
     pages = call(Recorder(ok(token=TOKEN, data=[{**PAGES[0], "Followers": 10}], Paging={})), "verify", TOKEN)
     assert pages.entities[0].name == "Acme Inc"
 
@@ -358,14 +367,20 @@ def test_each_answer_maps_to_its_branch_of_the_tree(
 
 def test_refusal_messages_come_from_every_errors_form(call: Callable[..., Any]) -> None:
     api = invoke(call, Recorder(refusal(200, {"API": {"Error": "Network not allowed"}})), "start")
-    assert isinstance(api, RejectedError) and api.messages == ["Network not allowed"] and api.status == 200
+    assert isinstance(api, RejectedError)
+    assert api.messages == ["Network not allowed"]
+    assert api.status == 200
     assert "Network not allowed" in str(api)
     param = invoke(call, Recorder(refusal(400, {"Param": {"get": "Missing value for parameter x"}})), "start")
-    assert isinstance(param, RejectedError) and param.messages == ["Missing value for parameter x"]
+    assert isinstance(param, RejectedError)
+    assert param.messages == ["Missing value for parameter x"]
     empty = invoke(call, Recorder(refusal(200, [])), "start")
-    assert isinstance(empty, RejectedError) and empty.messages == ["HTTP 200"]
+    assert isinstance(empty, RejectedError)
+    assert empty.messages == ["HTTP 200"]
     nothing = invoke(call, Recorder(httpx.Response(422, text="")), "start")
-    assert isinstance(nothing, RejectedError) and nothing.messages == ["HTTP 422"] and nothing.status == 422
+    assert isinstance(nothing, RejectedError)
+    assert nothing.messages == ["HTTP 422"]
+    assert nothing.status == 422
 
 
 def test_errors_are_flattened_whatever_their_form() -> None:
@@ -374,39 +389,49 @@ def test_errors_are_flattened_whatever_their_form() -> None:
         "Missing value for parameter x",
         "b",
     ]
-    assert error_messages([]) == [] and error_messages(None) == [] and error_messages({}) == []
+    assert error_messages([]) == []
+    assert error_messages(None) == []
+    assert error_messages({}) == []
     assert error_messages("  just\n a string ") == ["just a string"]
     assert error_messages([["a", {"x": ["b", 3]}], "a", True]) == ["a", "b", "3"]
 
 
 def test_server_error_keeps_its_status(call: Callable[..., Any]) -> None:
     error = invoke(call, Recorder(httpx.Response(503, text="down")), "verify")
-    assert isinstance(error, ServerError) and error.status == 503 and "HTTP 503" in str(error)
+    assert isinstance(error, ServerError)
+    assert error.status == 503
+    assert "HTTP 503" in str(error)
 
 
 def test_429_retry_after_in_seconds(call: Callable[..., Any]) -> None:
     error = invoke(call, Recorder(httpx.Response(429, headers={"Retry-After": "7"}, text="")), "verify")
-    assert isinstance(error, ThrottledError) and error.retry_after == 7.0 and error.retryable
+    assert isinstance(error, ThrottledError)
+    assert error.retry_after == 7.0
+    assert error.retryable
 
 
 def test_429_retry_after_as_http_date(call: Callable[..., Any]) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     error = invoke(call, Recorder(httpx.Response(429, headers={"Retry-After": when}, text="")), "verify")
-    assert isinstance(error, ThrottledError) and error.retry_after is not None
+    assert isinstance(error, ThrottledError)
+    assert error.retry_after is not None
     assert 27 <= error.retry_after <= 31
 
 
 def test_429_without_retry_after(call: Callable[..., Any]) -> None:
     error = invoke(call, Recorder(httpx.Response(429, text="slow down")), "start")
-    assert isinstance(error, ThrottledError) and error.retry_after is None
+    assert isinstance(error, ThrottledError)
+    assert error.retry_after is None
 
 
 def test_retry_after_parsing() -> None:
     now = time.time()
     assert parse_retry_after("0") == 0.0
     assert parse_retry_after(" 120 ") == 120.0
-    assert parse_retry_after(None) is None and parse_retry_after("") is None
-    assert parse_retry_after("soon") is None and parse_retry_after("-5") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-5") is None
     past = format_datetime(datetime.fromtimestamp(now - 60, UTC), usegmt=True)
     assert parse_retry_after(past, now=now) == 0.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
@@ -432,15 +457,18 @@ def test_transport_errors_are_transient_and_name_their_kind(
 ) -> None:
     error = invoke(call, Recorder(exception), "verify")
     assert isinstance(error, UpstreamTransportError)
-    assert error.kind == kind and kind in str(error)
+    assert error.kind == kind
+    assert kind in str(error)
     assert (error.retryable, error.code) == (True, "upstream_unavailable")
-    assert "api.test" not in str(error) and "social-authorization" not in str(error)
+    assert "api.test" not in str(error)
+    assert "social-authorization" not in str(error)
 
 
 def test_transport_error_message_never_holds_a_url(call: Callable[..., Any]) -> None:
     exception = httpx.ConnectError(f"cannot reach {BASE}/v2/social-authorization/{TOKEN}")
     error = invoke(call, Recorder(exception), "verify")
-    assert "api.test" not in str(error) and "<url>" in str(error)
+    assert "api.test" not in str(error)
+    assert "<url>" in str(error)
 
 
 # --- no secret anywhere ---------------------------------------------------------------------------
@@ -451,18 +479,24 @@ def test_no_token_or_key_in_messages_even_when_upstream_echoes_them(call: Callab
     error = invoke(call, Recorder(refusal(200, echo)), "verify")
     assert isinstance(error, TokenInvalidError)
     for text in (str(error), repr(error), *error.messages):
-        assert TOKEN not in text and KEY not in text and BASIC.split()[1] not in text
+        assert TOKEN not in text
+        assert KEY not in text
+        assert BASIC.split()[1] not in text
     unauthorized = invoke(call, Recorder(refusal(401, {"API": {"Error": f"bad key {KEY}"}})), "verify")
-    assert KEY not in str(unauthorized) and "***" in str(unauthorized)
+    assert KEY not in str(unauthorized)
+    assert "***" in str(unauthorized)
 
 
 def test_reprs_hide_key_and_token() -> None:
     with OktopostClient(BASE, ACCOUNT, KEY, transport=httpx.MockTransport(Recorder(ok()))) as client:
-        assert KEY not in repr(client) and ACCOUNT in repr(client)
+        assert KEY not in repr(client)
+        assert ACCOUNT in repr(client)
         assert KEY not in repr(vars(client))
     choice = EntityChoice(token=TOKEN, entities=[])
-    assert TOKEN not in repr(choice) and TOKEN not in str(choice)
-    assert TOKEN not in repr(verify_request(TOKEN)) and TOKEN not in repr(complete_request(TOKEN, ["1"]))
+    assert TOKEN not in repr(choice)
+    assert TOKEN not in str(choice)
+    assert TOKEN not in repr(verify_request(TOKEN))
+    assert TOKEN not in repr(complete_request(TOKEN, ["1"]))
 
 
 def test_log_lines_never_show_token_or_key(
@@ -477,7 +511,9 @@ def test_log_lines_never_show_token_or_key(
         call(Recorder(httpx.ReadTimeout("timed out")), "verify", TOKEN)
     httpx_lines = [record.getMessage() for record in caplog.records if record.name == "httpx"]
     assert any("/v2/social-authorization/***" in line for line in httpx_lines), httpx_lines
-    assert TOKEN not in caplog.text and KEY not in caplog.text and BASIC.split()[1] not in caplog.text
+    assert TOKEN not in caplog.text
+    assert KEY not in caplog.text
+    assert BASIC.split()[1] not in caplog.text
 
 
 def test_errors_survive_pickling_with_their_attributes() -> None:
@@ -491,7 +527,9 @@ def test_errors_survive_pickling_with_their_attributes() -> None:
         MalformedAnswerError("x", status=200),
     ):
         copy = pickle.loads(pickle.dumps(error))
-        assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert vars(copy) == vars(error)
 
 
 # --- redaction ---------------------------------------------------------------------------------------
@@ -505,9 +543,12 @@ def test_redact_scrubs_tokens_authorization_and_registered_secrets() -> None:
         "registered-secret-value"
     )
     clean = redact(text)
-    assert TOKEN not in clean and "abc.def-ghi" not in clean and "QWxhZGRpbjpvcGVu" not in clean
+    assert TOKEN not in clean
+    assert "abc.def-ghi" not in clean
+    assert "QWxhZGRpbjpvcGVu" not in clean
     assert "registered-secret-value" not in clean
-    assert "/v2/social-authorization/***?ids=1" in clean and "okt=***&x=2" in clean
+    assert "/v2/social-authorization/***?ids=1" in clean
+    assert "okt=***&x=2" in clean
     assert redact("Basic auth is used") == "Basic auth is used"
 
 
@@ -521,7 +562,9 @@ def test_redacting_filter_renders_args_and_exceptions() -> None:
         record.exc_info = sys.exc_info()
     assert RedactingFilter().filter(record) is True
     assert record.getMessage() == "url /social-authorization/*** key '***'"
-    assert record.exc_text is not None and TOKEN not in record.exc_text and "okt=***" in record.exc_text
+    assert record.exc_text is not None
+    assert TOKEN not in record.exc_text
+    assert "okt=***" in record.exc_text
 
 
 # --- vocabulary and request validation ------------------------------------------------------------
@@ -529,32 +572,34 @@ def test_redacting_filter_renders_args_and_exceptions() -> None:
 
 def test_canonical_network_names() -> None:
     assert canonical_network("linkedin") == "LinkedIn"
-    assert canonical_network("Youtube") == "YouTube" and canonical_network("YOUTUBE") == "YouTube"
+    assert canonical_network("Youtube") == "YouTube"
+    assert canonical_network("YOUTUBE") == "YouTube"
     assert canonical_network(" twitter ") == "Twitter"
     assert [canonical_network(n.upper()) for n in ("facebook", "instagram")] == ["Facebook", "Instagram"]
     for bad in ("Xing", "WeChat", "", "linked in"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="unsupported network"):
             canonical_network(bad)
-    assert canonical_entity_type("Page") == "page" and canonical_entity_type("GROUP") == "group"
-    with pytest.raises(ValueError):
+    assert canonical_entity_type("Page") == "page"
+    assert canonical_entity_type("GROUP") == "group"
+    with pytest.raises(ValueError, match="unsupported type 'company'"):
         canonical_entity_type("company")
 
 
 def test_bad_arguments_are_refused_before_any_request(call: Callable[..., Any]) -> None:
     recorder = Recorder(ok())
-    for method, args in (
-        ("start_authorization", ("Xing", "https://app.example/cb")),
-        ("start_authorization", ("LinkedIn", "/relative")),
-        ("start_authorization", ("LinkedIn", "https://app.example/cb", "company")),
-        ("verify", ("",)),
-        ("complete", (TOKEN, [])),
-        ("complete", (TOKEN, "123")),
-        ("complete", (TOKEN, ["1,2"])),
-        ("get_credential", (" ",)),
+    for method, args, refusal in (
+        ("start_authorization", ("Xing", "https://app.example/cb"), "unsupported network 'Xing'"),
+        ("start_authorization", ("LinkedIn", "/relative"), "must be an absolute http"),
+        ("start_authorization", ("LinkedIn", "https://app.example/cb", "company"), "unsupported type"),
+        ("verify", ("",), "an okt token is required"),
+        ("complete", (TOKEN, []), "must be a non-empty list"),
+        ("complete", (TOKEN, "123"), "not one string"),
+        ("complete", (TOKEN, ["1,2"]), "without commas"),
+        ("get_credential", (" ",), "a credential id is required"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=refusal):
             call(recorder, method, *args)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="timeout must be positive"):
         call(recorder, "verify", TOKEN, timeout=0)
     assert recorder.requests == []
 
