@@ -23,13 +23,15 @@ class Process(Child):
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, name: str = "") -> None:
         name = name or args[0]
         log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+        log_path = log_dir / f"okc-{name}-{os.getpid()}-{time.time_ns()}.log"
         super().__init__(
             name,
             args,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-            log_path=log_dir / f"okc-{name}-{os.getpid()}-{time.time_ns()}.log",
+            log_path=log_path,
             cwd=ROOT,
         )
+        self.log_path: Path = log_path  # always a file: tests read it without a None check
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return super().stop(timeout)

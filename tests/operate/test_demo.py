@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,7 +225,7 @@ def test_up_without_oktopost_credentials_runs_the_sandbox_and_points_the_pipelin
     sandbox = re.search(r"^  sandbox\s+(\S+)", output, re.M).group(1)  # type: ignore[union-attr]
     assert created.json()["redirect_url"].startswith(f"{sandbox}/oauth/authorize")
     # "ready" means a worker is consuming: its sweeper marked it in Redis before `up` said so
-    client = redis_server.client()
+    client: Any = redis_server.client()  # redis-py annotates commands as sync-or-async; this is sync
     consuming = client.zrangebyscore("okc-up-test:workers", time.time() - 5, "+inf")
     assert len(consuming) == 1, consuming
     up.process.popen.send_signal(signal.SIGTERM)

@@ -27,7 +27,7 @@ def start_flow(
         f"{pipeline.shim_url}/v1/authorizations", json=body, headers=pipeline.headers, timeout=15
     )
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def consent(redirect_url: str, decision: str = "approve") -> str:

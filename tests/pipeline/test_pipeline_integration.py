@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -177,7 +179,7 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     callback(consent(created["redirect_url"]))
     events_of(pipeline, created["flow_id"])
-    seen = []
+    seen: list[bytes] = []
     deadline = time.monotonic() + 5
     while len(seen) < 3 and time.monotonic() < deadline:
         message = listener.get_message(timeout=0.5)
@@ -187,7 +189,7 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
 
 
 @pytest.fixture(scope="module")
-def short_lived(redis_server: RedisServer):  # type: ignore[no-untyped-def]
+def short_lived(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     """A pipeline whose flows wait 2 s for a callback and whose tokens live 3 s, on its own sandbox."""
     own_sandbox = start_sandbox()
     running = start_pipeline(redis_server.url, own_sandbox.url, flow_ttl_seconds=2, token_ttl_seconds=3)
@@ -206,7 +208,7 @@ def _expired_within(
     assert time.time() <= deadline + slack, f"expired {time.time() - deadline:.1f}s after its deadline"
 
 
-def test_flow_without_callback_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_flow_without_callback_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, _ = short_lived
     created = start_flow(pipeline)
     _expired_within(pipeline, created["flow_id"], "callback", time.time() + 2)
@@ -214,7 +216,7 @@ def test_flow_without_callback_expires(short_lived) -> None:  # type: ignore[no-
     assert late.status_code == 410
 
 
-def test_selection_that_never_comes_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_selection_that_never_comes_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, _ = short_lived
     created = start_flow(pipeline, entity_type="group")
     callback(consent(created["redirect_url"]))
@@ -224,7 +226,7 @@ def test_selection_that_never_comes_expires(short_lived) -> None:  # type: ignor
     assert select(pipeline, created["flow_id"], ["x"]).status_code == 410
 
 
-def test_token_dying_during_verification_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_token_dying_during_verification_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, own_sandbox = short_lived
     own_sandbox.faults(error_rate=1.0)
     try:
@@ -235,7 +237,7 @@ def test_token_dying_during_verification_expires(short_lived) -> None:  # type: 
         own_sandbox.faults(error_rate=0.0)
 
 
-def test_token_dying_during_completion_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_token_dying_during_completion_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, own_sandbox = short_lived
     created = start_flow(pipeline, entity_type="page")
     callback(consent(created["redirect_url"]))
@@ -249,7 +251,7 @@ def test_token_dying_during_completion_expires(short_lived) -> None:  # type: ig
         own_sandbox.faults(timeout_rate=0.0)
 
 
-def start_flow_despite_faults(pipeline: Pipeline, own_sandbox: Sandbox):  # type: ignore[no-untyped-def]
+def start_flow_despite_faults(pipeline: Pipeline, own_sandbox: Sandbox) -> dict[str, Any]:
     """Step 1 goes through the faults' gap: start the flow first, then turn the faults on for the worker."""
     own_sandbox.faults(error_rate=0.0)
     created = start_flow(pipeline)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: R
     )
     pipeline.start_worker(concurrency=16)
     try:
-        flows = []
+        flows: list[dict[str, Any]] = []
         while len(flows) < 40:  # Step 1 shares the budget: admission control answers 503 when it is taken
             answer = httpx.post(
                 f"{pipeline.shim_url}/v1/authorizations",

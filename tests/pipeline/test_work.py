@@ -56,19 +56,19 @@ def claimed(context: TaskContext, entity_type: str = "profile") -> str:
     return "flow-1"
 
 
-def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
-    queue = list(responses)
-    seen: list[httpx.Request] = []
+class Answers:
+    """Oktopost as a MockTransport handler: `responses` in turn (the last one for ever), each request seen."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        item = queue.pop(0) if len(queue) > 1 else queue[0]
+    def __init__(self, *responses: httpx.Response | Exception) -> None:
+        self.queue = list(responses)
+        self.seen: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        item = self.queue.pop(0) if len(self.queue) > 1 else self.queue[0]
         if isinstance(item, Exception):
             raise item
         return item
-
-    handler.seen = seen  # type: ignore[attr-defined]
-    return handler
 
 
 def types(context: TaskContext) -> list[str]:
@@ -76,7 +76,7 @@ def types(context: TaskContext) -> list[str]:
 
 
 def test_profile_verified_through_transient_faults() -> None:
-    handler = answers(
+    handler = Answers(
         httpx.Response(503),
         httpx.ConnectError("refused"),
         httpx.Response(200, text="<html>oops</html>"),
@@ -87,8 +87,8 @@ def test_profile_verified_through_transient_faults() -> None:
     assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
     assert types(context)[-1] == "connection.completed"
     assert context.store.events("flow-1")[-1]["data"]["credentials"][0]["id"] == "003-1"
-    assert len(handler.seen) == 5  # type: ignore[attr-defined]
-    assert all(TOKEN in str(r.url) for r in handler.seen)  # type: ignore[attr-defined]
+    assert len(handler.seen) == 5
+    assert all(TOKEN in str(r.url) for r in handler.seen)
 
 
 def test_page_verification_offers_a_selection_then_completion_connects() -> None:
@@ -114,7 +114,7 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
 def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     """ "invalid or has expired" with less than a quarter of TOKEN_TTL_SECONDS left: expired, not failed."""
     refused = httpx.Response(404, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid"}}})
-    context = make_context(answers(refused), token_ttl=30)
+    context = make_context(Answers(refused), token_ttl=30)
     flow = context.store.create("flow-1", "LinkedIn", "profile", None, None)
     assert context.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
     assert verify_flow(context, "flow-1") is TaskOutcome.EXPIRED
@@ -122,7 +122,7 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     assert ended["type"] == "authorization.expired"
     assert ended["data"] == {"stage": "verify"}
 
-    fresh = make_context(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
+    fresh = make_context(Answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
     flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
     assert fresh.store.claim_callback(flow, TOKEN, now=time.time() - 20).done
     assert verify_flow(fresh, "flow-1") is TaskOutcome.FAILED
@@ -146,7 +146,7 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     ],
 )
 def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> None:
-    handler = answers(response)
+    handler = Answers(response)
     context = make_context(handler)
     assert verify_flow(context, claimed(context)) is TaskOutcome.FAILED
     failed = context.store.events("flow-1")[-1]
@@ -155,7 +155,7 @@ def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> 
     assert failed["data"]["retryable"] is False
     assert failed["data"]["attempts"] == 1
     assert TOKEN not in failed["data"]["message"]
-    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+    assert len(handler.seen) == 1
 
 
 def test_rejected_completion_is_an_invalid_selection() -> None:
@@ -173,7 +173,7 @@ def test_rejected_completion_is_an_invalid_selection() -> None:
 
 
 def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None:
-    context = make_context(answers(httpx.Response(503)), token_ttl=1)
+    context = make_context(Answers(httpx.Response(503)), token_ttl=1)
     started = time.time()
     assert verify_flow(context, claimed(context)) is TaskOutcome.EXPIRED
     assert time.time() - started < 1.5
@@ -182,7 +182,7 @@ def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None
 
 
 def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
-    handler = answers(httpx.Response(200, json=PROFILE))
+    handler = Answers(httpx.Response(200, json=PROFILE))
     context = make_context(handler)
     flow_id = claimed(context)
     assert verify_flow(context, flow_id) is TaskOutcome.COMPLETED
@@ -195,7 +195,7 @@ def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
 
 
 def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
-    context = make_context(answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
+    context = make_context(Answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
     verify_flow(context, claimed(context))
     families = {f.name: f for f in RedisMetricsCollector(context.store.redis, "t:metrics").collect()}
     outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
