@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RedisServer
-from tests.support import CLI, ROOT, Process, free_port
+from tests.support import CLI, ROOT, Process, busy_port, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -279,10 +278,7 @@ def test_children_die_with_up_even_when_it_is_killed(up_runs: list[Up]) -> None:
 
 
 def test_up_refuses_a_port_in_use_with_one_line() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run(
             [*CLI, "up", "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=30
         )

@@ -30,6 +30,13 @@ def start_flow(
     return response.json()
 
 
+def flow_status(pipeline: Pipeline, flow_id: str) -> dict[str, Any]:
+    """The flow as its caller reads it back (GET /v1/authorizations/{flow_id})."""
+    answer = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{flow_id}", headers=pipeline.headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
 def consent(redirect_url: str, decision: str = "approve") -> str:
     """The user's choice on the (sandbox) network; returns the callback URL the browser is sent to."""
     joiner = "&" if "?" in redirect_url else "?"

@@ -7,12 +7,20 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from celery import Celery
 
 from tests.conftest import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
+from tests.pipeline.flows import (
+    callback,
+    consent,
+    events_of,
+    flow_status,
+    okt_of,
+    select,
+    start_flow,
+    wait_for_event,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +50,7 @@ def test_profile_flow_completes(pipeline: Pipeline, sandbox: Sandbox, network: s
     assert credential["network"] == network
     assert credential["id"] in {c["Id"] for c in sandbox.connections()}
 
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
+    status = flow_status(pipeline, created["flow_id"])
     assert status["status"] == "completed"
     assert status["type"] == "profile"
     assert len(status["events"]) == 3
@@ -90,9 +96,7 @@ def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipelin
     assert refused.status_code == 422
     assert refused.json()["error"]["code"] == "invalid_selection"
     assert select(pipeline, created["flow_id"], []).status_code == 422
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
+    status = flow_status(pipeline, created["flow_id"])
     assert status["status"] == "awaiting_selection"
     assert len(status["events"]) == 3
 
@@ -143,9 +147,7 @@ def test_callback_input_errors(pipeline: Pipeline) -> None:
     assert callback(f"{base}/unknownflowid0000000000000?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/x?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/{created['flow_id']}?okt=abcdefgh.1&okt=abcdefgh.2").status_code == 400
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
+    status = flow_status(pipeline, created["flow_id"])
     assert status["status"] == "awaiting_callback"
     assert len(status["events"]) == 1
 

@@ -14,7 +14,7 @@ import pytest
 
 from sandbox.cli import main
 from tests.sandbox.conftest import RunningSandbox
-from tests.support import ROOT
+from tests.support import ROOT, busy_port
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,10 +115,7 @@ def test_signals_stop_it_cleanly_with_exit_0(signum: signal.Signals) -> None:
 
 @pytest.mark.integration
 def test_a_busy_port_exits_2_with_one_line() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with busy_port() as port:
         completed = subprocess.run(
             [sys.executable, "-m", "sandbox", "--port", str(port)],
             cwd=ROOT,
