@@ -3,7 +3,7 @@
 Transient faults (5xx, 429 with Retry-After in seconds or as an HTTP-date, answers that hang, answers
 lost after the work was done, bodies that are not JSON) are retried until the flow's deadline: every
 flow completes. `Result: false` under HTTP 200 is a refusal: the flow fails at once with the precise
-code. No flow ends `failed` for a transient fault (CONTRACT section 8). Faults that outlast the
+code. No flow ends `failed` for a transient fault. Faults that outlast the
 deadline are part 4's business (test_expiry.py).
 """
 

@@ -1,4 +1,4 @@
-"""A worker SIGKILLed while flows are mid-verification and mid-completion (CONTRACT section 8).
+"""A worker SIGKILLed while flows are mid-verification and mid-completion.
 
 Every flow still reaches exactly one terminal event, and the flows the dead worker held are taken up
 by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper promises.
