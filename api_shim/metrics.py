@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import redis
-from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram
 
 from worker.metrics import RedisMetricsCollector
@@ -30,7 +29,7 @@ _worker_collector: RedisMetricsCollector | None = None
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(app: FastAPI, client: redis.Redis, worker_metrics_key: str) -> None:
+def install(client: redis.Redis, worker_metrics_key: str) -> None:
     """/metrics also shows the workers' metrics, read from Redis at scrape time."""
     global _worker_collector
     if _worker_collector is not None:  # one per process, even when tests build several apps

@@ -158,7 +158,7 @@ def serve_fakeredis(host: str, port: int) -> int:
         return 2
     server = TcpFakeServer((host, port), server_type="redis")
 
-    def _stop(signum: int, _frame: object) -> None:
+    def _stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)

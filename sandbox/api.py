@@ -118,7 +118,8 @@ class OktopostApi:
             errors["type"] = f"Invalid value for parameter type (one of {', '.join(ENTITY_TYPES)})"
         if errors:
             return param_error(errors)
-        assert network is not None and entity_type is not None
+        assert network is not None
+        assert entity_type is not None
         # Non-ASCII characters are percent-encoded so the URL can go into a Location header as it is.
         callback_url = quote(callback_url, safe=_PRINTABLE_ASCII)
         authorization = self._account.request_authorization(network, entity_type, callback_url)

@@ -36,7 +36,7 @@ class ControlPanel:
             return _error(405, "API", {"Error": "Method not allowed"}, [("allow", ", ".join(methods))])
         return endpoint(request)
 
-    def _read_faults(self, request: Request) -> Response:
+    def _read_faults(self, _request: Request) -> Response:
         return json_response(200, self._faults.config.as_json())
 
     def _set_faults(self, request: Request) -> Response:
@@ -52,7 +52,7 @@ class ControlPanel:
             return _error(400, "Param", {exc.field: exc.message})
         return json_response(200, config.as_json())
 
-    def _connections(self, request: Request) -> Response:
+    def _connections(self, _request: Request) -> Response:
         listed = [
             {
                 "Id": credential.id,
@@ -66,14 +66,14 @@ class ControlPanel:
         ]
         return json_response(200, listed)
 
-    def _read_stats(self, request: Request) -> Response:
+    def _read_stats(self, _request: Request) -> Response:
         return json_response(200, self._stats.as_json())
 
-    def _reset_all(self, request: Request) -> Response:
+    def _reset_all(self, _request: Request) -> Response:
         self._reset()
         return json_response(200, {"Result": True})
 
-    def _health(self, request: Request) -> Response:
+    def _health(self, _request: Request) -> Response:
         return json_response(200, {"Result": True})
 
 

@@ -58,7 +58,7 @@ def verify_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
         flow_id,
         FlowState.VERIFYING,
         "verify",
-        lambda token, flow, timeout: context.client.verify(token, timeout=timeout),
+        lambda token, _flow, timeout: context.client.verify(token, timeout=timeout),
         _verified,
     )
 
@@ -103,7 +103,7 @@ def _work_on(
         lease = _Lease(context, flow, taken.leased_until)
         try:
             answer, attempts = call_until_deadline(
-                _observed(context, flow, call_name, lambda timeout: call(token, flow, timeout), lease),
+                _observed(context, call_name, lambda timeout: call(token, flow, timeout), lease),
                 flow.deadline,
                 policy=context.policy,
                 on_retry=_on_retry(context, flow, lease),
@@ -178,7 +178,7 @@ def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> Tas
 
 
 def _observed(
-    context: TaskContext, flow: Flow, call_name: str, call: Callable[[float], T], lease: _Lease
+    context: TaskContext, call_name: str, call: Callable[[float], T], lease: _Lease
 ) -> Callable[[float], T]:
     """One attempt: renew the flow's lease for as long as the attempt may take, time it, count it."""
 

@@ -47,30 +47,9 @@ def run(options: BenchOptions) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="okc-bench-"))
     load_at_start = os.getloadavg()
     chosen = _chosen(options)
-    rows: list[Row] = []
-    floor: tuple[float, float] | None = None
     try:
         with interrupted_by_sigterm(), Children(log_dir) as children:
-            redis_url, redis_child = start_redis(children)
-            shared = [redis_child] if redis_child is not None else []
-            databases = iter(range(1, 64))
-            for limited in (False, True):
-                group = [scenario for scenario in chosen if scenario.limited is limited]
-                if not group:
-                    continue
-                rate_limit = BURST_RATE_LIMIT if limited else None
-                ttl = _burst_token_ttl(options) if limited else 300
-                sandbox = start_sandbox(
-                    children, "sandbox-limited" if limited else "sandbox", ttl, rate_limit
-                )
-                if floor is None:
-                    floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
-                for name in (name for name in SYSTEM_NAMES if name in options.systems):
-                    # a database of its own per system (brokers included), unless Redis is not ours
-                    url = _database(redis_url, next(databases)) if shared else redis_url
-                    setup = Setup(url, sandbox, options.concurrency, options.workers, rate_limit)
-                    rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
-                children.stop([sandbox.child])
+            rows, floor = _measure_every_system(options, chosen, children)
     except KeyboardInterrupt:
         _say(f"interrupted; every process stopped (logs in {log_dir})")
         return 130
@@ -78,6 +57,43 @@ def run(options: BenchOptions) -> int:
         _say(f"failed: {error}\n(logs kept in {log_dir})")
         return 1
     rows.sort(key=lambda row: (SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
+    _print_report(chosen, rows, floor)
+    if options.json_path is not None:
+        document = _document(options, chosen, rows, floor, load_at_start)
+        options.json_path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {options.json_path}")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+def _measure_every_system(
+    options: BenchOptions, chosen: list[Scenario], children: Children
+) -> tuple[list[Row], tuple[float, float] | None]:
+    """Every chosen system through its scenarios: the unlimited ones on one sandbox, then the limited."""
+    rows: list[Row] = []
+    floor: tuple[float, float] | None = None
+    redis_url, redis_child = start_redis(children)
+    shared = [redis_child] if redis_child is not None else []
+    databases = iter(range(1, 64))
+    for limited in (False, True):
+        group = [scenario for scenario in chosen if scenario.limited is limited]
+        if not group:
+            continue
+        rate_limit = BURST_RATE_LIMIT if limited else None
+        ttl = _burst_token_ttl(options) if limited else 300
+        sandbox = start_sandbox(children, "sandbox-limited" if limited else "sandbox", ttl, rate_limit)
+        if floor is None:
+            floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
+        for name in (name for name in SYSTEM_NAMES if name in options.systems):
+            # a database of its own per system (brokers included), unless Redis is not ours
+            url = _database(redis_url, next(databases)) if shared else redis_url
+            setup = Setup(url, sandbox, options.concurrency, options.workers, rate_limit)
+            rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
+        children.stop([sandbox.child])
+    return rows, floor
+
+
+def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None) -> None:
     print(table(rows))
     print()
     print(_targets(chosen))
@@ -96,12 +112,6 @@ def run(options: BenchOptions) -> int:
             print(f"  {row.scenario:<10}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
     if floor is not None:
         print(f"load generator floor (a trivial GET): p50 {floor[0]:.2f} ms, p99 {floor[1]:.2f} ms")
-    if options.json_path is not None:
-        document = _document(options, chosen, rows, floor, load_at_start)
-        options.json_path.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {options.json_path}")
-    shutil.rmtree(log_dir, ignore_errors=True)
-    return 0
 
 
 def _chosen(options: BenchOptions) -> list[Scenario]:

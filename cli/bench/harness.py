@@ -18,7 +18,7 @@ from cli.processes import Child, Children, StartupError, start_redis_server
 def interrupted_by_sigterm() -> Iterator[None]:
     """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and so every child's stop) runs."""
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}

@@ -57,12 +57,12 @@ def _report(flow_id: str, outcome: str, reason: str = "") -> None:
 
 
 class _Reported(Task):
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def on_failure(self, exc: Exception, _task_id: str, args: Any, _kwargs: Any, _einfo: Any) -> None:
         _report(args[0], outcome_of(exc), type(exc).__name__)
 
 
-@app.task(bind=True, base=_Reported, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
-def verify_callback(self: Task, flow_id: str, token: str) -> None:
+@app.task(base=_Reported, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def verify_callback(flow_id: str, token: str) -> None:
     _upstream().verify(token)
     _report(flow_id, "completed")
 

@@ -89,7 +89,7 @@ class System(ABC):
         self.children.stop(self.processes)
         self.processes = []
 
-    def fate_of(self, flow_ids: list[str]) -> dict[str, int]:
+    def fate_of(self, _flow_ids: list[str]) -> dict[str, int]:
         """Where flows that never ended were left, by state; empty when the system keeps no state."""
         return {}
 
@@ -98,7 +98,7 @@ class System(ABC):
         counted = Counter(self._reasons[flow_id] for flow_id in flow_ids if flow_id in self._reasons)
         return dict(sorted(counted.items()))
 
-    def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:
+    def stages(self, _sent_wall: dict[str, float]) -> dict[str, float]:
         """p50 (ms) of each stage between a callback sent (wall clock) and its flow's end, when known."""
         return {}
 

@@ -23,13 +23,16 @@ def test_ours_serves_the_optimum_and_never_lets_a_window_exceed_the_limit(tmp_pa
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {row["limiter"]: row for row in json.loads(results.read_text())["results"]}
-    assert set(rows) == {"limits", "ours"} and "worst window" in run.stdout
+    assert set(rows) == {"limits", "ours"}
+    assert "worst window" in run.stdout
     ours = rows["ours"]
     # the optimum orders every flow by deadline; a burst's first slots go to whichever flows reach
     # Redis first (no limiter can take back a call it granted), so the one or two flows whose
     # deadline only the first slots could meet may miss them
-    assert ours["flows"] == ours["optimum"] == 30 and ours["completed"] >= 28, ours
-    assert ours["worst_window"] <= ours["limit"] == 10 and ours["within_limit"], ours
+    assert ours["flows"] == ours["optimum"] == 30, ours
+    assert ours["completed"] >= 28, ours
+    assert ours["worst_window"] <= ours["limit"] == 10, ours
+    assert ours["within_limit"], ours
 
 
 def test_the_worst_window_counts_every_call_a_window_could_see() -> None:

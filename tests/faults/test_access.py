@@ -142,7 +142,8 @@ def test_missing_or_wrong_bearer_key_is_a_json_401_and_changes_nothing(
             assert_json_error(response, 401, "unauthorized")
             assert response.headers["www-authenticate"] == "Bearer"
             assert API_KEY not in response.text
-    assert shim.flow_keys() == keys_before and shim.enqueued == []
+    assert shim.flow_keys() == keys_before
+    assert shim.enqueued == []
 
     for key in (API_KEY, OTHER_KEY):  # every configured key works, the scheme in any case
         for scheme in ("Bearer", "bearer"):
@@ -159,12 +160,14 @@ def test_missing_or_wrong_bearer_key_is_a_json_401_and_changes_nothing(
 def test_a_token_claimed_by_one_flow_cannot_attach_to_another(shim: Shim, fault_report: FaultReport) -> None:
     first, second = shim.new_flow(), shim.new_flow()
     claimed = shim.request("GET", f"/v1/callback/{first}?okt={TOKEN_A}")
-    assert claimed.status_code == 303 and shim.enqueued == [(first, "verifying")]
+    assert claimed.status_code == 303
+    assert shim.enqueued == [(first, "verifying")]
     before = shim.store.get(second)
 
     replayed = shim.request("GET", f"/v1/callback/{second}?okt={TOKEN_A}")
     assert_json_error(replayed, 409, "token_already_used")
-    assert shim.store.get(second) == before and shim.enqueued == [(first, "verifying")]
+    assert shim.store.get(second) == before
+    assert shim.enqueued == [(first, "verifying")]
     # its own token still works, and the first flow's repeated callback is answered as before
     assert shim.request("GET", f"/v1/callback/{second}?okt={TOKEN_B}").status_code == 303
     assert shim.request("GET", f"/v1/callback/{first}?okt={TOKEN_A}").status_code == 303
@@ -193,7 +196,9 @@ def test_the_callback_sends_the_browser_to_its_own_flows_return_url_only(shim: S
 
     bare = shim.new_flow(return_url=None)  # no return_url: a small page, nowhere to be sent
     page = shim.request("GET", f"/v1/callback/{bare}?okt={TOKEN_A[:-1]}d&return_url=https://evil.example/")
-    assert page.status_code == 200 and "evil" not in page.text and "location" not in page.headers
+    assert page.status_code == 200
+    assert "evil" not in page.text
+    assert "location" not in page.headers
 
 
 # --- return_url ---------------------------------------------------------------------------------------

@@ -102,12 +102,14 @@ def test_many_flows_expire_in_every_stage_close_to_their_deadline(
     )
     ledger.close()
 
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert dict(tally.by_outcome) == {f"authorization.expired:{stage}": PER_STAGE for stage in stages}, (
         tally.by_outcome
     )
     for stage, values in lateness.items():
-        assert min(values) >= -EARLY_AT_MOST_S and max(values) <= LATE_AT_MOST_S, (stage, values)
+        assert min(values) >= -EARLY_AT_MOST_S, (stage, values)
+        assert max(values) <= LATE_AT_MOST_S, (stage, values)
     assert ledger.server_errors == 0
 
 

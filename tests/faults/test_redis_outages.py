@@ -1,4 +1,4 @@
-"""Redis outages the shim and worker must ride out without a restart (CONTRACT section 8).
+"""Redis outages the shim and worker must ride out without a restart.
 
 - Redis stops answering without closing its connections (SIGSTOP: a stalled host, a partition). Harder
   than a Redis that is down, where connections are refused at once: every command waits for an answer
@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.conftest import (
-    Pipeline,
-    RedisServer,
-    Sandbox,
-    start_pipeline,
-    start_redis,
-    start_sandbox,
-    stop_redis,
-)
+from tests.conftest import Pipeline, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
 from tests.faults.ledger import NETWORKS, Ledger, epoch, sandbox_stats
+from tests.faults.redis_outage import RestartableRedis, ShimRequest, timed_answers
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -45,24 +36,23 @@ TOKEN_TTL = 20  # a lease of 4 s: a flow whose outcome was lost is taken up agai
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Pipeline, Sandbox, list[RedisServer]]]:
-    directory = tempfile.mkdtemp(prefix="okc-aof-")
-    servers = [start_redis(AOF, directory=directory)]  # a restart appends the new server
+def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
+    server = RestartableRedis(AOF)
     sandbox = start_sandbox()
     pipeline = start_pipeline(
-        servers[0].url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
+        server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
     )
-    yield pipeline, sandbox, servers
+    yield pipeline, sandbox, server
     pipeline.stop()
     sandbox.process.stop()
-    stop_redis(servers[-1])
+    server.stop()
 
 
 def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(
-    stack: tuple[Pipeline, Sandbox, list[RedisServer]], fault_report: FaultReport
+    stack: tuple[Pipeline, Sandbox, RestartableRedis], fault_report: FaultReport
 ) -> None:
-    pipeline, _, servers = stack
-    server = servers[-1]
+    pipeline, _, restartable = stack
+    server = restartable.server
     assert server.process is not None
     ledger = Ledger(pipeline)
     before = [ledger.start(), ledger.start("Twitter")]
@@ -72,20 +62,14 @@ def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(
 
     os.kill(server.process.pid, signal.SIGSTOP)
     stalled_at = time.monotonic()
-    answers: dict[str, tuple[int, float, str]] = {}
+    requests = {
+        "readyz": ShimRequest("GET", "/readyz"),
+        "callback": ShimRequest("GET", before[0].callback_url.removeprefix(pipeline.shim_url)),
+        "status": ShimRequest("GET", f"/v1/authorizations/{before[1].flow_id}", as_caller=True),
+        "start": ShimRequest("POST", "/v1/authorizations", {"network": "LinkedIn"}, as_caller=True),
+    }
     try:
-        with httpx.Client(base_url=pipeline.shim_url, timeout=30) as client:
-            requests = {
-                "readyz": ("GET", "/readyz", {}, False),
-                "callback": ("GET", before[0].callback_url.removeprefix(pipeline.shim_url), {}, False),
-                "status": ("GET", f"/v1/authorizations/{before[1].flow_id}", {}, True),
-                "start": ("POST", "/v1/authorizations", {"json": {"network": "LinkedIn"}}, True),
-            }
-            for name, (method, path, options, as_caller) in requests.items():
-                started = time.monotonic()
-                headers = pipeline.headers if as_caller else {}
-                answer = client.request(method, path, headers=headers, **options)  # type: ignore[arg-type]
-                answers[name] = (answer.status_code, time.monotonic() - started, answer.text)
+        answers = timed_answers(pipeline, requests, timeout=30)
         time.sleep(max(0.0, STALL_S - (time.monotonic() - stalled_at)))
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
@@ -100,25 +84,26 @@ def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(
         "2 redis restart",
         **tally.figures(),
         faults_injected=1,
-        server_errors=ledger.server_errors + sum(status == 500 for status, _, _ in answers.values()),
-        slowest_answer_while_stalled_s=round(max(seconds for _, seconds, _ in answers.values()), 2),
+        server_errors=ledger.server_errors + sum(answer.status == 500 for answer in answers.values()),
+        slowest_answer_while_stalled_s=round(max(answer.seconds for answer in answers.values()), 2),
     )
     ledger.close()
 
-    for name, (status, seconds, body) in answers.items():
-        assert status == 503, (name, status, body)
-        assert httpx.Response(503, content=body).json()["error"]["code"] == "unavailable", (name, body)
-        assert seconds <= ANSWER_WITHIN_S, (name, round(seconds, 2))
+    for name, answer in answers.items():
+        assert answer.status == 503, (name, answer)
+        assert answer.response.json()["error"]["code"] == "unavailable", (name, answer)
+        assert answer.seconds <= ANSWER_WITHIN_S, (name, round(answer.seconds, 2))
     assert all(process.popen.poll() is None for process in processes), "a process died with the stall"
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"connection.completed": 3}, tally.by_outcome
     assert ledger.server_errors == 0
 
 
 def test_flows_in_flight_when_redis_restarts_complete_once(
-    stack: tuple[Pipeline, Sandbox, list[RedisServer]], fault_report: FaultReport
+    stack: tuple[Pipeline, Sandbox, RestartableRedis], fault_report: FaultReport
 ) -> None:
-    pipeline, sandbox, servers = stack
+    pipeline, sandbox, server = stack
     ledger = Ledger(pipeline)
     flows = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(FLOWS)]
     sandbox.faults(latency_ms=LATENCY_S * 1000)
@@ -130,9 +115,9 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
         time.sleep(0.05)
     assert sandbox_stats(sandbox)["v2_calls"] - calls_before >= FLOWS, "not every verification started"
 
-    stop_redis(servers[-1])
+    server.stop()
     time.sleep(DOWN_S)  # the calls answer meanwhile: outcomes with nowhere to go
-    servers.append(start_redis(AOF, port=servers[0].port, directory=servers[0].directory))
+    server.start()
     back_at = time.time()
     events = ledger.outcomes(flows, timeout=TOKEN_TTL / 4 + 15)
     sandbox.faults(latency_ms=0)
@@ -149,7 +134,8 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     )
     ledger.close()
 
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"connection.completed": FLOWS}, tally.by_outcome
     assert all(process.popen.poll() is None for process in [pipeline.shim, *pipeline.workers])
     for flow_events in events.values():

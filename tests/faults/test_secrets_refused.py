@@ -61,7 +61,8 @@ def test_refused_credentials_leave_no_key_or_token_behind(
     answer = httpx.post(  # the one 5xx asked for: Oktopost refuses the shim's key
         f"{wrong_shim.shim_url}/v1/authorizations", json={"network": "LinkedIn"}, headers=wrong_shim.headers
     )
-    assert answer.status_code == 502 and answer.json()["error"]["code"] == "unauthorized", answer.text
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "unauthorized", answer.text
 
     ledger = Ledger(wrong_worker)
     flows = [ledger.start(network) for network in NETWORKS[:3]]
@@ -108,6 +109,8 @@ def test_refused_credentials_leave_no_key_or_token_behind(
     ledger.close()
 
     assert leaks == [], leaks
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"authorization.failed:unauthorized": len(flows)}, tally.by_outcome
-    assert "401" in places["refused worker log"] and "DEBUG" in places["refused worker log"]
+    assert "401" in places["refused worker log"]
+    assert "DEBUG" in places["refused worker log"]

@@ -1,4 +1,4 @@
-"""A worker SIGKILLed while flows are mid-verification and mid-completion (CONTRACT section 8).
+"""A worker SIGKILLed while flows are mid-verification and mid-completion.
 
 Every flow still reaches exactly one terminal event, and the flows the dead worker held are taken up
 by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper promises.
@@ -75,7 +75,8 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
     )
     ledger.close()
 
-    assert tally.lost == [] and tally.duplicated == [], tally
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
     assert tally.by_outcome == {"connection.completed": PROFILES + ENTITIES}, tally.by_outcome
     for flow_events in events.values():  # really connected upstream, by the new worker or the old one
         credentials = flow_events[-1]["data"]["credentials"]

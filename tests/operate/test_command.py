@@ -45,5 +45,6 @@ def test_without_any_redis_up_and_demo_say_what_to_install(command: str, tmp_pat
     )
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"oktopost-connect {command}: no Redis") and result.stdout == ""
+    assert line.startswith(f"oktopost-connect {command}: no Redis")
+    assert result.stdout == ""
     assert "pip install 'oktopost-connect[tools]'" in line

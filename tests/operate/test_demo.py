@@ -8,17 +8,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import RedisServer
-from tests.support import CLI, ROOT, Process, free_port
+from tests.support import CLI, ROOT, Process, busy_port, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -89,15 +89,18 @@ def test_demo_that_runs_out_of_time_fails_with_one_line(redis_server: RedisServe
     result = run_demo({"REDIS_URL": redis_server.url}, "--timeout", "0.001")
     assert result.returncode == 1
     [reason] = result.stderr.strip().splitlines()
-    assert reason.startswith("oktopost-connect demo: failed: ") and "did not complete in time" in reason
+    assert reason.startswith("oktopost-connect demo: failed: ")
+    assert "did not complete in time" in reason
     logs = re.search(r"\(logs: (\S+)\)$", reason)
-    assert logs and (Path(logs.group(1)) / "worker.log").exists()
+    assert logs
+    assert (Path(logs.group(1)) / "worker.log").exists()
     shutil.rmtree(logs.group(1))
 
 
 def test_demo_usage_error_is_exit_2() -> None:
     result = run_demo({}, "--timeout", "0")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
 
 
 # -- up --------------------------------------------------------------------------------------------------
@@ -208,7 +211,8 @@ def test_up_without_oktopost_credentials_runs_the_sandbox_and_points_the_pipelin
     up = Up(env=env)
     up_runs.append(up)
     output = up.wait_ready()
-    assert f"redis      {redis_server.url}\n" in output and "sandbox    http://127.0.0.1:" in output
+    assert f"redis      {redis_server.url}\n" in output
+    assert "sandbox    http://127.0.0.1:" in output
     import httpx
 
     key = re.search(r"^  api key\s+(\S+)", output, re.M).group(1)  # type: ignore[union-attr]
@@ -220,7 +224,7 @@ def test_up_without_oktopost_credentials_runs_the_sandbox_and_points_the_pipelin
     sandbox = re.search(r"^  sandbox\s+(\S+)", output, re.M).group(1)  # type: ignore[union-attr]
     assert created.json()["redirect_url"].startswith(f"{sandbox}/oauth/authorize")
     # "ready" means a worker is consuming: its sweeper marked it in Redis before `up` said so
-    client = redis_server.client()
+    client: Any = redis_server.client()  # redis-py annotates commands as sync-or-async; this is sync
     consuming = client.zrangebyscore("okc-up-test:workers", time.time() - 5, "+inf")
     assert len(consuming) == 1, consuming
     up.process.popen.send_signal(signal.SIGTERM)
@@ -240,8 +244,11 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
     up = Up(env=env)
     up_runs.append(up)
     output = up.wait_ready()
-    assert "sandbox " not in output and "oktopost   https://api.oktopost.com" in output
-    assert "my-own-key" not in output and SECRET_KEY not in output and "one of SHIM_API_KEYS" in output
+    assert "sandbox " not in output
+    assert "oktopost   https://api.oktopost.com" in output
+    assert "my-own-key" not in output
+    assert SECRET_KEY not in output
+    assert "one of SHIM_API_KEYS" in output
     assert not any("-m cli sandbox" in cmd for cmd in up.children().values())
     up.process.popen.send_signal(signal.SIGINT)
     assert up.wait_exit() == 0
@@ -271,10 +278,7 @@ def test_children_die_with_up_even_when_it_is_killed(up_runs: list[Up]) -> None:
 
 
 def test_up_refuses_a_port_in_use_with_one_line() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run(
             [*CLI, "up", "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=30
         )
@@ -295,5 +299,6 @@ def test_up_refuses_a_bad_setting_with_one_line_before_starting_anything() -> No
     )
     assert result.returncode == 2
     assert result.stderr.startswith("oktopost-connect up: invalid setting TOKEN_TTL_SECONDS: ")
-    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
     assert marked_processes(marker) == {}

@@ -191,16 +191,22 @@ def test_flower_lists_the_finished_tasks_with_a_flow_id_as_only_argument(stack: 
     for task in ours:
         assert task["kwargs"] == "{}", task
         assert task["worker"] == stack.worker_name, task
-        assert task["received"] and task["started"] and task["succeeded"], task
+        assert task["received"], task
+        assert task["started"], task
+        assert task["succeeded"], task
         # the task-sent event, which the shim's claim (or selection) step publishes with the task
-        assert task["sent"] and task["sent"] <= task["received"], task
+        assert task["sent"], task
+        assert task["sent"] <= task["received"], task
 
     # One task read on its own, by the API and by its HTML page.
     task_id = next(t["uuid"] for t in ours if t["name"] == "oktopost.complete")
     info = stack.flower.json(f"/api/task/info/{task_id}")
-    assert info["args"] == repr([flows.page]) and info["state"] == "SUCCESS"
+    assert info["args"] == repr([flows.page])
+    assert info["state"] == "SUCCESS"
     page = stack.flower.get(f"/task/{task_id}")
-    assert page.status_code == 200 and flows.page in page.text and "oktopost.complete" in page.text
+    assert page.status_code == 200
+    assert flows.page in page.text
+    assert "oktopost.complete" in page.text
 
 
 @pytest.mark.parametrize("path", ["/api/tasks", "/api/workers", "/", "/tasks", "/broker"])
@@ -244,7 +250,8 @@ def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
     assert len(pages) >= 6 + 2 * 3
 
     # The pages do show the flows (so the search below looks at the right text), never a secret.
-    assert flows.profile in pages["/api/tasks"].text and flows.page in pages["/api/tasks"].text
+    assert flows.profile in pages["/api/tasks"].text
+    assert flows.page in pages["/api/tasks"].text
     assert all(
         flows.page in pages[f"/task/{tid}"].text or flows.profile in pages[f"/task/{tid}"].text
         for tid in tasks

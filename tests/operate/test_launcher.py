@@ -24,7 +24,9 @@ def test_without_caller_keys_a_dev_key_is_generated_and_passed_on() -> None:
     env, key, generated = child_env(
         StackOptions(), RedisService("redis://r:1/0", "external"), SHIM, SANDBOX, {}
     )
-    assert generated and key.startswith("dev-") and len(key) > 30
+    assert generated
+    assert key.startswith("dev-")
+    assert len(key) > 30
     assert env["SHIM_API_KEYS"] == key
     other, _, _ = child_env(StackOptions(), RedisService("redis://r:1/0", "external"), SHIM, SANDBOX, {})
     assert other["SHIM_API_KEYS"] != key
@@ -86,7 +88,8 @@ def test_without_any_redis_the_error_says_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(embedded_redis, "fakeredis_available", lambda: False)
     with pytest.raises(EmbeddedRedisError) as refused:
         ensure_redis(f"redis://127.0.0.1:{free_port()}/0")
-    assert "pip install 'oktopost-connect[tools]'" in str(refused.value) and "\n" not in str(refused.value)
+    assert "pip install 'oktopost-connect[tools]'" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def _alive(pid: int) -> bool:
@@ -119,7 +122,8 @@ def test_a_group_that_obeys_sigterm_stops_at_once() -> None:
     leader = spawn(["sleep", "60"], output=subprocess.DEVNULL)
     started = time.monotonic()
     stop_groups([leader], timeout=5)
-    assert time.monotonic() - started < 1 and leader.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 1
+    assert leader.returncode == -signal.SIGTERM
 
 
 def _event(kind: str, data: dict[str, object]) -> dict[str, object]:
@@ -156,4 +160,5 @@ def _event(kind: str, data: dict[str, object]) -> dict[str, object]:
 )
 def test_each_event_is_one_readable_line(kind: str, data: dict[str, object], shown: str) -> None:
     line = describe_event(_event(kind, data))
-    assert shown in line and "\n" not in line
+    assert shown in line
+    assert "\n" not in line

@@ -27,7 +27,14 @@ def start_flow(
         f"{pipeline.shim_url}/v1/authorizations", json=body, headers=pipeline.headers, timeout=15
     )
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
+
+
+def flow_status(pipeline: Pipeline, flow_id: str) -> dict[str, Any]:
+    """The flow as its caller reads it back (GET /v1/authorizations/{flow_id})."""
+    answer = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{flow_id}", headers=pipeline.headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 def consent(redirect_url: str, decision: str = "approve") -> str:
@@ -49,7 +56,8 @@ def callback(url: str) -> httpx.Response:
 def events_of(pipeline: Pipeline, flow_id: str, timeout: float = 30) -> list[dict[str, Any]]:
     """Every event of the flow up to its terminal one (fails the test if none comes in time)."""
     events = list(follow_flow(pipeline.redis(), flow_id, pipeline.prefix, timeout=timeout))
-    assert events and events[-1]["type"] in (
+    assert events, [e["type"] for e in events]
+    assert events[-1]["type"] in (
         "connection.completed",
         "authorization.failed",
         "authorization.expired",

@@ -28,6 +28,8 @@ def test_a_channel_keeps_one_client_until_kombu_drops_its_pool(redis_server: Red
 
         channel._disconnect_pools()  # what kombu does when it loses the connection
         second = channel._create_client()
-        assert second is not first and second.connection_pool is channel.pool
-        assert second.llen(queue) == 1 and second.delete(queue) == 1
+        assert second is not first
+        assert second.connection_pool is channel.pool
+        assert second.llen(queue) == 1
+        assert second.delete(queue) == 1
         assert channel._create_client(asynchronous=True) is not second  # the consumer's own, untouched

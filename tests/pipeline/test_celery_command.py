@@ -77,5 +77,6 @@ def test_both_commands_run_the_same_worker(
     assert f"{pipeline.prefix}.oktopost-connect" in output  # the queue it consumes
     assert "mingle" not in output
     task_lines = [line for line in output.splitlines() if "oktopost.verify" in line and " INFO " in line]
-    assert task_lines and all(f"[flow {flow['flow_id']}]" in line for line in task_lines), task_lines
+    assert task_lines, task_lines
+    assert all(f"[flow {flow['flow_id']}]" in line for line in task_lines), task_lines
     assert token not in output

@@ -39,16 +39,20 @@ def test_bad_setting_stops_with_one_line_and_exit_2(
     result = run_cli(*command, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_command_and_help() -> None:
     assert run_cli("frobnicate").returncode == 2
     helped = run_cli("--help")
-    assert helped.returncode == 0 and "watch" in helped.stdout
+    assert helped.returncode == 0
+    assert "watch" in helped.stdout
     for command in ("shim", "worker", "sandbox", "watch"):
         result = run_cli(command, "--help")
-        assert result.returncode == 0 and "usage" in result.stdout.lower()
+        assert result.returncode == 0
+        assert "usage" in result.stdout.lower()
 
 
 @pytest.mark.integration
@@ -61,7 +65,8 @@ def test_watch_prints_history_then_stops_at_the_terminal_event(pipeline: Pipelin
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     assert printed == events
     unknown = run_cli("watch", "no-such-flow-000000000000", env=pipeline.env)
-    assert unknown.returncode == 2 and "no flow" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "no flow" in unknown.stderr
 
 
 @pytest.mark.integration

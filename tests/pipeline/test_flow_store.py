@@ -17,7 +17,7 @@ from worker.sweeper import Sweeper
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
 
-@pytest.fixture()
+@pytest.fixture
 def store() -> FlowStore:
     server = fakeredis.FakeServer()
     return FlowStore(
@@ -40,8 +40,10 @@ def test_create_publishes_started_with_seq_1(store: FlowStore) -> None:
     channels = sorted(m["channel"].decode() for m in messages if m)
     assert channels == ["oktopost:events", "oktopost:flow:flow-1"]
     event = json.loads(messages[0]["data"])
-    assert event["seq"] == 1 and event["type"] == "authorization.started"
-    assert event["reference"] == "user-42" and event["entity_type"] == "profile"
+    assert event["seq"] == 1
+    assert event["type"] == "authorization.started"
+    assert event["reference"] == "user-42"
+    assert event["entity_type"] == "profile"
     assert store.events("flow-1") == [event]
     assert store.due_deadlines(time.time() + 21) == ["flow-1"]
 
@@ -55,10 +57,13 @@ def test_create_twice_refused(store: FlowStore) -> None:
 def test_claim_keeps_token_outside_the_hash_and_moves_deadline(store: FlowStore) -> None:
     flow = new_flow(store)
     step = store.claim_callback(flow, TOKEN)
-    assert step.done and step.seq == 2
+    assert step.done
+    assert step.seq == 2
     claimed = store.get("flow-1")
-    assert claimed is not None and claimed.state is FlowState.VERIFYING
-    assert claimed.owns_token(TOKEN) and not claimed.owns_token(TOKEN + "x")
+    assert claimed is not None
+    assert claimed.state is FlowState.VERIFYING
+    assert claimed.owns_token(TOKEN)
+    assert not claimed.owns_token(TOKEN + "x")
     assert TOKEN not in str(store.redis.hgetall("oktopost:flow:flow-1:state"))
     assert store.token("flow-1") == TOKEN
     assert 28 <= store.redis.ttl("oktopost:flow:flow-1:token") <= 30
@@ -70,7 +75,8 @@ def test_second_claim_reports_conflict_with_fingerprint(store: FlowStore) -> Non
     flow = new_flow(store)
     store.claim_callback(flow, TOKEN)
     again = store.claim_callback(flow, TOKEN)
-    assert again.outcome is TransitionOutcome.CONFLICT and again.state is FlowState.VERIFYING
+    assert again.outcome is TransitionOutcome.CONFLICT
+    assert again.state is FlowState.VERIFYING
     assert again.token_fp == token_fingerprint(TOKEN)
     assert len(store.events("flow-1")) == 2
 
@@ -83,19 +89,22 @@ def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
     ]
     assert store.offer_selection(store.get("flow-1"), offers).done  # type: ignore[arg-type]
     waiting = store.get("flow-1")
-    assert waiting is not None and waiting.offered_ids() == ["1", "2", "3"]
+    assert waiting is not None
+    assert waiting.offered_ids() == ["1", "2", "3"]
     assert store.due_leases(time.time() + 1000) == []
     assert store.submit_selection(waiting, ["2", "3"]).done
     assert store.submit_selection(waiting, ["2"]).outcome is TransitionOutcome.CONFLICT
     completing = store.get("flow-1")
-    assert completing is not None and completing.selected_ids == ["2", "3"]
+    assert completing is not None
+    assert completing.selected_ids == ["2", "3"]
     creds = [ConnectedCredential(id="003-2", name="Page 2", status="valid", network="LinkedIn")]
     assert store.complete(completing, creds).done
     events = [parse_event(json.dumps(e)) for e in store.events("flow-1")]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [e.type for e in events][-1] == "connection.completed"
     assert store.token("flow-1") is None
-    assert store.due_deadlines(time.time() + 10**6) == [] and store.due_leases(time.time() + 10**6) == []
+    assert store.due_deadlines(time.time() + 10**6) == []
+    assert store.due_leases(time.time() + 10**6) == []
 
 
 def test_exactly_one_terminal_event_whatever_races(store: FlowStore) -> None:
@@ -121,7 +130,8 @@ def test_expire_waits_for_the_deadline(store: FlowStore) -> None:
     step = store.expire(flow, now=time.time() + 21)
     assert step.done
     last = store.events("flow-1")[-1]
-    assert last["type"] == "authorization.expired" and last["data"] == {"stage": "callback"}
+    assert last["type"] == "authorization.expired"
+    assert last["data"] == {"stage": "callback"}
     assert store.get("flow-1").state is FlowState.EXPIRED  # type: ignore[union-attr]
 
 
@@ -155,7 +165,9 @@ def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
     store.claim_callback(flow, TOKEN)
     assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     duplicate = store.take_work("flow-1", "task-b", FlowState.VERIFYING)
-    assert duplicate.outcome is TakeOutcome.BUSY and duplicate.flow is None and duplicate.token is None
+    assert duplicate.outcome is TakeOutcome.BUSY
+    assert duplicate.flow is None
+    assert duplicate.token is None
     assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     wrong_state = store.take_work("flow-1", "task-b", FlowState.COMPLETING)
     assert wrong_state.outcome is TakeOutcome.GONE
@@ -170,18 +182,21 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
     store.claim_callback(flow, TOKEN)
     before = time.time()
     taken = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
-    assert taken.outcome is TakeOutcome.TAKEN and taken.token == TOKEN
+    assert taken.outcome is TakeOutcome.TAKEN
+    assert taken.token == TOKEN
     assert taken.flow == store.get("flow-1")  # the flow as stored
-    assert taken.flow is not None and taken.flow.state is FlowState.VERIFYING
+    assert taken.flow is not None
+    assert taken.flow.state is FlowState.VERIFYING
     assert before + store.lifetimes.lease <= taken.leased_until <= time.time() + store.lifetimes.lease
     assert store.redis.zscore(store.names.leases, "flow-1") == pytest.approx(taken.leased_until)
     store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
     taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
-    assert taken_again.outcome is TakeOutcome.TAKEN and taken_again.token is None
+    assert taken_again.outcome is TakeOutcome.TAKEN
+    assert taken_again.token is None
 
 
 def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowStore) -> None:
-    sweeper = Sweeper(store, lambda flow_id, state: None, interval=0.05, name="w1@host")
+    sweeper = Sweeper(store, lambda _flow_id, _state: None, interval=0.05, name="w1@host")
     before = time.time()
     sweeper.start()
     deadline = time.monotonic() + 2
@@ -189,5 +204,6 @@ def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowSt
         time.sleep(0.01)
     marked = store.redis.zscore(store.names.workers, "w1@host")
     sweeper.stop()
-    assert marked is not None and before <= marked <= time.time()
+    assert marked is not None
+    assert before <= marked <= time.time()
     assert store.redis.zscore(store.names.workers, "w1@host") is None

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from celery import Celery
 
 from tests.conftest import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
+from tests.pipeline.flows import (
+    callback,
+    consent,
+    events_of,
+    flow_status,
+    okt_of,
+    select,
+    start_flow,
+    wait_for_event,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +46,14 @@ def test_profile_flow_completes(pipeline: Pipeline, sandbox: Sandbox, network: s
     assert [e["seq"] for e in events] == [1, 2, 3]
     assert all(e["network"] == network and e["reference"] == "user-42" for e in events)
     credential = events[-1]["data"]["credentials"][0]
-    assert credential["status"] == "valid" and credential["network"] == network
+    assert credential["status"] == "valid"
+    assert credential["network"] == network
     assert credential["id"] in {c["Id"] for c in sandbox.connections()}
 
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
-    assert status["status"] == "completed" and status["type"] == "profile" and len(status["events"]) == 3
+    status = flow_status(pipeline, created["flow_id"])
+    assert status["status"] == "completed"
+    assert status["type"] == "profile"
+    assert len(status["events"]) == 3
 
 
 @pytest.mark.parametrize("entity_type", ["page", "group"])
@@ -53,13 +64,15 @@ def test_entity_flow_waits_for_selection_then_connects_the_chosen(
     assert callback(consent(created["redirect_url"])).status_code == 303
     offer = wait_for_event(pipeline, created["flow_id"], "selection.required")
     entities = offer["data"]["entities"]
-    assert len(entities) >= 3 and entities[0]["is_connected"] is True
+    assert len(entities) >= 3
+    assert entities[0]["is_connected"] is True
     assert set(entities[0]) >= {"id", "name", "network", "image_link", "network_username", "is_connected"}
     chosen = [entities[1]["id"], entities[2]["id"]]
 
     assert select(pipeline, created["flow_id"], chosen).status_code == 202
     again = select(pipeline, created["flow_id"], chosen)
-    assert again.status_code == 409 and again.json()["error"]["code"] == "wrong_state"
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "wrong_state"
 
     events = events_of(pipeline, created["flow_id"])
     assert [e["type"] for e in events] == [
@@ -71,7 +84,8 @@ def test_entity_flow_waits_for_selection_then_connects_the_chosen(
     ]
     assert events[3]["data"] == {"ids": chosen}
     connected = {c["id"] for c in events[-1]["data"]["credentials"]}
-    assert len(connected) == 2 and connected <= {c["Id"] for c in sandbox.connections()}
+    assert len(connected) == 2
+    assert connected <= {c["Id"] for c in sandbox.connections()}
 
 
 def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipeline) -> None:
@@ -79,23 +93,26 @@ def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipelin
     callback(consent(created["redirect_url"]))
     offer = wait_for_event(pipeline, created["flow_id"], "selection.required")
     refused = select(pipeline, created["flow_id"], [offer["data"]["entities"][0]["id"], "not-offered"])
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_selection"
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "invalid_selection"
     assert select(pipeline, created["flow_id"], []).status_code == 422
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
-    assert status["status"] == "awaiting_selection" and len(status["events"]) == 3
+    status = flow_status(pipeline, created["flow_id"])
+    assert status["status"] == "awaiting_selection"
+    assert len(status["events"]) == 3
 
 
 def test_denied_authorization_fails_the_flow(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     denied_url = consent(created["redirect_url"], "deny")
-    assert "okt=" not in denied_url and "error=access_denied" in denied_url
+    assert "okt=" not in denied_url
+    assert "error=access_denied" in denied_url
     answer = callback(denied_url)
-    assert answer.status_code == 303 and "status=denied" in answer.headers["location"]
+    assert answer.status_code == 303
+    assert "status=denied" in answer.headers["location"]
     events = events_of(pipeline, created["flow_id"])
     assert [e["type"] for e in events] == ["authorization.started", "authorization.failed"]
-    assert events[-1]["data"]["code"] == "authorization_denied" and events[-1]["data"]["retryable"] is False
+    assert events[-1]["data"]["code"] == "authorization_denied"
+    assert events[-1]["data"]["retryable"] is False
 
 
 def test_repeated_callback_enqueues_once(pipeline: Pipeline, sandbox: Sandbox) -> None:
@@ -118,7 +135,8 @@ def test_second_token_for_a_claimed_flow_is_409(pipeline: Pipeline) -> None:
     assert callback(url).status_code == 303
     other = url.replace(okt_of(url), "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883")
     refused = callback(other)
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "flow_already_claimed"
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "flow_already_claimed"
     assert events_of(pipeline, created["flow_id"])[-1]["type"] == "connection.completed"
 
 
@@ -129,10 +147,9 @@ def test_callback_input_errors(pipeline: Pipeline) -> None:
     assert callback(f"{base}/unknownflowid0000000000000?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/x?okt=abcdefgh.1234").status_code == 404
     assert callback(f"{base}/{created['flow_id']}?okt=abcdefgh.1&okt=abcdefgh.2").status_code == 400
-    status = httpx.get(
-        f"{pipeline.shim_url}/v1/authorizations/{created['flow_id']}", headers=pipeline.headers
-    ).json()
-    assert status["status"] == "awaiting_callback" and len(status["events"]) == 1
+    status = flow_status(pipeline, created["flow_id"])
+    assert status["status"] == "awaiting_callback"
+    assert len(status["events"]) == 1
 
 
 def test_late_subscriber_replays_the_whole_history(pipeline: Pipeline) -> None:
@@ -141,7 +158,8 @@ def test_late_subscriber_replays_the_whole_history(pipeline: Pipeline) -> None:
     first = events_of(pipeline, created["flow_id"])
     time.sleep(0.2)
     late = events_of(pipeline, created["flow_id"])
-    assert late == first and [e["seq"] for e in late] == [1, 2, 3]
+    assert late == first
+    assert [e["seq"] for e in late] == [1, 2, 3]
 
 
 def test_redelivered_task_on_finished_flow_does_nothing(pipeline: Pipeline, sandbox: Sandbox) -> None:
@@ -163,7 +181,7 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     callback(consent(created["redirect_url"]))
     events_of(pipeline, created["flow_id"])
-    seen = []
+    seen: list[bytes] = []
     deadline = time.monotonic() + 5
     while len(seen) < 3 and time.monotonic() < deadline:
         message = listener.get_message(timeout=0.5)
@@ -173,7 +191,7 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
 
 
 @pytest.fixture(scope="module")
-def short_lived(redis_server: RedisServer):  # type: ignore[no-untyped-def]
+def short_lived(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     """A pipeline whose flows wait 2 s for a callback and whose tokens live 3 s, on its own sandbox."""
     own_sandbox = start_sandbox()
     running = start_pipeline(redis_server.url, own_sandbox.url, flow_ttl_seconds=2, token_ttl_seconds=3)
@@ -186,12 +204,13 @@ def _expired_within(
     pipeline: Pipeline, flow_id: str, stage: str, deadline: float, slack: float = 2.5
 ) -> None:
     events = events_of(pipeline, flow_id, timeout=15)
-    assert events[-1]["type"] == "authorization.expired" and events[-1]["data"] == {"stage": stage}
+    assert events[-1]["type"] == "authorization.expired"
+    assert events[-1]["data"] == {"stage": stage}
     assert [e["type"] for e in events].count("authorization.expired") == 1
     assert time.time() <= deadline + slack, f"expired {time.time() - deadline:.1f}s after its deadline"
 
 
-def test_flow_without_callback_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_flow_without_callback_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, _ = short_lived
     created = start_flow(pipeline)
     _expired_within(pipeline, created["flow_id"], "callback", time.time() + 2)
@@ -199,7 +218,7 @@ def test_flow_without_callback_expires(short_lived) -> None:  # type: ignore[no-
     assert late.status_code == 410
 
 
-def test_selection_that_never_comes_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_selection_that_never_comes_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, _ = short_lived
     created = start_flow(pipeline, entity_type="group")
     callback(consent(created["redirect_url"]))
@@ -209,7 +228,7 @@ def test_selection_that_never_comes_expires(short_lived) -> None:  # type: ignor
     assert select(pipeline, created["flow_id"], ["x"]).status_code == 410
 
 
-def test_token_dying_during_verification_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_token_dying_during_verification_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, own_sandbox = short_lived
     own_sandbox.faults(error_rate=1.0)
     try:
@@ -220,7 +239,7 @@ def test_token_dying_during_verification_expires(short_lived) -> None:  # type: 
         own_sandbox.faults(error_rate=0.0)
 
 
-def test_token_dying_during_completion_expires(short_lived) -> None:  # type: ignore[no-untyped-def]
+def test_token_dying_during_completion_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, own_sandbox = short_lived
     created = start_flow(pipeline, entity_type="page")
     callback(consent(created["redirect_url"]))
@@ -234,7 +253,7 @@ def test_token_dying_during_completion_expires(short_lived) -> None:  # type: ig
         own_sandbox.faults(timeout_rate=0.0)
 
 
-def start_flow_despite_faults(pipeline: Pipeline, own_sandbox: Sandbox):  # type: ignore[no-untyped-def]
+def start_flow_despite_faults(pipeline: Pipeline, own_sandbox: Sandbox) -> dict[str, Any]:
     """Step 1 goes through the faults' gap: start the flow first, then turn the faults on for the worker."""
     own_sandbox.faults(error_rate=0.0)
     created = start_flow(pipeline)

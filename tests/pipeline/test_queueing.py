@@ -73,7 +73,7 @@ def test_the_prepared_message_and_event_are_what_apply_async_sends(
     enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
     listener = client.pubsub()
     listener.psubscribe("*celeryev/task.sent")
-    assert listener.get_message(timeout=2)["type"] == "psubscribe"  # type: ignore[index]
+    assert listener.get_message(timeout=2)["type"] == "psubscribe"
 
     enqueuer.enqueue(FLOW_ID, state)  # apply_async
     sent = client.rpop(queue)
@@ -81,7 +81,9 @@ def test_the_prepared_message_and_event_are_what_apply_async_sends(
     prepared = enqueuer.prepared(FLOW_ID, state)
     listener.close()
 
-    assert sent is not None and sent_event is not None and prepared is not None
+    assert isinstance(sent, bytes)
+    assert sent_event is not None
+    assert prepared is not None
     assert json.loads(prepared.message)["headers"]["task"] == task_for(state)
     assert prepared.queue == queue
     assert _decoded(prepared.message) == _decoded(sent)
@@ -97,7 +99,8 @@ def test_without_sent_events_there_is_no_event_to_publish() -> None:
     app.conf.task_send_sent_event = False
     prepared = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED).prepared(FLOW_ID, FlowState.VERIFYING)
     assert prepared is not None
-    assert prepared.event_channel == "" and prepared.event == ""
+    assert prepared.event_channel == ""
+    assert prepared.event == ""
     assert json.loads(base64.b64decode(json.loads(prepared.message)["body"]))[0] == [FLOW_ID]
 
 
@@ -114,7 +117,8 @@ def test_our_tasks_messages_say_their_results_are_ignored() -> None:
         prepared = enqueuer.prepared(FLOW_ID, state)
         assert prepared is not None
         headers = json.loads(prepared.message)["headers"]
-        assert headers["task"] == name and headers["ignore_result"] is True
+        assert headers["task"] == name
+        assert headers["ignore_result"] is True
 
 
 def test_the_step_queues_only_when_the_broker_is_the_flows_redis() -> None:
@@ -145,7 +149,7 @@ def test_a_claim_queues_its_task_and_publishes_the_sent_event_in_the_same_step(s
     listener.get_message(timeout=1)
     assert store.claim_callback(flow, TOKEN, queue=_queued()).done
     assert store.redis.lrange("q.celery", 0, -1) == [f"message for {FLOW_ID}".encode()]
-    assert listener.get_message(timeout=1)["data"] == b"sent event"  # type: ignore[index]
+    assert listener.get_message(timeout=1)["data"] == b"sent event"
 
 
 def test_a_refused_step_queues_nothing(store: FlowStore) -> None:
@@ -161,7 +165,8 @@ def test_a_selection_queues_the_completion_with_its_step(store: FlowStore) -> No
     flow = store.create(FLOW_ID, "Facebook", "page", None, None)
     store.claim_callback(flow, TOKEN)
     verifying = store.get(FLOW_ID)
-    assert verifying is not None and store.offer_selection(verifying, []).done
+    assert verifying is not None
+    assert store.offer_selection(verifying, []).done
     waiting = store.get(FLOW_ID)
     assert waiting is not None
     assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).done
@@ -189,6 +194,7 @@ def test_a_worker_runs_the_task_that_a_claim_queued(broker: tuple[Celery, redis.
         message = simple.get(timeout=max(0.1, deadline - time.monotonic()))
         assert message.headers["task"] == VERIFY_TASK
         args, kwargs, _embed = message.decode()
-        assert args == [flow.flow_id] and kwargs == {}
+        assert args == [flow.flow_id]
+        assert kwargs == {}
         message.ack()
         simple.close()

@@ -9,6 +9,7 @@ import pytest
 
 from worker.errors import (
     MalformedAnswerError,
+    OktopostError,
     RejectedError,
     ServerError,
     ThrottledError,
@@ -32,20 +33,26 @@ class FakeClock:
         self.now += seconds
 
 
-def failing(*errors: Exception, then: str = "ok", clock: FakeClock | None = None, cost: float = 0.0):  # type: ignore[no-untyped-def]
-    remaining = list(errors)
-    timeouts: list[float] = []
+class Failing:
+    """An attempt that raises `errors` in turn and then answers `then`, recording each timeout given;
+    with a clock, each attempt costs `cost` seconds of it (never more than its timeout)."""
 
-    def attempt(timeout: float) -> str:
-        timeouts.append(timeout)
-        if clock is not None:
-            clock.now += min(cost, timeout)  # a real attempt never outlives its timeout
-        if remaining:
-            raise remaining.pop(0)
-        return then
+    def __init__(
+        self, *errors: Exception, then: str = "ok", clock: FakeClock | None = None, cost: float = 0.0
+    ) -> None:
+        self.remaining = list(errors)
+        self.then = then
+        self.clock = clock
+        self.cost = cost
+        self.timeouts: list[float] = []
 
-    attempt.timeouts = timeouts  # type: ignore[attr-defined]
-    return attempt
+    def __call__(self, timeout: float) -> str:
+        self.timeouts.append(timeout)
+        if self.clock is not None:
+            self.clock.now += min(self.cost, timeout)  # a real attempt never outlives its timeout
+        if self.remaining:
+            raise self.remaining.pop(0)
+        return self.then
 
 
 @pytest.mark.parametrize(
@@ -60,7 +67,7 @@ def failing(*errors: Exception, then: str = "ok", clock: FakeClock | None = None
 def test_transient_faults_are_retried_until_success(transient: Exception) -> None:
     clock = FakeClock()
     result, attempts = call_until_deadline(
-        failing(transient, transient), clock.now + 30, clock=clock, sleep=clock.sleep
+        Failing(transient, transient), clock.now + 30, clock=clock, sleep=clock.sleep
     )
     assert (result, attempts) == ("ok", 3)
     assert len(clock.sleeps) == 2
@@ -70,12 +77,12 @@ def test_transient_faults_are_retried_until_success(transient: Exception) -> Non
     "refusal",
     [RejectedError(["nope"], status=400), TokenInvalidError(["gone"], status=404), UnauthorizedError(401)],
 )
-def test_refusals_are_never_retried(refusal: Exception) -> None:
+def test_refusals_are_never_retried(refusal: OktopostError) -> None:
     clock = FakeClock()
-    attempt = failing(refusal)
+    attempt = Failing(refusal)
     with pytest.raises(type(refusal)) as raised:
         call_until_deadline(attempt, clock.now + 30, clock=clock, sleep=clock.sleep)
-    assert raised.value.attempts == 1  # type: ignore[attr-defined]
+    assert raised.value.attempts == 1
     assert clock.sleeps == []
 
 
@@ -85,7 +92,7 @@ def test_exceptions_outside_the_tree_propagate_untouched() -> None:
 
     clock = FakeClock()
     with pytest.raises(CeleryRetry):
-        call_until_deadline(failing(CeleryRetry()), clock.now + 30, clock=clock, sleep=clock.sleep)
+        call_until_deadline(Failing(CeleryRetry()), clock.now + 30, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == []
 
 
@@ -93,60 +100,63 @@ def test_stops_before_an_attempt_that_could_not_finish() -> None:
     clock = FakeClock()
     deadline = clock.now + 5
     errors = [ServerError(503)] * 1000
-    attempt = failing(*errors, clock=clock, cost=0.5)
+    attempt = Failing(*errors, clock=clock, cost=0.5)
     with pytest.raises(DeadlineReached) as raised:
         call_until_deadline(attempt, deadline, clock=clock, sleep=clock.sleep)
     assert clock.now <= deadline
-    assert raised.value.attempts >= 3 and isinstance(raised.value.last_error, ServerError)
+    assert raised.value.attempts >= 3
+    assert isinstance(raised.value.last_error, ServerError)
     # every attempt was given at most the time left
-    assert all(t <= 5 for t in attempt.timeouts)  # type: ignore[attr-defined]
+    assert all(t <= 5 for t in attempt.timeouts)
 
 
 def test_attempt_timeout_is_bounded_by_time_left() -> None:
     clock = FakeClock()
-    attempt = failing()
+    attempt = Failing()
     call_until_deadline(
         attempt, clock.now + 1.5, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep
     )
-    assert attempt.timeouts == [1.5]  # type: ignore[attr-defined]
-    attempt = failing()
+    assert attempt.timeouts == [1.5]
+    attempt = Failing()
     call_until_deadline(
         attempt, clock.now + 100, policy=RetryPolicy(max_attempt_seconds=10), clock=clock, sleep=clock.sleep
     )
-    assert attempt.timeouts == [10]  # type: ignore[attr-defined]
+    assert attempt.timeouts == [10]
 
 
 def test_backoff_is_cut_short_to_leave_time_for_one_more_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the jitter at its longest
+    monkeypatch.setattr(random, "uniform", lambda _low, high: high)  # the jitter at its longest
     clock = FakeClock()
     deadline = clock.now + 3.0
     policy = RetryPolicy(backoff_multiplier=100.0, backoff_max=100.0)  # a backoff far past the deadline
-    attempt = failing(ServerError(503), clock=clock, cost=0.5)
+    attempt = Failing(ServerError(503), clock=clock, cost=0.5)
     result, attempts = call_until_deadline(attempt, deadline, policy=policy, clock=clock, sleep=clock.sleep)
     assert (result, attempts) == ("ok", 2)
     assert clock.sleeps == [pytest.approx(3.0 - 0.5 - policy.min_attempt_seconds)]
-    assert attempt.timeouts[-1] == pytest.approx(policy.min_attempt_seconds)  # type: ignore[attr-defined]
+    assert attempt.timeouts[-1] == pytest.approx(policy.min_attempt_seconds)
 
 
 def test_retry_after_is_honoured_when_it_fits() -> None:
     clock = FakeClock()
-    call_until_deadline(failing(ThrottledError(7.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
+    call_until_deadline(Failing(ThrottledError(7.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
     assert clock.sleeps == [7.0]
 
 
 def test_retry_after_past_the_deadline_stops_at_once() -> None:
     clock = FakeClock()
     with pytest.raises(DeadlineReached) as raised:
-        call_until_deadline(failing(ThrottledError(60.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
-    assert clock.sleeps == [] and isinstance(raised.value.last_error, ThrottledError)
+        call_until_deadline(Failing(ThrottledError(60.0)), clock.now + 30, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == []
+    assert isinstance(raised.value.last_error, ThrottledError)
 
 
 def test_no_time_left_means_no_attempt() -> None:
     clock = FakeClock()
-    attempt = failing()
+    attempt = Failing()
     with pytest.raises(DeadlineReached) as raised:
         call_until_deadline(attempt, clock.now + 0.1, clock=clock, sleep=clock.sleep)
-    assert raised.value.attempts == 0 and attempt.timeouts == []  # type: ignore[attr-defined]
+    assert raised.value.attempts == 0
+    assert attempt.timeouts == []
 
 
 def test_async_variant_follows_the_same_policy() -> None:
@@ -164,7 +174,7 @@ def test_async_variant_follows_the_same_policy() -> None:
     result, attempts = asyncio.run(acall_until_deadline(attempt, time.time() + 5, policy=policy))
     assert (result, attempts) == ("redirect", 3)
 
-    async def refused(timeout: float) -> str:
+    async def refused(_timeout: float) -> str:
         raise RejectedError(["bad network"], status=400)
 
     with pytest.raises(RejectedError):

@@ -26,7 +26,8 @@ OLDER_KOMBU = LibraryVersions(celery="5.7.0", kombu="5.3.4")
 
 
 def test_versions_outside_the_tested_minors_are_named() -> None:
-    assert TESTED.tested and TESTED.untested() == []
+    assert TESTED.tested
+    assert TESTED.untested() == []
     assert LibraryVersions(celery="5.7.12", kombu="5.7.0rc2").tested
     assert NEWER_CELERY.untested() == ["celery 5.8.1"]
     assert OLDER_KOMBU.untested() == ["kombu 5.3.4"]
@@ -59,7 +60,8 @@ def test_untested_releases_queue_tasks_with_apply_async_after_the_step_and_warn_
         enqueuer.after_step(False, FLOW_ID, FlowState.VERIFYING, None)  # a refused step sends nothing
 
     warnings = [record.getMessage() for record in caplog.records if record.name == "worker.queueing"]
-    assert len(warnings) == 1 and " ".join(versions.untested()) in warnings[0]
+    assert len(warnings) == 1
+    assert " ".join(versions.untested()) in warnings[0]
     assert "apply_async" in warnings[0]
     with app.connection_for_read() as connection:
         sent = connection.SimpleQueue(queue)
@@ -77,7 +79,8 @@ def test_on_tested_releases_the_step_pushes_the_task_itself() -> None:
     app = Celery("prepared-test", broker="redis://127.0.0.1:1/0", set_as_current=False)
     app.conf.task_send_sent_event = False  # nothing to ask the (absent) broker
     prepared = Enqueuer(app, "redis://127.0.0.1:1/0", versions=TESTED).prepared(FLOW_ID, FlowState.VERIFYING)
-    assert prepared is not None and prepared.queue == app.conf.task_default_queue
+    assert prepared is not None
+    assert prepared.queue == app.conf.task_default_queue
 
 
 def test_untested_releases_leave_kombus_transport_as_it_ships(caplog: pytest.LogCaptureFixture) -> None:
@@ -86,5 +89,7 @@ def test_untested_releases_leave_kombus_transport_as_it_ships(caplog: pytest.Log
         assert repair_redis_transport(NEWER_CELERY) is False
     assert (kombu_redis.Channel._connparams, kombu_redis.Channel._create_client) == before
     warnings = [record.getMessage() for record in caplog.records if record.name == "worker.broker"]
-    assert len(warnings) == 1 and "celery 5.8.1" in warnings[0] and "transport" in warnings[0]
+    assert len(warnings) == 1
+    assert "celery 5.8.1" in warnings[0]
+    assert "transport" in warnings[0]
     assert repair_redis_transport(TESTED) is True

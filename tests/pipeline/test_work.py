@@ -56,19 +56,19 @@ def claimed(context: TaskContext, entity_type: str = "profile") -> str:
     return "flow-1"
 
 
-def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
-    queue = list(responses)
-    seen: list[httpx.Request] = []
+class Answers:
+    """Oktopost as a MockTransport handler: `responses` in turn (the last one for ever), each request seen."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        item = queue.pop(0) if len(queue) > 1 else queue[0]
+    def __init__(self, *responses: httpx.Response | Exception) -> None:
+        self.queue = list(responses)
+        self.seen: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        item = self.queue.pop(0) if len(self.queue) > 1 else self.queue[0]
         if isinstance(item, Exception):
             raise item
         return item
-
-    handler.seen = seen  # type: ignore[attr-defined]
-    return handler
 
 
 def types(context: TaskContext) -> list[str]:
@@ -76,7 +76,7 @@ def types(context: TaskContext) -> list[str]:
 
 
 def test_profile_verified_through_transient_faults() -> None:
-    handler = answers(
+    handler = Answers(
         httpx.Response(503),
         httpx.ConnectError("refused"),
         httpx.Response(200, text="<html>oops</html>"),
@@ -87,8 +87,8 @@ def test_profile_verified_through_transient_faults() -> None:
     assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
     assert types(context)[-1] == "connection.completed"
     assert context.store.events("flow-1")[-1]["data"]["credentials"][0]["id"] == "003-1"
-    assert len(handler.seen) == 5  # type: ignore[attr-defined]
-    assert all(TOKEN in str(r.url) for r in handler.seen)  # type: ignore[attr-defined]
+    assert len(handler.seen) == 5
+    assert all(TOKEN in str(r.url) for r in handler.seen)
 
 
 def test_page_verification_offers_a_selection_then_completion_connects() -> None:
@@ -104,7 +104,8 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
     flow_id = claimed(context, "page")
     assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
     waiting = context.store.get(flow_id)
-    assert waiting is not None and waiting.state is FlowState.AWAITING_SELECTION
+    assert waiting is not None
+    assert waiting.state is FlowState.AWAITING_SELECTION
     assert context.store.submit_selection(waiting, ["2"]).done
     assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
     assert types(context)[-2:] == ["selection.submitted", "connection.completed"]
@@ -113,14 +114,15 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
 def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     """ "invalid or has expired" with less than a quarter of TOKEN_TTL_SECONDS left: expired, not failed."""
     refused = httpx.Response(404, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid"}}})
-    context = make_context(answers(refused), token_ttl=30)
+    context = make_context(Answers(refused), token_ttl=30)
     flow = context.store.create("flow-1", "LinkedIn", "profile", None, None)
     assert context.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
     assert verify_flow(context, "flow-1") is TaskOutcome.EXPIRED
     ended = context.store.events("flow-1")[-1]
-    assert ended["type"] == "authorization.expired" and ended["data"] == {"stage": "verify"}
+    assert ended["type"] == "authorization.expired"
+    assert ended["data"] == {"stage": "verify"}
 
-    fresh = make_context(answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
+    fresh = make_context(Answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
     flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
     assert fresh.store.claim_callback(flow, TOKEN, now=time.time() - 20).done
     assert verify_flow(fresh, "flow-1") is TaskOutcome.FAILED
@@ -144,18 +146,16 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     ],
 )
 def test_refusal_fails_the_flow_at_once(response: httpx.Response, code: str) -> None:
-    handler = answers(response)
+    handler = Answers(response)
     context = make_context(handler)
     assert verify_flow(context, claimed(context)) is TaskOutcome.FAILED
     failed = context.store.events("flow-1")[-1]
     assert failed["type"] == "authorization.failed"
-    assert (
-        failed["data"]["code"] == code
-        and failed["data"]["retryable"] is False
-        and failed["data"]["attempts"] == 1
-    )
+    assert failed["data"]["code"] == code
+    assert failed["data"]["retryable"] is False
+    assert failed["data"]["attempts"] == 1
     assert TOKEN not in failed["data"]["message"]
-    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+    assert len(handler.seen) == 1
 
 
 def test_rejected_completion_is_an_invalid_selection() -> None:
@@ -173,7 +173,7 @@ def test_rejected_completion_is_an_invalid_selection() -> None:
 
 
 def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None:
-    context = make_context(answers(httpx.Response(503)), token_ttl=1)
+    context = make_context(Answers(httpx.Response(503)), token_ttl=1)
     started = time.time()
     assert verify_flow(context, claimed(context)) is TaskOutcome.EXPIRED
     assert time.time() - started < 1.5
@@ -182,7 +182,7 @@ def test_transient_faults_until_the_deadline_expire_instead_of_failing() -> None
 
 
 def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
-    handler = answers(httpx.Response(200, json=PROFILE))
+    handler = Answers(httpx.Response(200, json=PROFILE))
     context = make_context(handler)
     flow_id = claimed(context)
     assert verify_flow(context, flow_id) is TaskOutcome.COMPLETED
@@ -190,11 +190,12 @@ def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
     assert complete_flow(context, flow_id) is TaskOutcome.SKIPPED
     assert verify_flow(context, "missing") is TaskOutcome.SKIPPED
     assert expire_flow(context.store, flow_id, now=time.time() + 10**6) is TaskOutcome.SKIPPED
-    assert len(handler.seen) == 1 and len(types(context)) == 3  # type: ignore[attr-defined]
+    assert len(handler.seen) == 1
+    assert len(types(context)) == 3
 
 
 def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
-    context = make_context(answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
+    context = make_context(Answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
     verify_flow(context, claimed(context))
     families = {f.name: f for f in RedisMetricsCollector(context.store.redis, "t:metrics").collect()}
     outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
@@ -214,7 +215,8 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
     ]
     assert flow_count == [1.0]
     buckets = [s.value for s in families["okc_worker_upstream_seconds"].samples if s.name.endswith("_bucket")]
-    assert len(buckets) == len(UPSTREAM_BUCKETS) + 1 and buckets[-1] == 2.0
+    assert len(buckets) == len(UPSTREAM_BUCKETS) + 1
+    assert buckets[-1] == 2.0
     assert buckets == sorted(buckets)  # cumulative: each bound counts every call at or below it
 
 
@@ -229,8 +231,12 @@ def test_histogram_buckets_are_cumulative_at_scrape_time() -> None:
         if f.name == "okc_worker_upstream_seconds"
     )
     cumulative = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
-    assert cumulative["0.01"] == 1 and cumulative["0.025"] == 1 and cumulative["0.05"] == 3
-    assert cumulative["0.25"] == 4 and cumulative["10.0"] == 4 and cumulative["+Inf"] == 5
+    assert cumulative["0.01"] == 1
+    assert cumulative["0.025"] == 1
+    assert cumulative["0.05"] == 3
+    assert cumulative["0.25"] == 4
+    assert cumulative["10.0"] == 4
+    assert cumulative["+Inf"] == 5
     total = next(s.value for s in family.samples if s.name.endswith("_sum"))
     assert total == pytest.approx(99.265)
 
@@ -255,7 +261,7 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     a failed one's before its retry, an answered one's after the flow's step (off the latency path)."""
     seen_in_window: list[list[float]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(_request: httpx.Request) -> httpx.Response:
         seen_in_window.append(
             [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
         )
@@ -266,7 +272,9 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
     # during the first call: its own slot, counted up to its hold; during the retry: the first call's
     # slot already scored by its end, and the retry's own up to its hold
-    assert len(seen_in_window[0]) == 1 and seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
+    assert len(seen_in_window[0]) == 1
+    assert seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
     assert sorted(seen_in_window[1])[0] <= time.time() < sorted(seen_in_window[1])[1]
     ends = [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
-    assert len(ends) == 2 and all(started <= end <= time.time() for end in ends)
+    assert len(ends) == 2
+    assert all(started <= end <= time.time() for end in ends)

@@ -73,7 +73,7 @@ def test_a_json_body_is_not_a_form(api: httpx.Client) -> None:
     assert response.json()["Result"] is False
 
 
-def test_non_ascii_callback_urls_are_percent_encoded(api: httpx.Client, sandbox: RunningSandbox) -> None:
+def test_non_ascii_callback_urls_are_percent_encoded(api: httpx.Client) -> None:
     redirect = api.post(START, data={"network": "LinkedIn", "url": "https://app.example/zurück?q=ü"}).json()[
         "RedirectUrl"
     ]
@@ -145,7 +145,7 @@ def test_duplicate_ids_connect_once(api: httpx.Client, sandbox: RunningSandbox) 
     assert len(credentials) == 1
 
 
-def test_unknown_routes_are_404_json(api: httpx.Client, sandbox: RunningSandbox) -> None:
+def test_unknown_routes_are_404_json(api: httpx.Client) -> None:
     for path in (
         "/",
         "/v1/authorizations",

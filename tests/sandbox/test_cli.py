@@ -14,13 +14,15 @@ import pytest
 
 from sandbox.cli import main
 from tests.sandbox.conftest import RunningSandbox
-from tests.support import ROOT
+from tests.support import ROOT, busy_port
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "--rate-limit" in out and "--drop-rate" in out and "--token-ttl" in out
+    assert "--rate-limit" in out
+    assert "--drop-rate" in out
+    assert "--token-ttl" in out
 
 
 @pytest.mark.parametrize(
@@ -113,10 +115,7 @@ def test_signals_stop_it_cleanly_with_exit_0(signum: signal.Signals) -> None:
 
 @pytest.mark.integration
 def test_a_busy_port_exits_2_with_one_line() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with busy_port() as port:
         completed = subprocess.run(
             [sys.executable, "-m", "sandbox", "--port", str(port)],
             cwd=ROOT,

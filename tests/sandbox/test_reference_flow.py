@@ -180,7 +180,8 @@ def test_consent_page_has_working_approve_and_deny_forms(sandbox: RunningSandbox
             page = browser.get(page_url)
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/html")
-            assert "Instagram" in page.text and "page" in page.text
+            assert "Instagram" in page.text
+            assert "page" in page.text
             parser = FormParser()
             parser.feed(page.text)
             forms = {form["inputs"]["decision"]: form for form in parser.forms}  # type: ignore[index]

@@ -52,7 +52,7 @@ def test_rates_parse(text: str, rate: Rate) -> None:
     "text", ["", "60", "60/fortnight", "0/minute", "-1/second", "x/second", "5/0seconds"]
 )
 def test_bad_rates_are_refused(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"got {re.escape(repr(text))}$"):
         parse_rate(text)
 
 
@@ -72,7 +72,8 @@ def test_sliding_window_never_admits_more_than_n_in_any_window() -> None:
 def test_exceeding_the_window_blocks_and_counts_down_retry_after() -> None:
     clock = FakeClock()
     limiter = SlidingWindowLimiter(Rate(2, 60), block_s=900, clock=clock)
-    assert limiter.check().allowed and limiter.check().allowed
+    assert limiter.check().allowed
+    assert limiter.check().allowed
     exceeding = limiter.check()
     assert (exceeding.allowed, exceeding.retry_after_s, exceeding.blocked_now) == (False, 900, True)
     clock.now += 899.2
@@ -191,7 +192,8 @@ def test_profile_tokens_connect_on_verify_and_cannot_select() -> None:
     request = account.request_authorization("YouTube", "profile", "https://app.example/cb")
     token = account.decide(request.id, APPROVE).rsplit("okt=", 1)[1]
     first = account.verify(token).profile
-    assert first is not None and first.entity.network == "YouTube"
+    assert first is not None
+    assert first.entity.network == "YouTube"
     assert account.verify(token).profile is first
     assert first.calls == 2
     with pytest.raises(NotSelectable):

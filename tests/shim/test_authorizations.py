@@ -64,7 +64,8 @@ async def test_start_refuses_bad_input_with_422_before_calling_oktopost(
     shim: Shim, body: dict[str, Any], code: str
 ) -> None:
     answer = await shim.http.post("/v1/authorizations", json=body, headers=CALLER)
-    assert answer.status_code == 422 and _error_code(answer) == code
+    assert answer.status_code == 422
+    assert _error_code(answer) == code
     assert shim.oktopost.requests == []
 
 
@@ -85,7 +86,8 @@ async def test_start_passes_on_an_oktopost_refusal_and_creates_no_flow(
 ) -> None:
     shim.oktopost.refusal = refusal
     answer = await shim.http.post("/v1/authorizations", json=START, headers=CALLER)
-    assert answer.status_code == status and _error_code(answer) == code
+    assert answer.status_code == status
+    assert _error_code(answer) == code
     assert len(shim.oktopost.requests) == 1  # a refusal is not retried
     assert list(shim.store.redis.scan_iter(f"{PREFIX}:flow:*")) == []
 
@@ -94,7 +96,8 @@ async def test_start_is_refused_with_503_while_flows_under_way_hold_the_budget()
     async with open_shim(rate=(1, 3600.0)) as shim:  # one Oktopost call an hour
         shim.budget.acquire(priority=time.time() + 60, give_up_at=time.time() + 1, hold=5)  # a verification
         answer = await shim.http.post("/v1/authorizations", json=START, headers=CALLER)
-        assert answer.status_code == 503 and _error_code(answer) == "upstream_budget_exhausted"
+        assert answer.status_code == 503
+        assert _error_code(answer) == "upstream_budget_exhausted"
         assert int(answer.headers["retry-after"]) >= 1
         assert shim.oktopost.requests == []
         assert list(shim.store.redis.scan_iter(f"{PREFIX}:flow:*")) == []
@@ -120,7 +123,8 @@ async def test_status_shows_the_flow_and_its_events(shim: Shim) -> None:
 
 async def test_status_of_no_such_flow_is_404(shim: Shim) -> None:
     answer = await shim.http.get("/v1/authorizations/" + "0" * 40, headers=CALLER)
-    assert answer.status_code == 404 and _error_code(answer) == "flow_not_found"
+    assert answer.status_code == 404
+    assert _error_code(answer) == "flow_not_found"
 
 
 # --- POST /v1/authorizations/{flow_id}/selection ---------------------------------------------------------
@@ -148,7 +152,8 @@ async def test_a_second_selection_is_a_conflict_and_queues_nothing_more(shim: Sh
     path = f"/v1/authorizations/{flow.flow_id}/selection"
     await shim.http.post(path, json={"ids": [OFFERS[0].id]}, headers=CALLER)
     again = await shim.http.post(path, json={"ids": [OFFERS[1].id]}, headers=CALLER)
-    assert again.status_code == 409 and _error_code(again) == "wrong_state"
+    assert again.status_code == 409
+    assert _error_code(again) == "wrong_state"
     assert shim.enqueuer.enqueued == [(flow.flow_id, FlowState.COMPLETING)]
 
 
@@ -157,7 +162,8 @@ async def test_a_selection_before_the_flow_offers_one_is_409(shim: Shim) -> None
     answer = await shim.http.post(
         f"/v1/authorizations/{flow.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
     )
-    assert answer.status_code == 409 and _error_code(answer) == "wrong_state"
+    assert answer.status_code == 409
+    assert _error_code(answer) == "wrong_state"
     assert shim.flow(flow.flow_id) == flow
 
 
@@ -167,7 +173,8 @@ async def test_a_selection_for_an_expired_flow_is_410(shim: Shim) -> None:
     answer = await shim.http.post(
         f"/v1/authorizations/{flow.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
     )
-    assert answer.status_code == 410 and _error_code(answer) == "flow_expired"
+    assert answer.status_code == 410
+    assert _error_code(answer) == "flow_expired"
     assert shim.enqueuer.enqueued == []
 
 
@@ -177,7 +184,8 @@ async def test_a_selection_after_the_token_ran_out_is_410(shim: Shim) -> None:
     answer = await shim.http.post(
         f"/v1/authorizations/{flow.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
     )
-    assert answer.status_code == 410 and _error_code(answer) == "token_expired"
+    assert answer.status_code == 410
+    assert _error_code(answer) == "token_expired"
     assert shim.flow(flow.flow_id).state is FlowState.AWAITING_SELECTION
 
 
@@ -194,8 +202,10 @@ async def test_a_selection_after_the_token_ran_out_is_410(shim: Shim) -> None:
 async def test_a_selection_of_ids_not_offered_is_422(shim: Shim, body: dict[str, Any], code: str) -> None:
     flow = shim.flow_awaiting_selection()
     answer = await shim.http.post(f"/v1/authorizations/{flow.flow_id}/selection", json=body, headers=CALLER)
-    assert answer.status_code == 422 and _error_code(answer) == code
-    assert shim.flow(flow.flow_id) == flow and shim.enqueuer.enqueued == []
+    assert answer.status_code == 422
+    assert _error_code(answer) == code
+    assert shim.flow(flow.flow_id) == flow
+    assert shim.enqueuer.enqueued == []
 
 
 # --- Bearer keys -----------------------------------------------------------------------------------------
@@ -219,7 +229,9 @@ async def test_the_callers_routes_need_a_bearer_key(shim: Shim, headers: dict[st
     ]
     for method, path, options in requests:
         answer = await shim.http.request(method, path, headers=headers, **options)
-        assert answer.status_code == 401 and _error_code(answer) == "unauthorized", (method, path)
+        assert answer.status_code == 401, (method, path)
+        assert _error_code(answer) == "unauthorized", (method, path)
         assert answer.headers["www-authenticate"] == "Bearer"
-    assert shim.oktopost.requests == [] and shim.enqueuer.enqueued == []
+    assert shim.oktopost.requests == []
+    assert shim.enqueuer.enqueued == []
     assert shim.flow(flow.flow_id) == flow

@@ -31,9 +31,11 @@ async def test_a_callback_claims_its_flow_queues_verification_and_sends_the_brow
 async def test_a_flow_without_return_url_shows_a_page_instead(shim: Shim) -> None:
     flow = shim.new_flow(return_url=None)
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
-    assert answer.status_code == 200 and "location" not in answer.headers
+    assert answer.status_code == 200
+    assert "location" not in answer.headers
     assert answer.headers["content-type"].startswith("text/html")
-    assert "being connected" in answer.text and flow.flow_id in answer.text
+    assert "being connected" in answer.text
+    assert flow.flow_id in answer.text
 
 
 async def test_a_repeated_callback_is_answered_alike_and_enqueues_once(shim: Shim) -> None:
@@ -82,26 +84,30 @@ async def test_a_denial_repeated_is_answered_alike_and_a_denial_cannot_end_a_cla
     denied, claimed = shim.new_flow(), shim.new_flow()
     await shim.http.get(f"/v1/callback/{denied.flow_id}", params={"error": "access_denied"})
     again = await shim.http.get(f"/v1/callback/{denied.flow_id}")
-    assert again.status_code == 303 and _query_of(again.headers["location"])["status"] == ["denied"]
+    assert again.status_code == 303
+    assert _query_of(again.headers["location"])["status"] == ["denied"]
     assert shim.event_types(denied.flow_id).count("authorization.failed") == 1
 
     await shim.http.get(f"/v1/callback/{claimed.flow_id}", params={"okt": TOKEN})
     refused = await shim.http.get(f"/v1/callback/{claimed.flow_id}", params={"error": "access_denied"})
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "flow_already_claimed"
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "flow_already_claimed"
     assert shim.flow(claimed.flow_id).state is FlowState.VERIFYING
 
 
 @pytest.mark.parametrize("flow_id", [new_flow_id(), "not-a-flow", "x" * 80])
 async def test_a_callback_for_no_such_flow_is_404(shim: Shim, flow_id: str) -> None:
     answer = await shim.http.get(f"/v1/callback/{flow_id}", params={"okt": TOKEN})
-    assert answer.status_code == 404 and answer.json()["error"]["code"] == "flow_not_found"
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "flow_not_found"
 
 
 @pytest.mark.parametrize("query", [{"okt": TOKEN}, {"error": "access_denied"}])
 async def test_a_callback_after_the_deadline_expires_the_flow(shim: Shim, query: dict[str, str]) -> None:
     flow = shim.new_flow(age=10_000)  # its deadline passed before the sweeper got to it
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params=query)
-    assert answer.status_code == 410 and answer.json()["error"]["code"] == "flow_expired"
+    assert answer.status_code == 410
+    assert answer.json()["error"]["code"] == "flow_expired"
     assert shim.flow(flow.flow_id).state is FlowState.EXPIRED
     assert shim.event_types(flow.flow_id)[-1] == "authorization.expired"
     assert shim.enqueuer.enqueued == []
@@ -111,7 +117,8 @@ async def test_a_callback_for_an_expired_flow_is_410(shim: Shim) -> None:
     flow = shim.new_flow(age=10_000)
     assert shim.store.expire(flow).done
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
-    assert answer.status_code == 410 and answer.json()["error"]["code"] == "flow_expired"
+    assert answer.status_code == 410
+    assert answer.json()["error"]["code"] == "flow_expired"
 
 
 @pytest.mark.parametrize(
@@ -121,8 +128,10 @@ async def test_a_callback_for_an_expired_flow_is_410(shim: Shim) -> None:
 async def test_a_malformed_callback_is_400_and_changes_nothing(shim: Shim, query: str) -> None:
     flow = shim.new_flow()
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}?{query}")
-    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_callback"
-    assert shim.flow(flow.flow_id) == flow and shim.enqueuer.enqueued == []
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_callback"
+    assert shim.flow(flow.flow_id) == flow
+    assert shim.enqueuer.enqueued == []
 
 
 async def test_the_callback_needs_no_bearer_key(shim: Shim) -> None:

@@ -20,9 +20,11 @@ async def test_the_shim_is_not_ready_while_redis_is_away_and_routes_answer_503(s
     flow = shim.new_flow()
     shim.redis_server.connected = False
     ready = await shim.http.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["error"]["code"] == "unavailable"
+    assert ready.status_code == 503
+    assert ready.json()["error"]["code"] == "unavailable"
     callback = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
-    assert callback.status_code == 503 and callback.headers["retry-after"] == "2"
+    assert callback.status_code == 503
+    assert callback.headers["retry-after"] == "2"
     shim.redis_server.connected = True
     assert (await shim.http.get("/readyz")).status_code == 200
 
@@ -31,7 +33,8 @@ async def test_metrics_count_requests_by_route_template_and_callbacks_by_outcome
     flow = shim.new_flow()
     await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     answer = await shim.http.get("/metrics")
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
     lines = answer.text.splitlines()
     assert any(
         line.startswith("okc_shim_requests_total{")

@@ -71,7 +71,7 @@ def sandbox() -> Iterator[Sandbox]:
     running.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(sandbox: Sandbox) -> Iterator[OktopostClient]:
     with sandbox.client() as client:
         yield client
@@ -84,7 +84,9 @@ def test_profile_flow_start_approve_verify_read_back(client: OktopostClient, san
     verified = client.verify(token)
     assert isinstance(verified, VerifiedProfile)
     credential = verified.credential
-    assert credential.network == "LinkedIn" and credential.status == "valid" and credential.id
+    assert credential.network == "LinkedIn"
+    assert credential.status == "valid"
+    assert credential.id
     assert client.get_credential(credential.id) == credential
     # Verifying again is idempotent upstream, which is what makes our retries safe.
     assert client.verify(token) == verified
@@ -93,12 +95,13 @@ def test_profile_flow_start_approve_verify_read_back(client: OktopostClient, san
 
 @pytest.mark.parametrize("entity_type", ["page", "group"])
 def test_page_and_group_flow_verify_offers_then_complete_connects(
-    client: OktopostClient, sandbox: Sandbox, entity_type: str
+    client: OktopostClient, entity_type: str
 ) -> None:
     token = approve(client.start_authorization("Facebook", CALLBACK, entity_type))
     choice = client.verify(token)
     assert isinstance(choice, EntityChoice)
-    assert choice.token == token and len(choice.entities) >= 3
+    assert choice.token == token
+    assert len(choice.entities) >= 3
     assert choice.entities[0].is_connected is True
     assert all(entity.network == "Facebook" for entity in choice.entities)
     picked = [entity.id for entity in choice.entities[1:3]]
@@ -115,7 +118,8 @@ def test_async_client_does_every_step(sandbox: Sandbox) -> None:
         async with AsyncOktopostClient(sandbox.url, ACCOUNT, KEY) as client:
             profile_token = approve(await client.start_authorization("Youtube", CALLBACK))
             verified = await client.verify(profile_token)
-            assert isinstance(verified, VerifiedProfile) and verified.credential.network == "YouTube"
+            assert isinstance(verified, VerifiedProfile)
+            assert verified.credential.network == "YouTube"
             assert (await client.get_credential(verified.credential.id)).id == verified.credential.id
             token = approve(await client.start_authorization("LinkedIn", CALLBACK, "group"))
             choice = await client.verify(token)
@@ -131,7 +135,8 @@ def test_async_client_does_every_step(sandbox: Sandbox) -> None:
 def test_unknown_token_is_token_invalid(client: OktopostClient) -> None:
     with pytest.raises(TokenInvalidError) as caught:
         client.verify("591c6053d81978.000000000000000000000000000000000000000")
-    assert caught.value.status == 404 and not caught.value.retryable
+    assert caught.value.status == 404
+    assert not caught.value.retryable
     assert caught.value.messages == ["Token is invalid or has expired"]
     with pytest.raises(TokenInvalidError):
         client.complete("591c6053d81978.000000000000000000000000000000000000000", ["1"])
@@ -159,7 +164,8 @@ def test_bad_credentials_are_unauthorized(sandbox: Sandbox) -> None:
     with sandbox.client(key="wrong-key") as client:
         with pytest.raises(UnauthorizedError) as caught:
             client.start_authorization("LinkedIn", CALLBACK)
-        assert caught.value.status == 401 and caught.value.code == "unauthorized"
+        assert caught.value.status == 401
+        assert caught.value.code == "unauthorized"
         assert "wrong-key" not in str(caught.value)
         with pytest.raises(UnauthorizedError):
             client.verify("591c6053d81978.1157844686727965733")
@@ -168,13 +174,15 @@ def test_bad_credentials_are_unauthorized(sandbox: Sandbox) -> None:
 def test_unknown_ids_are_rejected(client: OktopostClient) -> None:
     with pytest.raises(RejectedError) as caught:
         client.get_credential("003-001000000000000-nope")
-    assert type(caught.value) is RejectedError and caught.value.status == 404
+    assert type(caught.value) is RejectedError
+    assert caught.value.status == 404
     assert caught.value.messages == ["Credential not found"]
     token = approve(client.start_authorization("Facebook", CALLBACK, "page"))
     assert isinstance(client.verify(token), EntityChoice)
     with pytest.raises(RejectedError) as unknown_entity:
         client.complete(token, ["not-an-offered-id"])
-    assert type(unknown_entity.value) is RejectedError and unknown_entity.value.status == 400
+    assert type(unknown_entity.value) is RejectedError
+    assert unknown_entity.value.status == 400
 
 
 def test_refused_connection_is_a_transport_error() -> None:
@@ -183,13 +191,12 @@ def test_refused_connection_is_a_transport_error() -> None:
         pytest.raises(UpstreamTransportError) as caught,
     ):
         client.verify("591c6053d81978.1157844686727965733")
-    assert caught.value.kind == "connection failed" and caught.value.retryable
+    assert caught.value.kind == "connection failed"
+    assert caught.value.retryable
     assert "127.0.0.1" not in str(caught.value)
 
 
-def test_no_token_or_key_in_real_http_logs(
-    client: OktopostClient, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_token_or_key_in_real_http_logs(client: OktopostClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     token = approve(client.start_authorization("Facebook", CALLBACK, "page"))
     choice = client.verify(token)
@@ -197,13 +204,14 @@ def test_no_token_or_key_in_real_http_logs(
     client.complete(token, [choice.entities[1].id])
     assert any(record.name.startswith("httpcore") for record in caplog.records)
     assert "/v2/social-authorization/***" in caplog.text
-    assert token not in caplog.text and KEY not in caplog.text
+    assert token not in caplog.text
+    assert KEY not in caplog.text
 
 
 # --- the sandbox's faults, as the pipeline will meet them -------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def faulty(sandbox: Sandbox) -> Iterator[Sandbox]:
     yield sandbox
     sandbox.faults(latency_ms=0, error_rate=0, throttle_rate=0, timeout_rate=0, drop_rate=0, malformed_rate=0)
@@ -228,11 +236,13 @@ def test_injected_faults_are_transient(
         with pytest.raises(expected) as caught:
             client.get_credential("003-001000000000000-anything", timeout=1.0)
     error = caught.value
-    assert getattr(error, "retryable", False) is True and getattr(error, "code", "") == "upstream_unavailable"
+    assert getattr(error, "retryable", False) is True
+    assert getattr(error, "code", "") == "upstream_unavailable"
     if isinstance(error, ThrottledError):
         assert error.retry_after == 3
     if "drop_rate" in faults:
         assert isinstance(error, UpstreamTransportError)
         assert error.kind == "connection closed without an answer"
     if "timeout_rate" in faults:
-        assert isinstance(error, UpstreamTransportError) and error.kind == "read timeout"
+        assert isinstance(error, UpstreamTransportError)
+        assert error.kind == "read timeout"
