@@ -43,7 +43,9 @@ class Deps:
         return flow
 
 
-def app_deps(request: Request) -> Deps:
+async def app_deps(request: Request) -> Deps:
+    # async, though it does not wait: FastAPI runs a plain `def` dependency in its thread pool, a thread
+    # hop on every request for what is one attribute read
     deps: Deps = request.app.state.deps
     return deps
 
@@ -51,6 +53,6 @@ def app_deps(request: Request) -> Deps:
 ShimDeps = Annotated[Deps, Depends(app_deps)]
 
 
-def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> None:
+async def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> None:
     """Routes for callers (not browsers) take this: 401 unless a configured Bearer key is presented."""
     check_bearer(authorization, shim.settings.shim_api_keys)
