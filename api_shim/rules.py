@@ -1,7 +1,7 @@
 """What a browser's callback comes to: the rules for claiming a flow with a token, or denying it.
 
-Plain functions of the flow, the token and the flow store's answer; the callback route takes the
-steps they call for and turns their verdict into a response. A flow is claimed once, by one token,
+Plain functions of the flow, the token and the flow store's answer; the callback route makes the
+transitions they call for and turns their verdict into a response. A flow is claimed once, by one token,
 and a token claims one flow: verifying a token for a second flow would connect the first flow's
 account to it (Oktopost answers a live token as often as asked).
 """
@@ -42,16 +42,16 @@ def came_too_late(flow: Flow, now: float | None = None) -> bool:
     return awaits_callback(flow) and flow.seconds_left(now) <= 0
 
 
-def claim_verdict(flow: Flow, token: str, step: Transition | None) -> Verdict:
-    """What a callback with `token` comes to, given the claim step's answer (None when the flow was not
+def claim_verdict(flow: Flow, token: str, claim: Transition | None) -> Verdict:
+    """What a callback with `token` comes to, given the claim's transition (None when the flow was not
     awaiting its callback, so no claim was tried)."""
-    if step is not None and step.done:
+    if claim is not None and claim.done:
         return Verdict.CLAIMED
-    if step is not None and step.outcome is TransitionOutcome.TOKEN_IN_USE:
+    if claim is not None and claim.outcome is TransitionOutcome.TOKEN_IN_USE:
         return Verdict.TAKEN
-    # the step's answer is the flow as it is now; without a step, the flow as it was loaded
-    fingerprint = step.token_fp if step is not None else flow.token_fp
-    state = (step.state if step is not None else None) or flow.state
+    # the claim's answer is the flow as it is now; without a claim, the flow as it was loaded
+    fingerprint = claim.token_fp if claim is not None else flow.token_fp
+    state = (claim.state if claim is not None else None) or flow.state
     if fingerprint and fingerprint == token_fingerprint(token):
         return Verdict.REPEATED
     if state is FlowState.EXPIRED:

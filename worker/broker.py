@@ -1,5 +1,5 @@
 """Two changes to kombu's Redis transport: a worker survives losing Redis while tasks are running, and a
-publish no longer builds a Redis client of its own.
+publish reuses its channel's Redis client instead of building one.
 
 1. Surviving a lost Redis.
 
@@ -20,8 +20,8 @@ connection pool for every LPUSH, event PUBLISH and ack; with redis-py 8 building
 of CPU (its table of response callbacks), about 40 % of what `apply_async` costs the shim and as much
 again per task in the worker, which publishes three task events and an ack. The client holds no
 connection of its own (each command borrows one from the pool) and is safe to share between threads,
-so each channel now keeps the one it built for as long as its pool lives; a pool that kombu drops after
-a lost connection gets a new client with the new pool, exactly as before.
+so each channel keeps the one it built for as long as its pool lives; a pool that kombu drops after a
+lost connection gets a new client with the new pool.
 
 Both reach into kombu's internals, so they are made only on the tested Celery and kombu releases
 (worker/versions.py); on others kombu's transport is left as it ships, with one warning.

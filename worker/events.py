@@ -1,6 +1,6 @@
 """The events a flow publishes (docs/api.md): one pydantic model per type, and their JSON Schema.
 
-Events are built here and given their `seq` inside Redis, by the flow store's Lua step, so that the
+Events are built here and given their `seq` inside Redis, by the flow store's Lua transition, so that the
 state change, the stream entry and both publishes happen at once.
 """
 

@@ -1,6 +1,6 @@
 """The Enqueuer: which task works on a flow in which state, and how that task reaches the broker.
 
-A step that makes work (a callback's claim, a submitted selection) queues its task in the same Lua
+A transition that makes work (a callback's claim, a submitted selection) queues its task in the same Lua
 call: the flow store pushes a message prepared here and publishes its task-sent event, or does
 neither. So no claimed flow is ever left without its task, and the shim saves `apply_async`'s two
 trips to Redis and most of its CPU. The message is Celery's protocol-2 message (`create_task_message`,
@@ -10,7 +10,7 @@ tests/pipeline/test_queueing.py sends one each way and compares them.
 Building messages by hand relies on Celery's and kombu's internals, so it is done only where it can
 work and was tested: the broker is the flows' Redis (a Lua script reaches one Redis) and the installed
 Celery and kombu are the tested ones (worker/versions.py). Otherwise the task is sent with
-`apply_async` after the step. The sweeper's rare requeues always use `apply_async`.
+`apply_async` after the transition. The sweeper's rare requeues always use `apply_async`.
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def task_for(state: FlowState) -> str:
 
 
 class Enqueuer:
-    """Queues the task that works on a flow: with the flow's step when it can, after the step otherwise.
+    """Queues the task that works on a flow: with the flow's transition when it can, after it otherwise.
 
-    A caller asks for the `prepared` message, hands it to the store's step, then calls `after_step`,
-    which sends the task only when the step moved the flow without pushing a message itself.
+    A caller asks for the `prepared` message, hands it to the store's transition, then calls
+    `after_transition`, which sends the task only when the transition moved the flow without pushing
+    a message itself.
     `versions` are the installed ones unless given; outside the tested range the Enqueuer logs one
     warning as it is built (at start-up) and never prepares a message.
     """
@@ -70,28 +71,30 @@ class Enqueuer:
         versions = versions or LibraryVersions.installed()
         if not versions.tested:
             log.warning(
-                "untested %s (tested: %s): tasks are queued with apply_async after each step",
+                "untested %s (tested: %s): tasks are queued with apply_async after each transition",
                 ", ".join(versions.untested()),
                 describe_tested_ranges(),
             )
-        # a Lua script reaches one Redis only: with the broker elsewhere the step cannot push the task
+        # a Lua script reaches one Redis only: with the broker elsewhere no transition can push the task
         self.prepares = versions.tested and app.conf.broker_url == redis_url
         self._messages = TaskMessages(app)
 
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None:
-        """The message of the task for a flow in this state, for the flow's step to push; None when the
-        step cannot push it (then `after_step` sends it)."""
+        """The message of the task for a flow in this state, for the flow's transition to push; None
+        when the transition cannot push it (then `after_transition` sends it)."""
         if not self.prepares:
             return None
         return self._messages.prepare(task_for(state), flow_id)
 
-    def after_step(self, done: bool, flow_id: str, state: FlowState, prepared: QueuedTask | None) -> None:
-        """Sends the task when the step moved the flow (`done`) without pushing `prepared` itself."""
+    def after_transition(
+        self, done: bool, flow_id: str, state: FlowState, prepared: QueuedTask | None
+    ) -> None:
+        """Sends the task when the transition moved the flow (`done`) without pushing `prepared` itself."""
         if done and prepared is None:
             self.enqueue(flow_id, state)
 
     def enqueue(self, flow_id: str, state: FlowState) -> None:
-        """Sends the task for a flow in this state with `apply_async`, apart from any step."""
+        """Sends the task for a flow in this state with `apply_async`, apart from any transition."""
         self.app.tasks[task_for(state)].apply_async(args=[flow_id])
 
 

@@ -3,7 +3,7 @@
 It runs as a thread in every worker process. Deadlines are enforced here, not by Celery's `expires`
 (which is not carried to retries, celery #3297), so a flow that never sees its callback, a token that
 dies mid-verification and a selection that never comes all end within a second of their deadline,
-even when no request touches the flow again. Several sweepers are safe: each step is atomic and a
+even when no request touches the flow again. Several sweepers are safe: each transition is atomic and a
 lapsed lease is taken by exactly one of them.
 """
 

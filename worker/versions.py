@@ -3,7 +3,7 @@
 worker/queueing.py builds Celery's task messages by hand and worker/broker.py changes kombu's Redis
 transport: both reach below the libraries' public API, so they are used only on the minor versions the
 tests cover (pyproject.toml bounds the dependencies to the same range). Outside it the pipeline keeps to
-the public API: `apply_async` after each step, and kombu's transport as it ships.
+the public API: `apply_async` after each transition, and kombu's transport as it ships.
 """
 
 from __future__ import annotations

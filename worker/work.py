@@ -34,7 +34,7 @@ TOKEN_END_OF_LIFE = 0.25  # the share of a token's life, at its end, in which "i
 class TaskOutcome(StrEnum):
     """What a task did with its flow (the task's result, shown in Flower)."""
 
-    SKIPPED = "skipped"  # the flow was not (or no longer) in the state this step works on
+    SKIPPED = "skipped"  # the flow was not (or no longer) in the state this task works on
     COMPLETED = "completed"
     SELECTION_REQUIRED = "selection_required"
     FAILED = "failed"
@@ -89,7 +89,7 @@ def _work_on(
     on_answer: Callable[[TaskContext, Flow, T, int], TaskOutcome],
     refusal_code: Callable[[RefusedError], str] = lambda refused: refused.code,
 ) -> TaskOutcome:
-    """Take the flow, call Oktopost until the deadline, end with exactly one step."""
+    """Take the flow, call Oktopost until the deadline, end with exactly one transition."""
     answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
     with context.metrics.batch(), _then_finish(context, answered):
         taken = context.store.take_work(flow_id, secrets.token_hex(16), state)
@@ -169,7 +169,7 @@ def _verified(
 
 
 def expire_flow(store: FlowStore, flow_id: str, now: float | None = None) -> TaskOutcome:
-    """The sweeper's step: ends a flow whose deadline has passed, whatever stage it is in."""
+    """The sweeper's part: ends a flow whose deadline has passed, whatever stage it is in."""
     flow = store.get(flow_id)
     if flow is None or flow.state.terminal:
         store.forget_deadline(flow_id)

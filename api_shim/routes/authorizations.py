@@ -123,10 +123,10 @@ def submit_selection(flow_id: str, body: SelectionRequest, shim: ShimDeps) -> Se
         raise ApiError(422, "invalid_selection", f"not offered to this flow: {', '.join(unknown[:5])}")
     ids = list(dict.fromkeys(body.ids))
     prepared = shim.enqueuer.prepared(flow_id, FlowState.COMPLETING)
-    step = shim.store.submit_selection(flow, ids, queue=prepared)
-    if not step.done:
+    submitted = shim.store.submit_selection(flow, ids, queue=prepared)
+    if not submitted.done:
         _refuse_unless(shim.store.get(flow_id) or flow, FlowState.AWAITING_SELECTION)
-    shim.enqueuer.after_step(step.done, flow_id, FlowState.COMPLETING, prepared)
+    shim.enqueuer.after_transition(submitted.done, flow_id, FlowState.COMPLETING, prepared)
     return SelectionAccepted(flow_id=flow_id, status=FlowState.COMPLETING.value, ids=ids)
 
 

@@ -1,6 +1,6 @@
 """GET /v1/callback/{flow_id}: the browser comes back from Oktopost, with its okt token or without one.
 
-A token claims the flow and queues its verification in one step; no token means the user did not
+A token claims the flow and queues its verification in one transition; no token means the user did not
 authorize, and the flow fails. Either way the browser goes on to the flow's return_url, or gets a
 small page. The rules for what a callback comes to are in api_shim/rules.py.
 """
@@ -49,12 +49,12 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
     if rules.came_too_late(flow):
         shim.store.expire(flow)
         raise _expired()
-    step = None
+    claim = None
     if rules.awaits_callback(flow):
         prepared = shim.enqueuer.prepared(flow.flow_id, FlowState.VERIFYING)
-        step = shim.store.claim_callback(flow, token, queue=prepared)
-        shim.enqueuer.after_step(step.done, flow.flow_id, FlowState.VERIFYING, prepared)
-    verdict = rules.claim_verdict(flow, token, step)
+        claim = shim.store.claim_callback(flow, token, queue=prepared)
+        shim.enqueuer.after_transition(claim.done, flow.flow_id, FlowState.VERIFYING, prepared)
+    verdict = rules.claim_verdict(flow, token, claim)
     if verdict is Verdict.EXPIRED:
         raise _expired()
     metrics.CALLBACKS.labels(outcome="conflict" if verdict is Verdict.TAKEN else verdict.value).inc()

@@ -125,9 +125,9 @@ def test_the_step_queues_only_when_the_broker_is_the_flows_redis() -> None:
     from worker.celery_app import app
 
     with_step = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
-    after_step = Enqueuer(app, "redis://elsewhere.example:6379/3", versions=AS_TESTED)
+    after_transition = Enqueuer(app, "redis://elsewhere.example:6379/3", versions=AS_TESTED)
     assert with_step.prepared(FLOW_ID, FlowState.VERIFYING) is not None
-    assert after_step.prepared(FLOW_ID, FlowState.VERIFYING) is None
+    assert after_transition.prepared(FLOW_ID, FlowState.VERIFYING) is None
 
 
 # --- the step pushes it, atomically -----------------------------------------------------------------------

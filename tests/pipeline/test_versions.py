@@ -56,8 +56,8 @@ def test_untested_releases_queue_tasks_with_apply_async_after_the_step_and_warn_
         for state in (FlowState.VERIFYING, FlowState.COMPLETING):
             prepared = enqueuer.prepared(FLOW_ID, state)
             assert prepared is None
-            enqueuer.after_step(True, FLOW_ID, state, prepared)
-        enqueuer.after_step(False, FLOW_ID, FlowState.VERIFYING, None)  # a refused step sends nothing
+            enqueuer.after_transition(True, FLOW_ID, state, prepared)
+        enqueuer.after_transition(False, FLOW_ID, FlowState.VERIFYING, None)  # a refused step sends nothing
 
     warnings = [record.getMessage() for record in caplog.records if record.name == "worker.queueing"]
     assert len(warnings) == 1
