@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 
 from worker.flow import Flow, FlowState, token_fingerprint
-from worker.store import Transition, TransitionOutcome
+from worker.transition import Transition, TransitionOutcome
 
 # okt tokens look like 591c6053d81978.11578446867279657339b29ad2799b11ca4ff883; accept a little more
 OKT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -39,29 +39,10 @@ from worker.events import (
 )
 from worker.flow import LIVE_STATES, WORKING_STATES, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
+from worker.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
     from worker.queueing import QueuedTask
-
-
-class TransitionOutcome(StrEnum):
-    DONE = "done"
-    MISSING = "missing"  # no such flow
-    CONFLICT = "conflict"  # the flow is not in a state this transition starts from
-    EARLY = "early"  # an expiry before the flow's deadline (a callback moved it)
-    TOKEN_IN_USE = "token_in_use"  # noqa: S105 - an outcome: the okt token was claimed by another flow
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    outcome: TransitionOutcome
-    seq: int = 0  # the event's seq, when DONE
-    state: FlowState | None = None  # the new state when DONE, the current one on CONFLICT
-    token_fp: str = ""  # on CONFLICT: the fingerprint of the token the flow holds
-
-    @property
-    def done(self) -> bool:
-        return self.outcome is TransitionOutcome.DONE
 
 
 class TakeOutcome(StrEnum):
@@ -80,36 +61,13 @@ class Taken:
     leased_until: float = 0.0
 
 
-class Drop(Enum):
-    """A transition removes this (the flow's deadline, its lease or its token); None keeps it as it is."""
-
-    DROP = "-"
-
-
-DROP = Drop.DROP
-
-
-@dataclass(frozen=True, slots=True)
-class _Change:
-    """What a transition does beside the state change and the event."""
-
-    fields: dict[str, str]
-    live_until: float | None = None  # the hash and stream outlive this by the retention
-    deadline: float | Drop | None = None
-    lease: float | Drop | None = None
-    token: str | Drop | None = None
-    only_after: float | None = None  # the transition happens only once the flow's deadline has passed
-    claim_key: str | None = None
-    queue: QueuedTask | None = None
-
-
 class FlowStore:
     def __init__(self, client: redis.Redis, names: RedisNames, lifetimes: Lifetimes) -> None:
         # Any: redis-py annotates every command as sync-or-async; this store is sync only
         self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
-        self._transition = scripts.register(client, "transition")
+        self._apply = TransitionScript(client, names, lifetimes.retention)
         self._take_work = scripts.register(client, "take_work")
         self._take_lapsed = scripts.register(client, "take_lapsed")
 
@@ -166,7 +124,7 @@ class FlowStore:
             "created_at": repr(now),
             "deadline": repr(deadline),
         }
-        change = _Change(fields, live_until=deadline, deadline=deadline)
+        change = Change(fields, live_until=deadline, deadline=deadline)
         transition = self._apply(flow_id, (), FlowState.AWAITING_CALLBACK, event, change)
         if not transition.done:
             raise RuntimeError(f"flow {flow_id} already exists")
@@ -194,7 +152,7 @@ class FlowStore:
             "callback_at": repr(now),
             "owner": "",
         }
-        change = _Change(
+        change = Change(
             fields,
             live_until=token_deadline,
             deadline=token_deadline,
@@ -208,7 +166,7 @@ class FlowStore:
     def offer_selection(self, flow: Flow, entities: list[EntityOffer]) -> Transition:
         event = SelectionRequired(**_envelope(flow), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
-        change = _Change(fields, live_until=flow.deadline, lease=DROP)
+        change = Change(fields, live_until=flow.deadline, lease=DROP)
         return self._apply(flow.flow_id, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
     def submit_selection(
@@ -218,7 +176,7 @@ class FlowStore:
         now = time.time() if now is None else now
         event = SelectionSubmitted(**_envelope(flow), data=SelectionSubmittedData(ids=ids))
         fields = {"selected_ids": json.dumps(ids), "owner": ""}
-        change = _Change(
+        change = Change(
             fields, live_until=flow.deadline, lease=now + self.lifetimes.queued_lease, queue=queue
         )
         return self._apply(flow.flow_id, (FlowState.AWAITING_SELECTION,), FlowState.COMPLETING, event, change)
@@ -281,7 +239,7 @@ class FlowStore:
     def forget_deadline(self, flow_id: str) -> None:
         self.redis.zrem(self.names.deadlines, flow_id)
 
-    # the one Lua call behind every transition
+    # the end of a flow
 
     def _finish(
         self,
@@ -292,54 +250,8 @@ class FlowStore:
         fields: dict[str, str],
         only_after: float | None = None,
     ) -> Transition:
-        change = _Change(fields, deadline=DROP, lease=DROP, token=DROP, only_after=only_after)
+        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, only_after=only_after)
         return self._apply(flow.flow_id, allowed, state, event, change)
-
-    def _apply(
-        self,
-        flow_id: str,
-        allowed: tuple[FlowState, ...],
-        state: FlowState,
-        event: FlowEvent,
-        change: _Change,
-    ) -> Transition:
-        now = time.time()
-        live_for = max(0.0, (change.live_until or now) - now)
-        token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
-        queue = change.queue
-        result = self._transition(
-            keys=[
-                self.names.flow_state(flow_id),
-                self.names.flow_stream(flow_id),
-                self.names.deadlines,
-                self.names.flow_token(flow_id),
-                self.names.leases,
-                *([change.claim_key] if change.claim_key else []),
-            ],
-            args=[
-                flow_id,
-                "," + ",".join(allowed) + "," if allowed else "",
-                state.value,
-                event.to_json(),
-                self.names.flow_channel(flow_id),
-                self.names.all_events_channel,
-                self.lifetimes.retention + int(live_for) + 1,
-                _arg(change.deadline),
-                _arg(change.lease),
-                _arg(change.token),
-                token_ms,
-                "" if change.only_after is None else repr(change.only_after),
-                *((queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4),
-                *(item for pair in change.fields.items() for item in pair),
-            ],
-        )
-        outcome = TransitionOutcome(_text(result[0]) if _text(result[0]) != "ok" else "done")
-        if outcome is TransitionOutcome.DONE:
-            return Transition(outcome, seq=int(result[1]), state=state)
-        if outcome is TransitionOutcome.CONFLICT:
-            current = FlowState(_text(result[1])) if result[1] else None
-            return Transition(outcome, state=current, token_fp=_text(result[2]))
-        return Transition(outcome)
 
 
 def _envelope(flow: Flow) -> dict[str, Any]:
@@ -349,15 +261,6 @@ def _envelope(flow: Flow) -> dict[str, Any]:
         "entity_type": flow.entity_type,
         "reference": flow.reference,
     }
-
-
-def _arg(value: float | str | Drop | None) -> str:
-    """The Lua script's encoding of a change: "" keeps, "-" drops, anything else is the new value."""
-    if value is None:
-        return ""
-    if isinstance(value, Drop):
-        return value.value
-    return value if isinstance(value, str) else repr(value)
 
 
 def _text(value: bytes | str) -> str:

@@ -11,8 +11,9 @@ import pytest
 from worker.events import ConnectedCredential, EntityOffer, parse_event
 from worker.flow import Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
-from worker.store import FlowStore, TakeOutcome, TransitionOutcome
+from worker.store import FlowStore, TakeOutcome
 from worker.sweeper import Sweeper
+from worker.transition import TransitionOutcome
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 

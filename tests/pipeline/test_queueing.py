@@ -21,7 +21,8 @@ from tests.conftest import RedisServer
 from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
-from worker.store import FlowStore, TransitionOutcome
+from worker.store import FlowStore
+from worker.transition import TransitionOutcome
 from worker.versions import LibraryVersions
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
