@@ -37,7 +37,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-from worker.versions import LibraryVersions, describe_tested_ranges
+from worker.versions import LibraryVersions
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,7 @@ def repair_redis_transport(versions: LibraryVersions | None = None) -> bool:
     """Idempotent; called where Celery is configured (celeryconfig.py). False when the installed (or
     given) versions are not the tested ones: then nothing is changed and one warning says so."""
     versions = versions or LibraryVersions.installed()
-    if not versions.tested:
-        log.warning(
-            "untested %s (tested: %s): kombu's Redis transport is left as it ships",
-            ", ".join(versions.untested()),
-            describe_tested_ranges(),
-        )
+    if not versions.tested_or_warn(log, "kombu's Redis transport is left as it ships"):
         return False
     _fail_closed_connection_as_connection_error()
     _reuse_one_client_per_channel()

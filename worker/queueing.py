@@ -30,7 +30,7 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
 from worker.flow import FlowState
-from worker.versions import LibraryVersions, describe_tested_ranges
+from worker.versions import LibraryVersions
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +69,9 @@ class Enqueuer:
     def __init__(self, app: Celery, redis_url: str, *, versions: LibraryVersions | None = None) -> None:
         self.app = app
         versions = versions or LibraryVersions.installed()
-        if not versions.tested:
-            log.warning(
-                "untested %s (tested: %s): tasks are queued with apply_async after each transition",
-                ", ".join(versions.untested()),
-                describe_tested_ranges(),
-            )
+        tested = versions.tested_or_warn(log, "tasks are queued with apply_async after each transition")
         # a Lua script reaches one Redis only: with the broker elsewhere no transition can push the task
-        self.prepares = versions.tested and app.conf.broker_url == redis_url
+        self.prepares = tested and app.conf.broker_url == redis_url
         self._messages = TaskMessages(app)
 
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None:

@@ -8,6 +8,7 @@ the public API: `apply_async` after each transition, and kombu's transport as it
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -45,6 +46,16 @@ class LibraryVersions:
     @property
     def tested(self) -> bool:
         return not self.untested()
+
+    def tested_or_warn(self, log: logging.Logger, instead: str) -> bool:
+        """`tested`; when not, one warning line on `log` (the falling-back module's) saying what is done
+        `instead`."""
+        untested = self.untested()
+        if untested:
+            log.warning(
+                "untested %s (tested: %s): %s", ", ".join(untested), describe_tested_ranges(), instead
+            )
+        return not untested
 
 
 def describe_tested_ranges() -> str:
