@@ -7,7 +7,6 @@ and can end as failed or expired from any stage before that. `worker.store` keep
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import time
 from dataclasses import dataclass, field
@@ -92,8 +91,6 @@ class Flow:
     def seconds_left(self, now: float | None = None) -> float:
         return self.deadline - (time.time() if now is None else now)
 
-    def owns_token(self, token: str) -> bool:
-        return bool(self.token_fp) and hmac.compare_digest(self.token_fp, token_fingerprint(token))
 
 
 @dataclass(frozen=True, slots=True)

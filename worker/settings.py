@@ -129,10 +129,6 @@ class Settings(BaseSettings):
     def rate_limit(self) -> tuple[int, int]:
         return parse_rate(self.oktopost_rate_limit)
 
-    @property
-    def uses_default_credentials(self) -> bool:
-        """True when no Oktopost account is configured: `up` then runs the sandbox."""
-        return self.oktopost_account_id == "demo-account"
 
 
 def describe_error(error: ValidationError) -> str:
