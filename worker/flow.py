@@ -92,7 +92,6 @@ class Flow:
         return self.deadline - (time.time() if now is None else now)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Lifetimes:
     """How long flows wait, how long tokens live, how long finished flows are kept."""

@@ -130,7 +130,6 @@ class Settings(BaseSettings):
         return parse_rate(self.oktopost_rate_limit)
 
 
-
 def describe_error(error: ValidationError) -> str:
     """One line naming the first bad setting, as it is spelled in the environment."""
     first = error.errors()[0]
