@@ -28,8 +28,10 @@ import redis.asyncio
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
-# What a lost or restarting Redis raises; anything else (a bad reply, a wrong password) is not waited out.
+# What a lost, restarting or still loading Redis raises: waited out. Anything else is not.
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# redis-py raises these as connection errors, but waiting does not mend wrong credentials.
+REFUSED_ERRORS = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 # The wait before reconnecting doubles from the first to the last, and starts again once reconnected.
 FIRST_BACKOFF_SECONDS = 0.1
@@ -99,7 +101,10 @@ class _Follower:
         return True
 
     def backoff_after(self, error: Exception) -> float:
-        """Seconds to wait before reconnecting; raises `error` once the timeout is up."""
+        """Seconds to wait before reconnecting; raises `error` once the timeout is up, or at once when
+        Redis refused the credentials."""
+        if isinstance(error, REFUSED_ERRORS):
+            raise error
         delay = self._backoff
         self._backoff = min(LAST_BACKOFF_SECONDS, self._backoff * 2)
         if self.deadline is None:
@@ -119,7 +124,8 @@ def follow_flow(
     When the connection to Redis drops, or Redis restarts, it reconnects (after 0.1 s, doubling up to 2 s
     between attempts), subscribes again and reads what the stream holds since the last event it read, so
     no event is lost or repeated. Without a timeout it waits for Redis to come back however long that
-    takes; with one it raises the last ConnectionError or TimeoutError once the timeout is up.
+    takes; with one it raises the last ConnectionError or TimeoutError once the timeout is up. Refused
+    credentials (AuthenticationError) raise at once.
     """
     follower = _Follower(flow_id, prefix, timeout)
     while True:

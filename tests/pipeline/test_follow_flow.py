@@ -73,7 +73,7 @@ class Subscriber:
 
     kind: str
     url: str
-    timeout: float
+    timeout: float | None
     client_options: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None
@@ -110,7 +110,7 @@ class Subscriber:
             await client.aclose()
 
     def finished(self) -> Subscriber:
-        self._thread.join(self.timeout + 10)
+        self._thread.join((self.timeout or 0) + 10)
         assert not self._thread.is_alive(), "the subscriber did not stop at its timeout"
         return self
 
@@ -211,3 +211,15 @@ def test_subscriber_with_a_timeout_gives_up_at_it_while_redis_stays_down(server:
     assert subscriber.seqs == [1, 2, 3]
     assert isinstance(subscriber.error, redis.ConnectionError), repr(subscriber.error)
     assert timeout - 0.1 <= subscriber.seconds <= timeout + 1.5
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_subscriber_with_a_wrong_password_fails_at_once_without_a_timeout(kind: str) -> None:
+    server = start_redis(["--requirepass", "right-password"])
+    try:
+        url = server.url.replace("redis://", "redis://:wrong-password@")
+        subscriber = Subscriber(kind, url, timeout=None).finished()
+    finally:
+        stop_redis(server)
+    assert isinstance(subscriber.error, redis.AuthenticationError), repr(subscriber.error)
+    assert subscriber.seconds < 2
