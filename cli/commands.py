@@ -95,10 +95,16 @@ def worker(argv: Sequence[str]) -> int:
 def watch(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oktopost-connect watch",
-        description="Print a flow's events: its stored history, then live ones, until a terminal event.",
+        description="Print a flow's events: its stored history, then live ones, until a terminal event. "
+        "A lost connection to Redis is resumed where it was, without a gap or a repeat.",
     )
     parser.add_argument("flow_id")
-    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="give up after this many seconds (without it, waits through a Redis outage)",
+    )
     args = parser.parse_args(argv)
     settings = settings_or_exit()
     import redis
