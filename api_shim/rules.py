@@ -36,9 +36,9 @@ def awaits_callback(flow: Flow) -> bool:
     return flow.state is FlowState.AWAITING_CALLBACK
 
 
-def came_too_late(flow: Flow, now: float | None = None) -> bool:
-    """The flow still awaits its callback but its deadline has passed: it is to be expired, whatever
-    the callback says (the sweeper may not have got to it yet)."""
+def came_too_late(flow: Flow, now: float) -> bool:
+    """The flow still awaits its callback but its deadline has passed (`now` on Redis's clock): it is to
+    be expired, whatever the callback says (the sweeper may not have got to it yet)."""
     return awaits_callback(flow) and flow.seconds_left(now) <= 0
 
 
@@ -59,11 +59,15 @@ def claim_verdict(flow: Flow, token: str, claim: Transition | None) -> Verdict:
     return Verdict.CONFLICT
 
 
-def denial_verdict(current: Flow) -> Verdict:
-    """What a callback without a token comes to for a flow no longer awaiting its callback, as it is now."""
-    if current.state is FlowState.EXPIRED:
+def denial_verdict(denial: Transition | None, flow: Flow) -> Verdict:
+    """What a callback without a token comes to, given the denial's transition (None when the flow was
+    not awaiting its callback, so no denial was tried; then `flow` as it was loaded says)."""
+    if denial is not None and denial.done:
+        return Verdict.DENIED
+    state = (denial.state if denial is not None else None) or flow.state
+    if state is FlowState.EXPIRED:
         return Verdict.EXPIRED
-    if current.state is FlowState.FAILED:
+    if state is FlowState.FAILED:  # a repeat of the callback that denied it
         return Verdict.DENIED
     return Verdict.CONFLICT
 

@@ -115,7 +115,9 @@ class Stack:
 
             def consuming() -> bool:
                 try:
-                    return bool(client.zcount(workers, time.time() - WORKER_FRESH_SECONDS, "+inf"))
+                    seconds, microseconds = client.time()  # the marks are on Redis's clock
+                    fresh_since = int(seconds) + int(microseconds) / 1e6 - WORKER_FRESH_SECONDS
+                    return bool(client.zcount(workers, fresh_since, "+inf"))
                 except redis.RedisError:
                     return False
 

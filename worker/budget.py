@@ -73,7 +73,8 @@ class UpstreamBudget:
         """Blocks until a call may start; `hold` bounds how long the call can take.
 
         Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds).
-        `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS.
+        `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS; what it raises ends the
+        wait.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()
@@ -88,9 +89,14 @@ class UpstreamBudget:
                 return Grant(waiter, time.monotonic() - started)
             if verdict == "doomed":
                 raise NoBudgetInTime(value)
-            if heartbeat is not None:
-                heartbeat()
-            self.sleep(min(value, MAX_POLL_SECONDS))
+            try:
+                if heartbeat is not None:
+                    heartbeat()
+                self.sleep(min(value, MAX_POLL_SECONDS))
+            except BaseException:  # the caller gave up waiting: its place goes to the next waiter now
+                with suppress(redis.RedisError):
+                    self.redis.zrem(self.names.budget_queue, waiter)
+                raise
 
     def finished(self, grant: Grant) -> None:
         """Scores the call by when it ended, which frees its slot one period later."""

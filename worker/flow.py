@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -88,8 +87,9 @@ class Flow:
     def offered_ids(self) -> list[str]:
         return [str(entity["id"]) for entity in self.entities]
 
-    def seconds_left(self, now: float | None = None) -> float:
-        return self.deadline - (time.time() if now is None else now)
+    def seconds_left(self, now: float) -> float:
+        """`now` on Redis's clock (worker.clock), the one the deadline is on."""
+        return self.deadline - now
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from redis.retry import Retry
 from worker.budget import UpstreamBudget
 from worker.flow import Lifetimes
 from worker.keys import RedisNames
+from worker.leases import LeaseKeeper
 from worker.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
@@ -81,6 +82,7 @@ def task_context() -> TaskContext:
         policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
         metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
         budget=budget(settings, flow_store.redis),
+        leases=LeaseKeeper(flow_store),
     )
 
 

@@ -9,7 +9,6 @@ the flow's stream and publishes it on both channels, or does none of it.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from worker import scripts
+from worker.clock import Clock, RedisClock
 from worker.events import (
     AuthorizationExpired,
     AuthorizationFailed,
@@ -37,7 +37,7 @@ from worker.events import (
     StartedData,
     utc_timestamp,
 )
-from worker.flow import LIVE_STATES, WORKING_STATES, Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flow import WORKING_STATES, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
 from worker.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 
@@ -61,15 +61,26 @@ class Taken:
     leased_until: float = 0.0
 
 
+class RequeueOutcome(StrEnum):
+    ALIVE = "alive"  # the lease has not lapsed
+    FORGOTTEN = "forgotten"  # no work left on the flow: its lease was dropped
+    MOVED = "moved"  # the flow is in another working state than the one asked about
+    REQUEUED = "requeued"
+
+
 class FlowStore:
-    def __init__(self, client: redis.Redis, names: RedisNames, lifetimes: Lifetimes) -> None:
+    def __init__(
+        self, client: redis.Redis, names: RedisNames, lifetimes: Lifetimes, clock: Clock | None = None
+    ) -> None:
         # Any: redis-py annotates every command as sync-or-async; this store is sync only
         self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
+        self.clock: Clock = clock or RedisClock(client)
         self._apply = TransitionScript(client, names, lifetimes.retention)
         self._take_work = scripts.register(client, "take_work")
-        self._take_lapsed = scripts.register(client, "take_lapsed")
+        self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
+        self._renew_leases = scripts.register(client, "renew_leases")
 
     # reading
 
@@ -99,40 +110,33 @@ class FlowStore:
     def _due(self, index: str, now: float, limit: int) -> list[str]:
         return [_text(m) for m in self.redis.zrangebyscore(index, "-inf", now, start=0, num=limit)]
 
-    # transitions
+    # transitions made for callers and browsers (the shim), and by the sweeper
 
     def create(
-        self,
-        flow_id: str,
-        network: str,
-        entity_type: str,
-        reference: str | None,
-        return_url: str | None,
-        now: float | None = None,
+        self, flow_id: str, network: str, entity_type: str, reference: str | None, return_url: str | None
     ) -> Flow:
-        now = time.time() if now is None else now
-        deadline = now + self.lifetimes.flow_ttl
+        now = self.clock.now()
+        ttl = self.lifetimes.flow_ttl
         flow = Flow(
-            flow_id, FlowState.AWAITING_CALLBACK, network, entity_type, reference, return_url, now, deadline
+            flow_id, FlowState.AWAITING_CALLBACK, network, entity_type, reference, return_url, now, now + ttl
         )
-        event = AuthorizationStarted(**_envelope(flow), data=StartedData(expires_at=utc_timestamp(deadline)))
+        data = StartedData(expires_at=utc_timestamp(flow.deadline))
+        event = AuthorizationStarted(**_envelope(flow, now), data=data)
         fields = {
             "network": network,
             "entity_type": entity_type,
             "reference": reference or "",
             "return_url": return_url or "",
             "created_at": repr(now),
-            "deadline": repr(deadline),
+            "deadline": repr(flow.deadline),
         }
-        change = Change(fields, live_until=deadline, deadline=deadline)
+        change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow_id, (), FlowState.AWAITING_CALLBACK, event, change)
         if not transition.done:
             raise RuntimeError(f"flow {flow_id} already exists")
         return replace(flow, seq=transition.seq)
 
-    def claim_callback(
-        self, flow: Flow, token: str, now: float | None = None, queue: QueuedTask | None = None
-    ) -> Transition:
+    def claim_callback(self, flow: Flow, token: str, queue: QueuedTask | None = None) -> Transition:
         """awaiting_callback -> verifying, keeping the token for its lifetime; queues `queue` with it, or
         the caller enqueues once it is DONE.
 
@@ -140,106 +144,145 @@ class FlowStore:
         TOKEN_IN_USE: another flow claimed this token. Verifying it again would connect that flow's
         account to this one (Oktopost answers a live token as often as asked), so a token claims one flow.
         """
-        now = time.time() if now is None else now
-        token_deadline = now + self.lifetimes.token_ttl
-        event = CallbackReceived(
-            **_envelope(flow), data=CallbackData(token_expires_at=utc_timestamp(token_deadline))
-        )
+        now = self.clock.now()
+        ttl = self.lifetimes.token_ttl
+        data = CallbackData(token_expires_at=utc_timestamp(now + ttl))
+        event = CallbackReceived(**_envelope(flow, now), data=data)
         fields = {
             "token_fp": token_fingerprint(token),
-            "token_expires_at": repr(token_deadline),
-            "deadline": repr(token_deadline),
+            "token_expires_at": repr(now + ttl),
+            "deadline": repr(now + ttl),
             "callback_at": repr(now),
             "owner": "",
         }
         change = Change(
             fields,
-            live_until=token_deadline,
-            deadline=token_deadline,
-            lease=now + self.lifetimes.queued_lease,
+            live_for=ttl,
+            deadline=now + ttl,
+            lease=self.lifetimes.queued_lease,
             token=token,
             claim_key=self.names.token_claim(token_fingerprint(token)),
             queue=queue,
         )
         return self._apply(flow.flow_id, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
 
-    def offer_selection(self, flow: Flow, entities: list[EntityOffer]) -> Transition:
-        event = SelectionRequired(**_envelope(flow), data=SelectionRequiredData(entities=entities))
-        fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
-        change = Change(fields, live_until=flow.deadline, lease=DROP)
-        return self._apply(flow.flow_id, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
+    def deny(self, flow: Flow, message: str) -> Transition:
+        """awaiting_callback -> failed (authorization_denied): the user came back without a token. Only
+        from awaiting_callback: a callback with a token that got there first wins."""
+        return self._fail(flow, (FlowState.AWAITING_CALLBACK,), "authorization_denied", message, 0, None)
 
-    def submit_selection(
-        self, flow: Flow, ids: list[str], now: float | None = None, queue: QueuedTask | None = None
-    ) -> Transition:
+    def submit_selection(self, flow: Flow, ids: list[str], queue: QueuedTask | None = None) -> Transition:
         """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues once DONE."""
-        now = time.time() if now is None else now
-        event = SelectionSubmitted(**_envelope(flow), data=SelectionSubmittedData(ids=ids))
+        now = self.clock.now()
+        event = SelectionSubmitted(**_envelope(flow, now), data=SelectionSubmittedData(ids=ids))
         fields = {"selected_ids": json.dumps(ids), "owner": ""}
-        change = Change(
-            fields, live_until=flow.deadline, lease=now + self.lifetimes.queued_lease, queue=queue
-        )
+        change = Change(fields, live_for=flow.deadline - now, lease=self.lifetimes.queued_lease, queue=queue)
         return self._apply(flow.flow_id, (FlowState.AWAITING_SELECTION,), FlowState.COMPLETING, event, change)
 
-    def complete(self, flow: Flow, credentials: list[ConnectedCredential]) -> Transition:
-        event = ConnectionCompleted(**_envelope(flow), data=CompletedData(credentials=credentials))
-        return self._finish(flow, WORKING_STATES, FlowState.COMPLETED, event, {})
+    def expire(self, flow: Flow) -> Transition:
+        """Ends a live flow whose deadline has passed (on Redis's clock); EARLY when it has not (a
+        callback moved it)."""
+        return self._expire(flow, only_after_deadline=True, fence=None)
 
-    def fail(self, flow: Flow, code: str, message: str, retryable: bool, attempts: int) -> Transition:
-        data = FailedData(code=code, message=message, retryable=retryable, attempts=attempts)
-        event = AuthorizationFailed(**_envelope(flow), data=data)
-        return self._finish(flow, LIVE_STATES, FlowState.FAILED, event, {"failure_code": code})
+    # transitions made by the task that owns the flow's work: fenced with its owner id
 
-    def expire(self, flow: Flow, now: float | None = None, *, doomed: bool = False) -> Transition:
-        """Ends a live flow whose deadline has passed; EARLY when it has not (a callback moved it).
+    def offer_selection(self, flow: Flow, entities: list[EntityOffer], owner: str) -> Transition:
+        now = self.clock.now()
+        event = SelectionRequired(**_envelope(flow, now), data=SelectionRequiredData(entities=entities))
+        fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
+        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner)
+        return self._apply(flow.flow_id, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
-        `doomed` ends it before its deadline: the worker knows no attempt could finish in the time left.
-        """
-        now = time.time() if now is None else now
-        if flow.state.terminal:
-            return Transition(TransitionOutcome.CONFLICT, state=flow.state)
-        event = AuthorizationExpired(**_envelope(flow), data=ExpiredData(stage=flow.state.stage))  # type: ignore[arg-type]
-        fields = {"expired_stage": flow.state.stage}
-        return self._finish(flow, (flow.state,), FlowState.EXPIRED, event, fields, None if doomed else now)
+    def complete(self, flow: Flow, credentials: list[ConnectedCredential], owner: str) -> Transition:
+        event = ConnectionCompleted(
+            **_envelope(flow, self.clock.now()), data=CompletedData(credentials=credentials)
+        )
+        return self._finish(flow, WORKING_STATES, FlowState.COMPLETED, event, {}, fence=owner)
+
+    def fail(self, flow: Flow, code: str, message: str, attempts: int, owner: str) -> Transition:
+        return self._fail(flow, WORKING_STATES, code, message, attempts, owner)
+
+    def give_up(self, flow: Flow, owner: str) -> Transition:
+        """Ends the flow as expired before its deadline: no attempt could finish in the time left."""
+        return self._expire(flow, only_after_deadline=False, fence=owner)
 
     # the work on a flow: one owner at a time, under a lease the sweeper watches
 
     def take_work(self, flow_id: str, owner: str, state: FlowState) -> Taken:
-        """TAKEN when this task may work on the flow: it is in `state` and no live task owns it."""
-        now = time.time()
-        until = now + self.lifetimes.lease
+        """TAKEN when this task may work on the flow: it is in `state` and no live task owns it. `owner`
+        becomes the fence of the task's transitions."""
         answer = self._take_work(
             keys=[self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)],
-            args=[flow_id, owner, now, until, f",{state.value},"],
+            args=[flow_id, owner, self.lifetimes.lease, f",{state.value},"],
         )
         outcome = TakeOutcome(_text(answer[0]))
         if outcome is not TakeOutcome.TAKEN:
             return Taken(outcome)
         flat = [_text(item) for item in answer[1]]
         flow = Flow.from_hash(flow_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-        token = _text(answer[2]) if answer[2] is not None else None
-        return Taken(outcome, flow, token, until)
+        token = _text(answer[2]) if answer[2] else None
+        return Taken(outcome, flow, token, float(_text(answer[3])))
 
-    def renew_lease(self, flow_id: str, until: float) -> None:
-        """Tells the sweeper this flow's work is alive (only while it still has a lease)."""
-        self.redis.zadd(self.names.leases, {flow_id: until}, xx=True)
-
-    def take_lapsed_lease(self, flow_id: str, now: float) -> bool:
-        """True for exactly one caller when a flow's queued or running work stopped showing progress."""
-        return bool(
-            self._take_lapsed(
-                keys=[self.names.flow_state(flow_id), self.names.leases],
-                args=[flow_id, now, now + self.lifetimes.queued_lease],
-            )
+    def renew_leases(self, held: dict[str, str]) -> set[str]:
+        """Renews the lease of each flow (id -> owner) its owner still owns; returns the flows it lost."""
+        if not held:
+            return set()
+        flow_ids = list(held)
+        lost = self._renew_leases(
+            keys=[self.names.leases, *(self.names.flow_state(flow_id) for flow_id in flow_ids)],
+            args=[self.lifetimes.lease, *(item for flow_id in flow_ids for item in (flow_id, held[flow_id]))],
         )
+        return {_text(flow_id) for flow_id in lost}
 
-    def forget_lease(self, flow_id: str) -> None:
-        self.redis.zrem(self.names.leases, flow_id)
+    def requeue_lapsed(self, flow_id: str, state: FlowState, queue: QueuedTask | None) -> RequeueOutcome:
+        """Takes up a flow in `state` whose work stopped showing progress: the lapsed owner is fenced
+        out, the lease moves ahead and `queue` is pushed, in one step (see requeue_lapsed.lua)."""
+        working = "," + ",".join(WORKING_STATES) + ","
+        message = (queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4
+        answer = self._requeue_lapsed(
+            keys=[self.names.flow_state(flow_id), self.names.leases],
+            args=[flow_id, state.value, self.lifetimes.queued_lease, working, *message],
+        )
+        return RequeueOutcome(_text(answer))
+
+    def lapse_lease(self, flow_id: str) -> None:
+        """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""
+        self.redis.zadd(self.names.leases, {flow_id: 0}, xx=True)
 
     def forget_deadline(self, flow_id: str) -> None:
         self.redis.zrem(self.names.deadlines, flow_id)
 
     # the end of a flow
+
+    def _fail(
+        self,
+        flow: Flow,
+        allowed: tuple[FlowState, ...],
+        code: str,
+        message: str,
+        attempts: int,
+        fence: str | None,
+    ) -> Transition:
+        data = FailedData(code=code, message=message, retryable=False, attempts=attempts)
+        event = AuthorizationFailed(**_envelope(flow, self.clock.now()), data=data)
+        fields = {"failure_code": code}
+        return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence)
+
+    def _expire(self, flow: Flow, *, only_after_deadline: bool, fence: str | None) -> Transition:
+        if flow.state.terminal:
+            return Transition(TransitionOutcome.CONFLICT, state=flow.state)
+        data = ExpiredData(stage=flow.state.stage)  # type: ignore[arg-type]
+        event = AuthorizationExpired(**_envelope(flow, self.clock.now()), data=data)
+        fields = {"expired_stage": flow.state.stage}
+        change = Change(
+            fields,
+            deadline=DROP,
+            lease=DROP,
+            token=DROP,
+            only_after_deadline=only_after_deadline,
+            fence=fence,
+        )
+        return self._apply(flow.flow_id, (flow.state,), FlowState.EXPIRED, event, change)
 
     def _finish(
         self,
@@ -248,14 +291,15 @@ class FlowStore:
         state: FlowState,
         event: FlowEvent,
         fields: dict[str, str],
-        only_after: float | None = None,
+        fence: str | None,
     ) -> Transition:
-        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, only_after=only_after)
+        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence)
         return self._apply(flow.flow_id, allowed, state, event, change)
 
 
-def _envelope(flow: Flow) -> dict[str, Any]:
+def _envelope(flow: Flow, now: float) -> dict[str, Any]:
     return {
+        "at": utc_timestamp(now),
         "flow_id": flow.flow_id,
         "network": flow.network,
         "entity_type": flow.entity_type,

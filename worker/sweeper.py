@@ -11,48 +11,73 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
+from typing import Protocol
 
 from worker.flow import WORKING_STATES, FlowState
-from worker.store import FlowStore
+from worker.queueing import QueuedTask
+from worker.store import FlowStore, RequeueOutcome
 from worker.work import TaskOutcome, expire_flow
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[str, FlowState], None]
+
+class TaskQueue(Protocol):
+    """What the sweeper needs of worker.queueing.Enqueuer."""
+
+    def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None: ...
+
+    def enqueue(self, flow_id: str, state: FlowState) -> None: ...
 
 
-def sweep_once(store: FlowStore, enqueue: Enqueue, now: float | None = None) -> tuple[int, int]:
-    """One pass; returns (flows expired, flows taken up again)."""
-    now = time.time() if now is None else now
-    expired = sum(
-        expire_flow(store, flow_id, now) is TaskOutcome.EXPIRED for flow_id in store.due_deadlines(now)
-    )
-    requeued = 0
+def sweep_once(store: FlowStore, enqueuer: TaskQueue) -> tuple[int, int]:
+    """One pass; returns (flows expired, flows taken up again). One flow's trouble is logged and the
+    pass goes on with the others."""
+    now = store.clock.read_time()  # Redis's clock, read once per pass
+    expired = requeued = 0
+    for flow_id in store.due_deadlines(now):
+        try:
+            expired += expire_flow(store, flow_id) is TaskOutcome.EXPIRED
+        except Exception as error:
+            log.warning("flow %s: expiry failed: %s", flow_id, type(error).__name__)
     for flow_id in store.due_leases(now):
-        flow = store.get(flow_id)
-        if flow is None or flow.state not in WORKING_STATES:
-            store.forget_lease(flow_id)
-            continue
-        if store.take_lapsed_lease(flow_id, now):
-            log.warning("flow %s: no progress from its worker, queued again", flow_id)
-            enqueue(flow_id, flow.state)
-            requeued += 1
+        try:
+            requeued += _take_up(store, enqueuer, flow_id)
+        except Exception as error:
+            log.warning("flow %s: taking it up again failed: %s", flow_id, type(error).__name__)
     return expired, requeued
 
 
+def _take_up(store: FlowStore, enqueuer: TaskQueue, flow_id: str) -> bool:
+    """Queues the flow's task again when its lease lapsed: with the lease's hand-over when the broker is
+    this Redis, else right after it, and when that fails the lease lapses again for the next pass."""
+    flow = store.get(flow_id)
+    # a flow with no work left (or gone) loses its lease inside the script, whatever state is asked for
+    state = flow.state if flow is not None and flow.state in WORKING_STATES else FlowState.VERIFYING
+    prepared = enqueuer.prepared(flow_id, state)
+    if store.requeue_lapsed(flow_id, state, prepared) is not RequeueOutcome.REQUEUED:
+        return False
+    if prepared is None:
+        try:
+            enqueuer.enqueue(flow_id, state)
+        except Exception:
+            store.lapse_lease(flow_id)
+            raise
+    log.warning("flow %s: no progress from its worker, queued again", flow_id)
+    return True
+
+
 HEARTBEAT_SECONDS = 1.0  # how often a worker's sweeper says the worker is consuming
+WORKER_MARK_SECONDS = 60.0  # a mark older than this is a worker gone without a word (killed): dropped
 
 
 class Sweeper:
     """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it)."""
 
     def __init__(
-        self, store: FlowStore, enqueue: Enqueue, interval: float = 0.25, name: str | None = None
+        self, store: FlowStore, enqueuer: TaskQueue, interval: float = 0.25, name: str | None = None
     ) -> None:
         self.store = store
-        self.enqueue = enqueue
+        self.enqueuer = enqueuer
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
@@ -72,16 +97,20 @@ class Sweeper:
                 log.debug("worker mark not removed: %s", type(error).__name__)
 
     def _beat(self) -> None:
-        now = time.time()
+        now = self.store.clock.now()
         if self.name is not None and now - self._beat_at >= HEARTBEAT_SECONDS:
-            self.store.redis.zadd(self.store.names.workers, {self.name: now})
+            workers = self.store.names.workers
+            with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(workers, {self.name: now})
+                pipe.zremrangebyscore(workers, "-inf", now - WORKER_MARK_SECONDS)
+                pipe.execute()
             self._beat_at = now
 
     def _run(self) -> None:
         while True:
             try:
                 self._beat()
-                sweep_once(self.store, self.enqueue)
+                sweep_once(self.store, self.enqueuer)
             except Exception as error:  # Redis away: keep sweeping once it is back
                 log.warning("sweep failed: %s", type(error).__name__)
                 self._stop.wait(1.0)

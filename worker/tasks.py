@@ -38,7 +38,7 @@ _sweeper: Sweeper | None = None
 def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
-    _sweeper = Sweeper(runtime.store(), enqueuer(get_settings().redis_url).enqueue, name=name)
+    _sweeper = Sweeper(runtime.store(), enqueuer(get_settings().redis_url), name=name)
     _sweeper.start()
 
 
@@ -46,3 +46,5 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    if runtime.task_context.cache_info().currsize:  # tasks ran here: their heartbeat stops too
+        runtime.task_context().leases.stop()

@@ -3,7 +3,6 @@ it, state, event, stream entry and both publishes together, or none of them."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any
@@ -25,13 +24,14 @@ class TransitionOutcome(StrEnum):
     CONFLICT = "conflict"  # the flow is not in a state this transition starts from
     EARLY = "early"  # an expiry before the flow's deadline (a callback moved it)
     TOKEN_IN_USE = "token_in_use"  # noqa: S105 - an outcome: the okt token was claimed by another flow
+    FENCED = "fenced"  # the task no longer owns the flow's work: its lease lapsed and another took it up
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     outcome: TransitionOutcome
     seq: int = 0  # the event's seq, when DONE
-    state: FlowState | None = None  # the new state when DONE, the current one on CONFLICT
+    state: FlowState | None = None  # the new state when DONE, the current one on CONFLICT or FENCED
     token_fp: str = ""  # on CONFLICT: the fingerprint of the token the flow holds
 
     @property
@@ -53,11 +53,12 @@ class Change:
     """What a transition does beside the state change and the event."""
 
     fields: dict[str, str]
-    live_until: float | None = None  # the hash and stream outlive this by the retention
-    deadline: float | Drop | None = None
-    lease: float | Drop | None = None
-    token: str | Drop | None = None
-    only_after: float | None = None  # the transition happens only once the flow's deadline has passed
+    live_for: float = 0.0  # seconds the flow stays live; its hash and stream outlive that by the retention
+    deadline: float | Drop | None = None  # epoch seconds on Redis's clock
+    lease: float | Drop | None = None  # seconds from now (Redis's clock) within which work must show progress
+    token: str | Drop | None = None  # kept for `live_for`
+    only_after_deadline: bool = False  # the transition happens only once the flow's deadline has passed
+    fence: str | None = None  # the owner id of the task making the transition (see take_work.lua)
     claim_key: str | None = None
     queue: QueuedTask | None = None
 
@@ -74,8 +75,7 @@ class TransitionScript:
         self, flow_id: str, allowed: tuple[FlowState, ...], state: FlowState, event: FlowEvent, change: Change
     ) -> Transition:
         """`allowed`: the states the flow may be in (none: it must not exist yet)."""
-        now = time.time()
-        live_for = max(0.0, (change.live_until or now) - now)
+        live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
         result = self._script(
@@ -99,8 +99,9 @@ class TransitionScript:
                 _arg(change.lease),
                 _arg(change.token),
                 token_ms,
-                "" if change.only_after is None else repr(change.only_after),
+                "1" if change.only_after_deadline else "",
                 *((queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4),
+                change.fence or "",
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )
@@ -110,6 +111,8 @@ class TransitionScript:
         if outcome is TransitionOutcome.CONFLICT:
             current = FlowState(_text(result[1])) if result[1] else None
             return Transition(outcome, state=current, token_fp=_text(result[2]))
+        if outcome is TransitionOutcome.FENCED:
+            return Transition(outcome, state=FlowState(_text(result[1])))
         return Transition(outcome)
 
 

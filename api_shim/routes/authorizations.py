@@ -22,7 +22,7 @@ from api_shim.models import (
     SelectionRequest,
 )
 from api_shim.security import check_return_url
-from worker.budget import STEP1_PRIORITY, NoBudgetInTime
+from worker.budget import STEP1_PRIORITY, Grant, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
 from worker.flow import Flow, FlowState
@@ -87,12 +87,13 @@ def _step1_admission(shim: Deps) -> Callable[[], Awaitable[Callable[[], None]]]:
     """Each Step 1 attempt waits for a slot of the shared upstream budget, after every verification and
     completion, and for a little while only: a new flow is refused rather than kept waiting."""
     wait = max(1.0, min(STEP1_SECONDS / 2, shim.settings.token_ttl_seconds / 4))
-    budget = shim.budget
+    budget, clock = shim.budget, shim.store.clock
+
+    def acquire() -> Grant:  # the give-up time is on Redis's clock, which the budget's script reads
+        return budget.acquire(STEP1_PRIORITY, clock.now() + wait, STEP1_POLICY.max_attempt_seconds + 1)
 
     async def admit() -> Callable[[], None]:
-        grant = await run_in_threadpool(
-            budget.acquire, STEP1_PRIORITY, time.time() + wait, STEP1_POLICY.max_attempt_seconds + 1
-        )
+        grant = await run_in_threadpool(acquire)
         return lambda: budget.finished(grant)
 
     return admit
@@ -115,7 +116,7 @@ def flow_status(flow_id: str, shim: ShimDeps) -> FlowStatus:
 def submit_selection(flow_id: str, body: SelectionRequest, shim: ShimDeps) -> SelectionAccepted:
     flow = shim.load_flow(flow_id)
     _refuse_unless(flow, FlowState.AWAITING_SELECTION)
-    if flow.seconds_left() <= 0 or shim.store.token(flow_id) is None:
+    if flow.seconds_left(shim.store.clock.now()) <= 0 or shim.store.token(flow_id) is None:
         raise ApiError(410, "token_expired", "the authorization token has expired")
     offered = set(flow.offered_ids())
     unknown = [entity_id for entity_id in body.ids if entity_id not in offered]

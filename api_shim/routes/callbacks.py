@@ -46,7 +46,7 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 def _claim(shim: Deps, flow: Flow, token: str) -> Response:
     if not rules.well_formed(token):
         raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
-    if rules.came_too_late(flow):
+    if rules.came_too_late(flow, shim.store.clock.now()):
         shim.store.expire(flow)
         raise _expired()
     claim = None
@@ -66,14 +66,17 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
 
 
 def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
-    if rules.came_too_late(flow):
+    if rules.came_too_late(flow, shim.store.clock.now()):
         shim.store.expire(flow)
         raise _expired()
+    denial = None
     if rules.awaits_callback(flow):
-        shim.store.fail(flow, "authorization_denied", rules.denial_message(error), False, 0)
-        metrics.CALLBACKS.labels(outcome=Verdict.DENIED.value).inc()
-        return back_to_caller(flow, "denied")
-    verdict = rules.denial_verdict(shim.store.get(flow.flow_id) or flow)
+        # only from awaiting_callback, and its own result decides: a callback with a token that got
+        # there first wins, and this one is told so
+        denial = shim.store.deny(flow, rules.denial_message(error))
+        if denial.done:
+            metrics.CALLBACKS.labels(outcome=Verdict.DENIED.value).inc()
+    verdict = rules.denial_verdict(denial, flow)
     if verdict is Verdict.EXPIRED:
         raise _expired()
     if verdict is Verdict.DENIED:

@@ -4,7 +4,6 @@ answer checked (never a 5xx; a refusal is a JSON error), and what a refused requ
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -14,7 +13,9 @@ from urllib.parse import unquote
 from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, settings
 
+from tests.clocks import seen_from
 from worker.events import EntityOffer
+from worker.flow import FlowState
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
@@ -171,20 +172,22 @@ def seed_flows(store: FlowStore) -> dict[str, str]:
     flows = {}
     for role in ("awaiting", "verifying", "selection", "completing", "completed", "failed", "expired"):
         entity_type = "page" if role in ("selection", "completing") else "profile"
-        now = time.time() - (10_000 if role == "expired" else 0)
-        flow = store.create(_new_id(), "Facebook", entity_type, "ref", "https://app.example/done", now=now)
+        creator = seen_from(store, -10_000 if role == "expired" else 0)  # "expired": long past its deadline
+        flow = creator.create(_new_id(), "Facebook", entity_type, "ref", "https://app.example/done")
         if role in ("verifying", "selection", "completing", "completed"):
             store.claim_callback(flow, f"591c6053d81978.{role:0>40}"[:55])
             flow = store.get(flow.flow_id) or flow
         if role in ("selection", "completing"):
-            store.offer_selection(flow, offers)
+            store.take_work(flow.flow_id, "fuzz-task", FlowState.VERIFYING)
+            store.offer_selection(flow, offers, "fuzz-task")
             flow = store.get(flow.flow_id) or flow
         if role == "completing":
             store.submit_selection(flow, ["10795421"])
         if role == "completed":
-            store.complete(flow, [])
+            store.take_work(flow.flow_id, "fuzz-task", FlowState.COMPLETING)
+            store.complete(flow, [], "fuzz-task")
         if role == "failed":
-            store.fail(flow, "authorization_denied", "no", False, 0)
+            store.deny(flow, "no")
         if role == "expired":
             store.expire(flow)
         flows[role] = flow.flow_id

@@ -8,10 +8,12 @@ import time
 import fakeredis
 import pytest
 
+from tests.clocks import seen_from
+from tests.shim.harness import RecordingEnqueuer
 from worker.events import ConnectedCredential, EntityOffer, parse_event
 from worker.flow import Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
-from worker.store import FlowStore, TakeOutcome
+from worker.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.sweeper import Sweeper
 from worker.transition import TransitionOutcome
 
@@ -87,7 +89,9 @@ def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
     offers = [
         EntityOffer(id=str(i), name=f"Page {i}", network="LinkedIn", is_connected=i == 1) for i in (1, 2, 3)
     ]
-    assert store.offer_selection(store.get("flow-1"), offers).done  # type: ignore[arg-type]
+    owner = "task-a"
+    assert store.take_work("flow-1", owner, FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    assert store.offer_selection(store.get("flow-1"), offers, owner).done  # type: ignore[arg-type]
     waiting = store.get("flow-1")
     assert waiting is not None
     assert waiting.offered_ids() == ["1", "2", "3"]
@@ -98,7 +102,8 @@ def test_page_flow_through_selection_to_completed(store: FlowStore) -> None:
     assert completing is not None
     assert completing.selected_ids == ["2", "3"]
     creds = [ConnectedCredential(id="003-2", name="Page 2", status="valid", network="LinkedIn")]
-    assert store.complete(completing, creds).done
+    assert store.take_work("flow-1", "task-b", FlowState.COMPLETING).outcome is TakeOutcome.TAKEN
+    assert store.complete(completing, creds, "task-b").done
     events = [parse_event(json.dumps(e)) for e in store.events("flow-1")]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [e.type for e in events][-1] == "connection.completed"
@@ -113,21 +118,27 @@ def test_exactly_one_terminal_event_whatever_races(store: FlowStore) -> None:
     verifying = store.get("flow-1")
     assert verifying is not None
     creds = [ConnectedCredential(id="003-1", name="Me", status="valid", network="LinkedIn")]
+    store.take_work("flow-1", "task-a", FlowState.VERIFYING)
     outcomes = [
-        store.complete(verifying, creds).outcome,
-        store.fail(verifying, "token_invalid", "gone", False, 1).outcome,
-        store.expire(verifying, now=time.time() + 10**6).outcome,
-        store.complete(verifying, creds).outcome,
+        store.complete(verifying, creds, "task-a").outcome,
+        store.fail(verifying, "token_invalid", "gone", 1, "task-a").outcome,
+        store.give_up(verifying, "task-a").outcome,
+        store.expire(verifying).outcome,
+        store.complete(verifying, creds, "task-a").outcome,
     ]
     assert outcomes.count(TransitionOutcome.DONE) == 1
     types = [e["type"] for e in store.events("flow-1")]
     assert types == ["authorization.started", "callback.received", "connection.completed"]
 
 
-def test_expire_waits_for_the_deadline(store: FlowStore) -> None:
+def test_expire_waits_for_the_deadline_on_redis_clock(store: FlowStore) -> None:
     flow = new_flow(store)
-    assert store.expire(flow, now=time.time()).outcome is TransitionOutcome.EARLY
-    step = store.expire(flow, now=time.time() + 21)
+    assert store.expire(flow).outcome is TransitionOutcome.EARLY
+    # a process whose clock runs ahead cannot end the flow early: Redis's own clock decides
+    assert seen_from(store, 30).expire(flow).outcome is TransitionOutcome.EARLY
+    store.redis.delete(store.names.flow_state("flow-1"))
+    flow = seen_from(store, -21).create("flow-1", "LinkedIn", "profile", None, None)  # its 20 s are over
+    step = store.expire(flow)
     assert step.done
     last = store.events("flow-1")[-1]
     assert last["type"] == "authorization.expired"
@@ -136,28 +147,30 @@ def test_expire_waits_for_the_deadline(store: FlowStore) -> None:
 
 
 def test_expire_after_claim_reports_verify_stage(store: FlowStore) -> None:
-    flow = new_flow(store)
+    flow = seen_from(store, -21).create("flow-1", "LinkedIn", "profile", None, None)
     store.claim_callback(flow, TOKEN)
     claimed = store.get("flow-1")
     assert claimed is not None
     # the callback-stage deadline has passed, but the claim moved the deadline: not yet
-    assert store.expire(claimed, now=flow.deadline + 1).outcome is TransitionOutcome.EARLY
-    assert store.expire(claimed, now=claimed.deadline + 1).done
+    assert store.expire(claimed).outcome is TransitionOutcome.EARLY
+    store.redis.hset(store.names.flow_state("flow-1"), "deadline", repr(time.time() - 1))  # the token's end
+    assert store.expire(claimed).done
     assert store.events("flow-1")[-1]["data"] == {"stage": "verify"}
 
 
 def test_missing_flow(store: FlowStore) -> None:
     ghost = Flow("nope", FlowState.VERIFYING, "LinkedIn", "profile", None, None, 0.0, 0.0)
-    assert store.fail(ghost, "x", "y", False, 1).outcome is TransitionOutcome.MISSING
+    assert store.fail(ghost, "x", "y", 1, "task-a").outcome is TransitionOutcome.MISSING
     assert not store.redis.exists("oktopost:flow:nope:state")
 
 
-def test_lapsed_lease_taken_once(store: FlowStore) -> None:
+def test_lapsed_lease_taken_up_once(store: FlowStore) -> None:
     flow = new_flow(store)
     store.claim_callback(flow, TOKEN)
-    later = time.time() + 1000
-    assert store.take_lapsed_lease("flow-1", later) is True
-    assert store.take_lapsed_lease("flow-1", later) is False
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.ALIVE
+    store.lapse_lease("flow-1")
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.REQUEUED
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.ALIVE
 
 
 def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
@@ -172,7 +185,8 @@ def test_work_has_one_owner_until_its_lease_lapses(store: FlowStore) -> None:
     wrong_state = store.take_work("flow-1", "task-b", FlowState.COMPLETING)
     assert wrong_state.outcome is TakeOutcome.GONE
     # the owner dies: its lease lapses, the sweeper takes it and clears the owner, a new task takes over
-    assert store.take_lapsed_lease("flow-1", time.time() + 1000) is True
+    store.lapse_lease("flow-1")
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.REQUEUED
     assert store.take_work("flow-1", "task-b", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
     assert store.take_work("nope", "task-c", FlowState.VERIFYING).outcome is TakeOutcome.GONE
 
@@ -187,7 +201,7 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
     assert taken.flow == store.get("flow-1")  # the flow as stored
     assert taken.flow is not None
     assert taken.flow.state is FlowState.VERIFYING
-    assert before + store.lifetimes.lease <= taken.leased_until <= time.time() + store.lifetimes.lease
+    assert before + store.lifetimes.lease - 0.01 <= taken.leased_until <= time.time() + store.lifetimes.lease
     assert store.redis.zscore(store.names.leases, "flow-1") == pytest.approx(taken.leased_until)
     store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
     taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
@@ -196,7 +210,7 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
 
 
 def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowStore) -> None:
-    sweeper = Sweeper(store, lambda _flow_id, _state: None, interval=0.05, name="w1@host")
+    sweeper = Sweeper(store, RecordingEnqueuer(), interval=0.05, name="w1@host")
     before = time.time()
     sweeper.start()
     deadline = time.monotonic() + 2

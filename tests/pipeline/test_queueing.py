@@ -167,7 +167,8 @@ def test_a_selection_queues_the_completion_with_its_step(store: FlowStore) -> No
     store.claim_callback(flow, TOKEN)
     verifying = store.get(FLOW_ID)
     assert verifying is not None
-    assert store.offer_selection(verifying, []).done
+    store.take_work(FLOW_ID, "task-a", FlowState.VERIFYING)
+    assert store.offer_selection(verifying, [], "task-a").done
     waiting = store.get(FLOW_ID)
     assert waiting is not None
     assert store.submit_selection(waiting, ["1"], queue=_queued("c.celery")).done

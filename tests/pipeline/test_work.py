@@ -9,9 +9,11 @@ import fakeredis
 import httpx
 import pytest
 
+from tests.clocks import seen_from
 from worker.budget import UpstreamBudget
 from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
+from worker.leases import LeaseKeeper
 from worker.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
@@ -47,7 +49,8 @@ def make_context(handler: Callable[[httpx.Request], httpx.Response], token_ttl: 
     upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
     names = RedisNames("t")
     budget = UpstreamBudget(client, names, 1000, 1.0)
-    return TaskContext(store, upstream, FAST, WorkerMetrics(client, "t:metrics"), budget)
+    metrics = WorkerMetrics(client, "t:metrics")
+    return TaskContext(store, upstream, FAST, metrics, budget, LeaseKeeper(store))
 
 
 def claimed(context: TaskContext, entity_type: str = "profile") -> str:
@@ -116,7 +119,7 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
     refused = httpx.Response(404, json={"Result": False, "Errors": {"API": {"Error": "Token is invalid"}}})
     context = make_context(Answers(refused), token_ttl=30)
     flow = context.store.create("flow-1", "LinkedIn", "profile", None, None)
-    assert context.store.claim_callback(flow, TOKEN, now=time.time() - 24).done  # 6 s of 30 left
+    assert seen_from(context.store, -24).claim_callback(flow, TOKEN).done  # 6 s of 30 left
     assert verify_flow(context, "flow-1") is TaskOutcome.EXPIRED
     ended = context.store.events("flow-1")[-1]
     assert ended["type"] == "authorization.expired"
@@ -124,7 +127,7 @@ def test_a_token_refused_at_the_end_of_its_life_expires_the_flow() -> None:
 
     fresh = make_context(Answers(refused), token_ttl=30)  # 10 s of 30 left: a token that is invalid
     flow = fresh.store.create("flow-1", "LinkedIn", "profile", None, None)
-    assert fresh.store.claim_callback(flow, TOKEN, now=time.time() - 20).done
+    assert seen_from(fresh.store, -20).claim_callback(flow, TOKEN).done
     assert verify_flow(fresh, "flow-1") is TaskOutcome.FAILED
 
 
@@ -189,7 +192,7 @@ def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
     assert verify_flow(context, flow_id) is TaskOutcome.SKIPPED
     assert complete_flow(context, flow_id) is TaskOutcome.SKIPPED
     assert verify_flow(context, "missing") is TaskOutcome.SKIPPED
-    assert expire_flow(context.store, flow_id, now=time.time() + 10**6) is TaskOutcome.SKIPPED
+    assert expire_flow(context.store, flow_id) is TaskOutcome.SKIPPED
     assert len(handler.seen) == 1
     assert len(types(context)) == 3
 

@@ -3,7 +3,6 @@ recording Enqueuer: every route answers in milliseconds, with nothing else runni
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import httpx
 from celery import Celery
 
 from api_shim.app import create_app
+from tests.clocks import seen_from
 from tests.conftest import API_KEY
 from worker.budget import UpstreamBudget
 from worker.events import EntityOffer
@@ -80,14 +80,15 @@ class Shim:
 
     def new_flow(self, return_url: str | None = RETURN_URL, *, age: float = 0.0) -> Flow:
         """A flow awaiting its callback, started `age` seconds ago."""
-        return self.store.create(
-            new_flow_id(), "Facebook", "page", "crm-42", return_url, now=time.time() - age
-        )
+        # created by a process whose idea of the time lies `age` seconds back
+        return seen_from(self.store, -age).create(new_flow_id(), "Facebook", "page", "crm-42", return_url)
 
     def flow_awaiting_selection(self) -> Flow:
         flow = self.new_flow()
         assert self.store.claim_callback(flow, new_token()).done
-        assert self.store.offer_selection(self.flow(flow.flow_id), OFFERS).done
+        owner = "verifying-task"
+        self.store.take_work(flow.flow_id, owner, FlowState.VERIFYING)
+        assert self.store.offer_selection(self.flow(flow.flow_id), OFFERS, owner).done
         return self.flow(flow.flow_id)
 
     def flow(self, flow_id: str) -> Flow:

@@ -169,7 +169,7 @@ async def test_a_selection_before_the_flow_offers_one_is_409(shim: Shim) -> None
 
 async def test_a_selection_for_an_expired_flow_is_410(shim: Shim) -> None:
     flow = shim.flow_awaiting_selection()
-    assert shim.store.expire(flow, doomed=True).done
+    assert shim.store.give_up(flow, "verifying-task").done
     answer = await shim.http.post(
         f"/v1/authorizations/{flow.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
     )

@@ -49,15 +49,24 @@ def test_a_flow_no_longer_awaiting_its_callback_is_judged_as_loaded() -> None:
 
 
 def test_only_a_flow_still_awaiting_its_callback_comes_too_late() -> None:
-    assert rules.came_too_late(_flow(deadline_in=-1))
-    assert not rules.came_too_late(_flow(deadline_in=60))
-    assert not rules.came_too_late(_flow(FlowState.VERIFYING, deadline_in=-1))
+    now = time.time()
+    assert rules.came_too_late(_flow(deadline_in=-1), now)
+    assert not rules.came_too_late(_flow(deadline_in=60), now)
+    assert not rules.came_too_late(_flow(FlowState.VERIFYING, deadline_in=-1), now)
 
 
 def test_a_denial_of_a_claimed_flow_is_a_conflict_and_of_a_failed_one_a_repeat() -> None:
-    assert rules.denial_verdict(_flow(FlowState.VERIFYING)) is Verdict.CONFLICT
-    assert rules.denial_verdict(_flow(FlowState.FAILED)) is Verdict.DENIED
-    assert rules.denial_verdict(_flow(FlowState.EXPIRED)) is Verdict.EXPIRED
+    assert rules.denial_verdict(None, _flow(FlowState.VERIFYING)) is Verdict.CONFLICT
+    assert rules.denial_verdict(None, _flow(FlowState.FAILED)) is Verdict.DENIED
+    assert rules.denial_verdict(None, _flow(FlowState.EXPIRED)) is Verdict.EXPIRED
+
+
+def test_a_denial_that_lost_the_race_to_a_claim_reads_its_own_transition() -> None:
+    """The flow was loaded awaiting its callback; a callback with a token claimed it meanwhile."""
+    loaded = _flow()
+    raced = Transition(TransitionOutcome.CONFLICT, state=FlowState.VERIFYING)
+    assert rules.denial_verdict(raced, loaded) is Verdict.CONFLICT
+    assert rules.denial_verdict(Transition(TransitionOutcome.DONE), loaded) is Verdict.DENIED
 
 
 def test_the_reason_of_a_denial_is_short_and_plain() -> None:

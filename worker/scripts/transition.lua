@@ -1,5 +1,6 @@
--- One transition of a flow, atomically: check the state, change it, give the event its seq, XADD it to the
--- flow's stream and PUBLISH it on both channels. Either all of it happens or none of it does.
+-- One transition of a flow, atomically: check the state (and who owns the flow's work), change it, give
+-- the event its seq, XADD it to the flow's stream and PUBLISH it on both channels. Either all of it
+-- happens or none of it does. Times are Redis's own (TIME): every process compares on one clock.
 --
 -- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
 --       6 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
@@ -8,21 +9,26 @@
 --       3 new state
 --       4 event JSON carrying the placeholder "seq":0,
 --       5 flow channel, 6 all-events channel
---       7 seconds to keep the hash and stream after this step
---       8 deadline: "" keep, "-" drop, else epoch seconds to index
---       9 lease: "" keep, "-" drop, else epoch seconds by which queued work must show progress
+--       7 seconds to keep the hash and stream after this transition
+--       8 deadline: "" keep, "-" drop, else epoch seconds (on Redis's clock) to index
+--       9 lease: "" keep, "-" drop, else seconds from now within which the work must show progress
 --      10 token: "" keep, "-" delete, else the token to keep for ARGV[11] milliseconds
 --      11 token lifetime in milliseconds
---      12 "" or epoch seconds "now": then the step only happens when the flow's deadline has passed
---      13 "" or a Celery broker list: the step queues the task that works on the flow (LPUSH ARGV[14])
+--      12 "1": the transition only happens once the flow's deadline has passed; "" otherwise
+--      13 "" or a Celery broker list: the transition queues the task that works on the flow (LPUSH ARGV[14])
 --      14 that task's message, 15 "" or the channel of its task-sent event, 16 that event
 --         (worker/queueing.py builds both; the broker list is named here, not in KEYS, as it lives
 --         outside the flow's keys: the project assumes one Redis, not a cluster)
---      17.. field, value pairs to store in the flow hash
--- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline} | {"token_in_use", flow}
+--      17 fence: "" or the owner id a task got when it took the flow's work; then the transition only
+--         happens while that task still owns the work (a task whose lease lapsed changes nothing)
+--      18.. field, value pairs to store in the flow hash
+-- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
+--       | {"token_in_use", flow} | {"fenced", state}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local t = redis.call("TIME")
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
 if allowed == "" then
   if redis.call("EXISTS", flow) == 1 then
@@ -30,14 +36,17 @@ if allowed == "" then
     return {"conflict", current[1] or "", current[2] or ""}
   end
 else
-  local current = redis.call("HMGET", flow, "state", "token_fp", "deadline")
+  local current = redis.call("HMGET", flow, "state", "token_fp", "deadline", "owner")
   if not current[1] then
     return {"missing"}
   end
   if not string.find(allowed, "," .. current[1] .. ",", 1, true) then
     return {"conflict", current[1], current[2] or ""}
   end
-  if ARGV[12] ~= "" and tonumber(current[3] or "0") > tonumber(ARGV[12]) then
+  if ARGV[17] ~= "" and current[4] ~= ARGV[17] then
+    return {"fenced", current[1]}
+  end
+  if ARGV[12] ~= "" and tonumber(current[3] or "0") > now then
     return {"early", current[3]}
   end
 end
@@ -50,7 +59,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 17, #ARGV, 2 do
+for i = 18, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -73,7 +82,7 @@ end
 if ARGV[9] == "-" then
   redis.call("ZREM", leases, flow_id)
 elseif ARGV[9] ~= "" then
-  redis.call("ZADD", leases, ARGV[9], flow_id)
+  redis.call("ZADD", leases, now + tonumber(ARGV[9]), flow_id)
 end
 if ARGV[10] == "-" then
   redis.call("DEL", token_key)

@@ -1,0 +1,27 @@
+"""Clocks for tests of deadlines: Redis's time as a process `shift` seconds off would take it to be.
+
+A store whose clock is behind creates flows whose deadlines Redis (TIME, on this machine's clock)
+already sees as passed, without waiting.
+"""
+
+from __future__ import annotations
+
+import time
+
+from worker.store import FlowStore
+
+
+class ShiftedClock:
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def now(self) -> float:
+        return time.time() + self.shift
+
+    def read_time(self) -> float:
+        return self.now()
+
+
+def seen_from(store: FlowStore, shift: float) -> FlowStore:
+    """The same store, used by a process whose idea of Redis's time is `shift` seconds off."""
+    return FlowStore(store.redis, store.names, store.lifetimes, clock=ShiftedClock(shift))
