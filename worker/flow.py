@@ -99,5 +99,5 @@ class Lifetimes:
     flow_ttl: int = 900
     token_ttl: int = 300
     retention: int = 86400
-    lease: float = 75.0  # a running task that shows no progress for this long is taken up again
+    lease: float = 75.0  # a running task whose process stops renewing its lease this long is taken up
     queued_lease: float = 150.0  # work queued but not started yet gets this long before a requeue

@@ -29,7 +29,7 @@ def lifetimes(settings: Settings) -> Lifetimes:
         flow_ttl=settings.flow_ttl_seconds,
         token_ttl=settings.token_ttl_seconds,
         retention=settings.flow_retention_seconds,
-        # a flow whose work shows no progress for this long is taken up again: within a quarter of
+        # a flow whose worker stops renewing its lease for this long is taken up again: within a quarter of
         # the token's life (the promise to users), less room for the sweeper's tick and the task's start
         lease=max(1.5, 0.8 * settings.token_ttl_seconds / 4),
         # queued work is not requeued early: under load a task may wait its turn in the broker
