@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from worker.errors import MalformedAnswerError, OktopostError
+from worker.errors import MalformedAnswerError, OktopostError, UpstreamTransportError
 from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
 from worker.oktopost.calls import (
     OktopostCall,
@@ -21,6 +22,7 @@ from worker.oktopost.calls import (
     start_authorization_request,
     verify_request,
 )
+from worker.oktopost.deadline import bound_attempts, end_attempt, start_attempt
 from worker.oktopost.reading import transport_failure
 from worker.redaction import install_log_redaction, register_basic_credentials
 from worker.settings import Settings
@@ -58,7 +60,8 @@ def timeout_from_settings(settings: Settings) -> httpx.Timeout:
 
 
 def _per_request_timeout(timeout: float | None) -> Any:  # httpx.Timeout or httpx.USE_CLIENT_DEFAULT
-    """`timeout` replaces every phase's limit for this one request (the retry policy's time left)."""
+    """`timeout` replaces every phase's limit for this one request (the retry policy's time left); the
+    attempt as a whole is bounded by the same `timeout` (see `_Connection._attempt_seconds`)."""
     if timeout is None:
         return httpx.USE_CLIENT_DEFAULT
     if timeout <= 0:
@@ -99,6 +102,11 @@ class _Connection:
             # Oktopost answers with JSON, never a redirect; following one would resend the credentials.
             "follow_redirects": False,
         }
+
+    def _attempt_seconds(self, timeout: float | None) -> float | None:
+        """How long one attempt may take in all, from its request to its last byte: `timeout`, or without
+        one the read timeout (OKTOPOST_TIMEOUT_SECONDS), the longest the retry policy ever gives."""
+        return self.timeout.read if timeout is None else timeout
 
     @staticmethod
     def _build(
@@ -146,6 +154,12 @@ class OktopostClient(_Connection):
     ) -> None:
         super().__init__(base_url, account_id, api_key, timeout=timeout, limits=limits)
         self._http = httpx.Client(transport=transport, **self._http_options())
+        if transport is None and not bound_attempts(self._http):
+            logger.warning(
+                "httpx %s keeps its connection pool out of reach: an attempt's timeout bounds each read"
+                " and write, not the whole call",
+                httpx.__version__,
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, transport: httpx.BaseTransport | None = None) -> Self:
@@ -162,10 +176,13 @@ class OktopostClient(_Connection):
         started = time.monotonic()
         response: httpx.Response | None = None
         failure: OktopostError | None = None
+        attempt = start_attempt(self._attempt_seconds(timeout))
         try:
             response = self._http.send(request)
         except (httpx.TransportError, httpx.DecodingError) as error:
             failure = _failure_of(error)
+        finally:
+            end_attempt(attempt)
         return self._finish(call, response, failure, started)
 
     def start_authorization(
@@ -229,10 +246,16 @@ class AsyncOktopostClient(_Connection):
         started = time.monotonic()
         response: httpx.Response | None = None
         failure: OktopostError | None = None
+        seconds = self._attempt_seconds(timeout)
         try:
-            response = await self._http.send(request)
+            # Cancelling the request at the deadline is safe here: httpcore closes the connection it
+            # interrupts instead of returning it to the pool.
+            async with asyncio.timeout(seconds):
+                response = await self._http.send(request)
         except (httpx.TransportError, httpx.DecodingError) as error:
             failure = _failure_of(error)
+        except TimeoutError:
+            failure = UpstreamTransportError("timeout", f"no complete answer within {seconds:g} s")
         return self._finish(call, response, failure, started)
 
     async def start_authorization(
