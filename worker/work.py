@@ -244,18 +244,22 @@ def _give_up(job: _Job, reached: Exception | None = None) -> TaskOutcome:
 
 
 def _fail(job: _Job, refused: RefusedError, code: str) -> TaskOutcome:
-    log.warning("flow %s failed: %s (%s)", job.flow.flow_id, code, refused)
     transition = job.context.store.fail(job.flow, code, str(refused), refused.attempts, job.owner)
     if not transition.done:
         return _not_ours(job, transition)
+    log.warning("flow %s failed: %s (%s)", job.flow.flow_id, code, refused)
     _time_to_terminal(job)
     job.context.metrics.outcome(code)
     return TaskOutcome.FAILED
 
 
 def _not_ours(job: _Job, transition: Transition) -> TaskOutcome:
+    """The flow moved on without this task: another took it up, or it ended meanwhile."""
     if transition.outcome is TransitionOutcome.FENCED:
         log.warning("flow %s was taken up by another task; this one's outcome is dropped", job.flow.flow_id)
+    else:
+        state = transition.state.value if transition.state else transition.outcome.value
+        log.info("flow %s is %s already; this task's outcome is dropped", job.flow.flow_id, state)
     return _recorded(job.context, TaskOutcome.SKIPPED)
 
 

@@ -266,3 +266,26 @@ def test_two_heartbeats_never_renew_a_lease_for_the_wrong_owner(store: FlowStore
     before = store.redis.zscore(store.names.leases, flow_id)
     assert store.renew_leases({flow_id: "task-a"}) == {flow_id}
     assert store.redis.zscore(store.names.leases, flow_id) == before
+
+
+def test_a_stale_failure_is_not_logged_as_a_failure(
+    store: FlowStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(_request: httpx.Request) -> httpx.Response:
+        # the flow ends meanwhile (another task completed it after this one's lease lapsed)
+        flow = store.get("flow-1")
+        assert flow is not None
+        store.lapse_lease("flow-1")
+        store.requeue_lapsed("flow-1", FlowState.VERIFYING, None)
+        store.take_work("flow-1", "task-b", FlowState.VERIFYING)
+        assert store.complete(flow, [], "task-b").done
+        return httpx.Response(200, json={"Result": False, "Errors": {"API": {"Error": "Rejected"}}})
+
+    context = context_for(store, httpx.MockTransport(refused))
+    verifying(store, "profile")
+    with caplog.at_level("INFO", logger="worker.work"):
+        assert verify_flow(context, "flow-1") is TaskOutcome.SKIPPED
+    messages = [record.getMessage() for record in caplog.records]
+    assert not any("failed" in message for message in messages)
+    assert any("completed already; this task's outcome is dropped" in message for message in messages)
+    context.leases.stop()
