@@ -58,7 +58,7 @@ def run_up(options: StackOptions, out: IO[str] = sys.stdout) -> int:
 def describe(stack: Stack) -> list[str]:
     """What a developer needs: where everything listens, and the key to call the shim with."""
     lines = [
-        f"shim       {stack.shim_url}   (OpenAPI: {stack.shim_url}/docs)",
+        f"shim       {stack.shim_url}   (OpenAPI: {stack.shim_url}/openapi.json)",
         f"callbacks  {stack.public_base_url}/v1/callback/{{flow_id}}",
     ]
     if stack.sandbox_url:
