@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,14 +10,12 @@ from fastapi import Depends, Header, Request
 from api_shim.errors import ApiError
 from api_shim.security import check_bearer
 from worker.budget import UpstreamBudget
-from worker.flow import Flow
+from worker.flow import Flow, is_flow_id
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
-
-FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +32,7 @@ class Deps:
 
     def load_flow(self, flow_id: str) -> Flow:
         """The flow, or a 404 that looks the same for a malformed id and an unknown one."""
-        if not FLOW_ID.match(flow_id):
+        if not is_flow_id(flow_id):
             raise ApiError(404, "flow_not_found", "no such flow")
         flow = self.store.get(flow_id)
         if flow is None:

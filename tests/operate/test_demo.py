@@ -238,7 +238,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
         "REDIS_URL": redis_server.url,
         "CELERY_BROKER_URL": redis_server.url,
         "OKTOPOST_API_KEY": SECRET_KEY,
-        "SHIM_API_KEYS": "my-own-key",
+        "SHIM_API_KEYS": "my-own-caller-key-0123456789",
         "CHANNEL_PREFIX": "okc-up-test",
     }
     up = Up(env=env)
@@ -246,7 +246,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
     output = up.wait_ready()
     assert "sandbox " not in output
     assert "oktopost   https://api.oktopost.com" in output
-    assert "my-own-key" not in output
+    assert "my-own-caller-key-0123456789" not in output
     assert SECRET_KEY not in output
     assert "one of SHIM_API_KEYS" in output
     assert not any("-m cli sandbox" in cmd for cmd in up.children().values())
