@@ -23,7 +23,8 @@ _PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 MIN_KEY_LENGTH = 24
-PLACEHOLDER_KEYS = frozenset({"change-me-to-a-long-random-key"})  # shipped in .env.example
+# .env.example ships these so that every secret must be replaced: a value still starting with it is refused
+PLACEHOLDER_PREFIX = "change-me"
 
 
 def is_loopback(host: str) -> bool:
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
+    flower_basic_auth: SecretStr | None = None
 
     token_ttl_seconds: int = Field(default=300, gt=0, le=86400)
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
@@ -144,8 +147,19 @@ class Settings(BaseSettings):
             secret = key.get_secret_value()
             if len(secret) < MIN_KEY_LENGTH:
                 raise ValueError(f"a caller key must be at least {MIN_KEY_LENGTH} characters long")
-            if secret in PLACEHOLDER_KEYS or secret.startswith("change-me"):
+            if secret.startswith(PLACEHOLDER_PREFIX):
                 raise ValueError("a caller key is still the placeholder of .env.example: set a random one")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower_password_set(cls, value: SecretStr | None) -> SecretStr | None:
+        # anyone who passes Flower's Basic auth can shut the workers down
+        pairs = value.get_secret_value().split(",") if value is not None else []
+        for pair in pairs:
+            password = pair.partition(":")[2]
+            if not password or password.startswith(PLACEHOLDER_PREFIX):
+                raise ValueError("a password is missing or still the placeholder of .env.example")
         return value
 
     @model_validator(mode="after")

@@ -54,6 +54,10 @@ def assert_both_flows_completed(result: subprocess.CompletedProcess[str]) -> Non
     for kind in ("authorization.started", "callback.received", "selection.required", "selection.submitted"):
         assert kind in result.stdout
     assert "the sandbox lists 3 of the 3 reported credentials as connected" in result.stdout
+    # the partner's return page lets each browser in only for its own session's flow
+    assert (
+        len(re.findall(r"return page\s+flow's reference demo-\w+ is this session's user", result.stdout)) == 2
+    )
     assert re.search(r"total \d+\.\d\ds", result.stdout)
     # no okt token, no key
     assert "okt=" not in result.stdout + result.stderr
