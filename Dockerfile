@@ -1,6 +1,9 @@
 # oktopost-connect: one image for every component (shim, worker, sandbox, Flower); docker-compose.yml
 # picks the component with its `command`, e.g. `oktopost-connect worker --concurrency 8`.
-FROM python:3.11-slim
+#
+# The base image is pinned by digest, so a rebuild starts from the same bytes; move it on deliberately
+# (security updates of Debian and Python) with `docker buildx imagetools inspect python:3.11-slim`.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,18 +12,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: rebuilding after a code change does not reinstall them.
-COPY pyproject.toml README.md LICENSE ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Exactly the versions of requirements.lock (`uv pip compile`, its header says how to regenerate it),
+# so two builds ship the same libraries; the package itself adds none (--no-deps).
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
 
-COPY celeryconfig.py ./
+COPY pyproject.toml README.md LICENSE celeryconfig.py ./
 COPY worker ./worker
 COPY api_shim ./api_shim
 COPY sandbox ./sandbox
 COPY cli ./cli
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
 
 # Never run as root; /app stays read-only for the service user.

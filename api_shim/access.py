@@ -15,11 +15,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.metrics import REQUEST_SECONDS, REQUESTS
+from worker.flow import is_flow_id
 from worker.logs import current_flow
 
 log = logging.getLogger("api_shim.access")
-_FLOW_ROUTES = ("/v1/callback/", "/v1/authorizations/")
-_PAGE_ROUTES = "/connect/"
+_FLOW_ROUTES = ("/v1/callback/", "/v1/authorizations/", "/connect/")
+# Label values come from fixed sets only: h11 accepts any token as a method, and every new label value
+# would be a series kept for the process's life. Anything else is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
 
 
 class Observed:
@@ -31,8 +35,7 @@ class Observed:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        path: str = scope["path"]
-        flow_id = _flow_id(path)
+        flow_id = _flow_id_of(scope["path"])
         status = 500
 
         async def observed_send(message: Message) -> None:
@@ -46,20 +49,22 @@ class Observed:
             await self.app(scope, receive, observed_send)
         finally:
             # the route's template, never the raw path: flow ids would explode the label set
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", OTHER)
+            method = scope["method"] if scope["method"] in METHODS else OTHER
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
+            REQUESTS.labels(route=route, method=method, status=str(status)).inc()
             REQUEST_SECONDS.labels(route=route).observe(elapsed)
-            log.info("%s %s %d %.1fms", scope["method"], route, status, elapsed * 1000)
+            log.info("%s %s %d %.1fms", method, route, status, elapsed * 1000)
             current_flow.reset(token)
 
 
-def _flow_id(path: str) -> str:
-    if path.startswith(_FLOW_ROUTES):
-        return path.split("/")[3][:64]
-    if path.startswith(_PAGE_ROUTES):
-        return path.split("/")[2][:64]
-    return "-"
+def _flow_id_of(path: str) -> str:
+    """The flow a request is about, for its log lines; only a well-formed flow id is ever logged."""
+    if not path.startswith(_FLOW_ROUTES):
+        return "-"
+    parts = path.split("/")
+    candidate = parts[3] if path.startswith(("/v1/",)) and len(parts) > 3 else parts[2]
+    return candidate if is_flow_id(candidate) else "-"
 
 
 def install(app: FastAPI) -> None:

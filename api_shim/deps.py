@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -12,14 +11,12 @@ from fastapi import Depends, Header, Request
 from api_shim.errors import ApiError
 from api_shim.security import check_bearer
 from worker.budget import UpstreamBudget
-from worker.flow import Flow
+from worker.flow import Flow, is_flow_id
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
-
-FLOW_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +40,7 @@ class Deps:
         return flow
 
     def find_flow(self, flow_id: str) -> Flow | None:
-        return self.store.get(flow_id) if FLOW_ID.match(flow_id) else None
+        return self.store.get(flow_id) if is_flow_id(flow_id) else None
 
 
 async def app_deps(request: Request) -> Deps:

@@ -15,13 +15,11 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from worker.flow import Flow, FlowState, token_fingerprint
+from worker.flow import Flow, FlowState, is_token, same_fingerprint
 from worker.queueing import Enqueuer
 from worker.store import FlowStore
 from worker.transition import Transition, TransitionOutcome
 
-# okt tokens look like 591c6053d81978.11578446867279657339b29ad2799b11ca4ff883; accept a little more
-OKT_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_. -]")
 
 
@@ -35,7 +33,7 @@ class Verdict(StrEnum):
 
 
 def well_formed(token: str) -> bool:
-    return OKT_TOKEN.match(token) is not None
+    return is_token(token)
 
 
 def awaits_callback(flow: Flow) -> bool:
@@ -58,7 +56,7 @@ def claim_verdict(flow: Flow, token: str, claim: Transition | None) -> Verdict:
     # the claim's answer is the flow as it is now; without a claim, the flow as it was loaded
     fingerprint = claim.token_fp if claim is not None else flow.token_fp
     state = (claim.state if claim is not None else None) or flow.state
-    if fingerprint and fingerprint == token_fingerprint(token):
+    if fingerprint and same_fingerprint(fingerprint, token):
         return Verdict.REPEATED
     if state is FlowState.EXPIRED:
         return Verdict.EXPIRED

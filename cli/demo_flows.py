@@ -19,6 +19,7 @@ import httpx
 import redis
 
 from cli.demo_browser import HostedBrowser, PageError
+from cli.return_page import returning_flow_id, session_owns_flow
 from cli.stack import Stack
 from worker.events import TERMINAL_TYPES
 from worker.subscribe import follow_flow
@@ -48,6 +49,11 @@ class FlowRun:
     @property
     def short_id(self) -> str:
         return self.flow_id[:8]
+
+    @property
+    def session_reference(self) -> str:
+        """The user signed in to the partner's app in the browser that drives this flow."""
+        return f"demo-{self.label}"
 
     @property
     def last_type(self) -> str:
@@ -147,7 +153,7 @@ class Driver:
             "network": run.network,
             "type": run.entity_type,
             "return_url": self.return_url,
-            "reference": f"demo-{run.label}",
+            "reference": run.session_reference,
             "ui": run.ui,
         }
         answer = self.http.post(f"{self.stack.shim_url}/v1/authorizations", json=body, headers=self.headers)
@@ -182,6 +188,19 @@ class Driver:
         if back.status_code != 303 or not location.startswith(self.return_url):
             raise DemoFailed(f"the callback answered {back.status_code}: {_error_of(back)}")
         self.console.line(run.short_id, "browser", f"GET /v1/callback -> 303 to {urlsplit(location).path}?…")
+        self.return_page(run, location)
+
+    def return_page(self, run: FlowRun, location: str) -> None:
+        """The partner's return page: it lets the browser in only when its session's user is the one the
+        flow was started for (else someone else's flow was completed in this browser)."""
+        flow_id = returning_flow_id(location)
+        if flow_id != run.flow_id or not session_owns_flow(
+            self.http, self.stack.shim_url, self.headers, flow_id, run.session_reference
+        ):
+            raise DemoFailed(f"the return page refused flow {flow_id[:8]}: not this session's user's flow")
+        self.console.line(
+            run.short_id, "return page", f"flow's reference {run.session_reference} is this session's user"
+        )
 
     def _come_back_hosted(self, run: FlowRun, callback_url: str) -> None:
         try:

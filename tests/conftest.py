@@ -137,7 +137,7 @@ def pipeline_env(redis_url: str, sandbox_url: str, shim_port: int, **settings: A
         "OKTOPOST_BASE_URL": sandbox_url,
         "OKTOPOST_ACCOUNT_ID": "demo-account",
         "OKTOPOST_API_KEY": "demo-key",
-        "SHIM_API_KEYS": f"other-key,{API_KEY}",
+        "SHIM_API_KEYS": f"another-caller-key-0123456789,{API_KEY}",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{shim_port}",
         "ALLOWED_RETURN_URLS": "https://app.example,http://127.0.0.1:9",
         "CHANNEL_PREFIX": prefix,

@@ -7,7 +7,9 @@ and can end as failed or expired from any stage before that. `worker.store` keep
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -51,9 +53,30 @@ class BrowserUI(StrEnum):
     REDIRECT = "redirect"
 
 
+# What an okt token and a flow id look like, matched whole (fullmatch: a trailing newline is not a token).
+# okt tokens look like 591c6053d81978.11578446867279657339b29ad2799b11ca4ff883; a little more is accepted.
+# A token has one spelling only: nothing is stripped or decoded after this check, so the token the flow
+# is claimed with (its fingerprint) is the token Oktopost is asked about.
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9._~-]{8,256}")
+FLOW_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def is_token(text: str) -> bool:
+    return TOKEN_SHAPE.fullmatch(text) is not None
+
+
+def is_flow_id(text: str) -> bool:
+    return FLOW_ID_SHAPE.fullmatch(text) is not None
+
+
 def token_fingerprint(token: str) -> str:
     """What the flow keeps to recognise a repeated callback without keeping the token in the hash."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same_fingerprint(fingerprint: str, token: str) -> bool:
+    """Whether `token` has this fingerprint, compared in constant time."""
+    return hmac.compare_digest(fingerprint, token_fingerprint(token))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +119,10 @@ class Flow:
             ui=BrowserUI(raw.get("ui") or BrowserUI.REDIRECT),
             browser_fp=raw.get("browser_fp", ""),
         )
+
+    def owns_token(self, token: str) -> bool:
+        """Whether `token` is the one that claimed this flow, compared in constant time."""
+        return bool(self.token_fp) and same_fingerprint(self.token_fp, token)
 
     def offered_ids(self) -> list[str]:
         return [str(entity["id"]) for entity in self.entities]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -70,6 +71,22 @@ class JsonFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [flow %(flow_id)s] %(message)s"
+# every control character (CR and LF among them) that a request could bring into a message
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record, whatever the request put into it: control characters are escaped, so no
+    request can end a line and forge the next one. A traceback keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escaped(record.message)
+        record.flow_id = _escaped(str(getattr(record, "flow_id", "-")))
+        return super().formatMessage(record)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -78,7 +95,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(FlowContextFilter())
     handler.addFilter(redacting_filter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -6,6 +6,7 @@ and the command line turns it into that line and exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -19,6 +20,20 @@ EU_BASE_URL = "https://eu-api.oktopost.com"
 
 _RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 _PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+MIN_KEY_LENGTH = 24
+# .env.example ships these so that every secret must be replaced: a value still starting with it is refused
+PLACEHOLDER_PREFIX = "change-me"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):
@@ -66,8 +81,12 @@ class Settings(BaseSettings):
     oktopost_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     public_base_url: str = "http://127.0.0.1:8000"
+    # hosts besides loopback that may be reached over plain http (the dev sandbox in docker compose)
+    allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
+    flower_basic_auth: SecretStr | None = None
 
     token_ttl_seconds: int = Field(default=300, gt=0, le=86400)
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
@@ -86,7 +105,7 @@ class Settings(BaseSettings):
             return value.upper() if value.lower() in ("debug", "info", "warning", "error") else value.lower()
         return value
 
-    @field_validator("allowed_return_urls", "shim_api_keys", mode="before")
+    @field_validator("allowed_return_urls", "shim_api_keys", "allow_http_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)
@@ -110,6 +129,52 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         origin_of(value)
         return value.rstrip("/")
+
+    @field_validator("oktopost_base_url")
+    @classmethod
+    def _oktopost_api_root(cls, value: str) -> str:
+        """Oktopost's docs write the base URL with /v2 (https://api.oktopost.com/v2); our paths carry it."""
+        parts = urlsplit(value)
+        path = parts.path.rstrip("/")
+        if path.lower() == "/v2":
+            path = ""
+        if path or parts.query or parts.fragment:
+            raise ValueError("expected Oktopost's base URL, such as https://api.oktopost.com (or .../v2)")
+        return parts._replace(path="").geturl()
+
+    @field_validator("shim_api_keys")
+    @classmethod
+    def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            secret = key.get_secret_value()
+            if len(secret) < MIN_KEY_LENGTH:
+                raise ValueError(f"a caller key must be at least {MIN_KEY_LENGTH} characters long")
+            if secret.startswith(PLACEHOLDER_PREFIX):
+                raise ValueError("a caller key is still the placeholder of .env.example: set a random one")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower_password_set(cls, value: SecretStr | None) -> SecretStr | None:
+        # anyone who passes Flower's Basic auth can shut the workers down
+        pairs = value.get_secret_value().split(",") if value is not None else []
+        for pair in pairs:
+            password = pair.partition(":")[2]
+            if not password or password.startswith(PLACEHOLDER_PREFIX):
+                raise ValueError("a password is missing or still the placeholder of .env.example")
+        return value
+
+    @model_validator(mode="after")
+    def _cleartext_only_on_loopback(self) -> Settings:
+        # Basic credentials travel to OKTOPOST_BASE_URL and okt tokens come back to PUBLIC_BASE_URL
+        for name in ("oktopost_base_url", "public_base_url"):
+            parts = urlsplit(getattr(self, name))
+            host = (parts.hostname or "").lower()
+            if parts.scheme == "http" and not is_loopback(host) and host not in self.allow_http_hosts:
+                raise ValueError(
+                    f"{name.upper()}: must be https unless its host is loopback (or in ALLOW_HTTP_HOSTS)"
+                )
+        return self
 
     @field_validator("oktopost_rate_limit")
     @classmethod
@@ -135,9 +200,10 @@ class Settings(BaseSettings):
 def describe_error(error: ValidationError) -> str:
     """One line naming the first bad setting, as it is spelled in the environment."""
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
     message = str(first["msg"]).removeprefix("Value error, ")
-    return f"invalid setting {name}: {message}"
+    if not first["loc"]:  # a rule across settings: its message starts with the setting's name
+        return f"invalid setting {message}"
+    return f"invalid setting {str(first['loc'][0]).upper()}: {message}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -9,7 +9,7 @@ the flow's stream and publishes it on both channels, or does none of it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ class Taken:
 
     outcome: TakeOutcome
     flow: Flow | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # error reporters print reprs: never the token
     leased_until: float = 0.0
 
 

@@ -4,6 +4,7 @@ lines, environments and env files, and compose's variable interpolation."""
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import sys
 from collections.abc import Mapping
@@ -31,9 +32,34 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
-def argv_of(command: str | list[str]) -> list[str]:
-    """A compose `command` as the argv the container runs (compose splits a string shell-like)."""
-    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+def argv_of(command: str | list[str], variables: Mapping[str, str] | None = None) -> list[str]:
+    """A compose `command` as the argv the container runs: compose interpolates `variables` first, then
+    splits a string shell-like."""
+    if isinstance(command, str):
+        return shlex.split(command if variables is None else interpolate(command, variables))
+    return [str(part) if variables is None else interpolate(str(part), variables) for part in command]
+
+
+def directives(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """redis-server's command line as config directives: `--user a on --port 1` -> [("user", ["a", "on"]),
+    ("port", ["1"])]."""
+    found: list[tuple[str, list[str]]] = []
+    for part in argv[1:]:
+        if part.startswith("--"):
+            found.append((part[2:], []))
+        else:
+            found[-1][1].append(part)
+    return found
+
+
+def interpolated(node: Any, variables: Mapping[str, str]) -> Any:
+    """The whole compose file as `docker compose config` resolves it: ValueError where a `${VAR:?...}`
+    is missing."""
+    if isinstance(node, dict):
+        return {key: interpolated(value, variables) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolated(item, variables) for item in node]
+    return interpolate(node, variables) if isinstance(node, str) else node
 
 
 def dotenv(text: str) -> dict[str, str]:
@@ -49,6 +75,22 @@ def dotenv(text: str) -> dict[str, str]:
 
 def env_example() -> dict[str, str]:
     return dotenv(ENV_EXAMPLE.read_text())
+
+
+# What a deployer sets in .env beyond .env.example: the secrets it leaves for them to choose (its
+# placeholders are refused), of the kind .env.example suggests (`openssl rand -hex 32`).
+DEPLOYER_SECRETS = {
+    "SHIM_API_KEYS": secrets.token_hex(32),
+    "FLOWER_PASSWORD": secrets.token_hex(16),
+    "REDIS_PIPELINE_PASSWORD": secrets.token_hex(32),
+    "REDIS_SUBSCRIBER_PASSWORD": secrets.token_hex(32),
+}
+
+
+def deployer_env() -> dict[str, str]:
+    """The .env of a deployer running the dev profile: .env.example, the settings docker-compose.yml
+    documents for the profile, and secrets of their own."""
+    return {**env_example(), **documented_dev_env(), **DEPLOYER_SECRETS}
 
 
 def documented_dev_env() -> dict[str, str]:

@@ -1,12 +1,14 @@
 """docker-compose.yml's services, run without a Docker engine: each service's own command line (and
-health check) as a local process, with the services' host names and ports swapped for local ones and
-`.env.example` (plus the dev-profile settings documented at the top of docker-compose.yml) as `.env`;
-each one starts and serves, and a flow runs through them."""
+health check) as a local process, with the services' host names and ports swapped for local ones and a
+deployer's `.env` (`.env.example`, the dev-profile settings documented at the top of docker-compose.yml,
+secrets of their own); each one starts and serves, Redis with its ACL, and a flow runs through them.
+With `.env.example`'s placeholders left in, the services refuse to start."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,8 +24,9 @@ import redis
 
 from tests.operate.compose_spec import (
     BIN,
+    DEPLOYER_SECRETS,
     argv_of,
-    documented_dev_env,
+    deployer_env,
     env_example,
     env_files_of,
     environment_of,
@@ -34,6 +37,7 @@ from tests.pipeline.flows import callback, consent
 from tests.support import ROOT, Process, free_port, wait_for_http, wait_for_port
 from worker.subscribe import follow_flow
 
+TEST_ADMIN, TEST_ADMIN_PASSWORD = "okc-test-admin", secrets.token_hex(16)
 _SERVICE_ADDRESS = re.compile(r"\b(localhost|127\.0\.0\.1|redis|shim|worker|flower|sandbox):(\d+)")
 
 
@@ -68,10 +72,11 @@ class Local:
             local.append(self.text(part))
         return local
 
-    def env(self, name: str) -> dict[str, str]:
-        """The service's environment as compose would build it, with local addresses."""
+    def env(self, name: str, dot_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The service's environment as compose would build it from `dot_env` (the deployer's .env by
+        default), with local addresses."""
         service = services()[name]
-        dot_env = {**env_example(), **documented_dev_env()}  # the user's .env, dev profile
+        dot_env = deployer_env() if dot_env is None else dot_env
         env: dict[str, str] = {}
         for path in env_files_of(service):
             assert path == ".env", path
@@ -80,7 +85,7 @@ class Local:
         return {key: self.text(value) for key, value in env.items()}
 
     def start(self, name: str, extra: list[str] | None = None) -> Process:
-        argv = self.argv(argv_of(services()[name]["command"])) + (extra or [])
+        argv = self.argv(argv_of(services()[name]["command"], deployer_env())) + (extra or [])
         process = Process(argv, env=self.env(name), name=f"compose-{name}")
         self.processes.append(process)
         return process
@@ -89,11 +94,11 @@ class Local:
         self, name: str, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         test = argv_of(services()[name]["healthcheck"]["test"])
-        service_env = self.env(name) if name != "redis" else {}
-        full_env = {**os.environ, **service_env, **(env or {})}
+        full_env = {**os.environ, **self.env(name), **(env or {})}
         if test[0] == "CMD-SHELL":
             # compose turns $$ into $, then the container's shell expands it
             command = self.text(interpolate(test[1], {}))
+            command = command.replace("redis-cli", f"redis-cli -p {self.redis_port}")
             full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"  # this virtualenv's celery
             return subprocess.run(
                 ["sh", "-c", command], env=full_env, capture_output=True, text=True, timeout=60, cwd=ROOT
@@ -126,10 +131,12 @@ def local() -> Iterator[Local]:
         pytest.skip("redis-server is not installed")
     tmp = tempfile.mkdtemp(prefix="okc-compose-")
     stack = Local({port: free_port() for port in (8000, 5555, 8090)}, free_port(), tmp)
-    redis_argv = argv_of(services()["redis"]["command"])
+    redis_argv = argv_of(services()["redis"]["command"], deployer_env())
+    # a user of the test's own, after compose's: to read the configuration the pipeline user may not
+    admin = ["--user", TEST_ADMIN, "on", f">{TEST_ADMIN_PASSWORD}", "~*", "&*", "+@all"]
     stack.processes.append(
         Process(
-            [*redis_argv, "--port", str(stack.redis_port), "--bind", "127.0.0.1", "--dir", tmp],
+            [*redis_argv, *admin, "--port", str(stack.redis_port), "--bind", "127.0.0.1", "--dir", tmp],
             name="compose-redis",
         )
     )
@@ -152,18 +159,39 @@ def local() -> Iterator[Local]:
 
 
 def flower_auth() -> tuple[str, str]:
-    return env_example()["FLOWER_USER"], env_example()["FLOWER_PASSWORD"]
+    return deployer_env()["FLOWER_USER"], deployer_env()["FLOWER_PASSWORD"]
+
+
+def pipeline_redis(local: Local) -> redis.Redis:
+    return redis.Redis(
+        port=local.redis_port, username="pipeline", password=DEPLOYER_SECRETS["REDIS_PIPELINE_PASSWORD"]
+    )
 
 
 @pytest.mark.integration
 def test_redis_command_turns_on_aof_and_noeviction_and_its_healthcheck_passes(local: Local) -> None:
-    client = redis.Redis(port=local.redis_port)
+    client = redis.Redis(port=local.redis_port, username=TEST_ADMIN, password=TEST_ADMIN_PASSWORD)
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
     assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert int(cast(dict[str, str], client.config_get("maxmemory"))["maxmemory"]) > 0
     check = local.healthcheck("redis")
     assert check.returncode == 0, check
-    assert check.stdout.strip() == "PONG", check
+    refused = local.healthcheck("redis", {"REDISCLI_AUTH": "not-the-password"})
+    assert refused.returncode != 0, refused
+
+
+@pytest.mark.integration
+def test_redis_lets_nobody_in_without_a_password_and_the_pipeline_user_not_at_its_configuration(
+    local: Local,
+) -> None:
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=local.redis_port).ping()
+    pipeline = pipeline_redis(local)
+    assert pipeline.ping()
+    for command in (("CONFIG", "GET", "*"), ("FLUSHALL",), ("KEYS", "*"), ("ACL", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            pipeline.execute_command(*command)
 
 
 @pytest.mark.integration
@@ -242,7 +270,12 @@ def test_a_flow_completes_through_the_compose_services(local: Local) -> None:
     answer = callback(consent(redirect))
     assert answer.status_code == 303, answer.text
 
-    client = redis.Redis(port=local.redis_port)
+    # followed as a subscribing service does, with the subscriber user's password
+    client = redis.Redis(
+        port=local.redis_port,
+        username="subscriber",
+        password=DEPLOYER_SECRETS["REDIS_SUBSCRIBER_PASSWORD"],
+    )
     events = list(follow_flow(client, flow_id, env["CHANNEL_PREFIX"], timeout=30))
     assert events, events
     assert events[-1]["type"] == "connection.completed", events
@@ -255,3 +288,19 @@ def test_a_flow_completes_through_the_compose_services(local: Local) -> None:
         )
 
     wait_until("Flower lists the flow's verify task as done", verify_task_done)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [("shim", "SHIM_API_KEYS"), ("worker", "SHIM_API_KEYS"), ("flower", "FLOWER_BASIC_AUTH")],
+)
+def test_a_service_refuses_to_start_with_the_placeholders_of_env_example(name: str, setting: str) -> None:
+    """.env.example copied as it is, only the Redis passwords filled in (compose refuses it without them)."""
+    dot_env = {**env_example(), "REDIS_PIPELINE_PASSWORD": DEPLOYER_SECRETS["REDIS_PIPELINE_PASSWORD"]}
+    stack = Local({}, redis_port=free_port(), tmp="")
+    argv = stack.argv(argv_of(services()[name]["command"], dot_env))
+    env = {**os.environ, **stack.env(name, dot_env)}
+    answer = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert answer.returncode == 2, answer
+    assert f"invalid setting {setting}" in answer.stderr, answer.stderr

@@ -10,25 +10,32 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from cli.main import COMMANDS
 from tests.operate.compose_spec import (
     COMPOSE_FILE,
+    DEPLOYER_SECRETS,
     ENV_EXAMPLE,
     argv_of,
     compose,
+    deployer_env,
+    directives,
     documented_dev_env,
     env_example,
     env_files_of,
     environment_of,
     interpolate,
+    interpolated,
     services,
     variables_used,
 )
 from tests.support import ROOT
+from worker.settings import ConfigError, load_settings
 
 APP_SERVICES = {"shim", "worker", "flower", "sandbox"}
-IN_COMPOSE_REDIS = "redis://redis:6379/0"
 
 
 def help_text(argv: list[str]) -> str:
@@ -81,30 +88,97 @@ def test_app_services_run_the_projects_image() -> None:
         assert service["image"].startswith("oktopost-connect"), name
 
 
-def test_redis_keeps_its_data_and_is_health_checked() -> None:
+def test_redis_keeps_its_data_within_a_memory_bound_and_is_health_checked() -> None:
     redis_service = services()["redis"]
     assert redis_service["image"] == "redis:7"
-    argv = argv_of(redis_service["command"])
+    argv = argv_of(redis_service["command"], deployer_env())
     assert argv[0] == "redis-server"
-    options = dict(zip(argv[1::2], argv[2::2], strict=True))
-    assert options["--appendonly"] == "yes"
-    assert options["--appendfsync"] == "everysec"
-    assert options["--maxmemory-policy"] == "noeviction"
+    options = {name: values for name, values in directives(argv) if name != "user"}
+    assert options["appendonly"] == ["yes"]
+    assert options["appendfsync"] == ["everysec"]
+    assert options["maxmemory"] == [env_example()["REDIS_MAXMEMORY"]]
+    assert options["maxmemory-policy"] == ["noeviction"]
     assert any(volume.split(":")[1] == "/data" for volume in redis_service["volumes"])
     volume_name = next(v.split(":")[0] for v in redis_service["volumes"] if v.split(":")[1] == "/data")
     assert volume_name in compose()["volumes"], "/data is not a named volume"
-    assert argv_of(redis_service["healthcheck"]["test"])[-2:] == ["redis-cli", "ping"]
+    assert "redis-cli --user pipeline ping" in " ".join(argv_of(redis_service["healthcheck"]["test"]))
 
 
-def test_app_services_wait_for_a_healthy_redis_and_use_it() -> None:
+def test_redis_has_no_default_user_and_a_password_for_each_of_its_users() -> None:
+    users = {
+        values[0]: values[1:]
+        for name, values in directives(argv_of(services()["redis"]["command"], deployer_env()))
+        if name == "user"
+    }
+    assert set(users) == {"default", "pipeline", "subscriber"}
+    assert users["default"] == ["off"]
+    for name in ("pipeline", "subscriber"):
+        assert "on" in users[name], name
+        password = DEPLOYER_SECRETS[f"REDIS_{name.upper()}_PASSWORD"]
+        assert [rule for rule in users[name] if rule.startswith(">")] == [f">{password}"], name
+        assert "nopass" not in users[name], name
+
+
+@pytest.mark.parametrize(
+    "missing", ["REDIS_PIPELINE_PASSWORD", "REDIS_SUBSCRIBER_PASSWORD", "FLOWER_PASSWORD"]
+)
+def test_compose_refuses_to_start_without_a_password(missing: str) -> None:
+    with pytest.raises(ValueError, match=missing):
+        interpolated(compose(), {**deployer_env(), missing: ""})
+
+
+def test_compose_refuses_to_start_with_env_example_as_it_is() -> None:
+    """The Redis passwords are empty there: compose stops before anything runs."""
+    with pytest.raises(ValueError, match="REDIS_PIPELINE_PASSWORD"):
+        interpolated(compose(), env_example())
+
+
+@pytest.mark.parametrize("setting", ["SHIM_API_KEYS", "FLOWER_PASSWORD"])
+def test_the_placeholders_of_env_example_are_refused_at_start_up(setting: str) -> None:
+    """What the shim, the workers and Flower check as they start (each one refusing is in test_compose)."""
+    env = {**deployer_env(), setting: env_example()[setting]}
+    flower_auth = interpolate(environment_of(services()["flower"])["FLOWER_BASIC_AUTH"], env)
+    with pytest.raises(
+        ConfigError, match="SHIM_API_KEYS" if setting == "SHIM_API_KEYS" else "FLOWER_BASIC_AUTH"
+    ):
+        load_settings(shim_api_keys=env["SHIM_API_KEYS"], flower_basic_auth=flower_auth)
+
+
+def test_the_documented_dev_settings_pass_the_start_up_checks() -> None:
+    """The dev profile calls the sandbox over plain http: the header of docker-compose.yml allows its host."""
+    env = {**deployer_env(), "REDIS_URL": "redis://redis:6379/0"}
+    settings = {
+        name.lower(): value for name, value in env.items() if not name.startswith(("FLOWER", "REDIS_"))
+    }
+    assert load_settings(**settings).oktopost_base_url == "http://sandbox:8090"
+    with pytest.raises(ConfigError, match="OKTOPOST_BASE_URL"):
+        load_settings(**{**settings, "allow_http_hosts": ""})
+
+
+def test_app_services_wait_for_a_healthy_redis_and_use_it_as_the_pipeline_user() -> None:
+    password = DEPLOYER_SECRETS["REDIS_PIPELINE_PASSWORD"]
+    in_compose = f"redis://pipeline:{password}@redis:6379/0"
     for name in ("shim", "worker", "flower"):
         service = services()[name]
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
-        environment = environment_of(service)
-        assert environment["REDIS_URL"] == IN_COMPOSE_REDIS, name
-        assert environment.get("CELERY_BROKER_URL", IN_COMPOSE_REDIS) == IN_COMPOSE_REDIS, name
+        environment = {
+            key: interpolate(value, deployer_env()) for key, value in environment_of(service).items()
+        }
+        assert environment["REDIS_URL"] == in_compose, name
+        assert environment.get("CELERY_BROKER_URL", in_compose) == in_compose, name
     assert env_files_of(services()["shim"]) == [".env"]
     assert env_files_of(services()["worker"]) == [".env"]
+
+
+def test_only_the_shim_is_published_beyond_the_hosts_loopback() -> None:
+    published = {
+        name: [str(port) for port in service.get("ports", [])] for name, service in services().items()
+    }
+    assert published["shim"] == ["8000:8000"]
+    assert published["flower"] == ["127.0.0.1:5555:5555"]
+    assert published["sandbox"] == ["127.0.0.1:8090:8090"]
+    assert "ports" not in services()["redis"]
+    assert "ports" not in services()["worker"]
 
 
 def test_shim_publishes_8000_and_is_health_checked_on_healthz() -> None:
@@ -125,13 +199,12 @@ def test_worker_can_scale() -> None:
 def test_sandbox_runs_only_in_the_dev_profile() -> None:
     assert services()["sandbox"]["profiles"] == ["dev"]
     assert all("profiles" not in service for name, service in services().items() if name != "sandbox")
-    assert "8090:8090" in [str(port) for port in services()["sandbox"]["ports"]]
     assert documented_dev_env()["OKTOPOST_BASE_URL"] == "http://sandbox:8090"
+    assert documented_dev_env()["ALLOW_HTTP_HOSTS"] == "sandbox"
 
 
 def test_flower_has_basic_auth_from_the_environment_and_no_secrets() -> None:
     flower = services()["flower"]
-    assert "5555:5555" in [str(port) for port in flower["ports"]]
     argv = argv_of(flower["command"])
     auth = [part.split("=", 1)[1] for part in argv if part.startswith("--basic-auth=")]
     auth += (
@@ -158,25 +231,73 @@ def test_every_variable_used_is_in_env_example() -> None:
     assert set(documented_dev_env()) <= listed
 
 
-def test_dockerfile() -> None:
-    lines = [
+def dockerfile_lines() -> list[str]:
+    return [
         line.strip()
         for line in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
+
+
+def test_dockerfile() -> None:
+    lines = dockerfile_lines()
     instructions = [line.split()[0].upper() for line in lines]
-    assert lines[0] == "FROM python:3.11-slim"
+    # the base image by digest: a rebuild starts from the same bytes
+    assert re.fullmatch(r"FROM python:3\.11-slim@sha256:[0-9a-f]{64}", lines[0]), lines[0]
     assert "ENTRYPOINT" not in instructions
-    assert any("pip install --no-cache-dir ." in line for line in lines if line.startswith("RUN"))
     user_at = max(i for i, word in enumerate(instructions) if word == "USER")
     assert lines[user_at].split()[1] not in ("root", "0", "0:0")
     assert "RUN" not in instructions[user_at:], "something runs as root after USER"
     # Every COPY source exists and is in the build context; the context has what the package needs.
     sources = [part for line in lines if line.startswith("COPY") for part in line.split()[1:-1]]
-    assert {"pyproject.toml", "README.md", "celeryconfig.py", "worker", "api_shim", "sandbox"} <= set(sources)
+    assert {
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "celeryconfig.py",
+        "worker",
+        "api_shim",
+        "sandbox",
+    } <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), source
         assert in_build_context(source), f"{source} is excluded by .dockerignore"
+
+
+def locked_versions() -> dict[str, Version]:
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
+    return {canonicalize_name(name): Version(version) for name, version in pins}
+
+
+def test_the_image_installs_exactly_the_locked_dependencies() -> None:
+    runs = [line for line in dockerfile_lines() if line.startswith("RUN")]
+    installs = [run for run in runs if "pip install" in run]
+    assert installs[0].endswith("pip install --no-cache-dir -r requirements.lock"), installs
+    # the package itself brings nothing the lock does not pin
+    assert all("--no-deps" in run for run in installs[1:]), installs
+    assert any("pip install --no-cache-dir --no-deps . " in f"{run} " for run in installs[1:]), installs
+    lock = (ROOT / "requirements.lock").read_text()
+    assert all(
+        line.startswith(("#", " ")) or re.fullmatch(r"\S+==\S+", line) for line in lock.splitlines() if line
+    )
+
+
+def test_the_lock_satisfies_every_dependency_of_the_package_in_the_image() -> None:
+    """Python 3.11 on Linux, the image's platform; a dependency whose floor is raised is locked above it."""
+    import tomllib
+
+    locked = locked_versions()
+    environment = {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (text, locked[name])
+    assert locked["h11"] >= Version("0.16")  # request smuggling below (CVE-2025-43859)
+    assert "tornado" in locked  # Flower's web server
 
 
 def in_build_context(path: str) -> bool:

@@ -54,6 +54,10 @@ def assert_both_flows_completed(result: subprocess.CompletedProcess[str]) -> Non
     for kind in ("authorization.started", "callback.received", "selection.required", "selection.submitted"):
         assert kind in result.stdout
     assert "the sandbox lists 3 of the 3 reported credentials as connected" in result.stdout
+    # the partner's return page lets each browser in only for its own session's flow
+    assert (
+        len(re.findall(r"return page\s+flow's reference demo-\w+ is this session's user", result.stdout)) == 2
+    )
     assert re.search(r"total \d+\.\d\ds", result.stdout)
     # no okt token, no key
     assert "okt=" not in result.stdout + result.stderr
@@ -238,7 +242,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
         "REDIS_URL": redis_server.url,
         "CELERY_BROKER_URL": redis_server.url,
         "OKTOPOST_API_KEY": SECRET_KEY,
-        "SHIM_API_KEYS": "my-own-key",
+        "SHIM_API_KEYS": "my-own-caller-key-0123456789",
         "CHANNEL_PREFIX": "okc-up-test",
     }
     up = Up(env=env)
@@ -246,7 +250,7 @@ def test_up_with_oktopost_credentials_runs_no_sandbox(up_runs: list[Up], redis_s
     output = up.wait_ready()
     assert "sandbox " not in output
     assert "oktopost   https://api.oktopost.com" in output
-    assert "my-own-key" not in output
+    assert "my-own-caller-key-0123456789" not in output
     assert SECRET_KEY not in output
     assert "one of SHIM_API_KEYS" in output
     assert not any("-m cli sandbox" in cmd for cmd in up.children().values())

@@ -25,12 +25,20 @@ def run_cli(
 @pytest.mark.parametrize(
     ("command", "env", "named"),
     [
-        (["shim"], {"TOKEN_TTL_SECONDS": "-5", "SHIM_API_KEYS": "k"}, "TOKEN_TTL_SECONDS"),
+        (
+            ["shim"],
+            {"TOKEN_TTL_SECONDS": "-5", "SHIM_API_KEYS": "a-caller-key-long-enough-000"},
+            "TOKEN_TTL_SECONDS",
+        ),
         (["shim"], {"SHIM_API_KEYS": ""}, "SHIM_API_KEYS"),
         (["worker"], {"OKTOPOST_RATE_LIMIT": "lots"}, "OKTOPOST_RATE_LIMIT"),
         (["worker"], {"ALLOWED_RETURN_URLS": "ftp://x"}, "ALLOWED_RETURN_URLS"),
         (["watch", "abc"], {"CHANNEL_PREFIX": "bad prefix!"}, "CHANNEL_PREFIX"),
-        (["shim"], {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "k"}, "OKTOPOST_BASE_URL"),
+        (
+            ["shim"],
+            {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "a-caller-key-long-enough-000"},
+            "OKTOPOST_BASE_URL",
+        ),
     ],
 )
 def test_bad_setting_stops_with_one_line_and_exit_2(

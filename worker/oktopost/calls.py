@@ -43,9 +43,13 @@ class OktopostCall(Generic[_T]):
 
 
 def _quoted_token(token: str) -> str:
+    """The token as it was claimed: one spelling only (a token is checked whole where it enters, and
+    never stripped or decoded afterwards, so Oktopost is asked about the token its flow holds)."""
     if not isinstance(token, str) or not token.strip():
         raise ValueError("an okt token is required")
-    return quote(token.strip(), safe="")
+    if token != token.strip():
+        raise ValueError("an okt token has no surrounding whitespace")
+    return quote(token, safe="")
 
 
 def start_authorization_request(network: str, callback_url: str, type: str = "profile") -> OktopostCall[str]:
