@@ -42,7 +42,15 @@ def shim(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="oktopost-connect shim", description="Run the HTTP shim.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=1000,
+        help="connections and requests served at once; past it, 503 (default 1000)",
+    )
     args = parser.parse_args(argv)
+    if args.limit_concurrency < 1:
+        return fail("--limit-concurrency must be at least 1")
     settings = settings_or_exit()
     if not settings.shim_api_keys:
         return fail("invalid setting SHIM_API_KEYS: at least one caller key is required")
@@ -51,6 +59,7 @@ def shim(argv: Sequence[str]) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
+    from api_shim import serving
     from api_shim.app import create_app
 
     uvicorn.run(
@@ -61,9 +70,11 @@ def shim(argv: Sequence[str]) -> int:
         log_config=None,
         server_header=False,
         # h11 rather than httptools even where that is installed: its 16 KiB bound on a request's line
-        # and headers is the first of the shim's size limits (api_shim/limits.py)
-        http="h11",
-        h11_max_incomplete_event_size=16 * 1024,
+        # and headers is the first of the shim's size limits (api_shim/limits.py); the protocol closes a
+        # connection whose request head does not come in time
+        http=serving.protocol(settings.shim_header_timeout_seconds),
+        h11_max_incomplete_event_size=serving.MAX_HEAD_BYTES,
+        limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     oktopost_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     public_base_url: str = "http://127.0.0.1:8000"
+    # a connection that has not sent its whole request head this long after opening (or after its last
+    # answer) is closed: slow clients cannot hold the shim's connections
+    shim_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # hosts besides loopback that may be reached over plain http (the dev sandbox in docker compose)
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -203,6 +203,7 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
     assert taken.flow.state is FlowState.VERIFYING
     assert before + store.lifetimes.lease - 0.01 <= taken.leased_until <= time.time() + store.lifetimes.lease
     assert store.redis.zscore(store.names.leases, "flow-1") == pytest.approx(taken.leased_until)
+    assert TOKEN not in repr(taken)  # error reporters print reprs
     store.redis.delete(store.names.flow_token("flow-1"))  # the token's TTL ran out
     taken_again = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
     assert taken_again.outcome is TakeOutcome.TAKEN

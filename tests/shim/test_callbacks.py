@@ -123,7 +123,15 @@ async def test_a_callback_for_an_expired_flow_is_410(shim: Shim) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["okt=short", "okt=has+spaces+in+it", "okt=" + "x" * 300, f"okt={TOKEN}&okt={OTHER_TOKEN}"],
+    [
+        "okt=short",
+        "okt=has+spaces+in+it",
+        "okt=" + "x" * 300,
+        f"okt={TOKEN}&okt={OTHER_TOKEN}",
+        f"okt={TOKEN}%0A",  # one token, one spelling: a trailing newline is not the same token again
+        f"okt=%20{TOKEN}",
+        f"okt={TOKEN}%00",
+    ],
 )
 async def test_a_malformed_callback_is_400_and_changes_nothing(shim: Shim, query: str) -> None:
     flow = shim.new_flow()

@@ -44,3 +44,14 @@ async def test_metrics_count_requests_by_route_template_and_callbacks_by_outcome
     )
     assert any(line.startswith('okc_shim_callbacks_total{outcome="claimed"}') for line in lines)
     assert flow.flow_id not in answer.text
+
+
+async def test_odd_methods_and_unknown_routes_are_counted_as_other(shim: Shim) -> None:
+    for index in range(5):
+        await shim.http.request(f"FOO{index}", "/healthz")
+        await shim.http.get(f"/no/such/route/{index}")
+    text = (await shim.http.get("/metrics")).text
+    requests = [line for line in text.splitlines() if line.startswith("okc_shim_requests_total{")]
+    assert any('method="other"' in line for line in requests)
+    assert any('route="other"' in line for line in requests)
+    assert not any("FOO" in line or "/no/such" in line for line in requests)

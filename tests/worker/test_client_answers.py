@@ -25,7 +25,7 @@ from worker.errors import (
     UnauthorizedError,
     UpstreamTransportError,
 )
-from worker.oktopost import error_messages, parse_retry_after
+from worker.oktopost import error_messages, parse_retry_after, read_answer
 
 # --- the exception tree, one answer per row -----------------------------------------------------------
 
@@ -204,3 +204,17 @@ def test_errors_survive_pickling_with_their_attributes() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert vars(copy) == vars(error)
+
+
+def test_a_long_refusal_text_is_classified_quickly() -> None:
+    """Upstream text of any length: the token-trouble search reads a bounded prefix with a bounded gap."""
+    body = {"Result": False, "Errors": {"API": {"Error": "token " * 10_000 + "is fine"}}}
+    request = httpx.Request("GET", "https://api.test/v2/social-authorization/591c6053d81978.1157")
+    started = time.perf_counter()
+    with pytest.raises(RejectedError) as refused:
+        read_answer(httpx.Response(200, json=body, request=request), about_token=True)
+    assert time.perf_counter() - started < 0.5
+    assert not isinstance(refused.value, TokenInvalidError)
+    expired = {"Result": False, "Errors": {"API": {"Error": "The token has expired"}}}
+    with pytest.raises(TokenInvalidError):
+        read_answer(httpx.Response(200, json=expired, request=request), about_token=True)

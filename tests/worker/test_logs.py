@@ -37,3 +37,24 @@ def test_other_tasks_and_odd_arguments_name_no_flow() -> None:
     assert flow_of(record({"name": "oktopost.verify", "args": "not python"})) == "-"
     assert flow_of(record({"name": "oktopost.verify", "args": "['a', 'b']"})) == "-"
     assert flow_of(record("not a dict")) == "-"
+
+
+def test_no_request_text_can_end_a_line_and_forge_the_next() -> None:
+    import io
+
+    from worker.logs import TEXT_FORMAT, TextFormatter
+
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(TextFormatter(TEXT_FORMAT))
+    handler.addFilter(FlowContextFilter())
+    log = logging.getLogger("test.forging")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("GET %s", "/v1/callback/x\n2030-01-01 INFO forged\r\x1b[2J")
+    finally:
+        log.removeHandler(handler)
+    lines = written.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "\\n2030-01-01 INFO forged\\r\\x1b[2J" in lines[0]

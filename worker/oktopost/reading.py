@@ -36,10 +36,13 @@ from worker.oktopost.answers import (
 from worker.redaction import MASK, redact
 
 _TOKEN_IN_PATH = re.compile(r"/social-authorization/([^/?#]+)")
+# Bounded both ways: the words must stand within 80 characters of each other, and only the first
+# MESSAGE_CHARS of each message are read, so no upstream text, however long, makes the search slow.
 _TOKEN_TROUBLE = re.compile(
-    r"(?i)\btoken\b.*\b(invalid|expired?|unknown|not found|does not exist|no longer)\b"
-    r"|\b(invalid|expired|unknown)\b.*\btoken\b"
+    r"(?i)\btoken\b.{0,80}?\b(invalid|expired?|unknown|not found|does not exist|no longer)\b"
+    r"|\b(invalid|expired|unknown)\b.{0,80}?\btoken\b"
 )
+MESSAGE_CHARS = 500
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -125,7 +128,9 @@ def read_answer(response: httpx.Response, *, about_token: bool = False) -> dict[
         raise ThrottledError(parse_retry_after(response.headers.get("Retry-After")), status=status)
     if status >= 500:
         raise ServerError(status, messages)
-    token_trouble = about_token and any(_TOKEN_TROUBLE.search(message) for message in messages)
+    token_trouble = about_token and any(
+        _TOKEN_TROUBLE.search(message[:MESSAGE_CHARS]) for message in messages
+    )
     if 400 <= status < 500:
         if about_token and (status == 404 or token_trouble):
             raise TokenInvalidError(messages, status=status)

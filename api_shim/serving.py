@@ -1,0 +1,62 @@
+"""How the shim is served: uvicorn with h11, bounded so that slow or idle clients cannot exhaust it.
+
+uvicorn waits for a request head for ever once its first byte came (and for the first byte of a new
+connection too), and the shim is published directly. The protocol here closes a connection that has
+not sent a complete request head within `head_timeout` seconds of being opened or of its last answer;
+uvicorn's `limit_concurrency` bounds how many connections and requests are served at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+MAX_HEAD_BYTES = 16 * 1024  # h11's bound on a request line and headers: the first of the size limits
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    head_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the head is in: the request is the app's now
+            self._stop_waiting()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._await_head()  # the next request on this connection gets the same time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._stop_waiting()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _stop_waiting(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol(head_timeout: float) -> type[HeadTimeoutProtocol]:
+    """The protocol class uvicorn builds per connection, with this head timeout."""
+    return type("ShimProtocol", (HeadTimeoutProtocol,), {"head_timeout": head_timeout})

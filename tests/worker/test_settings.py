@@ -1,0 +1,46 @@
+"""Settings refused at start-up: weak or placeholder caller keys, cleartext URLs off loopback; Oktopost's
+documented base URL with /v2 accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.settings import ConfigError, load_settings
+
+STRONG = "a-caller-key-long-enough-0123"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"shim_api_keys": "short-key"}, "SHIM_API_KEYS: a caller key must be at least 24"),
+        ({"shim_api_keys": f"{STRONG},change-me-to-a-long-random-key"}, "SHIM_API_KEYS: a caller key is"),
+        ({"oktopost_base_url": "http://api.oktopost.com"}, "OKTOPOST_BASE_URL: must be https"),
+        ({"public_base_url": "http://connect.example.com"}, "PUBLIC_BASE_URL: must be https"),
+        ({"oktopost_base_url": "https://api.oktopost.com/v3"}, "OKTOPOST_BASE_URL: expected Oktopost's"),
+    ],
+)
+def test_refused_with_one_line_naming_the_setting(overrides: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as refused:
+        load_settings(**({"shim_api_keys": STRONG} | overrides))
+    assert "\n" not in str(refused.value)
+    assert "change-me" not in str(refused.value)  # a key is never repeated back
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.oktopost.com/v2", "https://api.oktopost.com/v2/", "https://api.oktopost.com"]
+)
+def test_oktopost_base_url_with_or_without_v2_means_the_same(url: str) -> None:
+    assert load_settings(oktopost_base_url=url).oktopost_base_url == "https://api.oktopost.com"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"public_base_url": "http://127.0.0.1:8000", "oktopost_base_url": "http://localhost:8090"},
+        {"public_base_url": "http://[::1]:8000"},
+        {"oktopost_base_url": "http://sandbox:8090", "allow_http_hosts": "sandbox"},
+    ],
+)
+def test_cleartext_is_allowed_on_loopback_and_listed_hosts(overrides: dict[str, str]) -> None:
+    load_settings(**overrides)
