@@ -19,6 +19,7 @@ from worker.logs import current_flow
 
 log = logging.getLogger("api_shim.access")
 _FLOW_ROUTES = ("/v1/callback/", "/v1/authorizations/")
+_PAGE_ROUTES = "/connect/"
 
 
 class Observed:
@@ -31,7 +32,7 @@ class Observed:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        flow_id = path.split("/")[3][:64] if path.startswith(_FLOW_ROUTES) else "-"
+        flow_id = _flow_id(path)
         status = 500
 
         async def observed_send(message: Message) -> None:
@@ -51,6 +52,14 @@ class Observed:
             REQUEST_SECONDS.labels(route=route).observe(elapsed)
             log.info("%s %s %d %.1fms", scope["method"], route, status, elapsed * 1000)
             current_flow.reset(token)
+
+
+def _flow_id(path: str) -> str:
+    if path.startswith(_FLOW_ROUTES):
+        return path.split("/")[3][:64]
+    if path.startswith(_PAGE_ROUTES):
+        return path.split("/")[2][:64]
+    return "-"
 
 
 def install(app: FastAPI) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio
 from fastapi import FastAPI
 
-from api_shim import access, limits, metrics
+from api_shim import access, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
-from api_shim.routes import authorizations, callbacks, probes
+from api_shim.routes import authorizations, callbacks, connect, probes
 from worker import runtime
 from worker.budget import UpstreamBudget
 from worker.keys import RedisNames
@@ -35,20 +36,23 @@ def create_app(
     client: AsyncOktopostClient | None = None,
     budget: UpstreamBudget | None = None,
     enqueuer: Enqueuer | None = None,
+    events_redis: redis.asyncio.Redis | None = None,
 ) -> FastAPI:
     """The shim's ASGI app. A client passed in stays its caller's to close; one built here is closed
-    when the app shuts down."""
+    when the app shuts down. `events_redis` (asyncio) reads the event streams; built from the settings
+    when not given."""
     settings = settings or get_settings()
     if store is None:
         redis = runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
         store = FlowStore(redis, RedisNames(settings.channel_prefix), runtime.lifetimes(settings))
-    own_client = client is None
+    own_client, own_events_redis = client is None, events_redis is None
     deps = Deps(
         settings=settings,
         store=store,
         client=client or AsyncOktopostClient.from_settings(settings),
         budget=budget or runtime.budget(settings, store.redis),
         enqueuer=enqueuer or _enqueuer(settings),
+        events_redis=events_redis or _events_redis(settings),
     )
 
     @asynccontextmanager
@@ -56,22 +60,37 @@ def create_app(
         yield
         if own_client:
             await deps.client.aclose()
+        if own_events_redis:
+            await deps.events_redis.aclose()
 
     app = FastAPI(
         title="oktopost-connect shim",
         version="1",
         description="Starts Oktopost social authorization flows and receives their callbacks.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their code from a CDN, which the pages' content policy forbids
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
     metrics.install(store.redis, store.names.worker_metrics)
     access.install(app)
+    app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
+    app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")
     app.include_router(authorizations.router)
     app.include_router(callbacks.router)
+    app.include_router(connect.router)
     app.include_router(probes.router)
     return app
+
+
+def _events_redis(settings: Settings) -> redis.asyncio.Redis:
+    # a stream waits on pub/sub a second at a time (worker.subscribe): only the commands have a timeout
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=REDIS_ANSWER_SECONDS
+    )
 
 
 def _enqueuer(settings: Settings) -> Enqueuer:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio
 from fastapi import Depends, Header, Request
 
 from api_shim.errors import ApiError
@@ -28,6 +29,7 @@ class Deps:
     client: AsyncOktopostClient  # Oktopost, for Step 1: the only upstream call the shim makes
     budget: UpstreamBudget
     enqueuer: Enqueuer
+    events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
 
     @property
     def names(self) -> RedisNames:
@@ -35,12 +37,13 @@ class Deps:
 
     def load_flow(self, flow_id: str) -> Flow:
         """The flow, or a 404 that looks the same for a malformed id and an unknown one."""
-        if not FLOW_ID.match(flow_id):
-            raise ApiError(404, "flow_not_found", "no such flow")
-        flow = self.store.get(flow_id)
+        flow = self.find_flow(flow_id)
         if flow is None:
             raise ApiError(404, "flow_not_found", "no such flow")
         return flow
+
+    def find_flow(self, flow_id: str) -> Flow | None:
+        return self.store.get(flow_id) if FLOW_ID.match(flow_id) else None
 
 
 async def app_deps(request: Request) -> Deps:

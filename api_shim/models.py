@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from worker.flow import BrowserUI
+
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -25,6 +27,11 @@ class AuthorizationRequest(BaseModel):
     )
     reference: str | None = Field(
         default=None, max_length=256, description="your own id for this flow, echoed in every event"
+    )
+    ui: BrowserUI = Field(
+        default=BrowserUI.HOSTED,
+        description="hosted: after the callback the browser is led through the shim's own pages "
+        "(/connect/{flow_id}); redirect: the callback sends it straight back to return_url",
     )
 
 

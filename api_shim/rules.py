@@ -1,17 +1,23 @@
-"""What a browser's callback comes to: the rules for claiming a flow with a token, or denying it.
+"""What a callback and a selection come to: the rules for claiming a flow with a token, denying it, and
+choosing the entities it connects.
 
-Plain functions of the flow, the token and the flow store's answer; the callback route makes the
-transitions they call for and turns their verdict into a response. A flow is claimed once, by one token,
-and a token claims one flow: verifying a token for a second flow would connect the first flow's
-account to it (Oktopost answers a live token as often as asked).
+The callback rules are plain functions of the flow, the token and the flow store's answer; the callback
+route makes the transitions they call for and turns their verdict into a response. A flow is claimed once,
+by one token, and a token claims one flow: verifying a token for a second flow would connect the first
+flow's account to it (Oktopost answers a live token as often as asked). A selection comes from the
+caller's route or from the hosted page; both submit it with `submit_selection`, so whichever comes first
+wins and the other is told the flow moved on.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from worker.flow import Flow, FlowState, token_fingerprint
+from worker.queueing import Enqueuer
+from worker.store import FlowStore
 from worker.transition import Transition, TransitionOutcome
 
 # okt tokens look like 591c6053d81978.11578446867279657339b29ad2799b11ca4ff883; accept a little more
@@ -80,3 +86,57 @@ def denial_reason(error: str | None) -> str:
 
 def denial_message(error: str | None) -> str:
     return f"the user did not authorize ({denial_reason(error)})"
+
+
+class SelectionOutcome(StrEnum):
+    QUEUED = "queued"  # the flow is completing: its completion is queued
+    WRONG_STATE = "wrong_state"  # the flow is not awaiting a selection (another selection came first)
+    FLOW_EXPIRED = "flow_expired"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an outcome: the okt token ran out before the selection
+    NOTHING_SELECTED = "nothing_selected"
+    NOT_OFFERED = "not_offered"  # an id the flow did not offer
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    outcome: SelectionOutcome
+    flow: Flow  # the flow as it is now, as far as the submission saw it
+    ids: list[str] = field(default_factory=list)  # QUEUED: the ids, each once; NOT_OFFERED: the unknown ones
+
+    @property
+    def queued(self) -> bool:
+        return self.outcome is SelectionOutcome.QUEUED
+
+
+def submit_selection(store: FlowStore, enqueuer: Enqueuer, flow: Flow, ids: list[str]) -> Selection:
+    """awaiting_selection -> completing with these ids, and completion queued, when the flow still offers
+    them; otherwise the reason it does not."""
+    refused = _selection_refused(flow, ids, store.clock.now(), store.token(flow.flow_id) is not None)
+    if refused is not None:
+        return refused
+    chosen = list(dict.fromkeys(ids))
+    prepared = enqueuer.prepared(flow.flow_id, FlowState.COMPLETING)
+    submitted = store.submit_selection(flow, chosen, queue=prepared)
+    enqueuer.after_transition(submitted.done, flow.flow_id, FlowState.COMPLETING, prepared)
+    if submitted.done:
+        return Selection(SelectionOutcome.QUEUED, flow, chosen)
+    now = store.get(flow.flow_id) or flow  # another selection, or the expiry, came between
+    if now.state is FlowState.EXPIRED:
+        return Selection(SelectionOutcome.FLOW_EXPIRED, now)
+    return Selection(SelectionOutcome.WRONG_STATE, now)
+
+
+def _selection_refused(flow: Flow, ids: list[str], now: float, token_alive: bool) -> Selection | None:
+    if flow.state is FlowState.EXPIRED:
+        return Selection(SelectionOutcome.FLOW_EXPIRED, flow)
+    if flow.state is not FlowState.AWAITING_SELECTION:
+        return Selection(SelectionOutcome.WRONG_STATE, flow)
+    if flow.seconds_left(now) <= 0 or not token_alive:
+        return Selection(SelectionOutcome.TOKEN_EXPIRED, flow)
+    if not ids:
+        return Selection(SelectionOutcome.NOTHING_SELECTED, flow)
+    offered = set(flow.offered_ids())
+    unknown = [entity_id for entity_id in ids if entity_id not in offered]
+    if unknown:
+        return Selection(SelectionOutcome.NOT_OFFERED, flow, unknown)
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -49,3 +49,10 @@ def check_return_url(url: str, allowed: list[str]) -> str:
     if origin not in {origin_of(item) for item in allowed}:
         raise ApiError(422, "return_url_not_allowed", "return_url is not in ALLOWED_RETURN_URLS")
     return url
+
+
+def return_url_with(return_url: str, flow_id: str, status: str) -> str:
+    """The flow's return_url with `flow_id` and `status` added to its own query."""
+    parts = urlsplit(return_url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), ("flow_id", flow_id), ("status", status)]
+    return urlunsplit(parts._replace(query=urlencode(query)))

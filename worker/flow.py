@@ -43,6 +43,14 @@ LIVE_STATES = tuple(_STAGES)
 WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
 
 
+class BrowserUI(StrEnum):
+    """Where the browser goes after the callback: through the shim's own pages, or straight back to the
+    caller's return_url."""
+
+    HOSTED = "hosted"
+    REDIRECT = "redirect"
+
+
 def token_fingerprint(token: str) -> str:
     """What the flow keeps to recognise a repeated callback without keeping the token in the hash."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -64,6 +72,8 @@ class Flow:
     entities: list[dict[str, Any]] = field(default_factory=list)
     selected_ids: list[str] = field(default_factory=list)
     seq: int = 0
+    ui: BrowserUI = BrowserUI.HOSTED
+    browser_fp: str = ""  # the hash of the cookie that binds the flow to the browser that came back
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -82,6 +92,9 @@ class Flow:
             entities=json.loads(raw.get("entities") or "[]"),
             selected_ids=json.loads(raw.get("selected_ids") or "[]"),
             seq=int(raw.get("seq", 0)),
+            # a flow stored before the hosted pages existed was started for the redirect
+            ui=BrowserUI(raw.get("ui") or BrowserUI.REDIRECT),
+            browser_fp=raw.get("browser_fp", ""),
         )
 
     def offered_ids(self) -> list[str]:

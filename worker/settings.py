@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
     flow_retention_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
     channel_prefix: str = Field(default="oktopost", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    # the name the hosted pages show the user (/connect/{flow_id})
+    hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

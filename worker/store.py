@@ -37,7 +37,7 @@ from worker.events import (
     StartedData,
     utc_timestamp,
 )
-from worker.flow import WORKING_STATES, Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
 from worker.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 
@@ -113,12 +113,26 @@ class FlowStore:
     # transitions made for callers and browsers (the shim), and by the sweeper
 
     def create(
-        self, flow_id: str, network: str, entity_type: str, reference: str | None, return_url: str | None
+        self,
+        flow_id: str,
+        network: str,
+        entity_type: str,
+        reference: str | None,
+        return_url: str | None,
+        ui: BrowserUI = BrowserUI.HOSTED,
     ) -> Flow:
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
-            flow_id, FlowState.AWAITING_CALLBACK, network, entity_type, reference, return_url, now, now + ttl
+            flow_id,
+            FlowState.AWAITING_CALLBACK,
+            network,
+            entity_type,
+            reference,
+            return_url,
+            now,
+            now + ttl,
+            ui=ui,
         )
         data = StartedData(expires_at=utc_timestamp(flow.deadline))
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
@@ -129,6 +143,7 @@ class FlowStore:
             "return_url": return_url or "",
             "created_at": repr(now),
             "deadline": repr(flow.deadline),
+            "ui": ui.value,
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow_id, (), FlowState.AWAITING_CALLBACK, event, change)
@@ -136,9 +151,12 @@ class FlowStore:
             raise RuntimeError(f"flow {flow_id} already exists")
         return replace(flow, seq=transition.seq)
 
-    def claim_callback(self, flow: Flow, token: str, queue: QueuedTask | None = None) -> Transition:
+    def claim_callback(
+        self, flow: Flow, token: str, queue: QueuedTask | None = None, browser_fp: str = ""
+    ) -> Transition:
         """awaiting_callback -> verifying, keeping the token for its lifetime; queues `queue` with it, or
-        the caller enqueues once it is DONE.
+        the caller enqueues once it is DONE. `browser_fp`: the hash of the cookie the browser is given,
+        kept only when this claim is the one that happens.
 
         On CONFLICT, `token_fp` tells a repeat of the same callback (nothing to do) from another token.
         TOKEN_IN_USE: another flow claimed this token. Verifying it again would connect that flow's
@@ -154,6 +172,7 @@ class FlowStore:
             "deadline": repr(now + ttl),
             "callback_at": repr(now),
             "owner": "",
+            **({"browser_fp": browser_fp} if browser_fp else {}),
         }
         change = Change(
             fields,
@@ -166,10 +185,14 @@ class FlowStore:
         )
         return self._apply(flow.flow_id, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
 
-    def deny(self, flow: Flow, message: str) -> Transition:
+    def deny(self, flow: Flow, message: str, browser_fp: str = "") -> Transition:
         """awaiting_callback -> failed (authorization_denied): the user came back without a token. Only
-        from awaiting_callback: a callback with a token that got there first wins."""
-        return self._fail(flow, (FlowState.AWAITING_CALLBACK,), "authorization_denied", message, 0, None)
+        from awaiting_callback: a callback with a token that got there first wins. `browser_fp` as for
+        claim_callback: the browser that came back may still see the flow's page."""
+        extra = {"browser_fp": browser_fp} if browser_fp else {}
+        return self._fail(
+            flow, (FlowState.AWAITING_CALLBACK,), "authorization_denied", message, 0, None, extra
+        )
 
     def submit_selection(self, flow: Flow, ids: list[str], queue: QueuedTask | None = None) -> Transition:
         """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues once DONE."""
@@ -262,10 +285,11 @@ class FlowStore:
         message: str,
         attempts: int,
         fence: str | None,
+        extra: dict[str, str] | None = None,
     ) -> Transition:
         data = FailedData(code=code, message=message, retryable=False, attempts=attempts)
         event = AuthorizationFailed(**_envelope(flow, self.clock.now()), data=data)
-        fields = {"failure_code": code}
+        fields = {"failure_code": code, **(extra or {})}
         return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence)
 
     def _expire(self, flow: Flow, *, only_after_deadline: bool, fence: str | None) -> Transition:

@@ -8,10 +8,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
-from api_shim import metrics
+from api_shim import metrics, rules
 from api_shim.deps import Deps, ShimDeps, caller
 from api_shim.errors import ApiError
 from api_shim.models import (
@@ -21,11 +22,13 @@ from api_shim.models import (
     SelectionAccepted,
     SelectionRequest,
 )
+from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
+from api_shim.streams import event_stream
 from worker.budget import STEP1_PRIORITY, Grant, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flow import Flow, FlowState
+from worker.flow import FlowState
 from worker.oktopost import canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
 
@@ -71,7 +74,7 @@ async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> Aut
     except DeadlineReached as reached:
         raise ApiError(502, "upstream_unavailable", f"Oktopost is unavailable: {reached}") from None
     flow = await run_in_threadpool(
-        shim.store.create, flow_id, network, entity_type, body.reference, return_url
+        shim.store.create, flow_id, network, entity_type, body.reference, return_url, body.ui
     )
     metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
     return AuthorizationCreated(
@@ -112,27 +115,29 @@ def flow_status(flow_id: str, shim: ShimDeps) -> FlowStatus:
     )
 
 
+@router.get(
+    "/v1/authorizations/{flow_id}/events",
+    response_model=None,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the flow's events"}},
+)
+async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    """Server-sent events: the flow's stored events, then live ones, until its terminal event; with
+    `Last-Event-ID`, only the events after that seq."""
+    await run_in_threadpool(shim.load_flow, flow_id)
+    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+
+
 @router.post("/v1/authorizations/{flow_id}/selection", status_code=202)
 def submit_selection(flow_id: str, body: SelectionRequest, shim: ShimDeps) -> SelectionAccepted:
-    flow = shim.load_flow(flow_id)
-    _refuse_unless(flow, FlowState.AWAITING_SELECTION)
-    if flow.seconds_left(shim.store.clock.now()) <= 0 or shim.store.token(flow_id) is None:
-        raise ApiError(410, "token_expired", "the authorization token has expired")
-    offered = set(flow.offered_ids())
-    unknown = [entity_id for entity_id in body.ids if entity_id not in offered]
-    if unknown:
-        raise ApiError(422, "invalid_selection", f"not offered to this flow: {', '.join(unknown[:5])}")
-    ids = list(dict.fromkeys(body.ids))
-    prepared = shim.enqueuer.prepared(flow_id, FlowState.COMPLETING)
-    submitted = shim.store.submit_selection(flow, ids, queue=prepared)
-    if not submitted.done:
-        _refuse_unless(shim.store.get(flow_id) or flow, FlowState.AWAITING_SELECTION)
-    shim.enqueuer.after_transition(submitted.done, flow_id, FlowState.COMPLETING, prepared)
-    return SelectionAccepted(flow_id=flow_id, status=FlowState.COMPLETING.value, ids=ids)
-
-
-def _refuse_unless(flow: Flow, state: FlowState) -> None:
-    if flow.state is FlowState.EXPIRED:
+    selection = rules.submit_selection(shim.store, shim.enqueuer, shim.load_flow(flow_id), body.ids)
+    outcome, state = selection.outcome, selection.flow.state.value
+    if outcome is SelectionOutcome.FLOW_EXPIRED:
         raise ApiError(410, "flow_expired", "the flow has expired")
-    if flow.state is not state:
-        raise ApiError(409, "wrong_state", f"the flow is {flow.state.value}, not {state.value}")
+    if outcome is SelectionOutcome.WRONG_STATE:
+        raise ApiError(409, "wrong_state", f"the flow is {state}, not {FlowState.AWAITING_SELECTION.value}")
+    if outcome is SelectionOutcome.TOKEN_EXPIRED:
+        raise ApiError(410, "token_expired", "the authorization token has expired")
+    if not selection.queued:  # nothing selected is refused by the body's model already
+        unknown = ", ".join(selection.ids[:5])
+        raise ApiError(422, "invalid_selection", f"not offered to this flow: {unknown}")
+    return SelectionAccepted(flow_id=flow_id, status=FlowState.COMPLETING.value, ids=selection.ids)

@@ -1,24 +1,27 @@
 """GET /v1/callback/{flow_id}: the browser comes back from Oktopost, with its okt token or without one.
 
 A token claims the flow and queues its verification in one transition; no token means the user did not
-authorize, and the flow fails. Either way the browser goes on to the flow's return_url, or gets a
-small page. The rules for what a callback comes to are in api_shim/rules.py.
+authorize, and the flow fails. Either way a hosted flow's browser is given the flow's cookie
+(api_shim/browser.py) and sent on to the flow's page, /connect/{flow_id}; a redirect flow's browser goes
+straight back to the flow's return_url, or gets a small page. The rules for what a callback comes to are
+in api_shim/rules.py.
 """
 
 from __future__ import annotations
 
 import time
 from html import escape
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api_shim import metrics, rules
+from api_shim.browser import BrowserKey
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.rules import Verdict
-from worker.flow import Flow, FlowState
+from api_shim.security import return_url_with
+from worker.flow import BrowserUI, Flow, FlowState
 
 router = APIRouter()
 
@@ -50,9 +53,11 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
         shim.store.expire(flow)
         raise _expired()
     claim = None
+    key = _browser_key(flow)
     if rules.awaits_callback(flow):
         prepared = shim.enqueuer.prepared(flow.flow_id, FlowState.VERIFYING)
-        claim = shim.store.claim_callback(flow, token, queue=prepared)
+        fingerprint = key.fingerprint if key else ""
+        claim = shim.store.claim_callback(flow, token, queue=prepared, browser_fp=fingerprint)
         shim.enqueuer.after_transition(claim.done, flow.flow_id, FlowState.VERIFYING, prepared)
     verdict = rules.claim_verdict(flow, token, claim)
     if verdict is Verdict.EXPIRED:
@@ -62,7 +67,7 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
         raise ApiError(409, "token_already_used", "this token was already used by another flow")
     if verdict is Verdict.CONFLICT:
         raise ApiError(409, "flow_already_claimed", "this flow already received another token")
-    return back_to_caller(flow, "processing")
+    return _onwards(shim, flow, "processing", key if claim is not None and claim.done else None)
 
 
 def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
@@ -70,18 +75,36 @@ def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
         shim.store.expire(flow)
         raise _expired()
     denial = None
+    key = _browser_key(flow)
     if rules.awaits_callback(flow):
         # only from awaiting_callback, and its own result decides: a callback with a token that got
         # there first wins, and this one is told so
-        denial = shim.store.deny(flow, rules.denial_message(error))
+        fingerprint = key.fingerprint if key else ""
+        denial = shim.store.deny(flow, rules.denial_message(error), browser_fp=fingerprint)
         if denial.done:
             metrics.CALLBACKS.labels(outcome=Verdict.DENIED.value).inc()
     verdict = rules.denial_verdict(denial, flow)
     if verdict is Verdict.EXPIRED:
         raise _expired()
     if verdict is Verdict.DENIED:
-        return back_to_caller(flow, "denied")
+        return _onwards(shim, flow, "denied", key if denial is not None and denial.done else None)
     raise ApiError(409, "flow_already_claimed", "this flow already received a token")
+
+
+def _browser_key(flow: Flow) -> BrowserKey | None:
+    return BrowserKey.new() if flow.ui is BrowserUI.HOSTED else None
+
+
+def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None) -> Response:
+    """Where the browser goes next. A hosted flow's browser is sent to the flow's page; it gets the cookie
+    only from the callback whose transition kept its hash, so a repeat changes nothing for anybody."""
+    if flow.ui is BrowserUI.REDIRECT:
+        return back_to_caller(flow, status)
+    base = shim.settings.public_base_url
+    response = RedirectResponse(f"{base}/connect/{flow.flow_id}", status_code=303)
+    if key is not None:
+        key.set_on(response, flow.flow_id, secure=base.startswith("https://"))
+    return response
 
 
 def _expired() -> ApiError:
@@ -91,13 +114,7 @@ def _expired() -> ApiError:
 def back_to_caller(flow: Flow, status: str) -> Response:
     """A 303 to the flow's own return_url with flow_id and status added; a small page when it has none."""
     if flow.return_url:
-        parts = urlsplit(flow.return_url)
-        query = [
-            *parse_qsl(parts.query, keep_blank_values=True),
-            ("flow_id", flow.flow_id),
-            ("status", status),
-        ]
-        return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), status_code=303)
+        return RedirectResponse(return_url_with(flow.return_url, flow.flow_id, status), status_code=303)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>oktopost-connect</title></head>"
         f"<body><p>{escape(_PAGES[status])}</p><p>Reference: <code>{escape(flow.flow_id)}</code></p>"

@@ -17,7 +17,7 @@ from tests.clocks import seen_from
 from tests.conftest import API_KEY
 from worker.budget import UpstreamBudget
 from worker.events import EntityOffer
-from worker.flow import Flow, FlowState, Lifetimes
+from worker.flow import BrowserUI, Flow, FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
@@ -78,13 +78,16 @@ class Shim:
     oktopost: FakeOktopost
     redis_server: fakeredis.FakeServer
 
-    def new_flow(self, return_url: str | None = RETURN_URL, *, age: float = 0.0) -> Flow:
+    def new_flow(
+        self, return_url: str | None = RETURN_URL, *, age: float = 0.0, ui: BrowserUI = BrowserUI.HOSTED
+    ) -> Flow:
         """A flow awaiting its callback, started `age` seconds ago."""
         # created by a process whose idea of the time lies `age` seconds back
-        return seen_from(self.store, -age).create(new_flow_id(), "Facebook", "page", "crm-42", return_url)
+        store = seen_from(self.store, -age)
+        return store.create(new_flow_id(), "Facebook", "page", "crm-42", return_url, ui)
 
-    def flow_awaiting_selection(self) -> Flow:
-        flow = self.new_flow()
+    def flow_awaiting_selection(self, ui: BrowserUI = BrowserUI.HOSTED) -> Flow:
+        flow = self.new_flow(ui=ui)
         assert self.store.claim_callback(flow, new_token()).done
         owner = "verifying-task"
         self.store.take_work(flow.flow_id, owner, FlowState.VERIFYING)
@@ -136,6 +139,9 @@ async def open_shim(rate: tuple[int, float] = (1000, 1.0)) -> AsyncIterator[Shim
         settings.oktopost_base_url, "account", "api-key", transport=httpx.MockTransport(oktopost)
     )
     enqueuer = RecordingEnqueuer()
-    app = create_app(settings, store=store, client=client, budget=budget, enqueuer=enqueuer)
-    async with client, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=SHIM_URL) as http:
+    events_redis = fakeredis.FakeAsyncRedis(server=redis_server)
+    app = create_app(
+        settings, store=store, client=client, budget=budget, enqueuer=enqueuer, events_redis=events_redis
+    )
+    async with client, events_redis, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=SHIM_URL) as http:
         yield Shim(http, store, budget, enqueuer, oktopost, redis_server)

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.shim.harness import OTHER_TOKEN, TOKEN, Shim, new_flow_id
-from worker.flow import FlowState
+from worker.flow import BrowserUI, FlowState
 
 pytestmark = pytest.mark.anyio
 
@@ -17,7 +17,7 @@ def _query_of(location: str) -> dict[str, list[str]]:
 
 
 async def test_a_callback_claims_its_flow_queues_verification_and_sends_the_browser_back(shim: Shim) -> None:
-    flow = shim.new_flow()
+    flow = shim.new_flow(ui=BrowserUI.REDIRECT)
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     assert answer.status_code == 303
     location = answer.headers["location"]
@@ -29,7 +29,7 @@ async def test_a_callback_claims_its_flow_queues_verification_and_sends_the_brow
 
 
 async def test_a_flow_without_return_url_shows_a_page_instead(shim: Shim) -> None:
-    flow = shim.new_flow(return_url=None)
+    flow = shim.new_flow(return_url=None, ui=BrowserUI.REDIRECT)
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     assert answer.status_code == 200
     assert "location" not in answer.headers
@@ -39,7 +39,7 @@ async def test_a_flow_without_return_url_shows_a_page_instead(shim: Shim) -> Non
 
 
 async def test_a_repeated_callback_is_answered_alike_and_enqueues_once(shim: Shim) -> None:
-    flow = shim.new_flow()
+    flow = shim.new_flow(ui=BrowserUI.REDIRECT)
     first = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     again = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     assert first.status_code == again.status_code == 303
@@ -68,7 +68,7 @@ async def test_a_token_that_claimed_one_flow_cannot_claim_another(shim: Shim) ->
 
 
 async def test_a_callback_without_token_fails_the_flow_as_denied(shim: Shim) -> None:
-    flow = shim.new_flow()
+    flow = shim.new_flow(ui=BrowserUI.REDIRECT)
     answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"error": "access_denied"})
     assert answer.status_code == 303
     assert _query_of(answer.headers["location"])["status"] == ["denied"]
@@ -81,7 +81,7 @@ async def test_a_callback_without_token_fails_the_flow_as_denied(shim: Shim) -> 
 
 
 async def test_a_denial_repeated_is_answered_alike_and_a_denial_cannot_end_a_claimed_flow(shim: Shim) -> None:
-    denied, claimed = shim.new_flow(), shim.new_flow()
+    denied, claimed = shim.new_flow(ui=BrowserUI.REDIRECT), shim.new_flow(ui=BrowserUI.REDIRECT)
     await shim.http.get(f"/v1/callback/{denied.flow_id}", params={"error": "access_denied"})
     again = await shim.http.get(f"/v1/callback/{denied.flow_id}")
     assert again.status_code == 303

@@ -1,0 +1,108 @@
+"""What binds a hosted flow to the browser that came back, and the headers every browser answer carries.
+
+The callback gives that browser a random cookie scoped to the flow's page (`/connect/{flow_id}`) and the
+flow keeps only the cookie's hash, written in the same transition that claims (or denies) the flow. A
+repeated callback changes nothing: the first browser keeps its cookie and no other gets one, so a leaked
+flow id, or even the callback's URL, shows nobody else the page. The selection form's csrf token is an
+HMAC of the cookie: only the page that browser was shown can have it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.flow import Flow
+
+COOKIE = "okc_browser"
+BROWSER_PATHS = ("/v1/callback/", "/connect/")
+
+BROWSER_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+HTML_POLICY = (
+    "default-src 'self'; base-uri 'none'; form-action 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserKey:
+    """The cookie a browser is given for one flow; the flow keeps `fingerprint` only."""
+
+    value: str
+
+    @classmethod
+    def new(cls) -> BrowserKey:
+        return cls(secrets.token_urlsafe(32))
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.value)
+
+    def set_on(self, response: Response, flow_id: str, *, secure: bool) -> None:
+        response.set_cookie(
+            COOKIE,
+            self.value,
+            path=f"/connect/{flow_id}",
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+        )
+
+
+def fingerprint(cookie: str) -> str:
+    return hashlib.sha256(cookie.encode()).hexdigest()
+
+
+def browser_key(request: Request, flow: Flow) -> BrowserKey | None:
+    """The cookie of the browser the flow is bound to, when this request carries it; None otherwise."""
+    presented = request.cookies.get(COOKIE, "")
+    if not presented or not flow.browser_fp:
+        return None
+    if not hmac.compare_digest(fingerprint(presented).encode(), flow.browser_fp.encode()):
+        return None
+    return BrowserKey(presented)
+
+
+def csrf_token(key: BrowserKey, flow_id: str) -> str:
+    return hmac.new(key.value.encode(), f"csrf:{flow_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_matches(key: BrowserKey, flow_id: str, presented: str) -> bool:
+    return hmac.compare_digest(csrf_token(key, flow_id).encode(), presented.encode())
+
+
+class BrowserHeaders:
+    """ASGI middleware: the headers above on every answer to a browser route and on every HTML answer,
+    with the content security policy on HTML. Outermost, so refusals and redirects carry them too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        browser_route = str(scope["path"]).startswith(BROWSER_PATHS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                html = headers.get("content-type", "").startswith("text/html")
+                if browser_route or html:
+                    for name, value in BROWSER_HEADERS.items():
+                        headers[name] = value
+                if html:
+                    headers["Content-Security-Policy"] = HTML_POLICY
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

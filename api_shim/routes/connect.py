@@ -1,0 +1,86 @@
+"""The hosted connect journey, for the browser a hosted flow's callback sent here (and gave its cookie):
+the flow's page, its event stream, and the selection form's submission.
+
+Only that browser gets in: without the flow's cookie the page is a 403 that tells nothing about the flow,
+and a selection also needs the form's csrf token. A selection is submitted by the same rule as the caller's
+route (api_shim/rules.py): whichever comes first wins, the other gets 409.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+
+from api_shim import pages, rules
+from api_shim.browser import BrowserKey, browser_key, csrf_matches, csrf_token
+from api_shim.deps import Deps, ShimDeps
+from api_shim.errors import ApiError
+from api_shim.rules import SelectionOutcome
+from api_shim.streams import event_stream
+from worker.flow import Flow
+
+router = APIRouter(include_in_schema=False)
+
+_REFUSALS = {
+    SelectionOutcome.WRONG_STATE: (409, "Your selection was not taken: the connection had already moved on."),
+    SelectionOutcome.FLOW_EXPIRED: (410, "Your selection was not taken: time ran out."),
+    SelectionOutcome.TOKEN_EXPIRED: (410, "Your selection was not taken: the authorization ran out."),
+}
+
+
+@router.get("/connect/{flow_id}", response_model=None)
+def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    flow = shim.find_flow(flow_id)
+    if flow is None:
+        return pages.not_found_page(shim.settings)
+    key = browser_key(request, flow)
+    if key is None:
+        return pages.forbidden_page(shim.settings)
+    return _page(shim, flow, key)
+
+
+@router.get("/connect/{flow_id}/events", response_model=None)
+async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    flow = await run_in_threadpool(shim.load_flow, flow_id)
+    if browser_key(request, flow) is None:
+        raise ApiError(403, "forbidden", "this flow belongs to another browser")
+    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+
+
+@router.post("/connect/{flow_id}/selection", response_model=None)
+async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return await run_in_threadpool(_select, shim, flow_id, request, form)
+
+
+def _select(shim: Deps, flow_id: str, request: Request, form: dict[str, list[str]]) -> Response:
+    flow = shim.find_flow(flow_id)
+    if flow is None:
+        return pages.not_found_page(shim.settings)
+    key = browser_key(request, flow)
+    if key is None or not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
+        return pages.forbidden_page(shim.settings)
+    ids = [entity_id for entity_id in form.get("ids", []) if entity_id]
+    selection = rules.submit_selection(shim.store, shim.enqueuer, flow, ids)
+    if selection.queued:
+        return RedirectResponse(f"{shim.settings.public_base_url}/connect/{flow_id}", status_code=303)
+    if selection.outcome in _REFUSALS:
+        status_code, notice = _REFUSALS[selection.outcome]
+        return _page(shim, selection.flow, key, status_code=status_code, notice=notice)
+    if selection.outcome is SelectionOutcome.NOTHING_SELECTED:
+        message = f"Choose at least one {flow.entity_type} to connect."
+    else:
+        message = f"Choose among the {flow.entity_type}s listed here."
+    csrf = csrf_token(key, flow_id)
+    return pages.selection_page(shim.settings, flow, csrf, status_code=422, message=message)
+
+
+def _page(
+    shim: Deps, flow: Flow, key: BrowserKey, *, status_code: int = 200, notice: str | None = None
+) -> Response:
+    events = shim.store.events(flow.flow_id) if flow.state.terminal else []
+    csrf = csrf_token(key, flow.flow_id)
+    return pages.flow_page(shim.settings, flow, events, csrf, status_code=status_code, notice=notice)

@@ -1,0 +1,80 @@
+// The hosted connect page keeps itself current: the flow's events arrive as server-sent events, and on
+// each change of stage the page's <main> is fetched again and put in place, without a reload. A finished
+// page with somewhere to go back to goes there after a moment.
+"use strict";
+
+(function () {
+  var TERMINAL = ["connection.completed", "authorization.failed", "authorization.expired"];
+  var TYPES = ["authorization.started", "callback.received", "selection.required", "selection.submitted"]
+    .concat(TERMINAL);
+  var source = null;
+  var seen = 0;
+
+  function stop() {
+    if (source) {
+      source.close();
+      source = null;
+    }
+  }
+
+  function followContinue() {
+    var link = document.getElementById("continue");
+    if (!link) {
+      return;
+    }
+    var seconds = Number(link.getAttribute("data-after")) || 2;
+    window.setTimeout(function () { window.location.assign(link.href); }, seconds * 1000);
+  }
+
+  function show(html) {
+    var next = new DOMParser().parseFromString(html, "text/html");
+    var fresh = next.querySelector("main");
+    var current = document.querySelector("main");
+    if (!fresh || !current || fresh.getAttribute("data-status") === current.getAttribute("data-status")) {
+      return;
+    }
+    var placed = document.importNode(fresh, true);
+    current.replaceWith(placed);
+    document.title = next.title;
+    seen = Math.max(seen, Number(placed.getAttribute("data-seq")) || 0);
+    var heading = placed.querySelector("h1");
+    if (heading) {
+      heading.focus();
+    }
+    if (!placed.hasAttribute("data-events")) {
+      stop();
+      followContinue();
+    }
+  }
+
+  function refresh() {
+    window.fetch(window.location.pathname, { credentials: "same-origin", cache: "no-store" })
+      .then(function (answer) { return answer.text(); })
+      .then(show)
+      .catch(function () { /* the next event, or the reconnection, tries again */ });
+  }
+
+  function listen(url) {
+    source = new window.EventSource(url);
+    TYPES.forEach(function (type) {
+      source.addEventListener(type, function (message) {
+        var terminal = TERMINAL.indexOf(type) >= 0;
+        if (terminal) {
+          stop();  // the stream ends here; reconnecting would only replay it
+        }
+        if (terminal || Number(message.lastEventId) > seen) {
+          refresh();
+        }
+      });
+    });
+  }
+
+  var main = document.querySelector("main");
+  if (main) {
+    seen = Number(main.getAttribute("data-seq")) || 0;
+    if (main.hasAttribute("data-events") && window.EventSource) {
+      listen(main.getAttribute("data-events"));
+    }
+  }
+  followContinue();
+})();
