@@ -42,6 +42,7 @@ status => {
     seen: window.__statuses || [],
     form: main.querySelector("form") !== null,
     continue_href: (document.querySelector("a#continue") || {}).href || null,
+    width: scroller.clientWidth,
     scrolls_sideways: scroller.scrollWidth > scroller.clientWidth,
   };
 }

@@ -3,6 +3,7 @@ moves to the next stage without a reload, and it shows an expiry that happens wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -16,7 +17,7 @@ from tests.conftest import RedisServer
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 UPSTREAM_LATENCY_MS = 1500  # long enough that the page shows each waiting stage before it ends
-FLOW_TTL_SECONDS = 8  # the whole flow, consent and verification included, must fit well inside
+FLOW_TTL_SECONDS = 6  # the whole flow, consent and verification included, must fit well inside
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_expiry_while_the_page_is_open_is_shown_and_reported_to_the_partner(
 
     expired = browsing.shown("expired", timeout_ms=(FLOW_TTL_SECONDS + 10) * 1000)
     assert len(browsing.navigations) == loaded, "the expiry reached the open page without a reload"
-    assert "expired" in expired["text"].lower()
+    assert re.search(r"expired|ran out|too long", expired["text"], re.IGNORECASE), "it says why, plainly"
     assert not expired["form"], "nothing left to pick once the flow has expired"
 
     arrived = browsing.lands_at_partner(short_lived.partner)
