@@ -23,7 +23,11 @@ from worker.settings import Settings, origin_of
 STATIC_PATH = "/connect/static"
 _HERE = Path(__file__).parent
 _TEMPLATES = Environment(
-    loader=FileSystemLoader(_HERE / "templates"), autoescape=True, undefined=StrictUndefined
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
 )
 REFRESH_SECONDS = 3  # without JavaScript, a waiting page reloads itself this often
 CONTINUE_SECONDS = 2  # a finished page shows this long before the browser goes back to return_url
@@ -157,7 +161,8 @@ def _outcome(flow: Flow, events: list[dict[str, Any]], words: dict[str, str]) ->
     data: dict[str, Any] = terminal["data"] if terminal else {}
     if flow.state is FlowState.COMPLETED:
         names = [
-            str(item.get("display_name") or item.get("name") or item["id"]) for item in data["credentials"]
+            str(item.get("display_name") or item.get("name") or item["id"])
+            for item in data.get("credentials", [])
         ]
         sentence = f"{words['app']} connected these {flow.network} accounts:"
         return Outcome("completed", "Connected", sentence, names)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis
 
+from cli.demo_browser import HostedBrowser, PageError
 from cli.stack import Stack
 from worker.events import TERMINAL_TYPES
 from worker.subscribe import follow_flow
@@ -36,6 +37,7 @@ class FlowRun:
     label: str
     network: str
     entity_type: str
+    ui: str  # hosted: the browser goes through the shim's pages; redirect: straight back to return_url
     flow_id: str = ""
     redirect_url: str = ""
     started_at: float = 0.0
@@ -132,11 +134,13 @@ class Driver:
         self.deadline = deadline
         self.interrupted = interrupted
         self.http = httpx.Client(timeout=10.0, follow_redirects=False)
+        self.browser = HostedBrowser(stack.public_base_url)
         self.headers = {"Authorization": f"Bearer {stack.api_key}"}
         self.return_url = f"{stack.shim_url}/demo/done"
 
     def close(self) -> None:
         self.http.close()
+        self.browser.close()
 
     def start(self, run: FlowRun) -> None:
         body = {
@@ -144,6 +148,7 @@ class Driver:
             "type": run.entity_type,
             "return_url": self.return_url,
             "reference": f"demo-{run.label}",
+            "ui": run.ui,
         }
         answer = self.http.post(f"{self.stack.shim_url}/v1/authorizations", json=body, headers=self.headers)
         if answer.status_code != 201:
@@ -152,7 +157,7 @@ class Driver:
         run.flow_id, run.redirect_url = created["flow_id"], created["redirect_url"]
         run.started_at = self.console.offset()
         self.console.line(
-            run.short_id, "caller", f"POST /v1/authorizations {run.network} {run.entity_type} -> 201"
+            run.short_id, "caller", f"POST /v1/authorizations {run.network} {run.entity_type} {run.ui} -> 201"
         )
 
     def approve(self, run: FlowRun) -> None:
@@ -169,27 +174,53 @@ class Driver:
         self.console.line(
             run.short_id, "browser", "approves on the consent page -> 303 to the shim's callback"
         )
+        if run.ui == "hosted":
+            self._come_back_hosted(run, callback_url)
+            return
         back = self.http.get(callback_url)  # carries the okt token: never printed
         location = back.headers.get("location", "")
         if back.status_code != 303 or not location.startswith(self.return_url):
             raise DemoFailed(f"the callback answered {back.status_code}: {_error_of(back)}")
         self.console.line(run.short_id, "browser", f"GET /v1/callback -> 303 to {urlsplit(location).path}?…")
 
-    def select(self, run: FlowRun, offer: dict[str, Any]) -> list[str]:
-        entities = offer["data"]["entities"]
-        free = [e for e in entities if not e.get("is_connected")] or entities
-        chosen = [str(e["id"]) for e in free[:ENTITIES_TO_SELECT]]
-        answer = self.http.post(
-            f"{self.stack.shim_url}/v1/authorizations/{run.flow_id}/selection",
-            json={"ids": chosen},
-            headers=self.headers,
+    def _come_back_hosted(self, run: FlowRun, callback_url: str) -> None:
+        try:
+            self.browser.come_back(callback_url, run.flow_id)
+        except PageError as error:
+            raise DemoFailed(f"flow {run.short_id}: {error}") from None
+        self.console.line(
+            run.short_id, "browser", "GET /v1/callback -> 303 to its page, with the flow's cookie"
         )
-        if answer.status_code != 202:
-            raise DemoFailed(
-                f"the selection of flow {run.short_id} answered {answer.status_code}: {_error_of(answer)}"
+        self.console.line(run.short_id, "page", self.browser.page_url(run.flow_id))
+
+    def select_on_page(self, run: FlowRun) -> list[str]:
+        """The user ticks the entities not yet connected on the flow's page and presses Connect."""
+        try:
+            page = self.browser.read(run.flow_id)
+            if page.status != "awaiting_selection" or not page.choices:
+                raise PageError(f"the page shows {page.status or 'no status'}, not the selection form")
+            chosen = page.choices[:ENTITIES_TO_SELECT]
+            self.console.line(
+                run.short_id,
+                "browser",
+                f"GET /connect/… {len(page.choices)} to choose, {len(page.connected)} already connected",
             )
-        self.console.line(run.short_id, "caller", f"POST …/selection {len(chosen)} not yet connected -> 202")
+            self.browser.submit(run.flow_id, page, chosen)
+        except PageError as error:
+            raise DemoFailed(f"flow {run.short_id}: {error}") from None
+        self.console.line(run.short_id, "browser", f"POST /connect/…/selection {len(chosen)} ticked -> 303")
         return chosen
+
+    def look_at_page(self, run: FlowRun) -> None:
+        """The finished page, as the user sees it before being sent back to return_url."""
+        try:
+            page = self.browser.read(run.flow_id)
+        except PageError as error:
+            raise DemoFailed(f"flow {run.short_id}: {error}") from None
+        back = f", continue -> {urlsplit(page.continue_url).path}?…" if page.continue_url else ""
+        self.console.line(run.short_id, "browser", f"GET /connect/… shows {page.status}{back}")
+        if page.status != run.last_type.removeprefix("connection.").removeprefix("authorization."):
+            raise DemoFailed(f"flow {run.short_id}: its page shows {page.status} after {run.last_type}")
 
     def wait_for(self, run: FlowRun, types: Collection[str]) -> dict[str, Any]:
         """The flow's next event among `types` (or its terminal one); DemoFailed on timeout or dead child."""
@@ -239,8 +270,8 @@ def drive(
     stack: Stack, console: Console, timeout: float, interrupted: Callable[[], str | None]
 ) -> list[FlowRun]:
     """Both flows, side by side; returns them once both completed, else raises DemoFailed."""
-    profile = FlowRun("profile", "LinkedIn", "profile")
-    page = FlowRun("page", "Facebook", "page")
+    profile = FlowRun("profile", "LinkedIn", "profile", "redirect")
+    page = FlowRun("page", "Facebook", "page", "hosted")
     client = redis.Redis.from_url(stack.redis.url, socket_connect_timeout=3, socket_timeout=10)
     driver = Driver(stack, console, time.monotonic() + timeout, interrupted)
     subscribers: list[threading.Thread] = []
@@ -253,11 +284,12 @@ def drive(
             driver.approve(run)
         offer = driver.wait_for(page, {"selection.required"})
         if offer["type"] == "selection.required":
-            driver.select(page, offer)
+            driver.select_on_page(page)
         for run in (profile, page):
             if run.last_type not in TERMINAL_TYPES:
                 driver.wait_for(run, TERMINAL_TYPES)
             _ended(run, console)
+        driver.look_at_page(page)
     finally:
         driver.close()
         if not any(thread.is_alive() for thread in subscribers):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.clocks import seen_from
 from worker.events import EntityOffer
-from worker.flow import FlowState
+from worker.flow import BrowserUI, FlowState
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
@@ -71,7 +71,9 @@ class InProcessShim:
             self.refused += 1
             assert after == self.last, (response.request.method, response.request.url, "changed state")
         if after[3] != b"awaiting_callback":  # the fresh flow (seeded first) was claimed or denied
-            flow = self.store.create(_new_id(), "LinkedIn", "profile", None, "https://app.example/done")
+            flow = self.store.create(
+                _new_id(), "LinkedIn", "profile", None, "https://app.example/done", BrowserUI.REDIRECT
+            )
             self.flows["awaiting"] = flow.flow_id
             after = self.snapshot()
         self.last = after
@@ -173,7 +175,9 @@ def seed_flows(store: FlowStore) -> dict[str, str]:
     for role in ("awaiting", "verifying", "selection", "completing", "completed", "failed", "expired"):
         entity_type = "page" if role in ("selection", "completing") else "profile"
         creator = seen_from(store, -10_000 if role == "expired" else 0)  # "expired": long past its deadline
-        flow = creator.create(_new_id(), "Facebook", entity_type, "ref", "https://app.example/done")
+        flow = creator.create(
+            _new_id(), "Facebook", entity_type, "ref", "https://app.example/done", BrowserUI.REDIRECT
+        )
         if role in ("verifying", "selection", "completing", "completed"):
             store.claim_callback(flow, f"591c6053d81978.{role:0>40}"[:55])
             flow = store.get(flow.flow_id) or flow

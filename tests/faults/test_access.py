@@ -21,7 +21,7 @@ from api_shim.app import create_app
 from tests.conftest import API_KEY, RedisServer, Sandbox
 from tests.faults.conftest import FaultReport
 from tests.shim.harness import RecordingEnqueuer
-from worker.flow import FlowState
+from worker.flow import BrowserUI, FlowState
 from worker.keys import RedisNames
 from worker.runtime import lifetimes, redis_client
 from worker.settings import Settings, load_settings
@@ -60,7 +60,10 @@ class Shim:
         return sorted(self.store.redis.scan_iter(f"{PREFIX}:flow:*"))
 
     def new_flow(self, return_url: str | None = "https://app.example/done?tab=social") -> str:
-        return self.store.create(secrets.token_hex(20), "LinkedIn", "profile", "ref", return_url).flow_id
+        flow_id = secrets.token_hex(20)
+        return self.store.create(
+            flow_id, "LinkedIn", "profile", "ref", return_url, BrowserUI.REDIRECT
+        ).flow_id
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,11 @@ def start_flow(
     entity_type: str = "profile",
     return_url: str | None = RETURN_URL,
     reference: str | None = "user-42",
+    ui: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"network": network, "type": entity_type}
+    if ui is not None:
+        body["ui"] = ui
     if return_url is not None:
         body["return_url"] = return_url
     if reference is not None:

@@ -29,7 +29,7 @@ NETWORKS = ["Twitter", "Facebook", "LinkedIn", "YouTube", "Instagram"]
 
 @pytest.mark.parametrize("network", NETWORKS)
 def test_profile_flow_completes(pipeline: Pipeline, sandbox: Sandbox, network: str) -> None:
-    created = start_flow(pipeline, network=network.lower())
+    created = start_flow(pipeline, network=network.lower(), ui="redirect")
     assert created["channel"] == f"{pipeline.prefix}:flow:{created['flow_id']}"
     answer = callback(consent(created["redirect_url"]))
     assert answer.status_code == 303
@@ -102,7 +102,7 @@ def test_selection_with_unknown_ids_is_422_and_changes_nothing(pipeline: Pipelin
 
 
 def test_denied_authorization_fails_the_flow(pipeline: Pipeline) -> None:
-    created = start_flow(pipeline)
+    created = start_flow(pipeline, ui="redirect")
     denied_url = consent(created["redirect_url"], "deny")
     assert "okt=" not in denied_url
     assert "error=access_denied" in denied_url

@@ -11,12 +11,13 @@ from urllib.parse import parse_qs
 import fakeredis
 import httpx
 from celery import Celery
+from fastapi import FastAPI
 
 from api_shim.app import create_app
 from tests.clocks import seen_from
 from tests.conftest import API_KEY
 from worker.budget import UpstreamBudget
-from worker.events import EntityOffer
+from worker.events import ConnectedCredential, EntityOffer
 from worker.flow import BrowserUI, Flow, FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
@@ -77,6 +78,11 @@ class Shim:
     enqueuer: RecordingEnqueuer
     oktopost: FakeOktopost
     redis_server: fakeredis.FakeServer
+    app: FastAPI
+
+    def another_browser(self) -> httpx.AsyncClient:
+        """A client of the same app with a cookie jar of its own (empty): another browser."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.http.base_url)
 
     def new_flow(
         self, return_url: str | None = RETURN_URL, *, age: float = 0.0, ui: BrowserUI = BrowserUI.HOSTED
@@ -89,9 +95,24 @@ class Shim:
     def flow_awaiting_selection(self, ui: BrowserUI = BrowserUI.HOSTED) -> Flow:
         flow = self.new_flow(ui=ui)
         assert self.store.claim_callback(flow, new_token()).done
+        return self.offer(flow, OFFERS)
+
+    def offer(self, flow: Flow, offers: list[EntityOffer]) -> Flow:
+        """The worker's part of a flow in verifying: Oktopost offered these entities."""
         owner = "verifying-task"
         self.store.take_work(flow.flow_id, owner, FlowState.VERIFYING)
-        assert self.store.offer_selection(self.flow(flow.flow_id), OFFERS, owner).done
+        assert self.store.offer_selection(self.flow(flow.flow_id), offers, owner).done
+        return self.flow(flow.flow_id)
+
+    def complete(self, flow: Flow, names: list[str]) -> Flow:
+        """The worker's part of a flow in completing: Oktopost connected these accounts."""
+        owner = "completing-task"
+        self.store.take_work(flow.flow_id, owner, FlowState.COMPLETING)
+        credentials = [
+            ConnectedCredential(id=f"cred-{index}", name=name, status="valid", network=flow.network)
+            for index, name in enumerate(names)
+        ]
+        assert self.store.complete(self.flow(flow.flow_id), credentials, owner).done
         return self.flow(flow.flow_id)
 
     def flow(self, flow_id: str) -> Flow:
@@ -114,21 +135,27 @@ def new_token() -> str:
     return f"7b3e8275fa3b9a.{next(_serial):040d}"
 
 
-def shim_settings() -> Settings:
+def shim_settings(**overrides: object) -> Settings:
     return load_settings(
-        redis_url="redis://flows.invalid:6379/0",
-        shim_api_keys=API_KEY,
-        allowed_return_urls="https://app.example",
-        public_base_url=SHIM_URL,
-        oktopost_base_url="https://api.oktopost.example",
-        channel_prefix=PREFIX,
+        **{
+            "redis_url": "redis://flows.invalid:6379/0",
+            "shim_api_keys": API_KEY,
+            "allowed_return_urls": "https://app.example",
+            "public_base_url": SHIM_URL,
+            "oktopost_base_url": "https://api.oktopost.example",
+            "channel_prefix": PREFIX,
+            **overrides,
+        }
     )
 
 
 @asynccontextmanager
-async def open_shim(rate: tuple[int, float] = (1000, 1.0)) -> AsyncIterator[Shim]:
-    """A new app on a Redis of its own; `rate`: Oktopost calls allowed per that many seconds."""
-    settings = shim_settings()
+async def open_shim(
+    rate: tuple[int, float] = (1000, 1.0), **settings_overrides: object
+) -> AsyncIterator[Shim]:
+    """A new app on a Redis of its own; `rate`: Oktopost calls allowed per that many seconds;
+    `settings_overrides`: settings other than the tests' own."""
+    settings = shim_settings(**settings_overrides)
     redis_server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=redis_server)
     names = RedisNames(PREFIX)
@@ -143,5 +170,10 @@ async def open_shim(rate: tuple[int, float] = (1000, 1.0)) -> AsyncIterator[Shim
     app = create_app(
         settings, store=store, client=client, budget=budget, enqueuer=enqueuer, events_redis=events_redis
     )
-    async with client, events_redis, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=SHIM_URL) as http:
-        yield Shim(http, store, budget, enqueuer, oktopost, redis_server)
+    base_url = settings.public_base_url
+    async with (
+        client,
+        events_redis,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as http,
+    ):
+        yield Shim(http, store, budget, enqueuer, oktopost, redis_server, app)
