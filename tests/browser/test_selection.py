@@ -7,9 +7,9 @@ import threading
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Response
+from playwright.sync_api import Browser, Page, Response
 
-from tests.browser.journey import Browsing, HostedStack
+from tests.browser.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -107,3 +107,32 @@ def test_page_and_caller_selecting_at_once_one_wins_the_other_gets_409(
     winner = by_page if outcome["page"] == 303 else by_caller
     event = stack.terminal_event(flow_id)
     assert [credential["id"][-len(winner) :] for credential in event["data"]["credentials"]] == [winner]
+
+
+def test_a_page_without_javascript_submitting_after_the_caller_gets_409_and_the_outcome(
+    stack: HostedStack, chromium: Browser
+) -> None:
+    """Without JavaScript the open form cannot learn that the caller chose first: its late post is told."""
+    context = chromium.new_context(java_script_enabled=False)
+    try:
+        browsing = Browsing(context.new_page())
+        flow = stack.start_flow("Instagram", "page")
+        browsing.consent(flow)
+        page = browsing.page
+        page.locator("main form").wait_for(timeout=STEP_TIMEOUT_MS)  # the waiting page refreshes itself
+        by_page, by_caller = browsing.offered_ids()[:2]
+        page.locator(f'input[name="ids"][value="{by_page}"]').check()
+        assert stack.caller_selects(flow["flow_id"], [by_caller]).status_code == 202
+
+        with page.expect_response(is_selection_post) as answer:
+            page.get_by_role("button", name="Connect").click()
+        assert answer.value.status == 409
+        assert page.locator("main form").count() == 0, "the refused page no longer offers the form"
+        event = stack.terminal_event(flow["flow_id"])
+        (credential,) = event["data"]["credentials"]
+        assert credential["id"].endswith(by_caller)
+        done = page.locator('main[data-status="completed"]')  # its <meta refresh> brings the outcome
+        done.wait_for(timeout=STEP_TIMEOUT_MS)
+        assert credential["name"] in done.inner_text()
+    finally:
+        context.close()
