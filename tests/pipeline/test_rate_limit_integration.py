@@ -26,7 +26,7 @@ def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: R
         while len(flows) < 40:  # Step 1 shares the budget: admission control answers 503 when it is taken
             answer = httpx.post(
                 f"{pipeline.shim_url}/v1/authorizations",
-                json={"network": "LinkedIn"},
+                json={"network": "LinkedIn", "ui": "redirect"},
                 headers=pipeline.headers,
                 timeout=15,
             )
