@@ -1,0 +1,73 @@
+"""A real Chromium and a real stack (private Redis, sandbox, shim, worker, the partner's return page) for
+the hosted-journey tests; each is stopped however a test ends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, ViewportSize, sync_playwright
+
+from tests.browser.journey import Browsing, HostedStack
+from tests.browser.partner import PartnerSite
+from tests.conftest import RedisServer, start_pipeline, start_sandbox
+
+# a laptop-sized window; the narrow-screen test sets its own
+VIEWPORT: ViewportSize = {"width": 900, "height": 760}
+
+
+@pytest.fixture(scope="package")
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium under Playwright. Missing, it fails the tests: .ci/run installs it."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("no `chromium` on PATH: install Debian's (apt-get install -y chromium), as .ci/run does")
+    # Chromium refuses to start its sandbox as root (CI and these machines run as root)
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def start_hosted_stack(redis_server: RedisServer, resources: ExitStack, **settings: Any) -> HostedStack:
+    """Everything a hosted flow touches, registered on `resources` to be stopped in reverse order."""
+    partner = PartnerSite()
+    resources.callback(partner.close)
+    sandbox = start_sandbox()
+    resources.callback(sandbox.process.stop)
+    pipeline = start_pipeline(
+        redis_server.url,
+        sandbox.url,
+        allowed_return_urls=f"https://app.example,{partner.origin}",
+        **settings,
+    )
+    resources.callback(pipeline.stop)
+    return HostedStack(pipeline, sandbox, partner)
+
+
+@pytest.fixture(scope="package")
+def stack(redis_server: RedisServer) -> Iterator[HostedStack]:
+    with ExitStack() as resources:
+        yield start_hosted_stack(redis_server, resources)
+
+
+@pytest.fixture
+def context(chromium: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile: no cookies from another test."""
+    context = chromium.new_context(viewport=VIEWPORT)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def browsing(context: BrowserContext) -> Browsing:
+    return Browsing(context.new_page())
