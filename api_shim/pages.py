@@ -47,14 +47,14 @@ _WAITING = {
     ),
 }
 _FAILURES = {
-    "authorization_denied": "You did not grant access, so nothing was connected.",
+    "authorization_denied": "You denied access, so nothing was connected.",
     "token_invalid": "{network} did not accept the authorization, so nothing was connected.",
     "invalid_selection": "Oktopost refused the selection, so nothing was connected.",
     "upstream_mismatch": "{network} answered for another kind of account than the one asked for.",
     "unauthorized": "{app} is not allowed to connect accounts right now. Please tell the application's team.",
 }
 _FAILED = "The connection could not be made. Please try again later."
-_EXPIRED = "This took too long and the authorization ran out before the connection was made."
+_EXPIRED = "The authorization expired before the connection was made: this took too long."
 
 
 def static_files() -> StaticFiles:
@@ -167,11 +167,11 @@ def _outcome(flow: Flow, events: list[dict[str, Any]], words: dict[str, str]) ->
         sentence = f"{words['app']} connected these {flow.network} accounts:"
         return Outcome("completed", "Connected", sentence, names)
     if flow.state is FlowState.EXPIRED:
-        return Outcome("expired", "Time ran out", _EXPIRED, [])
+        return Outcome("expired", "Authorization expired", _EXPIRED, [])
     code = str(data.get("code", ""))
     sentence = _FAILURES.get(code, _FAILED).format(**words)
     if code == "authorization_denied":
-        return Outcome("denied", "Access was not granted", sentence, [])
+        return Outcome("denied", "Access denied", sentence, [])
     return Outcome("failed", "The connection failed", sentence, [])
 
 

@@ -119,7 +119,7 @@ async def test_a_denied_hosted_flow_sends_the_browser_to_its_page_which_shows_th
     shown = await page(shim, flow)
     assert shown.status_code == 200
     assert 'data-status="failed"' in shown.text
-    assert "did not grant access" in shown.text
+    assert "denied access" in shown.text
     assert "status=denied" in shown.text
     again = await shim.http.get(f"/v1/callback/{flow.flow_id}")
     assert again.status_code == 303

@@ -134,13 +134,13 @@ async def test_without_return_url_the_finished_page_says_the_window_can_be_close
     assert "close this window" in answer.text
 
 
-async def test_an_expired_flow_says_time_ran_out(shim: Shim) -> None:
+async def test_an_expired_flow_says_it_expired(shim: Shim) -> None:
     flow = shim.new_flow()
     await came_back(shim, flow)
     assert shim.store.give_up(shim.flow(flow.flow_id), owner="").done
     answer = await page(shim, flow)
     assert FormFields(answer.text).main["data-status"] == FlowState.EXPIRED.value
-    assert "ran out" in answer.text
+    assert "expired" in answer.text
     assert "status=expired" in answer.text
 
 
