@@ -238,6 +238,8 @@ class Driver:
             raise DemoFailed(f"flow {run.short_id}: {error}") from None
         back = f", continue -> {urlsplit(page.continue_url).path}?…" if page.continue_url else ""
         self.console.line(run.short_id, "browser", f"GET /connect/… shows {page.status}{back}")
+        if page.continue_url:  # the page sends the browser on to the partner's return page by itself
+            self.return_page(run, page.continue_url)
         if page.status != run.last_type.removeprefix("connection.").removeprefix("authorization."):
             raise DemoFailed(f"flow {run.short_id}: its page shows {page.status} after {run.last_type}")
 
