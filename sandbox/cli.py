@@ -94,6 +94,11 @@ def _build_parser() -> _Parser:
     parser.add_argument(
         "--access-log", action="store_true", help="log each request to stderr (tokens redacted)"
     )
+    _add_fault_flags(parser)
+    return parser
+
+
+def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("faults on /v2/ (also settable at run time: POST /_sandbox/faults)")
     faults.add_argument("--latency-ms", type=float, help="delay before each answer")
     faults.add_argument("--error-rate", type=float, help="share of calls answered 503")
@@ -123,7 +128,6 @@ def _build_parser() -> _Parser:
     )
     faults.add_argument("--error-shape", choices=ERROR_SHAPES, help="form of Errors in refusals (object)")
     faults.add_argument("--seed", type=int, help="seed of the fault dice, for repeatable runs")
-    return parser
 
 
 def main(argv: Sequence[str]) -> int:
