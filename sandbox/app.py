@@ -1,8 +1,9 @@
 """The sandbox assembled: routes each request to the API, the consent page or the controls.
 
-A `/v2/` call passes, in order: latency, Basic auth (401), the burst limit (429), the fault dice, and
-only then the endpoint. Faults other than `drop` answer instead of the endpoint, so no work is done;
-`drop` lets the endpoint do its work and then loses the answer.
+A `/v2/` call passes, in order: latency, Basic auth (401), the account's daily cap and burst limit (429),
+the fault dice, and only then the endpoint. Faults other than `drop` answer instead of the endpoint, so
+no work is done; `drop` lets the endpoint do its work and then loses the answer. Every refusal is shaped
+as the `error_shape` fault says.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sandbox.api import BasicAuth, OktopostApi, api_error, public_base_url, unauthorized
+from sandbox.accounts import AccountKey, Accounts, ServedAccount
+from sandbox.api import UNAUTHORIZED, OktopostApi, public_base_url
 from sandbox.authorizations import Account, Clock
 from sandbox.consent import ConsentPage
 from sandbox.control import ControlPanel
 from sandbox.faults import FaultConfig, Faults
 from sandbox.httpserver import Answer, Request, Response, Silence, html_response
-from sandbox.ratelimit import Rate, SlidingWindowLimiter
+from sandbox.ratelimit import DailyLimit, Rate, SlidingWindowLimiter
+from sandbox.refusals import Refusal
 from sandbox.stats import Stats
 
 DEFAULT_ACCOUNT_ID = "demo-account"
@@ -37,34 +40,46 @@ class SandboxConfig:
 
     account_id: str = DEFAULT_ACCOUNT_ID
     api_key: str = DEFAULT_API_KEY
+    other_accounts: tuple[AccountKey, ...] = ()  # served beside the first, each with its own limits
     token_ttl_s: float = 300.0
     rate: Rate | None = None
     block_s: float = 900.0
+    daily_limit: int | None = None  # calls a day (UTC) per account
     faults: FaultConfig = field(default_factory=FaultConfig)
     public_url: str | None = None  # base of RedirectUrl; by default the Host the request came in on
     access_log: bool = False
 
 
 class Sandbox:
-    """One sandboxed Oktopost account behind one HTTP handler (`handle`)."""
+    """Sandboxed Oktopost accounts behind one HTTP handler (`handle`)."""
 
-    def __init__(self, config: SandboxConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, config: SandboxConfig, clock: Clock = time.monotonic, wall_clock: Clock = time.time
+    ) -> None:
         self.config = config
-        self.account = Account(config.token_ttl_s, clock)
         self.faults = Faults(config.faults)
-        self.limiter = SlidingWindowLimiter(config.rate, config.block_s, clock) if config.rate else None
-        self.stats = Stats()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        keys = (AccountKey(config.account_id, config.api_key), *config.other_accounts)
+        self.accounts = Accounts(keys, self._open_account)
+        self.stats = Stats([account.id for account in self.accounts])
         self.fallback_base_url = "http://127.0.0.1"  # replaced by the bound address once listening
-        self._auth = BasicAuth(config.account_id, config.api_key)
-        self._api = OktopostApi(self.account, self._base_url)
-        self._consent = ConsentPage(self.account, config.account_id)
-        self._control = ControlPanel(self.account, self.faults, self.stats, self.reset)
+        self._api = OktopostApi(self._base_url)
+        self._consent = ConsentPage(self.accounts)
+        self._control = ControlPanel(self.accounts, self.faults, self.stats, self.reset)
+
+    def _open_account(self, account_id: str) -> ServedAccount:
+        config = self.config
+        return ServedAccount(
+            account_id,
+            Account(config.token_ttl_s, self._clock, self._wall_clock, self.faults.credential_status),
+            SlidingWindowLimiter(config.rate, config.block_s, self._clock) if config.rate else None,
+            DailyLimit(config.daily_limit, self._wall_clock) if config.daily_limit else None,
+        )
 
     def reset(self) -> None:
-        self.account.reset()
+        self.accounts.reset()
         self.faults.reset()
-        if self.limiter is not None:
-            self.limiter.reset()
         self.stats.reset()
 
     async def handle(self, request: Request) -> Answer:
@@ -78,54 +93,71 @@ class Sandbox:
         elif path.startswith("/_sandbox/"):
             answer = self._control.answer(request)
         else:
-            answer = api_error(404, f"Unknown route {path}")
+            answer = self._shaped(Refusal(404, f"Unknown route {path}"))
         if self.config.access_log:
             _log_access(request, answer, time.perf_counter() - started)
         return answer
 
     async def _call_api(self, request: Request) -> Answer:
-        stats = self.stats
-        stats.v2_calls += 1
+        self.stats.v2_calls += 1
         latency_ms = self.faults.config.latency_ms
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
-        answer = self._admit_and_answer(request)
+        account = self.accounts.authenticate(request)
+        answer = self._admit_and_answer(request, account)
+        if isinstance(answer, Refusal):
+            answer = self._shaped(answer)
         if isinstance(answer, Response):
-            stats.statuses[answer.status] += 1
+            self.stats.answered(account.id if account else None, answer.status)
         return answer
 
-    def _admit_and_answer(self, request: Request) -> Answer:
-        stats = self.stats
-        if not self._auth.accepts(request):
-            return unauthorized()
-        if self.limiter is not None:
-            verdict = self.limiter.check()
-            if not verdict.allowed:
-                stats.throttled_by_rate_limit += 1
-                stats.blocked_count += verdict.blocked_now
-                return self._too_many_requests(verdict.retry_after_s)
+    def _admit_and_answer(self, request: Request, account: ServedAccount | None) -> Answer | Refusal:
+        if account is None:
+            return UNAUTHORIZED
+        limited = self._limited(account)
+        if limited is not None:
+            return limited
         fault = self.faults.roll()
         if fault is not None:
-            stats.faults[fault] += 1
+            self.stats.faults[fault] += 1
         if fault == "error":
-            return api_error(503, "Service temporarily unavailable")
+            return Refusal(503, "Service temporarily unavailable")
         if fault == "throttle":
-            stats.throttled_by_fault += 1
-            return self._too_many_requests(self.faults.config.retry_after_s)
+            self.stats.throttled_by_fault += 1
+            return self._too_many_requests("Rate limit exceeded", self.faults.config.retry_after_s or 0)
         if fault == "timeout":
             return Silence.HANG
         if fault == "malformed":
             return html_response(200, MALFORMED_PAGE)
         if fault == "reject":
             # Oktopost refuses with HTTP 200 too: a 200 is not success until Result
-            return api_error(200, "The request was rejected")
-        answer = self._api.answer(request)
+            return Refusal(200, "The request was rejected")
+        answer = self._api.answer(request, account.authorizations)
         return Silence.DROP if fault == "drop" else answer
 
-    def _too_many_requests(self, retry_after_s: float) -> Response:
-        return api_error(
-            429, "Rate limit exceeded", [("retry-after", self.faults.retry_after(retry_after_s))]
-        )
+    def _limited(self, account: ServedAccount) -> Refusal | None:
+        """The 429 of the account's daily cap or burst limit; None when the call counts and goes on."""
+        # The daily cap is looked at first, so a call it refuses takes no place in the burst window.
+        if account.daily is not None:
+            verdict = account.daily.check()
+            if not verdict.allowed:
+                self.stats.throttled_by_daily_limit += 1
+                return self._too_many_requests("Daily rate limit exceeded", verdict.retry_after_s)
+        if account.limiter is not None:
+            verdict = account.limiter.check()
+            if not verdict.allowed:
+                self.stats.throttled_by_rate_limit += 1
+                self.stats.blocked_count += verdict.blocked_now
+                return self._too_many_requests("Rate limit exceeded", verdict.retry_after_s)
+        if account.daily is not None:
+            account.daily.count()
+        return None
+
+    def _too_many_requests(self, message: str, retry_after_s: float) -> Refusal:
+        return Refusal(429, message, headers=self.faults.retry_after_headers(retry_after_s))
+
+    def _shaped(self, refusal: Refusal) -> Response:
+        return refusal.response(self.faults.config.error_shape)
 
     def _base_url(self, request: Request) -> str:
         if self.config.public_url:

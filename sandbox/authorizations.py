@@ -68,6 +68,8 @@ class Grant:
     request: AuthorizationRequest
     expires_at: float  # on the account's monotonic clock
     profile: Entity | None  # only for entity_type == "profile"
+    # Each credential's Status as this grant connected it, so a repeated verify or PUT answers the same.
+    statuses: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -77,6 +79,7 @@ class Credential:
     entity: Entity
     entity_type: str
     created: str  # "YYYY-MM-DD HH:MM:SS", UTC
+    status: str = "valid"  # or "invalid": as its latest connection left it
     calls: int = 0  # verify or PUT answers that carried it
 
     @property
@@ -115,10 +118,12 @@ class Account:
         token_ttl_s: float,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        credential_status: Callable[[], str] = lambda: "valid",
     ) -> None:
         self._token_ttl_s = token_ttl_s
         self._clock = clock
         self._wall_clock = wall_clock
+        self._credential_status = credential_status
         self._requests: dict[str, AuthorizationRequest] = {}
         self._grants: dict[str, Grant] = {}
         self._credentials: dict[str, Credential] = {}  # by credential id, in connection order
@@ -162,7 +167,7 @@ class Account:
         grant = self._live_grant(token)
         request = grant.request
         if grant.profile is not None:
-            credential = self._connect(grant.profile, request.entity_type)
+            credential = self._connect(grant.profile, grant)
             return Verification(token, request.entity_type, profile=credential)
         return Verification(
             token, request.entity_type, entities=selectable_entities(request.network, request.entity_type)
@@ -180,7 +185,7 @@ class Account:
         for entity_id in ids:
             if entity_id not in offered:
                 raise UnknownEntity(entity_id)
-        return [self._connect(offered[entity_id], grant.request.entity_type) for entity_id in ids]
+        return [self._connect(offered[entity_id], grant) for entity_id in ids]
 
     def credential(self, credential_id: str) -> Credential | None:
         return self._credentials.get(credential_id)
@@ -194,12 +199,15 @@ class Account:
             raise TokenInvalid(token)
         return grant
 
-    def _connect(self, entity: Entity, entity_type: str) -> Credential:
+    def _connect(self, entity: Entity, grant: Grant) -> Credential:
         credential_id = CREDENTIAL_PREFIX + entity.id
         credential = self._credentials.get(credential_id)
         if credential is None:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._wall_clock()))
-            credential = Credential(entity, entity_type, created)
+            credential = Credential(entity, grant.request.entity_type, created)
             self._credentials[credential_id] = credential
+        if credential_id not in grant.statuses:
+            grant.statuses[credential_id] = self._credential_status()
+        credential.status = grant.statuses[credential_id]
         credential.calls += 1
         return credential

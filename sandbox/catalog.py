@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+# Spelled exactly as the reference spells them; Oktopost refuses any other spelling, so the sandbox does too.
 NETWORKS = ("Twitter", "Facebook", "LinkedIn", "YouTube", "Instagram")
 ENTITY_TYPES = ("profile", "page", "group")
 # An Oktopost credential id is this prefix followed by the network's own id of the profile, page or group.
 CREDENTIAL_PREFIX = "003-001000000000000-"
 
-_NETWORK_BY_LOWER = {name.lower(): name for name in NETWORKS}
 _IMAGE_HOSTS = {
     "Twitter": "https://pbs.twimg.com/profile_images",
     "Facebook": "https://graph.facebook.com",
@@ -32,17 +32,8 @@ class Entity:
     network: str
     image_link: str
     network_username: str
+    display_name: str  # the person's or the page's own name, without the network
     is_connected: bool = False
-
-
-def canonical_network(value: str) -> str | None:
-    """`linkedin`, `Youtube`, ... -> the canonical name; None when it is not a supported network."""
-    return _NETWORK_BY_LOWER.get(value.strip().lower())
-
-
-def canonical_entity_type(value: str) -> str | None:
-    lowered = value.strip().lower()
-    return lowered if lowered in ENTITY_TYPES else None
 
 
 def selectable_entities(network: str, entity_type: str) -> tuple[Entity, ...]:
@@ -61,6 +52,7 @@ def new_profile(network: str) -> Entity:
         network=network,
         image_link=f"{_IMAGE_HOSTS[network]}/{network_id}/photo.jpg",
         network_username=username,
+        display_name=person,
     )
 
 
@@ -80,6 +72,7 @@ def _build_selectable() -> dict[tuple[str, str], tuple[Entity, ...]]:
                         network=network,
                         image_link=f"{_IMAGE_HOSTS[network]}/{network_id}/picture",
                         network_username=slug,
+                        display_name=name,
                         is_connected=position == 0,
                     )
                 )

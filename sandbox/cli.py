@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from sandbox.accounts import AccountKey, parse_account_key
 from sandbox.app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, Sandbox, SandboxConfig
 from sandbox.faults import RETRY_AFTER_FORMATS, FaultConfig, FaultConfigError
 from sandbox.httpserver import HttpServer
 from sandbox.ratelimit import Rate, parse_rate
+from sandbox.refusals import ERROR_SHAPES
 
 PROG = "oktopost-connect sandbox"
 
@@ -29,8 +31,11 @@ _FAULT_FLAGS = {
     "drop_rate": "--drop-rate",
     "malformed_rate": "--malformed-rate",
     "reject_rate": "--reject-rate",
+    "invalid_rate": "--invalid-rate",
+    "error_shape": "--error-shape",
     "seed": "--seed",
 }
+_NO_RETRY_AFTER = "none"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +50,15 @@ def _build_parser() -> _Parser:
         prog=PROG,
         description="A local stand-in for Oktopost's social authorization API, with injectable faults. "
         "Accepts the Basic-auth pair OKTOPOST_ACCOUNT_ID / OKTOPOST_API_KEY from its environment "
-        f"(default {DEFAULT_ACCOUNT_ID} / {DEFAULT_API_KEY}).",
+        f"(default {DEFAULT_ACCOUNT_ID} / {DEFAULT_API_KEY}) and any given with --account.",
+    )
+    parser.add_argument(
+        "--account",
+        type=_account_key,
+        action="append",
+        default=[],
+        metavar="ID:KEY",
+        help="serve another account beside the environment's, with its own limits (repeatable)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument(
@@ -69,16 +82,34 @@ def _build_parser() -> _Parser:
         "--block-seconds", type=_non_negative, default=900.0, help="block after exceeding the limit (900)"
     )
     parser.add_argument(
+        "--daily-limit",
+        type=_calls_per_day,
+        default=None,
+        metavar="N",
+        help="calls a day (UTC) per account; past them 429 until midnight UTC (default: off)",
+    )
+    parser.add_argument(
         "--public-url", type=_base_url, default=None, help="base of RedirectUrl (default: the Host)"
     )
     parser.add_argument(
         "--access-log", action="store_true", help="log each request to stderr (tokens redacted)"
     )
+    _add_fault_flags(parser)
+    return parser
+
+
+def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("faults on /v2/ (also settable at run time: POST /_sandbox/faults)")
     faults.add_argument("--latency-ms", type=float, help="delay before each answer")
     faults.add_argument("--error-rate", type=float, help="share of calls answered 503")
     faults.add_argument("--throttle-rate", type=float, help="share of calls answered 429")
-    faults.add_argument("--retry-after", type=int, metavar="SECONDS", help="Retry-After of injected 429s (1)")
+    faults.add_argument(
+        "--retry-after",
+        dest="retry_after_s",
+        type=_retry_after,
+        metavar="SECONDS",
+        help=f"Retry-After of injected 429s (1); {_NO_RETRY_AFTER}: no 429 carries Retry-After",
+    )
     faults.add_argument(
         "--retry-after-format", choices=RETRY_AFTER_FORMATS, help="seconds (default) or http-date"
     )
@@ -92,8 +123,11 @@ def _build_parser() -> _Parser:
     faults.add_argument(
         "--reject-rate", type=float, help="share of calls answered 200 with Result false (a refusal)"
     )
+    faults.add_argument(
+        "--invalid-rate", type=float, help="share of credentials connected with Status invalid"
+    )
+    faults.add_argument("--error-shape", choices=ERROR_SHAPES, help="form of Errors in refusals (object)")
     faults.add_argument("--seed", type=int, help="seed of the fault dice, for repeatable runs")
-    return parser
 
 
 def main(argv: Sequence[str]) -> int:
@@ -116,6 +150,8 @@ def _config(args: argparse.Namespace) -> SandboxConfig:
     if ":" in account_id:
         raise ValueError("OKTOPOST_ACCOUNT_ID must not contain ':' (it is the user part of Basic auth)")
     chosen = {name: getattr(args, name) for name in _FAULT_FLAGS if getattr(args, name, None) is not None}
+    if chosen.get("retry_after_s") == _NO_RETRY_AFTER:
+        chosen["retry_after_s"] = None
     try:
         faults = FaultConfig().updated(chosen)
     except FaultConfigError as exc:
@@ -123,13 +159,24 @@ def _config(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(
         account_id=account_id,
         api_key=api_key,
+        other_accounts=_other_accounts(account_id, args.account),
         token_ttl_s=args.token_ttl,
         rate=args.rate_limit,
         block_s=args.block_seconds,
+        daily_limit=args.daily_limit,
         faults=faults,
         public_url=args.public_url,
         access_log=args.access_log,
     )
+
+
+def _other_accounts(first_id: str, keys: list[AccountKey]) -> tuple[AccountKey, ...]:
+    seen = {first_id}
+    for key in keys:
+        if key.account_id in seen:
+            raise ValueError(f"--account: account {key.account_id!r} is given twice")
+        seen.add(key.account_id)
+    return tuple(keys)
 
 
 async def _serve(config: SandboxConfig, host: str, port: int) -> int:
@@ -149,8 +196,10 @@ async def _serve(config: SandboxConfig, host: str, port: int) -> int:
         loop.add_signal_handler(signum, stop.set)
     # The key is shown only when it is the well-known default; a real key never reaches a log.
     key_note = f", key {DEFAULT_API_KEY}" if config.api_key == DEFAULT_API_KEY else ""
+    accounts = f"account {config.account_id}{key_note}"
+    accounts += "".join(f", account {key.account_id}" for key in config.other_accounts)
     print(
-        f"sandbox listening on http://{url_host}:{bound_port} (account {config.account_id}{key_note})",
+        f"sandbox listening on http://{url_host}:{bound_port} ({accounts})",
         flush=True,
     )
     await stop.wait()
@@ -185,6 +234,26 @@ def _number(text: str, kind: type[float] | type[int]) -> float:
         return kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _calls_per_day(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(value)
+
+
+def _retry_after(text: str) -> int | str:
+    if text.strip().lower() in (_NO_RETRY_AFTER, "null"):
+        return _NO_RETRY_AFTER
+    return int(_number(text, int))
+
+
+def _account_key(text: str) -> AccountKey:
+    try:
+        return parse_account_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate(text: str) -> Rate:

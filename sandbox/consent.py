@@ -12,8 +12,9 @@ from importlib import resources
 from string import Template
 from urllib.parse import urlsplit
 
+from sandbox.accounts import Accounts
 from sandbox.api import parse_form
-from sandbox.authorizations import APPROVE, DENY, Account, DecisionConflict, UnknownRequest
+from sandbox.authorizations import APPROVE, DENY, DecisionConflict, UnknownRequest
 from sandbox.httpserver import Request, Response, html_response
 
 _PAGE = Template(resources.files("sandbox").joinpath("consent.html").read_text(encoding="utf-8"))
@@ -22,9 +23,8 @@ _PAGE = Template(resources.files("sandbox").joinpath("consent.html").read_text(e
 class ConsentPage:
     """Serves `/oauth/authorize`; never subject to faults or the rate limit."""
 
-    def __init__(self, account: Account, account_id: str) -> None:
-        self._account = account
-        self._account_id = account_id
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
 
     def answer(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -39,7 +39,8 @@ class ConsentPage:
         try:
             if decision is None:
                 return self._page(request_id)
-            location = self._account.decide(request_id, decision)
+            account, _ = self._accounts.find_request(request_id)
+            location = account.authorizations.decide(request_id, decision)
         except UnknownRequest:
             return _message(404, "Unknown authorization request", "It may have been reset; start again.")
         except DecisionConflict:
@@ -49,12 +50,12 @@ class ConsentPage:
         return html_response(303, _redirect_page(location), [("location", location)])
 
     def _page(self, request_id: str) -> Response:
-        authorization = self._account.find_request(request_id)
+        account, authorization = self._accounts.find_request(request_id)
         callback = urlsplit(authorization.callback_url)
         page = _PAGE.substitute(
             network=escape(authorization.network),
             entity_type=escape(authorization.entity_type),
-            account=escape(self._account_id),
+            account=escape(account.id),
             callback_origin=escape(f"{callback.scheme}://{callback.netloc}"),
             request_id=escape(request_id),
         )

@@ -1,11 +1,12 @@
-"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset. No auth, no faults."""
+"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset. No auth, no faults,
+and refusals always in one shape, so a test can read why its fault settings were refused."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 
-from sandbox.authorizations import Account
+from sandbox.accounts import Accounts
 from sandbox.faults import FaultConfigError, Faults
 from sandbox.httpserver import Request, Response, json_response
 from sandbox.stats import Stats
@@ -14,8 +15,8 @@ from sandbox.stats import Stats
 class ControlPanel:
     """Serves `/_sandbox/*` for tests, benchmarks and the demo."""
 
-    def __init__(self, account: Account, faults: Faults, stats: Stats, reset: Callable[[], None]) -> None:
-        self._account = account
+    def __init__(self, accounts: Accounts, faults: Faults, stats: Stats, reset: Callable[[], None]) -> None:
+        self._accounts = accounts
         self._faults = faults
         self._stats = stats
         self._reset = reset
@@ -56,18 +57,23 @@ class ControlPanel:
         listed = [
             {
                 "Id": credential.id,
+                "Account": account.id,
                 "Network": credential.entity.network,
                 "Name": credential.entity.name,
+                "DisplayName": credential.entity.display_name,
                 "Type": credential.entity_type,
+                "Status": credential.status,
                 "Created": credential.created,
                 "calls": credential.calls,
             }
-            for credential in self._account.connections()
+            for account in self._accounts
+            for credential in account.authorizations.connections()
         ]
         return json_response(200, listed)
 
     def _read_stats(self, _request: Request) -> Response:
-        return json_response(200, self._stats.as_json())
+        blocked = {account.id: account.blocked() for account in self._accounts}
+        return json_response(200, self._stats.as_json(blocked))
 
     def _reset_all(self, _request: Request) -> Response:
         self._reset()

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from sandbox.refusals import ERROR_SHAPES
+
 # Each call draws one number; the rates cut [0, 1) into consecutive slices in this order.
 # "reject" is last, so adding it left the slices (and seeded runs) of the others as they were.
 FAULT_KINDS = ("error", "throttle", "timeout", "drop", "malformed", "reject")
@@ -39,8 +41,11 @@ class FaultConfig:
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
     reject_rate: float = 0.0  # HTTP 200 with `Result: false`: a refusal, not a transient fault
-    retry_after_s: int = 1
+    retry_after_s: int | None = 1  # None: every 429 goes without Retry-After
     retry_after_format: str = "seconds"
+    # Not a slice of the fault dice: the share of newly connected credentials answered `Status: invalid`.
+    invalid_rate: float = 0.0
+    error_shape: str = "object"  # the form of `Errors` in every refusal (see sandbox.refusals)
     seed: int | None = None
 
     def as_json(self) -> dict[str, object]:
@@ -61,25 +66,31 @@ class FaultConfig:
         return config
 
 
+_CHOICES = {"retry_after_format": RETRY_AFTER_FORMATS, "error_shape": ERROR_SHAPES}
+_NUMBER_RANGES = {
+    **{name: (1.0, "a number from 0 to 1") for name in (*RATE_FIELDS, "invalid_rate")},
+    "latency_ms": (MAX_LATENCY_MS, f"a number of milliseconds from 0 to {MAX_LATENCY_MS}"),
+}
+
+
 def _validated(name: str, value: object) -> object:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if name in RATE_FIELDS:
-        if not is_number or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
-            raise FaultConfigError(name, "must be a number from 0 to 1")
+    if name in _NUMBER_RANGES:
+        highest, described = _NUMBER_RANGES[name]
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not is_number or not 0.0 <= float(value) <= highest:  # type: ignore[arg-type]
+            raise FaultConfigError(name, f"must be {described}")
         return float(value)  # type: ignore[arg-type]
-    if name == "latency_ms":
-        if not is_number or not 0.0 <= float(value) <= MAX_LATENCY_MS:  # type: ignore[arg-type]
-            raise FaultConfigError(name, f"must be a number of milliseconds from 0 to {MAX_LATENCY_MS}")
-        return float(value)  # type: ignore[arg-type]
-    if name == "retry_after_s":
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise FaultConfigError(name, f"must be one of {', '.join(_CHOICES[name])}")
+        return value
+    if name == "retry_after_s" and value is not None:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRY_AFTER_S:
-            raise FaultConfigError(name, f"must be a whole number of seconds from 0 to {MAX_RETRY_AFTER_S}")
+            raise FaultConfigError(
+                name, f"must be a whole number of seconds from 0 to {MAX_RETRY_AFTER_S}, or null"
+            )
         return value
-    if name == "retry_after_format":
-        if value not in RETRY_AFTER_FORMATS:
-            raise FaultConfigError(name, f"must be one of {', '.join(RETRY_AFTER_FORMATS)}")
-        return value
-    # seed
+    # seed, or a null retry_after_s
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise FaultConfigError(name, "must be an integer or null")
     return value
@@ -119,9 +130,21 @@ class Faults:
                 return kind
         return None
 
+    def credential_status(self) -> str:
+        """`valid`, or `invalid` for a share `invalid_rate` of the credentials connected."""
+        rate = self._config.invalid_rate
+        # No draw when the rate is 0, so seeded runs without it roll the same faults as before.
+        return "invalid" if rate > 0 and self._random.random() < rate else "valid"
+
     def retry_after(self, seconds: float) -> str:
         """A Retry-After value in the configured format."""
         whole = max(0, math.ceil(seconds))
         if self._config.retry_after_format == "http-date":
             return formatdate(math.ceil(time.time()) + whole, usegmt=True)
         return str(whole)
+
+    def retry_after_headers(self, seconds: float) -> tuple[tuple[str, str], ...]:
+        """The Retry-After header of a 429 waiting `seconds`; none when `retry_after_s` is null."""
+        if self._config.retry_after_s is None:
+            return ()
+        return (("retry-after", self.retry_after(seconds)),)

@@ -1,4 +1,5 @@
-"""Oktopost's burst limit: a strict sliding window per account, and a long block for whoever exceeds it."""
+"""Oktopost's limits on an account: the burst window with the long block for whoever exceeds it, and the
+daily cap that lasts until midnight UTC."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ _UNIT_SECONDS = {
     "day": 86400,
     "days": 86400,
 }
+_DAY_S = 86400
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
 
 
@@ -76,6 +78,10 @@ class SlidingWindowLimiter:
         self._accepted.clear()
         self._blocked_until = 0.0
 
+    def blocked(self) -> bool:
+        """Whether a block is in force now."""
+        return self._clock() < self._blocked_until
+
     def check(self) -> Verdict:
         now = self._clock()
         if now < self._blocked_until:
@@ -91,6 +97,46 @@ class SlidingWindowLimiter:
             return Verdict(False, _whole_seconds(self._block_s), blocked_now=True)
         # No block configured: only wait for the oldest call to leave the window.
         return Verdict(False, _whole_seconds(self._accepted[0] + self._rate.window_s - now))
+
+
+class DailyLimit:
+    """At most `calls` accepted calls in a UTC day; past them, every call waits for midnight UTC.
+
+    Refused calls do not count, so `check` only looks and `count` records a call that went through.
+    """
+
+    def __init__(self, calls: int, wall_clock: Callable[[], float] = time.time) -> None:
+        self._calls = calls
+        self._wall_clock = wall_clock
+        self._day = -1
+        self._used = 0
+
+    def reset(self) -> None:
+        self._day = -1
+        self._used = 0
+
+    def check(self) -> Verdict:
+        now = self._wall_clock()
+        if self._used_on(now) < self._calls:
+            return Verdict(True)
+        return Verdict(False, _whole_seconds(seconds_to_midnight_utc(now)))
+
+    def count(self) -> None:
+        now = self._wall_clock()
+        self._used = self._used_on(now) + 1
+        self._day = _utc_day(now)
+
+    def _used_on(self, now: float) -> int:
+        return self._used if _utc_day(now) == self._day else 0
+
+
+def seconds_to_midnight_utc(now: float) -> float:
+    return (_utc_day(now) + 1) * _DAY_S - now
+
+
+def _utc_day(now: float) -> int:
+    # Unix time has no leap seconds, so every UTC day is exactly 86400 of its seconds.
+    return int(now // _DAY_S)
 
 
 def _whole_seconds(seconds: float) -> int:

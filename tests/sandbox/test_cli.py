@@ -37,6 +37,14 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         (["--error-rate", "0.7", "--drop-rate", "0.7"], "--"),
         (["--retry-after-format", "rfc"], "--retry-after-format"),
         (["--public-url", "sandbox:8090"], "--public-url"),
+        (["--account", "no-key"], "--account"),
+        (["--account", ":key"], "--account"),
+        (["--account", "demo-account:again"], "--account"),
+        (["--account", "a:1", "--account", "a:2"], "--account"),
+        (["--daily-limit", "0"], "--daily-limit"),
+        (["--retry-after", "soon"], "--retry-after"),
+        (["--invalid-rate", "1.5"], "--invalid-rate"),
+        (["--error-shape", "xml"], "--error-shape"),
         (["--nonsense"], "--nonsense"),
     ],
 )
@@ -126,3 +134,26 @@ def test_a_busy_port_exits_2_with_one_line() -> None:
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1
     assert f"cannot listen on 127.0.0.1:{port}" in completed.stderr
+
+
+@pytest.mark.integration
+def test_fault_flags_at_start_are_the_faults_in_force() -> None:
+    running = RunningSandbox(
+        "--retry-after", "none", "--invalid-rate", "0.25", "--error-shape", "param", "--throttle-rate", "0.5"
+    )
+    try:
+        faults = httpx.get(f"{running.url}/_sandbox/faults").json()
+    finally:
+        running.stop()
+    assert faults["retry_after_s"] is None
+    assert (faults["invalid_rate"], faults["error_shape"], faults["throttle_rate"]) == (0.25, "param", 0.5)
+
+
+@pytest.mark.integration
+def test_a_whole_retry_after_at_start_is_sent_with_injected_429s() -> None:
+    running = RunningSandbox("--retry-after", "9", "--throttle-rate", "1")
+    try:
+        with running.client() as api:
+            assert api.get("/v2/credential/1").headers["retry-after"] == "9"
+    finally:
+        running.stop()

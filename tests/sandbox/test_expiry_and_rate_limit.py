@@ -94,7 +94,7 @@ def test_burst_limit_is_a_strict_sliding_window_then_blocks(limited: RunningSand
         stats = limited.stats()
         assert stats["blocked_count"] == 1
         assert stats["ever_blocked"] is True
-        assert stats["responses_429"] == {"total": 2, "rate_limit": 2, "injected": 0}
+        assert stats["responses_429"] == {"total": 2, "rate_limit": 2, "daily_limit": 0, "injected": 0}
 
         time.sleep(1.0)
         later = call(api)

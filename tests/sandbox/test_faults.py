@@ -59,7 +59,7 @@ def test_throttle_fault_answers_429_with_retry_after(api: httpx.Client, sandbox:
     assert response.headers["retry-after"] == "7"
     assert response.json() == {"Result": False, "Errors": {"API": {"Error": "Rate limit exceeded"}}}
     stats = sandbox.stats()
-    assert stats["responses_429"] == {"total": 1, "rate_limit": 0, "injected": 1}
+    assert stats["responses_429"] == {"total": 1, "rate_limit": 0, "daily_limit": 0, "injected": 1}
     assert stats["blocked_count"] == 0
 
 
@@ -165,7 +165,8 @@ def test_fault_settings_are_validated_and_answered_in_full(sandbox: RunningSandb
     current = httpx.get(url).json()
     assert set(current) == {
         "latency_ms", "error_rate", "throttle_rate", "retry_after_s", "retry_after_format",
-        "timeout_rate", "drop_rate", "malformed_rate", "reject_rate", "seed",
+        "timeout_rate", "drop_rate", "malformed_rate", "reject_rate", "invalid_rate",
+        "error_shape", "seed",
     }  # fmt: skip
     assert httpx.post(url, json={"error_rate": 0.1}).json() == {**current, "error_rate": 0.1}
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 TOKEN = re.compile(r"^[0-9a-f]{14}\.[0-9a-f]{40}$")
 CREDENTIAL_ID = re.compile(r"^003-001000000000000-\d+$")
 CREATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
-PROFILE_FIELDS = {"Id", "Created", "Name", "Status", "Network", "ImageLink", "NetworkUsername"}
+PROFILE_FIELDS = {"Id", "Created", "Name", "DisplayName", "Status", "Network", "ImageLink", "NetworkUsername"}
 ENTITY_FIELDS = {"Id", "Name", "Network", "ImageLink", "NetworkUsername", "IsConnected"}
 
 
@@ -142,29 +142,52 @@ def test_page_flow_lists_entities_then_connects_the_chosen_ids(
     assert set(body) == {"Result", "Credentials"}
     assert body["Result"] is True
     assert body["Credentials"] == [
-        {"Id": f"003-001000000000000-{entities[0]['Id']}", "Name": entities[0]["Name"], "Status": "valid",
+        {"Id": f"003-001000000000000-{entities[0]['Id']}", "Name": entities[0]["Name"],
+         "DisplayName": entities[0]["Name"], "Status": "valid",
          "Network": "Facebook"},
-        {"Id": f"003-001000000000000-{entities[1]['Id']}", "Name": entities[1]["Name"], "Status": "valid",
+        {"Id": f"003-001000000000000-{entities[1]['Id']}", "Name": entities[1]["Name"],
+         "DisplayName": entities[1]["Name"], "Status": "valid",
          "Network": "Facebook"},
     ]  # fmt: skip
 
 
-def test_put_accepts_ids_in_a_form_body(api: httpx.Client, sandbox: RunningSandbox) -> None:
+def test_put_reads_ids_from_the_query_string_only(api: httpx.Client, sandbox: RunningSandbox) -> None:
     token = sandbox.authorize(api, "LinkedIn", "group")
     first = api.get(f"/v2/social-authorization/{token}").json()["data"][0]
-    completed = api.put(f"/v2/social-authorization/{token}", data={"ids": first["Id"]})
-    assert completed.status_code == 200
-    assert [c["Name"] for c in completed.json()["Credentials"]] == [first["Name"]]
+    in_body = api.put(f"/v2/social-authorization/{token}", data={"ids": first["Id"]})
+    assert in_body.status_code == 400
+    assert in_body.json() == {
+        "Result": False,
+        "Errors": {"Param": {"ids": "Missing value for parameter ids"}},
+    }
+    assert sandbox.connections() == []
+    in_query = api.put(f"/v2/social-authorization/{token}?ids={first['Id']}")
+    assert [c["Name"] for c in in_query.json()["Credentials"]] == [first["Name"]]
 
 
-@pytest.mark.parametrize("network", ["twitter", "FACEBOOK", "LinkedIn", "Youtube", "YouTube", "instagram"])
-def test_networks_are_accepted_case_insensitively_and_answered_canonically(
+@pytest.mark.parametrize("network", ["Twitter", "Facebook", "LinkedIn", "YouTube", "Instagram"])
+def test_networks_spelled_as_the_reference_are_accepted(
     api: httpx.Client, sandbox: RunningSandbox, network: str
 ) -> None:
     token = sandbox.authorize(api, network, "page")
     names = {entity["Network"] for entity in api.get(f"/v2/social-authorization/{token}").json()["data"]}
-    canonical = {"twitter": "Twitter", "facebook": "Facebook", "linkedin": "LinkedIn", "youtube": "YouTube"}
-    assert names == {canonical.get(network.lower(), "Instagram")}
+    assert names == {network}
+
+
+@pytest.mark.parametrize("network", ["linkedin", "LINKEDIN", "Linkedin", "twitter", "Youtube", " LinkedIn"])
+def test_any_other_spelling_of_a_network_is_refused(api: httpx.Client, network: str) -> None:
+    refused = api.post("/v2/social-authorization", data={"network": network, "url": CALLBACK})
+    assert refused.status_code == 400
+    body = refused.json()
+    assert body["Result"] is False
+    assert list(body["Errors"]["Param"]) == ["network"]
+
+
+def test_entity_types_are_taken_in_lower_case_only(api: httpx.Client) -> None:
+    form = {"network": "LinkedIn", "url": CALLBACK, "type": "Page"}
+    refused = api.post("/v2/social-authorization", data=form)
+    assert refused.status_code == 400
+    assert list(refused.json()["Errors"]["Param"]) == ["type"]
 
 
 def test_consent_page_has_working_approve_and_deny_forms(sandbox: RunningSandbox) -> None:
@@ -248,9 +271,12 @@ def test_verify_and_put_are_idempotent_and_count_calls(api: httpx.Client, sandbo
     assert set(connections) == {first["Credential"]["Id"], *(c["Id"] for c in put["Credentials"])}
     assert connections[first["Credential"]["Id"]] == {
         "Id": first["Credential"]["Id"],
+        "Account": "demo-account",
         "Network": "LinkedIn",
         "Name": first["Credential"]["Name"],
+        "DisplayName": first["Credential"]["DisplayName"],
         "Type": "profile",
+        "Status": "valid",
         "Created": first["Credential"]["Created"],
         "calls": 2,
     }

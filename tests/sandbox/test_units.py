@@ -20,9 +20,10 @@ from sandbox.authorizations import (
     add_query_param,
     new_token,
 )
-from sandbox.catalog import ENTITY_TYPES, NETWORKS, canonical_network, selectable_entities
+from sandbox.catalog import ENTITY_TYPES, NETWORKS, selectable_entities
 from sandbox.faults import FaultConfig, FaultConfigError, Faults
-from sandbox.ratelimit import Rate, SlidingWindowLimiter, parse_rate
+from sandbox.ratelimit import DailyLimit, Rate, SlidingWindowLimiter, parse_rate
+from sandbox.refusals import Refusal, param_refusal
 
 
 class FakeClock:
@@ -220,9 +221,73 @@ def test_every_network_offers_at_least_three_pages_and_groups_the_first_connecte
             seen |= ids
 
 
-@pytest.mark.parametrize(
-    ("given", "canonical"),
-    [("youtube", "YouTube"), ("Youtube", "YouTube"), (" LINKEDIN ", "LinkedIn"), ("Xing", None), ("", None)],
-)
-def test_network_names_are_canonicalised(given: str, canonical: str | None) -> None:
-    assert canonical_network(given) == canonical
+def test_daily_limit_refuses_past_n_until_midnight_utc() -> None:
+    clock = FakeClock()
+    clock.now = 1_700_000_000.0 - 1_700_000_000.0 % 86400 + 86400 - 100  # 100 s before a UTC midnight
+    daily = DailyLimit(2, wall_clock=clock)
+    for _ in range(2):
+        assert daily.check().allowed
+        daily.count()
+    refused = daily.check()
+    assert (refused.allowed, refused.retry_after_s) == (False, 100)
+    clock.now += 99.5
+    assert daily.check().retry_after_s == 1
+    clock.now += 0.5  # midnight: a new day, a new count
+    assert daily.check().allowed
+
+
+def test_refused_calls_do_not_use_the_daily_count() -> None:
+    daily = DailyLimit(1)
+    for _ in range(5):
+        assert daily.check().allowed  # looked at, never counted
+    daily.count()
+    assert not daily.check().allowed
+
+
+def test_every_error_shape_carries_result_false_and_the_status() -> None:
+    missing = param_refusal({"network": "Missing value for parameter network"})
+    expired = Refusal(404, "Token is invalid or has expired")
+    assert expired.errors("object") == {"API": {"Error": "Token is invalid or has expired"}}
+    assert missing.errors("object") == {"Param": {"network": "Missing value for parameter network"}}
+    assert expired.errors("list") == missing.errors("list") == []
+    assert expired.errors("param") == {"Param": {"get": "Token is invalid or has expired"}}
+    assert missing.errors("param") == {"Param": {"get": "Missing value for parameter network"}}
+    for shape in ("object", "list", "param"):
+        response = missing.response(shape)
+        assert response.status == 400
+        assert response.body.startswith(b'{"Result":false,"Errors":')
+
+
+def test_invalid_rate_decides_each_connection_and_is_validated() -> None:
+    assert {Faults(FaultConfig(invalid_rate=1.0)).credential_status() for _ in range(50)} == {"invalid"}
+    assert {Faults(FaultConfig()).credential_status() for _ in range(50)} == {"valid"}
+    halves = Faults(FaultConfig(invalid_rate=0.5, seed=3))
+    statuses = [halves.credential_status() for _ in range(2000)]
+    assert 0.45 < statuses.count("invalid") / 2000 < 0.55
+    for bad in (1.5, -0.1, "x", True):
+        with pytest.raises(FaultConfigError) as refused:
+            FaultConfig().updated({"invalid_rate": bad})
+        assert refused.value.field == "invalid_rate"
+
+
+def test_a_null_retry_after_leaves_the_header_out() -> None:
+    faults = Faults(FaultConfig())
+    assert faults.retry_after_headers(3) == (("retry-after", "3"),)
+    assert faults.configure({"retry_after_s": None}).retry_after_s is None
+    assert faults.retry_after_headers(3) == ()
+    with pytest.raises(FaultConfigError):
+        faults.configure({"error_shape": "xml"})
+
+
+def test_a_repeated_verify_answers_the_status_its_token_connected_with() -> None:
+    statuses = iter(["invalid", "valid"])
+    account = Account(token_ttl_s=300, credential_status=lambda: next(statuses))
+    request = account.request_authorization("LinkedIn", "page", "https://app.example/cb")
+    token = account.decide(request.id, APPROVE).rsplit("okt=", 1)[1]
+    entity = account.verify(token).entities[1]
+    assert [c.status for c in account.complete(token, [entity.id])] == ["invalid"]
+    assert [c.status for c in account.complete(token, [entity.id])] == ["invalid"]  # the same again
+    again = account.request_authorization("LinkedIn", "page", "https://app.example/cb")
+    second = account.decide(again.id, APPROVE).rsplit("okt=", 1)[1]
+    assert [c.status for c in account.complete(second, [entity.id])] == ["valid"]  # reconnected
+    assert account.connections()[0].status == "valid"
