@@ -66,7 +66,7 @@ def create_app(
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
-    metrics.install(store.redis, store.names.worker_metrics)
+    metrics.install(store.redis, store.names.worker_metrics, deps.budget.account)
     access.install(app)
     app.include_router(authorizations.router)
     app.include_router(callbacks.router)
