@@ -123,14 +123,16 @@ def shim_settings() -> Settings:
 
 
 @asynccontextmanager
-async def open_shim(rate: tuple[int, float] = (1000, 1.0)) -> AsyncIterator[Shim]:
+async def open_shim(
+    rate: tuple[int, float] = (1000, 1.0), daily_limit: int | None = None
+) -> AsyncIterator[Shim]:
     """A new app on a Redis of its own; `rate`: Oktopost calls allowed per that many seconds."""
     settings = shim_settings()
     redis_server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=redis_server)
     names = RedisNames(PREFIX)
     store = FlowStore(redis, names, Lifetimes())
-    budget = UpstreamBudget(redis, names, limit=rate[0], period=rate[1])
+    budget = UpstreamBudget(redis, names, limit=rate[0], period=rate[1], daily_limit=daily_limit)
     oktopost = FakeOktopost()
     client = AsyncOktopostClient(
         settings.oktopost_base_url, "account", "api-key", transport=httpx.MockTransport(oktopost)
