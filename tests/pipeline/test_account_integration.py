@@ -27,9 +27,10 @@ def _sandbox_calls(sandbox: Sandbox) -> int:
 def _paused_until(pipeline: Pipeline, timeout: float) -> float:
     """The end of the account's pause as the pipeline keeps it in Redis, once there is one."""
     key = RedisNames(pipeline.prefix).account_pause
+    client: Any = pipeline.redis()  # redis-py annotates commands as sync-or-async; this is sync
     until = time.monotonic() + timeout
     while time.monotonic() < until:
-        ends = pipeline.redis().get(key)
+        ends = client.get(key)
         if ends is not None:
             return float(ends)
         time.sleep(0.01)
@@ -37,7 +38,8 @@ def _paused_until(pipeline: Pipeline, timeout: float) -> float:
 
 
 def _redis_now(pipeline: Pipeline) -> float:
-    seconds, microseconds = pipeline.redis().time()
+    client: Any = pipeline.redis()
+    seconds, microseconds = client.time()
     return int(seconds) + int(microseconds) / 1_000_000
 
 
