@@ -75,7 +75,7 @@ def create_app(
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
-    metrics.install(store.redis, store.names.worker_metrics)
+    metrics.install(store.redis, store.names.worker_metrics, deps.budget.account)
     access.install(app)
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")

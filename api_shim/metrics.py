@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram
 
+from worker.account import Account, AccountCollector
 from worker.metrics import RedisMetricsCollector
 
 REQUESTS = Counter(
@@ -25,14 +26,15 @@ CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcom
 ADMISSIONS_REFUSED = Counter(
     "okc_shim_admissions_refused_total", "New flows refused with 503: the upstream budget is spoken for"
 )
-_worker_collector: RedisMetricsCollector | None = None
+_worker_collectors: list[RedisMetricsCollector | AccountCollector] = []
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(client: redis.Redis, worker_metrics_key: str) -> None:
-    """/metrics also shows the workers' metrics, read from Redis at scrape time."""
-    global _worker_collector
-    if _worker_collector is not None:  # one per process, even when tests build several apps
-        REGISTRY.unregister(_worker_collector)
-    _worker_collector = RedisMetricsCollector(client, worker_metrics_key)
-    REGISTRY.register(_worker_collector)
+def install(client: redis.Redis, worker_metrics_key: str, account: Account) -> None:
+    """/metrics also shows the workers' metrics and the Oktopost account's standing, read from Redis at
+    scrape time."""
+    while _worker_collectors:  # one of each per process, even when tests build several apps
+        REGISTRY.unregister(_worker_collectors.pop())
+    _worker_collectors.extend([RedisMetricsCollector(client, worker_metrics_key), AccountCollector(account)])
+    for collector in _worker_collectors:
+        REGISTRY.register(collector)

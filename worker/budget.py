@@ -11,7 +11,10 @@ lives, so the limit is never to be exceeded, not merely respected on average. Tw
   completions are scored by their flow's deadline (earliest deadline first); new Step 1 calls come
   after all of them. A waiter that stops polling (its process died) drops out after a few seconds.
 
-Both are changed only inside one Lua script, on Redis's clock, so several machines agree.
+Both are changed only inside one Lua script, on Redis's clock, so several machines agree. That script
+also honours the account's pause and counts its day (worker.account): no call is granted while the
+account is paused, nor past the day's limit, and a new flow's Step 1 is granted only while the day
+covers what the flows under way need plus the new flow's own calls.
 Why not the `limits` library: its moving window answers "may I, now?" to whoever asks first; it has
 no queue, so under contention the flow that dies first gets no precedence, and waiting means polling.
 """
@@ -23,11 +26,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 
 from worker import scripts
+from worker.account import ADMISSION_SECONDS, Account
+from worker.errors import ThrottledError
+from worker.events import ExpiredReason
 from worker.keys import RedisNames
 
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
@@ -41,6 +47,25 @@ class NoBudgetInTime(Exception):
     def __init__(self, wait: float) -> None:
         self.wait = wait
         super().__init__(f"no upstream budget for {wait:.1f}s, past the deadline")
+
+
+class AccountBlocked(NoBudgetInTime):
+    """No call can be made for the account before the caller's give-up time: Oktopost has it blocked
+    (the pause after a 429), or the day's calls are spent. `wait` is the time until that ends."""
+
+    reason: ClassVar[ExpiredReason] = "upstream_blocked"
+
+
+class AccountPaused(AccountBlocked):
+    """The account is paused after a 429 until after the caller's give-up time."""
+
+
+class DailyLimitSpent(AccountBlocked):
+    """The day's calls (UTC) are spent, or cannot cover a new flow besides the flows under way; `wait`
+    is the time until midnight UTC."""
+
+
+_BLOCKED = {"paused": AccountPaused, "spent": DailyLimitSpent}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,37 +83,57 @@ class UpstreamBudget:
         period: float,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        daily_limit: int | None = None,
+        block_seconds: float = 900.0,
     ) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.names = names
         self.limit = limit
         self.period = period
         self.sleep = sleep
+        self.account = Account(client, names, daily_limit=daily_limit, block_seconds=block_seconds)
         self._acquire = scripts.register(client, "budget_acquire")
         self._finished = scripts.register(client, "budget_finished")
 
     def acquire(
-        self, priority: float, give_up_at: float, hold: float, heartbeat: Callable[[], None] | None = None
+        self,
+        priority: float,
+        give_up_at: float,
+        hold: float,
+        heartbeat: Callable[[], None] | None = None,
+        admission: str = "",
     ) -> Grant:
         """Blocks until a call may start; `hold` bounds how long the call can take.
 
-        Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds).
+        Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds),
+        and AccountBlocked when the account's pause or its day's count forbids any call until then.
         `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS; what it raises ends the
-        wait.
+        wait. `admission` (worker.account.admission_member) makes this a new flow's Step 1: granted only
+        while the day covers it, and it reserves the flow's later calls until `release_admission`.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()
-        keys = [self.names.budget_window, self.names.budget_queue, self.names.budget_alive]
+        names = self.names
+        keys = [
+            names.budget_window,
+            names.budget_queue,
+            names.budget_alive,
+            names.account_pause,
+            names.reserved_calls,
+            names.admissions,
+        ]
+        args: list[float | str] = [self.limit, self.period, hold, STALE_WAITER_SECONDS, give_up_at]
+        daily = "" if self.account.daily_limit is None else self.account.daily_limit
+        args += [daily, names.daily_calls_prefix, admission, ADMISSION_SECONDS]
         while True:
-            answer = self._acquire(
-                keys=keys,
-                args=[waiter, priority, self.limit, self.period, hold, STALE_WAITER_SECONDS, give_up_at],
-            )
+            answer = self._acquire(keys=keys, args=[waiter, priority, *args])
             verdict, value = _text(answer[0]), float(_text(answer[1]))
             if verdict == "granted":
                 return Grant(waiter, time.monotonic() - started)
             if verdict == "doomed":
                 raise NoBudgetInTime(value)
+            if verdict in _BLOCKED:
+                raise _BLOCKED[verdict](value)
             try:
                 if heartbeat is not None:
                     heartbeat()
@@ -98,8 +143,11 @@ class UpstreamBudget:
                     self.redis.zrem(self.names.budget_queue, waiter)
                 raise
 
-    def finished(self, grant: Grant) -> None:
-        """Scores the call by when it ended, which frees its slot one period later."""
+    def finished(self, grant: Grant, error: BaseException | None = None) -> None:
+        """Scores the call by when it ended, which frees its slot one period later. A 429 (`error`)
+        pauses the account first, so no process calls again before the pause is in Redis."""
+        if isinstance(error, ThrottledError):
+            self.account.pause(error.retry_after)
         self._finished(keys=[self.names.budget_window], args=[grant.waiter])
 
     @contextmanager
@@ -121,20 +169,20 @@ class UpstreamBudget:
         grant = self.acquire(priority, give_up_at, hold, heartbeat)
         try:
             yield grant
-        except BaseException:
-            self.finished_all([grant])
+        except BaseException as error:
+            self.finished_all([grant], error)
             raise
         if defer_end_to is not None:
             defer_end_to.append(grant)
         else:
             self.finished_all([grant])
 
-    def finished_all(self, grants: list[Grant]) -> None:
+    def finished_all(self, grants: list[Grant], error: BaseException | None = None) -> None:
         """`finished` for each; if Redis is away, a slot stays counted until its hold runs out: safe,
         only slower."""
         for grant in grants:
             with suppress(redis.RedisError):
-                self.finished(grant)
+                self.finished(grant, error)
 
     def backlog(self) -> int:
         """Calls waiting for a slot right now."""

@@ -7,6 +7,7 @@
      |    +-- ThrottledError                                          429 (.retry_after: seconds or None)
      |    +-- ServerError                                             5xx (.status)
      +-- RefusedError                 no
+          +-- MismatchedAnswerError            upstream_mismatch     an answer for another network or type
           +-- UnauthorizedError                unauthorized          401, 403 (.status)
           +-- RejectedError                    upstream_rejected     Result false, other 4xx (.messages)
                +-- TokenInvalidError           token_invalid         unknown or expired okt token
@@ -105,6 +106,13 @@ class RefusedError(OktopostError):
     """Oktopost answered and said no; the same call will get the same answer."""
 
     retryable = False
+
+
+class MismatchedAnswerError(RefusedError):
+    """Oktopost answered a verify for another network or entity type than the flow's: whatever it
+    connected, it is not what the caller asked for, and asking again gets the same answer."""
+
+    code = "upstream_mismatch"
 
 
 class UnauthorizedError(RefusedError):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EntityType = Literal["profile", "page", "group"]
 ExpiredStage = Literal["callback", "verify", "selection", "complete"]
+ExpiredReason = Literal["upstream_blocked"]
 
 TERMINAL_TYPES = frozenset({"connection.completed", "authorization.failed", "authorization.expired"})
 SCHEMA_PATH = Path(__file__).with_name("schema") / "event.schema.json"
@@ -63,8 +64,11 @@ class SelectionSubmittedData(_Data):
 class ConnectedCredential(_Data):
     id: str
     name: str
-    status: str
+    status: str = Field(description="as Oktopost gave it: valid, or invalid")
     network: str
+    display_name: str | None = Field(
+        default=None, exclude_if=lambda value: value is None, description="Oktopost's DisplayName, when given"
+    )
 
 
 class CompletedData(_Data):
@@ -80,6 +84,11 @@ class FailedData(_Data):
 
 class ExpiredData(_Data):
     stage: ExpiredStage
+    reason: ExpiredReason | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="upstream_blocked: Oktopost's block of the account (after a 429) outlived the token",
+    )
 
 
 class FlowEvent(BaseModel):

@@ -61,6 +61,31 @@ class RedisNames:
         return f"{self.prefix}:budget:alive"
 
     @property
+    def account_pause(self) -> str:
+        """String: the moment (epoch seconds on Redis's clock) until which no call is made for the
+        account, because Oktopost answered 429."""
+        return f"{self.prefix}:account:pause"
+
+    @property
+    def daily_calls_prefix(self) -> str:
+        """The day's counter without its day (the budget's Lua appends the day it reads from TIME)."""
+        return f"{self.prefix}:account:calls:"
+
+    def daily_calls(self, day: int) -> str:
+        """Counter: calls made on one UTC day (days since the epoch); it expires the day after."""
+        return f"{self.daily_calls_prefix}{day}"
+
+    @property
+    def reserved_calls(self) -> str:
+        """Counter: the calls the flows under way still need (kept by the flow transitions)."""
+        return f"{self.prefix}:account:reserved"
+
+    @property
+    def admissions(self) -> str:
+        """Sorted set: new flows' reserved calls between Step 1 and their creation, scored by expiry."""
+        return f"{self.prefix}:account:admissions"
+
+    @property
     def workers(self) -> str:
         """Sorted set: worker node names, scored by when each last showed it is consuming (its sweeper)."""
         return f"{self.prefix}:workers"

@@ -2,7 +2,9 @@
 
 An okt token dies at an absolute moment, so every decision is measured against that deadline, never
 against a count: an attempt starts only when it could finish in time, its timeout is at most the time
-left, and a Retry-After is honoured only when waiting it still leaves time for an attempt. Refusals
+left, and a Retry-After is honoured only when waiting it still leaves time for an attempt. With the
+shared budget (`admit`), a 429 has paused the whole account instead: the next admission waits the pause
+out, or dooms the call at once when the pause outlives the deadline, so no call is made meanwhile. Refusals
 (4xx, `Result: false`) are never retried, and nothing outside the Oktopost error tree is retried either
 (Celery's own exceptions, bugs): they propagate untouched. The same policy drives the worker's sync
 calls and the shim's async Step 1.
@@ -68,6 +70,7 @@ class _Schedule:
     policy: RetryPolicy
     clock: Callable[[], float]
     on_retry: Callable[[OktopostError, float], None] | None
+    paused_by_admission: bool = False  # a 429 pauses the account, and the admission waits that out
 
     def tenacity_kwargs(self) -> dict[str, Any]:
         backoff = wait_random_exponential(
@@ -76,8 +79,9 @@ class _Schedule:
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, ThrottledError) and error.retry_after is not None:
-                return error.retry_after  # Oktopost's word: honoured in full, or not at all (stop)
+            throttled = error if isinstance(error, ThrottledError) else None
+            if throttled is not None and throttled.retry_after is not None and not self.paused_by_admission:
+                return throttled.retry_after  # Oktopost's word: honoured in full, or not at all (stop)
             # our own backoff never waits past the moment that still leaves time for one attempt:
             # a jittered 4 s near the deadline would otherwise give the flow up seconds early
             room = self.deadline - self.clock() - self.policy.min_attempt_seconds
@@ -144,7 +148,7 @@ def call_until_deadline(
     raise NoBudgetInTime, which is passed on as it is). Raises the refusal as it came (`RefusedError`,
     with `.attempts`), or `DeadlineReached`.
     """
-    schedule = _Schedule(deadline, policy, clock, on_retry)
+    schedule = _Schedule(deadline, policy, clock, on_retry, paused_by_admission=admit is not None)
     retrying = Retrying(sleep=sleep, **schedule.tenacity_kwargs())
 
     def bounded_attempt() -> T:
@@ -163,19 +167,24 @@ async def acall_until_deadline(
     policy: RetryPolicy = RetryPolicy(),
     clock: Callable[[], float] = time.time,
     on_retry: Callable[[OktopostError, float], None] | None = None,
-    admit: Callable[[], Awaitable[Callable[[], None]]] | None = None,
+    admit: Callable[[], Awaitable[Callable[[BaseException | None], None]]] | None = None,
 ) -> tuple[T, int]:
-    """The same policy for async callers (the shim's Step 1); `admit()` returns the call's `finished`."""
-    schedule = _Schedule(deadline, policy, clock, on_retry)
+    """The same policy for async callers (the shim's Step 1); `admit()` returns the call's `finished`,
+    told the error the attempt raised, if any."""
+    schedule = _Schedule(deadline, policy, clock, on_retry, paused_by_admission=admit is not None)
     retrying = AsyncRetrying(sleep=asyncio.sleep, **schedule.tenacity_kwargs())
 
     async def bounded_attempt() -> T:  # a coroutine function, so tenacity awaits it
         finished = await admit() if admit is not None else None
         try:
-            return await attempt(schedule.attempt_timeout())
-        finally:
+            result = await attempt(schedule.attempt_timeout())
+        except BaseException as error:
             if finished is not None:
-                finished()
+                finished(error)
+            raise
+        if finished is not None:
+            finished(None)
+        return result
 
     with _outcome_of(retrying):
         result: T = await retrying(bounded_attempt)

@@ -88,4 +88,11 @@ def task_context() -> TaskContext:
 
 def budget(settings: Settings, client: redis.Redis) -> UpstreamBudget:
     limit, period = settings.rate_limit
-    return UpstreamBudget(client, RedisNames(settings.channel_prefix), limit, period)
+    return UpstreamBudget(
+        client,
+        RedisNames(settings.channel_prefix),
+        limit,
+        period,
+        daily_limit=settings.oktopost_daily_limit,
+        block_seconds=settings.oktopost_block_seconds,
+    )

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     oktopost_base_url: str = US_BASE_URL
     oktopost_rate_limit: str = "60/minute"
     oktopost_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    oktopost_daily_limit: int = Field(default=20000, ge=1)
+    oktopost_block_seconds: float = Field(default=900.0, gt=0, le=86400)
 
     public_base_url: str = "http://127.0.0.1:8000"
     # a connection that has not sent its whole request head this long after opening (or after its last

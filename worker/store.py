@@ -28,6 +28,7 @@ from worker.events import (
     ConnectionCompleted,
     EntityOffer,
     ExpiredData,
+    ExpiredReason,
     FailedData,
     FlowEvent,
     SelectionRequired,
@@ -207,6 +208,11 @@ class FlowStore:
         callback moved it)."""
         return self._expire(flow, only_after_deadline=True, fence=None)
 
+    def expire_blocked(self, flow: Flow) -> Transition:
+        """Ends a flow at once, before its deadline, because the account's pause outlives it; from the
+        state the flow was read in only, so a callback or a selection that moved it meanwhile wins."""
+        return self._expire(flow, only_after_deadline=False, fence=None, reason="upstream_blocked")
+
     # transitions made by the task that owns the flow's work: fenced with its owner id
 
     def offer_selection(self, flow: Flow, entities: list[EntityOffer], owner: str) -> Transition:
@@ -225,9 +231,10 @@ class FlowStore:
     def fail(self, flow: Flow, code: str, message: str, attempts: int, owner: str) -> Transition:
         return self._fail(flow, WORKING_STATES, code, message, attempts, owner)
 
-    def give_up(self, flow: Flow, owner: str) -> Transition:
-        """Ends the flow as expired before its deadline: no attempt could finish in the time left."""
-        return self._expire(flow, only_after_deadline=False, fence=owner)
+    def give_up(self, flow: Flow, owner: str, reason: ExpiredReason | None = None) -> Transition:
+        """Ends the flow as expired before its deadline: no attempt could finish in the time left
+        (`reason` upstream_blocked: Oktopost's block of the account outlives it)."""
+        return self._expire(flow, only_after_deadline=False, fence=owner, reason=reason)
 
     # the work on a flow: one owner at a time, under a lease the sweeper watches
 
@@ -292,10 +299,12 @@ class FlowStore:
         fields = {"failure_code": code, **(extra or {})}
         return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence)
 
-    def _expire(self, flow: Flow, *, only_after_deadline: bool, fence: str | None) -> Transition:
+    def _expire(
+        self, flow: Flow, *, only_after_deadline: bool, fence: str | None, reason: ExpiredReason | None = None
+    ) -> Transition:
         if flow.state.terminal:
             return Transition(TransitionOutcome.CONFLICT, state=flow.state)
-        data = ExpiredData(stage=flow.state.stage)  # type: ignore[arg-type]
+        data = ExpiredData(stage=flow.state.stage, reason=reason)  # type: ignore[arg-type]
         event = AuthorizationExpired(**_envelope(flow, self.clock.now()), data=data)
         fields = {"expired_stage": flow.state.stage}
         change = Change(

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Protocol
 
+from worker.account import Account
 from worker.flow import WORKING_STATES, FlowState
 from worker.queueing import QueuedTask
 from worker.store import FlowStore, RequeueOutcome
@@ -29,11 +30,18 @@ class TaskQueue(Protocol):
     def enqueue(self, flow_id: str, state: FlowState) -> None: ...
 
 
-def sweep_once(store: FlowStore, enqueuer: TaskQueue) -> tuple[int, int]:
+# the flows the account's pause can end early: they need a call before their deadline (a flow still
+# awaiting its callback may be called back after the pause, and its deadline then moves)
+BLOCKABLE_STATES = (*WORKING_STATES, FlowState.AWAITING_SELECTION)
+
+
+def sweep_once(store: FlowStore, enqueuer: TaskQueue, account: Account | None = None) -> tuple[int, int]:
     """One pass; returns (flows expired, flows taken up again). One flow's trouble is logged and the
     pass goes on with the others."""
     now = store.clock.read_time()  # Redis's clock, read once per pass
     expired = requeued = 0
+    if account is not None:
+        expired += _end_blocked(store, account, now)
     for flow_id in store.due_deadlines(now):
         try:
             expired += expire_flow(store, flow_id) is TaskOutcome.EXPIRED
@@ -45,6 +53,29 @@ def sweep_once(store: FlowStore, enqueuer: TaskQueue) -> tuple[int, int]:
         except Exception as error:
             log.warning("flow %s: taking it up again failed: %s", flow_id, type(error).__name__)
     return expired, requeued
+
+
+def _end_blocked(store: FlowStore, account: Account, now: float) -> int:
+    """While the account is paused, ends at once the flows whose deadline comes before the pause's end
+    (`authorization.expired`, reason upstream_blocked); once it is over, says so (one process does)."""
+    paused_until = account.paused_until()
+    if paused_until is None:
+        return 0
+    if paused_until <= now:
+        account.resume_if_over()
+        return 0
+    ended = 0
+    for flow_id in store.due_deadlines(paused_until):
+        flow = store.get(flow_id)
+        if flow is None or flow.state not in BLOCKABLE_STATES or flow.deadline >= paused_until:
+            continue
+        try:
+            if store.expire_blocked(flow).done:
+                log.warning("flow %s expires: the account's pause outlives its token", flow_id)
+                ended += 1
+        except Exception as error:
+            log.warning("flow %s: ending it failed: %s", flow_id, type(error).__name__)
+    return ended
 
 
 def _take_up(store: FlowStore, enqueuer: TaskQueue, flow_id: str) -> bool:
@@ -74,10 +105,16 @@ class Sweeper:
     """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it)."""
 
     def __init__(
-        self, store: FlowStore, enqueuer: TaskQueue, interval: float = 0.25, name: str | None = None
+        self,
+        store: FlowStore,
+        enqueuer: TaskQueue,
+        interval: float = 0.25,
+        name: str | None = None,
+        account: Account | None = None,
     ) -> None:
         self.store = store
         self.enqueuer = enqueuer
+        self.account = account
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
@@ -110,7 +147,7 @@ class Sweeper:
         while True:
             try:
                 self._beat()
-                sweep_once(self.store, self.enqueuer)
+                sweep_once(self.store, self.enqueuer, self.account)
             except Exception as error:  # Redis away: keep sweeping once it is back
                 log.warning("sweep failed: %s", type(error).__name__)
                 self._stop.wait(1.0)

@@ -38,7 +38,9 @@ _sweeper: Sweeper | None = None
 def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
-    _sweeper = Sweeper(runtime.store(), enqueuer(get_settings().redis_url), name=name)
+    settings, store = get_settings(), runtime.store()
+    account = runtime.budget(settings, store.redis).account
+    _sweeper = Sweeper(store, enqueuer(settings.redis_url), name=name, account=account)
     _sweeper.start()
 
 

@@ -85,6 +85,7 @@ class TransitionScript:
                 self.names.deadlines,
                 self.names.flow_token(flow_id),
                 self.names.leases,
+                self.names.reserved_calls,
                 *([change.claim_key] if change.claim_key else []),
             ],
             args=[

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from worker.budget import Grant, NoBudgetInTime, UpstreamBudget
+from worker.budget import AccountBlocked, Grant, NoBudgetInTime, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
-from worker.events import ConnectedCredential, EntityOffer
+from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flow import Flow, FlowState
 from worker.leases import Held, LeaseKeeper, WorkLost
 from worker.metrics import WorkerMetrics
-from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile
+from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile, check_verify_fits
 from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 from worker.store import FlowStore, TakeOutcome
 from worker.transition import Transition, TransitionOutcome
@@ -75,7 +75,9 @@ def verify_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
         flow_id,
         FlowState.VERIFYING,
         "verify",
-        lambda token, _flow, timeout: context.client.verify(token, timeout=timeout),
+        lambda token, flow, timeout: check_verify_fits(
+            context.client.verify(token, timeout=timeout), flow.network, flow.entity_type
+        ),
         _verified,
     )
 
@@ -132,6 +134,8 @@ def _work_on(
             except WorkLost:
                 log.warning("flow %s was taken up by another task; this one stops", flow_id)
                 return _recorded(context, TaskOutcome.SKIPPED)
+            except AccountBlocked as blocked:  # Oktopost's block outlives the token: no call is made
+                return _give_up(job, blocked, reason=blocked.reason)
             except (DeadlineReached, NoBudgetInTime) as reached:
                 return _give_up(job, reached)
             except TokenInvalidError as refused:
@@ -233,10 +237,10 @@ def _complete(job: _Job, credentials: list[Credential], attempts: int) -> TaskOu
     return _recorded(job.context, TaskOutcome.COMPLETED)
 
 
-def _give_up(job: _Job, reached: Exception | None = None) -> TaskOutcome:
+def _give_up(job: _Job, reached: Exception | None = None, reason: ExpiredReason | None = None) -> TaskOutcome:
     if reached is not None:
         log.warning("flow %s expires in stage %s: %s", job.flow.flow_id, job.flow.state.stage, reached)
-    transition = job.context.store.give_up(job.flow, job.owner)
+    transition = job.context.store.give_up(job.flow, job.owner, reason)
     if not transition.done:
         return _not_ours(job, transition)
     _time_to_terminal(job)
@@ -274,7 +278,11 @@ def _time_to_terminal(job: _Job) -> None:
 
 
 def _connected(credential: Credential) -> ConnectedCredential:
-    extra = {"image_link": credential.image_link, "network_username": credential.network_username}
+    extra = {
+        "image_link": credential.image_link,
+        "network_username": credential.network_username,
+        "display_name": credential.display_name,
+    }
     return ConnectedCredential(
         id=credential.id,
         name=credential.name,

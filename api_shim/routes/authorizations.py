@@ -3,11 +3,12 @@ submit the selection of entities a flow offered."""
 
 from __future__ import annotations
 
-import math
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -25,7 +26,8 @@ from api_shim.models import (
 from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import event_stream
-from worker.budget import STEP1_PRIORITY, Grant, NoBudgetInTime
+from worker.account import admission_member, retry_after_header
+from worker.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, Grant, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
 from worker.flow import FlowState
@@ -35,6 +37,7 @@ from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
 STEP1_SECONDS = 8.0  # the whole of Step 1's bounded retry: a caller is waiting on this request
 STEP1_POLICY = RetryPolicy(max_attempt_seconds=4.0, backoff_max=1.0)
 
+log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(caller)])
 
 
@@ -49,33 +52,14 @@ async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> Aut
     return_url = check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
+    admission = admission_member(flow_id, entity_type)
     try:
-        redirect_url, _ = await acall_until_deadline(
-            lambda timeout: shim.client.start_authorization(
-                network, callback_url, entity_type, timeout=timeout
-            ),
-            time.time() + STEP1_SECONDS,
-            policy=STEP1_POLICY,
-            admit=_step1_admission(shim),
+        redirect_url = await _step1(shim, network, entity_type, callback_url, admission)
+        flow = await run_in_threadpool(
+            shim.store.create, flow_id, network, entity_type, body.reference, return_url, body.ui
         )
-    except NoBudgetInTime as busy:
-        # admission control: the shared budget is spoken for by flows already under way
-        metrics.ADMISSIONS_REFUSED.inc()
-        raise ApiError(
-            503,
-            "upstream_budget_exhausted",
-            "Oktopost's rate limit is taken by flows in progress; try again shortly",
-            {"Retry-After": str(max(1, math.ceil(busy.wait)))},
-        ) from None
-    except RejectedError as refused:
-        raise ApiError(422, refused.code, str(refused)) from None
-    except RefusedError as refused:
-        raise ApiError(502, refused.code, str(refused)) from None
-    except DeadlineReached as reached:
-        raise ApiError(502, "upstream_unavailable", f"Oktopost is unavailable: {reached}") from None
-    flow = await run_in_threadpool(
-        shim.store.create, flow_id, network, entity_type, body.reference, return_url, body.ui
-    )
+    finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
+        await run_in_threadpool(_release, shim, admission)
     metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
     return AuthorizationCreated(
         flow_id=flow_id,
@@ -86,20 +70,68 @@ async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> Aut
     )
 
 
-def _step1_admission(shim: Deps) -> Callable[[], Awaitable[Callable[[], None]]]:
+async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, admission: str) -> str:
+    """Step 1 under the shared budget, or the ApiError that tells the caller why not and when to retry."""
+    try:
+        redirect_url, _ = await acall_until_deadline(
+            lambda timeout: shim.client.start_authorization(
+                network, callback_url, entity_type, timeout=timeout
+            ),
+            time.time() + STEP1_SECONDS,
+            policy=STEP1_POLICY,
+            admit=_step1_admission(shim, admission),
+        )
+    except AccountPaused as paused:
+        metrics.ADMISSIONS_REFUSED.inc()
+        message = "Oktopost has the account blocked after a 429; calls resume by themselves"
+        raise ApiError(503, "upstream_blocked", message, retry_after_header(paused.wait)) from None
+    except DailyLimitSpent as spent:
+        metrics.ADMISSIONS_REFUSED.inc()
+        message = "the account's daily calls to Oktopost are spoken for until midnight UTC"
+        raise ApiError(503, "daily_limit_reached", message, retry_after_header(spent.wait)) from None
+    except NoBudgetInTime as busy:
+        # admission control: the shared budget is spoken for by flows already under way
+        metrics.ADMISSIONS_REFUSED.inc()
+        raise ApiError(
+            503,
+            "upstream_budget_exhausted",
+            "Oktopost's rate limit is taken by flows in progress; try again shortly",
+            retry_after_header(busy.wait),
+        ) from None
+    except RejectedError as refused:
+        raise ApiError(422, refused.code, str(refused)) from None
+    except RefusedError as refused:
+        raise ApiError(502, refused.code, str(refused)) from None
+    except DeadlineReached as reached:
+        raise ApiError(502, "upstream_unavailable", f"Oktopost is unavailable: {reached}") from None
+    return redirect_url
+
+
+def _step1_admission(
+    shim: Deps, admission: str
+) -> Callable[[], Awaitable[Callable[[BaseException | None], None]]]:
     """Each Step 1 attempt waits for a slot of the shared upstream budget, after every verification and
-    completion, and for a little while only: a new flow is refused rather than kept waiting."""
+    completion, and for a little while only: a new flow is refused rather than kept waiting. The first
+    one granted reserves the new flow's later calls of the day (`admission`)."""
     wait = max(1.0, min(STEP1_SECONDS / 2, shim.settings.token_ttl_seconds / 4))
     budget, clock = shim.budget, shim.store.clock
 
     def acquire() -> Grant:  # the give-up time is on Redis's clock, which the budget's script reads
-        return budget.acquire(STEP1_PRIORITY, clock.now() + wait, STEP1_POLICY.max_attempt_seconds + 1)
+        hold = STEP1_POLICY.max_attempt_seconds + 1
+        return budget.acquire(STEP1_PRIORITY, clock.now() + wait, hold, admission=admission)
 
-    async def admit() -> Callable[[], None]:
+    async def admit() -> Callable[[BaseException | None], None]:
         grant = await run_in_threadpool(acquire)
-        return lambda: budget.finished(grant)
+        return lambda error: budget.finished(grant, error)
 
     return admit
+
+
+def _release(shim: Deps, admission: str) -> None:
+    try:
+        shim.budget.account.release_admission(admission)
+    except redis.RedisError:  # its reservation lapses by itself within a minute
+        log.warning("a new flow's reserved calls were not given back: Redis did not answer")
 
 
 @router.get("/v1/authorizations/{flow_id}")

@@ -151,16 +151,16 @@ def shim_settings(**overrides: object) -> Settings:
 
 @asynccontextmanager
 async def open_shim(
-    rate: tuple[int, float] = (1000, 1.0), **settings_overrides: object
+    rate: tuple[int, float] = (1000, 1.0), daily_limit: int | None = None, **settings_overrides: object
 ) -> AsyncIterator[Shim]:
     """A new app on a Redis of its own; `rate`: Oktopost calls allowed per that many seconds;
-    `settings_overrides`: settings other than the tests' own."""
+    `daily_limit`: the account's calls a day; `settings_overrides`: settings other than the tests' own."""
     settings = shim_settings(**settings_overrides)
     redis_server = fakeredis.FakeServer()
     redis = fakeredis.FakeRedis(server=redis_server)
     names = RedisNames(PREFIX)
     store = FlowStore(redis, names, Lifetimes())
-    budget = UpstreamBudget(redis, names, limit=rate[0], period=rate[1])
+    budget = UpstreamBudget(redis, names, limit=rate[0], period=rate[1], daily_limit=daily_limit)
     oktopost = FakeOktopost()
     client = AsyncOktopostClient(
         settings.oktopost_base_url, "account", "api-key", transport=httpx.MockTransport(oktopost)

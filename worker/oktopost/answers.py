@@ -18,8 +18,9 @@ class Credential(Answer):
 
     id: str = Field(validation_alias="Id", min_length=1)
     name: str = Field(validation_alias="Name")
-    status: str = Field(validation_alias="Status")
+    status: str = Field(validation_alias="Status")  # valid or invalid, passed on as given
     network: str = Field(validation_alias="Network")
+    display_name: str | None = Field(default=None, validation_alias="DisplayName")
     created: str | None = Field(default=None, validation_alias="Created")
     image_link: str | None = Field(default=None, validation_alias="ImageLink")
     network_username: str | None = Field(default=None, validation_alias="NetworkUsername")

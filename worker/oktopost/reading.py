@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from worker.errors import (
     MalformedAnswerError,
+    MismatchedAnswerError,
     RejectedError,
     ServerError,
     ThrottledError,
@@ -181,6 +182,28 @@ def parse_verify(response: httpx.Response) -> VerifiedProfile | EntityChoice:
             answer = {**answer, "token": _token_of(response)}
         return _shaped(EntityChoice, answer, response.status_code)
     raise MalformedAnswerError("Oktopost answered a verify with neither Credential nor data", status=200)
+
+
+def check_verify_fits(
+    answer: VerifiedProfile | EntityChoice, network: str, entity_type: str
+) -> VerifiedProfile | EntityChoice:
+    """The verify answer, when it is for the flow's network and entity type; else MismatchedAnswerError.
+
+    A Credential answers a profile, entities answer a page or group; every network in it must be the
+    flow's (compared without case: Oktopost's own SDK spells YouTube two ways).
+    """
+    if isinstance(answer, VerifiedProfile):
+        kind, networks = "a connected profile", [answer.credential.network]
+    else:
+        kind, networks = "entities to choose from", [entity.network for entity in answer.entities]
+    if (entity_type == "profile") != isinstance(answer, VerifiedProfile):
+        raise MismatchedAnswerError(f"Oktopost answered a {entity_type} flow's verify with {kind}")
+    others = sorted({name for name in networks if name.strip().lower() != network.lower()})
+    if others:
+        raise MismatchedAnswerError(
+            f"Oktopost answered a {network} flow's verify for another network ({', '.join(others)[:100]})"
+        )
+    return answer
 
 
 def parse_complete(response: httpx.Response) -> list[Credential]:

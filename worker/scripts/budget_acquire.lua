@@ -1,17 +1,38 @@
 -- A caller asks the shared upstream budget for a slot, earliest priority first, on Redis's clock.
+-- The account's pause (after a 429) and its daily count are honoured before the rate window.
 --
 -- KEYS: 1 window zset (granted calls scored by their end, or their latest possible end while in flight)
 --       2 queue zset (waiters scored by priority), 3 alive zset (waiters scored by when they last asked)
+--       4 the account's pause (its end, epoch seconds), 5 calls the flows under way still need (counter)
+--       6 admissions zset (new flows' reservations between Step 1 and their creation, scored by expiry;
+--         member "<calls reserved>:<flow id>")
 -- ARGV: 1 waiter id, 2 priority, 3 limit, 4 period (s), 5 hold (s: the longest the call can take),
 --       6 seconds after which a silent waiter is dropped, 7 give up at (epoch seconds)
+--       8 calls a day (UTC), "" for no daily count, 9 the prefix of the day's counter (the UTC day
+--         number since the epoch is appended; named here, not in KEYS, as the day is read from TIME)
+--      10 "" or the admission member of a new flow's Step 1, 11 seconds that admission is held
 -- Returns {"granted", now} | {"wait", seconds to wait before asking again} | {"doomed", least wait}
+--       | {"paused", seconds until the pause ends} | {"spent", seconds until midnight UTC}
 
 local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
+local pause, reserved, admissions = KEYS[4], KEYS[5], KEYS[6]
 local waiter, priority = ARGV[1], tonumber(ARGV[2])
 local limit, period, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local stale, give_up_at = tonumber(ARGV[6]), tonumber(ARGV[7])
+local daily_limit, admission = tonumber(ARGV[8]), ARGV[10]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+local function leave()
+  redis.call("ZREM", queue, waiter)
+  redis.call("ZREM", alive, waiter)
+end
+
+-- admissions whose flow was never created (its shim died mid Step 1) give their reservation back
+for _, member in ipairs(redis.call("ZRANGEBYSCORE", admissions, "-inf", now, "LIMIT", 0, 16)) do
+  redis.call("ZREM", admissions, member)
+  redis.call("DECRBY", reserved, tonumber(string.match(member, "^(%d+):")))
+end
 
 redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
 local gone = redis.call("ZRANGEBYSCORE", alive, "-inf", now - stale)
@@ -19,16 +40,55 @@ for _, member in ipairs(gone) do
   redis.call("ZREM", queue, member)
   redis.call("ZREM", alive, member)
 end
+
+local paused_until = tonumber(redis.call("GET", pause) or "0")
+if paused_until > now and give_up_at < paused_until then
+  leave()
+  return {"paused", tostring(paused_until - now)}
+end
+
+local day = math.floor(now / 86400)
+local day_key = ARGV[9] .. day
+local to_midnight = (day + 1) * 86400 - now
+local used = tonumber(redis.call("GET", day_key) or "0")
+local new_flow = admission ~= "" and not redis.call("ZSCORE", admissions, admission)
+if daily_limit then
+  local short = used >= daily_limit
+  if new_flow then
+    -- a new flow is admitted only if the day still covers what the flows under way need, and its own
+    local needs = math.max(0, tonumber(redis.call("GET", reserved) or "0"))
+    short = daily_limit - used - needs < 1 + tonumber(string.match(admission, "^(%d+):"))
+  end
+  if short and (new_flow or give_up_at < now + to_midnight) then
+    leave()
+    return {"spent", tostring(to_midnight)}
+  end
+  if short then
+    paused_until = math.max(paused_until, now + to_midnight)
+  end
+end
+
 redis.call("ZADD", queue, priority, waiter)
 redis.call("ZADD", alive, now, waiter)
+if paused_until > now then
+  -- keeps its place in the queue and asks again (at least every second) until the pause ends
+  redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)
+  redis.call("PEXPIRE", alive, math.ceil(stale * 1000) + 1000)
+  return {"wait", tostring(paused_until - now)}
+end
 
 local free = limit - redis.call("ZCARD", window)
 local rank = redis.call("ZRANK", queue, waiter)
 if rank < free then
-  redis.call("ZREM", queue, waiter)
-  redis.call("ZREM", alive, waiter)
+  leave()
   redis.call("ZADD", window, now + hold, waiter)
   redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
+  redis.call("INCR", day_key)
+  redis.call("EXPIRE", day_key, math.ceil(to_midnight) + 86400)
+  if new_flow then
+    redis.call("ZADD", admissions, now + tonumber(ARGV[11]), admission)
+    redis.call("INCRBY", reserved, tonumber(string.match(admission, "^(%d+):")))
+  end
   return {"granted", tostring(now)}
 end
 -- the earliest moment enough calls could leave the window for this waiter's place in the queue: a
@@ -47,8 +107,7 @@ if held > 0 then
 end
 wait = wait + math.floor(ahead / limit) * period
 if now + wait > give_up_at then
-  redis.call("ZREM", queue, waiter)
-  redis.call("ZREM", alive, waiter)
+  leave()
   return {"doomed", tostring(wait)}
 end
 redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)

@@ -3,7 +3,9 @@
 -- happens or none of it does. Times are Redis's own (TIME): every process compares on one clock.
 --
 -- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
---       6 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
+--       6 the calls the flows under way still need, of the account's daily count (a counter kept by
+--         the transitions themselves, so admission control reads it in O(1))
+--       7 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -26,17 +28,34 @@
 --       | {"token_in_use", flow} | {"fenced", state}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local reserved = KEYS[6]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
+-- the upstream calls a flow in a state still needs: verify (and, for pages and groups, the PUT), the PUT
+local function needs(state, entity_type)
+  if state == "awaiting_callback" or state == "verifying" then
+    if entity_type == "profile" then
+      return 1
+    end
+    return 2
+  end
+  if state == "awaiting_selection" or state == "completing" then
+    return 1
+  end
+  return 0
+end
+
+local old_state, entity_type = nil, nil
 if allowed == "" then
   if redis.call("EXISTS", flow) == 1 then
     local current = redis.call("HMGET", flow, "state", "token_fp")
     return {"conflict", current[1] or "", current[2] or ""}
   end
 else
-  local current = redis.call("HMGET", flow, "state", "token_fp", "deadline", "owner")
+  local current = redis.call("HMGET", flow, "state", "token_fp", "deadline", "owner", "entity_type")
+  old_state, entity_type = current[1], current[5]
   if not current[1] then
     return {"missing"}
   end
@@ -50,7 +69,7 @@ else
     return {"early", current[3]}
   end
 end
-local claim_key = KEYS[6]
+local claim_key = KEYS[7]
 if claim_key then
   local holder = redis.call("GET", claim_key)
   if holder and holder ~= flow_id then
@@ -62,6 +81,9 @@ local fields = {"state", new_state}
 for i = 18, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == "entity_type" then
+    entity_type = ARGV[i + 1]
+  end
 end
 redis.call("HSET", flow, unpack(fields))
 local seq = redis.call("HINCRBY", flow, "seq", 1)
@@ -91,6 +113,11 @@ elseif ARGV[10] ~= "" then
   if claim_key then
     redis.call("SET", claim_key, flow_id, "PX", ARGV[11])
   end
+end
+
+local delta = needs(new_state, entity_type) - needs(old_state, entity_type)
+if delta ~= 0 and redis.call("INCRBY", reserved, delta) < 0 then
+  redis.call("SET", reserved, 0)  -- flows from before the count existed: never below nothing
 end
 
 redis.call("PUBLISH", ARGV[5], event)

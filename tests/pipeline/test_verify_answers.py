@@ -1,0 +1,87 @@
+"""What a verify answer must be to complete a flow (fakeredis, the real client over MockTransport): for the
+flow's network and entity type, and its credentials reported as Oktopost gave them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.pipeline.test_work import PAGES, PROFILE, TOKEN, claimed, make_context
+from worker.work import TaskOutcome, complete_flow, verify_flow
+
+
+def _verified(answer: dict[str, Any], entity_type: str) -> tuple[TaskOutcome, dict[str, Any]]:
+    context = make_context(lambda _request: httpx.Response(200, json=answer))
+    outcome = verify_flow(context, claimed(context, entity_type))  # a LinkedIn flow
+    return outcome, context.store.events("flow-1")[-1]
+
+
+PROFILE_CREDENTIAL: dict[str, Any] = dict(PROFILE["Credential"])  # type: ignore[call-overload]
+FIRST_PAGE: dict[str, Any] = PAGES["data"][0]  # type: ignore[index]
+
+
+def _credential(**fields: str) -> dict[str, Any]:
+    return {"Result": True, "Credential": {**PROFILE_CREDENTIAL, **fields}}
+
+
+@pytest.mark.parametrize(
+    ("answer", "entity_type"),
+    [
+        (PROFILE, "page"),  # a Credential for a page flow
+        (PROFILE, "group"),
+        (PAGES, "profile"),  # entities for a profile flow
+        (_credential(Network="Twitter"), "profile"),  # a credential on another network
+        ({**PAGES, "data": [{**FIRST_PAGE, "Network": "Facebook"}]}, "page"),  # entities likewise
+    ],
+)
+def test_a_verify_answer_for_another_network_or_type_fails_the_flow_as_a_mismatch(
+    answer: dict[str, Any], entity_type: str
+) -> None:
+    outcome, event = _verified(answer, entity_type)
+    assert outcome is TaskOutcome.FAILED
+    assert event["type"] == "authorization.failed"
+    assert event["data"]["code"] == "upstream_mismatch"
+    assert event["data"]["retryable"] is False
+
+
+def test_a_network_spelled_in_another_case_is_the_same_network() -> None:
+    outcome, _event = _verified(_credential(Network="linkedin"), "profile")
+    assert outcome is TaskOutcome.COMPLETED
+
+
+def test_an_invalid_credential_is_reported_with_its_status_and_display_name() -> None:
+    outcome, event = _verified(_credential(Status="invalid", DisplayName="Jo at Acme"), "profile")
+    assert outcome is TaskOutcome.COMPLETED
+    credential = event["data"]["credentials"][0]
+    assert credential["status"] == "invalid"
+    assert credential["display_name"] == "Jo at Acme"
+
+
+def test_a_credential_without_display_name_has_none_in_its_event() -> None:
+    _, event = _verified(PROFILE, "profile")
+    assert "display_name" not in event["data"]["credentials"][0]
+
+
+def test_completed_pages_carry_their_status_and_display_name() -> None:
+    put_answer = {
+        "Result": True,
+        "Credentials": [
+            {"Id": "003-2", "Name": "P2", "Status": "invalid", "Network": "LinkedIn", "DisplayName": "P Two"}
+        ],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
+
+    context = make_context(handler)
+    flow_id = claimed(context, "page")
+    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
+    waiting = context.store.get(flow_id)
+    assert waiting is not None
+    assert context.store.submit_selection(waiting, ["2"]).done
+    assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
+    credential = context.store.events(flow_id)[-1]["data"]["credentials"][0]
+    assert (credential["status"], credential["display_name"]) == ("invalid", "P Two")
+    assert TOKEN not in str(context.store.events(flow_id))
