@@ -102,7 +102,8 @@ def test_with_a_small_daily_limit_admitted_flows_complete_and_the_next_waits_for
 ) -> None:
     pipeline = start_pipeline(redis_server.url, sandbox.url, workers=1, oktopost_daily_limit=5)
     try:
-        admitted = [start_flow(pipeline, return_url=None, ui="redirect") for _ in range(2)]  # a profile needs 2 calls
+        # a profile needs 2 calls
+        admitted = [start_flow(pipeline, return_url=None, ui="redirect") for _ in range(2)]
         refused = httpx.post(
             f"{pipeline.shim_url}/v1/authorizations",
             json={"network": "LinkedIn"},
