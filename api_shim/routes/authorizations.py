@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import redis
 from fastapi import APIRouter, Depends, Request
@@ -52,14 +53,15 @@ async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> Aut
     return_url = check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
-    admission = admission_member(flow_id, entity_type)
+    admission = Admission(admission_member(flow_id, entity_type))
     try:
         redirect_url = await _step1(shim, network, entity_type, callback_url, admission)
         flow = await run_in_threadpool(
             shim.store.create, flow_id, network, entity_type, body.reference, return_url, body.ui
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
-        await run_in_threadpool(_release, shim, admission)
+        if admission.reserved:  # (no grant, no reservation: a Redis away is not asked twice)
+            await run_in_threadpool(_release, shim, admission.member)
     metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
     return AuthorizationCreated(
         flow_id=flow_id,
@@ -70,7 +72,15 @@ async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> Aut
     )
 
 
-async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, admission: str) -> str:
+@dataclass
+class Admission:
+    """A new flow's reservation of its later calls of the day, made with Step 1's first grant."""
+
+    member: str
+    reserved: bool = False
+
+
+async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, admission: Admission) -> str:
     """Step 1 under the shared budget, or the ApiError that tells the caller why not and when to retry."""
     try:
         redirect_url, _ = await acall_until_deadline(
@@ -108,7 +118,7 @@ async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, 
 
 
 def _step1_admission(
-    shim: Deps, admission: str
+    shim: Deps, admission: Admission
 ) -> Callable[[], Awaitable[Callable[[BaseException | None], None]]]:
     """Each Step 1 attempt waits for a slot of the shared upstream budget, after every verification and
     completion, and for a little while only: a new flow is refused rather than kept waiting. The first
@@ -118,7 +128,9 @@ def _step1_admission(
 
     def acquire() -> Grant:  # the give-up time is on Redis's clock, which the budget's script reads
         hold = STEP1_POLICY.max_attempt_seconds + 1
-        return budget.acquire(STEP1_PRIORITY, clock.now() + wait, hold, admission=admission)
+        grant = budget.acquire(STEP1_PRIORITY, clock.now() + wait, hold, admission=admission.member)
+        admission.reserved = True
+        return grant
 
     async def admit() -> Callable[[BaseException | None], None]:
         grant = await run_in_threadpool(acquire)

@@ -25,8 +25,9 @@ def test_profile_flow_goes_from_consent_to_the_partner_as_completed(
     shown_at = time.monotonic()
     event = stack.terminal_event(flow["flow_id"])
     assert event["type"] == "connection.completed"
-    profile = event["data"]["credentials"][0]["name"]
-    assert profile in result["text"]
+    credential = event["data"]["credentials"][0]
+    # the page names the account as Oktopost displays it (DisplayName), else by its name
+    assert (credential.get("display_name") or credential["name"]) in result["text"]
     assert "LinkedIn" in result["body"]
     assert "oktopost-connect" in result["body"]  # the app's name, HOSTED_UI_APP_NAME's default
 
