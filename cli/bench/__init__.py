@@ -22,13 +22,13 @@ from typing import Any
 
 from cli.bench.harness import interrupted_by_sigterm, start_redis
 from cli.bench.load import generator_floor
-from cli.bench.report import Row, table
-from cli.bench.scenarios import BURST_RATE_LIMIT, Scenario, define_scenarios, measure, warm_up, with_flows
+from cli.bench.report import Row, shared_account_table, table
+from cli.bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from cli.bench.systems import SYSTEMS, Setup, System
 from cli.bench.upstream import SandboxServer, start_sandbox
 from cli.processes import Child, Children, StartupError
 
-SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst")
+SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -69,25 +69,22 @@ def run(options: BenchOptions) -> int:
 def _measure_every_system(
     options: BenchOptions, chosen: list[Scenario], children: Children
 ) -> tuple[list[Row], tuple[float, float] | None]:
-    """Every chosen system through its scenarios: the unlimited ones on one sandbox, then the limited."""
+    """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
+    then the limited, then the one shared with a careless client."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
     shared = [redis_child] if redis_child is not None else []
     databases = iter(range(1, 64))
-    for limited in (False, True):
-        group = [scenario for scenario in chosen if scenario.limited is limited]
-        if not group:
-            continue
-        rate_limit = BURST_RATE_LIMIT if limited else None
-        ttl = _burst_token_ttl(options) if limited else 300
-        sandbox = start_sandbox(children, "sandbox-limited" if limited else "sandbox", ttl, rate_limit)
+    for upstream in dict.fromkeys(scenario.upstream for scenario in chosen):
+        group = [scenario for scenario in chosen if scenario.upstream == upstream]
+        sandbox = start_sandbox(children, upstream)
         if floor is None:
             floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
         for name in (name for name in SYSTEM_NAMES if name in options.systems):
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
-            setup = Setup(url, sandbox, options.concurrency, options.workers, rate_limit)
+            setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
     return rows, floor
@@ -104,12 +101,16 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
             details = {**row.reasons, **{f"callback {k}": v for k, v in row.refusals.items()}}
             details.update({f"lost in {k}": v for k, v in row.lost_fates.items()})
             listed = ", ".join(f"{name} {count}" for name, count in details.items())
-            print(f"  {row.scenario:<10}  {row.system:<12}  {listed}")
+            print(f"  {row.scenario:<12}  {row.system:<12}  {listed}")
     staged = [row for row in rows if row.stages_p50_ms]
     if staged:
         print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")
         for row in staged:
-            print(f"  {row.scenario:<10}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
+            print(f"  {row.scenario:<12}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
+    if any(row.shared is not None for row in rows):
+        print("\nthe account shared with a careless client (calls: the system's own; blocks and calls in")
+        print("them from the sandbox's log; after 1st 429: its calls in a block after its first 429 there):")
+        print(shared_account_table(rows))
     if floor is not None:
         print(f"load generator floor (a trivial GET): p50 {floor[0]:.2f} ms, p99 {floor[1]:.2f} ms")
 
@@ -173,7 +174,7 @@ def _database(url: str, index: int) -> str:
 
 
 def _targets(chosen: list[Scenario]) -> str:
-    return "targets:\n" + "\n".join(f"  {scenario.name:<10}  {scenario.target}" for scenario in chosen)
+    return "targets:\n" + "\n".join(f"  {scenario.name:<12}  {scenario.target}" for scenario in chosen)
 
 
 def _document(

@@ -18,6 +18,16 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 @dataclass
+class SharedAccount:
+    """The account shared with a careless client: the blocks, and the system's calls during them."""
+
+    careless_calls: int = 0  # the other client's calls in the timed part
+    blocks: int = 0  # how many times the sandbox blocked the account
+    calls_in_blocks: int = 0  # the system's calls the sandbox refused while blocked, first 429s included
+    calls_after_first_429: int = 0  # the system's calls in a block after its own first 429 in it
+
+
+@dataclass
 class Row:
     scenario: str
     system: str
@@ -47,7 +57,8 @@ class Row:
     refusals: dict[str, int] = field(default_factory=dict)  # callbacks not accepted: HTTP status or error
     restarted_before: bool = False  # the system was restarted: the scenario before left it broken
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
-    optimum: int | None = None  # burst: min(flows, rate x token TTL)
+    optimum: int | None = None  # the most flows any system could complete (limited scenarios)
+    shared: SharedAccount | None = None  # burst-shared: the blocks the careless client brought on
     target: str = ""
     target_met: bool | None = None
 
@@ -71,7 +82,7 @@ def _finite(value: Any) -> Any:
 
 
 _COLUMNS = (
-    ("scenario", 10, "scenario"),
+    ("scenario", 12, "scenario"),
     ("system", 12, "system"),
     ("flows", 5, "flows"),
     ("completed", 5, "done"),
@@ -111,4 +122,24 @@ def table(rows: Sequence[Row]) -> str:
             cells.append(text.rjust(width) if i > 1 else text.ljust(width))
         verdict = "" if row.target_met is None else ("met" if row.target_met else "MISSED")
         lines.append("  ".join(cells) + "  " + verdict)
+    return "\n".join(lines)
+
+
+def shared_account_table(rows: Sequence[Row]) -> str:
+    """The rows with a careless client on the account: completions against the optimum, and the
+    system's own calls (every call but the careless client's) in total and during the blocks."""
+    lines = [
+        f"{'scenario':<12}  {'system':<12}  {'done/optimum':>12}  {'fail':>4}  {'exp':>4}  {'calls':>5}  "
+        f"{'blocks':>6}  {'in blocks':>9}  {'after 1st 429':>13}  {'careless':>8}"
+    ]
+    for row in rows:
+        if row.shared is None:
+            continue
+        shared = row.shared
+        done = f"{row.completed}/{row.optimum if row.optimum is not None else '-'}"
+        lines.append(
+            f"{row.scenario:<12}  {row.system:<12}  {done:>12}  {row.failed:>4}  {row.expired:>4}  "
+            f"{row.upstream_calls - shared.careless_calls:>5}  {shared.blocks:>6}  "
+            f"{shared.calls_in_blocks:>9}  {shared.calls_after_first_429:>13}  {shared.careless_calls:>8}"
+        )
     return "\n".join(lines)

@@ -1,10 +1,11 @@
-"""The four scenarios, the targets ours is held to, and how one scenario is measured on one system:
+"""The five scenarios, the targets ours is held to, and how one scenario is measured on one system:
 Step 1 and consent first (untimed), then callbacks fired and every flow's ending awaited (timed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cli.bench.careless import CarelessClient, blocked_calls
 from cli.bench.harness import wait_until_idle
 from cli.bench.load import EndingListener, Shot, consent, fire
 from cli.bench.report import Row, percentile
 from cli.bench.systems import System
-from cli.bench.upstream import SandboxServer
+from cli.bench.upstream import SandboxServer, Upstream
 from cli.processes import Child, StartupError
 
 NO_FAULTS: dict[str, Any] = {
@@ -38,6 +40,7 @@ TRANSIENT_FAULTS = {
     "seed": 7,
 }
 BURST_RATE_LIMIT = "10/second"
+CARELESS_RATE = 3.0  # the other client's calls a second: under the limit alone, over it beside a burst
 WARM_UP_FLOWS = 3
 MIN_RATED = 20  # completions below which a scenario gets no flows/s figure
 
@@ -51,8 +54,13 @@ class Scenario:
     settle: float  # seconds to wait for the last ending after the last callback
     target: str
     met: Callable[[Row], bool]
-    limited: bool = False  # against the sandbox that blocks past its rate limit, ours with that budget
+    upstream: Upstream  # its sandbox; a rate limit there gives ours the same budget
+    careless_rate: float | None = None  # calls a second of another client on the account, while timed
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def limited(self) -> bool:
+        return self.upstream.rate_limit is not None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,8 +89,14 @@ def _burst_met(row: Row) -> bool:
     return row.completed >= 0.95 * (row.optimum or row.flows) and not row.block_tripped
 
 
+def _shared_met(row: Row) -> bool:
+    return row.shared is not None and row.shared.calls_after_first_429 == 0 and row.failed == row.lost == 0
+
+
 def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
     """Full runs size each scenario to say something; `quick` ones only prove the machinery works."""
+    unlimited = Upstream("sandbox", 300)
+    limited = Upstream("sandbox-limited", burst_token_ttl, BURST_RATE_LIMIT)
     optimum_note = {"token_ttl_s": burst_token_ttl, "rate_limit": BURST_RATE_LIMIT}
     return {
         "overhead": Scenario(
@@ -93,6 +107,7 @@ def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
             10 if quick else 30,
             "callback-to-terminal p50 <= 5 ms, p99 <= 20 ms (upstream latency 0)",
             _overhead_met,
+            unlimited,
         ),
         "throughput": Scenario(
             "throughput",
@@ -102,6 +117,7 @@ def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
             15 if quick else 60,
             ">= 300 flows/s with callback p99 <= 10 ms (upstream latency 100 ms)",
             _throughput_met,
+            unlimited,
         ),
         "faults": Scenario(
             "faults",
@@ -111,6 +127,7 @@ def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
             15 if quick else 60,
             "100% completed with 30% transient upstream faults",
             _faults_met,
+            unlimited,
         ),
         "burst": Scenario(
             "burst",
@@ -121,10 +138,42 @@ def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
             f"completed >= 95% of min(flows, {BURST_RATE_LIMIT} x token TTL {burst_token_ttl} s), "
             "block never tripped",
             _burst_met,
-            limited=True,
+            limited,
             notes=optimum_note,
         ),
+        "burst-shared": _burst_shared(quick, burst_token_ttl),
     }
+
+
+def _burst_shared(quick: bool, token_ttl: int) -> Scenario:
+    """The burst while another client on the account pushes it over the limit. No client sees the
+    other's calls, so a system learns of them from a 429 that has already blocked the account; the most any
+    system could complete is then what the other client leaves of the limit, in the part of the
+    tokens' lifetime the block leaves."""
+    block = 1 if quick else 5
+    upstream = Upstream("sandbox-shared", token_ttl, BURST_RATE_LIMIT, block_seconds=block, access_log=True)
+    optimum = (
+        f"min(flows, ({BURST_RATE_LIMIT} - {CARELESS_RATE:g}/s careless) "
+        f"x (token TTL {token_ttl} s - block {block} s))"
+    )
+    return Scenario(
+        "burst-shared",
+        20 if quick else 100,
+        None,
+        {},
+        token_ttl + (4 if quick else 40),
+        "no call in a block after the system's first 429, no flow failed or lost",
+        _shared_met,
+        upstream,
+        careless_rate=CARELESS_RATE,
+        notes={
+            "token_ttl_s": token_ttl,
+            "rate_limit": BURST_RATE_LIMIT,
+            "block_s": block,
+            "careless_calls_per_second": CARELESS_RATE,
+            "optimum": optimum,
+        },
+    )
 
 
 def with_flows(scenario: Scenario, flows: int) -> Scenario:
@@ -157,10 +206,15 @@ async def measure(
     shots = await consent(flows)  # tokens live from here: the burst fires right after
     sandbox.set_faults({**NO_FAULTS, **scenario.faults})
     stats_before = sandbox.stats()
+    log_from = sandbox.log_size()
     cpu_before = _cpu(watched)
-    async with EndingListener(
-        redis_url, system.done_channel, system.ended, {s.flow_id for s in shots}
-    ) as ear:
+    careless: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+    if scenario.careless_rate is not None:
+        careless = CarelessClient(sandbox.url, scenario.careless_rate)
+    async with (
+        EndingListener(redis_url, system.done_channel, system.ended, {s.flow_id for s in shots}) as ear,
+        careless,
+    ):
         await fire(shots, scenario.rate)
         await ear.wait(scenario.settle)
         endings = ear.endings
@@ -174,11 +228,23 @@ async def measure(
     row.reasons = system.reasons([shot.flow_id for shot in shots])
     row.refusals = dict(Counter(shot.error or f"HTTP {shot.status}" for shot in shots if not shot.accepted))
     row.cpu_seconds = {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before}
-    if scenario.limited and sandbox.rate is not None:
-        row.optimum = min(scenario.flows, int(sandbox.rate * sandbox.token_ttl))
+    row.optimum = _optimum(scenario, sandbox)
+    if scenario.careless_rate is not None:
+        row.shared = blocked_calls(sandbox.log_since(log_from))
     row.target = scenario.target
     row.target_met = scenario.met(row)
     return row
+
+
+def _optimum(scenario: Scenario, sandbox: SandboxServer) -> int | None:
+    """A limited scenario's most completions: its calls a second (what another client leaves of them)
+    for the tokens' lifetime (less the block that client brings on)."""
+    if sandbox.rate is None:
+        return None
+    rate, seconds = sandbox.rate, sandbox.token_ttl
+    if scenario.careless_rate is not None:
+        rate, seconds = rate - scenario.careless_rate, seconds - sandbox.upstream.block_seconds
+    return min(scenario.flows, max(0, int(rate * seconds)))
 
 
 def completion_rate(done_at: list[float]) -> float:

@@ -164,6 +164,7 @@ class Pipeline(System):
             "ALLOWED_RETURN_URLS": RETURN_URL,
             "CHANNEL_PREFIX": self.prefix,
             "OKTOPOST_RATE_LIMIT": self.setup.rate_limit or "1000000/second",
+            "OKTOPOST_BLOCK_SECONDS": str(self.setup.sandbox.upstream.block_seconds),
             "TOKEN_TTL_SECONDS": str(self.setup.sandbox.token_ttl),
         }
 
@@ -205,7 +206,9 @@ class Pipeline(System):
         outcome = _OUTCOME_OF_EVENT[event["type"]]
         if outcome != "completed":
             data = event.get("data") or {}
-            self._reasons.setdefault(flow_id, f"{outcome}:{data.get('code') or data.get('stage') or '?'}")
+            self._reasons.setdefault(
+                flow_id, f"{outcome}:{data.get('code') or data.get('reason') or data.get('stage') or '?'}"
+            )
         return flow_id, outcome
 
     def stages(self, sent_wall: dict[str, float]) -> dict[str, float]:

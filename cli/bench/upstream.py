@@ -12,14 +12,45 @@ from cli.processes import Child, Children, free_port, wait_for_port
 SANDBOX_AUTH = ("demo-account", "demo-key")
 
 
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The sandbox a scenario runs against. Scenarios with equal ones share one sandbox, and every
+    system is started once for them, told the sandbox's limit and block."""
+
+    name: str
+    token_ttl: int
+    rate_limit: str | None = None  # e.g. "10/second"; None: no limit
+    block_seconds: int = 900  # how long the sandbox blocks the account that goes past its limit
+    access_log: bool = False  # every answer in the sandbox's log, in the order it was decided
+
+    @property
+    def rate(self) -> float | None:
+        """Calls a second the sandbox allows; None without a limit."""
+        if self.rate_limit is None:
+            return None
+        calls, unit = self.rate_limit.split("/")
+        return int(calls) / {"second": 1, "minute": 60}[unit]
+
+
 @dataclass
 class SandboxServer:
-    """A sandbox process, with its start flags remembered for the report."""
+    """A sandbox process and the flags it was started with."""
 
     url: str
     child: Child
-    token_ttl: int
-    rate_limit: str | None = None  # e.g. "10/second"; None: no limit
+    upstream: Upstream
+
+    @property
+    def token_ttl(self) -> int:
+        return self.upstream.token_ttl
+
+    @property
+    def rate_limit(self) -> str | None:
+        return self.upstream.rate_limit
+
+    @property
+    def rate(self) -> float | None:
+        return self.upstream.rate
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/_sandbox/reset", timeout=10).raise_for_status()
@@ -32,22 +63,25 @@ class SandboxServer:
         answer.raise_for_status()
         return dict(answer.json())
 
-    @property
-    def rate(self) -> float | None:
-        """Calls a second the sandbox allows; None without a limit."""
-        if self.rate_limit is None:
-            return None
-        calls, unit = self.rate_limit.split("/")
-        return int(calls) / {"second": 1, "minute": 60}[unit]
+    def log_size(self) -> int:
+        """Where the sandbox's log ends now: `log_since` reads what it writes from here on."""
+        return self.child.log_path.stat().st_size if self.child.log_path is not None else 0
+
+    def log_since(self, offset: int) -> list[str]:
+        if self.child.log_path is None:
+            return []
+        with self.child.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace").splitlines()
 
 
-def start_sandbox(
-    children: Children, name: str, token_ttl: int, rate_limit: str | None, block_seconds: int = 900
-) -> SandboxServer:
+def start_sandbox(children: Children, upstream: Upstream) -> SandboxServer:
     port = free_port()
-    flags = ["--port", str(port), "--token-ttl", str(token_ttl)]
-    if rate_limit is not None:
-        flags += ["--rate-limit", rate_limit, "--block-seconds", str(block_seconds)]
-    child = children.start_cli(name, ["sandbox", *flags])
+    flags = ["--port", str(port), "--token-ttl", str(upstream.token_ttl)]
+    if upstream.rate_limit is not None:
+        flags += ["--rate-limit", upstream.rate_limit, "--block-seconds", str(upstream.block_seconds)]
+    if upstream.access_log:
+        flags.append("--access-log")
+    child = children.start_cli(upstream.name, ["sandbox", *flags])
     wait_for_port(port, child)
-    return SandboxServer(f"http://127.0.0.1:{port}", child, token_ttl, rate_limit)
+    return SandboxServer(f"http://127.0.0.1:{port}", child, upstream)

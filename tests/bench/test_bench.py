@@ -1,5 +1,6 @@
-"""`oktopost-connect bench --quick`: every scenario x system row, sane figures, ours loses nothing and
-never trips the upstream block, and no child process outlives the run, even an interrupted one."""
+"""`oktopost-connect bench --quick`: every scenario x system row, sane figures, ours loses nothing, never
+trips the upstream block in the burst and stops calling when another client trips it, and no child
+process outlives the run, even an interrupted one."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ("overhead", "throughput", "faults", "burst")
+SCENARIOS = ("overhead", "throughput", "faults", "burst", "burst-shared")
 SYSTEMS = ("pipeline", "inline", "naive-celery")
 
 
@@ -88,6 +89,37 @@ def test_quick_bench_reports_every_scenario_and_system(tmp_path: Path) -> None:
     # the inline baseline has no retry: with 30% faults, some of its flows fail
     assert rows[("faults", "inline")]["completed"] < rows[("faults", "inline")]["flows"]
     assert document["generator_floor_ms"]["p50"] > 0
+
+
+def test_with_a_careless_client_on_the_account_ours_stops_calling_at_its_first_429(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    systems = ("--system", "pipeline", "--system", "naive-celery")
+    run = subprocess.run(
+        _bench("--scenario", "burst-shared", *systems, "--json", str(results)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "the account shared with a careless client" in run.stdout
+    document = json.loads(results.read_text())
+    assert "optimum" in document["scenarios"]["burst-shared"]
+    rows = {row["system"]: row for row in document["rows"]}
+    ours, naive = rows["pipeline"], rows["naive-celery"]
+    assert ours["block_tripped"] is True, ours  # the careless client pushed the account over its limit
+    assert ours["shared"]["careless_calls"] > 0, ours
+    assert ours["shared"]["blocks"] >= 1, ours
+    # after its first 429 in a block ours sends nothing: only calls already on their way can follow it,
+    # and its budget never has more than a window's worth (10 calls) out at once
+    assert ours["shared"]["calls_after_first_429"] < 10, ours
+    assert ours["shared"]["calls_after_first_429"] < naive["shared"]["calls_after_first_429"], (ours, naive)
+    assert ours["failed"] == 0, ours
+    assert ours["lost"] == 0, ours
+    assert ours["completed"] > 0, ours
+    # a flow the block (or the budget's queue) leaves no time ends expired, never failed
+    assert all(reason.startswith("expired:") for reason in ours["reasons"]), ours
+    assert 0 < ours["optimum"] <= ours["flows"], ours
 
 
 def test_interrupted_bench_stops_every_child_process(tmp_path: Path) -> None:
