@@ -8,6 +8,7 @@ import threading
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Response
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.browser.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
 
@@ -95,14 +96,26 @@ def test_page_and_caller_selecting_at_once_one_wins_the_other_gets_409(
 
     racer = threading.Thread(target=caller_selects)
     racer.start()
+    page_status: int | None = None
     try:
-        with page.expect_response(is_selection_post) as answer:
-            start.wait()
-            page.get_by_role("button", name="Connect").click()
+        start.wait()
+        with page.expect_response(is_selection_post, timeout=5_000) as answer:
+            page.get_by_role("button", name="Connect").click(timeout=3_000)
+        page_status = answer.value.status
+    except PlaywrightTimeoutError:
+        # the caller chose first and the live page had already withdrawn its form: it lost without
+        # posting (a page that does post late is told 409: the test without JavaScript shows it)
+        page_status = None
     finally:
         racer.join(timeout=30)
-    outcome = {"page": answer.value.status, "caller": caller[0].status_code}
-    assert outcome in ({"page": 303, "caller": 409}, {"page": 409, "caller": 202}), outcome
+    outcome = {"page": page_status, "caller": caller[0].status_code}
+    assert outcome in (
+        {"page": 303, "caller": 409},
+        {"page": 409, "caller": 202},
+        {"page": None, "caller": 202},
+    ), outcome
+    if page_status is None:
+        assert page.locator("main form").count() == 0
 
     winner = by_page if outcome["page"] == 303 else by_caller
     event = stack.terminal_event(flow_id)
