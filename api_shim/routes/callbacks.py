@@ -49,9 +49,7 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 def _claim(shim: Deps, flow: Flow, token: str) -> Response:
     if not rules.well_formed(token):
         raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
-    if rules.came_too_late(flow, shim.store.clock.now()):
-        shim.store.expire(flow)
-        raise _expired()
+    _expire_if_too_late(shim, flow)
     claim = None
     key = _browser_key(flow)
     if rules.awaits_callback(flow):
@@ -71,9 +69,7 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
 
 
 def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
-    if rules.came_too_late(flow, shim.store.clock.now()):
-        shim.store.expire(flow)
-        raise _expired()
+    _expire_if_too_late(shim, flow)
     denial = None
     key = _browser_key(flow)
     if rules.awaits_callback(flow):
@@ -105,6 +101,13 @@ def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None) -> Res
     if key is not None:
         key.set_on(response, flow.flow_id, secure=base.startswith("https://"))
     return response
+
+
+def _expire_if_too_late(shim: Deps, flow: Flow) -> None:
+    """A callback after the flow's deadline ends it (the sweeper may not have got to it yet): 410."""
+    if rules.came_too_late(flow, shim.store.clock.now()):
+        shim.store.expire(flow)
+        raise _expired()
 
 
 def _expired() -> ApiError:
