@@ -18,6 +18,7 @@ EntityType = Literal["profile", "page", "group"]
 ExpiredStage = Literal["callback", "verify", "selection", "complete"]
 ExpiredReason = Literal["upstream_blocked"]
 
+DEFAULT_TENANT = "default"  # without a tenants file, every flow is the one tenant's
 TERMINAL_TYPES = frozenset({"connection.completed", "authorization.failed", "authorization.expired"})
 SCHEMA_PATH = Path(__file__).with_name("schema") / "event.schema.json"
 
@@ -103,6 +104,7 @@ class FlowEvent(BaseModel):
     network: str
     entity_type: EntityType
     reference: str | None = None
+    tenant: str = Field(default=DEFAULT_TENANT, description="the tenant whose caller key started the flow")
     data: Any
 
     @property

@@ -18,6 +18,14 @@ class RedisNames:
     def all_events_channel(self) -> str:
         return f"{self.prefix}:events"
 
+    @property
+    def all_events_stream(self) -> str:
+        """Every event of every flow, for consumer groups (XREADGROUP/XACK); kept for the retention."""
+        return f"{self.prefix}:events:stream"
+
+    def tenant_channel(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:events"
+
     def flow_channel(self, flow_id: str) -> str:
         return f"{self.prefix}:flow:{flow_id}"
 

@@ -86,6 +86,7 @@ class TransitionScript:
                 self.names.flow_token(flow_id),
                 self.names.leases,
                 self.names.reserved_calls,
+                self.names.all_events_stream,
                 *([change.claim_key] if change.claim_key else []),
             ],
             args=[
@@ -103,6 +104,8 @@ class TransitionScript:
                 "1" if change.only_after_deadline else "",
                 *((queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4),
                 change.fence or "",
+                self.names.tenant_channel(event.tenant),
+                self.retention * 1000,
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )

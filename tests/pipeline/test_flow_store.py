@@ -222,3 +222,19 @@ def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowSt
     assert marked is not None
     assert before <= marked <= time.time()
     assert store.redis.zscore(store.names.workers, "w1@host") is None
+
+
+def test_every_event_carries_its_tenant_and_reaches_the_all_flows_stream_and_the_tenant_channel(
+    store: FlowStore,
+) -> None:
+    pubsub = store.redis.pubsub()
+    pubsub.subscribe("oktopost:tenant:default:events")
+    pubsub.get_message(timeout=1)
+    flow = new_flow(store)
+    store.claim_callback(flow, TOKEN)
+    published = pubsub.get_message(timeout=1)
+    assert published is not None
+    assert json.loads(published["data"])["tenant"] == "default"
+    streamed = [json.loads(fields[b"event"]) for _, fields in store.redis.xrange("oktopost:events:stream")]
+    assert streamed == store.events("flow-1")  # the same JSON as the flow's own stream, in order
+    assert [event["tenant"] for event in streamed] == ["default", "default"]

@@ -1,11 +1,12 @@
 -- One transition of a flow, atomically: check the state (and who owns the flow's work), change it, give
--- the event its seq, XADD it to the flow's stream and PUBLISH it on both channels. Either all of it
--- happens or none of it does. Times are Redis's own (TIME): every process compares on one clock.
+-- the event its seq, XADD it to the flow's stream and to the all-flows stream, and PUBLISH it on the
+-- flow's, the all-flows and the tenant's channels. Either all of it happens or none of it does. Times are Redis's own (TIME): every process compares on one clock.
 --
 -- KEYS: 1 flow hash, 2 flow stream, 3 deadlines zset, 4 token key, 5 leases zset
 --       6 the calls the flows under way still need, of the account's daily count (a counter kept by
 --         the transitions themselves, so admission control reads it in O(1))
---       7 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
+--       7 the all-flows event stream (consumer groups read it; trimmed by age)
+--       8 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -23,7 +24,9 @@
 --         outside the flow's keys: the project assumes one Redis, not a cluster)
 --      17 fence: "" or the owner id a task got when it took the flow's work; then the transition only
 --         happens while that task still owns the work (a task whose lease lapsed changes nothing)
---      18.. field, value pairs to store in the flow hash
+--      18 the tenant's channel
+--      19 milliseconds the all-flows stream keeps an event (older entries are trimmed, approximately)
+--      20.. field, value pairs to store in the flow hash
 -- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
 --       | {"token_in_use", flow} | {"fenced", state}
 
@@ -69,7 +72,7 @@ else
     return {"early", current[3]}
   end
 end
-local claim_key = KEYS[7]
+local claim_key = KEYS[8]
 if claim_key then
   local holder = redis.call("GET", claim_key)
   if holder and holder ~= flow_id then
@@ -78,7 +81,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 18, #ARGV, 2 do
+for i = 20, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "entity_type" then
@@ -92,6 +95,8 @@ local at = string.find(event, '"seq":0,', 1, true)
 event = string.sub(event, 1, at - 1) .. '"seq":' .. seq .. ',' .. string.sub(event, at + 8)
 
 redis.call("XADD", stream, "*", "event", event)
+local oldest_ms = math.floor(now * 1000) - tonumber(ARGV[19])
+redis.call("XADD", KEYS[7], "MINID", "~", tostring(oldest_ms), "*", "event", event)
 local keep = tonumber(ARGV[7])
 redis.call("EXPIRE", flow, keep)
 redis.call("EXPIRE", stream, keep)
@@ -122,6 +127,7 @@ end
 
 redis.call("PUBLISH", ARGV[5], event)
 redis.call("PUBLISH", ARGV[6], event)
+redis.call("PUBLISH", ARGV[18], event)
 if ARGV[13] ~= "" then
   redis.call("LPUSH", ARGV[13], ARGV[14])
   if ARGV[15] ~= "" then
