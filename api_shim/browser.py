@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.flow import Flow
+from worker.flow import Flow, same_fingerprint, token_fingerprint
 
 COOKIE = "okc_browser"
 BROWSER_PATHS = ("/v1/callback/", "/connect/")
@@ -46,7 +46,7 @@ class BrowserKey:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.value)
+        return token_fingerprint(self.value)  # the one-way hash the flow keeps of its okt token too
 
     def set_on(self, response: Response, flow_id: str, *, secure: bool) -> None:
         response.set_cookie(
@@ -59,16 +59,12 @@ class BrowserKey:
         )
 
 
-def fingerprint(cookie: str) -> str:
-    return hashlib.sha256(cookie.encode()).hexdigest()
-
-
 def browser_key(request: Request, flow: Flow) -> BrowserKey | None:
     """The cookie of the browser the flow is bound to, when this request carries it; None otherwise."""
     presented = request.cookies.get(COOKIE, "")
     if not presented or not flow.browser_fp:
         return None
-    if not hmac.compare_digest(fingerprint(presented).encode(), flow.browser_fp.encode()):
+    if not same_fingerprint(flow.browser_fp, presented):
         return None
     return BrowserKey(presented)
 

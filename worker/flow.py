@@ -120,10 +120,6 @@ class Flow:
             browser_fp=raw.get("browser_fp", ""),
         )
 
-    def owns_token(self, token: str) -> bool:
-        """Whether `token` is the one that claimed this flow, compared in constant time."""
-        return bool(self.token_fp) and same_fingerprint(self.token_fp, token)
-
     def offered_ids(self) -> list[str]:
         return [str(entity["id"]) for entity in self.entities]
 
