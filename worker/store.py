@@ -165,10 +165,11 @@ class FlowStore:
         """
         now = self.clock.now()
         ttl = self.lifetimes.token_ttl
+        fingerprint = token_fingerprint(token)
         data = CallbackData(token_expires_at=utc_timestamp(now + ttl))
         event = CallbackReceived(**_envelope(flow, now), data=data)
         fields = {
-            "token_fp": token_fingerprint(token),
+            "token_fp": fingerprint,
             "token_expires_at": repr(now + ttl),
             "deadline": repr(now + ttl),
             "callback_at": repr(now),
@@ -181,7 +182,7 @@ class FlowStore:
             deadline=now + ttl,
             lease=self.lifetimes.queued_lease,
             token=token,
-            claim_key=self.names.token_claim(token_fingerprint(token)),
+            claim_key=self.names.token_claim(fingerprint),
             queue=queue,
         )
         return self._apply(flow.flow_id, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
