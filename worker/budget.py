@@ -11,6 +11,10 @@ lives, so the limit is never to be exceeded, not merely respected on average. Tw
   completions are scored by their flow's deadline (earliest deadline first); new Step 1 calls come
   after all of them. A waiter that stops polling (its process died) drops out after a few seconds.
 
+A worker's call that would wait longer than a moment does not wait in its thread: the task parks its
+flow (worker.parking) and a worker's unparker releases it when a slot frees, with the slot reserved in
+its name. Parked flows rank in the queue by their deadline as if they were in it.
+
 Both are changed only inside one Lua script, on Redis's clock, so several machines agree. That script
 also honours the account's pause and counts its day (worker.account): no call is granted while the
 account is paused, nor past the day's limit, and a new flow's Step 1 is granted only while the day
@@ -21,9 +25,10 @@ no queue, so under contention the flow that dies first gets no precedence, and w
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +44,16 @@ from worker.keys import RedisNames
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
 STALE_WAITER_SECONDS = 3.0
 MAX_POLL_SECONDS = 1.0  # a waiter re-checks at least this often (and so stays alive in the queue)
+
+
+class NoBudgetNow(Exception):
+    """No slot now, and the wait is long enough to be worth parking the flow for (`acquire`'s
+    `park_after`); the caller has left the queue."""
+
+    def __init__(self, wait: float, waiter: str) -> None:
+        self.wait = wait
+        self.waiter = waiter
+        super().__init__(f"no upstream budget for {wait:.2f}s")
 
 
 class NoBudgetInTime(Exception):
@@ -85,11 +100,13 @@ class UpstreamBudget:
         sleep: Callable[[float], None] = time.sleep,
         daily_limit: int | None = None,
         block_seconds: float = 900.0,
+        account_id: str = "default",
     ) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.names = names
         self.limit = limit
         self.period = period
+        self.account_id = account_id  # the account's member in the set of accounts with parked flows
         self.sleep = sleep
         self.account = Account(client, names, daily_limit=daily_limit, block_seconds=block_seconds)
         self._acquire = scripts.register(client, "budget_acquire")
@@ -102,6 +119,9 @@ class UpstreamBudget:
         hold: float,
         heartbeat: Callable[[], None] | None = None,
         admission: str = "",
+        *,
+        park_after: float | None = None,
+        slot: str = "",
     ) -> Grant:
         """Blocks until a call may start; `hold` bounds how long the call can take.
 
@@ -110,9 +130,59 @@ class UpstreamBudget:
         `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS; what it raises ends the
         wait. `admission` (worker.account.admission_member) makes this a new flow's Step 1: granted only
         while the day covers it, and it reserves the flow's later calls until `release_admission`.
+        With `park_after`, a wait longer than that raises NoBudgetNow instead (the caller parks its
+        flow); `slot` is the slot a released parked flow was given, granted at once if still held.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()
+        while True:
+            wait = self._ask(waiter, priority, give_up_at, hold, admission, slot)
+            if wait is None:
+                return Grant(waiter, time.monotonic() - started)
+            try:
+                if park_after is not None and wait > park_after:
+                    raise NoBudgetNow(wait, waiter)
+                if heartbeat is not None:
+                    heartbeat()
+                self.sleep(min(wait, MAX_POLL_SECONDS))
+            except BaseException:  # the caller gave up waiting: its place goes to the next waiter now
+                self._leave(waiter)
+                raise
+
+    async def acquire_async(
+        self,
+        priority: float,
+        give_up_at: Callable[[], float],
+        hold: float,
+        run: Callable[[Callable[[], float | None]], Awaitable[float | None]],
+        admission: str = "",
+    ) -> Grant:
+        """`acquire` for an event loop: each ask is one Redis call made through `run` (a thread pool),
+        and the waits between asks are the loop's, so a waiting caller holds no thread. `give_up_at`
+        is read once, in the first ask's thread (it may read Redis's clock)."""
+        waiter = uuid.uuid4().hex
+        started = time.monotonic()
+        until: list[float] = []
+
+        def ask() -> float | None:
+            if not until:
+                until.append(give_up_at())
+            return self._ask(waiter, priority, until[0], hold, admission, "")
+
+        try:
+            while True:
+                wait = await run(ask)
+                if wait is None:
+                    return Grant(waiter, time.monotonic() - started)
+                await asyncio.sleep(min(wait, MAX_POLL_SECONDS))
+        except asyncio.CancelledError:  # the request went away: its place goes to the next waiter
+            self._leave(waiter)
+            raise
+
+    def _ask(
+        self, waiter: str, priority: float, give_up_at: float, hold: float, admission: str, slot: str
+    ) -> float | None:
+        """One ask: None when granted, else the seconds to wait before asking again."""
         names = self.names
         keys = [
             names.budget_window,
@@ -121,27 +191,24 @@ class UpstreamBudget:
             names.account_pause,
             names.reserved_calls,
             names.admissions,
+            names.parked_flows,
         ]
-        args: list[float | str] = [self.limit, self.period, hold, STALE_WAITER_SECONDS, give_up_at]
         daily = "" if self.account.daily_limit is None else self.account.daily_limit
-        args += [daily, names.daily_calls_prefix, admission, ADMISSION_SECONDS]
-        while True:
-            answer = self._acquire(keys=keys, args=[waiter, priority, *args])
-            verdict, value = _text(answer[0]), float(_text(answer[1]))
-            if verdict == "granted":
-                return Grant(waiter, time.monotonic() - started)
-            if verdict == "doomed":
-                raise NoBudgetInTime(value)
-            if verdict in _BLOCKED:
-                raise _BLOCKED[verdict](value)
-            try:
-                if heartbeat is not None:
-                    heartbeat()
-                self.sleep(min(value, MAX_POLL_SECONDS))
-            except BaseException:  # the caller gave up waiting: its place goes to the next waiter now
-                with suppress(redis.RedisError):
-                    self.redis.zrem(self.names.budget_queue, waiter)
-                raise
+        args: list[float | str] = [waiter, priority, self.limit, self.period, hold, STALE_WAITER_SECONDS]
+        args += [give_up_at, daily, names.daily_calls_prefix, admission, ADMISSION_SECONDS, slot]
+        answer = self._acquire(keys=keys, args=args)
+        verdict, value = _text(answer[0]), float(_text(answer[1]))
+        if verdict == "granted":
+            return None
+        if verdict == "doomed":
+            raise NoBudgetInTime(value)
+        if verdict in _BLOCKED:
+            raise _BLOCKED[verdict](value)
+        return value
+
+    def _leave(self, waiter: str) -> None:
+        with suppress(redis.RedisError):
+            self.redis.zrem(self.names.budget_queue, waiter)
 
     def finished(self, grant: Grant, error: BaseException | None = None) -> None:
         """Scores the call by when it ended, which frees its slot one period later. A 429 (`error`)
@@ -158,6 +225,9 @@ class UpstreamBudget:
         hold: float,
         heartbeat: Callable[[], None] | None = None,
         defer_end_to: list[Grant] | None = None,
+        *,
+        park_after: float | None = None,
+        slot: str = "",
     ) -> Iterator[Grant]:
         """One call under the budget: acquired on entry, scored by its end on exit.
 
@@ -166,7 +236,7 @@ class UpstreamBudget:
         longer meanwhile, which is safe); a call that raises is recorded at once, as a retry may need
         the room.
         """
-        grant = self.acquire(priority, give_up_at, hold, heartbeat)
+        grant = self.acquire(priority, give_up_at, hold, heartbeat, park_after=park_after, slot=slot)
         try:
             yield grant
         except BaseException as error:

@@ -97,6 +97,7 @@ class Flow:
     seq: int = 0
     ui: BrowserUI = BrowserUI.HOSTED
     browser_fp: str = ""  # the hash of the cookie that binds the flow to the browser that came back
+    budget_slot: str = ""  # the budget slot a parked flow was released with (worker.parking)
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -118,6 +119,7 @@ class Flow:
             # a flow stored before the hosted pages existed was started for the redirect
             ui=BrowserUI(raw.get("ui") or BrowserUI.REDIRECT),
             browser_fp=raw.get("browser_fp", ""),
+            budget_slot=raw.get("budget_slot", ""),
         )
 
     def offered_ids(self) -> list[str]:

@@ -69,6 +69,18 @@ class RedisNames:
         return f"{self.prefix}:budget:alive"
 
     @property
+    def parked_flows(self) -> str:
+        """Sorted set: flows waiting for the account's budget without a worker thread, scored by their
+        deadline (worker.parking)."""
+        return f"{self.prefix}:budget:parked"
+
+    @property
+    def parked_accounts(self) -> str:
+        """Sorted set: the accounts that have parked flows, scored by when a slot may next free for them
+        (one set for every account, so a worker finds the due ones in one call)."""
+        return f"{self.prefix}:parked:accounts"
+
+    @property
     def account_pause(self) -> str:
         """String: the moment (epoch seconds on Redis's clock) until which no call is made for the
         account, because Oktopost answered 429."""

@@ -79,11 +79,15 @@ def task_context() -> TaskContext:
     return TaskContext(
         store=flow_store,
         client=OktopostClient.from_settings(settings),
-        policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
+        policy=retry_policy(settings),
         metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
         budget=budget(settings, flow_store.redis),
         leases=LeaseKeeper(flow_store),
     )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds)
 
 
 def budget(settings: Settings, client: redis.Redis) -> UpstreamBudget:

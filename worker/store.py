@@ -82,6 +82,7 @@ class FlowStore:
         self._take_work = scripts.register(client, "take_work")
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")
+        self._park = scripts.register(client, "park_flow")
 
     # reading
 
@@ -275,6 +276,26 @@ class FlowStore:
             args=[flow_id, state.value, self.lifetimes.queued_lease, working, *message],
         )
         return RequeueOutcome(_text(answer))
+
+    def park(
+        self, flow: Flow, owner: str, budget: RedisNames, account: str, waiter: str, wait: float
+    ) -> bool:
+        """Gives the flow's work up to wait for its account's budget without a thread (see
+        park_flow.lua); False when `owner` no longer holds it. `budget`: the names of the account's
+        budget, `account` its id."""
+        names = self.names
+        answer = self._park(
+            keys=[
+                names.flow_state(flow.flow_id),
+                names.leases,
+                budget.parked_flows,
+                names.parked_accounts,
+                budget.budget_queue,
+                budget.budget_alive,
+            ],
+            args=[flow.flow_id, owner, flow.state.value, account, waiter, wait],
+        )
+        return _text(answer) == "parked"
 
     def lapse_lease(self, flow_id: str) -> None:
         """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""

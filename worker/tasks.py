@@ -9,6 +9,7 @@ from celery.signals import worker_ready, worker_shutdown
 from worker import runtime, work
 from worker.celery_app import app
 from worker.logs import flow_context
+from worker.parking import Unparker
 from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer
 from worker.settings import get_settings
 from worker.sweeper import Sweeper
@@ -32,20 +33,34 @@ def enqueuer(redis_url: str) -> Enqueuer:
 
 
 _sweeper: Sweeper | None = None
+_unparker: Unparker | None = None
 
 
 @worker_ready.connect
 def _start_sweeper(sender: object = None, **_: object) -> None:
-    global _sweeper
+    global _sweeper, _unparker
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
-    account = runtime.budget(settings, store.redis).account
-    _sweeper = Sweeper(store, enqueuer(settings.redis_url), name=name, account=account)
+    budget = runtime.budget(settings, store.redis)
+    tasks = enqueuer(settings.redis_url)
+    _sweeper = Sweeper(store, tasks, name=name, account=budget.account)
     _sweeper.start()
+    policy = runtime.retry_policy(settings)
+    _unparker = Unparker(
+        store,
+        tasks,
+        lambda account: budget if account == budget.account_id else None,
+        # the released task's start (it may wait in the broker up to its lease) and its call
+        hold=store.lifetimes.queued_lease + policy.max_attempt_seconds + 1,
+        least_seconds=policy.min_attempt_seconds,
+    )
+    _unparker.start()
 
 
 @worker_shutdown.connect
 def _stop_sweeper(**_: object) -> None:
+    if _unparker is not None:
+        _unparker.stop()
     if _sweeper is not None:
         _sweeper.stop()
     if runtime.task_context.cache_info().currsize:  # tasks ran here: their heartbeat stops too

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from worker.budget import AccountBlocked, Grant, NoBudgetInTime, UpstreamBudget
+from worker.budget import AccountBlocked, Grant, NoBudgetInTime, NoBudgetNow, UpstreamBudget
 from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flow import Flow, FlowState
@@ -32,6 +32,10 @@ from worker.transition import Transition, TransitionOutcome
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TOKEN_END_OF_LIFE = 0.25  # the share of a token's life, at its end, in which "invalid" means expired
+# A wait for budget longer than this parks the flow and frees the thread; a shorter one is waited out in
+# the thread, as parking and being released take three Redis calls and a trip through the broker,
+# about as long as the wait itself, and a wait this short holds a thread for no time that matters.
+PARK_AFTER_SECONDS = 0.05
 
 
 class TaskOutcome(StrEnum):
@@ -42,6 +46,7 @@ class TaskOutcome(StrEnum):
     SELECTION_REQUIRED = "selection_required"
     FAILED = "failed"
     EXPIRED = "expired"
+    PARKED = "parked"  # the flow waits for its account's budget without a thread (worker.parking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,8 @@ def _work_on(
             except WorkLost:
                 log.warning("flow %s was taken up by another task; this one stops", flow_id)
                 return _recorded(context, TaskOutcome.SKIPPED)
+            except NoBudgetNow as waiting:
+                return _park(job, waiting)
             except AccountBlocked as blocked:  # Oktopost's block outlives the token: no call is made
                 return _give_up(job, blocked, reason=blocked.reason)
             except (DeadlineReached, NoBudgetInTime) as reached:
@@ -150,18 +157,36 @@ def _work_on(
 def _admission(job: _Job, answered: list[Grant]) -> Admission:
     """Each attempt waits for a slot of the shared budget, earliest deadline first.
 
+    A wait longer than PARK_AFTER_SECONDS raises NoBudgetNow: the task parks the flow and ends. The
+    first attempt of a task whose flow was released from parking uses the slot it was released with.
     A failed attempt's slot is scored by its end at once; one that answered goes to `answered`, and its
     end is recorded after the flow's transition (see `_work_on`), off the path from callback to terminal
     event. A wait for budget ends as soon as the flow is lost to another task.
     """
     policy = job.context.policy
+    slots = [job.flow.budget_slot] if job.flow.budget_slot else []
     return lambda: job.context.budget.call(
         priority=job.flow.deadline,
         give_up_at=job.flow.deadline - policy.min_attempt_seconds,
         hold=policy.max_attempt_seconds + 1,
         heartbeat=job.held.check,
         defer_end_to=answered,
+        park_after=PARK_AFTER_SECONDS,
+        slot=slots.pop() if slots else "",
     )
+
+
+def _park(job: _Job, waiting: NoBudgetNow) -> TaskOutcome:
+    """The flow waits for its account's budget in Redis, not in this thread; a worker's unparker queues
+    its task again when a slot frees (worker.parking)."""
+    budget = job.context.budget
+    parked = job.context.store.park(
+        job.flow, job.owner, budget.names, budget.account_id, waiting.waiter, waiting.wait
+    )
+    if not parked:
+        return _recorded(job.context, TaskOutcome.SKIPPED)
+    log.info("flow %s waits %.2fs for the account's budget, parked", job.flow.flow_id, waiting.wait)
+    return _recorded(job.context, TaskOutcome.PARKED)
 
 
 @contextmanager

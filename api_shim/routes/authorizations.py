@@ -28,7 +28,7 @@ from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import event_stream
 from worker.account import admission_member, retry_after_header
-from worker.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, Grant, NoBudgetInTime
+from worker.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, NoBudgetInTime
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
 from worker.flow import FlowState
@@ -126,14 +126,18 @@ def _step1_admission(
     wait = max(1.0, min(STEP1_SECONDS / 2, shim.settings.token_ttl_seconds / 4))
     budget, clock = shim.budget, shim.store.clock
 
-    def acquire() -> Grant:  # the give-up time is on Redis's clock, which the budget's script reads
-        hold = STEP1_POLICY.max_attempt_seconds + 1
-        grant = budget.acquire(STEP1_PRIORITY, clock.now() + wait, hold, admission=admission.member)
-        admission.reserved = True
-        return grant
-
     async def admit() -> Callable[[BaseException | None], None]:
-        grant = await run_in_threadpool(acquire)
+        # the waits between asks are the event loop's: a burst of Step 1s waiting for one account's
+        # budget holds no thread of the pool every route shares (each ask is one short Redis call)
+        hold = STEP1_POLICY.max_attempt_seconds + 1
+        grant = await budget.acquire_async(
+            STEP1_PRIORITY,
+            lambda: clock.now() + wait,  # on Redis's clock, which the budget's script reads
+            hold,
+            run_in_threadpool,
+            admission=admission.member,
+        )
+        admission.reserved = True
         return lambda error: budget.finished(grant, error)
 
     return admit

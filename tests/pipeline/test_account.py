@@ -9,6 +9,7 @@ import fakeredis
 import httpx
 import pytest
 
+from tests.pipeline.test_parking import unparker_for
 from tests.pipeline.test_work import PROFILE, Answers, claimed, make_context
 from tests.shim.harness import RecordingEnqueuer
 from worker.account import admission_member, seconds_to_midnight
@@ -193,9 +194,18 @@ def test_the_sweeper_leaves_flows_that_outlive_the_pause(client: fakeredis.FakeR
 def test_a_flow_whose_token_outlives_the_pause_completes_after_it_without_calling_meanwhile() -> None:
     handler = Answers(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=PROFILE))
     context = make_context(handler, token_ttl=30)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
     started = time.monotonic()
-    assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED
+    flow_id = claimed(context)
+    assert verify_flow(context, flow_id) is TaskOutcome.PARKED  # it waits out the pause in Redis
+    assert unparker.release_due()[0] == 0  # not while the account is paused
+    while not enqueuer.enqueued:
+        unparker.release_due()
+        time.sleep(0.01)
     assert time.monotonic() - started >= 0.9
+    assert enqueuer.enqueued == [(flow_id, FlowState.VERIFYING)]
+    assert verify_flow(context, flow_id) is TaskOutcome.COMPLETED
     assert len(handler.seen) == 2
 
 

@@ -6,16 +6,20 @@
 --       4 the account's pause (its end, epoch seconds), 5 calls the flows under way still need (counter)
 --       6 admissions zset (new flows' reservations between Step 1 and their creation, scored by expiry;
 --         member "<calls reserved>:<flow id>")
+--       7 parked zset (flows waiting for the account's budget without a thread, scored by deadline: each
+--         one with an earlier deadline than this caller's priority is ahead of it)
 -- ARGV: 1 waiter id, 2 priority, 3 limit, 4 period (s), 5 hold (s: the longest the call can take),
 --       6 seconds after which a silent waiter is dropped, 7 give up at (epoch seconds)
 --       8 calls a day (UTC), "" for no daily count, 9 the prefix of the day's counter (the UTC day
 --         number since the epoch is appended; named here, not in KEYS, as the day is read from TIME)
 --      10 "" or the admission member of a new flow's Step 1, 11 seconds that admission is held
+--      12 "" or the slot a parked flow was released with (worker.parking): granted at once while it is
+--         still in the window, under this waiter's id, the day's count already taken
 -- Returns {"granted", now} | {"wait", seconds to wait before asking again} | {"doomed", least wait}
 --       | {"paused", seconds until the pause ends} | {"spent", seconds until midnight UTC}
 
 local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
-local pause, reserved, admissions = KEYS[4], KEYS[5], KEYS[6]
+local pause, reserved, admissions, parked = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local waiter, priority = ARGV[1], tonumber(ARGV[2])
 local limit, period, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local stale, give_up_at = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -45,6 +49,14 @@ local paused_until = tonumber(redis.call("GET", pause) or "0")
 if paused_until > now and give_up_at < paused_until then
   leave()
   return {"paused", tostring(paused_until - now)}
+end
+
+local slot = ARGV[12]
+if slot ~= "" and paused_until <= now and redis.call("ZSCORE", window, slot) then
+  redis.call("ZREM", window, slot)
+  leave()
+  redis.call("ZADD", window, now + hold, waiter)
+  return {"granted", tostring(now)}
 end
 
 local day = math.floor(now / 86400)
@@ -78,7 +90,9 @@ if paused_until > now then
 end
 
 local free = limit - redis.call("ZCARD", window)
-local rank = redis.call("ZRANK", queue, waiter)
+-- parked flows with an earlier deadline come first, though they wait outside the queue
+local parked_ahead = redis.call("ZCOUNT", parked, "-inf", "(" .. ARGV[2])
+local rank = redis.call("ZRANK", queue, waiter) + parked_ahead
 if rank < free then
   leave()
   redis.call("ZADD", window, now + hold, waiter)
@@ -98,7 +112,9 @@ end
 -- A waiter further back than the window holds waits a period more for each `limit` ahead of it.
 local ahead = rank - free
 local held = limit - free
-local wait = 0.05
+-- (with the window empty, the free slots go to those ahead: to waiters in the queue, who ask again
+-- within moments, or to parked flows, whose calls then hold them for a period)
+local wait = parked_ahead > 0 and period or 0.05
 if held > 0 then
   local entry = redis.call("ZRANGE", window, ahead % held, ahead % held, "WITHSCORES")
   if entry[2] then

@@ -1,0 +1,166 @@
+"""Parking (fakeredis): a flow that must wait for its account's budget waits in Redis, not in a thread, and
+is released earliest deadline first with a slot reserved in its name; never lost, never doubled."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import httpx
+import pytest
+
+from tests.pipeline.test_work import PROFILE, TOKEN, Answers
+from tests.shim.harness import RecordingEnqueuer
+from worker.budget import NoBudgetNow, UpstreamBudget
+from worker.flow import FlowState, Lifetimes
+from worker.keys import RedisNames
+from worker.leases import LeaseKeeper
+from worker.metrics import WorkerMetrics
+from worker.oktopost import OktopostClient
+from worker.parking import Unparker
+from worker.retry import RetryPolicy
+from worker.store import FlowStore
+from worker.sweeper import sweep_once
+from worker.work import TaskContext, TaskOutcome, verify_flow
+
+FAST = RetryPolicy(max_attempt_seconds=1, min_attempt_seconds=0.1, backoff_multiplier=0.001, backoff_max=0.01)
+
+
+def unparker_for(context: TaskContext, enqueuer: RecordingEnqueuer) -> Unparker:
+    budget = context.budget
+    return Unparker(
+        context.store,
+        enqueuer,
+        lambda account: budget if account == budget.account_id else None,
+        hold=2.0,
+        least_seconds=context.policy.min_attempt_seconds,
+    )
+
+
+def limited_context(limit: int, period: float, token_ttl: int = 30) -> tuple[TaskContext, Answers]:
+    handler = Answers(httpx.Response(200, json=PROFILE))
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    names = RedisNames("p")
+    store = FlowStore(client, names, Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
+    upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
+    budget = UpstreamBudget(client, names, limit, period)
+    metrics = WorkerMetrics(client, "p:metrics")
+    return TaskContext(store, upstream, FAST, metrics, budget, LeaseKeeper(store)), handler
+
+
+def claim(context: TaskContext, count: int) -> list[str]:
+    """Flows called back one after the other: each one's deadline is later than the one before."""
+    flow_ids = []
+    for i in range(count):
+        flow = context.store.create(f"flow-{i}", "LinkedIn", "profile", None, None)
+        assert context.store.claim_callback(flow, f"{TOKEN}{i}").done
+        flow_ids.append(flow.flow_id)
+        time.sleep(0.002)
+    return flow_ids
+
+
+def parked(context: TaskContext) -> list[str]:
+    return [m.decode() for m in context.store.redis.zrange(context.store.names.parked_flows, 0, -1)]
+
+
+def test_a_flow_without_budget_parks_at_once_and_is_released_in_deadline_order_with_its_slot() -> None:
+    context, handler = limited_context(limit=2, period=0.3)
+    store, names = context.store, context.store.names
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, 6)
+    started = time.monotonic()
+    outcomes = [verify_flow(context, flow_id) for flow_id in reversed(flow_ids)]  # latest deadline first
+    assert time.monotonic() - started < 0.5  # no task waited for the budget in its thread
+    assert outcomes == [TaskOutcome.COMPLETED] * 2 + [TaskOutcome.PARKED] * 4
+    assert parked(context) == flow_ids[:4]  # by deadline, whatever order they came in
+    for flow_id in flow_ids[:4]:
+        flow = store.get(flow_id)
+        assert flow is not None
+        assert flow.state is FlowState.VERIFYING
+        assert store.redis.zscore(names.leases, flow_id) is None  # no lease for the sweeper to requeue
+        assert store.redis.hget(names.flow_state(flow_id), "owner") == b""
+    assert store.redis.zcard(names.budget_queue) == 0  # the parked tasks left the budget's queue
+    assert sweep_once(store, enqueuer) == (0, 0)
+    assert unparker.release_due()[0] == 0  # the window is full
+    assert enqueuer.enqueued == []
+
+    released: list[str] = []
+    calls_before = len(handler.seen)
+    while len(released) < 4:
+        unparker.release_due()
+        assert store.redis.zcard(names.budget_window) <= 2  # reserved slots count against the limit
+        for flow_id, state in enqueuer.enqueued[len(released) :]:
+            assert state is FlowState.VERIFYING
+            assert store.redis.zscore(names.leases, flow_id) is not None  # its queued task has a lease
+            released.append(flow_id)
+            waited = time.monotonic()  # its task uses the slot it was released with: no wait
+            assert verify_flow(context, flow_id) is TaskOutcome.COMPLETED
+            assert time.monotonic() - waited < 0.2
+        time.sleep(0.005)
+    assert released == flow_ids[:4]  # earliest deadline first
+    assert time.monotonic() - started >= 0.6  # two more windows
+    assert len(handler.seen) - calls_before == 4
+    for flow_id in flow_ids:
+        types = [e["type"] for e in store.events(flow_id)]
+        assert types.count("connection.completed") == 1, types
+    assert store.redis.zcard(names.parked_accounts) == 0
+
+
+def test_a_parked_flow_past_its_deadline_expires_once_and_is_never_released() -> None:
+    context, _ = limited_context(limit=1, period=0.8, token_ttl=1)
+    store, names = context.store, context.store.names
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    time.sleep(1.1)  # its slot came at 0.8 s, but no unparker ran before its deadline
+    assert sweep_once(store, enqueuer) == (1, 0)
+    assert sweep_once(store, enqueuer) == (0, 0)
+    store.redis.delete(names.budget_window)  # room again: the expired flow is dropped, not released
+    unparker.release_due()
+    assert enqueuer.enqueued == []
+    assert parked(context) == []
+    types = [e["type"] for e in store.events(second)]
+    assert types.count("authorization.expired") == 1
+    assert types[-1] == "authorization.expired"
+
+
+def test_a_flow_taken_up_by_another_task_meanwhile_is_dropped_not_released_twice() -> None:
+    context, _ = limited_context(limit=1, period=0.3)
+    store, names = context.store, context.store.names
+    enqueuer = RecordingEnqueuer()
+    first, second, third = claim(context, 3)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    assert verify_flow(context, third) is TaskOutcome.PARKED
+    # a redelivered task takes the second flow's work while it is parked
+    assert store.take_work(second, "another-task", FlowState.VERIFYING).flow is not None
+    time.sleep(0.35)
+    one, two = unparker_for(context, enqueuer), unparker_for(context, enqueuer)
+    one.release_due()
+    two.release_due()  # a second worker's unparker finds nothing more to release
+    assert enqueuer.enqueued == [(third, FlowState.VERIFYING)]
+    assert parked(context) == []
+    assert store.redis.hget(names.flow_state(second), "owner") == b"another-task"
+
+
+def test_a_new_call_does_not_pass_parked_flows_with_an_earlier_deadline() -> None:
+    context, _ = limited_context(limit=1, period=0.3)
+    budget, store = context.budget, context.store
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    time.sleep(0.35)  # the slot is free, but the parked flow comes first
+    deadline = store.clock.now() + 30
+    with pytest.raises(NoBudgetNow):  # it parks too, behind the earlier one
+        budget.acquire(deadline, deadline, 1, park_after=0.05)
+
+
+def test_a_short_wait_is_waited_out_in_the_thread() -> None:
+    context, _ = limited_context(limit=1, period=0.03)
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.COMPLETED  # under PARK_AFTER_SECONDS: no parking
+    assert parked(context) == []

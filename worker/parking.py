@@ -1,0 +1,168 @@
+"""The unparker: queues the tasks of flows parked for their account's budget when a slot frees for them.
+
+A task whose flow must wait for the account's budget parks the flow in Redis (worker.work, a sorted set
+per account scored by the flow's deadline) and ends, so a burst on one account never fills the worker's
+threads while other accounts' flows wait behind it. One thread in every worker process watches the
+accounts with parked flows and, when one is due, releases its flows earliest deadline first, as many as
+the budget has room for: each gets a slot reserved in its name and its task queued again, in one Lua
+step (release_parked.lua). Several unparkers are safe: a flow leaves the parked set exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from worker import scripts
+from worker.budget import UpstreamBudget
+from worker.flow import WORKING_STATES, FlowState
+from worker.queueing import QueuedTask
+from worker.store import FlowStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 32  # parked flows looked at per release step
+ACCOUNTS_PER_PASS = 256  # due accounts taken per pass; the rest come in the next one, at once
+MAX_IDLE_SECONDS = 0.1  # the longest between looks, as a newly parked flow's account may be due sooner
+
+
+class TaskQueue(Protocol):
+    """What the unparker needs of worker.queueing.Enqueuer."""
+
+    def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None: ...
+
+    def enqueue(self, flow_id: str, state: FlowState) -> None: ...
+
+
+class Unparker:
+    """`budgets` gives an account's budget by its id (None for an account this process does not know);
+    `hold`: how long a reserved slot is held, for the task's start and its call."""
+
+    def __init__(
+        self,
+        store: FlowStore,
+        enqueuer: TaskQueue,
+        budgets: Callable[[str], UpstreamBudget | None],
+        hold: float,
+        least_seconds: float,
+    ) -> None:
+        self.store = store
+        self.enqueuer = enqueuer
+        self.budgets = budgets
+        self.hold = hold
+        self.least_seconds = least_seconds
+        self._release = scripts.register(store.redis, "release_parked")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="oktopost-unparker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def release_due(self) -> tuple[int, float]:
+        """One pass over the accounts that are due; returns (flows released, seconds until the next
+        account is due, at most MAX_IDLE_SECONDS)."""
+        names = self.store.names
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.zrange(names.parked_accounts, 0, ACCOUNTS_PER_PASS - 1, withscores=True)
+            (seconds, micros), accounts = pipe.execute()
+        now = seconds + micros / 1e6
+        released, next_in = 0, MAX_IDLE_SECONDS
+        for raw, due in accounts:
+            if due > now:
+                next_in = min(next_in, due - now)
+                break
+            account = _text(raw)
+            budget = self.budgets(account)
+            if budget is None:  # a worker that knows the account releases its flows
+                continue
+            try:
+                count, due_in = self.release(budget)
+            except Exception as error:
+                log.warning("parked flows of an account not released: %s", type(error).__name__)
+                continue
+            released += count
+            if due_in >= 0:
+                next_in = min(next_in, due_in)
+        return released, max(0.0, next_in)
+
+    def release(self, budget: UpstreamBudget) -> tuple[int, float]:
+        """Releases the account's parked flows while its budget has room; returns (flows released,
+        seconds until the account is due again, -1 when none is parked any more)."""
+        released = 0
+        while True:
+            flow_ids, more, due_in = self._release_batch(budget)
+            released += len(flow_ids)
+            if not more:
+                return released, due_in
+
+    def _release_batch(self, budget: UpstreamBudget) -> tuple[list[str], bool, float]:
+        store, names, account = self.store, self.store.names, budget.names
+        limit = min(BATCH, budget.limit)
+        candidates = [_text(m) for m in store.redis.zrange(account.parked_flows, 0, limit - 1)]
+        with store.redis.pipeline(transaction=False) as pipe:
+            for flow_id in candidates:
+                pipe.hget(names.flow_state(flow_id), "state")
+            states = pipe.execute()
+        work: list[tuple[str, FlowState, QueuedTask | None]] = []
+        for flow_id, raw in zip(candidates, states, strict=True):
+            state = FlowState(_text(raw)) if raw is not None else FlowState.VERIFYING
+            # a flow that left the working states is dropped from the set by the script
+            state = state if state in WORKING_STATES else FlowState.VERIFYING
+            work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
+        pushes = [prepared for _, _, prepared in work if prepared is not None]
+        broker = pushes[0].queue if pushes else ""
+        args: list[str | float] = [budget.account_id, budget.limit, budget.period, self.hold]
+        args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
+        args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
+        for flow_id, state, prepared in work:
+            message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
+            args += [flow_id, state.value, *message]
+        answer = self._release(
+            keys=[
+                account.parked_flows,
+                names.parked_accounts,
+                account.budget_window,
+                account.budget_queue,
+                account.account_pause,
+                names.leases,
+                *(names.flow_state(flow_id) for flow_id, _, _ in work),
+            ],
+            args=args,
+        )
+        released = [_text(flow_id) for flow_id in answer[0]]
+        by_id = {flow_id: (state, prepared) for flow_id, state, prepared in work}
+        for flow_id in released:
+            state, prepared = by_id[flow_id]
+            if prepared is None:  # the broker is not this Redis: the task is sent now
+                self._send(flow_id, state)
+        if released:
+            log.info("released %d parked flow(s) of account %s", len(released), budget.account_id)
+        return released, _text(answer[1]) == "1", float(_text(answer[2]))
+
+    def _send(self, flow_id: str, state: FlowState) -> None:
+        try:
+            self.enqueuer.enqueue(flow_id, state)
+        except Exception as error:  # its lease lapses now, and the sweeper queues it again
+            log.warning("flow %s: released but not queued: %s", flow_id, type(error).__name__)
+            self.store.lapse_lease(flow_id)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                _, next_in = self.release_due()
+            except Exception as error:  # Redis away: look again once it is back
+                log.warning("releasing parked flows failed: %s", type(error).__name__)
+                next_in = 1.0
+            if self._stop.wait(max(0.002, next_in)):
+                return
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,100 @@
+-- A worker's unparker releases an account's parked flows while its budget has room, earliest deadline
+-- first, in one step per batch: each released flow gets a slot of the budget reserved in its name (in
+-- the window, counted in the day; its task's first call uses it), a lease for its queued task, and its
+-- task pushed onto the broker list when the broker is this Redis. A flow leaves the parked set only here,
+-- so a process that dies before or after this call loses nothing and doubles nothing; when the task is
+-- sent after this call instead, its lease lapses if the sending fails and the sweeper queues it again.
+-- Candidates no longer parked (ended, taken up by another task) are dropped from the set; one whose
+-- deadline leaves no time for a call is dropped too, and the sweeper expires it at its deadline.
+--
+-- KEYS: 1 the account's parked zset, 2 parked accounts zset, 3 budget window zset, 4 budget queue zset,
+--       5 the account's pause, 6 leases zset, 7.. the candidates' flow hashes (in ARGV's order)
+-- ARGV: 1 the account's member in KEYS[2], 2 limit, 3 period (s), 4 seconds a reserved slot is held
+--       (the task's start and its call), 5 calls a day or "", 6 prefix of the day's counter,
+--       7 seconds the queued task gets to start (its lease), 8 the least time left for a call (s),
+--       9 "" or the Celery broker list, then per candidate (ARGV[10 + 5i ..]): flow id, the state its
+--       task works on, the task's message, "" or its task-sent event's channel, the event
+-- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
+--          seconds until the account is next due, or "-1" when nothing is parked any more}
+
+local parked, accounts, window, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local member, limit, period = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local hold, daily_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease, least, broker = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local t = redis.call("TIME")
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
+
+local function due_in(seconds)
+  if redis.call("ZCARD", parked) == 0 then
+    redis.call("ZREM", accounts, member)
+    return "-1"
+  end
+  redis.call("ZADD", accounts, now + seconds, member)
+  return tostring(seconds)
+end
+
+local paused_until = tonumber(redis.call("GET", KEYS[5]) or "0")
+if paused_until > now then
+  return {{}, "0", due_in(paused_until - now)}
+end
+local day = math.floor(now / 86400)
+local day_key = ARGV[6] .. day
+local used = tonumber(redis.call("GET", day_key) or "0")
+
+local released = {}
+local room = limit - redis.call("ZCARD", window)
+local stopped = false
+for i = 1, #KEYS - 6 do
+  local base = 10 + (i - 1) * 5
+  local flow_id, state = ARGV[base], ARGV[base + 1]
+  local flow = KEYS[6 + i]
+  local deadline = redis.call("ZSCORE", parked, flow_id)
+  if deadline then
+    local current = redis.call("HMGET", flow, "state", "owner")
+    local working = current[1] == state and (current[2] or "") == ""
+    if not working or redis.call("ZSCORE", KEYS[6], flow_id) or tonumber(deadline) - least < now then
+      redis.call("ZREM", parked, flow_id)
+    else
+      -- waiters in a thread (short waits, Step 1) with an earlier deadline keep their precedence
+      local ahead = redis.call("ZCOUNT", queue, "-inf", "(" .. deadline)
+      if #released + ahead >= room or (daily_limit and used + #released >= daily_limit) then
+        stopped = true
+        break
+      end
+      local slot = "slot:" .. flow_id .. ":" .. tostring(now)
+      redis.call("ZADD", window, now + hold, slot)
+      redis.call("HSET", flow, "budget_slot", slot)
+      redis.call("ZADD", KEYS[6], now + lease, flow_id)
+      redis.call("ZREM", parked, flow_id)
+      if broker ~= "" then
+        redis.call("LPUSH", broker, ARGV[base + 2])
+        if ARGV[base + 3] ~= "" then
+          redis.call("PUBLISH", ARGV[base + 3], ARGV[base + 4])
+        end
+      end
+      released[#released + 1] = flow_id
+    end
+  end
+end
+if #released > 0 then
+  redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
+  redis.call("INCRBY", day_key, #released)
+  redis.call("EXPIRE", day_key, (day + 2) * 86400 - math.floor(now))
+end
+
+-- next due: at once while room is left, else when the window's earliest entry leaves it (an entry
+-- still in flight, scored by its latest end, may end any moment: a period from now at the latest)
+local wait = 0
+if limit - redis.call("ZCARD", window) <= 0 then
+  local entry = redis.call("ZRANGE", window, 0, 0, "WITHSCORES")
+  wait = math.max(0.001, math.min(tonumber(entry[2]), now) + period - now)
+elseif stopped then
+  wait = 0.05 -- room, but taken by earlier waiters in threads: look again shortly
+end
+if daily_limit and used + #released >= daily_limit then
+  wait = (day + 1) * 86400 - now
+end
+local more = not stopped and #KEYS > 6 and limit - redis.call("ZCARD", window) > 0
+  and redis.call("ZCARD", parked) > 0
+return {released, more and "1" or "0", due_in(wait)}
