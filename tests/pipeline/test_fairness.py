@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def test_a_burst_on_one_account_parks_and_never_delays_another_accounts_flows(
         # earliest deadline first: no flow completes well before one that was called back earlier
         by_deadline = sorted(completed, key=lambda events: seconds(events[1]["at"]))
         done = [seconds(events[-1]["at"]) for events in by_deadline]
-        assert all(later >= earlier - 0.5 for earlier, later in zip(done, done[1:], strict=False)), done
+        assert all(later >= earlier - 0.5 for earlier, later in pairwise(done)), done
 
         assert max(busy) <= max(0.5, 3 * max(idle)), (idle, busy)  # about the time of an idle system
         stats = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
