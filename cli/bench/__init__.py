@@ -2,6 +2,8 @@
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
+The `tenants` scenario (many accounts, one bursting) runs on ours alone, after the others
+(cli/bench/tenants.py).
 Every child process is stopped at the end, on Ctrl-C and on failure too.
 """
 
@@ -25,10 +27,12 @@ from cli.bench.load import generator_floor
 from cli.bench.report import Row, shared_account_table, table
 from cli.bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from cli.bench.systems import SYSTEMS, Setup, System
+from cli.bench.tenants import TenantsResult, run_tenants
 from cli.bench.upstream import SandboxServer, start_sandbox
 from cli.processes import Child, Children, StartupError
 
-SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")
+SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared", "tenants")
+TENANTS = "tenants"
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -49,7 +53,7 @@ def run(options: BenchOptions) -> int:
     chosen = _chosen(options)
     try:
         with interrupted_by_sigterm(), Children(log_dir) as children:
-            rows, floor = _measure_every_system(options, chosen, children)
+            rows, floor, tenants = _measure_every_system(options, chosen, children)
     except KeyboardInterrupt:
         _say(f"interrupted; every process stopped (logs in {log_dir})")
         return 130
@@ -57,9 +61,14 @@ def run(options: BenchOptions) -> int:
         _say(f"failed: {error}\n(logs kept in {log_dir})")
         return 1
     rows.sort(key=lambda row: (SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
-    _print_report(chosen, rows, floor)
+    if rows:
+        _print_report(chosen, rows, floor)
+    if tenants is not None:
+        print(("\n" if rows else "") + tenants.report())
     if options.json_path is not None:
         document = _document(options, chosen, rows, floor, load_at_start)
+        if tenants is not None:
+            document["tenants"] = tenants.as_json()
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {options.json_path}")
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -68,9 +77,9 @@ def run(options: BenchOptions) -> int:
 
 def _measure_every_system(
     options: BenchOptions, chosen: list[Scenario], children: Children
-) -> tuple[list[Row], tuple[float, float] | None]:
+) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None]:
     """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
-    then the limited, then the one shared with a careless client."""
+    then the limited, then the one shared with a careless client; then ours through `tenants`."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
@@ -87,7 +96,13 @@ def _measure_every_system(
             setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
-    return rows, floor
+    tenants = None
+    if TENANTS in options.scenarios and "pipeline" in options.systems:
+        _say("pipeline: tenants")
+        url = _database(redis_url, next(databases)) if shared else redis_url
+        tenants = run_tenants(children, url, options.workers, options.concurrency, options.quick)
+        _say(f"pipeline: tenants: quiet p99 {tenants.quiet_ratio:.2f}x idle")
+    return rows, floor, tenants
 
 
 def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None) -> None:
@@ -117,7 +132,7 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
     defined = define_scenarios(options.quick, _burst_token_ttl(options))
-    picked = [defined[name] for name in SCENARIO_NAMES if name in options.scenarios]
+    picked = [defined[name] for name in SCENARIO_NAMES if name in options.scenarios and name != TENANTS]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 
 

@@ -94,7 +94,7 @@ def test_a_burst_on_one_account_parks_and_never_delays_another_accounts_flows(
         pipeline.start_worker(concurrency=2)
         running = pipeline
         parked_a = RedisNames(pipeline.prefix).account(A_ACCOUNT).parked_flows
-        redis = pipeline.redis()
+        redis: Any = pipeline.redis()  # redis-py annotates commands as sync-or-async; this is sync
 
         def run_b(count: int) -> list[float]:
             """B's flows one after the other, as its users come back; each one's callback to terminal."""
