@@ -30,11 +30,11 @@ _worker_collectors: list[RedisMetricsCollector | AccountCollector] = []
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(client: redis.Redis, worker_metrics_key: str, account: Account) -> None:
-    """/metrics also shows the workers' metrics and the Oktopost account's standing, read from Redis at
-    scrape time."""
+def install(client: redis.Redis, worker_metrics_key: str, accounts: list[Account]) -> None:
+    """/metrics also shows the workers' metrics and each configured Oktopost account's standing, read
+    from Redis at scrape time."""
     while _worker_collectors:  # one of each per process, even when tests build several apps
         REGISTRY.unregister(_worker_collectors.pop())
-    _worker_collectors.extend([RedisMetricsCollector(client, worker_metrics_key), AccountCollector(account)])
+    _worker_collectors.extend([RedisMetricsCollector(client, worker_metrics_key), AccountCollector(accounts)])
     for collector in _worker_collectors:
         REGISTRY.register(collector)

@@ -118,7 +118,7 @@ class Unparker:
             work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
         pushes = [prepared for _, _, prepared in work if prepared is not None]
         broker = pushes[0].queue if pushes else ""
-        args: list[str | float] = [budget.account_id, budget.limit, budget.period, self.hold]
+        args: list[str | float] = [budget.names.account_id, budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
         for flow_id, state, prepared in work:
@@ -143,7 +143,7 @@ class Unparker:
             if prepared is None:  # the broker is not this Redis: the task is sent now
                 self._send(flow_id, state)
         if released:
-            log.info("released %d parked flow(s) of account %s", len(released), budget.account_id)
+            log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
         return released, _text(answer[1]) == "1", float(_text(answer[2]))
 
     def _send(self, flow_id: str, state: FlowState) -> None:

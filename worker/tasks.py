@@ -41,15 +41,15 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper, _unparker
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
-    budget = runtime.budget(settings, store.redis)
+    budgets = {budget.names.account_id: budget for budget in runtime.upstreams().budgets()}
     tasks = enqueuer(settings.redis_url)
-    _sweeper = Sweeper(store, tasks, name=name, account=budget.account)
+    _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
     _sweeper.start()
     policy = runtime.retry_policy(settings)
     _unparker = Unparker(
         store,
         tasks,
-        lambda account: budget if account == budget.account_id else None,
+        budgets.get,
         # the released task's start (it may wait in the broker up to its lease) and its call
         hold=store.lifetimes.queued_lease + policy.max_attempt_seconds + 1,
         least_seconds=policy.min_attempt_seconds,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ pytestmark = pytest.mark.integration
 
 A_KEY, B_KEY = "tenant-a-caller-key-0123456789", "tenant-b-caller-key-0123456789"
 A_ACCOUNT, B_ACCOUNT = "account-a", "account-b"
-BURST = 45  # A's flows, called back at once
-TOKEN_TTL = 8  # A's account serves 5 verifications a second: about 40 of them in a token's life
+BURST = 48  # A's flows, called back at once
+TOKEN_TTL = 6  # A's account serves 5 verifications a second: about 35 of them in a token's life
 RATE = 5
 
 
@@ -97,15 +96,20 @@ def test_a_burst_on_one_account_parks_and_never_delays_another_accounts_flows(
         redis: Any = pipeline.redis()  # redis-py annotates commands as sync-or-async; this is sync
 
         def run_b(count: int) -> list[float]:
-            """B's flows one after the other, as its users come back; each one's callback to terminal."""
+            """B's flows one after the other, as its users come back; each one's callback to terminal.
+            Their Step 1s come first, and leave B's window before the first callback."""
+            urls = [consent(flow["redirect_url"]) for flow in start_flows(running.shim_url, B_KEY, count)]
+            time.sleep(1.1)
             times = []
-            for flow in start_flows(running.shim_url, B_KEY, count):
-                assert callback(consent(flow["redirect_url"])).status_code == 200
-                events = events_of(running, flow["flow_id"], timeout=10)
+            for url in urls:
+                assert callback(url).status_code == 200
+                flow_id = url.split("/v1/callback/")[1].split("?")[0]
+                events = events_of(running, flow_id, timeout=10)
                 assert events[-1]["type"] == "connection.completed", events[-1]
                 times.append(callback_to_terminal(events))
             return times
 
+        run_b(1)  # warms the processes' connections up
         idle = run_b(3)  # the same flows of B on an idle system
 
         burst = start_flows(pipeline.shim_url, A_KEY, BURST)
@@ -126,16 +130,17 @@ def test_a_burst_on_one_account_parks_and_never_delays_another_accounts_flows(
         terminal = [events[-1]["type"] for events in endings]
         for events in endings:  # one terminal event each: none lost, none doubled
             assert [e["type"] for e in events].count(events[-1]["type"]) == 1
-        assert set(terminal) <= {"connection.completed", "authorization.expired"}, terminal
+        assert set(terminal) == {"connection.completed", "authorization.expired"}, terminal
         completed = [events for events in endings if events[-1]["type"] == "connection.completed"]
-        # A's optimum: its account's rate over a token's life, less a second of slack
-        assert len(completed) >= RATE * (TOKEN_TTL - 1) - 2, terminal
-        # earliest deadline first: no flow completes well before one that was called back earlier
+        # A's optimum: its account's rate over a token's life (and the first window's), less some slack
+        assert len(completed) >= RATE * TOKEN_TTL, terminal
+        # earliest deadline first: no flow completes a window or more before one called back earlier
+        # (within a window, tasks that run at once take its slots in whichever order they ask)
         by_deadline = sorted(completed, key=lambda events: seconds(events[1]["at"]))
         done = [seconds(events[-1]["at"]) for events in by_deadline]
-        assert all(later >= earlier - 0.5 for earlier, later in pairwise(done)), done
+        assert all(later >= max(done[: index + 1]) - 1.2 for index, later in enumerate(done)), done
 
-        assert max(busy) <= max(0.5, 3 * max(idle)), (idle, busy)  # about the time of an idle system
+        assert max(busy) <= max(0.25, 3 * max(idle)), (idle, busy)  # about the time of an idle system
         stats = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
         for account in (A_ACCOUNT, B_ACCOUNT):
             assert stats["accounts"][account]["blocked"] is False, stats

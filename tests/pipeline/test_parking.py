@@ -21,17 +21,18 @@ from worker.parking import Unparker
 from worker.retry import RetryPolicy
 from worker.store import FlowStore
 from worker.sweeper import sweep_once
+from worker.upstreams import Upstreams
 from worker.work import TaskContext, TaskOutcome, verify_flow
 
 FAST = RetryPolicy(max_attempt_seconds=1, min_attempt_seconds=0.1, backoff_multiplier=0.001, backoff_max=0.01)
 
 
 def unparker_for(context: TaskContext, enqueuer: RecordingEnqueuer) -> Unparker:
-    budget = context.budget
+    budget = budget_of(context)
     return Unparker(
         context.store,
         enqueuer,
-        lambda account: budget if account == budget.account_id else None,
+        lambda account: budget if account == budget.names.account_id else None,
         hold=2.0,
         least_seconds=context.policy.min_attempt_seconds,
     )
@@ -43,9 +44,15 @@ def limited_context(limit: int, period: float, token_ttl: int = 30) -> tuple[Tas
     names = RedisNames("p")
     store = FlowStore(client, names, Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
     upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
-    budget = UpstreamBudget(client, names, limit, period)
+    budget = UpstreamBudget(client, names.account(store.default_account), limit, period)
     metrics = WorkerMetrics(client, "p:metrics")
-    return TaskContext(store, upstream, FAST, metrics, budget, LeaseKeeper(store)), handler
+    return TaskContext(store, Upstreams.single(upstream, budget), FAST, metrics, LeaseKeeper(store)), handler
+
+
+def budget_of(context: TaskContext) -> UpstreamBudget:
+    upstream = context.upstreams.get(context.store.default_account)
+    assert upstream is not None
+    return upstream.budget
 
 
 def claim(context: TaskContext, count: int) -> list[str]:
@@ -60,7 +67,7 @@ def claim(context: TaskContext, count: int) -> list[str]:
 
 
 def parked(context: TaskContext) -> list[str]:
-    return [m.decode() for m in context.store.redis.zrange(context.store.names.parked_flows, 0, -1)]
+    return [m.decode() for m in context.store.redis.zrange(budget_of(context).names.parked_flows, 0, -1)]
 
 
 def test_a_flow_without_budget_parks_at_once_and_is_released_in_deadline_order_with_its_slot() -> None:
@@ -80,7 +87,9 @@ def test_a_flow_without_budget_parks_at_once_and_is_released_in_deadline_order_w
         assert flow.state is FlowState.VERIFYING
         assert store.redis.zscore(names.leases, flow_id) is None  # no lease for the sweeper to requeue
         assert store.redis.hget(names.flow_state(flow_id), "owner") == b""
-    assert store.redis.zcard(names.budget_queue) == 0  # the parked tasks left the budget's queue
+    assert (
+        store.redis.zcard(budget_of(context).names.budget_queue) == 0
+    )  # the parked tasks left the budget's queue
     assert sweep_once(store, enqueuer) == (0, 0)
     assert unparker.release_due()[0] == 0  # the window is full
     assert enqueuer.enqueued == []
@@ -89,7 +98,9 @@ def test_a_flow_without_budget_parks_at_once_and_is_released_in_deadline_order_w
     calls_before = len(handler.seen)
     while len(released) < 4:
         unparker.release_due()
-        assert store.redis.zcard(names.budget_window) <= 2  # reserved slots count against the limit
+        assert (
+            store.redis.zcard(budget_of(context).names.budget_window) <= 2
+        )  # reserved slots count against the limit
         for flow_id, state in enqueuer.enqueued[len(released) :]:
             assert state is FlowState.VERIFYING
             assert store.redis.zscore(names.leases, flow_id) is not None  # its queued task has a lease
@@ -109,7 +120,7 @@ def test_a_flow_without_budget_parks_at_once_and_is_released_in_deadline_order_w
 
 def test_a_parked_flow_past_its_deadline_expires_once_and_is_never_released() -> None:
     context, _ = limited_context(limit=1, period=0.8, token_ttl=1)
-    store, names = context.store, context.store.names
+    store = context.store
     enqueuer = RecordingEnqueuer()
     unparker = unparker_for(context, enqueuer)
     first, second = claim(context, 2)
@@ -118,7 +129,9 @@ def test_a_parked_flow_past_its_deadline_expires_once_and_is_never_released() ->
     time.sleep(1.1)  # its slot came at 0.8 s, but no unparker ran before its deadline
     assert sweep_once(store, enqueuer) == (1, 0)
     assert sweep_once(store, enqueuer) == (0, 0)
-    store.redis.delete(names.budget_window)  # room again: the expired flow is dropped, not released
+    store.redis.delete(
+        budget_of(context).names.budget_window
+    )  # room again: the expired flow is dropped, not released
     unparker.release_due()
     assert enqueuer.enqueued == []
     assert parked(context) == []
@@ -148,7 +161,7 @@ def test_a_flow_taken_up_by_another_task_meanwhile_is_dropped_not_released_twice
 
 def test_a_new_call_does_not_pass_parked_flows_with_an_earlier_deadline() -> None:
     context, _ = limited_context(limit=1, period=0.3)
-    budget, store = context.budget, context.store
+    budget, store = budget_of(context), context.store
     first, second = claim(context, 2)
     assert verify_flow(context, first) is TaskOutcome.COMPLETED
     assert verify_flow(context, second) is TaskOutcome.PARKED
