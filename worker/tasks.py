@@ -32,6 +32,11 @@ def enqueuer(redis_url: str) -> Enqueuer:
     return Enqueuer(app, redis_url)
 
 
+# A released flow's reserved slot counts as a call in flight for its task's start and its call: a task
+# that starts later still finds it until a period after that (then it asks the budget again), and one
+# that never starts (its flow ended meanwhile) holds the slot no longer than this and a period.
+RELEASED_START_SECONDS = 5.0
+
 _sweeper: Sweeper | None = None
 _unparker: Unparker | None = None
 
@@ -50,8 +55,7 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
         store,
         tasks,
         budgets.get,
-        # the released task's start (it may wait in the broker up to its lease) and its call
-        hold=store.lifetimes.queued_lease + policy.max_attempt_seconds + 1,
+        hold=RELEASED_START_SECONDS + policy.max_attempt_seconds + 1,
         least_seconds=policy.min_attempt_seconds,
     )
     _unparker.start()

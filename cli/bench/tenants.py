@@ -23,7 +23,7 @@ from cli.bench.load import EndingListener, consent, fire
 from cli.bench.report import percentile
 from cli.bench.systems import Pipeline, Setup, StartedFlow
 from cli.bench.upstream import SandboxServer, Upstream
-from cli.processes import Child, Children, free_port, wait_for_port
+from cli.processes import Child, Children, StartupError, free_port, wait_for_port
 
 RATE_LIMIT = "5/second"  # each account's; the sandbox blocks an account past it, as Oktopost does
 BURSTING = 0  # the index of the bursting account
@@ -161,6 +161,7 @@ def run_tenants(
     system = TenantsPipeline(children, setup, tenants_file)
     try:
         system.start()
+        asyncio.run(_warm_up(system, load))
         idle = asyncio.run(_phase(system, sandbox, load, burst=False))
         busy = asyncio.run(_phase(system, sandbox, load, burst=True))
     finally:
@@ -232,6 +233,19 @@ async def _start_flows(
             body = answer.json()
             flows.append(StartedFlow(body["flow_id"], body["redirect_url"]))
     return flows
+
+
+async def _warm_up(system: Pipeline, load: TenantsLoad) -> None:
+    """A flow on every account, end to end: each process builds each account's client before timing."""
+    gate = asyncio.Semaphore(STEP1_CONCURRENCY)
+    started = await asyncio.gather(*(_start_flows(system, index, 1, gate) for index in range(load.accounts)))
+    shots = await consent([flow for flows in started for flow in flows])
+    expected = {shot.flow_id for shot in shots}
+    async with EndingListener(system.setup.redis_url, system.done_channel, system.ended, expected) as ear:
+        await fire(shots, None)
+        if not await ear.wait(60):
+            raise StartupError(f"{system.name}: warm-up flows did not end within 60 s")
+    await asyncio.sleep(1.5)  # their calls leave every account's window
 
 
 async def _phase(system: Pipeline, sandbox: SandboxServer, load: TenantsLoad, *, burst: bool) -> Phase:
