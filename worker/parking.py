@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -104,8 +105,14 @@ class Unparker:
 
     def _release_batch(self, budget: UpstreamBudget) -> tuple[list[str], bool, float]:
         store, names, account = self.store, self.store.names, budget.names
-        limit = min(BATCH, budget.limit)
-        candidates = [_text(m) for m in store.redis.zrange(account.parked_flows, 0, limit - 1)]
+        # as many candidates as the window seems to have room for (the script decides): a message is
+        # built for each, and a slot usually frees one at a time
+        with store.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(account.budget_window, f"({time.time() - budget.period}", "+inf")
+            pipe.zrange(account.parked_flows, 0, BATCH - 1)
+            in_window, parked = pipe.execute()
+        room = min(BATCH, max(1, budget.limit - int(in_window)))
+        candidates = [_text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
                 pipe.hget(names.flow_state(flow_id), "state")
