@@ -56,6 +56,7 @@ class Standing:
     used_today: int
     reserved: int  # calls the flows under way (and new flows mid Step 1) still need
     daily_limit: int | None
+    parked: int = 0  # flows waiting for the account's budget without a worker thread (worker.parking)
 
     @property
     def remaining_today(self) -> int | None:
@@ -118,9 +119,11 @@ class Account:
             pipe.get(self.names.account_pause)
             pipe.get(self.names.daily_calls(utc_day(now)))
             pipe.get(self.names.reserved_calls)
-            ends, used, reserved = pipe.execute()
+            pipe.zcard(self.names.parked_flows)
+            ends, used, reserved, parked = pipe.execute()
         paused_until = float(ends) if ends is not None and float(ends) > now else None
-        return Standing(paused_until, int(used or 0), max(0, int(reserved or 0)), self.daily_limit)
+        reserved_calls = max(0, int(reserved or 0))
+        return Standing(paused_until, int(used or 0), reserved_calls, self.daily_limit, int(parked))
 
     def pauses_entered(self) -> int:
         return int(self.redis.hget(self.names.worker_metrics, self.names.pauses_field) or 0)
@@ -160,6 +163,11 @@ class AccountCollector(Collector):
             "Calls to Oktopost left today (UTC) under the account's daily limit",
             labels=["account"],
         )
+        parked = GaugeMetricFamily(
+            "okc_account_flows_parked",
+            "Flows waiting for the account's budget, parked in Redis (they hold no worker thread)",
+            labels=["account"],
+        )
         for account in self.accounts:
             try:
                 standing = account.standing()
@@ -171,9 +179,10 @@ class AccountCollector(Collector):
             pauses.add_metric(label, entered)
             used.add_metric(label, standing.used_today)
             reserved.add_metric(label, standing.reserved)
+            parked.add_metric(label, standing.parked)
             if standing.remaining_today is not None:
                 remaining.add_metric(label, standing.remaining_today)
-        yield from (paused, pauses, used, reserved, remaining)
+        yield from (paused, pauses, used, reserved, remaining, parked)
 
 
 def _text(value: bytes | str) -> str:

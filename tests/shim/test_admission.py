@@ -85,3 +85,4 @@ async def test_metrics_show_the_pause_and_the_days_remaining_calls() -> None:
     assert 'okc_account_pauses_total{account="demo-account"} 1.0' in text
     assert 'okc_account_daily_calls_remaining{account="demo-account"} 49.0' in text
     assert 'okc_account_calls_reserved{account="demo-account"} 1.0' in text
+    assert 'okc_account_flows_parked{account="demo-account"} 0.0' in text
