@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from cli.bench.load import EndingListener, consent, fire
+from cli.bench.load import EndingListener, Shot, consent, fire
 from cli.bench.report import percentile
 from cli.bench.systems import Pipeline, Setup, StartedFlow
 from cli.bench.upstream import SandboxServer, Upstream
@@ -75,6 +75,7 @@ class Phase:
     lost: int = 0
     repeated_endings: int = 0
     accounts_blocked: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # endings other than completed, by outcome:code
     throttled: int = 0  # 429s the sandbox answered, every account
     seconds: float = 0.0
 
@@ -235,6 +236,14 @@ async def _start_flows(
     return flows
 
 
+async def _fire_waves(waves: list[list[StartedFlow]], shots: list[Shot]) -> None:
+    """Each wave consented, then its callbacks spread over one second; `shots` gets every callback."""
+    for wave in waves:
+        wave_shots = await consent(wave)
+        shots += wave_shots
+        await fire(wave_shots, float(len(wave)))
+
+
 async def _warm_up(system: Pipeline, load: TenantsLoad) -> None:
     """A flow on every account, end to end: each process builds each account's client before timing."""
     gate = asyncio.Semaphore(STEP1_CONCURRENCY)
@@ -259,15 +268,16 @@ async def _phase(system: Pipeline, sandbox: SandboxServer, load: TenantsLoad, *,
     )
     await asyncio.sleep(1.5)  # Step 1's calls leave every account's window before the timed part
     quiet_by_account = dict(zip(quiet_indexes, started[: len(quiet_indexes)], strict=True))
-    # the quiet callbacks interleaved across accounts, so each account sees its own steady rate
-    quiet_flows = [flows[turn] for turn in range(load.quiet_flows) for flows in quiet_by_account.values()]
     account_of = {flow.flow_id: index for index, flows in quiet_by_account.items() for flow in flows}
-    quiet = await consent(quiet_flows)
+    # the quiet callbacks in waves of one a second per account, each wave consented just before it is
+    # called back (a token lives from the user's consent)
+    waves = [[flows[turn] for flows in quiet_by_account.values()] for turn in range(load.quiet_flows)]
     bursting = await consent(started[-1]) if burst else []
     stats_before = sandbox.stats()
-    expected = {shot.flow_id for shot in (*quiet, *bursting)}
+    expected = set(account_of) | {shot.flow_id for shot in bursting}
+    quiet: list[Shot] = []
     async with EndingListener(system.setup.redis_url, system.done_channel, system.ended, expected) as ear:
-        firing = [fire(quiet, load.quiet_rate * len(quiet_indexes))]
+        firing = [_fire_waves(waves, quiet)]
         if bursting:
             firing.append(fire(bursting, None))
         await asyncio.gather(*firing)
@@ -299,6 +309,7 @@ async def _phase(system: Pipeline, sandbox: SandboxServer, load: TenantsLoad, *,
     phase.repeated_endings = endings.repeated
     phase.accounts_blocked = sorted(name for name, counts in stats["accounts"].items() if counts["blocked"])
     phase.throttled = stats["throttled"] - stats_before["throttled"]
+    phase.reasons = system.reasons([shot.flow_id for shot in shots])
     return phase
 
 
