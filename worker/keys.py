@@ -55,9 +55,9 @@ class RedisNames:
 
     @property
     def parked_accounts(self) -> str:
-        """Sorted set: the Oktopost accounts that have parked flows (by account id), scored by when a
-        slot may next free for them (one set for every account, so a worker finds the due ones in one
-        call)."""
+        """Sorted set: the Oktopost accounts that have parked flows (by the name of their parked set),
+        scored by when a slot may next free for them (one set for every account, so a worker finds the
+        due ones in one call)."""
         return f"{self.prefix}:parked:accounts"
 
     def account(self, account_id: str) -> AccountNames:

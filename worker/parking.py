@@ -38,7 +38,8 @@ class TaskQueue(Protocol):
 
 
 class Unparker:
-    """`budgets` gives an account's budget by its id (None for an account this process does not know);
+    """`budgets` gives an account's budget by the name of its parked set (None for an account this process
+    does not know);
     `hold`: how long a reserved slot is held, for the task's start and its call."""
 
     def __init__(
@@ -125,7 +126,7 @@ class Unparker:
             work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
         pushes = [prepared for _, _, prepared in work if prepared is not None]
         broker = pushes[0].queue if pushes else ""
-        args: list[str | float] = [budget.names.account_id, budget.limit, budget.period, self.hold]
+        args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
         for flow_id, state, prepared in work:

@@ -180,6 +180,9 @@ class FlowStore:
         the caller enqueues once it is DONE. `browser_fp`: the hash of the cookie the browser is given,
         kept only when this claim is the one that happens.
 
+        When the flow's account already has flows parked for its budget, the flow joins them instead of
+        being queued (worker.parking): its task would only park it, and a burst of callbacks would fill the
+        broker ahead of other accounts' flows.
         On CONFLICT, `token_fp` tells a repeat of the same callback (nothing to do) from another token.
         TOKEN_IN_USE: another flow claimed this token. Verifying it again would connect that flow's
         account to this one (Oktopost answers a live token as often as asked), so a token claims one flow.
@@ -205,6 +208,7 @@ class FlowStore:
             token=token,
             claim_key=self.names.token_claim(fingerprint),
             queue=queue,
+            park_behind=self.names.account(self.account_of(flow)).parked_flows,
         )
         return self._apply(flow, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
 
@@ -310,7 +314,7 @@ class FlowStore:
                 account.budget_queue,
                 account.budget_alive,
             ],
-            args=[flow.flow_id, owner, flow.state.value, account.account_id, waiter, wait],
+            args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
         return _text(answer) == "parked"
 

@@ -46,7 +46,7 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper, _unparker
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
-    budgets = {budget.names.account_id: budget for budget in runtime.upstreams().budgets()}
+    budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
     tasks = enqueuer(settings.redis_url)
     _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
     _sweeper.start()

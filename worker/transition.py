@@ -61,6 +61,8 @@ class Change:
     fence: str | None = None  # the owner id of the task making the transition (see take_work.lua)
     claim_key: str | None = None
     queue: QueuedTask | None = None
+    # a claim's: the flow joins the account's parked flows, when there are any, instead of being queued
+    park_behind: str | None = None
 
 
 class TransitionScript:
@@ -95,6 +97,7 @@ class TransitionScript:
                 self.names.account(account).reserved_calls,
                 self.names.all_events_stream,
                 *([change.claim_key] if change.claim_key else []),
+                *([change.park_behind, self.names.parked_accounts] if change.park_behind else []),
             ],
             args=[
                 flow_id,

@@ -69,6 +69,8 @@ class Phase:
     quiet_e2e_p50_ms: float = math.nan
     quiet_e2e_p99_ms: float = math.nan
     quiet_short: dict[str, int] = field(default_factory=dict)  # quiet accounts that completed fewer
+    # the slowest quiet flow called back in each second of the timed part: where a slow one came
+    quiet_e2e_max_ms_by_second: list[float] = field(default_factory=list)
     burst_flows: int = 0
     burst_completed: int = 0
     burst_expired: int = 0
@@ -289,11 +291,13 @@ async def _phase(system: Pipeline, sandbox: SandboxServer, load: TenantsLoad, *,
     phase.seconds = round(max((at for _, at in endings.first.values()), default=first_sent) - first_sent, 1)
     phase.quiet_flows = len(quiet)
     e2e = []
+    by_second: dict[int, list[float]] = {}
     short: dict[str, int] = {}
     for shot in quiet:
         outcome, at = endings.first.get(shot.flow_id, ("lost", math.nan))
         if outcome == "completed":
             e2e.append((at - shot.sent) * 1000)
+            by_second.setdefault(int(shot.sent - first_sent), []).append(e2e[-1])
         else:
             name = account_id(account_of[shot.flow_id])
             short[name] = short.get(name, 0) + 1
@@ -301,6 +305,7 @@ async def _phase(system: Pipeline, sandbox: SandboxServer, load: TenantsLoad, *,
     phase.quiet_e2e_p50_ms = percentile(e2e, 50)
     phase.quiet_e2e_p99_ms = percentile(e2e, 99)
     phase.quiet_short = short
+    phase.quiet_e2e_max_ms_by_second = [round(max(by_second[second]), 1) for second in sorted(by_second)]
     outcomes = [endings.first.get(shot.flow_id, ("lost", 0.0))[0] for shot in bursting]
     phase.burst_flows = len(bursting)
     phase.burst_completed = outcomes.count("completed")

@@ -32,7 +32,7 @@ def unparker_for(context: TaskContext, enqueuer: RecordingEnqueuer) -> Unparker:
     return Unparker(
         context.store,
         enqueuer,
-        lambda account: budget if account == budget.names.account_id else None,
+        lambda parked: budget if parked == budget.names.parked_flows else None,
         hold=2.0,
         least_seconds=context.policy.min_attempt_seconds,
     )
@@ -177,3 +177,33 @@ def test_a_short_wait_is_waited_out_in_the_thread() -> None:
     assert verify_flow(context, first) is TaskOutcome.COMPLETED
     assert verify_flow(context, second) is TaskOutcome.COMPLETED  # under PARK_AFTER_SECONDS: no parking
     assert parked(context) == []
+
+
+def test_a_flow_called_back_while_its_account_has_parked_flows_joins_them_without_a_task() -> None:
+    context, _ = limited_context(limit=1, period=0.3)
+    store, names = context.store, context.store.names
+    enqueuer = RecordingEnqueuer()
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    (third,) = claim_more(context, 1)  # called back while its account's budget has flows waiting
+    assert parked(context) == [second, third]  # parked at its callback, behind the earlier deadline
+    assert store.redis.zscore(names.leases, third) is None
+    time.sleep(0.35)
+    unparker = unparker_for(context, enqueuer)
+    while len(enqueuer.enqueued) < 2:
+        unparker.release_due()
+        for flow_id, _ in enqueuer.enqueued:
+            verify_flow(context, flow_id)
+        time.sleep(0.01)
+    assert [flow_id for flow_id, _ in enqueuer.enqueued] == [second, third]
+
+
+def claim_more(context: TaskContext, count: int) -> list[str]:
+    """More flows called back, after those of `claim`."""
+    flow_ids = []
+    for i in range(count):
+        flow = context.store.create(f"later-{i}", "LinkedIn", "profile", None, None)
+        assert context.store.claim_callback(flow, f"{TOKEN}later{i}").done
+        flow_ids.append(flow.flow_id)
+    return flow_ids

@@ -5,13 +5,13 @@
 -- that owns the work can park it; a flow that moved on meanwhile is left as it is.
 --
 -- KEYS: 1 flow hash, 2 leases zset, 3 the account's parked zset, 4 parked accounts zset (scored by when
---       each is next due), 5 budget queue zset, 6 budget alive zset
--- ARGV: 1 flow id, 2 owner (the task's fence), 3 the state the task works on, 4 the account's member in
---       KEYS[4], 5 the task's budget waiter id, 6 seconds until the budget expects a slot for it
+--       each is next due, by the name of its parked set), 5 budget queue zset, 6 budget alive zset
+-- ARGV: 1 flow id, 2 owner (the task's fence), 3 the state the task works on, 4 the task's budget
+--       waiter id, 5 seconds until the budget expects a slot for it
 -- Returns "parked" | "lost" (another task owns the work, or the flow left that state)
 
-redis.call("ZREM", KEYS[5], ARGV[5])
-redis.call("ZREM", KEYS[6], ARGV[5])
+redis.call("ZREM", KEYS[5], ARGV[4])
+redis.call("ZREM", KEYS[6], ARGV[4])
 local current = redis.call("HMGET", KEYS[1], "state", "owner", "deadline")
 if current[1] ~= ARGV[3] or current[2] ~= ARGV[2] then
   return "lost"
@@ -23,9 +23,9 @@ redis.call("HDEL", KEYS[1], "budget_slot")
 redis.call("ZREM", KEYS[2], ARGV[1])
 redis.call("ZADD", KEYS[3], tonumber(current[3]), ARGV[1])
 -- the account is due no later than this flow's own slot (an earlier one set by another flow stands)
-local due = now + tonumber(ARGV[6])
-local current_due = redis.call("ZSCORE", KEYS[4], ARGV[4])
+local due = now + tonumber(ARGV[5])
+local current_due = redis.call("ZSCORE", KEYS[4], KEYS[3])
 if not current_due or tonumber(current_due) > due then
-  redis.call("ZADD", KEYS[4], due, ARGV[4])
+  redis.call("ZADD", KEYS[4], due, KEYS[3])
 end
 return "parked"

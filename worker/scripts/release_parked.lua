@@ -7,20 +7,21 @@
 -- Candidates no longer parked (ended, taken up by another task) are dropped from the set; one whose
 -- deadline leaves no time for a call is dropped too, and the sweeper expires it at its deadline.
 --
--- KEYS: 1 the account's parked zset, 2 parked accounts zset, 3 budget window zset, 4 budget queue zset,
+-- KEYS: 1 the account's parked zset, 2 parked accounts zset (members: the accounts' parked zsets),
+--       3 budget window zset, 4 budget queue zset,
 --       5 the account's pause, 6 leases zset, 7.. the candidates' flow hashes (in ARGV's order)
--- ARGV: 1 the account's member in KEYS[2], 2 limit, 3 period (s), 4 seconds a reserved slot is held
---       (the task's start and its call), 5 calls a day or "", 6 prefix of the day's counter,
---       7 seconds the queued task gets to start (its lease), 8 the least time left for a call (s),
---       9 "" or the Celery broker list, then per candidate (ARGV[10 + 5i ..]): flow id, the state its
---       task works on, the task's message, "" or its task-sent event's channel, the event
+-- ARGV: 1 limit, 2 period (s), 3 seconds a reserved slot is held (the task's start and its call),
+--       4 calls a day or "", 5 prefix of the day's counter, 6 seconds the queued task gets to start (its
+--       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, then per candidate
+--       (ARGV[9 + 5i ..]): flow id, the state its task works on, the task's message, "" or its task-sent
+--       event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
 --          seconds until the account is next due, or "-1" when nothing is parked any more}
 
 local parked, accounts, window, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local member, limit, period = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hold, daily_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-local lease, least, broker = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local member, limit, period = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local hold, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, least, broker = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
@@ -39,14 +40,14 @@ if paused_until > now then
   return {{}, "0", due_in(paused_until - now)}
 end
 local day = math.floor(now / 86400)
-local day_key = ARGV[6] .. day
+local day_key = ARGV[5] .. day
 local used = tonumber(redis.call("GET", day_key) or "0")
 
 local released = {}
 local room = limit - redis.call("ZCARD", window)
 local stopped = false
 for i = 1, #KEYS - 6 do
-  local base = 10 + (i - 1) * 5
+  local base = 9 + (i - 1) * 5
   local flow_id, state = ARGV[base], ARGV[base + 1]
   local flow = KEYS[6 + i]
   local deadline = redis.call("ZSCORE", parked, flow_id)

@@ -7,6 +7,9 @@
 --         the transitions themselves, so admission control reads it in O(1))
 --       7 the all-flows event stream (consumer groups read it; trimmed by age)
 --       8 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
+--       9, 10 (claims only, optional) the account's parked zset and the parked accounts zset: when flows
+--         of the account already wait for its budget, parked, the claimed flow joins them (scored by its
+--         deadline, no lease) instead of queuing a task that would only park it (worker.parking)
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -128,6 +131,13 @@ end
 redis.call("PUBLISH", ARGV[5], event)
 redis.call("PUBLISH", ARGV[6], event)
 redis.call("PUBLISH", ARGV[18], event)
+local parked = KEYS[9]
+if parked and redis.call("ZCARD", parked) > 0 then
+  redis.call("ZREM", leases, flow_id)
+  redis.call("ZADD", parked, tonumber(ARGV[8]), flow_id)
+  redis.call("ZADD", KEYS[10], "NX", now, parked)
+  return {"ok", seq}
+end
 if ARGV[13] ~= "" then
   redis.call("LPUSH", ARGV[13], ARGV[14])
   if ARGV[15] ~= "" then
