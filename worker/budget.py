@@ -130,16 +130,18 @@ class UpstreamBudget:
         wait. `admission` (worker.account.admission_member) makes this a new flow's Step 1: granted only
         while the day covers it, and it reserves the flow's later calls until `release_admission`.
         With `park_after`, a wait longer than that raises NoBudgetNow instead (the caller parks its
-        flow); `slot` is the slot a released parked flow was given, granted at once if still held.
+        flow); `slot` is the slot a released parked flow was given, granted if still held, once it frees.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()
         while True:
-            wait = self._ask(waiter, priority, give_up_at, hold, admission, slot)
-            if wait is None:
+            asked = self._ask(waiter, priority, give_up_at, hold, admission, slot)
+            if asked is None:
                 return Grant(waiter, time.monotonic() - started)
+            wait, reserved = asked
             try:
-                if park_after is not None and wait > park_after:
+                # a reserved slot that frees in a moment is waited for here, never parked for
+                if park_after is not None and wait > park_after and not reserved:
                     raise NoBudgetNow(wait, waiter)
                 if heartbeat is not None:
                     heartbeat()
@@ -166,7 +168,8 @@ class UpstreamBudget:
         def ask() -> float | None:
             if not until:
                 until.append(give_up_at())
-            return self._ask(waiter, priority, until[0], hold, admission, "")
+            asked = self._ask(waiter, priority, until[0], hold, admission, "")
+            return None if asked is None else asked[0]
 
         try:
             while True:
@@ -180,8 +183,9 @@ class UpstreamBudget:
 
     def _ask(
         self, waiter: str, priority: float, give_up_at: float, hold: float, admission: str, slot: str
-    ) -> float | None:
-        """One ask: None when granted, else the seconds to wait before asking again."""
+    ) -> tuple[float, bool] | None:
+        """One ask: None when granted, else the seconds to wait before asking again, and whether that
+        is the wait for `slot` to free."""
         names = self.names
         keys = [
             names.budget_window,
@@ -203,7 +207,7 @@ class UpstreamBudget:
             raise NoBudgetInTime(value)
         if verdict in _BLOCKED:
             raise _BLOCKED[verdict](value)
-        return value
+        return value, verdict == "reserved"
 
     def _leave(self, waiter: str) -> None:
         with suppress(redis.RedisError):

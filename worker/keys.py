@@ -109,6 +109,12 @@ class AccountNames:
         return f"{self._base}:budget:parked"
 
     @property
+    def early_slots(self) -> str:
+        """Sorted set: slots reserved for released parked flows before they free, scored by the moment
+        each frees (worker.parking); each stands for the window's call it replaces until then."""
+        return f"{self._base}:budget:early"
+
+    @property
     def account_pause(self) -> str:
         """String: the moment (epoch seconds on Redis's clock) until which no call is made for the
         account, because Oktopost answered 429."""

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 BATCH = 32  # parked flows looked at per release step
 ACCOUNTS_PER_PASS = 256  # due accounts taken per pass; the rest come in the next one, at once
 MAX_IDLE_SECONDS = 0.1  # the longest between looks, as a newly parked flow's account may be due sooner
+# A slot is reserved this long before it frees, so the released task is under way when it does (it makes
+# its call no sooner): without it, every cycle of a saturated account would lose the unparker's, the
+# broker's and the task's start-up to the budget, a tenth of its rate on a busy machine.
+LEAD_SECONDS = 0.25
 
 
 class TaskQueue(Protocol):
@@ -129,6 +133,7 @@ class Unparker:
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
+        args += [min(LEAD_SECONDS, budget.period / 4)]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
@@ -140,6 +145,7 @@ class Unparker:
                 account.budget_queue,
                 account.account_pause,
                 names.leases,
+                account.early_slots,
                 *(names.flow_state(flow_id) for flow_id, _, _ in work),
             ],
             args=args,

@@ -13,9 +13,11 @@
 --       8 calls a day (UTC), "" for no daily count, 9 the prefix of the day's counter (the UTC day
 --         number since the epoch is appended; named here, not in KEYS, as the day is read from TIME)
 --      10 "" or the admission member of a new flow's Step 1, 11 seconds that admission is held
---      12 "" or the slot a parked flow was released with (worker.parking): granted at once while it is
---         still in the window, under this waiter's id, the day's count already taken
+--      12 "" or the slot a parked flow was released with (worker.parking): granted while it is still in
+--         the window, under this waiter's id, the day's count already taken; named "...:<moment>", it
+--         is granted no sooner than that moment (epoch seconds)
 -- Returns {"granted", now} | {"wait", seconds to wait before asking again} | {"doomed", least wait}
+--       | {"reserved", seconds until the reserved slot (ARGV[12]) frees: ask again then}
 --       | {"paused", seconds until the pause ends} | {"spent", seconds until midnight UTC}
 
 local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
@@ -53,6 +55,11 @@ end
 
 local slot = ARGV[12]
 if slot ~= "" and paused_until <= now and redis.call("ZSCORE", window, slot) then
+  -- a slot reserved before it freed is used no sooner than that moment, the end of its name
+  local frees_at = tonumber(string.match(slot, ":([%d%.]+)$")) or 0
+  if frees_at > now then
+    return {"reserved", tostring(frees_at - now)}
+  end
   redis.call("ZREM", window, slot)
   leave()
   redis.call("ZADD", window, now + hold, waiter)

@@ -7,24 +7,31 @@
 -- Candidates no longer parked (ended, taken up by another task) are dropped from the set; one whose
 -- deadline leaves no time for a call is dropped too, and the sweeper expires it at its deadline.
 --
+-- A slot may be reserved a little before it frees (`lead`), so the task is under way when it does: it
+-- takes the place of a finished call whose period ends within the lead, and its task makes no call
+-- before that moment (the moment is part of the slot's name; budget_acquire.lua holds the task back
+-- until then). Such a slot is also kept in the early zset until it frees: the finished call it replaces
+-- and the slot are then both in the window, and they count as one.
+--
 -- KEYS: 1 the account's parked zset, 2 parked accounts zset (members: the accounts' parked zsets),
---       3 budget window zset, 4 budget queue zset,
---       5 the account's pause, 6 leases zset, 7.. the candidates' flow hashes (in ARGV's order)
+--       3 budget window zset, 4 budget queue zset, 5 the account's pause, 6 leases zset, 7 early zset,
+--       8.. the candidates' flow hashes (in ARGV's order)
 -- ARGV: 1 limit, 2 period (s), 3 seconds a reserved slot is held (the task's start and its call),
 --       4 calls a day or "", 5 prefix of the day's counter, 6 seconds the queued task gets to start (its
---       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, then per candidate
---       (ARGV[9 + 5i ..]): flow id, the state its task works on, the task's message, "" or its task-sent
---       event's channel, the event
+--       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, 9 lead (s), then
+--       per candidate (ARGV[10 + 5i ..]): flow id, the state its task works on, the task's message, ""
+--       or its task-sent event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
 --          seconds until the account is next due, or "-1" when nothing is parked any more}
 
-local parked, accounts, window, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local parked, accounts, window, queue, early = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local member, limit, period = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local hold, daily_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease, least, broker = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local lease, least, broker, lead = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
+redis.call("ZREMRANGEBYSCORE", early, "-inf", now)
 
 local function due_in(seconds)
   if redis.call("ZCARD", parked) == 0 then
@@ -43,13 +50,28 @@ local day = math.floor(now / 86400)
 local day_key = ARGV[5] .. day
 local used = tonumber(redis.call("GET", day_key) or "0")
 
+-- the moments slots free: free now (an early slot and the call it replaces are one), then as the
+-- finished calls not yet replaced leave the window within the lead, earliest first
+local pending = redis.call("ZCARD", early)
+local free_now = math.max(0, limit - redis.call("ZCARD", window) + pending)
+local soon = {}
+local leaving = redis.call("ZRANGEBYSCORE", window, "-inf", now + lead - period, "WITHSCORES", "LIMIT", pending, limit)
+for j = 2, #leaving, 2 do
+  soon[#soon + 1] = tonumber(leaving[j]) + period
+end
+local function frees_at(k)
+  if k <= free_now then
+    return now
+  end
+  return soon[k - free_now]
+end
+
 local released = {}
-local room = limit - redis.call("ZCARD", window)
-local stopped = false
-for i = 1, #KEYS - 6 do
-  local base = 9 + (i - 1) * 5
+local stopped, waiting_ahead = false, false
+for i = 1, #KEYS - 7 do
+  local base = 10 + (i - 1) * 5
   local flow_id, state = ARGV[base], ARGV[base + 1]
-  local flow = KEYS[6 + i]
+  local flow = KEYS[7 + i]
   local deadline = redis.call("ZSCORE", parked, flow_id)
   if deadline then
     local current = redis.call("HMGET", flow, "state", "owner")
@@ -59,12 +81,16 @@ for i = 1, #KEYS - 6 do
     else
       -- waiters in a thread (short waits, Step 1) with an earlier deadline keep their precedence
       local ahead = redis.call("ZCOUNT", queue, "-inf", "(" .. deadline)
-      if #released + ahead >= room or (daily_limit and used + #released >= daily_limit) then
-        stopped = true
+      local at = frees_at(#released + ahead + 1)
+      if not at or (daily_limit and used + #released >= daily_limit) then
+        stopped, waiting_ahead = true, ahead > 0
         break
       end
-      local slot = "slot:" .. flow_id .. ":" .. tostring(now)
-      redis.call("ZADD", window, now + hold, slot)
+      local slot = "slot:" .. flow_id .. ":" .. string.format("%.6f", at)
+      redis.call("ZADD", window, at + hold, slot)
+      if at > now then
+        redis.call("ZADD", early, at, slot)
+      end
       redis.call("HSET", flow, "budget_slot", slot)
       redis.call("ZADD", KEYS[6], now + lease, flow_id)
       redis.call("ZREM", parked, flow_id)
@@ -79,23 +105,28 @@ for i = 1, #KEYS - 6 do
   end
 end
 if #released > 0 then
-  redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
+  redis.call("PEXPIRE", window, math.ceil((period + hold + lead) * 1000) + 1000)
+  redis.call("PEXPIRE", early, math.ceil(lead * 1000) + 1000)
   redis.call("INCRBY", day_key, #released)
   redis.call("EXPIRE", day_key, (day + 2) * 86400 - math.floor(now))
 end
 
--- next due: at once while room is left, else when the window's earliest entry leaves it (an entry
--- still in flight, scored by its latest end, may end any moment: a period from now at the latest)
+-- next due: at once while room is left; else a lead before the next finished call not yet replaced
+-- leaves the window (a call still in flight, scored by its latest end, may end any moment: a period
+-- from now at the latest)
+local pending_after = redis.call("ZCARD", early)
+local room_left = limit - redis.call("ZCARD", window) + pending_after > 0
 local wait = 0
-if limit - redis.call("ZCARD", window) <= 0 then
-  local entry = redis.call("ZRANGE", window, 0, 0, "WITHSCORES")
-  wait = math.max(0.001, math.min(tonumber(entry[2]), now) + period - now)
-elseif stopped then
+if not room_left then
+  local entry = redis.call("ZRANGE", window, pending_after, pending_after, "WITHSCORES")
+  if entry[2] then
+    wait = math.max(0.001, math.min(tonumber(entry[2]), now) + period - lead - now)
+  end
+elseif stopped and waiting_ahead then
   wait = 0.05 -- room, but taken by earlier waiters in threads: look again shortly
 end
 if daily_limit and used + #released >= daily_limit then
   wait = (day + 1) * 86400 - now
 end
-local more = not stopped and #KEYS > 6 and limit - redis.call("ZCARD", window) > 0
-  and redis.call("ZCARD", parked) > 0
+local more = not stopped and #KEYS > 7 and room_left and redis.call("ZCARD", parked) > 0
 return {released, more and "1" or "0", due_in(wait)}
