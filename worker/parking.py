@@ -29,8 +29,9 @@ ACCOUNTS_PER_PASS = 256  # due accounts taken per pass; the rest come in the nex
 MAX_IDLE_SECONDS = 0.1  # the longest between looks, as a newly parked flow's account may be due sooner
 # A slot is reserved this long before it frees, so the released task is under way when it does (it makes
 # its call no sooner): without it, every cycle of a saturated account would lose the unparker's, the
-# broker's and the task's start-up to the budget, a tenth of its rate on a busy machine.
-LEAD_SECONDS = 0.25
+# broker's and the task's start-up to the budget, a tenth of its rate on a busy machine. A task that
+# starts early holds its thread until then: a tenth of a second at most.
+LEAD_SECONDS = 0.1
 
 
 class TaskQueue(Protocol):
