@@ -289,17 +289,24 @@ def gather(tenants: list[Tenant]) -> Tenants:
             owners[key] = tenant.name
         account = tenant.oktopost
         first = accounts.setdefault(account.account_id, tenant)
-        if first.oktopost != account:
-            differing = next(
-                name
-                for name in ("api_key", "base_url", "rate_limit", "daily_limit")
-                if getattr(first.oktopost, name) != getattr(account, name)
-            )
+        differing = [name for name, same in _alike(first.oktopost, account).items() if not same]
+        if differing:
             raise TenantsError(
-                f"tenant {tenant.name}: oktopost.{differing}: account {account.account_id} is described"
+                f"tenant {tenant.name}: oktopost.{differing[0]}: account {account.account_id} is described"
                 f" otherwise by tenant {first.name}"
             )
     return Tenants(by_name)
+
+
+def _alike(one: OktopostAccount, other: OktopostAccount) -> dict[str, bool]:
+    """Whether two descriptions of one account agree, field by field (rates by their meaning:
+    `60/minute` is `60 per minute`)."""
+    return {
+        "api_key": one.api_key.get_secret_value() == other.api_key.get_secret_value(),
+        "base_url": one.base_url == other.base_url,
+        "rate_limit": one.rate == other.rate,
+        "daily_limit": one.daily_limit == other.daily_limit,
+    }
 
 
 def _describe(error: ValidationError) -> str:

@@ -180,3 +180,13 @@ def test_the_command_exits_2_with_one_line_on_a_malformed_file(tmp_path: Path, c
     (line,) = finished.stderr.strip().splitlines()
     assert line.startswith("oktopost-connect")
     assert line.endswith(": invalid setting TENANTS_FILE: tenant acme: oktopost.api_key: field required")
+
+
+def test_a_file_tenant_named_default_is_refused_beside_the_environments(tmp_path: Path) -> None:
+    text = VALID.replace("[tenants.globex]", "[tenants.default]")
+    assert sorted(t.name for t in load_settings(tenants_file=tenants_file(tmp_path, text)).tenants) == [
+        "acme",
+        "default",
+    ]
+    with pytest.raises(ConfigError, match="tenant default: is named twice"):
+        load_settings(shim_api_keys=STRONG, tenants_file=tenants_file(tmp_path, text))
