@@ -118,6 +118,6 @@ def test_with_a_small_daily_limit_admitted_flows_complete_and_the_next_waits_for
         endings = [events_of(pipeline, flow["flow_id"]) for flow in admitted]
         assert [events[-1]["type"] for events in endings] == ["connection.completed"] * 2
         metrics = httpx.get(f"{pipeline.shim_url}/metrics").text
-        assert "okc_account_daily_calls_remaining 1.0" in metrics
+        assert 'okc_account_daily_calls_remaining{account="demo-account"} 1.0' in metrics
     finally:
         pipeline.stop()
