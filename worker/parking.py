@@ -111,10 +111,11 @@ class Unparker:
 
     def _release_batch(self, budget: UpstreamBudget) -> tuple[list[str], bool, float]:
         store, names, account = self.store, self.store.names, budget.names
-        # as many candidates as the window seems to have room for (the script decides): a message is
-        # built for each, and a slot usually frees one at a time
+        lead = min(LEAD_SECONDS, budget.period / 4)
+        # as many candidates as the window seems to have room for within the lead (the script decides):
+        # a message is built for each, and a slot usually frees one at a time
         with store.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(account.budget_window, f"({time.time() - budget.period}", "+inf")
+            pipe.zcount(account.budget_window, f"({time.time() - budget.period + lead}", "+inf")
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             in_window, parked = pipe.execute()
         room = min(BATCH, max(1, budget.limit - int(in_window)))
@@ -134,7 +135,7 @@ class Unparker:
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
-        args += [min(LEAD_SECONDS, budget.period / 4)]
+        args += [lead]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
