@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 32  # parked flows looked at per release step
 ACCOUNTS_PER_PASS = 256  # due accounts taken per pass; the rest come in the next one, at once
-MAX_IDLE_SECONDS = 0.1  # the longest between looks, as a newly parked flow's account may be due sooner
+# The longest between looks when no account is due: a task of this process that parks a flow wakes the
+# thread at once (`wake`), so only a flow parked by another process, whose own unparker looks at once,
+# waits for this one's next look.
+MAX_IDLE_SECONDS = 1.0
 # A slot is reserved this long before it frees, so the released task is under way when it does (it makes
 # its call no sooner): without it, every cycle of a saturated account would lose the unparker's, the
 # broker's and the task's start-up to the budget, a tenth of its rate on a busy machine. A task that
@@ -62,6 +65,7 @@ class Unparker:
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oktopost-unparker", daemon=True)
 
     def start(self) -> None:
@@ -69,7 +73,12 @@ class Unparker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._woken.set()
         self._thread.join(timeout=5)
+
+    def wake(self) -> None:
+        """A flow was parked here: its account may be due before the next look."""
+        self._woken.set()
 
     def release_due(self) -> tuple[int, float]:
         """One pass over the accounts that are due; returns (flows released, seconds until the next
@@ -170,14 +179,14 @@ class Unparker:
             self.store.lapse_lease(flow_id)
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
+            self._woken.clear()
             try:
                 _, next_in = self.release_due()
             except Exception as error:  # Redis away: look again once it is back
                 log.warning("releasing parked flows failed: %s", type(error).__name__)
                 next_in = 1.0
-            if self._stop.wait(max(0.002, next_in)):
-                return
+            self._woken.wait(max(0.002, next_in))
 
 
 def _text(value: bytes | str) -> str:

@@ -18,13 +18,19 @@ from worker.sweeper import Sweeper
 @app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
 def verify(flow_id: str) -> str:
     with flow_context(flow_id):
-        return work.verify_flow(runtime.task_context(), flow_id).value
+        return _ran(work.verify_flow(runtime.task_context(), flow_id))
 
 
 @app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True)
 def complete(flow_id: str) -> str:
     with flow_context(flow_id):
-        return work.complete_flow(runtime.task_context(), flow_id).value
+        return _ran(work.complete_flow(runtime.task_context(), flow_id))
+
+
+def _ran(outcome: work.TaskOutcome) -> str:
+    if outcome is work.TaskOutcome.PARKED and _unparker is not None:
+        _unparker.wake()  # the flow's account may be due before the unparker's next look
+    return outcome.value
 
 
 def enqueuer(redis_url: str) -> Enqueuer:
