@@ -11,12 +11,14 @@ from fastapi import Depends, Header, Request
 from api_shim.errors import ApiError
 from api_shim.security import check_bearer
 from worker.budget import UpstreamBudget
+from worker.events import DEFAULT_TENANT
 from worker.flow import Flow, is_flow_id
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
+from worker.webhooks.endpoints import WebhookStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class Deps:
     budget: UpstreamBudget
     enqueuer: Enqueuer
     events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
+    webhooks: WebhookStore
 
     @property
     def names(self) -> RedisNames:
@@ -53,6 +56,11 @@ async def app_deps(request: Request) -> Deps:
 ShimDeps = Annotated[Deps, Depends(app_deps)]
 
 
-async def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Routes for callers (not browsers) take this: 401 unless a configured Bearer key is presented."""
+async def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> str:
+    """Routes for callers (not browsers) take this: 401 unless a configured Bearer key is presented.
+    Returns the caller's tenant: whatever the caller creates is that tenant's, and another tenant's is 404."""
     check_bearer(authorization, shim.settings.shim_api_keys)
+    return DEFAULT_TENANT
+
+
+Tenant = Annotated[str, Depends(caller)]
