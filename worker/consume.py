@@ -44,7 +44,7 @@ BLOCK_SECONDS = 1.0  # how long one read waits for new entries, so that `stop` i
 CLAIM_IDLE_SECONDS = 60.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StreamedEvent:
     """One entry of the all-flows stream: its id and the event's JSON exactly as it was published."""
 
