@@ -5,7 +5,7 @@ checked again at delivery time."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import fakeredis
@@ -53,7 +53,8 @@ class Setup:
         _, fields = self.flows.redis.xrange(self.flows.names.all_events_stream)[-1]
         body = fields[b"event"]
         delivery_id = self.webhooks.create_delivery(self.endpoint, json.loads(body), body)
-        assert delivery_id is not None and flow.flow_id in body.decode()
+        assert delivery_id is not None
+        assert flow.flow_id in body.decode()
         return delivery_id, body
 
     def make_due(self, delivery_id: str) -> None:
@@ -68,7 +69,10 @@ def setup() -> Iterator[Setup]:
     webhooks = WebhookStore(client, names, 3600, (5.0, 60.0))
     receiver = Receiver()
     addresses = {"hooks.partner.example": [PUBLIC]}
-    resolver: Callable[[str, int], list[str]] = lambda host, port: addresses.get(host, [])  # noqa: E731
+
+    def resolver(host: str, _port: int) -> list[str]:
+        return addresses.get(host, [])
+
     courier = Courier(
         webhooks,
         WorkerMetrics(client, names.worker_metrics),
@@ -94,7 +98,9 @@ def test_a_delivery_is_signed_so_that_a_standard_webhooks_library_accepts_it(set
     assert Webhook(setup.endpoint.secret).verify(request.content, headers) == event
     assert headers["webhook-id"] == event["id"]
     # connected to the address checked, the host named for HTTP and TLS
-    assert request.url.host == PUBLIC and request.url.path == "/oktopost" and request.url.query == b"x=1"
+    assert request.url.host == PUBLIC
+    assert request.url.path == "/oktopost"
+    assert request.url.query == b"x=1"
     assert headers["host"] == "hooks.partner.example"
     assert request.extensions["sni_hostname"] == "hooks.partner.example"
     (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
@@ -109,7 +115,8 @@ def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(setup: Setu
     first = setup.courier.attempt(delivery_id)
     assert (first.outcome, first.again_in) == ("retry", 5.0)
     early = setup.courier.attempt(delivery_id)  # a copy of the task, before the moment: nothing sent
-    assert early.outcome == "wait" and 0 < (early.again_in or 0) <= 5.0
+    assert early.outcome == "wait"
+    assert 0 < (early.again_in or 0) <= 5.0
     assert len(setup.receiver.requests) == 1
     setup.make_due(delivery_id)
     second = setup.courier.attempt(delivery_id)
@@ -137,7 +144,8 @@ def test_a_task_run_twice_makes_one_attempt_and_a_lapsed_one_counts_nothing(setu
     delivery_id, _ = setup.delivery_of_new_event()
     taken = setup.webhooks.begin_attempt(delivery_id, lease=30)
     again = setup.webhooks.begin_attempt(delivery_id, lease=30)
-    assert again.__class__.__name__ == "NoAttempt" and again.reason == "busy"  # type: ignore[union-attr]
+    assert again.__class__.__name__ == "NoAttempt"
+    assert again.reason == "busy"
     assert setup.courier.attempt(delivery_id).outcome == "busy"
     assert setup.receiver.requests == []
     # the first attempt's lease lapses (its worker was killed); another takes the delivery over
@@ -166,7 +174,10 @@ def test_a_deleted_endpoint_fails_its_deliveries_at_once(setup: Setup) -> None:
 
 def test_one_endpoint_cannot_take_every_slot() -> None:
     slots = Slots(total=3, per_endpoint=2)
-    assert slots.take("a") and slots.take("a") and not slots.take("a")
-    assert slots.take("b") and not slots.take("c")
+    assert slots.take("a")
+    assert slots.take("a")
+    assert not slots.take("a")
+    assert slots.take("b")
+    assert not slots.take("c")
     slots.give_back("a")
     assert slots.take("c")

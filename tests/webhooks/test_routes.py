@@ -30,14 +30,16 @@ async def test_registering_shows_the_secret_once_in_the_standard_webhooks_form(s
     assert answer.status_code == 201, answer.text
     created = answer.json()
     assert set(created) == {"id", "url", "events", "secret", "created_at"}
-    assert created["url"] == PUBLIC_URL and created["events"] == ["connection.completed"]
+    assert created["url"] == PUBLIC_URL
+    assert created["events"] == ["connection.completed"]
     assert created["secret"].startswith("whsec_")
     assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) >= 24
     listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()
     assert listed == {"webhooks": [{key: created[key] for key in ("id", "url", "events", "created_at")}]}
     assert created["secret"] not in json.dumps(listed)
     everything = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
-    assert everything["events"] == [] and everything["secret"] != created["secret"]
+    assert everything["events"] == []
+    assert everything["secret"] != created["secret"]
 
 
 async def test_a_caller_without_a_key_gets_401(shim: Shim) -> None:
@@ -153,16 +155,18 @@ async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_que
         flow.flow_id for flow in reversed(flows)
     ]
     first = deliveries["deliveries"][0]
-    assert (
-        first["status"] == "pending" and first["attempts"] == 0 and first["type"] == "authorization.started"
-    )
-    assert first["last_status_code"] is None and first["next_attempt_at"].endswith("Z")
+    assert first["status"] == "pending"
+    assert first["attempts"] == 0
+    assert first["type"] == "authorization.started"
+    assert first["last_status_code"] is None
+    assert first["next_attempt_at"].endswith("Z")
     # pending deliveries are not queued twice by a replay; every event since then counts
     replay = await shim.http.post(
         f"/v1/webhooks/{created['id']}/replay",
         json={"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))},
         headers=CALLER,
     )
-    assert replay.status_code == 202 and replay.json() == {"queued": 3}
+    assert replay.status_code == 202
+    assert replay.json() == {"queued": 3}
     assert len(shim.enqueuer.deliveries) == 3
     assert PREFIX in shim.store.names.all_events_stream
