@@ -18,7 +18,7 @@ from worker.keys import RedisNames
 from worker.metrics import RedisMetricsCollector, WorkerMetrics
 from worker.store import FlowStore
 from worker.webhooks.delivery import Courier, Slots
-from worker.webhooks.endpoints import Endpoint, WebhookStore
+from worker.webhooks.endpoints import Attempt, Endpoint, NoAttempt, WebhookStore
 
 PUBLIC = "93.184.215.14"
 URL = "https://hooks.partner.example/oktopost?x=1"
@@ -151,7 +151,7 @@ def test_a_task_run_twice_makes_one_attempt_and_a_lapsed_one_counts_nothing(setu
     # the first attempt's lease lapses (its worker was killed); another takes the delivery over
     setup.flows.redis.hset(setup.flows.names.webhook_delivery(delivery_id), "owner_until", 0)
     assert setup.courier.attempt(delivery_id).outcome == "delivered"
-    assert setup.webhooks.end_attempt(delivery_id, taken, "retry", 503, 5.0) is None  # type: ignore[arg-type]
+    assert setup.webhooks.end_attempt(delivery_id, taken, "retry", 503, 5.0) is None
     (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
 

@@ -103,7 +103,8 @@ async def test_urls_that_reach_inside_are_refused_with_422(shim: Shim, url: str,
     answer = await shim.http.post("/v1/webhooks", json={"url": url}, headers=CALLER)
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
-    assert error["code"] == "webhook_url_refused" and why in error["message"], error
+    assert error["code"] == "webhook_url_refused"
+    assert why in error["message"], error
     assert (await shim.http.get("/v1/webhooks", headers=CALLER)).json() == {"webhooks": []}
 
 
