@@ -144,8 +144,9 @@ def test_a_task_run_twice_makes_one_attempt_and_a_lapsed_one_counts_nothing(setu
     delivery_id, _ = setup.delivery_of_new_event()
     taken = setup.webhooks.begin_attempt(delivery_id, lease=30)
     again = setup.webhooks.begin_attempt(delivery_id, lease=30)
-    assert again.__class__.__name__ == "NoAttempt"
+    assert isinstance(again, NoAttempt)
     assert again.reason == "busy"
+    assert isinstance(taken, Attempt)
     assert setup.courier.attempt(delivery_id).outcome == "busy"
     assert setup.receiver.requests == []
     # the first attempt's lease lapses (its worker was killed); another takes the delivery over
