@@ -76,6 +76,7 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
             runtime.webhook_store(),
             enqueuer(settings.redis_url).enqueue_delivery,
             name,
+            grace=max(15.0, 2 * runtime.courier().lease),
         )
         _dispatcher.start()
 

@@ -89,7 +89,7 @@ class Courier:
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport, trust_env=False
         )
-        self.lease = 3 * timeout + 5.0
+        self.lease = 3 * timeout + 2.0
 
     def close(self) -> None:
         self.http.close()
@@ -97,6 +97,8 @@ class Courier:
     def attempt(self, delivery_id: str) -> AttemptResult:
         endpoint_id = delivery_id.partition(".")[0]
         if not self.slots.take(endpoint_id):
+            # not lost, only waiting for a slot: the dispatcher must not queue it again meanwhile
+            self.store.postpone_due(delivery_id, DEFER_SECONDS + self.lease)
             return AttemptResult("deferred", DEFER_SECONDS)
         try:
             return self._attempt(delivery_id)

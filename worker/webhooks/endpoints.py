@@ -293,6 +293,11 @@ class WebhookStore:
         )
         return None if _text(result[0]) == "fenced" else int(result[1])
 
+    def postpone_due(self, delivery_id: str, seconds: float) -> None:
+        """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
+        now = float(self.redis.time()[0])
+        self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
+
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
         it is taken up again (by whichever dispatcher asks first)."""
