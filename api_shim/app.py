@@ -2,8 +2,8 @@
 
 It validates, claims, enqueues and answers. The only upstream call made here is Step 1; verification
 and completion run in the worker, which is told a flow id and nothing else. `create_app` takes what the
-routes work with (the flow store, the Oktopost client, the upstream budget, the Enqueuer) and builds from
-the settings whatever it is not given.
+routes work with (the flow store, the Oktopost accounts' clients and budgets, the Enqueuer) and builds
+from the settings whatever it is not given.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from api_shim.errors import install_error_handlers
 from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
 from worker import runtime
 from worker.budget import UpstreamBudget
-from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
 from worker.settings import Settings, get_settings
 from worker.store import FlowStore
+from worker.upstreams import Upstream, Upstreams
 from worker.webhooks.endpoints import WebhookStore
 
 REDIS_ANSWER_SECONDS = 1.0  # a stopped or unreachable Redis: 503 within about a second, never a hang
@@ -38,20 +38,25 @@ def create_app(
     budget: UpstreamBudget | None = None,
     enqueuer: Enqueuer | None = None,
     events_redis: redis.asyncio.Redis | None = None,
+    upstreams: Upstreams[AsyncOktopostClient] | None = None,
 ) -> FastAPI:
-    """The shim's ASGI app. A client passed in stays its caller's to close; one built here is closed
-    when the app shuts down. `events_redis` (asyncio) reads the event streams; built from the settings
-    when not given."""
+    """The shim's ASGI app. `upstreams`: each Oktopost account's client and budget, built from the
+    settings (on first use) when not given; `client` and `budget` given together stand for the budget's
+    account. A client passed in stays its caller's to close; one built here is closed when the app shuts
+    down. `events_redis` (asyncio) reads the event streams; built from the settings when not given."""
     settings = settings or get_settings()
     if store is None:
-        redis = runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
-        store = FlowStore(redis, RedisNames(settings.channel_prefix), runtime.lifetimes(settings))
-    own_client, own_events_redis = client is None, events_redis is None
+        store = runtime.flow_store(
+            settings, runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
+        )
+    if upstreams is None:
+        given = [Upstream(budget.names.account_id, client, budget)] if client and budget else []
+        upstreams = runtime.shim_upstreams(settings, store.redis, given)
+    own_events_redis = events_redis is None
     deps = Deps(
         settings=settings,
         store=store,
-        client=client or AsyncOktopostClient.from_settings(settings),
-        budget=budget or runtime.budget(settings, store.redis),
+        upstreams=upstreams,
         enqueuer=enqueuer or _enqueuer(settings),
         events_redis=events_redis or _events_redis(settings),
         webhooks=webhook_store(settings, store),
@@ -60,8 +65,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        if own_client:
-            await deps.client.aclose()
+        for built in deps.upstreams.built_clients():
+            await built.aclose()
         if own_events_redis:
             await deps.events_redis.aclose()
 
@@ -77,7 +82,8 @@ def create_app(
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
-    metrics.install(store.redis, store.names.worker_metrics, deps.budget.account, deps.webhooks)
+    accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
+    metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
     access.install(app)
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")

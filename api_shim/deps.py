@@ -9,15 +9,15 @@ import redis.asyncio
 from fastapi import Depends, Header, Request
 
 from api_shim.errors import ApiError
-from api_shim.security import check_bearer
-from worker.budget import UpstreamBudget
-from worker.events import DEFAULT_TENANT
+from api_shim.security import tenant_of_bearer
 from worker.flow import Flow, is_flow_id
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing import Enqueuer
 from worker.settings import Settings
 from worker.store import FlowStore
+from worker.tenants import Tenant
+from worker.upstreams import Upstream, Upstreams
 from worker.webhooks.endpoints import WebhookStore
 
 
@@ -25,8 +25,8 @@ from worker.webhooks.endpoints import WebhookStore
 class Deps:
     settings: Settings
     store: FlowStore
-    client: AsyncOktopostClient  # Oktopost, for Step 1: the only upstream call the shim makes
-    budget: UpstreamBudget
+    # each Oktopost account's client and budget, for Step 1: the only upstream call the shim makes
+    upstreams: Upstreams[AsyncOktopostClient]
     enqueuer: Enqueuer
     events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
     webhooks: WebhookStore
@@ -35,12 +35,23 @@ class Deps:
     def names(self) -> RedisNames:
         return self.store.names
 
-    def load_flow(self, flow_id: str) -> Flow:
-        """The flow, or a 404 that looks the same for a malformed id and an unknown one."""
+    def load_flow(self, flow_id: str, tenant: str | None = None) -> Flow:
+        """The flow, or a 404 that looks the same for a malformed id and an unknown one; with `tenant`,
+        another tenant's flow is unknown too."""
         flow = self.find_flow(flow_id)
-        if flow is None:
+        if flow is None or (tenant is not None and flow.tenant != tenant):
             raise ApiError(404, "flow_not_found", "no such flow")
         return flow
+
+    def tenant(self, name: str) -> Tenant:
+        tenant = self.settings.tenants.get(name)
+        assert tenant is not None, "a caller's tenant comes from the settings"
+        return tenant
+
+    def upstream(self, tenant: Tenant) -> Upstream[AsyncOktopostClient]:
+        upstream = self.upstreams.get(tenant.oktopost.account_id)
+        assert upstream is not None, "a tenant's account comes from the settings"
+        return upstream
 
     def find_flow(self, flow_id: str) -> Flow | None:
         return self.store.get(flow_id) if is_flow_id(flow_id) else None
@@ -57,10 +68,9 @@ ShimDeps = Annotated[Deps, Depends(app_deps)]
 
 
 async def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> str:
-    """Routes for callers (not browsers) take this: 401 unless a configured Bearer key is presented.
-    Returns the caller's tenant: whatever the caller creates is that tenant's, and another tenant's is 404."""
-    check_bearer(authorization, shim.settings.shim_api_keys)
-    return DEFAULT_TENANT
+    """Routes for callers (not browsers) take this: the name of the tenant whose Bearer key is presented;
+    401 unless one is."""
+    return tenant_of_bearer(authorization, shim.settings.tenants)
 
 
-Tenant = Annotated[str, Depends(caller)]
+CallerTenant = Annotated[str, Depends(caller)]

@@ -31,15 +31,17 @@ _worker_collectors: list[RedisMetricsCollector | AccountCollector | BacklogColle
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(client: redis.Redis, worker_metrics_key: str, account: Account, webhooks: WebhookStore) -> None:
-    """/metrics also shows the workers' metrics, the Oktopost account's standing and the webhook
-    deliveries not done yet, read from Redis at scrape time."""
+def install(
+    client: redis.Redis, worker_metrics_key: str, accounts: list[Account], webhooks: WebhookStore
+) -> None:
+    """/metrics also shows the workers' metrics, each configured Oktopost account's standing and the
+    webhook deliveries not done yet, read from Redis at scrape time."""
     while _worker_collectors:  # one of each per process, even when tests build several apps
         REGISTRY.unregister(_worker_collectors.pop())
     _worker_collectors.extend(
         [
             RedisMetricsCollector(client, worker_metrics_key),
-            AccountCollector(account),
+            AccountCollector(accounts),
             BacklogCollector(webhooks),
         ]
     )

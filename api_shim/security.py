@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import SecretStr
-
 from api_shim.errors import ApiError
 from worker.settings import origin_of
+from worker.tenants import Tenants
 
 
-def check_bearer(header: str | None, keys: list[SecretStr]) -> None:
-    """Constant-time comparison against every configured key; 401 unless one matches."""
+def tenant_of_bearer(header: str | None, tenants: Tenants) -> str:
+    """The name of the tenant whose caller key the Bearer header presents (compared in constant time with
+    every key); 401 unless one matches."""
     scheme, _, presented = (header or "").partition(" ")
-    matched = False
-    candidate = presented.strip().encode()
-    for key in keys:
-        # compare with every key, so the time taken does not tell which key came close
-        matched |= hmac.compare_digest(candidate, key.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not presented or not matched:
+    tenant = tenants.of_key(presented.strip())
+    if scheme.lower() != "bearer" or not presented or tenant is None:
         raise ApiError(401, "unauthorized", "a valid Bearer key is required", {"WWW-Authenticate": "Bearer"})
+    return tenant.name
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +43,9 @@ def check_return_url(url: str, allowed: list[str]) -> str:
     if scheme != "https" and not is_loopback(host):
         raise ApiError(422, "return_url_not_allowed", "return_url must use https (http only on loopback)")
     if origin not in {origin_of(item) for item in allowed}:
-        raise ApiError(422, "return_url_not_allowed", "return_url is not in ALLOWED_RETURN_URLS")
+        raise ApiError(
+            422, "return_url_not_allowed", "return_url is not among the tenant's allowed return URLs"
+        )
     return url
 
 

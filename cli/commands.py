@@ -54,8 +54,8 @@ def shim(argv: Sequence[str]) -> int:
     if args.limit_concurrency < 1:
         return fail("--limit-concurrency must be at least 1")
     settings = settings_or_exit()
-    if not settings.shim_api_keys:
-        return fail("invalid setting SHIM_API_KEYS: at least one caller key is required")
+    if not settings.tenants.has_keys:
+        return fail("invalid setting SHIM_API_KEYS: at least one caller key is required (or TENANTS_FILE)")
     from worker.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from worker import scripts
 from worker.events import utc_timestamp
-from worker.keys import RedisNames
+from worker.keys import AccountNames
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ class Standing:
 
 
 class Account:
-    """The pause and the daily count of the one Oktopost account a deployment calls."""
+    """The pause and the daily count of one Oktopost account (tenants on that account share them)."""
 
     def __init__(
-        self, client: redis.Redis, names: RedisNames, *, daily_limit: int | None, block_seconds: float
+        self, client: redis.Redis, names: AccountNames, *, daily_limit: int | None, block_seconds: float
     ) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.names = names
@@ -80,11 +80,15 @@ class Account:
         """Oktopost answered 429: pauses the account for every process until Retry-After when given,
         else for `block_seconds`; returns the pause's end (the later one, when one was in force)."""
         seconds = self.block_seconds if retry_after is None else max(0.0, retry_after)
-        answer = self._pause(keys=[self.names.account_pause, self.names.worker_metrics], args=[seconds])
+        answer = self._pause(
+            keys=[self.names.account_pause, self.names.worker_metrics],
+            args=[seconds, self.names.pauses_field],
+        )
         entered, ends = int(answer[0]), float(_text(answer[1]))
         if entered:
             log.warning(
-                "Oktopost answered 429: no call for the account until %s (%.0f s, %s)",
+                "Oktopost answered 429: no call for account %s until %s (%.0f s, %s)",
+                self.names.account_id,
                 utc_timestamp(ends),
                 seconds,
                 "its Retry-After" if retry_after is not None else "OKTOPOST_BLOCK_SECONDS",
@@ -94,7 +98,7 @@ class Account:
     def resume_if_over(self) -> bool:
         """True, and one log line, for the one caller that finds the pause over."""
         if int(self._resume(keys=[self.names.account_pause], args=[])):
-            log.warning("the account's pause is over: calls to Oktopost resume")
+            log.warning("account %s: its pause is over, calls to Oktopost resume", self.names.account_id)
             return True
         return False
 
@@ -119,7 +123,7 @@ class Account:
         return Standing(paused_until, int(used or 0), max(0, int(reserved or 0)), self.daily_limit)
 
     def pauses_entered(self) -> int:
-        return int(self.redis.hget(self.names.worker_metrics, "account|pauses") or 0)
+        return int(self.redis.hget(self.names.worker_metrics, self.names.pauses_field) or 0)
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
@@ -128,39 +132,48 @@ def retry_after_header(seconds: float) -> dict[str, str]:
 
 
 class AccountCollector(Collector):
-    """The account's pause and daily count on /metrics, read from Redis at scrape time."""
+    """Each configured account's pause and daily count on /metrics (label `account`), read from Redis at
+    scrape time. The accounts come from configuration only, so no request can add a series."""
 
-    def __init__(self, account: Account) -> None:
-        self.account = account
+    def __init__(self, accounts: list[Account]) -> None:
+        self.accounts = accounts
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        try:
-            standing = self.account.standing()
-            pauses = self.account.pauses_entered()
-        except redis.RedisError:
-            return
-        yield GaugeMetricFamily(
+        paused = GaugeMetricFamily(
             "okc_account_paused",
             "1 while the Oktopost account is paused after a 429, else 0",
-            value=1 if standing.paused_until is not None else 0,
+            labels=["account"],
         )
-        yield CounterMetricFamily(
-            "okc_account_pauses", "Pauses of the Oktopost account entered after a 429", value=pauses
+        pauses = CounterMetricFamily(
+            "okc_account_pauses", "Pauses of the Oktopost account entered after a 429", labels=["account"]
         )
-        yield GaugeMetricFamily(
-            "okc_account_daily_calls_used", "Calls made to Oktopost today (UTC)", value=standing.used_today
+        used = GaugeMetricFamily(
+            "okc_account_daily_calls_used", "Calls made to Oktopost today (UTC)", labels=["account"]
         )
-        yield GaugeMetricFamily(
+        reserved = GaugeMetricFamily(
             "okc_account_calls_reserved",
             "Calls the flows under way still need (admission control keeps them free)",
-            value=standing.reserved,
+            labels=["account"],
         )
-        if standing.remaining_today is not None:
-            yield GaugeMetricFamily(
-                "okc_account_daily_calls_remaining",
-                "Calls to Oktopost left today (UTC) under OKTOPOST_DAILY_LIMIT",
-                value=standing.remaining_today,
-            )
+        remaining = GaugeMetricFamily(
+            "okc_account_daily_calls_remaining",
+            "Calls to Oktopost left today (UTC) under the account's daily limit",
+            labels=["account"],
+        )
+        for account in self.accounts:
+            try:
+                standing = account.standing()
+                entered = account.pauses_entered()
+            except redis.RedisError:
+                return
+            label = [account.names.account_id]
+            paused.add_metric(label, 1 if standing.paused_until is not None else 0)
+            pauses.add_metric(label, entered)
+            used.add_metric(label, standing.used_today)
+            reserved.add_metric(label, standing.reserved)
+            if standing.remaining_today is not None:
+                remaining.add_metric(label, standing.remaining_today)
+        yield from (paused, pauses, used, reserved, remaining)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,4 +1,5 @@
-"""The upstream budget: every shim and worker process shares OKTOPOST_RATE_LIMIT through Redis.
+"""The upstream budget: every shim and worker process shares an Oktopost account's rate limit through Redis
+(one budget per account, under that account's names).
 
 Oktopost blocks an account for 15 minutes once it exceeds its burst limit, far longer than a token
 lives, so the limit is never to be exceeded, not merely respected on average. Two Redis structures:
@@ -34,7 +35,7 @@ from worker import scripts
 from worker.account import ADMISSION_SECONDS, Account
 from worker.errors import ThrottledError
 from worker.events import ExpiredReason
-from worker.keys import RedisNames
+from worker.keys import AccountNames
 
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
 STALE_WAITER_SECONDS = 3.0
@@ -78,7 +79,7 @@ class UpstreamBudget:
     def __init__(
         self,
         client: redis.Redis,
-        names: RedisNames,
+        names: AccountNames,
         limit: int,
         period: float,
         *,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from worker.events import DEFAULT_TENANT
+
 
 class FlowState(StrEnum):
     AWAITING_CALLBACK = "awaiting_callback"
@@ -97,6 +99,10 @@ class Flow:
     seq: int = 0
     ui: BrowserUI = BrowserUI.HOSTED
     browser_fp: str = ""  # the hash of the cookie that binds the flow to the browser that came back
+    tenant: str = DEFAULT_TENANT  # whose caller key started it: only that tenant's keys see it
+    # the Oktopost account its calls are made for and counted against ("": the store's default account,
+    # for flows that name none)
+    account: str = ""
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -118,6 +124,9 @@ class Flow:
             # a flow stored before the hosted pages existed was started for the redirect
             ui=BrowserUI(raw.get("ui") or BrowserUI.REDIRECT),
             browser_fp=raw.get("browser_fp", ""),
+            # a flow stored before tenants existed was the one tenant's, on the one account
+            tenant=raw.get("tenant") or DEFAULT_TENANT,
+            account=raw.get("account", ""),
         )
 
     def offered_ids(self) -> list[str]:

@@ -53,45 +53,11 @@ class RedisNames:
         """Sorted set: flows with work queued or running, scored by when that work must show progress."""
         return f"{self.prefix}:leases"
 
-    @property
-    def budget_window(self) -> str:
-        """Sorted set: upstream calls granted, scored by when they ended (or may end, while in flight)."""
-        return f"{self.prefix}:budget:window"
-
-    @property
-    def budget_queue(self) -> str:
-        """Sorted set: callers waiting for upstream budget, scored by priority (deadline first)."""
-        return f"{self.prefix}:budget:queue"
-
-    @property
-    def budget_alive(self) -> str:
-        """Sorted set: the same waiters, scored by when they last asked (drops dead ones)."""
-        return f"{self.prefix}:budget:alive"
-
-    @property
-    def account_pause(self) -> str:
-        """String: the moment (epoch seconds on Redis's clock) until which no call is made for the
-        account, because Oktopost answered 429."""
-        return f"{self.prefix}:account:pause"
-
-    @property
-    def daily_calls_prefix(self) -> str:
-        """The day's counter without its day (the budget's Lua appends the day it reads from TIME)."""
-        return f"{self.prefix}:account:calls:"
-
-    def daily_calls(self, day: int) -> str:
-        """Counter: calls made on one UTC day (days since the epoch); it expires the day after."""
-        return f"{self.daily_calls_prefix}{day}"
-
-    @property
-    def reserved_calls(self) -> str:
-        """Counter: the calls the flows under way still need (kept by the flow transitions)."""
-        return f"{self.prefix}:account:reserved"
-
-    @property
-    def admissions(self) -> str:
-        """Sorted set: new flows' reserved calls between Step 1 and their creation, scored by expiry."""
-        return f"{self.prefix}:account:admissions"
+    def account(self, account_id: str) -> AccountNames:
+        """The names of one Oktopost account's budget, pause and daily count, shared by every process
+        and by every tenant on that account. The account id is part of the names (it is no secret; the
+        account's API key never is)."""
+        return AccountNames(self.prefix, account_id)
 
     @property
     def workers(self) -> str:
@@ -129,3 +95,65 @@ class RedisNames:
     def webhook_pending(self) -> str:
         """Sorted set: the same deliveries, scored by when they were created (the oldest one's age)."""
         return f"{self.prefix}:deliveries:pending"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountNames:
+    """One Oktopost account's names (worker.budget, worker.account), under `{prefix}:account:{id}:`."""
+
+    prefix: str
+    account_id: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:account:{self.account_id}"
+
+    @property
+    def budget_window(self) -> str:
+        """Sorted set: upstream calls granted, scored by when they ended (or may end, while in flight)."""
+        return f"{self._base}:budget:window"
+
+    @property
+    def budget_queue(self) -> str:
+        """Sorted set: callers waiting for upstream budget, scored by priority (deadline first)."""
+        return f"{self._base}:budget:queue"
+
+    @property
+    def budget_alive(self) -> str:
+        """Sorted set: the same waiters, scored by when they last asked (drops dead ones)."""
+        return f"{self._base}:budget:alive"
+
+    @property
+    def account_pause(self) -> str:
+        """String: the moment (epoch seconds on Redis's clock) until which no call is made for the
+        account, because Oktopost answered 429."""
+        return f"{self._base}:pause"
+
+    @property
+    def daily_calls_prefix(self) -> str:
+        """The day's counter without its day (the budget's Lua appends the day it reads from TIME)."""
+        return f"{self._base}:calls:"
+
+    def daily_calls(self, day: int) -> str:
+        """Counter: calls made on one UTC day (days since the epoch); it expires the day after."""
+        return f"{self.daily_calls_prefix}{day}"
+
+    @property
+    def reserved_calls(self) -> str:
+        """Counter: the calls the account's flows under way still need (kept by the flow transitions)."""
+        return f"{self._base}:reserved"
+
+    @property
+    def admissions(self) -> str:
+        """Sorted set: new flows' reserved calls between Step 1 and their creation, scored by expiry."""
+        return f"{self._base}:admissions"
+
+    @property
+    def worker_metrics(self) -> str:
+        """The workers' metrics hash (RedisNames.worker_metrics), where the account counts its pauses."""
+        return f"{self.prefix}:metrics"
+
+    @property
+    def pauses_field(self) -> str:
+        """The field of the metrics hash counting the account's pauses."""
+        return f"account|{self.account_id}|pauses"

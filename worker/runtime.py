@@ -1,5 +1,6 @@
-"""The worker process's shared objects, built once from settings: Redis, the flow store, the Oktopost
-client (one pooled client per process), the budget and the task context that holds them."""
+"""The worker process's shared objects, built once from settings: Redis, the flow store, each Oktopost
+account's client (one pooled client per account and process) and budget, and the task context that
+holds them."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from worker.flow import Lifetimes
 from worker.keys import RedisNames
 from worker.leases import LeaseKeeper
 from worker.metrics import WorkerMetrics
-from worker.oktopost import OktopostClient
+from worker.oktopost import AsyncOktopostClient, OktopostClient, timeout_from_settings
 from worker.retry import RetryPolicy
 from worker.settings import Settings, get_settings
 from worker.store import FlowStore
+from worker.tenants import OktopostAccount
+from worker.upstreams import Upstream, Upstreams
 from worker.webhooks.delivery import Courier, Slots
 from worker.webhooks.endpoints import WebhookStore
 from worker.work import TaskContext
@@ -71,7 +74,13 @@ def redis_client(settings: Settings, *, answer_within: float | None = None) -> r
 def store() -> FlowStore:
     with _lock:
         settings = get_settings()
-        return FlowStore(redis_client(settings), RedisNames(settings.channel_prefix), lifetimes(settings))
+        return flow_store(settings, redis_client(settings))
+
+
+def flow_store(settings: Settings, client: redis.Redis) -> FlowStore:
+    """Flows that name no Oktopost account (stored before tenants) are the default tenant's account's."""
+    names = RedisNames(settings.channel_prefix)
+    return FlowStore(client, names, lifetimes(settings), default_account=settings.oktopost_account_id)
 
 
 @lru_cache(maxsize=1)
@@ -80,22 +89,55 @@ def task_context() -> TaskContext:
     flow_store = store()
     return TaskContext(
         store=flow_store,
-        client=OktopostClient.from_settings(settings),
+        upstreams=upstreams(),
         policy=RetryPolicy(max_attempt_seconds=settings.oktopost_timeout_seconds),
         metrics=WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
-        budget=budget(settings, flow_store.redis),
         leases=LeaseKeeper(flow_store),
     )
 
 
-def budget(settings: Settings, client: redis.Redis) -> UpstreamBudget:
-    limit, period = settings.rate_limit
+@lru_cache(maxsize=1)
+def upstreams() -> Upstreams[OktopostClient]:
+    """The worker's client and budget of each configured Oktopost account."""
+    settings, client = get_settings(), store().redis
+    return Upstreams(
+        settings.tenants.accounts,
+        lambda account: OktopostClient(
+            account.base_url,
+            account.account_id,
+            account.api_key,
+            timeout=timeout_from_settings(settings),
+        ),
+        lambda account: budget(settings, client, account),
+    )
+
+
+def shim_upstreams(
+    settings: Settings, client: redis.Redis, given: list[Upstream[AsyncOktopostClient]] | None = None
+) -> Upstreams[AsyncOktopostClient]:
+    """The shim's: asyncio clients, for Step 1 (`given`: built by the caller, for their accounts)."""
+    return Upstreams(
+        settings.tenants.accounts,
+        lambda account: AsyncOktopostClient(
+            account.base_url,
+            account.account_id,
+            account.api_key,
+            timeout=timeout_from_settings(settings),
+        ),
+        lambda account: budget(settings, client, account),
+        given,
+    )
+
+
+def budget(settings: Settings, client: redis.Redis, account: OktopostAccount) -> UpstreamBudget:
+    """One account's budget: its rate and daily limits, under its own Redis names."""
+    limit, period = account.rate
     return UpstreamBudget(
         client,
-        RedisNames(settings.channel_prefix),
+        RedisNames(settings.channel_prefix).account(account.account_id),
         limit,
         period,
-        daily_limit=settings.oktopost_daily_limit,
+        daily_limit=account.daily_limit,
         block_seconds=settings.oktopost_block_seconds,
     )
 

@@ -6,49 +6,54 @@ and the command line turns it into that line and exit code 2.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-US_BASE_URL = "https://api.oktopost.com"
+from worker.tenants import (
+    ACCOUNT_ID,
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_TENANT,
+    MIN_KEY_LENGTH,
+    PLACEHOLDER_PREFIX,
+    US_BASE_URL,
+    OktopostAccount,
+    Tenant,
+    Tenants,
+    TenantsError,
+    check_caller_key,
+    gather,
+    is_loopback,
+    oktopost_api_root,
+    origin_of,
+    parse_rate,
+    read_tenants_file,
+)
+
+__all__ = [
+    "EU_BASE_URL",
+    "MIN_KEY_LENGTH",
+    "PLACEHOLDER_PREFIX",
+    "US_BASE_URL",
+    "ConfigError",
+    "Settings",
+    "get_settings",
+    "is_loopback",
+    "load_settings",
+    "origin_of",
+    "parse_rate",
+]
+
 EU_BASE_URL = "https://eu-api.oktopost.com"
-
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
-_PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-MIN_KEY_LENGTH = 24
-# .env.example ships these so that every secret must be replaced: a value still starting with it is refused
-PLACEHOLDER_PREFIX = "change-me"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names it and fits on one line."""
-
-
-def parse_rate(text: str) -> tuple[int, int]:
-    """`"60/minute"` -> (60, 60): calls allowed per window of that many seconds."""
-    match = _RATE.match(text)
-    if not match or int(match.group(1)) < 1:
-        raise ValueError("expected a rate such as 60/minute, 10/second or 100/10 seconds")
-    multiplier = int(match.group(2) or 1)
-    if multiplier < 1:
-        raise ValueError("the window must be at least 1")
-    return int(match.group(1)), multiplier * _PERIOD_SECONDS[match.group(3).lower()]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -75,24 +80,13 @@ def _split_list(value: object) -> object:
     return value
 
 
-def origin_of(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) with the scheme's default port filled in; ValueError when not http(s)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("user information is not allowed in a URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname.lower(), port
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
     redis_url: str = "redis://localhost:6379/0"
     celery_broker_url: str | None = None
 
-    oktopost_account_id: str = "demo-account"
+    oktopost_account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=ACCOUNT_ID.pattern)
     oktopost_api_key: SecretStr = SecretStr("demo-key")
     oktopost_base_url: str = US_BASE_URL
     oktopost_rate_limit: str = "60/minute"
@@ -108,6 +102,8 @@ class Settings(BaseSettings):
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # a TOML file of tenants, each with its caller keys, return URLs and Oktopost account (docs/tenants.md)
+    tenants_file: Path | None = None
     # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
     flower_basic_auth: SecretStr | None = None
 
@@ -123,6 +119,7 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    _tenants: Tenants = PrivateAttr()
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -174,24 +171,13 @@ class Settings(BaseSettings):
     @field_validator("oktopost_base_url")
     @classmethod
     def _oktopost_api_root(cls, value: str) -> str:
-        """Oktopost's docs write the base URL with /v2 (https://api.oktopost.com/v2); our paths carry it."""
-        parts = urlsplit(value)
-        path = parts.path.rstrip("/")
-        if path.lower() == "/v2":
-            path = ""
-        if path or parts.query or parts.fragment:
-            raise ValueError("expected Oktopost's base URL, such as https://api.oktopost.com (or .../v2)")
-        return parts._replace(path="").geturl()
+        return oktopost_api_root(value)
 
     @field_validator("shim_api_keys")
     @classmethod
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
         for key in value:
-            secret = key.get_secret_value()
-            if len(secret) < MIN_KEY_LENGTH:
-                raise ValueError(f"a caller key must be at least {MIN_KEY_LENGTH} characters long")
-            if secret.startswith(PLACEHOLDER_PREFIX):
-                raise ValueError("a caller key is still the placeholder of .env.example: set a random one")
+            check_caller_key(key.get_secret_value())
         return value
 
     @field_validator("flower_basic_auth")
@@ -228,6 +214,41 @@ class Settings(BaseSettings):
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         return self
+
+    @model_validator(mode="after")
+    def _read_tenants(self) -> Settings:
+        """The tenants: the file's, beside `default` from the environment (always without a file; with
+        one, when SHIM_API_KEYS is set)."""
+        tenants = [self._default_tenant()] if self.tenants_file is None or self.shim_api_keys else []
+        try:
+            if self.tenants_file is not None:
+                tenants += read_tenants_file(self.tenants_file, self.allow_http_hosts)
+            self._tenants = gather(tenants)
+        except TenantsError as error:
+            raise ValueError(f"TENANTS_FILE: {error}") from None
+        return self
+
+    def _default_tenant(self) -> Tenant:
+        # built, not validated: each of these settings was checked above, and without a file the tenant
+        # exists even with no caller key (the shim then refuses to start, `up` makes one)
+        account = OktopostAccount.model_construct(
+            account_id=self.oktopost_account_id,
+            api_key=self.oktopost_api_key,
+            base_url=self.oktopost_base_url,
+            rate_limit=self.oktopost_rate_limit,
+            daily_limit=self.oktopost_daily_limit,
+        )
+        return Tenant.model_construct(
+            name=DEFAULT_TENANT,
+            api_keys=list(self.shim_api_keys),
+            allowed_return_urls=list(self.allowed_return_urls),
+            oktopost=account,
+        )
+
+    @property
+    def tenants(self) -> Tenants:
+        """Every tenant, with its caller keys and its Oktopost account."""
+        return self._tenants
 
     @property
     def broker_url(self) -> str:

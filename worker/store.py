@@ -40,6 +40,7 @@ from worker.events import (
 )
 from worker.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.keys import RedisNames
+from worker.tenants import DEFAULT_ACCOUNT_ID, DEFAULT_TENANT
 from worker.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
@@ -71,14 +72,22 @@ class RequeueOutcome(StrEnum):
 
 class FlowStore:
     def __init__(
-        self, client: redis.Redis, names: RedisNames, lifetimes: Lifetimes, clock: Clock | None = None
+        self,
+        client: redis.Redis,
+        names: RedisNames,
+        lifetimes: Lifetimes,
+        clock: Clock | None = None,
+        *,
+        default_account: str = DEFAULT_ACCOUNT_ID,
     ) -> None:
+        """`default_account`: the Oktopost account of flows that name none (stored before tenants)."""
         # Any: redis-py annotates every command as sync-or-async; this store is sync only
         self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
         self.clock: Clock = clock or RedisClock(client)
-        self._apply = TransitionScript(client, names, lifetimes.retention)
+        self.default_account = default_account
+        self._transition = TransitionScript(client, names, lifetimes.retention)
         self._take_work = scripts.register(client, "take_work")
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")
@@ -111,6 +120,10 @@ class FlowStore:
     def _due(self, index: str, now: float, limit: int) -> list[str]:
         return [_text(m) for m in self.redis.zrangebyscore(index, "-inf", now, start=0, num=limit)]
 
+    def account_of(self, flow: Flow) -> str:
+        """The Oktopost account the flow's calls are made for and counted against."""
+        return flow.account or self.default_account
+
     # transitions made for callers and browsers (the shim), and by the sweeper
 
     def create(
@@ -121,7 +134,10 @@ class FlowStore:
         reference: str | None,
         return_url: str | None,
         ui: BrowserUI = BrowserUI.HOSTED,
+        tenant: str = DEFAULT_TENANT,
+        account: str | None = None,
     ) -> Flow:
+        """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's)."""
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
@@ -134,6 +150,8 @@ class FlowStore:
             now,
             now + ttl,
             ui=ui,
+            tenant=tenant,
+            account=account or self.default_account,
         )
         data = StartedData(expires_at=utc_timestamp(flow.deadline))
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
@@ -145,9 +163,11 @@ class FlowStore:
             "created_at": repr(now),
             "deadline": repr(flow.deadline),
             "ui": ui.value,
+            "tenant": flow.tenant,
+            "account": flow.account,
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
-        transition = self._apply(flow_id, (), FlowState.AWAITING_CALLBACK, event, change)
+        transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
         if not transition.done:
             raise RuntimeError(f"flow {flow_id} already exists")
         return replace(flow, seq=transition.seq)
@@ -185,7 +205,7 @@ class FlowStore:
             claim_key=self.names.token_claim(fingerprint),
             queue=queue,
         )
-        return self._apply(flow.flow_id, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
+        return self._apply(flow, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
 
     def deny(self, flow: Flow, message: str, browser_fp: str = "") -> Transition:
         """awaiting_callback -> failed (authorization_denied): the user came back without a token. Only
@@ -202,7 +222,7 @@ class FlowStore:
         event = SelectionSubmitted(**_envelope(flow, now), data=SelectionSubmittedData(ids=ids))
         fields = {"selected_ids": json.dumps(ids), "owner": ""}
         change = Change(fields, live_for=flow.deadline - now, lease=self.lifetimes.queued_lease, queue=queue)
-        return self._apply(flow.flow_id, (FlowState.AWAITING_SELECTION,), FlowState.COMPLETING, event, change)
+        return self._apply(flow, (FlowState.AWAITING_SELECTION,), FlowState.COMPLETING, event, change)
 
     def expire(self, flow: Flow) -> Transition:
         """Ends a live flow whose deadline has passed (on Redis's clock); EARLY when it has not (a
@@ -221,7 +241,7 @@ class FlowStore:
         event = SelectionRequired(**_envelope(flow, now), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
         change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner)
-        return self._apply(flow.flow_id, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
+        return self._apply(flow, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
     def complete(self, flow: Flow, credentials: list[ConnectedCredential], owner: str) -> Transition:
         event = ConnectionCompleted(
@@ -316,7 +336,7 @@ class FlowStore:
             only_after_deadline=only_after_deadline,
             fence=fence,
         )
-        return self._apply(flow.flow_id, (flow.state,), FlowState.EXPIRED, event, change)
+        return self._apply(flow, (flow.state,), FlowState.EXPIRED, event, change)
 
     def _finish(
         self,
@@ -328,7 +348,12 @@ class FlowStore:
         fence: str | None,
     ) -> Transition:
         change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence)
-        return self._apply(flow.flow_id, allowed, state, event, change)
+        return self._apply(flow, allowed, state, event, change)
+
+    def _apply(
+        self, flow: Flow, allowed: tuple[FlowState, ...], state: FlowState, event: FlowEvent, change: Change
+    ) -> Transition:
+        return self._transition(flow.flow_id, allowed, state, event, change, self.account_of(flow))
 
 
 def _envelope(flow: Flow, now: float) -> dict[str, Any]:
@@ -338,6 +363,7 @@ def _envelope(flow: Flow, now: float) -> dict[str, Any]:
         "network": flow.network,
         "entity_type": flow.entity_type,
         "reference": flow.reference,
+        "tenant": flow.tenant,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Protocol
 
 from worker.account import Account
@@ -35,12 +36,12 @@ class TaskQueue(Protocol):
 BLOCKABLE_STATES = (*WORKING_STATES, FlowState.AWAITING_SELECTION)
 
 
-def sweep_once(store: FlowStore, enqueuer: TaskQueue, account: Account | None = None) -> tuple[int, int]:
-    """One pass; returns (flows expired, flows taken up again). One flow's trouble is logged and the
-    pass goes on with the others."""
+def sweep_once(store: FlowStore, enqueuer: TaskQueue, accounts: Sequence[Account] = ()) -> tuple[int, int]:
+    """One pass over the flows and the Oktopost `accounts`; returns (flows expired, flows taken up
+    again). One flow's trouble is logged and the pass goes on with the others."""
     now = store.clock.read_time()  # Redis's clock, read once per pass
     expired = requeued = 0
-    if account is not None:
+    for account in accounts:
         expired += _end_blocked(store, account, now)
     for flow_id in store.due_deadlines(now):
         try:
@@ -56,7 +57,7 @@ def sweep_once(store: FlowStore, enqueuer: TaskQueue, account: Account | None = 
 
 
 def _end_blocked(store: FlowStore, account: Account, now: float) -> int:
-    """While the account is paused, ends at once the flows whose deadline comes before the pause's end
+    """While the account is paused, ends at once its flows whose deadline comes before the pause's end
     (`authorization.expired`, reason upstream_blocked); once it is over, says so (one process does)."""
     paused_until = account.paused_until()
     if paused_until is None:
@@ -69,9 +70,11 @@ def _end_blocked(store: FlowStore, account: Account, now: float) -> int:
         flow = store.get(flow_id)
         if flow is None or flow.state not in BLOCKABLE_STATES or flow.deadline >= paused_until:
             continue
+        if store.account_of(flow) != account.names.account_id:  # another account's flow: not blocked
+            continue
         try:
             if store.expire_blocked(flow).done:
-                log.warning("flow %s expires: the account's pause outlives its token", flow_id)
+                log.warning("flow %s expires: its account's pause outlives its token", flow_id)
                 ended += 1
         except Exception as error:
             log.warning("flow %s: ending it failed: %s", flow_id, type(error).__name__)
@@ -102,7 +105,8 @@ WORKER_MARK_SECONDS = 60.0  # a mark older than this is a worker gone without a 
 
 
 class Sweeper:
-    """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it)."""
+    """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it);
+    `accounts`: the configured Oktopost accounts, whose pauses it watches."""
 
     def __init__(
         self,
@@ -110,11 +114,11 @@ class Sweeper:
         enqueuer: TaskQueue,
         interval: float = 0.25,
         name: str | None = None,
-        account: Account | None = None,
+        accounts: Sequence[Account] = (),
     ) -> None:
         self.store = store
         self.enqueuer = enqueuer
-        self.account = account
+        self.accounts = accounts
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
@@ -147,7 +151,7 @@ class Sweeper:
         while True:
             try:
                 self._beat()
-                sweep_once(self.store, self.enqueuer, self.account)
+                sweep_once(self.store, self.enqueuer, self.accounts)
             except Exception as error:  # Redis away: keep sweeping once it is back
                 log.warning("sweep failed: %s", type(error).__name__)
                 self._stop.wait(1.0)

@@ -61,8 +61,8 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
     global _sweeper, _dispatcher
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
-    account = runtime.budget(settings, store.redis).account
-    _sweeper = Sweeper(store, enqueuer(settings.redis_url), name=name, account=account)
+    accounts = [budget.account for budget in runtime.upstreams().budgets()]
+    _sweeper = Sweeper(store, enqueuer(settings.redis_url), name=name, accounts=accounts)
     _sweeper.start()
     served = set(app.amqp.queues.consume_from or app.amqp.queues)
     if deliveries_queue(settings.channel_prefix) in served:

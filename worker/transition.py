@@ -72,9 +72,16 @@ class TransitionScript:
         self.retention = retention  # seconds a flow's hash and stream are kept after its last change
 
     def __call__(
-        self, flow_id: str, allowed: tuple[FlowState, ...], state: FlowState, event: FlowEvent, change: Change
+        self,
+        flow_id: str,
+        allowed: tuple[FlowState, ...],
+        state: FlowState,
+        event: FlowEvent,
+        change: Change,
+        account: str,
     ) -> Transition:
-        """`allowed`: the states the flow may be in (none: it must not exist yet)."""
+        """`allowed`: the states the flow may be in (none: it must not exist yet); `account`: the Oktopost
+        account whose reserved calls the flow counts in."""
         live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
@@ -85,7 +92,7 @@ class TransitionScript:
                 self.names.deadlines,
                 self.names.flow_token(flow_id),
                 self.names.leases,
-                self.names.reserved_calls,
+                self.names.account(account).reserved_calls,
                 self.names.all_events_stream,
                 *([change.claim_key] if change.claim_key else []),
             ],

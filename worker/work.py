@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from worker.budget import AccountBlocked, Grant, NoBudgetInTime, UpstreamBudget
-from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError
+from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError, UnauthorizedError
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flow import Flow, FlowState
 from worker.leases import Held, LeaseKeeper, WorkLost
@@ -28,6 +28,7 @@ from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedPr
 from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 from worker.store import FlowStore, TakeOutcome
 from worker.transition import Transition, TransitionOutcome
+from worker.upstreams import Upstream, Upstreams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,20 +50,21 @@ class TaskContext:
     """What a task works with; one per worker process (built by worker.runtime)."""
 
     store: FlowStore
-    client: OktopostClient
+    upstreams: Upstreams[OktopostClient]  # each Oktopost account's client and budget
     policy: RetryPolicy
     metrics: WorkerMetrics
-    budget: UpstreamBudget
     leases: LeaseKeeper
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One task's work on one flow: the flow as it was taken, and the hold that fences it."""
+    """One task's work on one flow: the flow as it was taken, the hold that fences it, and its account's
+    client and budget."""
 
     context: TaskContext
     flow: Flow
     held: Held
+    upstream: Upstream[OktopostClient]
 
     @property
     def owner(self) -> str:
@@ -75,8 +77,8 @@ def verify_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
         flow_id,
         FlowState.VERIFYING,
         "verify",
-        lambda token, flow, timeout: check_verify_fits(
-            context.client.verify(token, timeout=timeout), flow.network, flow.entity_type
+        lambda client, token, flow, timeout: check_verify_fits(
+            client.verify(token, timeout=timeout), flow.network, flow.entity_type
         ),
         _verified,
     )
@@ -88,7 +90,7 @@ def complete_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
         flow_id,
         FlowState.COMPLETING,
         "complete",
-        lambda token, flow, timeout: context.client.complete(token, flow.selected_ids, timeout=timeout),
+        lambda client, token, flow, timeout: client.complete(token, flow.selected_ids, timeout=timeout),
         lambda job, credentials, attempts: _complete(job, credentials, attempts),
         # Oktopost refusing ids we offered from its own list means the selection no longer holds
         refusal_code=lambda refused: (
@@ -104,27 +106,32 @@ def _work_on(
     flow_id: str,
     state: FlowState,
     call_name: str,
-    call: Callable[[str, Flow, float], T],
+    call: Callable[[OktopostClient, str, Flow, float], T],
     on_answer: Callable[[_Job, T, int], TaskOutcome],
     refusal_code: Callable[[RefusedError], str] = lambda refused: refused.code,
 ) -> TaskOutcome:
     """Take the flow, call Oktopost until the deadline, end with exactly one transition."""
     answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
     owner = secrets.token_hex(16)
-    with context.metrics.batch(), _then_finish(context, answered):
+    with context.metrics.batch():
         taken = context.store.take_work(flow_id, owner, state)
         if taken.outcome is TakeOutcome.BUSY:
             log.info("flow %s is being worked on by another task", flow_id)
         if taken.flow is None:
             return _recorded(context, TaskOutcome.SKIPPED)
-        with context.leases.hold(flow_id, owner) as held:
-            job = _Job(context, taken.flow, held)
+        account = context.store.account_of(taken.flow)
+        upstream = context.upstreams.get(account)
+        if upstream is None:  # its tenant's account left the configuration while the flow was under way
+            return _unconfigured(context, taken.flow, owner, account)
+        with _then_finish(upstream.budget, answered), context.leases.hold(flow_id, owner) as held:
+            job = _Job(context, taken.flow, held, upstream)
             if taken.token is None:
                 return _give_up(job)
             token = taken.token
+            client = upstream.client
             try:
                 answer, attempts = call_until_deadline(
-                    _observed(job, call_name, lambda timeout: call(token, job.flow, timeout)),
+                    _observed(job, call_name, lambda timeout: call(client, token, job.flow, timeout)),
                     job.flow.deadline,
                     policy=context.policy,
                     clock=context.store.clock.now,
@@ -155,7 +162,7 @@ def _admission(job: _Job, answered: list[Grant]) -> Admission:
     event. A wait for budget ends as soon as the flow is lost to another task.
     """
     policy = job.context.policy
-    return lambda: job.context.budget.call(
+    return lambda: job.upstream.budget.call(
         priority=job.flow.deadline,
         give_up_at=job.flow.deadline - policy.min_attempt_seconds,
         hold=policy.max_attempt_seconds + 1,
@@ -165,11 +172,22 @@ def _admission(job: _Job, answered: list[Grant]) -> Admission:
 
 
 @contextmanager
-def _then_finish(context: TaskContext, answered: list[Grant]) -> Iterator[None]:
+def _then_finish(budget: UpstreamBudget, answered: list[Grant]) -> Iterator[None]:
     try:
         yield
     finally:
-        context.budget.finished_all(answered)
+        budget.finished_all(answered)
+
+
+def _unconfigured(context: TaskContext, flow: Flow, owner: str, account: str) -> TaskOutcome:
+    """No credentials to call with: the flow fails (unauthorized) rather than wait for its deadline."""
+    message = f"Oktopost account {account} is no longer configured"
+    transition = context.store.fail(flow, UnauthorizedError.code, message, 0, owner)
+    if not transition.done:
+        return _recorded(context, TaskOutcome.SKIPPED)
+    log.warning("flow %s failed: %s", flow.flow_id, message)
+    context.metrics.outcome(UnauthorizedError.code)
+    return TaskOutcome.FAILED
 
 
 def _near_the_end_of_its_life(job: _Job) -> bool:

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api_shim import metrics, rules
-from api_shim.deps import Deps, ShimDeps, caller
+from api_shim.deps import CallerTenant, Deps, ShimDeps, caller
 from api_shim.errors import ApiError
 from api_shim.models import (
     AuthorizationCreated,
@@ -32,8 +32,9 @@ from worker.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, Grant,
 from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
 from worker.flow import FlowState
-from worker.oktopost import canonical_entity_type, canonical_network
+from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
+from worker.upstreams import Upstream
 
 STEP1_SECONDS = 8.0  # the whole of Step 1's bounded retry: a caller is waiting on this request
 STEP1_POLICY = RetryPolicy(max_attempt_seconds=4.0, backoff_max=1.0)
@@ -43,25 +44,37 @@ router = APIRouter(dependencies=[Depends(caller)])
 
 
 @router.post("/v1/authorizations", status_code=201)
-async def start_authorization(body: AuthorizationRequest, shim: ShimDeps) -> AuthorizationCreated:
-    settings = shim.settings
+async def start_authorization(
+    body: AuthorizationRequest, shim: ShimDeps, tenant_name: CallerTenant
+) -> AuthorizationCreated:
+    settings, tenant = shim.settings, shim.tenant(tenant_name)
     try:
         network = canonical_network(body.network)
         entity_type = canonical_entity_type(body.type)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
-    return_url = check_return_url(body.return_url, settings.allowed_return_urls) if body.return_url else None
+    return_url = check_return_url(body.return_url, tenant.allowed_return_urls) if body.return_url else None
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
     admission = Admission(admission_member(flow_id, entity_type))
+    upstream = shim.upstream(tenant)  # the tenant's Oktopost account: its client and its budget
     try:
-        redirect_url = await _step1(shim, network, entity_type, callback_url, admission)
+        redirect_url = await _step1(shim, upstream, network, entity_type, callback_url, admission)
         flow = await run_in_threadpool(
-            shim.store.create, flow_id, network, entity_type, body.reference, return_url, body.ui
+            lambda: shim.store.create(
+                flow_id,
+                network,
+                entity_type,
+                body.reference,
+                return_url,
+                body.ui,
+                tenant=tenant.name,
+                account=upstream.account_id,
+            )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
         if admission.reserved:  # (no grant, no reservation: a Redis away is not asked twice)
-            await run_in_threadpool(_release, shim, admission.member)
+            await run_in_threadpool(_release, upstream, admission.member)
     metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
     return AuthorizationCreated(
         flow_id=flow_id,
@@ -80,16 +93,24 @@ class Admission:
     reserved: bool = False
 
 
-async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, admission: Admission) -> str:
-    """Step 1 under the shared budget, or the ApiError that tells the caller why not and when to retry."""
+async def _step1(
+    shim: Deps,
+    upstream: Upstream[AsyncOktopostClient],
+    network: str,
+    entity_type: str,
+    callback_url: str,
+    admission: Admission,
+) -> str:
+    """Step 1 under the account's shared budget, or the ApiError that tells the caller why not and when
+    to retry."""
     try:
         redirect_url, _ = await acall_until_deadline(
-            lambda timeout: shim.client.start_authorization(
+            lambda timeout: upstream.client.start_authorization(
                 network, callback_url, entity_type, timeout=timeout
             ),
             time.time() + STEP1_SECONDS,
             policy=STEP1_POLICY,
-            admit=_step1_admission(shim, admission),
+            admit=_step1_admission(shim, upstream, admission),
         )
     except AccountPaused as paused:
         metrics.ADMISSIONS_REFUSED.inc()
@@ -118,13 +139,13 @@ async def _step1(shim: Deps, network: str, entity_type: str, callback_url: str, 
 
 
 def _step1_admission(
-    shim: Deps, admission: Admission
+    shim: Deps, upstream: Upstream[AsyncOktopostClient], admission: Admission
 ) -> Callable[[], Awaitable[Callable[[BaseException | None], None]]]:
     """Each Step 1 attempt waits for a slot of the shared upstream budget, after every verification and
     completion, and for a little while only: a new flow is refused rather than kept waiting. The first
     one granted reserves the new flow's later calls of the day (`admission`)."""
     wait = max(1.0, min(STEP1_SECONDS / 2, shim.settings.token_ttl_seconds / 4))
-    budget, clock = shim.budget, shim.store.clock
+    budget, clock = upstream.budget, shim.store.clock
 
     def acquire() -> Grant:  # the give-up time is on Redis's clock, which the budget's script reads
         hold = STEP1_POLICY.max_attempt_seconds + 1
@@ -139,16 +160,16 @@ def _step1_admission(
     return admit
 
 
-def _release(shim: Deps, admission: str) -> None:
+def _release(upstream: Upstream[AsyncOktopostClient], admission: str) -> None:
     try:
-        shim.budget.account.release_admission(admission)
+        upstream.budget.account.release_admission(admission)
     except redis.RedisError:  # its reservation lapses by itself within a minute
         log.warning("a new flow's reserved calls were not given back: Redis did not answer")
 
 
 @router.get("/v1/authorizations/{flow_id}")
-def flow_status(flow_id: str, shim: ShimDeps) -> FlowStatus:
-    flow = shim.load_flow(flow_id)
+def flow_status(flow_id: str, shim: ShimDeps, tenant: CallerTenant) -> FlowStatus:
+    flow = shim.load_flow(flow_id, tenant)
     return FlowStatus(
         flow_id=flow.flow_id,
         status=flow.state.value,
@@ -164,16 +185,18 @@ def flow_status(flow_id: str, shim: ShimDeps) -> FlowStatus:
     response_model=None,
     responses={200: {"content": {"text/event-stream": {}}, "description": "the flow's events"}},
 )
-async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+async def flow_events(flow_id: str, request: Request, shim: ShimDeps, tenant: CallerTenant) -> Response:
     """Server-sent events: the flow's stored events, then live ones, until its terminal event; with
     `Last-Event-ID`, only the events after that seq."""
-    await run_in_threadpool(shim.load_flow, flow_id)
+    await run_in_threadpool(shim.load_flow, flow_id, tenant)
     return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
 
 
 @router.post("/v1/authorizations/{flow_id}/selection", status_code=202)
-def submit_selection(flow_id: str, body: SelectionRequest, shim: ShimDeps) -> SelectionAccepted:
-    selection = rules.submit_selection(shim.store, shim.enqueuer, shim.load_flow(flow_id), body.ids)
+def submit_selection(
+    flow_id: str, body: SelectionRequest, shim: ShimDeps, tenant: CallerTenant
+) -> SelectionAccepted:
+    selection = rules.submit_selection(shim.store, shim.enqueuer, shim.load_flow(flow_id, tenant), body.ids)
     outcome, state = selection.outcome, selection.flow.state.value
     if outcome is SelectionOutcome.FLOW_EXPIRED:
         raise ApiError(410, "flow_expired", "the flow has expired")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api_shim.deps import Deps, ShimDeps, Tenant
+from api_shim.deps import CallerTenant, Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.models import (
     DeliveryList,
@@ -27,7 +27,7 @@ router = APIRouter()
 
 
 @router.post("/v1/webhooks", status_code=201)
-async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: Tenant) -> WebhookCreated:
+async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTenant) -> WebhookCreated:
     try:  # resolving the host waits on DNS: off the event loop
         await run_in_threadpool(target_of, body.url, shim.settings.webhook_allowed_hosts)
     except RefusedUrl as refused:
@@ -38,20 +38,20 @@ async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: Tenant) -
 
 
 @router.get("/v1/webhooks")
-async def list_webhooks(shim: ShimDeps, tenant: Tenant) -> WebhookList:
+async def list_webhooks(shim: ShimDeps, tenant: CallerTenant) -> WebhookList:
     endpoints = await run_in_threadpool(shim.webhooks.endpoints, tenant)
     return WebhookList(webhooks=[_shown(endpoint) for endpoint in endpoints])
 
 
 @router.delete("/v1/webhooks/{endpoint_id}", status_code=204)
-async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: Tenant) -> Response:
+async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> Response:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     await run_in_threadpool(shim.webhooks.delete_endpoint, endpoint)
     return Response(status_code=204)
 
 
 @router.get("/v1/webhooks/{endpoint_id}/deliveries")
-async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: Tenant) -> DeliveryList:
+async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> DeliveryList:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     deliveries = await run_in_threadpool(shim.webhooks.deliveries, endpoint.id)
     return DeliveryList(
@@ -73,7 +73,7 @@ async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: Tenant) -> D
 
 
 @router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202)
-async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: Tenant) -> ReplayQueued:
+async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     queued = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery

@@ -151,7 +151,9 @@ def with_limits(
 def with_ours(
     client: redis.Redis, rate: int, call_seconds: float
 ) -> Callable[[float], Callable[[], None] | None]:
-    budget = UpstreamBudget(client, RedisNames(f"limiters-{uuid.uuid4().hex[:8]}"), rate, PERIOD)
+    budget = UpstreamBudget(
+        client, RedisNames(f"limiters-{uuid.uuid4().hex[:8]}").account("bench"), rate, PERIOD
+    )
 
     def acquire(deadline: float) -> Callable[[], None] | None:
         try:

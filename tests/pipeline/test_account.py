@@ -18,6 +18,7 @@ from worker.flow import FlowState, Lifetimes
 from worker.keys import RedisNames
 from worker.store import FlowStore
 from worker.sweeper import sweep_once
+from worker.tenants import DEFAULT_ACCOUNT_ID
 from worker.work import TaskOutcome, verify_flow
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -29,7 +30,8 @@ def client() -> fakeredis.FakeRedis:
 
 
 def budget_on(client: fakeredis.FakeRedis, **account: float) -> UpstreamBudget:
-    return UpstreamBudget(client, RedisNames("a"), limit=100, period=1.0, **account)  # type: ignore[arg-type]
+    names = RedisNames("a").account(DEFAULT_ACCOUNT_ID)  # the account of the flows store_on makes
+    return UpstreamBudget(client, names, limit=100, period=1.0, **account)  # type: ignore[arg-type]
 
 
 def store_on(client: fakeredis.FakeRedis) -> FlowStore:
@@ -167,7 +169,7 @@ def test_the_sweeper_ends_at_once_the_flows_that_cannot_outlive_the_pause(
     assert store.claim_callback(verifying, TOKEN).done  # its token lives 300 s
     store.create("awaiting-callback", "LinkedIn", "profile", None, None)  # may be called back later
     budget.account.pause(retry_after=600)
-    assert sweep_once(store, RecordingEnqueuer(), budget.account) == (1, 0)
+    assert sweep_once(store, RecordingEnqueuer(), [budget.account]) == (1, 0)
     ended = store.events("verifying")[-1]
     assert ended["type"] == "authorization.expired"
     assert ended["data"] == {"stage": "verify", "reason": "upstream_blocked"}
@@ -181,7 +183,7 @@ def test_the_sweeper_leaves_flows_that_outlive_the_pause(client: fakeredis.FakeR
     flow = store.create("verifying", "LinkedIn", "profile", None, None)
     assert store.claim_callback(flow, TOKEN).done
     budget.account.pause(retry_after=60)
-    assert sweep_once(store, RecordingEnqueuer(), budget.account) == (0, 0)
+    assert sweep_once(store, RecordingEnqueuer(), [budget.account]) == (0, 0)
     still = store.get("verifying")
     assert still is not None
     assert still.state is FlowState.VERIFYING

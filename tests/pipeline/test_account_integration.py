@@ -26,7 +26,7 @@ def _sandbox_calls(sandbox: Sandbox) -> int:
 
 def _paused_until(pipeline: Pipeline, timeout: float) -> float:
     """The end of the account's pause as the pipeline keeps it in Redis, once there is one."""
-    key = RedisNames(pipeline.prefix).account_pause
+    key = RedisNames(pipeline.prefix).account(pipeline.env["OKTOPOST_ACCOUNT_ID"]).account_pause
     client: Any = pipeline.redis()  # redis-py annotates commands as sync-or-async; this is sync
     until = time.monotonic() + timeout
     while time.monotonic() < until:

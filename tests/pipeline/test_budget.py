@@ -18,7 +18,7 @@ def client() -> fakeredis.FakeRedis:
 
 
 def test_grants_up_to_the_limit_then_waits_a_window(client: fakeredis.FakeRedis) -> None:
-    budget = UpstreamBudget(client, RedisNames("b"), limit=3, period=0.5)
+    budget = UpstreamBudget(client, RedisNames("b").account("acct"), limit=3, period=0.5)
     started = time.monotonic()
     ends = []
     for _ in range(6):
@@ -29,7 +29,7 @@ def test_grants_up_to_the_limit_then_waits_a_window(client: fakeredis.FakeRedis)
 
 
 def test_never_more_than_the_limit_in_any_window_across_threads(client: fakeredis.FakeRedis) -> None:
-    budget = UpstreamBudget(client, RedisNames("b"), limit=5, period=0.4)
+    budget = UpstreamBudget(client, RedisNames("b").account("acct"), limit=5, period=0.4)
     starts: list[float] = []
     lock = threading.Lock()
 
@@ -53,7 +53,7 @@ def test_never_more_than_the_limit_in_any_window_across_threads(client: fakeredi
 
 
 def test_earliest_deadline_goes_first_and_step1_last(client: fakeredis.FakeRedis) -> None:
-    budget = UpstreamBudget(client, RedisNames("b"), limit=1, period=0.3)
+    budget = UpstreamBudget(client, RedisNames("b").account("acct"), limit=1, period=0.3)
     order: list[str] = []
     now = time.time()
     with budget.call(priority=now, give_up_at=now + 10, hold=1):
@@ -80,7 +80,7 @@ def test_earliest_deadline_goes_first_and_step1_last(client: fakeredis.FakeRedis
 
 
 def test_a_caller_that_cannot_be_served_in_time_gives_up_at_once(client: fakeredis.FakeRedis) -> None:
-    budget = UpstreamBudget(client, RedisNames("b"), limit=1, period=5)
+    budget = UpstreamBudget(client, RedisNames("b").account("acct"), limit=1, period=5)
     with budget.call(priority=time.time(), give_up_at=time.time() + 10, hold=1):
         started = time.monotonic()
         with pytest.raises(NoBudgetInTime) as raised:
@@ -91,7 +91,7 @@ def test_a_caller_that_cannot_be_served_in_time_gives_up_at_once(client: fakered
 
 
 def test_dead_waiters_drop_out_of_the_queue(client: fakeredis.FakeRedis) -> None:
-    names = RedisNames("b")
+    names = RedisNames("b").account("acct")
     budget = UpstreamBudget(client, names, limit=1, period=0.2)
     # a waiter from a process that died: queued first, never polls again
     client.zadd(names.budget_queue, {"ghost": 0})
@@ -104,7 +104,7 @@ def test_dead_waiters_drop_out_of_the_queue(client: fakeredis.FakeRedis) -> None
 def test_a_call_in_flight_dooms_no_one_that_could_follow_it_in_time(client: fakeredis.FakeRedis) -> None:
     """An in-flight call is scored by the latest moment it may end (its hold); it may end any moment,
     so a waiter is kept (not doomed) while one period from now still fits before it gives up."""
-    budget = UpstreamBudget(client, RedisNames("b"), limit=1, period=0.5)
+    budget = UpstreamBudget(client, RedisNames("b").account("acct"), limit=1, period=0.5)
     granted = budget.acquire(priority=time.time(), give_up_at=time.time() + 10, hold=30)
 
     def end_the_call() -> None:
@@ -120,7 +120,7 @@ def test_a_call_in_flight_dooms_no_one_that_could_follow_it_in_time(client: fake
 
 
 def test_a_waiter_far_back_in_the_queue_knows_at_once_that_it_is_doomed(client: fakeredis.FakeRedis) -> None:
-    names = RedisNames("b")
+    names = RedisNames("b").account("acct")
     budget = UpstreamBudget(client, names, limit=2, period=1.0)
     now = time.time()
     for _ in range(2):  # the window is full

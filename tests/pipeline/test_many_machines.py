@@ -26,6 +26,7 @@ from worker.retry import RetryPolicy
 from worker.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.sweeper import Sweeper, sweep_once
 from worker.transition import TransitionOutcome
+from worker.upstreams import Upstreams
 from worker.work import TaskContext, TaskOutcome, verify_flow
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -102,9 +103,10 @@ def test_a_denial_racing_a_claim_leaves_the_claim_standing(store: FlowStore) -> 
 def context_for(store: FlowStore, handler: httpx.MockTransport) -> TaskContext:
     upstream = OktopostClient("https://api.test", "acct", "key", transport=handler)
     policy = RetryPolicy(max_attempt_seconds=0.2, backoff_multiplier=0.001, backoff_max=0.01)
-    budget = UpstreamBudget(store.redis, store.names, 1000, 1.0)
+    budget = UpstreamBudget(store.redis, store.names.account(store.default_account), 1000, 1.0)
     metrics = WorkerMetrics(store.redis, "t:metrics")
-    return TaskContext(store, upstream, policy, metrics, budget, LeaseKeeper(store, interval=0.1))
+    upstreams = Upstreams.single(upstream, budget)
+    return TaskContext(store, upstreams, policy, metrics, LeaseKeeper(store, interval=0.1))
 
 
 @pytest.fixture

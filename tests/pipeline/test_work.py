@@ -18,6 +18,7 @@ from worker.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetric
 from worker.oktopost import OktopostClient
 from worker.retry import RetryPolicy
 from worker.store import FlowStore
+from worker.upstreams import Upstreams
 from worker.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -47,10 +48,9 @@ def make_context(handler: Callable[[httpx.Request], httpx.Response], token_ttl: 
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
     upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
-    names = RedisNames("t")
-    budget = UpstreamBudget(client, names, 1000, 1.0)
+    budget = UpstreamBudget(client, RedisNames("t").account(store.default_account), 1000, 1.0)
     metrics = WorkerMetrics(client, "t:metrics")
-    return TaskContext(store, upstream, FAST, metrics, budget, LeaseKeeper(store))
+    return TaskContext(store, Upstreams.single(upstream, budget), FAST, metrics, LeaseKeeper(store))
 
 
 def claimed(context: TaskContext, entity_type: str = "profile") -> str:
@@ -266,7 +266,12 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
 
     def handler(_request: httpx.Request) -> httpx.Response:
         seen_in_window.append(
-            [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+            [
+                score
+                for _, score in context.store.redis.zrange(
+                    context.upstreams.budgets()[0].names.budget_window, 0, -1, withscores=True
+                )
+            ]
         )
         return httpx.Response(503) if len(seen_in_window) == 1 else httpx.Response(200, json=PROFILE)
 
@@ -278,6 +283,11 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     assert len(seen_in_window[0]) == 1
     assert seen_in_window[0][0] > time.time() + FAST.max_attempt_seconds
     assert sorted(seen_in_window[1])[0] <= time.time() < sorted(seen_in_window[1])[1]
-    ends = [score for _, score in context.store.redis.zrange("t:budget:window", 0, -1, withscores=True)]
+    ends = [
+        score
+        for _, score in context.store.redis.zrange(
+            context.upstreams.budgets()[0].names.budget_window, 0, -1, withscores=True
+        )
+    ]
     assert len(ends) == 2
     assert all(started <= end <= time.time() for end in ends)

@@ -164,7 +164,8 @@ async def open_shim(
     redis = fakeredis.FakeRedis(server=redis_server)
     names = RedisNames(PREFIX)
     store = FlowStore(redis, names, Lifetimes())
-    budget = UpstreamBudget(redis, names, limit=rate[0], period=rate[1], daily_limit=daily_limit)
+    account = names.account(settings.oktopost_account_id)  # the default tenant's
+    budget = UpstreamBudget(redis, account, limit=rate[0], period=rate[1], daily_limit=daily_limit)
     oktopost = FakeOktopost()
     client = AsyncOktopostClient(
         settings.oktopost_base_url, "account", "api-key", transport=httpx.MockTransport(oktopost)

@@ -81,7 +81,7 @@ async def test_metrics_show_the_pause_and_the_days_remaining_calls() -> None:
         ).status_code == 201
         shim.budget.account.pause(retry_after=60)
         text = (await shim.http.get("/metrics")).text
-    assert "okc_account_paused 1.0" in text
-    assert "okc_account_pauses_total 1.0" in text
-    assert "okc_account_daily_calls_remaining 49.0" in text
-    assert "okc_account_calls_reserved 1.0" in text
+    assert 'okc_account_paused{account="demo-account"} 1.0' in text
+    assert 'okc_account_pauses_total{account="demo-account"} 1.0' in text
+    assert 'okc_account_daily_calls_remaining{account="demo-account"} 49.0' in text
+    assert 'okc_account_calls_reserved{account="demo-account"} 1.0' in text

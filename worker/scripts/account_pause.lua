@@ -2,7 +2,7 @@
 -- When two processes pause at once, the later end is kept.
 --
 -- KEYS: 1 the account's pause (its end, epoch seconds on Redis's clock), 2 the workers' metrics hash
--- ARGV: 1 seconds to pause from now
+-- ARGV: 1 seconds to pause from now, 2 the metrics hash's field counting the account's pauses
 -- Returns {1 if this started a pause (none was in force), the pause's end as a string}
 
 local t = redis.call("TIME")
@@ -12,7 +12,7 @@ local current = tonumber(redis.call("GET", KEYS[1]) or "0")
 local entered = 0
 if current <= now then
   entered = 1
-  redis.call("HINCRBY", KEYS[2], "account|pauses", 1)
+  redis.call("HINCRBY", KEYS[2], ARGV[2], 1)
 end
 if current > ends then
   ends = current
