@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,27 @@ async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_que
     assert replay.json() == {"queued": 3}
     assert len(shim.enqueuer.deliveries) == 3
     assert PREFIX in shim.store.names.all_events_stream
+
+
+async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
+    from tests.shim.harness import open_shim
+
+    acme_key = "acme-caller-key-0123456789abcdef"
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        "[tenants.acme]\n"
+        f'api_keys = ["{acme_key}"]\n'
+        'oktopost = { account_id = "acme-account", api_key = "acme-oktopost-key-0123456789" }\n'
+    )
+    acme = {"Authorization": f"Bearer {acme_key}"}
+    async with open_shim(tenants_file=str(tenants)) as shim:
+        ours = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+        theirs = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=acme)).json()
+        assert webhooks_of(shim).endpoint(theirs["id"]).tenant == "acme"  # type: ignore[union-attr]
+        listed = (await shim.http.get("/v1/webhooks", headers=acme)).json()["webhooks"]
+        assert [item["id"] for item in listed] == [theirs["id"]]
+        for endpoint_id, headers in ((ours["id"], acme), (theirs["id"], CALLER)):
+            answer = await shim.http.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=headers)
+            assert answer.status_code == 404
+            assert (await shim.http.delete(f"/v1/webhooks/{endpoint_id}", headers=headers)).status_code == 404
+        assert (await shim.http.delete(f"/v1/webhooks/{theirs['id']}", headers=acme)).status_code == 204
