@@ -172,6 +172,9 @@ async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_que
     assert replay.json() == {"queued": 3}
     assert len(shim.enqueuer.deliveries) == 3
     assert PREFIX in shim.store.names.all_events_stream
+    metrics = (await shim.http.get("/metrics")).text
+    assert "okc_webhook_pending_deliveries 3.0" in metrics
+    assert "okc_webhook_oldest_pending_seconds" in metrics
 
 
 async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
