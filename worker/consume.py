@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -126,19 +126,57 @@ def consume_all_events(
     group takes it up again after `claim_idle` seconds. A lost Redis is waited out; refused credentials
     raise."""
     stop = stop or threading.Event()
+
+    def handle_batch(events: list[StreamedEvent]) -> list[str]:
+        handled = []
+        for event in events:
+            if stop.is_set():
+                break
+            try:
+                handler(event)
+            except Exception as error:
+                log.warning("event %s left pending: the handler failed: %s", event.entry_id, error)
+                continue
+            handled.append(event.entry_id)
+        return handled
+
+    consume_batches(
+        client,
+        group,
+        consumer,
+        handle_batch,
+        prefix,
+        start=start,
+        claim_idle=claim_idle,
+        stop=stop,
+        batch=batch,
+    )
+
+
+def consume_batches(
+    client: redis.Redis,
+    group: str,
+    consumer: str,
+    handle_batch: Callable[[list[StreamedEvent]], Iterable[str]],
+    prefix: str = "oktopost",
+    *,
+    start: str = "$",
+    claim_idle: float = CLAIM_IDLE_SECONDS,
+    stop: threading.Event | None = None,
+    batch: int = BATCH,
+) -> None:
+    """consume_all_events a batch (up to `batch` entries) at a time: `handle_batch` returns the entry ids
+    it handled, acknowledged together in one XACK (the others stay pending)."""
+    stop = stop or threading.Event()
     state = _Group(RedisNames(prefix).all_events_stream, group, consumer, start, claim_idle, batch)
     _ensure_group(client, state)
     while not stop.is_set():
         try:
-            for event in _next_events(client, state):
-                if stop.is_set():
-                    return
-                try:
-                    handler(event)
-                except Exception as error:
-                    log.warning("event %s left pending: the handler failed: %s", event.entry_id, error)
-                    continue
-                client.xack(state.stream, group, event.entry_id)
+            events = _next_events(client, state)
+            if events:
+                handled = list(handle_batch(events))
+                if handled:
+                    client.xack(state.stream, group, *handled)
             state.backoff = FIRST_BACKOFF_SECONDS
         except CONNECTION_ERRORS as error:
             stop.wait(state.next_backoff(error))

@@ -73,6 +73,11 @@ class RedisNames:
         """Sorted set: a tenant's endpoint ids, scored by when each was created."""
         return f"{self.prefix}:tenant:{tenant}:webhooks"
 
+    @property
+    def webhook_index(self) -> str:
+        """Sorted set: every tenant's endpoint ids (whether there are any at all, in one EXISTS)."""
+        return f"{self.prefix}:webhooks"
+
     def webhook_endpoint(self, endpoint_id: str) -> str:
         """Hash: an endpoint's tenant, url, event types, secret and creation time."""
         return f"{self.prefix}:webhook:{endpoint_id}"

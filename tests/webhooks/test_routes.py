@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.shim.harness import CALLER, PREFIX, Shim
+from worker.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
 from worker.webhooks.endpoints import WebhookStore
 
@@ -146,11 +147,9 @@ async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_que
         shim.store.redis, shim.store.names, webhooks_of(shim), shim.enqueuer.enqueue_delivery, "test"
     )
     stream = shim.store.redis.xrange(shim.store.names.all_events_stream)
-    for entry_id, fields in stream:
-        from worker.consume import StreamedEvent
-
-        dispatcher.dispatch(StreamedEvent(entry_id.decode(), fields[b"event"]))
-        dispatcher.dispatch(StreamedEvent(entry_id.decode(), fields[b"event"]))  # seen twice: one delivery
+    batch = [StreamedEvent(entry_id.decode(), fields[b"event"]) for entry_id, fields in stream]
+    assert dispatcher.dispatch(batch) == [streamed.entry_id for streamed in batch]
+    dispatcher.dispatch(batch)  # seen twice (a consumer that died before its XACK): one delivery each
     assert len(shim.enqueuer.deliveries) == 3
     deliveries = (await shim.http.get(f"/v1/webhooks/{created['id']}/deliveries", headers=CALLER)).json()
     assert [item["flow_id"] for item in deliveries["deliveries"]] == [

@@ -1,12 +1,13 @@
 -- A webhook endpoint registered (or removed) for a tenant: its hash and the tenant's index together.
 --
--- KEYS: 1 the endpoint's hash, 2 the tenant's endpoints (sorted set)
+-- KEYS: 1 the endpoint's hash, 2 the tenant's endpoints, 3 every tenant's endpoints (sorted sets)
 -- ARGV: 1 endpoint id, 2 "save" or "delete", 3.. field, value pairs (save)
 -- Returns 1 | 0 (delete: no such endpoint)
 
 local endpoint, index, endpoint_id = KEYS[1], KEYS[2], ARGV[1]
 if ARGV[2] == "delete" then
   redis.call("ZREM", index, endpoint_id)
+  redis.call("ZREM", KEYS[3], endpoint_id)
   return redis.call("DEL", endpoint)
 end
 local t = redis.call("TIME")
@@ -17,4 +18,5 @@ for i = 3, #ARGV do
 end
 redis.call("HSET", endpoint, unpack(fields))
 redis.call("ZADD", index, now, endpoint_id)
+redis.call("ZADD", KEYS[3], now, endpoint_id)
 return 1

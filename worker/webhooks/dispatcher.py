@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import redis
 
-from worker.consume import StreamedEvent, consume_all_events
+from worker.consume import StreamedEvent, consume_batches
 from worker.events import DEFAULT_TENANT
 from worker.keys import RedisNames
-from worker.webhooks.endpoints import WebhookStore
+from worker.webhooks.endpoints import Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +62,32 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def dispatch(self, streamed: StreamedEvent) -> int:
-        """The deliveries of one event, made and queued; how many were new."""
-        event = streamed.event
-        appended_at = int(streamed.entry_id.split("-")[0]) / 1000
-        queued = 0
-        for endpoint in self.store.endpoints(str(event.get("tenant") or DEFAULT_TENANT)):
-            # an endpoint gets the events appended from its creation on (a replay sends older ones)
-            if not endpoint.wants(str(event.get("type"))) or appended_at < endpoint.created_at:
-                continue
-            delivery_id = self.store.create_delivery(endpoint, event, streamed.body)
-            if delivery_id is not None:
-                self.enqueue(delivery_id)
-                queued += 1
-        return queued
+    def dispatch(self, batch: list[StreamedEvent]) -> list[str]:
+        """The deliveries of a batch of events, made and queued; returns the entry ids handled (all of
+        them, or the exception propagates and the batch stays pending). Endpoints are read once per tenant
+        per batch, after the batch was read: every endpoint created before an event was appended is seen."""
+        if not self.store.any_endpoint():  # the common case of a deployment without webhooks: no parsing
+            return [streamed.entry_id for streamed in batch]
+        endpoints: dict[str, list[Endpoint]] = {}
+        for streamed in batch:
+            event = streamed.event
+            tenant = str(event.get("tenant") or DEFAULT_TENANT)
+            if tenant not in endpoints:
+                endpoints[tenant] = self.store.endpoints(tenant)
+            appended_at = int(streamed.entry_id.split("-")[0]) / 1000
+            for endpoint in endpoints[tenant]:
+                # an endpoint gets the events appended from its creation on (a replay sends older ones)
+                if not endpoint.wants(str(event.get("type"))) or appended_at < endpoint.created_at:
+                    continue
+                delivery_id = self.store.create_delivery(endpoint, event, streamed.body)
+                if delivery_id is not None:
+                    self.enqueue(delivery_id)
+        return [streamed.entry_id for streamed in batch]
 
     def _consume(self) -> None:
         while not self._stop.is_set():
             try:
-                consume_all_events(
+                consume_batches(
                     self.redis,
                     GROUP,
                     self.consumer,

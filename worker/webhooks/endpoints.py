@@ -115,10 +115,18 @@ class WebhookStore:
             "created_at": repr(created_at),
         }
         self._save(
-            keys=[self.names.webhook_endpoint(endpoint_id), self.names.webhook_endpoints(tenant)],
+            keys=[
+                self.names.webhook_endpoint(endpoint_id),
+                self.names.webhook_endpoints(tenant),
+                self.names.webhook_index,
+            ],
             args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
         )
         return Endpoint(endpoint_id, tenant, url, tuple(events), created_at, secret)
+
+    def any_endpoint(self) -> bool:
+        """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
+        return bool(self.redis.exists(self.names.webhook_index))
 
     def endpoint(self, endpoint_id: str, tenant: str | None = None) -> Endpoint | None:
         """The endpoint; None when there is none, or when it is another tenant's than `tenant` (given)."""
@@ -156,7 +164,11 @@ class WebhookStore:
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
         self._save(
-            keys=[self.names.webhook_endpoint(endpoint.id), self.names.webhook_endpoints(endpoint.tenant)],
+            keys=[
+                self.names.webhook_endpoint(endpoint.id),
+                self.names.webhook_endpoints(endpoint.tenant),
+                self.names.webhook_index,
+            ],
             args=[endpoint.id, "delete"],
         )
 
