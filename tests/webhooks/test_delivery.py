@@ -4,6 +4,7 @@ checked again at delivery time."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -182,3 +183,12 @@ def test_one_endpoint_cannot_take_every_slot() -> None:
     assert not slots.take("c")
     slots.give_back("a")
     assert slots.take("c")
+
+
+def test_a_webhook_secret_is_redacted_from_log_lines() -> None:
+    from worker.redaction import redact
+
+    secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    assert (
+        redact(f"endpoint created with {secret} for tenant") == "endpoint created with whsec_*** for tenant"
+    )
