@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BATCH = 100  # entries read per call
 BLOCK_SECONDS = 1.0  # how long one read waits for new entries, so that `stop` is noticed
 CLAIM_IDLE_SECONDS = 60.0
+IDLE_CHECK_SECONDS = 1.0  # how often consume_batches asks whether there is anything to do
 
 
 @dataclass(frozen=True)
@@ -164,14 +165,23 @@ def consume_batches(
     claim_idle: float = CLAIM_IDLE_SECONDS,
     stop: threading.Event | None = None,
     batch: int = BATCH,
+    idle: Callable[[], bool] | None = None,
 ) -> None:
     """consume_all_events a batch (up to `batch` entries) at a time: `handle_batch` returns the entry ids
-    it handled, acknowledged together in one XACK (the others stay pending)."""
+    it handled, acknowledged together in one XACK (the others stay pending). While `idle()` is true
+    (asked once a second) nothing is read: the entries wait in the stream for when it is not."""
     stop = stop or threading.Event()
     state = _Group(RedisNames(prefix).all_events_stream, group, consumer, start, claim_idle, batch)
     _ensure_group(client, state)
+    idle_checked_at = -IDLE_CHECK_SECONDS
     while not stop.is_set():
         try:
+            if idle is not None and time.monotonic() - idle_checked_at >= IDLE_CHECK_SECONDS:
+                idle_checked_at = time.monotonic()
+                if idle():
+                    idle_checked_at = -IDLE_CHECK_SECONDS  # ask again after the wait
+                    stop.wait(IDLE_CHECK_SECONDS)
+                    continue
             events = _next_events(client, state)
             if events:
                 handled = list(handle_batch(events))

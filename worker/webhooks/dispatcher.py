@@ -66,15 +66,16 @@ class Dispatcher:
         """The deliveries of a batch of events, made and queued; returns the entry ids handled (all of
         them, or the exception propagates and the batch stays pending). Endpoints are read once per tenant
         per batch, after the batch was read: every endpoint created before an event was appended is seen."""
-        if not self.store.any_endpoint():  # the common case of a deployment without webhooks: no parsing
-            return [streamed.entry_id for streamed in batch]
+        oldest = self.store.oldest_endpoint_created()
         endpoints: dict[str, list[Endpoint]] = {}
         for streamed in batch:
+            appended_at = int(streamed.entry_id.split("-")[0]) / 1000
+            if oldest is None or appended_at < oldest:  # before every endpoint: not even parsed
+                continue
             event = streamed.event
             tenant = str(event.get("tenant") or DEFAULT_TENANT)
             if tenant not in endpoints:
                 endpoints[tenant] = self.store.endpoints(tenant)
-            appended_at = int(streamed.entry_id.split("-")[0]) / 1000
             for endpoint in endpoints[tenant]:
                 # an endpoint gets the events appended from its creation on (a replay sends older ones)
                 if not endpoint.wants(str(event.get("type"))) or appended_at < endpoint.created_at:
@@ -96,6 +97,9 @@ class Dispatcher:
                     start="0",  # what the stream keeps; endpoints skip what came before them
                     claim_idle=CLAIM_IDLE_SECONDS,
                     stop=self._stop,
+                    # a deployment without endpoints reads nothing (one EXISTS a second); the events
+                    # meanwhile are older than any endpoint to come, skipped unparsed once one is there
+                    idle=lambda: not self.store.any_endpoint(),
                 )
             except Exception as error:  # refused credentials, a broken Redis: try again shortly
                 log.warning("webhook dispatch failed: %s", type(error).__name__)

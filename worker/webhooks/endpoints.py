@@ -106,7 +106,8 @@ class WebhookStore:
     def create_endpoint(self, tenant: str, url: str, events: Sequence[str]) -> Endpoint:
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
-        created_at = float(self.redis.time()[0])
+        seconds, microseconds = self.redis.time()
+        created_at = int(seconds) + int(microseconds) / 1_000_000
         fields = {
             "tenant": tenant,
             "url": url,
@@ -127,6 +128,11 @@ class WebhookStore:
     def any_endpoint(self) -> bool:
         """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
         return bool(self.redis.exists(self.names.webhook_index))
+
+    def oldest_endpoint_created(self) -> float | None:
+        """When the oldest endpoint (of any tenant) was created; None when there is none."""
+        oldest = self.redis.zrange(self.names.webhook_index, 0, 0, withscores=True)
+        return float(oldest[0][1]) if oldest else None
 
     def endpoint(self, endpoint_id: str, tenant: str | None = None) -> Endpoint | None:
         """The endpoint; None when there is none, or when it is another tenant's than `tenant` (given)."""
