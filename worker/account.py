@@ -102,11 +102,6 @@ class Account:
             return True
         return False
 
-    def paused_until(self) -> float | None:
-        """The pause's end (epoch seconds on Redis's clock) when one was entered and not yet seen over."""
-        ends = self.redis.get(self.names.account_pause)
-        return float(ends) if ends is not None else None
-
     def release_admission(self, member: str) -> None:
         """A new flow's Step 1 is over: its flow, once created, holds its own reservation."""
         self._release(keys=[self.names.admissions, self.names.reserved_calls], args=[member])

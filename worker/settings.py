@@ -19,7 +19,6 @@ from worker.tenants import (
     ACCOUNT_ID,
     DEFAULT_ACCOUNT_ID,
     DEFAULT_TENANT,
-    MIN_KEY_LENGTH,
     PLACEHOLDER_PREFIX,
     US_BASE_URL,
     OktopostAccount,
@@ -37,8 +36,6 @@ from worker.tenants import (
 
 __all__ = [
     "EU_BASE_URL",
-    "MIN_KEY_LENGTH",
-    "PLACEHOLDER_PREFIX",
     "US_BASE_URL",
     "ConfigError",
     "Settings",

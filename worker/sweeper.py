@@ -41,8 +41,8 @@ def sweep_once(store: FlowStore, enqueuer: TaskQueue, accounts: Sequence[Account
     again). One flow's trouble is logged and the pass goes on with the others."""
     now = store.clock.read_time()  # Redis's clock, read once per pass
     expired = requeued = 0
-    for account in accounts:
-        expired += _end_blocked(store, account, now)
+    for account, paused_until in _paused(store, accounts):
+        expired += _end_blocked(store, account, paused_until, now)
     for flow_id in store.due_deadlines(now):
         try:
             expired += expire_flow(store, flow_id) is TaskOutcome.EXPIRED
@@ -56,12 +56,17 @@ def sweep_once(store: FlowStore, enqueuer: TaskQueue, accounts: Sequence[Account
     return expired, requeued
 
 
-def _end_blocked(store: FlowStore, account: Account, now: float) -> int:
+def _paused(store: FlowStore, accounts: Sequence[Account]) -> list[tuple[Account, float]]:
+    """The accounts with a pause entered and not yet seen over, and its end: one read for them all."""
+    if not accounts:
+        return []
+    ends = store.redis.mget([account.names.account_pause for account in accounts])
+    return [(account, float(end)) for account, end in zip(accounts, ends, strict=True) if end is not None]
+
+
+def _end_blocked(store: FlowStore, account: Account, paused_until: float, now: float) -> int:
     """While the account is paused, ends at once its flows whose deadline comes before the pause's end
     (`authorization.expired`, reason upstream_blocked); once it is over, says so (one process does)."""
-    paused_until = account.paused_until()
-    if paused_until is None:
-        return 0
     if paused_until <= now:
         account.resume_if_over()
         return 0

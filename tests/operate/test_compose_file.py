@@ -335,3 +335,25 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
         "LICENSE",
     ):
         assert in_build_context(path), path
+
+
+def test_the_tenants_file_is_a_secret_of_the_shim_and_the_workers_only() -> None:
+    assert compose()["secrets"]["tenants"] == {"file": "./tenants.toml"}
+    for name, service in services().items():
+        mounted = "tenants" in service.get("secrets", [])
+        assert mounted == (name in ("shim", "worker")), name
+    # .env.example names the mount (commented out: without a tenants file, one tenant from the env)
+    assert re.search(r"^#\s*TENANTS_FILE=/run/secrets/tenants$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    # the file holds Oktopost keys: never in git nor in the image
+    assert "tenants.toml" in (ROOT / ".gitignore").read_text().splitlines()
+    assert not in_build_context("tenants.toml")
+
+
+def test_the_shipped_tenants_example_is_refused_until_its_keys_are_replaced(tmp_path: Path) -> None:
+    example = (ROOT / "tenants.example.toml").read_text()
+    with pytest.raises(ConfigError, match=r"TENANTS_FILE: tenant acme: .*placeholder"):
+        load_settings(tenants_file=ROOT / "tenants.example.toml")
+    replaced = tmp_path / "tenants.toml"
+    replaced.write_text(re.sub(r'"change-me-([^"]*)"', r'"chosen-\1-0123456789"', example))
+    tenants = load_settings(tenants_file=replaced).tenants
+    assert sorted(tenant.name for tenant in tenants) == ["acme", "globex"]

@@ -139,7 +139,7 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
     time.sleep(1.5)
     receiver.control("/all", mode="hang", seconds=2.5, delay=1.5)
     flows += run_flows(pipeline, 3)
-    wait_until(lambda: every_event_arrived(pipeline, receiver, "/all", flows), 40, "deliveries after outage")
+    wait_until(lambda: every_event_arrived(pipeline, receiver, "/all", flows), 60, "deliveries after outage")
     assert receiver.report("/all")["refused"] > 0
 
     # a worker SIGKILLed while its deliveries are in flight: its tasks and events are taken up again
@@ -155,7 +155,7 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
     broker.close()
     receiver.control("/all")
     pipeline.start_worker(concurrency=8)
-    wait_until(lambda: every_event_arrived(pipeline, receiver, "/all", flows), 45, "deliveries after a kill")
+    wait_until(lambda: every_event_arrived(pipeline, receiver, "/all", flows), 60, "deliveries after a kill")
 
     events = stream_events(pipeline, set(flows))
     received = accepted(receiver, "/all")
