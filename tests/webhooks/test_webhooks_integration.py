@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from tests.pipeline.flows import callback, consent, start_flow
-from tests.support import Process, free_port, wait_for_port
+from tests.support import Process, free_port, start_cli, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +64,14 @@ def stack(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[tuple[Pipelin
     finally:
         pipeline.stop()
         receiver.process.stop()
+
+
+def serving(pipeline: Pipeline, what: str) -> Process:
+    name = f"{what}-{time.time_ns()}@%h"
+    command = ["worker", "--concurrency", "8", "--serve", what, "--hostname", name]
+    worker = start_cli(command, env=pipeline.env, name=f"worker-{what}")
+    pipeline.workers.append(worker)
+    return worker
 
 
 def register(pipeline: Pipeline, receiver: Receiver, path: str, events: list[str] | None = None) -> str:
@@ -154,7 +162,8 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
     queued += [json.dumps(json.loads(held)[0]).encode() for held in broker.hvals("unacked")]
     broker.close()
     receiver.control("/all")
-    pipeline.start_worker(concurrency=8)
+    # taken up by a worker for flows and one for deliveries (`worker --serve`), each serving its queue only
+    flows_worker, deliveries_worker = (serving(pipeline, what) for what in ("flows", "deliveries"))
     wait_until(lambda: every_event_arrived(pipeline, receiver, "/all", flows), 60, "deliveries after a kill")
 
     events = stream_events(pipeline, set(flows))
@@ -188,6 +197,10 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
         assert args[0].split(".")[0] in (everything, filtered), args
         assert receiver.url not in message.decode()
         assert "whsec_" not in message.decode()
+    flows_log, deliveries_log = flows_worker.log_path.read_text(), deliveries_worker.log_path.read_text()
+    assert "oktopost.deliver[" not in flows_log  # a task received: "Task oktopost.deliver[id] received"
+    assert "oktopost.deliver[" in deliveries_log
+    assert "oktopost.verify[" not in deliveries_log
     for process in [pipeline.shim, *pipeline.workers]:
         log = process.log_path.read_text()
         assert "whsec_" not in log
