@@ -85,6 +85,9 @@ def _measure_every_system(
         if floor is None:
             floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
         for name in (name for name in SYSTEM_NAMES if name in options.systems):
+            if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
+                _say(f"{name}: webhooks skipped (no webhooks)")  # not even started
+                continue
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
             setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)

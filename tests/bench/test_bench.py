@@ -168,3 +168,24 @@ def test_a_rate_needs_enough_completions_to_mean_something() -> None:
     assert math.isnan(completion_rate([5.0] * (MIN_RATED - 1)))
     steady = [index / 100 for index in range(200)]  # 100 a second
     assert completion_rate(steady) == pytest.approx(100.0)
+
+
+def test_the_webhooks_scenario_delivers_every_event_to_both_endpoints(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        _bench("--scenario", "webhooks", "--flows", "8", "--json", str(results)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "naive-celery: webhooks skipped" in run.stderr  # ours only: the baselines have no webhooks
+    (row,) = json.loads(results.read_text())["rows"]
+    assert (row["scenario"], row["system"], row["lost"]) == ("webhooks", "pipeline", 0)
+    figures = row["webhooks"]
+    assert figures["events"] == 3 * 8
+    assert figures["delivered_steady"] == figures["delivered_flaky"] == figures["events"], figures
+    assert figures["refused_by_flaky"] > 0
+    assert 0 < figures["lag_p50_ms"] <= figures["lag_p99_ms"], figures
+    assert "lag p50" in run.stdout
