@@ -7,13 +7,17 @@ Why each choice (docs/design.md, "Guarantees", says what they promise):
   does not hand a task still running to a second worker (celery #2599). A dead worker's flow is taken
   up much sooner by the lease sweeper (worker/sweeper.py), within a quarter of TOKEN_TTL_SECONDS.
 - task and sent events on, so Flower shows every task; results are not stored (events carry outcomes).
+- two queues: flows (verify, complete) and webhook deliveries; a worker serves either or both.
 """
 
 from __future__ import annotations
 
 import sys
 
+from kombu import Exchange, Queue
+
 from worker.broker import repair_redis_transport
+from worker.queue_names import DELIVER_TASK, deliveries_queue, flows_queue
 from worker.settings import ConfigError, get_settings
 
 try:
@@ -37,11 +41,19 @@ broker_pool_limit = 20
 # Named after the project, not Celery's generic "celery", which another app on the same Redis would
 # consume. Flows live under CHANNEL_PREFIX and so do their tasks: two deployments (or a demo beside
 # production) sharing one Redis must not take each other's tasks.
-task_default_queue = (
-    "oktopost-connect"
-    if _settings.channel_prefix == "oktopost"
-    else f"{_settings.channel_prefix}.oktopost-connect"
+task_default_queue = flows_queue(_settings.channel_prefix)
+# Webhook deliveries have a queue of their own (docs/webhooks.md): a slow or dead endpoint never holds a
+# flow's task up in the broker, and `-Q` (or `oktopost-connect worker --serve`) picks what a worker serves.
+# A worker started without -Q serves both.
+task_queues = (
+    Queue(task_default_queue, Exchange(task_default_queue), routing_key=task_default_queue),
+    Queue(
+        deliveries_queue(_settings.channel_prefix),
+        Exchange(deliveries_queue(_settings.channel_prefix)),
+        routing_key=deliveries_queue(_settings.channel_prefix),
+    ),
 )
+task_routes = {DELIVER_TASK: {"queue": deliveries_queue(_settings.channel_prefix)}}
 
 task_serializer = "json"
 accept_content = ["json"]

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from api_shim import access, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
-from api_shim.routes import authorizations, callbacks, connect, probes
+from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
 from worker import runtime
 from worker.budget import UpstreamBudget
 from worker.oktopost import AsyncOktopostClient
@@ -25,6 +25,7 @@ from worker.queueing import Enqueuer
 from worker.settings import Settings, get_settings
 from worker.store import FlowStore
 from worker.upstreams import Upstream, Upstreams
+from worker.webhooks.endpoints import WebhookStore
 
 REDIS_ANSWER_SECONDS = 1.0  # a stopped or unreachable Redis: 503 within about a second, never a hang
 
@@ -58,6 +59,7 @@ def create_app(
         upstreams=upstreams,
         enqueuer=enqueuer or _enqueuer(settings),
         events_redis=events_redis or _events_redis(settings),
+        webhooks=webhook_store(settings, store),
     )
 
     @asynccontextmanager
@@ -81,7 +83,7 @@ def create_app(
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
     accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
-    metrics.install(store.redis, store.names.worker_metrics, accounts)
+    metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
     access.install(app)
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")
@@ -89,7 +91,14 @@ def create_app(
     app.include_router(callbacks.router)
     app.include_router(connect.router)
     app.include_router(probes.router)
+    app.include_router(webhooks.router)
     return app
+
+
+def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
+    return WebhookStore(
+        store.redis, store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
+    )
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:

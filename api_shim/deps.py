@@ -18,6 +18,7 @@ from worker.settings import Settings
 from worker.store import FlowStore
 from worker.tenants import Tenant
 from worker.upstreams import Upstream, Upstreams
+from worker.webhooks.endpoints import WebhookStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Deps:
     upstreams: Upstreams[AsyncOktopostClient]
     enqueuer: Enqueuer
     events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
+    webhooks: WebhookStore
 
     @property
     def names(self) -> RedisNames:

@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 
 from worker.account import Account, AccountCollector
 from worker.metrics import RedisMetricsCollector
+from worker.webhooks.endpoints import BacklogCollector, WebhookStore
 
 REQUESTS = Counter(
     "okc_shim_requests_total", "HTTP requests answered by the shim", ["route", "method", "status"]
@@ -26,15 +27,23 @@ CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcom
 ADMISSIONS_REFUSED = Counter(
     "okc_shim_admissions_refused_total", "New flows refused with 503: the upstream budget is spoken for"
 )
-_worker_collectors: list[RedisMetricsCollector | AccountCollector] = []
+_worker_collectors: list[RedisMetricsCollector | AccountCollector | BacklogCollector] = []
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(client: redis.Redis, worker_metrics_key: str, accounts: list[Account]) -> None:
-    """/metrics also shows the workers' metrics and each configured Oktopost account's standing, read
-    from Redis at scrape time."""
+def install(
+    client: redis.Redis, worker_metrics_key: str, accounts: list[Account], webhooks: WebhookStore
+) -> None:
+    """/metrics also shows the workers' metrics, each configured Oktopost account's standing and the
+    webhook deliveries not done yet, read from Redis at scrape time."""
     while _worker_collectors:  # one of each per process, even when tests build several apps
         REGISTRY.unregister(_worker_collectors.pop())
-    _worker_collectors.extend([RedisMetricsCollector(client, worker_metrics_key), AccountCollector(accounts)])
+    _worker_collectors.extend(
+        [
+            RedisMetricsCollector(client, worker_metrics_key),
+            AccountCollector(accounts),
+            BacklogCollector(webhooks),
+        ]
+    )
     for collector in _worker_collectors:
         REGISTRY.register(collector)

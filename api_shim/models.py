@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from worker.flow import BrowserUI
 
@@ -62,3 +62,68 @@ class SelectionAccepted(BaseModel):
     flow_id: str
     status: str
     ids: list[str]
+
+
+EventType = Literal[
+    "authorization.started",
+    "callback.received",
+    "selection.required",
+    "selection.submitted",
+    "connection.completed",
+    "authorization.failed",
+    "authorization.expired",
+]
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(
+        max_length=2048,
+        examples=["https://app.example/hooks/oktopost"],
+        description="https (or http on a loopback host listed in WEBHOOK_ALLOWED_HOSTS); no user "
+        "information, no fragment; its host must not resolve to a loopback, private or link-local address "
+        "unless listed",
+    )
+    events: list[EventType] | None = Field(
+        default=None, max_length=16, description="the event types to send; absent: every type"
+    )
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: str
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="whsec_<base64>: verify signatures with it; shown only in this answer")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[Webhook]
+
+
+class DeliveryStatus(BaseModel):
+    event_id: str
+    type: str
+    flow_id: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    next_attempt_at: str | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryStatus]
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    since: AwareDatetime = Field(description="ISO 8601 time with its offset, e.g. 2026-11-28T14:00:00Z")
+
+
+class ReplayQueued(BaseModel):
+    queued: int

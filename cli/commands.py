@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cli.embedded_redis import RedisKind
     from worker.settings import Settings
+    from worker.webhooks.endpoints import WebhookStore
 
 
 def settings_or_exit() -> Settings:
@@ -86,6 +88,12 @@ def worker(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=8, help="threads working on flows (default 8)")
     parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default celery@HOST)")
+    parser.add_argument(
+        "--serve",
+        choices=["both", "flows", "deliveries"],
+        default="both",
+        help="the queues served: flows' tasks, webhook deliveries, or both (default both)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         return fail("--concurrency must be at least 1")
@@ -94,8 +102,14 @@ def worker(argv: Sequence[str]) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     from worker.celery_app import app
+    from worker.queue_names import deliveries_queue, flows_queue
 
-    options = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency)]
+    queues = {
+        "flows": [flows_queue(settings.channel_prefix)],
+        "deliveries": [deliveries_queue(settings.channel_prefix)],
+        "both": [flows_queue(settings.channel_prefix), deliveries_queue(settings.channel_prefix)],
+    }[args.serve]
+    options = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency), "-Q", ",".join(queues)]
     options += ["--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
     if args.hostname:
         options += ["--hostname", args.hostname]
@@ -202,7 +216,7 @@ def demo(argv: Sequence[str]) -> int:
 
 
 def bench(argv: Sequence[str]) -> int:
-    from cli.bench import SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
+    from cli.bench import ALL_SCENARIO_NAMES, SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
 
     parser = argparse.ArgumentParser(
         prog="oktopost-connect bench",
@@ -212,8 +226,8 @@ def bench(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=SCENARIO_NAMES,
-        help="run this scenario (repeatable; default all)",
+        choices=ALL_SCENARIO_NAMES,
+        help="run this scenario (repeatable; default all but webhooks, which measures ours only)",
     )
     parser.add_argument(
         "--system",
@@ -242,3 +256,76 @@ def bench(argv: Sequence[str]) -> int:
             quick=args.quick,
         )
     )
+
+
+def webhooks(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oktopost-connect webhooks",
+        description="For operators: list the webhook endpoints (no secrets) or replay events to one.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every tenant's endpoints, with their deliveries' standing")
+    replay = sub.add_parser("replay", help="send an endpoint every event of its tenant since a moment again")
+    replay.add_argument("endpoint_id")
+    replay.add_argument("--since", required=True, help="ISO 8601 time, e.g. 2026-11-28T14:00:00Z")
+    args = parser.parse_args(argv)
+    settings = settings_or_exit()
+    import redis
+
+    from worker.keys import RedisNames
+    from worker.webhooks.endpoints import WebhookStore
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    store = WebhookStore(
+        client,
+        RedisNames(settings.channel_prefix),
+        settings.flow_retention_seconds,
+        settings.webhook_retry_schedule,
+    )
+    try:
+        if args.action == "list":
+            return _list_webhooks(store)
+        since = _moment(args.since)
+        if since is None:
+            return fail(f"--since: not an ISO 8601 time with its offset: {args.since!r}")
+        endpoint = store.endpoint(args.endpoint_id)
+        if endpoint is None:
+            return fail(f"no webhook {args.endpoint_id!r} in {settings.channel_prefix}")
+        from worker.tasks import enqueuer
+
+        queued = store.replay(endpoint, since, enqueuer(settings.redis_url).enqueue_delivery)
+        print(json.dumps({"id": endpoint.id, "queued": queued}))
+        return 0
+    except redis.exceptions.ConnectionError:
+        return fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
+    finally:
+        client.close()
+
+
+def _list_webhooks(store: WebhookStore) -> int:
+    from worker.events import utc_timestamp
+
+    for tenant in store.tenants_with_endpoints():
+        for endpoint in store.endpoints(tenant):
+            statuses = Counter(delivery.status for delivery in store.deliveries(endpoint.id))
+            line = {
+                "id": endpoint.id,
+                "tenant": tenant,
+                "url": endpoint.url,
+                "events": list(endpoint.events),
+                "created_at": utc_timestamp(endpoint.created_at),
+                "recent_deliveries": dict(statuses),
+            }
+            print(json.dumps(line))
+    return 0
+
+
+def _moment(text: str) -> float | None:
+    """Epoch seconds of an ISO 8601 time that says its offset (Z or +hh:mm); None otherwise."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None

@@ -17,6 +17,7 @@ commands:
   worker    a Celery worker (threads pool)
   sandbox   a local stand-in for Oktopost's social authorization API
   watch     print a flow's events: its history, then live ones until a terminal event
+  webhooks  list the webhook endpoints, or replay events to one (for operators)
   bench     ours against two baselines (inline, naive Celery): latency, throughput, faults, burst
 
 Run `oktopost-connect COMMAND --help` for a command's options, `oktopost-connect --version` for the
@@ -29,6 +30,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "shim": commands.shim,
     "worker": commands.worker,
     "watch": commands.watch,
+    "webhooks": commands.webhooks,
     "bench": commands.bench,
 }
 

@@ -14,11 +14,14 @@ import httpx
 import pytest
 import redis
 
-from cli.processes import PrivateRedis, start_redis_server
+from cli.processes import PrivateRedis, start_redis_server, stop_children
 from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
 
 API_KEY = "test-caller-key-0123456789"
 RETURN_URL = "https://app.example/done"
+
+# the parallel run's scheduling and `alone` turns; the fault suite's figures, gathered from every worker
+pytest_plugins = ["tests.parallel", "tests.faults.report"]
 
 
 @dataclass
@@ -124,9 +127,8 @@ class Pipeline:
         return worker
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.shim.stop()
+        """Every process at once (SIGTERM to all, then SIGKILL to what is left after 10 s)."""
+        stop_children([*self.workers, self.shim], timeout=10)
 
 
 def pipeline_env(redis_url: str, sandbox_url: str, shim_port: int, **settings: Any) -> dict[str, str]:

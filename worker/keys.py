@@ -75,6 +75,39 @@ class RedisNames:
     def worker_metrics(self) -> str:
         return f"{self.prefix}:metrics"
 
+    # webhooks: endpoints per tenant, one delivery per (endpoint, event), and the deliveries not done yet
+    def webhook_endpoints(self, tenant: str) -> str:
+        """Sorted set: a tenant's endpoint ids, scored by when each was created."""
+        return f"{self.prefix}:tenant:{tenant}:webhooks"
+
+    @property
+    def webhook_index(self) -> str:
+        """Sorted set: every tenant's endpoint ids (whether there are any at all, in one EXISTS)."""
+        return f"{self.prefix}:webhooks"
+
+    def webhook_endpoint(self, endpoint_id: str) -> str:
+        """Hash: an endpoint's tenant, url, event types, secret and creation time."""
+        return f"{self.prefix}:webhook:{endpoint_id}"
+
+    def webhook_deliveries(self, endpoint_id: str) -> str:
+        """Sorted set: an endpoint's delivery ids, scored by when each was created (trimmed by age)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:deliveries"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        """Hash: one event's delivery to one endpoint: its status, attempts, the event's body."""
+        return f"{self.prefix}:delivery:{delivery_id}"
+
+    @property
+    def webhook_due(self) -> str:
+        """Sorted set: deliveries not done yet, scored by when their task must next show up (the
+        dispatcher queues a task again for one whose moment passed long ago: a lost task)."""
+        return f"{self.prefix}:deliveries:due"
+
+    @property
+    def webhook_pending(self) -> str:
+        """Sorted set: the same deliveries, scored by when they were created (the oldest one's age)."""
+        return f"{self.prefix}:deliveries:pending"
+
 
 @dataclass(frozen=True, slots=True)
 class AccountNames:

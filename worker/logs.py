@@ -12,10 +12,11 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from worker.queue_names import COMPLETE_TASK, VERIFY_TASK
 from worker.redaction import install_log_redaction, redacting_filter
 
 current_flow: ContextVar[str] = ContextVar("current_flow", default="-")
-TASK_PREFIX = "oktopost."  # the names of our Celery tasks (worker/queueing.py)
+FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})  # tasks whose one argument is a flow id
 
 
 @contextmanager
@@ -32,7 +33,8 @@ class FlowContextFilter(logging.Filter):
     """Puts the flow being worked on into every record, as `record.flow_id`.
 
     Celery logs a task's "received" and "succeeded" lines outside the task's body, with the task's name
-    and arguments in `record.data`: our tasks take the flow id alone, so it is read from there.
+    and arguments in `record.data`: the flow tasks take the flow id alone, so it is read from there (a
+    delivery task's one argument is a delivery id, not a flow's).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -43,7 +45,7 @@ class FlowContextFilter(logging.Filter):
 
 
 def _task_flow_id(data: object) -> str:
-    if not isinstance(data, dict) or not str(data.get("name", "")).startswith(TASK_PREFIX):
+    if not isinstance(data, dict) or data.get("name") not in FLOW_TASKS:
         return "-"
     args = data.get("args")
     if isinstance(args, str):  # Celery passes the arguments' repr

@@ -10,6 +10,9 @@ its count, its sum and the one bucket it falls in, and the collector sums bucket
     okc_worker_upstream_calls_total{call,result}  calls made to Oktopost
     okc_worker_upstream_seconds{call}             histogram of their latency
     okc_worker_callback_to_terminal_seconds       histogram of time from callback to terminal event
+    okc_webhook_deliveries_total{outcome}         deliveries ended: delivered, failed
+    okc_webhook_attempts_total{result}            delivery attempts: delivered, 4xx, 5xx, timeout, ...
+    okc_webhook_attempt_seconds                   histogram of an attempt's time
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class WorkerMetrics:
         fields.update(_histogram_fields(f"upstream.{call}", seconds, UPSTREAM_BUCKETS))
         self._add(fields)
 
+    def webhook_delivery(self, outcome: str) -> None:
+        self._add({f"delivery{_SEP}{outcome}": 1})
+
+    def webhook_attempt(self, result: str, seconds: float) -> None:
+        fields: dict[str, float] = {f"attempt{_SEP}{result}": 1}
+        fields.update(_histogram_fields("webhook", seconds, UPSTREAM_BUCKETS))
+        self._add(fields)
+
     def callback_to_terminal(self, seconds: float) -> None:
         self._add(_histogram_fields("flow", seconds, FLOW_BUCKETS))
 
@@ -119,6 +130,12 @@ class RedisMetricsCollector(Collector):
         calls = CounterMetricFamily(
             "okc_worker_upstream_calls", "Calls made to Oktopost", labels=["call", "result"]
         )
+        deliveries = CounterMetricFamily(
+            "okc_webhook_deliveries", "Webhook deliveries ended, by outcome", labels=["outcome"]
+        )
+        attempts = CounterMetricFamily(
+            "okc_webhook_attempts", "Webhook delivery attempts, by result", labels=["result"]
+        )
         histograms: dict[str, dict[str, float]] = defaultdict(dict)
         for name, value in fields.items():
             parts = name.split(_SEP)
@@ -126,6 +143,10 @@ class RedisMetricsCollector(Collector):
                 outcomes.add_metric([parts[1]], value)
             elif parts[0] == "retry":
                 retries.add_metric([parts[1]], value)
+            elif parts[0] == "delivery":
+                deliveries.add_metric([parts[1]], value)
+            elif parts[0] == "attempt":
+                attempts.add_metric([parts[1]], value)
             elif parts[0] == "call":
                 calls.add_metric([parts[1], parts[2]], value)
             elif parts[0] == "h":
@@ -133,8 +154,15 @@ class RedisMetricsCollector(Collector):
         yield outcomes
         yield retries
         yield calls
+        yield deliveries
+        yield attempts
         for name, values in histograms.items():
-            if name == "flow":
+            if name == "webhook":
+                family = HistogramMetricFamily(
+                    "okc_webhook_attempt_seconds", "Time of a webhook delivery attempt"
+                )
+                yield _histogram(family, [], values, UPSTREAM_BUCKETS)
+            elif name == "flow":
                 family = HistogramMetricFamily(
                     "okc_worker_callback_to_terminal_seconds", "Time from callback to terminal event"
                 )

@@ -30,6 +30,7 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
 from worker.flow import FlowState
+from worker.queue_names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK
 from worker.versions import LibraryVersions
 
 
@@ -44,8 +45,6 @@ class QueuedTask:
     task_id: str
 
 
-VERIFY_TASK = "oktopost.verify"
-COMPLETE_TASK = "oktopost.complete"
 EVENT_EXCHANGE = "celeryev"  # celery.events.event.EVENT_EXCHANGE_NAME; a fanout exchange on Redis
 
 log = logging.getLogger(__name__)
@@ -91,6 +90,10 @@ class Enqueuer:
     def enqueue(self, flow_id: str, state: FlowState) -> None:
         """Sends the task for a flow in this state with `apply_async`, apart from any transition."""
         self.app.tasks[task_for(state)].apply_async(args=[flow_id])
+
+    def enqueue_delivery(self, delivery_id: str) -> None:
+        """Sends a webhook delivery's task (to the deliveries queue: the configuration routes it)."""
+        self.app.send_task(DELIVER_TASK, args=[delivery_id])
 
 
 class TaskMessages:

@@ -1,4 +1,5 @@
-"""Scrubbing secrets out of text and log records: okt tokens, Authorization values, registered secrets.
+"""Scrubbing secrets out of text and log records: okt tokens, Authorization values, webhook secrets,
+registered secrets.
 
 httpx logs every request URL at INFO and the okt token is a segment of that URL, so the filter sits on
 the httpx/httpcore loggers (`install_log_redaction()`) and on every handler the logging setup builds.
@@ -23,6 +24,8 @@ _TOKEN_SEGMENT = re.compile(r"(?i)(/social-authorization/)[^/?#\s\"'<>]+")
 _AUTHORIZATION = re.compile(
     r"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*b?['\"]?\s*(?:basic|bearer)\s+)[^\s'\",;)]+"
 )
+# A Standard Webhooks secret (`whsec_` and base64), whatever endpoint it is of.
+_WEBHOOK_SECRET = re.compile(r"(whsec_)[A-Za-z0-9+/=]+")
 
 # Shorter values would blank out ordinary words; no real key or token is that short.
 _MIN_SECRET_LENGTH = 4
@@ -60,6 +63,7 @@ def redact(text: str) -> str:
     text = _OKT_PARAMETER.sub(rf"\g<1>{MASK}", text)
     text = _TOKEN_SEGMENT.sub(rf"\g<1>{MASK}", text)
     text = _AUTHORIZATION.sub(rf"\g<1>{MASK}", text)
+    text = _WEBHOOK_SECRET.sub(rf"\g<1>{MASK}", text)
     pattern = _secret_pattern
     if pattern is not None:
         text = pattern.sub(MASK, text)

@@ -22,6 +22,8 @@ from worker.settings import Settings, get_settings
 from worker.store import FlowStore
 from worker.tenants import OktopostAccount
 from worker.upstreams import Upstream, Upstreams
+from worker.webhooks.delivery import Courier, Slots
+from worker.webhooks.endpoints import WebhookStore
 from worker.work import TaskContext
 
 _lock = threading.Lock()
@@ -141,4 +143,36 @@ def budget(settings: Settings, client: redis.Redis, account: OktopostAccount) ->
         period,
         daily_limit=account.daily_limit,
         block_seconds=settings.oktopost_block_seconds,
+    )
+
+
+@lru_cache(maxsize=1)
+def webhook_store() -> WebhookStore:
+    settings, flow_store = get_settings(), store()
+    return WebhookStore(
+        flow_store.redis, flow_store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
+    )
+
+
+def configure_delivery_slots(total: int) -> None:
+    """How many delivery attempts this process sends at once (set at start-up, from its threads and
+    whether it also serves flows)."""
+    _delivery_slots.total = max(1, total)
+    _delivery_slots.per_endpoint = max(1, total * 3 // 4)
+
+
+_delivery_slots = Slots(total=4, per_endpoint=2)
+
+
+@lru_cache(maxsize=1)
+def courier() -> Courier:
+    settings = get_settings()
+    flow_store = store()
+    return Courier(
+        webhook_store(),
+        WorkerMetrics(flow_store.redis, flow_store.names.worker_metrics),
+        allowed_hosts=settings.webhook_allowed_hosts,
+        timeout=settings.webhook_timeout_seconds,
+        schedule=settings.webhook_retry_schedule,
+        slots=_delivery_slots,
     )

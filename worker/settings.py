@@ -6,6 +6,7 @@ and the command line turns it into that line and exit code 2.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -52,6 +53,24 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names it and fits on one line."""
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_RETRY_SCHEDULE = (5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """`"5s,1m,2h"` -> (5.0, 60.0, 7200.0): the waits before each retry (a bare number is seconds)."""
+    waits = []
+    for item in text.split(","):
+        match = _DURATION.match(item)
+        if not match:
+            raise ValueError("expected waits such as 5s,1m,5m,30m,2h (units ms, s, m, h, d)")
+        waits.append(float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()])
+    if len(waits) > 20 or any(wait > 86400 for wait in waits):
+        raise ValueError("at most 20 waits, each at most a day")
+    return tuple(waits)
+
+
 def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -92,6 +111,11 @@ class Settings(BaseSettings):
     # the name the hosted pages show the user (/connect/{flow_id})
     hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)
 
+    # webhooks: hosts (names or addresses) a webhook URL may reach although they are loopback, private or
+    # link-local; how long one delivery attempt may take; the waits between attempts before `failed`
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     _tenants: Tenants = PrivateAttr()
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -104,7 +128,19 @@ class Settings(BaseSettings):
             return value.upper() if value.lower() in ("debug", "info", "warning", "error") else value.lower()
         return value
 
-    @field_validator("allowed_return_urls", "shim_api_keys", "allow_http_hosts", mode="before")
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        return parse_schedule(value) if isinstance(value, str) else value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower().strip("[]") for host in value]
+
+    @field_validator(
+        "allowed_return_urls", "shim_api_keys", "allow_http_hosts", "webhook_allowed_hosts", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)

@@ -1,4 +1,5 @@
-"""The Celery tasks. They carry a flow id only: the token stays in Redis, out of the broker and Flower."""
+"""The Celery tasks. They carry a flow id, or a webhook delivery's id, only: the token, the event and the
+endpoint's URL and secret stay in Redis, out of the broker and Flower."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from worker import runtime, work
 from worker.celery_app import app
 from worker.logs import flow_context
 from worker.parking import Unparker
-from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer
+from worker.queue_names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK, deliveries_queue, flows_queue
+from worker.queueing import Enqueuer
 from worker.settings import get_settings
 from worker.sweeper import Sweeper
+from worker.webhooks.dispatcher import Dispatcher
+
+# A countdown longer than the broker's visibility timeout runs the task twice (celery #2599): a longer
+# wait is made of countdowns of at most this fraction of it, the task looking again at each.
+COUNTDOWN_FRACTION = 0.5
 
 
 @app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -33,6 +40,20 @@ def _ran(outcome: work.TaskOutcome) -> str:
     return outcome.value
 
 
+@app.task(name=DELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
+def deliver(delivery_id: str) -> str:
+    """One attempt of a webhook delivery, when it is due; schedules itself again when one is to come."""
+    result = runtime.courier().attempt(delivery_id)
+    if result.again_in is not None:
+        deliver.apply_async(args=[delivery_id], countdown=min(result.again_in, longest_countdown()))
+    return result.outcome
+
+
+def longest_countdown() -> float:
+    options = app.conf.broker_transport_options or {}
+    return float(options.get("visibility_timeout", 3600)) * COUNTDOWN_FRACTION
+
+
 def enqueuer(redis_url: str) -> Enqueuer:
     """The Enqueuer of these tasks, for a process whose flows live at `redis_url`."""
     return Enqueuer(app, redis_url)
@@ -45,26 +66,43 @@ RELEASED_START_SECONDS = 5.0
 
 _sweeper: Sweeper | None = None
 _unparker: Unparker | None = None
+_dispatcher: Dispatcher | None = None
 
 
 @worker_ready.connect
 def _start_sweeper(sender: object = None, **_: object) -> None:
-    global _sweeper, _unparker
+    global _sweeper, _unparker, _dispatcher
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
     budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
     tasks = enqueuer(settings.redis_url)
     _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
     _sweeper.start()
-    policy = runtime.retry_policy(settings)
-    _unparker = Unparker(
-        store,
-        tasks,
-        budgets.get,
-        hold=RELEASED_START_SECONDS + policy.max_attempt_seconds + 1,
-        least_seconds=policy.min_attempt_seconds,
-    )
-    _unparker.start()
+    served = set(app.amqp.queues.consume_from or app.amqp.queues)
+    if flows_queue(settings.channel_prefix) in served:  # a worker serving flows releases parked ones
+        policy = runtime.retry_policy(settings)
+        _unparker = Unparker(
+            store,
+            tasks,
+            budgets.get,
+            hold=RELEASED_START_SECONDS + policy.max_attempt_seconds + 1,
+            least_seconds=policy.min_attempt_seconds,
+        )
+        _unparker.start()
+    if deliveries_queue(settings.channel_prefix) in served:
+        # a worker that also serves flows keeps half its threads for them, whatever the endpoints do
+        controller = getattr(sender, "controller", None)
+        threads = int(getattr(controller, "concurrency", None) or app.conf.worker_concurrency or 1)
+        runtime.configure_delivery_slots(threads if len(served) == 1 else threads // 2)
+        _dispatcher = Dispatcher(
+            store.redis,
+            store.names,
+            runtime.webhook_store(),
+            enqueuer(settings.redis_url).enqueue_delivery,
+            name,
+            grace=max(15.0, 2 * runtime.courier().lease),
+        )
+        _dispatcher.start()
 
 
 @worker_shutdown.connect
@@ -73,5 +111,7 @@ def _stop_sweeper(**_: object) -> None:
         _unparker.stop()
     if _sweeper is not None:
         _sweeper.stop()
+    if _dispatcher is not None:
+        _dispatcher.stop()
     if runtime.task_context.cache_info().currsize:  # tasks ran here: their heartbeat stops too
         runtime.task_context().leases.stop()

@@ -26,13 +26,16 @@ from cli.bench.harness import interrupted_by_sigterm, start_redis
 from cli.bench.load import generator_floor
 from cli.bench.report import Row, shared_account_table, table
 from cli.bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
-from cli.bench.systems import SYSTEMS, Setup, System
+from cli.bench.systems import SYSTEMS, Pipeline, Setup, System
 from cli.bench.tenants import TenantsResult, run_tenants
 from cli.bench.upstream import SandboxServer, start_sandbox
+from cli.bench.webhooks import endpoints, measure_deliveries, webhooks_table
 from cli.processes import Child, Children, StartupError
 
-SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared", "tenants")
+SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  # the default run
 TENANTS = "tenants"
+# opt-in: ours only (the baselines have no webhooks, and one Oktopost account each)
+ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS)
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -60,7 +63,7 @@ def run(options: BenchOptions) -> int:
     except (StartupError, OSError) as error:
         _say(f"failed: {error}\n(logs kept in {log_dir})")
         return 1
-    rows.sort(key=lambda row: (SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
+    rows.sort(key=lambda row: (ALL_SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
     if rows:
         _print_report(chosen, rows, floor)
     if tenants is not None:
@@ -91,6 +94,9 @@ def _measure_every_system(
         if floor is None:
             floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
         for name in (name for name in SYSTEM_NAMES if name in options.systems):
+            if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
+                _say(f"{name}: webhooks skipped (no webhooks)")  # not even started
+                continue
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
             setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)
@@ -126,13 +132,19 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
         print("\nthe account shared with a careless client (calls: the system's own; blocks and calls in")
         print("them from the sandbox's log; after 1st 429: its calls in a block after its first 429 there):")
         print(shared_account_table(rows))
+    if any(row.webhooks is not None for row in rows):
+        print(
+            "\nwebhooks (events of the timed flows; accepted by the steady and the flaky endpoint; deliveries"
+        )
+        print("accepted a second, both endpoints; lag: event's `at` -> first accepted delivery, ms):")
+        print(webhooks_table(rows))
     if floor is not None:
         print(f"load generator floor (a trivial GET): p50 {floor[0]:.2f} ms, p99 {floor[1]:.2f} ms")
 
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
     defined = define_scenarios(options.quick, _burst_token_ttl(options))
-    picked = [defined[name] for name in SCENARIO_NAMES if name in options.scenarios and name != TENANTS]
+    picked = [defined[name] for name in ALL_SCENARIO_NAMES if name in options.scenarios and name != TENANTS]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 
 
@@ -159,9 +171,17 @@ def _run_system(
                 system.start()
                 asyncio.run(warm_up(system, sandbox, system.setup.redis_url))
                 restarted = True
+            if scenario.name == "webhooks" and not isinstance(system, Pipeline):
+                _say(f"{system.name}: {scenario.name} skipped (no webhooks)")
+                continue
             _say(f"{system.name}: {scenario.name} ({scenario.flows} flows)")
             watched = [*system.processes, sandbox.child, *shared]
-            row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+            if scenario.name == "webhooks" and isinstance(system, Pipeline):
+                with endpoints(system.children, system) as registered:
+                    row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+                    row.webhooks = measure_deliveries(registered, row, scenario.settle + 60)
+            else:
+                row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
             row.restarted_before, restarted = restarted, False
             _say(
                 f"{system.name}: {scenario.name}: {row.completed}/{row.flows} completed, {row.lost} lost, "

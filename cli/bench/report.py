@@ -28,6 +28,20 @@ class SharedAccount:
 
 
 @dataclass
+class WebhookFigures:
+    events: int  # events of the timed flows, each to be delivered to both endpoints
+    delivered_steady: int
+    delivered_flaky: int
+    # deliveries accepted a second (both endpoints), between the 10th and 90th percentile of their times
+    events_delivered_per_second: float
+    lag_p50_ms: float  # the steady endpoint: event `at` -> delivery accepted
+    lag_p99_ms: float
+    flaky_lag_p50_ms: float  # the endpoint answering 503 half the time (retries included)
+    flaky_lag_p99_ms: float
+    refused_by_flaky: int  # 503s it answered
+
+
+@dataclass
 class Row:
     scenario: str
     system: str
@@ -59,6 +73,7 @@ class Row:
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # per process, during the timed part
     optimum: int | None = None  # the most flows any system could complete (limited scenarios)
     shared: SharedAccount | None = None  # burst-shared: the blocks the careless client brought on
+    webhooks: WebhookFigures | None = None  # webhooks: deliveries to the two endpoints
     target: str = ""
     target_met: bool | None = None
 

@@ -77,6 +77,10 @@ def _overhead_met(row: Row) -> bool:
     return row.lost == 0 and row.e2e_p50_ms <= 5 and row.e2e_p99_ms <= 20
 
 
+def _overhead_lost_none(row: Row) -> bool:
+    return row.lost == 0 and row.completed == row.flows  # and every delivery (cli/bench/webhooks.py)
+
+
 def _throughput_met(row: Row) -> bool:
     return row.flows_per_second >= 300 and row.callback_p99_ms <= 10 and row.completed == row.flows
 
@@ -142,6 +146,16 @@ def define_scenarios(quick: bool, burst_token_ttl: int) -> dict[str, Scenario]:
             notes=optimum_note,
         ),
         "burst-shared": _burst_shared(quick, burst_token_ttl),
+        "webhooks": Scenario(
+            "webhooks",
+            20 if quick else 300,
+            20.0 if quick else 25.0,
+            {"latency_ms": 0},
+            10 if quick else 30,
+            "every event of every flow accepted by both endpoints (ours only; one answers 503 half the time)",
+            _overhead_lost_none,
+            unlimited,
+        ),
     }
 
 

@@ -15,6 +15,7 @@ from tests.support import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.alone  # flows' deadlines and 200 ms calls in a 10/second budget, timed
 def test_ours_serves_the_optimum_and_never_lets_a_window_exceed_the_limit(tmp_path: Path) -> None:
     results = tmp_path / "limiters.json"
     command = [sys.executable, "-m", "cli.bench.limiters", "--flows", "30", "--call-ms", "200"]

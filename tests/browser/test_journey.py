@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 FOLLOWS_WITHIN_S = 3.5  # the page promises 3 s; half a second for loading the partner's page here
 
 
+@pytest.mark.alone  # FOLLOWS_WITHIN_S
 def test_profile_flow_goes_from_consent_to_the_partner_as_completed(
     stack: HostedStack, browsing: Browsing
 ) -> None:

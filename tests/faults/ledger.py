@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import redis
 
 from tests.conftest import RETURN_URL, Pipeline, Sandbox
 from tests.pipeline.flows import consent, okt_of
@@ -142,12 +143,22 @@ class Ledger:
     # reading
 
     def events(self, flows: list[TrackedFlow]) -> dict[str, list[dict[str, Any]]]:
-        pipe = self.redis.pipeline(transaction=False)
-        for flow in flows:
-            pipe.xrange(self.names.flow_stream(flow.flow_id))
+        # a Redis just restarted answers LOADING until its AOF is read: we only look, so we wait
+        deadline = time.monotonic() + 30
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            for flow in flows:
+                pipe.xrange(self.names.flow_stream(flow.flow_id))
+            try:
+                streams = pipe.execute()
+                break
+            except redis.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         return {
             flow.flow_id: [json.loads(fields[b"event"]) for _, fields in entries]
-            for flow, entries in zip(flows, pipe.execute(), strict=True)
+            for flow, entries in zip(flows, streams, strict=True)
         }
 
     def wait_for(

@@ -25,7 +25,8 @@ from tests.faults.ledger import (
 )
 from worker.retry import RetryPolicy
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+# deadlines of a few seconds, and how late each expiry comes
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
 
 FLOW_TTL = 4
 TOKEN_TTL = 6

@@ -19,7 +19,8 @@ from tests.faults.conftest import FaultReport
 from tests.faults.ledger import ENTITY_KINDS, Ledger, epoch, sandbox_stats, stop_stack
 from tests.support import Process
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+# taken up within a quarter of the token's lifetime, timed
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
 
 TOKEN_TTL = 24  # the lease, 0.8 of a quarter of it, is 4.8 s
 LATENCY_S = 1.5  # the refusals are decided this long after the calls arrive, the worker paused by then

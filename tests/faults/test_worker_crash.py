@@ -15,7 +15,8 @@ from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start
 from tests.faults.conftest import FaultReport
 from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats, stop_stack
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+# taken up within a quarter of the token's lifetime, timed
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
 
 TOKEN_TTL = 20  # the lease, a quarter of it, is 5 s
 LATENCY_S = 1.5  # every upstream call is in flight this long, so the kill finds them all mid-call

@@ -100,6 +100,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.alone
 def test_stopping_a_group_kills_what_ignores_sigterm_and_its_stragglers() -> None:
     # a leader that ignores SIGTERM, with a grandchild that ignores it too
     leader = spawn(
@@ -118,6 +119,7 @@ def test_stopping_a_group_kills_what_ignores_sigterm_and_its_stragglers() -> Non
     assert not _alive(grandchild)
 
 
+@pytest.mark.alone
 def test_a_group_that_obeys_sigterm_stops_at_once() -> None:
     leader = spawn(["sleep", "60"], output=subprocess.DEVNULL)
     started = time.monotonic()

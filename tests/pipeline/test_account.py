@@ -22,6 +22,9 @@ from worker.sweeper import sweep_once
 from worker.tenants import DEFAULT_ACCOUNT_ID
 from worker.work import TaskOutcome, verify_flow
 
+# pauses and refusals timed to tenths of a second
+pytestmark = pytest.mark.alone
+
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
 

@@ -43,6 +43,7 @@ def _redis_now(pipeline: Pipeline) -> float:
     return int(seconds) + int(microseconds) / 1_000_000
 
 
+@pytest.mark.alone  # a 3 s block and 2 s windows, read while they last
 def test_after_a_429_no_call_is_made_until_the_pause_ends_and_flows_complete_after_it(
     redis_server: RedisServer,
 ) -> None:
@@ -67,6 +68,7 @@ def test_after_a_429_no_call_is_made_until_the_pause_ends_and_flows_complete_aft
         sandbox.process.stop()
 
 
+@pytest.mark.alone  # the pause read to the second
 def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
     redis_server: RedisServer,
 ) -> None:

@@ -11,6 +11,9 @@ import pytest
 from worker.budget import STEP1_PRIORITY, NoBudgetInTime, UpstreamBudget
 from worker.keys import RedisNames
 
+# windows and waits of tenths of a second, timed
+pytestmark = pytest.mark.alone
+
 
 @pytest.fixture
 def client() -> fakeredis.FakeRedis:

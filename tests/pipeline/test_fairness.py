@@ -21,7 +21,7 @@ from tests.conftest import RedisServer, start_pipeline, start_sandbox
 from tests.pipeline.flows import callback, consent, events_of
 from worker.keys import RedisNames
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]  # B's times are held to an idle system's
 
 A_KEY, B_KEY = "tenant-a-caller-key-0123456789", "tenant-b-caller-key-0123456789"
 A_ACCOUNT, B_ACCOUNT = "account-a", "account-b"

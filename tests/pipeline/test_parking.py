@@ -24,6 +24,8 @@ from worker.sweeper import sweep_once
 from worker.upstreams import Upstreams
 from worker.work import TaskContext, TaskOutcome, verify_flow
 
+pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
+
 FAST = RetryPolicy(max_attempt_seconds=1, min_attempt_seconds=0.1, backoff_multiplier=0.001, backoff_max=0.01)
 
 

@@ -15,6 +15,7 @@ from tests.pipeline.flows import callback, consent, events_of
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.alone  # 3 s tokens: completions at the limit are timed
 def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: RedisServer) -> None:
     sandbox = start_sandbox("--rate-limit", "10/second", "--block-seconds", "120")
     pipeline = start_pipeline(

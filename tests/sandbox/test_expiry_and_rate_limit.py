@@ -70,6 +70,7 @@ def call(api: httpx.Client) -> httpx.Response:
     return api.get("/v2/credential/003-001000000000000-1")  # a cheap call that counts: 404 while admitted
 
 
+@pytest.mark.alone  # six calls within a second, with a pause between
 def test_burst_limit_is_a_strict_sliding_window_then_blocks(limited: RunningSandbox) -> None:
     limited.reset()
     with limited.client() as api:

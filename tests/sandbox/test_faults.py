@@ -12,7 +12,8 @@ import pytest
 
 from tests.sandbox.conftest import CALLBACK, RunningSandbox, decide
 
-pytestmark = pytest.mark.integration
+# latencies measured to a tenth of a second
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 
 def test_latency_delays_answers_without_blocking_other_requests(

@@ -45,9 +45,13 @@ class RecordingEnqueuer(Enqueuer):
         app = Celery("shim-tests", broker="memory://", set_as_current=False)
         super().__init__(app, "redis://flows.invalid:6379/0", versions=TESTED_VERSIONS)
         self.enqueued: list[tuple[str, FlowState]] = []
+        self.deliveries: list[str] = []
 
     def enqueue(self, flow_id: str, state: FlowState) -> None:
         self.enqueued.append((flow_id, state))
+
+    def enqueue_delivery(self, delivery_id: str) -> None:
+        self.deliveries.append(delivery_id)
 
 
 @dataclass

@@ -34,6 +34,7 @@ def test_celerys_received_and_succeeded_lines_name_the_flow_of_our_tasks() -> No
 
 def test_other_tasks_and_odd_arguments_name_no_flow() -> None:
     assert flow_of(record({"name": "other.task", "args": "['x']"})) == "-"
+    assert flow_of(record({"name": "oktopost.deliver", "args": "['wh_delivery_id']"})) == "-"
     assert flow_of(record({"name": "oktopost.verify", "args": "not python"})) == "-"
     assert flow_of(record({"name": "oktopost.verify", "args": "['a', 'b']"})) == "-"
     assert flow_of(record("not a dict")) == "-"

@@ -1,0 +1,194 @@
+"""Delivery attempts on fakeredis with the endpoint on httpx's MockTransport: signatures a Standard
+Webhooks library accepts, the retry schedule, fencing of a task run twice, no redirects, and the address
+checked again at delivery time."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fakeredis
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from worker.flow import Lifetimes
+from worker.keys import RedisNames
+from worker.metrics import RedisMetricsCollector, WorkerMetrics
+from worker.store import FlowStore
+from worker.webhooks.delivery import Courier, Slots
+from worker.webhooks.endpoints import Attempt, Endpoint, NoAttempt, WebhookStore
+
+PUBLIC = "93.184.215.14"
+URL = "https://hooks.partner.example/oktopost?x=1"
+
+
+@dataclass
+class Receiver:
+    """The endpoint: answers with `statuses` in turn (the last one repeated), keeps every request."""
+
+    statuses: list[int] = field(default_factory=lambda: [200])
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        headers = {"Location": "https://10.0.0.1/"} if 300 <= status < 400 else {}
+        return httpx.Response(status, headers=headers)
+
+
+@dataclass
+class Setup:
+    flows: FlowStore
+    webhooks: WebhookStore
+    receiver: Receiver
+    addresses: dict[str, list[str]]
+    courier: Courier
+    endpoint: Endpoint
+    metrics_key: str
+
+    def delivery_of_new_event(self) -> tuple[str, bytes]:
+        flow = self.flows.create(f"{len(self.receiver.requests):040x}", "LinkedIn", "profile", "ref", None)
+        _, fields = self.flows.redis.xrange(self.flows.names.all_events_stream)[-1]
+        body = fields[b"event"]
+        delivery_id = self.webhooks.create_delivery(self.endpoint, json.loads(body), body)
+        assert delivery_id is not None
+        assert flow.flow_id in body.decode()
+        return delivery_id, body
+
+    def make_due(self, delivery_id: str) -> None:
+        self.flows.redis.hset(self.flows.names.webhook_delivery(delivery_id), "next_attempt_at", 0)
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    client = fakeredis.FakeRedis()
+    names = RedisNames("deliverytest")
+    flows = FlowStore(client, names, Lifetimes())
+    webhooks = WebhookStore(client, names, 3600, (5.0, 60.0))
+    receiver = Receiver()
+    addresses = {"hooks.partner.example": [PUBLIC]}
+
+    def resolver(host: str, _port: int) -> list[str]:
+        return addresses.get(host, [])
+
+    courier = Courier(
+        webhooks,
+        WorkerMetrics(client, names.worker_metrics),
+        allowed_hosts=[],
+        timeout=2.0,
+        schedule=(5.0, 60.0),
+        slots=Slots(total=4, per_endpoint=2),
+        transport=httpx.MockTransport(receiver),
+        resolver=resolver,
+    )
+    endpoint = webhooks.create_endpoint("default", URL, [])
+    yield Setup(flows, webhooks, receiver, addresses, courier, endpoint, names.worker_metrics)
+    courier.close()
+
+
+def test_a_delivery_is_signed_so_that_a_standard_webhooks_library_accepts_it(setup: Setup) -> None:
+    delivery_id, body = setup.delivery_of_new_event()
+    assert setup.courier.attempt(delivery_id).outcome == "delivered"
+    (request,) = setup.receiver.requests
+    assert request.content == body  # the stream's bytes, as they are
+    event = json.loads(body)
+    headers = dict(request.headers)
+    assert Webhook(setup.endpoint.secret).verify(request.content, headers) == event
+    assert headers["webhook-id"] == event["id"]
+    # connected to the address checked, the host named for HTTP and TLS
+    assert request.url.host == PUBLIC
+    assert request.url.path == "/oktopost"
+    assert request.url.query == b"x=1"
+    assert headers["host"] == "hooks.partner.example"
+    assert request.extensions["sni_hostname"] == "hooks.partner.example"
+    (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "A" * 43).verify(request.content, headers)
+
+
+def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(setup: Setup) -> None:
+    setup.receiver.statuses = [503, 302, 500]
+    delivery_id, _ = setup.delivery_of_new_event()
+    first = setup.courier.attempt(delivery_id)
+    assert (first.outcome, first.again_in) == ("retry", 5.0)
+    early = setup.courier.attempt(delivery_id)  # a copy of the task, before the moment: nothing sent
+    assert early.outcome == "wait"
+    assert 0 < (early.again_in or 0) <= 5.0
+    assert len(setup.receiver.requests) == 1
+    setup.make_due(delivery_id)
+    second = setup.courier.attempt(delivery_id)
+    assert (second.outcome, second.again_in) == ("retry", 60.0)  # a redirect is not followed
+    assert [request.url.host for request in setup.receiver.requests] == [PUBLIC, PUBLIC]
+    setup.make_due(delivery_id)
+    assert setup.courier.attempt(delivery_id).outcome == "failed"
+    (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("failed", 3, 500)
+    assert delivery.next_attempt_at is None
+    assert setup.courier.attempt(delivery_id).outcome == "over"
+    assert setup.webhooks.oldest_pending() == (0, None)
+    metrics = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in RedisMetricsCollector(setup.flows.redis, setup.metrics_key).collect()
+        for sample in family.samples
+    }
+    assert metrics[("okc_webhook_deliveries_total", ("failed",))] == 1
+    assert metrics[("okc_webhook_attempts_total", ("5xx",))] == 2
+    assert metrics[("okc_webhook_attempts_total", ("3xx",))] == 1
+    assert metrics[("okc_webhook_attempt_seconds_count", ())] == 3
+
+
+def test_a_task_run_twice_makes_one_attempt_and_a_lapsed_one_counts_nothing(setup: Setup) -> None:
+    delivery_id, _ = setup.delivery_of_new_event()
+    taken = setup.webhooks.begin_attempt(delivery_id, lease=30)
+    again = setup.webhooks.begin_attempt(delivery_id, lease=30)
+    assert isinstance(again, NoAttempt)
+    assert again.reason == "busy"
+    assert isinstance(taken, Attempt)
+    assert setup.courier.attempt(delivery_id).outcome == "busy"
+    assert setup.receiver.requests == []
+    # the first attempt's lease lapses (its worker was killed); another takes the delivery over
+    setup.flows.redis.hset(setup.flows.names.webhook_delivery(delivery_id), "owner_until", 0)
+    assert setup.courier.attempt(delivery_id).outcome == "delivered"
+    assert setup.webhooks.end_attempt(delivery_id, taken, "retry", 503, 5.0) is None
+    (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+
+
+def test_an_address_that_turned_private_after_registration_is_not_reached(setup: Setup) -> None:
+    delivery_id, _ = setup.delivery_of_new_event()
+    setup.addresses["hooks.partner.example"] = ["10.0.0.7"]  # DNS rebinding
+    assert setup.courier.attempt(delivery_id).outcome == "retry"
+    assert setup.receiver.requests == []
+    (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
+    assert (delivery.attempts, delivery.last_status_code) == (1, None)
+
+
+def test_a_deleted_endpoint_fails_its_deliveries_at_once(setup: Setup) -> None:
+    delivery_id, _ = setup.delivery_of_new_event()
+    setup.webhooks.delete_endpoint(setup.endpoint)
+    assert setup.courier.attempt(delivery_id).outcome == "failed"
+    assert setup.receiver.requests == []
+
+
+def test_one_endpoint_cannot_take_every_slot() -> None:
+    slots = Slots(total=3, per_endpoint=2)
+    assert slots.take("a")
+    assert slots.take("a")
+    assert not slots.take("a")
+    assert slots.take("b")
+    assert not slots.take("c")
+    slots.give_back("a")
+    assert slots.take("c")
+
+
+def test_a_webhook_secret_is_redacted_from_log_lines() -> None:
+    from worker.redaction import redact
+
+    secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    assert (
+        redact(f"endpoint created with {secret} for tenant") == "endpoint created with whsec_*** for tenant"
+    )

@@ -1,0 +1,200 @@
+"""The webhook routes on fakeredis: registration (secret shown once), tenancy, the URL rules against
+request forgery, deliveries and replay."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.shim.harness import CALLER, PREFIX, Shim
+from worker.consume import StreamedEvent
+from worker.webhooks.dispatcher import Dispatcher
+from worker.webhooks.endpoints import WebhookStore
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC_URL = "https://93.184.215.14/hooks/oktopost?source=okc"  # an address: no DNS needed
+
+
+def webhooks_of(shim: Shim) -> WebhookStore:
+    store: WebhookStore = shim.app.state.deps.webhooks
+    return store
+
+
+async def test_registering_shows_the_secret_once_in_the_standard_webhooks_form(shim: Shim) -> None:
+    answer = await shim.http.post(
+        "/v1/webhooks", json={"url": PUBLIC_URL, "events": ["connection.completed"]}, headers=CALLER
+    )
+    assert answer.status_code == 201, answer.text
+    created = answer.json()
+    assert set(created) == {"id", "url", "events", "secret", "created_at"}
+    assert created["url"] == PUBLIC_URL
+    assert created["events"] == ["connection.completed"]
+    assert created["secret"].startswith("whsec_")
+    assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) >= 24
+    listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()
+    assert listed == {"webhooks": [{key: created[key] for key in ("id", "url", "events", "created_at")}]}
+    assert created["secret"] not in json.dumps(listed)
+    everything = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+    assert everything["events"] == []
+    assert everything["secret"] != created["secret"]
+
+
+async def test_a_caller_without_a_key_gets_401(shim: Shim) -> None:
+    assert (await shim.http.get("/v1/webhooks")).status_code == 401
+    assert (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL})).status_code == 401
+
+
+async def test_deleting_an_endpoint_and_unknown_or_other_tenants_endpoints_are_404(shim: Shim) -> None:
+    created = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+    theirs = webhooks_of(shim).create_endpoint("acme", PUBLIC_URL, [])
+    for endpoint_id in (theirs.id, "wh_000000000000000000000000", "../../etc", "x" * 300):
+        for method, path in (
+            ("DELETE", f"/v1/webhooks/{endpoint_id}"),
+            ("GET", f"/v1/webhooks/{endpoint_id}/deliveries"),
+            ("POST", f"/v1/webhooks/{endpoint_id}/replay"),
+        ):
+            answer = await shim.http.request(
+                method, path, headers=CALLER, json={"since": "2026-01-01T00:00:00Z"}
+            )
+            assert answer.status_code == 404, (method, path, answer.text)
+            assert "error" in answer.json()
+    assert [
+        item["id"] for item in (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
+    ] == [created["id"]]
+    assert (await shim.http.delete(f"/v1/webhooks/{created['id']}", headers=CALLER)).status_code == 204
+    assert (await shim.http.get("/v1/webhooks", headers=CALLER)).json() == {"webhooks": []}
+    assert webhooks_of(shim).endpoint(theirs.id) is not None  # the other tenant's is untouched
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://10.1.2.3/hook", "private"),
+        ("https://192.168.0.10/hook", "private"),
+        ("https://172.16.5.4/hook", "private"),
+        ("https://169.254.169.254/latest/meta-data/", "metadata"),
+        ("https://[fd00:ec2::254]/", "metadata"),
+        ("https://169.254.10.10/hook", "link-local"),
+        ("https://[fe80::1]/hook", "link-local"),
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://localhost/hook", "loopback"),  # a name that resolves to loopback
+        ("http://localhost:8080/hook", "loopback"),
+        ("https://[::ffff:10.0.0.1]/hook", "private"),
+        ("https://0.0.0.0/hook", "unspecified"),
+        ("https://224.0.0.5/hook", "multicast"),
+        ("https://user:pass@93.184.215.14/hook", "user information"),
+        ("https://93.184.215.14@10.0.0.1/hook", "user information"),
+        ("https://93.184.215.14/hook#part", "fragment"),
+        ("http://93.184.215.14/hook", "https"),
+        ("ftp://93.184.215.14/hook", "https"),
+        ("file:///etc/passwd", "https"),
+        ("gopher://93.184.215.14:70/", "https"),
+        ("javascript:alert(1)", "https"),
+        ("https://no-such-host.invalid/hook", "does not resolve"),
+        ("https:///hook", "no host"),
+        ("https://93.184.215.14:99999/", "valid"),
+    ],
+)
+async def test_urls_that_reach_inside_are_refused_with_422(shim: Shim, url: str, why: str) -> None:
+    answer = await shim.http.post("/v1/webhooks", json={"url": url}, headers=CALLER)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "webhook_url_refused"
+    assert why in error["message"], error
+    assert (await shim.http.get("/v1/webhooks", headers=CALLER)).json() == {"webhooks": []}
+
+
+async def test_listed_hosts_may_be_reached_over_loopback() -> None:
+    from tests.shim.harness import open_shim
+
+    async with open_shim(webhook_allowed_hosts="127.0.0.1,localhost") as shim:
+        for url in ("http://127.0.0.1:8099/hook", "http://localhost:8099/hook", "https://127.0.0.1/hook"):
+            answer = await shim.http.post("/v1/webhooks", json={"url": url}, headers=CALLER)
+            assert answer.status_code == 201, (url, answer.text)
+        refused = await shim.http.post("/v1/webhooks", json={"url": "https://10.0.0.1/"}, headers=CALLER)
+        assert refused.status_code == 422
+
+
+async def test_bad_bodies_are_422_never_500(shim: Shim) -> None:
+    for body in ({}, {"url": 5}, {"url": PUBLIC_URL, "events": ["no.such.type"]}, {"url": "x" * 5000}):
+        answer = await shim.http.post("/v1/webhooks", json=body, headers=CALLER)
+        assert answer.status_code == 422, (body, answer.text)
+    created = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+    for body in ({}, {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}):  # no offset: ambiguous
+        answer = await shim.http.post(f"/v1/webhooks/{created['id']}/replay", json=body, headers=CALLER)
+        assert answer.status_code == 422, (body, answer.text)
+
+
+async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_queues_them_again(
+    shim: Shim,
+) -> None:
+    created = (
+        await shim.http.post(
+            "/v1/webhooks",
+            json={"url": PUBLIC_URL, "events": ["authorization.started", "callback.received"]},
+            headers=CALLER,
+        )
+    ).json()
+    since = time.time() - 1
+    flows = [shim.new_flow() for _ in range(3)]
+    dispatcher = Dispatcher(
+        shim.store.redis, shim.store.names, webhooks_of(shim), shim.enqueuer.enqueue_delivery, "test"
+    )
+    stream = shim.store.redis.xrange(shim.store.names.all_events_stream)
+    batch = [StreamedEvent(entry_id.decode(), fields[b"event"]) for entry_id, fields in stream]
+    assert dispatcher.dispatch(batch) == [streamed.entry_id for streamed in batch]
+    dispatcher.dispatch(batch)  # seen twice (a consumer that died before its XACK): one delivery each
+    assert len(shim.enqueuer.deliveries) == 3
+    deliveries = (await shim.http.get(f"/v1/webhooks/{created['id']}/deliveries", headers=CALLER)).json()
+    assert [item["flow_id"] for item in deliveries["deliveries"]] == [
+        flow.flow_id for flow in reversed(flows)
+    ]
+    first = deliveries["deliveries"][0]
+    assert first["status"] == "pending"
+    assert first["attempts"] == 0
+    assert first["type"] == "authorization.started"
+    assert first["last_status_code"] is None
+    assert first["next_attempt_at"].endswith("Z")
+    # pending deliveries are not queued twice by a replay; every event since then counts
+    replay = await shim.http.post(
+        f"/v1/webhooks/{created['id']}/replay",
+        json={"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))},
+        headers=CALLER,
+    )
+    assert replay.status_code == 202
+    assert replay.json() == {"queued": 3}
+    assert len(shim.enqueuer.deliveries) == 3
+    assert PREFIX in shim.store.names.all_events_stream
+    metrics = (await shim.http.get("/metrics")).text
+    assert "okc_webhook_pending_deliveries 3.0" in metrics
+    assert "okc_webhook_oldest_pending_seconds" in metrics
+
+
+async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
+    from tests.shim.harness import open_shim
+
+    acme_key = "acme-caller-key-0123456789abcdef"
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        "[tenants.acme]\n"
+        f'api_keys = ["{acme_key}"]\n'
+        'oktopost = { account_id = "acme-account", api_key = "acme-oktopost-key-0123456789" }\n'
+    )
+    acme = {"Authorization": f"Bearer {acme_key}"}
+    async with open_shim(tenants_file=str(tenants)) as shim:
+        ours = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+        theirs = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=acme)).json()
+        assert webhooks_of(shim).endpoint(theirs["id"]).tenant == "acme"  # type: ignore[union-attr]
+        listed = (await shim.http.get("/v1/webhooks", headers=acme)).json()["webhooks"]
+        assert [item["id"] for item in listed] == [theirs["id"]]
+        for endpoint_id, headers in ((ours["id"], acme), (theirs["id"], CALLER)):
+            answer = await shim.http.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=headers)
+            assert answer.status_code == 404
+            assert (await shim.http.delete(f"/v1/webhooks/{endpoint_id}", headers=headers)).status_code == 404
+        assert (await shim.http.delete(f"/v1/webhooks/{theirs['id']}", headers=acme)).status_code == 204

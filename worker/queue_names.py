@@ -1,0 +1,21 @@
+"""The Celery queues and task names, without Celery: the configuration, the command line and the shim
+name them alike.
+
+Flows' tasks (verify, complete) go to `oktopost-connect`, webhook deliveries to
+`oktopost-connect.webhooks`; with a CHANNEL_PREFIX other than `oktopost` both start with `{prefix}.`,
+so that two deployments sharing one Redis never take each other's tasks.
+"""
+
+from __future__ import annotations
+
+VERIFY_TASK = "oktopost.verify"
+COMPLETE_TASK = "oktopost.complete"
+DELIVER_TASK = "oktopost.deliver"
+
+
+def flows_queue(prefix: str) -> str:
+    return "oktopost-connect" if prefix == "oktopost" else f"{prefix}.oktopost-connect"
+
+
+def deliveries_queue(prefix: str) -> str:
+    return f"{flows_queue(prefix)}.webhooks"
