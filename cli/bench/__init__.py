@@ -103,7 +103,9 @@ def _measure_every_system(
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
     tenants = None
-    if TENANTS in options.scenarios and "pipeline" in options.systems:
+    if TENANTS in options.scenarios and Pipeline.name not in options.systems:
+        _say("tenants skipped: it runs on ours only (--system pipeline)")
+    if TENANTS in options.scenarios and Pipeline.name in options.systems:
         _say("pipeline: tenants")
         url = _database(redis_url, next(databases)) if shared else redis_url
         tenants = run_tenants(children, url, options.workers, options.concurrency, options.quick)
