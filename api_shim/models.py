@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from worker.events import EventType
 from worker.flow import BrowserUI
 
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -62,17 +63,6 @@ class SelectionAccepted(BaseModel):
     flow_id: str
     status: str
     ids: list[str]
-
-
-EventType = Literal[
-    "authorization.started",
-    "callback.received",
-    "selection.required",
-    "selection.submitted",
-    "connection.completed",
-    "authorization.failed",
-    "authorization.expired",
-]
 
 
 class WebhookRequest(BaseModel):

@@ -17,6 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 EntityType = Literal["profile", "page", "group"]
 ExpiredStage = Literal["callback", "verify", "selection", "complete"]
 ExpiredReason = Literal["upstream_blocked"]
+EventType = Literal[  # every event type; a webhook endpoint subscribes to some of them
+    "authorization.started",
+    "callback.received",
+    "selection.required",
+    "selection.submitted",
+    "connection.completed",
+    "authorization.failed",
+    "authorization.expired",
+]
 
 DEFAULT_TENANT = "default"  # without a tenants file, every flow is the one tenant's
 TERMINAL_TYPES = frozenset({"connection.completed", "authorization.failed", "authorization.expired"})

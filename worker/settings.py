@@ -25,7 +25,7 @@ from worker.tenants import (
     Tenant,
     Tenants,
     TenantsError,
-    check_caller_key,
+    check_caller_keys,
     gather,
     is_loopback,
     oktopost_api_root,
@@ -173,9 +173,7 @@ class Settings(BaseSettings):
     @field_validator("shim_api_keys")
     @classmethod
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
-            check_caller_key(key.get_secret_value())
-        return value
+        return check_caller_keys(value)
 
     @field_validator("flower_basic_auth")
     @classmethod

@@ -96,11 +96,15 @@ def oktopost_api_root(url: str) -> str:
     return parts._replace(path="").geturl()
 
 
-def check_caller_key(secret: str) -> None:
-    if len(secret) < MIN_KEY_LENGTH:
-        raise ValueError(f"a caller key must be at least {MIN_KEY_LENGTH} characters long")
-    if secret.startswith(PLACEHOLDER_PREFIX):
-        raise ValueError("a caller key is still a shipped placeholder: set a random one")
+def check_caller_keys(keys: list[SecretStr]) -> list[SecretStr]:
+    """Caller keys long enough to resist guessing, and none of them a placeholder shipped with the docs."""
+    for key in keys:
+        secret = key.get_secret_value()
+        if len(secret) < MIN_KEY_LENGTH:
+            raise ValueError(f"a caller key must be at least {MIN_KEY_LENGTH} characters long")
+        if secret.startswith(PLACEHOLDER_PREFIX):
+            raise ValueError("a caller key is still a shipped placeholder: set a random one")
+    return keys
 
 
 def cleartext_refused(url: str, allow_http_hosts: list[str]) -> bool:
@@ -178,9 +182,7 @@ class Tenant(BaseModel):
     @field_validator("api_keys")
     @classmethod
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
-            check_caller_key(key.get_secret_value())
-        return value
+        return check_caller_keys(value)
 
     @field_validator("allowed_return_urls")
     @classmethod
