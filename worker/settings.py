@@ -10,7 +10,6 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +25,8 @@ from worker.tenants import (
     Tenants,
     TenantsError,
     check_caller_keys,
+    check_origins,
+    cleartext_refused,
     gather,
     is_loopback,
     oktopost_api_root,
@@ -148,9 +149,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_return_urls")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for url in value:
-            origin_of(url)
-        return value
+        return check_origins(value)
 
     @field_validator("redis_url", "celery_broker_url")
     @classmethod
@@ -190,9 +189,7 @@ class Settings(BaseSettings):
     def _cleartext_only_on_loopback(self) -> Settings:
         # Basic credentials travel to OKTOPOST_BASE_URL and okt tokens come back to PUBLIC_BASE_URL
         for name in ("oktopost_base_url", "public_base_url"):
-            parts = urlsplit(getattr(self, name))
-            host = (parts.hostname or "").lower()
-            if parts.scheme == "http" and not is_loopback(host) and host not in self.allow_http_hosts:
+            if cleartext_refused(getattr(self, name), self.allow_http_hosts):
                 raise ValueError(
                     f"{name.upper()}: must be https unless its host is loopback (or in ALLOW_HTTP_HOSTS)"
                 )

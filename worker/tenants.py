@@ -96,6 +96,13 @@ def oktopost_api_root(url: str) -> str:
     return parts._replace(path="").geturl()
 
 
+def check_origins(urls: list[str]) -> list[str]:
+    """Return-URL allowlists: each entry an http(s) origin without user information."""
+    for url in urls:
+        origin_of(url)
+    return urls
+
+
 def check_caller_keys(keys: list[SecretStr]) -> list[SecretStr]:
     """Caller keys long enough to resist guessing, and none of them a placeholder shipped with the docs."""
     for key in keys:
@@ -187,9 +194,7 @@ class Tenant(BaseModel):
     @field_validator("allowed_return_urls")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        for url in value:
-            origin_of(url)
-        return value
+        return check_origins(value)
 
 
 class _TenantEntry(BaseModel):
