@@ -1,18 +1,5 @@
-from __future__ import annotations
+"""The webhook routes run on the same in-process shim as the other route tests."""
 
-from collections.abc import AsyncIterator
+from tests.shim.conftest import anyio_backend, shim
 
-import pytest
-
-from tests.shim.harness import Shim, open_shim
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def shim() -> AsyncIterator[Shim]:
-    async with open_shim() as shim:
-        yield shim
+__all__ = ["anyio_backend", "shim"]
