@@ -70,7 +70,9 @@ _dispatcher: Dispatcher | None = None
 
 
 @worker_ready.connect
-def _start_sweeper(sender: object = None, **_: object) -> None:
+def _start_background_threads(sender: object = None, **_: object) -> None:
+    """The worker's threads beside its tasks: the sweeper always; the unparker when it serves flows; the
+    webhook dispatcher when it serves deliveries."""
     global _sweeper, _unparker, _dispatcher
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
@@ -106,7 +108,7 @@ def _start_sweeper(sender: object = None, **_: object) -> None:
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_: object) -> None:
+def _stop_background_threads(**_: object) -> None:
     if _unparker is not None:
         _unparker.stop()
     if _sweeper is not None:
