@@ -11,8 +11,9 @@ from worker.tenants import Tenants
 
 
 def tenant_of_bearer(header: str | None, tenants: Tenants) -> str:
-    """The name of the tenant whose caller key the Bearer header presents (compared in constant time with
-    every key); 401 unless one matches."""
+    """The name of the tenant whose caller key the Bearer header presents; 401 unless one matches. Keys
+    are found by their SHA-256 (worker.tenants.Tenants.of_key), so the lookup's time depends on the
+    digest, which a caller cannot steer towards a key, not on how much of a key was guessed."""
     scheme, _, presented = (header or "").partition(" ")
     tenant = tenants.of_key(presented.strip())
     if scheme.lower() != "bearer" or not presented or tenant is None:
