@@ -1,11 +1,11 @@
-"""Celery configuration of oktopost-connect, read from the environment through worker.settings.
+"""Celery configuration of oktopost-connect, read from the environment through worker.config.settings.
 
 Why each choice (docs/design.md, "Guarantees", says what they promise):
 - acks late + reject on worker lost: a task whose worker dies is delivered again, never dropped.
 - prefetch 1: a worker holds no more flows than it is working on, so others can take them.
 - visibility timeout longer than the longest task (a task never outlives its flow's token), so Redis
   does not hand a task still running to a second worker (celery #2599). A dead worker's flow is taken
-  up much sooner by the lease sweeper (worker/sweeper.py), within a quarter of TOKEN_TTL_SECONDS.
+  up much sooner by the lease sweeper (worker/tasks/sweeper.py), within a quarter of TOKEN_TTL_SECONDS.
 - task and sent events on, so Flower shows every task; results are not stored (events carry outcomes).
 - two queues: flows (verify, complete) and webhook deliveries; a worker serves either or both.
 """
@@ -16,9 +16,9 @@ import sys
 
 from kombu import Exchange, Queue
 
-from worker.broker import repair_redis_transport
-from worker.queue_names import DELIVER_TASK, deliveries_queue, flows_queue
-from worker.settings import ConfigError, get_settings
+from worker.config.settings import ConfigError, get_settings
+from worker.queueing.broker import repair_redis_transport
+from worker.queueing.names import DELIVER_TASK, deliveries_queue, flows_queue
 
 try:
     _settings = get_settings()
@@ -26,7 +26,7 @@ except ConfigError as error:  # `celery -A worker ...` started with a bad settin
     print(f"oktopost-connect: {error}", file=sys.stderr)
     raise SystemExit(2) from None
 
-repair_redis_transport()  # a worker survives a Redis restart while tasks run (worker/broker.py)
+repair_redis_transport()  # a worker survives a Redis restart while tasks run (worker/queueing/broker.py)
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.metrics import REQUEST_SECONDS, REQUESTS
-from worker.flow import is_flow_id
-from worker.logs import current_flow
+from worker.flows.flow import is_flow_id
+from worker.observing.logs import current_flow
 
 log = logging.getLogger("api_shim.access")
 _FLOW_ROUTES = ("/v1/callback/", "/v1/authorizations/", "/connect/")

@@ -18,13 +18,13 @@ from api_shim import access, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
-from worker import runtime
-from worker.budget import UpstreamBudget
+from worker.config.settings import Settings, get_settings
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.store import FlowStore
 from worker.oktopost import AsyncOktopostClient
-from worker.queueing import Enqueuer
-from worker.settings import Settings, get_settings
-from worker.store import FlowStore
-from worker.upstreams import Upstream, Upstreams
+from worker.tasks import runtime
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstream, Upstreams
 from worker.webhooks.endpoints import WebhookStore
 
 REDIS_ANSWER_SECONDS = 1.0  # a stopped or unreachable Redis: 503 within about a second, never a hang
@@ -102,13 +102,15 @@ def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:
-    # a stream waits on pub/sub a second at a time (worker.subscribe): only the commands have a timeout
+    # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a timeout
     return redis.asyncio.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=REDIS_ANSWER_SECONDS
     )
 
 
 def _enqueuer(settings: Settings) -> Enqueuer:
-    from worker.tasks import enqueuer  # the Celery app and its tasks: loaded only when none is given
+    from worker.tasks.celery_tasks import (
+        enqueuer,  # the Celery app and its tasks: loaded only when none is given
+    )
 
     return enqueuer(settings.redis_url)

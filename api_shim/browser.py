@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.flow import Flow, same_fingerprint, token_fingerprint
+from worker.flows.flow import Flow, same_fingerprint, token_fingerprint
 
 COOKIE = "okc_browser"
 BROWSER_PATHS = ("/v1/callback/", "/connect/")

@@ -10,14 +10,14 @@ from fastapi import Depends, Header, Request
 
 from api_shim.errors import ApiError
 from api_shim.security import tenant_of_bearer
-from worker.flow import Flow, is_flow_id
+from worker.config.settings import Settings
+from worker.config.tenants import Tenant
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.flow import Flow, is_flow_id
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
-from worker.queueing import Enqueuer
-from worker.settings import Settings
-from worker.store import FlowStore
-from worker.tenants import Tenant
-from worker.upstreams import Upstream, Upstreams
+from worker.upstream.clients import Upstream, Upstreams
 from worker.webhooks.endpoints import WebhookStore
 
 

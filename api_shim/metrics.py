@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram
 
-from worker.account import Account, AccountCollector
-from worker.metrics import RedisMetricsCollector
+from worker.observing.metrics import RedisMetricsCollector
+from worker.upstream.account import Account, AccountCollector
 from worker.webhooks.endpoints import BacklogCollector, WebhookStore
 
 REQUESTS = Counter(

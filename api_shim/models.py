@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from worker.events import EventType
-from worker.flow import BrowserUI
+from worker.flows.flow import BrowserUI
 
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 

@@ -16,9 +16,9 @@ from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from api_shim.security import return_url_with
+from worker.config.settings import Settings, origin_of
 from worker.events import TERMINAL_TYPES
-from worker.flow import Flow, FlowState
-from worker.settings import Settings, origin_of
+from worker.flows.flow import Flow, FlowState
 
 STATIC_PATH = "/connect/static"
 _HERE = Path(__file__).parent

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from worker.flow import Flow, FlowState, is_token, same_fingerprint
-from worker.queueing import Enqueuer
-from worker.store import FlowStore
-from worker.transition import Transition, TransitionOutcome
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.flow import Flow, FlowState, is_token, same_fingerprint
+from worker.flows.store import FlowStore
+from worker.flows.transition import Transition, TransitionOutcome
 
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_. -]")
 

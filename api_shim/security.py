@@ -6,13 +6,13 @@ import ipaddress
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from api_shim.errors import ApiError
-from worker.settings import origin_of
-from worker.tenants import Tenants
+from worker.config.settings import origin_of
+from worker.config.tenants import Tenants
 
 
 def tenant_of_bearer(header: str | None, tenants: Tenants) -> str:
     """The name of the tenant whose caller key the Bearer header presents; 401 unless one matches. Keys
-    are found by their SHA-256 (worker.tenants.Tenants.of_key), so the lookup's time depends on the
+    are found by their SHA-256 (worker.config.tenants.Tenants.of_key), so the lookup's time depends on the
     digest, which a caller cannot steer towards a key, not on how much of a key was guessed."""
     scheme, _, presented = (header or "").partition(" ")
     tenant = tenants.of_key(presented.strip())

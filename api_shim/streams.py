@@ -16,7 +16,7 @@ import redis.asyncio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from worker.subscribe import afollow_flow
+from worker.follow.subscribe import afollow_flow
 
 PING_SECONDS = 15  # a comment line now and then, so proxies do not close a quiet stream
 

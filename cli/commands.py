@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cli.embedded_redis import RedisKind
-    from worker.settings import Settings
+    from worker.config.settings import Settings
     from worker.webhooks.endpoints import WebhookStore
 
 
 def settings_or_exit() -> Settings:
-    from worker.settings import ConfigError, load_settings
+    from worker.config.settings import ConfigError, load_settings
 
     try:
         return load_settings()
@@ -56,7 +56,7 @@ def shim(argv: Sequence[str]) -> int:
     settings = settings_or_exit()
     if not settings.tenants.has_keys:
         return fail("invalid setting SHIM_API_KEYS: at least one caller key is required (or TENANTS_FILE)")
-    from worker.logs import configure_logging
+    from worker.observing.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
@@ -98,11 +98,11 @@ def worker(argv: Sequence[str]) -> int:
     if args.concurrency < 1:
         return fail("--concurrency must be at least 1")
     settings = settings_or_exit()
-    from worker.logs import configure_logging
+    from worker.observing.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    from worker.celery_app import app
-    from worker.queue_names import deliveries_queue, flows_queue
+    from worker.queueing.names import deliveries_queue, flows_queue
+    from worker.tasks.celery_app import app
 
     queues = {
         "flows": [flows_queue(settings.channel_prefix)],
@@ -135,8 +135,8 @@ def watch(argv: Sequence[str]) -> int:
     import redis
 
     from worker.events import TERMINAL_TYPES
+    from worker.follow.subscribe import follow_flow
     from worker.keys import RedisNames
-    from worker.subscribe import follow_flow
 
     names = RedisNames(settings.channel_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
@@ -291,7 +291,7 @@ def webhooks(argv: Sequence[str]) -> int:
         endpoint = store.endpoint(args.endpoint_id)
         if endpoint is None:
             return fail(f"no webhook {args.endpoint_id!r} in {settings.channel_prefix}")
-        from worker.tasks import enqueuer
+        from worker.tasks.celery_tasks import enqueuer
 
         queued = store.replay(endpoint, since, enqueuer(settings.redis_url).enqueue_delivery)
         print(json.dumps({"id": endpoint.id, "queued": queued}))

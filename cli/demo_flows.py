@@ -22,7 +22,7 @@ from cli.demo_browser import HostedBrowser, PageError
 from cli.return_page import returning_flow_id, session_owns_flow
 from cli.stack import Stack
 from worker.events import TERMINAL_TYPES
-from worker.subscribe import follow_flow
+from worker.follow.subscribe import follow_flow
 
 ENTITIES_TO_SELECT = 2
 

@@ -195,7 +195,7 @@ def child_env(
 
 def check_settings(env: Mapping[str, str]) -> None:
     """The children's settings, validated once here: a bad one is one line (LaunchError), not a dead child."""
-    from worker.settings import ConfigError, Settings, load_settings
+    from worker.config.settings import ConfigError, Settings, load_settings
 
     fields = {name.lower(): value for name, value in env.items() if name.lower() in Settings.model_fields}
     try:

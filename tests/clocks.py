@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from worker.store import FlowStore
+from worker.flows.store import FlowStore
 
 
 class ShiftedClock:

@@ -155,3 +155,54 @@ def test_the_cycle_check_counts_type_checking_imports_and_not_those_in_functions
     inside = "def f():\n    from worker.keys import RedisNames\n"
     assert _imports(ast.parse(inside), "worker.events", in_functions=False) == set()
     assert _imports(ast.parse(inside), "worker.events", in_functions=True) == {"worker.keys"}
+
+
+# worker's stages, bottom to top: a stage may import the stages listed for it (and the shared leaves
+# worker.keys, worker.clock, worker.events, worker.scripts), never one above it. Each subpackage's
+# __init__ docstring says the same in words.
+WORKER_LEAVES = {"worker.keys", "worker.clock", "worker.events", "worker.scripts", "worker"}
+WORKER_STAGES = {
+    "queueing": set(),
+    "config": set(),
+    "observing": {"queueing"},
+    "oktopost": {"config", "observing"},
+    "follow": set(),
+    "flows": {"config", "queueing"},
+    "upstream": {"config", "flows", "oktopost"},
+    "webhooks": {"config", "observing", "follow"},
+    "tasks": {"queueing", "config", "observing", "oktopost", "follow", "flows", "upstream", "webhooks"},
+}
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "worker" and len(parts) > 2 else None
+
+
+def test_worker_keeps_few_modules_at_its_top_and_groups_the_rest_by_stage() -> None:
+    top = [m for m in project_modules() if m.count(".") == 1 and m.startswith("worker.")]
+    stages = {
+        module.split(".")[1] for module in project_modules() if _stage(module) or module.count(".") == 1
+    }
+    assert len([m for m in top if m.split(".")[1] not in WORKER_STAGES]) <= 12, top
+    assert set(WORKER_STAGES) <= stages
+
+
+@pytest.mark.parametrize("stage", sorted(WORKER_STAGES))
+def test_a_worker_stage_imports_only_the_stages_below_it(stage: str) -> None:
+    allowed = WORKER_STAGES[stage] | {stage}
+    crossings = {
+        f"{module} imports {target}"
+        for module, targets in import_graph(in_functions=True).items()
+        if _stage(module) == stage
+        for target in targets
+        if target.startswith("worker") and target not in WORKER_LEAVES and target.split(".")[1] not in allowed
+    }
+    assert not crossings, sorted(crossings)
+
+
+def test_every_worker_stage_says_what_it_holds_and_may_import() -> None:
+    for stage in sorted({*WORKER_STAGES, "webhooks"}):
+        docstring = ast.get_docstring(ast.parse((ROOT / "worker" / stage / "__init__.py").read_text()))
+        assert docstring, stage
+        assert "May import" in docstring, stage

@@ -111,7 +111,10 @@ class RedisNames:
 
 @dataclass(frozen=True, slots=True)
 class AccountNames:
-    """One Oktopost account's names (worker.budget, worker.account), under `{prefix}:account:{id}:`."""
+    """One Oktopost account's names (worker.upstream.budget, worker.upstream.account).
+
+    All under `{prefix}:account:{id}:`.
+    """
 
     prefix: str
     account_id: str
@@ -138,13 +141,13 @@ class AccountNames:
     @property
     def parked_flows(self) -> str:
         """Sorted set: the account's flows waiting for its budget without a worker thread, scored by
-        their deadline (worker.parking)."""
+        their deadline (worker.upstream.parking)."""
         return f"{self._base}:budget:parked"
 
     @property
     def early_slots(self) -> str:
         """Sorted set: slots reserved for released parked flows before they free, scored by the moment
-        each frees (worker.parking); each stands for the window's call it replaces until then."""
+        each frees (worker.upstream.parking); each stands for the window's call it replaces until then."""
         return f"{self._base}:budget:early"
 
     @property

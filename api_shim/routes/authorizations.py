@@ -27,14 +27,14 @@ from api_shim.models import (
 from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import event_stream
-from worker.account import admission_member, retry_after_header
-from worker.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, NoBudgetInTime
-from worker.errors import RefusedError, RejectedError
 from worker.events import utc_timestamp
-from worker.flow import FlowState
+from worker.flows.flow import FlowState
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
-from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline
-from worker.upstreams import Upstream
+from worker.oktopost.errors import RefusedError, RejectedError
+from worker.upstream.account import admission_member, retry_after_header
+from worker.upstream.budget import STEP1_PRIORITY, AccountPaused, DailyLimitSpent, NoBudgetInTime
+from worker.upstream.clients import Upstream
+from worker.upstream.retry import DeadlineReached, RetryPolicy, acall_until_deadline
 
 STEP1_SECONDS = 8.0  # the whole of Step 1's bounded retry: a caller is waiting on this request
 STEP1_POLICY = RetryPolicy(max_attempt_seconds=4.0, backoff_max=1.0)

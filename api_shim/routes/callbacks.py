@@ -21,7 +21,7 @@ from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.rules import Verdict
 from api_shim.security import return_url_with
-from worker.flow import BrowserUI, Flow, FlowState
+from worker.flows.flow import BrowserUI, Flow, FlowState
 
 router = APIRouter()
 

@@ -20,7 +20,7 @@ from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.rules import SelectionOutcome
 from api_shim.streams import event_stream
-from worker.flow import Flow
+from worker.flows.flow import Flow
 
 router = APIRouter(include_in_schema=False)
 

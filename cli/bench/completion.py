@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from worker.errors import TokenInvalidError
+from worker.oktopost.errors import TokenInvalidError
 
 OUTCOMES = ("completed", "failed", "expired")
 DONE_CHANNEL_ENV = "BENCH_DONE_CHANNEL"

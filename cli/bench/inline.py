@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from cli.bench.completion import DONE_CHANNEL_ENV, REDIS_URL_ENV, Completion, outcome_of
-from worker.errors import OktopostError
+from worker.config.settings import load_settings
 from worker.oktopost import AsyncOktopostClient
-from worker.settings import load_settings
+from worker.oktopost.errors import OktopostError
 
 
 def create_app(redis_url: str, done_channel: str) -> FastAPI:

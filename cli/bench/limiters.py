@@ -9,7 +9,7 @@ deadlines spread evenly over 1-8 s (tokens at every age); a call lasts `--call-m
 - `limits`: its Redis moving window (`MovingWindowRateLimiter.hit`), the library the issue suggests.
   A flow asks until a hit succeeds or its deadline is too near, sleeping until the window's reset as
   `get_window_stats` tells it (at most 0.25 s) between asks: whoever asks first after a slot frees wins.
-- ours (`worker/budget.py`): each flow waits in one queue ordered by deadline, and a call is counted
+- ours (`worker/upstream/budget.py`): each flow waits in one queue ordered by deadline, and a call is counted
   until it *ends*, not from when it starts.
 
 Printed per limiter: flows whose call finished in time against the offline optimum (earliest deadline
@@ -36,8 +36,8 @@ import redis
 
 from cli.bench.harness import start_redis
 from cli.processes import Children
-from worker.budget import NoBudgetInTime, UpstreamBudget
 from worker.keys import RedisNames
+from worker.upstream.budget import NoBudgetInTime, UpstreamBudget
 
 PERIOD = 1.0  # the window of the limit, seconds: `--rate` calls a second
 EARLIEST_DEADLINE, LATEST_DEADLINE = 1.0, 8.0

@@ -28,8 +28,8 @@ from cli.bench.completion import (
     Completion,
     outcome_of,
 )
+from worker.config.settings import load_settings
 from worker.oktopost import OktopostClient
-from worker.settings import load_settings
 
 app = Celery("okc_bench_naive", broker=os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0"))
 app.conf.update(

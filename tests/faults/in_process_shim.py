@@ -14,11 +14,11 @@ from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, settings
 
 from tests.clocks import seen_from
+from worker.config.settings import Settings
 from worker.events import EntityOffer
-from worker.flow import BrowserUI, FlowState
-from worker.queueing import Enqueuer
-from worker.settings import Settings
-from worker.store import FlowStore
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.flow import BrowserUI, FlowState
+from worker.flows.store import FlowStore
 
 QUEUE = "oktopost-connect"
 FUZZ = settings(

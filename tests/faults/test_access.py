@@ -21,11 +21,11 @@ from api_shim.app import create_app
 from tests.conftest import API_KEY, RedisServer, Sandbox
 from tests.faults.conftest import FaultReport
 from tests.shim.harness import RecordingEnqueuer
-from worker.flow import BrowserUI, FlowState
+from worker.config.settings import Settings, load_settings
+from worker.flows.flow import BrowserUI, FlowState
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.runtime import lifetimes, redis_client
-from worker.settings import Settings, load_settings
-from worker.store import FlowStore
+from worker.tasks.runtime import lifetimes, redis_client
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -22,16 +22,16 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python import asgi
 
-import worker.tasks  # noqa: F401 - defines our tasks, which every Celery app shares
+import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
 from api_shim.app import create_app
 from tests.conftest import API_KEY, RedisServer, Sandbox
 from tests.faults.conftest import FaultReport
 from tests.faults.in_process_shim import FUZZ, QUEUE, AppCaller, InProcessShim, seed_flows
+from worker.config.settings import load_settings
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.queueing import Enqueuer
-from worker.runtime import lifetimes, redis_client
-from worker.settings import load_settings
-from worker.store import FlowStore
+from worker.tasks.runtime import lifetimes, redis_client
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

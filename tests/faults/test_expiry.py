@@ -23,7 +23,7 @@ from tests.faults.ledger import (
     faults_injected,
     stop_stack,
 )
-from worker.retry import RetryPolicy
+from worker.upstream.retry import RetryPolicy
 
 # deadlines of a few seconds, and how late each expiry comes
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]

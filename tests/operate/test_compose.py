@@ -35,7 +35,7 @@ from tests.operate.compose_spec import (
 )
 from tests.pipeline.flows import callback, consent
 from tests.support import ROOT, Process, free_port, wait_for_http, wait_for_port
-from worker.subscribe import follow_flow
+from worker.follow.subscribe import follow_flow
 
 TEST_ADMIN, TEST_ADMIN_PASSWORD = "okc-test-admin", secrets.token_hex(16)
 _SERVICE_ADDRESS = re.compile(r"\b(localhost|127\.0\.0\.1|redis|shim|worker|flower|sandbox):(\d+)")

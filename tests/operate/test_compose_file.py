@@ -33,7 +33,7 @@ from tests.operate.compose_spec import (
     variables_used,
 )
 from tests.support import ROOT
-from worker.settings import ConfigError, load_settings
+from worker.config.settings import ConfigError, load_settings
 
 APP_SERVICES = {"shim", "worker", "flower", "sandbox"}
 
@@ -327,7 +327,7 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
     for path in (".env", ".git/config", ".venv/bin/python", "tests/conftest.py", "worker/__pycache__/x.pyc"):
         assert not in_build_context(path), path
     for path in (
-        "worker/tasks.py",
+        "worker/tasks/celery_tasks.py",
         "worker/transition.lua",
         "worker/schema/event.schema.json",
         "sandbox/consent.html",

@@ -16,8 +16,8 @@ import redis
 from tests.conftest import RedisServer, Sandbox, start_pipeline, start_redis, stop_redis
 from tests.operate.compose_spec import DEPLOYER_SECRETS, argv_of, deployer_env, services
 from tests.pipeline.flows import callback, consent, select, start_flow
+from worker.follow.subscribe import follow_flow
 from worker.keys import RedisNames
-from worker.subscribe import follow_flow
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from tests.conftest import RETURN_URL, Pipeline
-from worker.subscribe import follow_flow
+from worker.follow.subscribe import follow_flow
 
 
 def start_flow(

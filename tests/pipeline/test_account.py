@@ -12,15 +12,15 @@ import pytest
 from tests.pipeline.test_parking import unparker_for
 from tests.pipeline.test_work import PROFILE, Answers, claimed, make_context
 from tests.shim.harness import RecordingEnqueuer
-from worker.account import admission_member, seconds_to_midnight
-from worker.budget import AccountPaused, DailyLimitSpent, UpstreamBudget
-from worker.errors import ThrottledError
-from worker.flow import FlowState, Lifetimes
+from worker.config.tenants import DEFAULT_ACCOUNT_ID
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.store import FlowStore
-from worker.sweeper import sweep_once
-from worker.tenants import DEFAULT_ACCOUNT_ID
-from worker.work import TaskOutcome, verify_flow
+from worker.oktopost.errors import ThrottledError
+from worker.tasks.sweeper import sweep_once
+from worker.tasks.work import TaskOutcome, verify_flow
+from worker.upstream.account import admission_member, seconds_to_midnight
+from worker.upstream.budget import AccountPaused, DailyLimitSpent, UpstreamBudget
 
 # pauses and refusals timed to tenths of a second
 pytestmark = pytest.mark.alone

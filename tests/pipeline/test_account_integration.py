@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.pipeline.flows import callback, consent, events_of, start_flow
-from worker.account import seconds_to_midnight
 from worker.keys import RedisNames
+from worker.upstream.account import seconds_to_midnight
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""worker/broker.py's change to kombu's Redis channel: one client per channel while its pool lives."""
+"""worker/queueing/broker.py's change to kombu's Redis channel: one client per channel while its pool
+lives."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import kombu
 import pytest
 
 from tests.conftest import RedisServer
-from worker.broker import repair_redis_transport
+from worker.queueing.broker import repair_redis_transport
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import time
 import fakeredis
 import pytest
 
-from worker.budget import STEP1_PRIORITY, NoBudgetInTime, UpstreamBudget
 from worker.keys import RedisNames
+from worker.upstream.budget import STEP1_PRIORITY, NoBudgetInTime, UpstreamBudget
 
 # windows and waits of tenths of a second, timed
 pytestmark = pytest.mark.alone

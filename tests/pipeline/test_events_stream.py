@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
-from worker.flow import Lifetimes
+from worker.flows.flow import Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.store import FlowStore
 
 pytestmark = pytest.mark.integration
 

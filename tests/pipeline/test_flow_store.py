@@ -11,11 +11,11 @@ import pytest
 from tests.clocks import seen_from
 from tests.shim.harness import RecordingEnqueuer
 from worker.events import ConnectedCredential, EntityOffer, parse_event
-from worker.flow import Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flows.flow import Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
+from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
-from worker.store import FlowStore, RequeueOutcome, TakeOutcome
-from worker.sweeper import Sweeper
-from worker.transition import TransitionOutcome
+from worker.tasks.sweeper import Sweeper
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 

@@ -18,8 +18,8 @@ import redis
 import redis.asyncio
 
 from tests.conftest import RedisServer, start_redis, stop_redis
+from worker.follow.subscribe import afollow_flow, follow_flow
 from worker.keys import RedisNames
-from worker.subscribe import afollow_flow, follow_flow
 
 pytestmark = pytest.mark.integration
 

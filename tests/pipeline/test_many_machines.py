@@ -13,21 +13,21 @@ import pytest
 
 from tests.clocks import seen_from
 from tests.shim.harness import RecordingEnqueuer
-from worker.budget import UpstreamBudget
 from worker.clock import RedisClock
 from worker.events import EntityOffer
-from worker.flow import FlowState, Lifetimes
+from worker.flows.enqueuer import QueuedTask
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
+from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
-from worker.leases import LeaseKeeper
-from worker.metrics import WorkerMetrics
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
-from worker.queueing import QueuedTask
-from worker.retry import RetryPolicy
-from worker.store import FlowStore, RequeueOutcome, TakeOutcome
-from worker.sweeper import Sweeper, sweep_once
-from worker.transition import TransitionOutcome
-from worker.upstreams import Upstreams
-from worker.work import TaskContext, TaskOutcome, verify_flow
+from worker.tasks.leases import LeaseKeeper
+from worker.tasks.sweeper import Sweeper, sweep_once
+from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstreams
+from worker.upstream.retry import RetryPolicy
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 PROFILE = {
@@ -285,7 +285,7 @@ def test_a_stale_failure_is_not_logged_as_a_failure(
 
     context = context_for(store, httpx.MockTransport(refused))
     verifying(store, "profile")
-    with caplog.at_level("INFO", logger="worker.work"):
+    with caplog.at_level("INFO", logger="worker.tasks.work"):
         assert verify_flow(context, "flow-1") is TaskOutcome.SKIPPED
     messages = [record.getMessage() for record in caplog.records]
     assert not any("failed" in message for message in messages)

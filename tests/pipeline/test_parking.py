@@ -11,18 +11,18 @@ import pytest
 
 from tests.pipeline.test_work import PROFILE, TOKEN, Answers
 from tests.shim.harness import RecordingEnqueuer
-from worker.budget import NoBudgetNow, UpstreamBudget
-from worker.flow import FlowState, Lifetimes
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.leases import LeaseKeeper
-from worker.metrics import WorkerMetrics
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
-from worker.parking import Unparker
-from worker.retry import RetryPolicy
-from worker.store import FlowStore
-from worker.sweeper import sweep_once
-from worker.upstreams import Upstreams
-from worker.work import TaskContext, TaskOutcome, verify_flow
+from worker.tasks.leases import LeaseKeeper
+from worker.tasks.sweeper import sweep_once
+from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
+from worker.upstream.budget import NoBudgetNow, UpstreamBudget
+from worker.upstream.clients import Upstreams
+from worker.upstream.parking import Unparker
+from worker.upstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
 

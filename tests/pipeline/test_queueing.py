@@ -16,14 +16,14 @@ import pytest
 import redis
 from celery import Celery
 
-import worker.tasks  # noqa: F401 - defines our tasks, which every Celery app shares
+import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
 from tests.conftest import RedisServer
-from worker.flow import FlowState, Lifetimes
+from worker.flows.enqueuer import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
+from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
-from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
-from worker.store import FlowStore
-from worker.transition import TransitionOutcome
-from worker.versions import LibraryVersions
+from worker.queueing.versions import LibraryVersions
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 FLOW_ID = "ab" * 20
@@ -111,7 +111,7 @@ def test_the_task_follows_the_state() -> None:
 
 
 def test_our_tasks_messages_say_their_results_are_ignored() -> None:
-    from worker.celery_app import app
+    from worker.tasks.celery_app import app
 
     enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
     for state, name in ((FlowState.VERIFYING, VERIFY_TASK), (FlowState.COMPLETING, COMPLETE_TASK)):
@@ -123,7 +123,7 @@ def test_our_tasks_messages_say_their_results_are_ignored() -> None:
 
 
 def test_the_step_queues_only_when_the_broker_is_the_flows_redis() -> None:
-    from worker.celery_app import app
+    from worker.tasks.celery_app import app
 
     with_step = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
     after_transition = Enqueuer(app, "redis://elsewhere.example:6379/3", versions=AS_TESTED)

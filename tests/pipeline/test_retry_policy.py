@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from worker.errors import (
+from worker.oktopost.errors import (
     MalformedAnswerError,
     OktopostError,
     RejectedError,
@@ -17,7 +17,7 @@ from worker.errors import (
     UnauthorizedError,
     UpstreamTransportError,
 )
-from worker.retry import DeadlineReached, RetryPolicy, acall_until_deadline, call_until_deadline
+from worker.upstream.retry import DeadlineReached, RetryPolicy, acall_until_deadline, call_until_deadline
 
 
 class FakeClock:

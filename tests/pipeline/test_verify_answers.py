@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.pipeline.test_work import PAGES, PROFILE, TOKEN, claimed, make_context
-from worker.work import TaskOutcome, complete_flow, verify_flow
+from worker.tasks.work import TaskOutcome, complete_flow, verify_flow
 
 
 def _verified(answer: dict[str, Any], entity_type: str) -> tuple[TaskOutcome, dict[str, Any]]:

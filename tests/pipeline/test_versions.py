@@ -13,11 +13,11 @@ import pytest
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-import worker.tasks  # noqa: F401 - defines our tasks, which every Celery app shares
-from worker.broker import repair_redis_transport
-from worker.flow import FlowState
-from worker.queueing import COMPLETE_TASK, VERIFY_TASK, Enqueuer
-from worker.versions import TESTED_RANGES, LibraryVersions
+import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
+from worker.flows.enqueuer import COMPLETE_TASK, VERIFY_TASK, Enqueuer
+from worker.flows.flow import FlowState
+from worker.queueing.broker import repair_redis_transport
+from worker.queueing.versions import TESTED_RANGES, LibraryVersions
 
 FLOW_ID = "cd" * 20
 TESTED = LibraryVersions(celery="5.7.0", kombu="5.7.0")
@@ -51,7 +51,7 @@ def test_untested_releases_queue_tasks_with_apply_async_after_the_step_and_warn_
 ) -> None:
     app = Celery("fallback-test", broker="memory://", set_as_current=False)
     app.conf.task_default_queue = queue = f"fallback-{uuid.uuid4().hex[:8]}"  # kombu's memory is per process
-    with caplog.at_level(logging.WARNING, logger="worker.queueing"):
+    with caplog.at_level(logging.WARNING, logger="worker.flows.enqueuer"):
         enqueuer = Enqueuer(app, "memory://", versions=versions)  # the broker is the flows' Redis
         for state in (FlowState.VERIFYING, FlowState.COMPLETING):
             prepared = enqueuer.prepared(FLOW_ID, state)
@@ -59,7 +59,7 @@ def test_untested_releases_queue_tasks_with_apply_async_after_the_step_and_warn_
             enqueuer.after_transition(True, FLOW_ID, state, prepared)
         enqueuer.after_transition(False, FLOW_ID, FlowState.VERIFYING, None)  # a refused step sends nothing
 
-    warnings = [record.getMessage() for record in caplog.records if record.name == "worker.queueing"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "worker.flows.enqueuer"]
     assert len(warnings) == 1
     assert " ".join(versions.untested()) in warnings[0]
     assert "apply_async" in warnings[0]
@@ -85,10 +85,10 @@ def test_on_tested_releases_the_step_pushes_the_task_itself() -> None:
 
 def test_untested_releases_leave_kombus_transport_as_it_ships(caplog: pytest.LogCaptureFixture) -> None:
     before = (kombu_redis.Channel._connparams, kombu_redis.Channel._create_client)
-    with caplog.at_level(logging.WARNING, logger="worker.broker"):
+    with caplog.at_level(logging.WARNING, logger="worker.queueing.broker"):
         assert repair_redis_transport(NEWER_CELERY) is False
     assert (kombu_redis.Channel._connparams, kombu_redis.Channel._create_client) == before
-    warnings = [record.getMessage() for record in caplog.records if record.name == "worker.broker"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "worker.queueing.broker"]
     assert len(warnings) == 1
     assert "celery 5.8.1" in warnings[0]
     assert "transport" in warnings[0]

@@ -10,16 +10,16 @@ import httpx
 import pytest
 
 from tests.clocks import seen_from
-from worker.budget import UpstreamBudget
-from worker.flow import FlowState, Lifetimes
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.leases import LeaseKeeper
-from worker.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
+from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.oktopost import OktopostClient
-from worker.retry import RetryPolicy
-from worker.store import FlowStore
-from worker.upstreams import Upstreams
-from worker.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
+from worker.tasks.leases import LeaseKeeper
+from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstreams
+from worker.upstream.retry import RetryPolicy
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 PROFILE = {

@@ -11,17 +11,17 @@ import httpx
 
 from tests.pipeline.test_work import FAST, PROFILE, TOKEN
 from tests.shim.harness import RecordingEnqueuer
-from worker.budget import UpstreamBudget
-from worker.flow import FlowState, Lifetimes
+from worker.config.tenants import OktopostAccount
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.leases import LeaseKeeper
-from worker.metrics import WorkerMetrics
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
-from worker.store import FlowStore
-from worker.sweeper import sweep_once
-from worker.tenants import OktopostAccount
-from worker.upstreams import Upstream, Upstreams
-from worker.work import TaskContext, TaskOutcome, verify_flow
+from worker.tasks.leases import LeaseKeeper
+from worker.tasks.sweeper import sweep_once
+from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstream, Upstreams
 
 
 def two_accounts(seen: list[str]) -> TaskContext:

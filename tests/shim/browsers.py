@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import httpx
 
 from tests.shim.harness import Shim, new_token
-from worker.flow import Flow
+from worker.flows.flow import Flow
 
 
 class FormFields(HTMLParser):

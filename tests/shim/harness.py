@@ -16,15 +16,15 @@ from fastapi import FastAPI
 from api_shim.app import create_app
 from tests.clocks import seen_from
 from tests.conftest import API_KEY
-from worker.budget import UpstreamBudget
+from worker.config.settings import Settings, load_settings
 from worker.events import ConnectedCredential, EntityOffer
-from worker.flow import BrowserUI, Flow, FlowState, Lifetimes
+from worker.flows.enqueuer import Enqueuer
+from worker.flows.flow import BrowserUI, Flow, FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
-from worker.queueing import Enqueuer
-from worker.settings import Settings, load_settings
-from worker.store import FlowStore
-from worker.versions import LibraryVersions
+from worker.queueing.versions import LibraryVersions
+from worker.upstream.budget import UpstreamBudget
 
 PREFIX = "shimtest"
 SHIM_URL = "https://shim.example"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.shim.harness import CALLER, PREFIX, Shim, open_shim
-from worker.account import seconds_to_midnight
+from worker.upstream.account import seconds_to_midnight
 
 pytestmark = pytest.mark.anyio
 

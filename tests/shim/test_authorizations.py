@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.shim.harness import CALLER, OFFERS, PREFIX, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, open_shim
-from worker.flow import FlowState
+from worker.flows.flow import FlowState
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.shim.browsers import came_back, csrf_of, page
 from tests.shim.harness import CALLER, OFFERS, TOKEN, Shim, new_flow_id
-from worker.flow import BrowserUI
+from worker.flows.flow import BrowserUI
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.shim.harness import OTHER_TOKEN, TOKEN, Shim, new_flow_id
-from worker.flow import BrowserUI, FlowState
+from worker.flows.flow import BrowserUI, FlowState
 
 pytestmark = pytest.mark.anyio
 

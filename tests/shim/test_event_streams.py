@@ -12,7 +12,7 @@ import pytest
 
 from tests.shim.browsers import came_back
 from tests.shim.harness import CALLER, OFFERS, Shim, new_flow_id, new_token
-from worker.flow import Flow
+from worker.flows.flow import Flow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.shim.browsers import came_back, page
 from tests.shim.harness import CALLER, SHIM_URL, TOKEN, Shim, open_shim
-from worker.flow import BrowserUI, FlowState
+from worker.flows.flow import BrowserUI, FlowState
 
 pytestmark = pytest.mark.anyio
 

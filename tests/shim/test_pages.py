@@ -10,7 +10,7 @@ import pytest
 from tests.shim.browsers import FormFields, came_back, page, text_of
 from tests.shim.harness import OFFERS, SHIM_URL, Shim, new_flow_id, open_shim
 from worker.events import EntityOffer
-from worker.flow import FlowState
+from worker.flows.flow import FlowState
 
 pytestmark = pytest.mark.anyio
 

@@ -6,8 +6,8 @@ import time
 
 from api_shim import rules
 from api_shim.rules import Verdict
-from worker.flow import Flow, FlowState, token_fingerprint
-from worker.transition import Transition, TransitionOutcome
+from worker.flows.flow import Flow, FlowState, token_fingerprint
+from worker.flows.transition import Transition, TransitionOutcome
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 OTHER_TOKEN = "6a2d7164e92a89.22689557978380768440c3be3800c22db5a00994"

@@ -9,7 +9,7 @@ import pytest
 
 from tests.shim.browsers import FormFields, came_back, csrf_of, page
 from tests.shim.harness import CALLER, OFFERS, SHIM_URL, Shim
-from worker.flow import Flow, FlowState
+from worker.flows.flow import Flow, FlowState
 
 pytestmark = pytest.mark.anyio
 

@@ -15,12 +15,12 @@ import pytest
 
 from api_shim.app import create_app
 from tests.shim.harness import PREFIX, REDIRECT_URL, RecordingEnqueuer, shim_settings
-from worker import runtime
-from worker.flow import FlowState, Lifetimes
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
-from worker.store import FlowStore
-from worker.upstreams import Upstreams
+from worker.tasks import runtime
+from worker.upstream.clients import Upstreams
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ import redis
 
 from tests.conftest import RedisServer
 from tests.pipeline.test_commands import run_cli
-from worker.flow import Lifetimes
+from worker.flows.flow import Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.store import FlowStore
 from worker.webhooks.endpoints import WebhookStore
 
 

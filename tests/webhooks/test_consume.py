@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 
 from tests.conftest import RedisServer
-from worker.consume import StreamedEvent, aconsume_all_events, consume_all_events
+from worker.follow.consume import StreamedEvent, aconsume_all_events, consume_all_events
 from worker.keys import RedisNames
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from worker.flow import Lifetimes
+from worker.flows.flow import Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.metrics import RedisMetricsCollector, WorkerMetrics
-from worker.store import FlowStore
+from worker.observing.metrics import RedisMetricsCollector, WorkerMetrics
 from worker.webhooks.delivery import Courier, Slots
 from worker.webhooks.endpoints import Attempt, Endpoint, NoAttempt, WebhookStore
 
@@ -186,7 +186,7 @@ def test_one_endpoint_cannot_take_every_slot() -> None:
 
 
 def test_a_webhook_secret_is_redacted_from_log_lines() -> None:
-    from worker.redaction import redact
+    from worker.observing.redaction import redact
 
     secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     assert (

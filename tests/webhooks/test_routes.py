@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.shim.harness import CALLER, PREFIX, Shim
-from worker.consume import StreamedEvent
+from worker.follow.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
 from worker.webhooks.endpoints import WebhookStore
 

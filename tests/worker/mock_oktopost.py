@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.errors import OktopostError
+from worker.oktopost.errors import OktopostError
 
 BASE = "https://api.test"
 ACCOUNT = "acct-0001"

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.worker.mock_oktopost import PROFILE, Recorder, invoke, ok, refusal
-from worker.errors import (
+from worker.oktopost import error_messages, parse_retry_after, read_answer
+from worker.oktopost.errors import (
     MalformedAnswerError,
     OktopostError,
     RejectedError,
@@ -25,7 +26,6 @@ from worker.errors import (
     UnauthorizedError,
     UpstreamTransportError,
 )
-from worker.oktopost import error_messages, parse_retry_after, read_answer
 
 # --- the exception tree, one answer per row -----------------------------------------------------------
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.worker.mock_oktopost import ACCOUNT, KEY, PROFILE, TOKEN
-from worker.errors import UpstreamTransportError
 from worker.oktopost import AsyncOktopostClient, OktopostClient, VerifiedProfile
+from worker.oktopost.errors import UpstreamTransportError
 
 TIMEOUT = 0.5  # long enough for a round trip on a busy machine, short for the fast suite
 MARGIN = 0.3

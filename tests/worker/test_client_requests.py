@@ -25,6 +25,7 @@ from tests.worker.mock_oktopost import (
     Recorder,
     ok,
 )
+from worker.config.settings import Settings
 from worker.oktopost import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
@@ -39,7 +40,6 @@ from worker.oktopost import (
     canonical_network,
     timeout_from_settings,
 )
-from worker.settings import Settings
 
 # --- happy paths -----------------------------------------------------------------------------------
 

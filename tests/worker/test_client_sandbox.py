@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.support import Process, free_port, start_cli, wait_for_port
-from worker.errors import (
+from worker.oktopost import AsyncOktopostClient, EntityChoice, OktopostClient, VerifiedProfile
+from worker.oktopost.errors import (
     MalformedAnswerError,
     RejectedError,
     ServerError,
@@ -22,7 +23,6 @@ from worker.errors import (
     UnauthorizedError,
     UpstreamTransportError,
 )
-from worker.oktopost import AsyncOktopostClient, EntityChoice, OktopostClient, VerifiedProfile
 
 pytestmark = pytest.mark.integration
 

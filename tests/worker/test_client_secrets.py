@@ -24,9 +24,9 @@ from tests.worker.mock_oktopost import (
     ok,
     refusal,
 )
-from worker.errors import TokenInvalidError, UpstreamTransportError
+from worker.observing.redaction import RedactingFilter, redact, register_secret
 from worker.oktopost import EntityChoice, OktopostClient, complete_request, verify_request
-from worker.redaction import RedactingFilter, redact, register_secret
+from worker.oktopost.errors import TokenInvalidError, UpstreamTransportError
 
 
 def test_transport_error_message_never_holds_a_url(call: Callable[..., Any]) -> None:

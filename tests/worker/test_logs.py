@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.logs import FlowContextFilter, flow_context
+from worker.observing.logs import FlowContextFilter, flow_context
 
 
 def record(data: object = None) -> logging.LogRecord:
@@ -43,7 +43,7 @@ def test_other_tasks_and_odd_arguments_name_no_flow() -> None:
 def test_no_request_text_can_end_a_line_and_forge_the_next() -> None:
     import io
 
-    from worker.logs import TEXT_FORMAT, TextFormatter
+    from worker.observing.logs import TEXT_FORMAT, TextFormatter
 
     written = io.StringIO()
     handler = logging.StreamHandler(written)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from worker.config.settings import ConfigError, load_settings
 
 STRONG = "a-caller-key-long-enough-0123"
 

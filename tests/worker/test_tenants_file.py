@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from worker.config.settings import ConfigError, load_settings
 
 STRONG = "a-caller-key-long-enough-0123"
 ACME_KEY = "acme-caller-key-0123456789abcdef"

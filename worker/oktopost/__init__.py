@@ -10,7 +10,9 @@ sent by `OktopostClient` (sync, for the Celery worker's threads) or `AsyncOktopo
     calls.py       OktopostCall and its builders       reading.py  an answer -> a result or an error
     client.py      the two clients, timeouts, limits
 
-Every failure is one of `worker.errors`; see the tree drawn there for what is retryable.
+Every failure is one of `worker.oktopost.errors`; see the tree drawn there for what is retryable.
+
+May import: worker.config, worker.observing (redaction).
 """
 
 from worker.oktopost.answers import Credential, Entity, EntityChoice, VerifiedProfile

@@ -9,6 +9,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from worker.observing.redaction import redact
 from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
 from worker.oktopost.reading import parse_complete, parse_credential, parse_start, parse_verify
 from worker.oktopost.vocabulary import (
@@ -17,7 +18,6 @@ from worker.oktopost.vocabulary import (
     canonical_entity_type,
     canonical_network,
 )
-from worker.redaction import redact
 
 _T = TypeVar("_T")
 

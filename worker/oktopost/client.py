@@ -13,7 +13,8 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from worker.errors import MalformedAnswerError, OktopostError, UpstreamTransportError
+from worker.config.settings import Settings
+from worker.observing.redaction import install_log_redaction, register_basic_credentials
 from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
 from worker.oktopost.calls import (
     OktopostCall,
@@ -23,9 +24,8 @@ from worker.oktopost.calls import (
     verify_request,
 )
 from worker.oktopost.deadline import bound_attempts, end_attempt, start_attempt
+from worker.oktopost.errors import MalformedAnswerError, OktopostError, UpstreamTransportError
 from worker.oktopost.reading import transport_failure
-from worker.redaction import install_log_redaction, register_basic_credentials
-from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -1,5 +1,5 @@
 """Reading an answer: the one place that turns status, `Result` and `Errors` into a result or an error
-of `worker.errors` (see the tree drawn there for what is retryable)."""
+of `worker.oktopost.errors` (see the tree drawn there for what is retryable)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import ValidationError
 
-from worker.errors import (
-    MalformedAnswerError,
-    MismatchedAnswerError,
-    RejectedError,
-    ServerError,
-    ThrottledError,
-    TokenInvalidError,
-    UnauthorizedError,
-    UpstreamTransportError,
-)
+from worker.observing.redaction import MASK, redact
 from worker.oktopost.answers import (
     Answer,
     CompleteAnswer,
@@ -34,7 +25,16 @@ from worker.oktopost.answers import (
     StartAnswer,
     VerifiedProfile,
 )
-from worker.redaction import MASK, redact
+from worker.oktopost.errors import (
+    MalformedAnswerError,
+    MismatchedAnswerError,
+    RejectedError,
+    ServerError,
+    ThrottledError,
+    TokenInvalidError,
+    UnauthorizedError,
+    UpstreamTransportError,
+)
 
 _TOKEN_IN_PATH = re.compile(r"/social-authorization/([^/?#]+)")
 # Bounded both ways: the words must stand within 80 characters of each other, and only the first

@@ -13,7 +13,7 @@
 --       8 calls a day (UTC), "" for no daily count, 9 the prefix of the day's counter (the UTC day
 --         number since the epoch is appended; named here, not in KEYS, as the day is read from TIME)
 --      10 "" or the admission member of a new flow's Step 1, 11 seconds that admission is held
---      12 "" or the slot a parked flow was released with (worker.parking): granted while it is still in
+--      12 "" or the slot a parked flow was released with (worker.upstream.parking): granted while it is still in
 --         the window, under this waiter's id, the day's count already taken; named "...:<moment>", it
 --         is granted no sooner than that moment (epoch seconds)
 -- Returns {"granted", now} | {"wait", seconds to wait before asking again} | {"doomed", least wait}

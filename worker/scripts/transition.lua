@@ -9,7 +9,7 @@
 --       8 (claims only) the token's claim key: one okt token belongs to one flow, whatever URL it comes to
 --       9, 10 (claims only, optional) the account's parked zset and the parked accounts zset: when flows
 --         of the account already wait for its budget, parked, the claimed flow joins them (scored by its
---         deadline, no lease) instead of queuing a task that would only park it (worker.parking)
+--         deadline, no lease) instead of queuing a task that would only park it (worker.upstream.parking)
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -23,7 +23,7 @@
 --      12 "1": the transition only happens once the flow's deadline has passed; "" otherwise
 --      13 "" or a Celery broker list: the transition queues the task that works on the flow (LPUSH ARGV[14])
 --      14 that task's message, 15 "" or the channel of its task-sent event, 16 that event
---         (worker/queueing.py builds both; the broker list is named here, not in KEYS, as it lives
+--         (worker/flows/enqueuer.py builds both; the broker list is named here, not in KEYS, as it lives
 --         outside the flow's keys: the project assumes one Redis, not a cluster)
 --      17 fence: "" or the owner id a task got when it took the flow's work; then the transition only
 --         happens while that task still owns the work (a task whose lease lapsed changes nothing)

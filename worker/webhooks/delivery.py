@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks import Webhook
 
-from worker.metrics import WorkerMetrics
+from worker.observing.metrics import WorkerMetrics
 from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore
 from worker.webhooks.urls import RefusedUrl, Resolver, resolve, target_of
 

@@ -3,7 +3,7 @@ tenant that wants its type, and queues each delivery's task (whose only argument
 
 It runs as a thread in every worker process that serves deliveries, all of them one consumer group
 (`webhooks`) on the stream: an event is acknowledged once its deliveries exist and their tasks are
-queued, and a dead worker's unacknowledged events are taken over by another (worker.consume). Making a
+queued, and a dead worker's unacknowledged events are taken over by another (worker.follow.consume). Making a
 delivery is idempotent by (endpoint, event), so an event handled twice is delivered once. A second
 thread queues again the task of a delivery that should have shown up long ago (lost with a killed
 worker, or held by one): the attempt itself is fenced, so a duplicate task sends nothing twice.
@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import redis
 
-from worker.consume import StreamedEvent, consume_batches
 from worker.events import DEFAULT_TENANT
+from worker.follow.consume import StreamedEvent, consume_batches
 from worker.keys import RedisNames
 from worker.webhooks.endpoints import Endpoint, WebhookStore
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from worker.settings import is_loopback
+from worker.config.settings import is_loopback
 
 # addresses that `is_private`/`is_link_local` already cover, named for the reader: cloud metadata services
 METADATA_ADDRESSES = frozenset(

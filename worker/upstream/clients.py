@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, NoReturn, TypeVar
 
-from worker.budget import UpstreamBudget
-from worker.tenants import OktopostAccount
+from worker.config.tenants import OktopostAccount
+from worker.upstream.budget import UpstreamBudget
 
 ClientT = TypeVar("ClientT")
 

@@ -4,7 +4,7 @@ Each function takes the flow's work (nothing to do when the flow is no longer in
 a redelivered or duplicate task, or one whose flow another task holds), calls Oktopost through the
 deadline-aware retry policy under the process's lease heartbeat, and ends with exactly one flow
 transition, fenced with the owner id taking the work handed out: a task that lost its flow meanwhile (a
-pause, a partition) changes nothing. Celery is not needed here; worker.tasks wraps these.
+pause, a partition) changes nothing. Celery is not needed here; worker.tasks.celery_tasks wraps these.
 """
 
 from __future__ import annotations
@@ -18,17 +18,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from worker.budget import AccountBlocked, Grant, NoBudgetInTime, NoBudgetNow, UpstreamBudget
-from worker.errors import OktopostError, RefusedError, RejectedError, TokenInvalidError, UnauthorizedError
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
-from worker.flow import Flow, FlowState
-from worker.leases import Held, LeaseKeeper, WorkLost
-from worker.metrics import WorkerMetrics
+from worker.flows.flow import Flow, FlowState
+from worker.flows.store import FlowStore, TakeOutcome
+from worker.flows.transition import Transition, TransitionOutcome
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile, check_verify_fits
-from worker.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
-from worker.store import FlowStore, TakeOutcome
-from worker.transition import Transition, TransitionOutcome
-from worker.upstreams import Upstream, Upstreams
+from worker.oktopost.errors import (
+    OktopostError,
+    RefusedError,
+    RejectedError,
+    TokenInvalidError,
+    UnauthorizedError,
+)
+from worker.tasks.leases import Held, LeaseKeeper, WorkLost
+from worker.upstream.budget import AccountBlocked, Grant, NoBudgetInTime, NoBudgetNow, UpstreamBudget
+from worker.upstream.clients import Upstream, Upstreams
+from worker.upstream.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,12 +53,12 @@ class TaskOutcome(StrEnum):
     SELECTION_REQUIRED = "selection_required"
     FAILED = "failed"
     EXPIRED = "expired"
-    PARKED = "parked"  # the flow waits for its account's budget without a thread (worker.parking)
+    PARKED = "parked"  # the flow waits for its account's budget without a thread (worker.upstream.parking)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskContext:
-    """What a task works with; one per worker process (built by worker.runtime)."""
+    """What a task works with; one per worker process (built by worker.tasks.runtime)."""
 
     store: FlowStore
     upstreams: Upstreams[OktopostClient]  # each Oktopost account's client and budget
@@ -185,7 +191,7 @@ def _admission(job: _Job, answered: list[Grant]) -> Admission:
 
 def _park(job: _Job, waiting: NoBudgetNow) -> TaskOutcome:
     """The flow waits for its account's budget in Redis, not in this thread; a worker's unparker queues
-    its task again when a slot frees (worker.parking)."""
+    its task again when a slot frees (worker.upstream.parking)."""
     parked = job.context.store.park(
         job.flow, job.owner, job.upstream.budget.names, waiting.waiter, waiting.wait
     )

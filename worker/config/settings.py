@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.tenants import (
+from worker.config.tenants import (
     ACCOUNT_ID,
     DEFAULT_ACCOUNT_ID,
     DEFAULT_TENANT,

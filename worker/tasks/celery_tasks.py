@@ -7,14 +7,14 @@ import socket
 
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import runtime, work
-from worker.celery_app import app
-from worker.logs import flow_context
-from worker.parking import Unparker
-from worker.queue_names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK, deliveries_queue, flows_queue
-from worker.queueing import Enqueuer
-from worker.settings import get_settings
-from worker.sweeper import Sweeper
+from worker.config.settings import get_settings
+from worker.flows.enqueuer import Enqueuer
+from worker.observing.logs import flow_context
+from worker.queueing.names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK, deliveries_queue, flows_queue
+from worker.tasks import runtime, work
+from worker.tasks.celery_app import app
+from worker.tasks.sweeper import Sweeper
+from worker.upstream.parking import Unparker
 from worker.webhooks.dispatcher import Dispatcher
 
 # A countdown longer than the broker's visibility timeout runs the task twice (celery #2599): a longer

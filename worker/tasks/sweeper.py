@@ -14,17 +14,17 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from worker.account import Account
-from worker.flow import WORKING_STATES, FlowState
-from worker.queueing import QueuedTask
-from worker.store import FlowStore, RequeueOutcome
-from worker.work import TaskOutcome, expire_flow
+from worker.flows.enqueuer import QueuedTask
+from worker.flows.flow import WORKING_STATES, FlowState
+from worker.flows.store import FlowStore, RequeueOutcome
+from worker.tasks.work import TaskOutcome, expire_flow
+from worker.upstream.account import Account
 
 log = logging.getLogger(__name__)
 
 
 class TaskQueue(Protocol):
-    """What the sweeper needs of worker.queueing.Enqueuer."""
+    """What the sweeper needs of worker.flows.enqueuer.Enqueuer."""
 
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None: ...
 

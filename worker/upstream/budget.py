@@ -13,11 +13,11 @@ lives, so the limit is never to be exceeded, not merely respected on average. Tw
   after all of them. A waiter that stops polling (its process died) drops out after a few seconds.
 
 A worker's call that would wait longer than a moment does not wait in its thread: the task parks its
-flow (worker.parking) and a worker's unparker releases it when a slot frees, with the slot reserved in
-its name. Parked flows rank in the queue by their deadline as if they were in it.
+flow (worker.upstream.parking) and a worker's unparker releases it when a slot frees, with the slot
+reserved in its name. Parked flows rank in the queue by their deadline as if they were in it.
 
 Both are changed only inside one Lua script, on Redis's clock, so several machines agree. That script
-also honours the account's pause and counts its day (worker.account): no call is granted while the
+also honours the account's pause and counts its day (worker.upstream.account): no call is granted while the
 account is paused, nor past the day's limit, and a new flow's Step 1 is granted only while the day
 covers what the flows under way need plus the new flow's own calls.
 Why not the `limits` library: its moving window answers "may I, now?" to whoever asks first; it has
@@ -37,10 +37,10 @@ from typing import Any, ClassVar
 import redis
 
 from worker import scripts
-from worker.account import ADMISSION_SECONDS, Account
-from worker.errors import ThrottledError
 from worker.events import ExpiredReason
 from worker.keys import AccountNames
+from worker.oktopost.errors import ThrottledError
+from worker.upstream.account import ADMISSION_SECONDS, Account
 
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
 STALE_WAITER_SECONDS = 3.0
@@ -127,10 +127,11 @@ class UpstreamBudget:
         Raises NoBudgetInTime as soon as the queue shows no slot before `give_up_at` (epoch seconds),
         and AccountBlocked when the account's pause or its day's count forbids any call until then.
         `heartbeat` is called before each wait, at least every MAX_POLL_SECONDS; what it raises ends the
-        wait. `admission` (worker.account.admission_member) makes this a new flow's Step 1: granted only
-        while the day covers it, and it reserves the flow's later calls until `release_admission`.
-        With `park_after`, a wait longer than that raises NoBudgetNow instead (the caller parks its
-        flow); `slot` is the slot a released parked flow was given, granted if still held, once it frees.
+        wait. `admission` (worker.upstream.account.admission_member) makes this a new flow's Step 1:
+        granted only while the day covers it, and it reserves the flow's later calls until
+        `release_admission`. With `park_after`, a wait longer than that raises NoBudgetNow instead (the
+        caller parks its flow); `slot` is the slot a released parked flow was given, granted if still
+        held, once it frees.
         """
         waiter = uuid.uuid4().hex
         started = time.monotonic()

@@ -1,4 +1,7 @@
-"""The Celery app: configured from celeryconfig.py, tasks in worker.tasks, the sweeper started with it.
+"""The Celery app: configured from celeryconfig.py, its tasks in worker.tasks.celery_tasks.
+
+Importing those tasks connects the worker_ready handler that starts a worker's three background threads
+(the sweeper, the unparker and the webhook dispatcher).
 
 `celery -A worker worker` and `oktopost-connect worker` start the same worker: the pool and its
 concurrency come from the configuration, logging is ours on either path (each task's flow id, secrets
@@ -28,15 +31,15 @@ class ConnectCelery(Celery):
         return self.subclass_with_self(_Worker)
 
 
-app = ConnectCelery("oktopost_connect", include=["worker.tasks"])
+app = ConnectCelery("oktopost_connect", include=["worker.tasks.celery_tasks"])
 app.config_from_object("celeryconfig")
 
 
 @signals.setup_logging.connect
 def _configure_logging(**_: object) -> None:
     """Celery leaves logging to us when this signal has a receiver, whichever command started it."""
-    from worker.logs import configure_logging
-    from worker.settings import get_settings
+    from worker.config.settings import get_settings
+    from worker.observing.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

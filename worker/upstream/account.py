@@ -56,7 +56,9 @@ class Standing:
     used_today: int
     reserved: int  # calls the flows under way (and new flows mid Step 1) still need
     daily_limit: int | None
-    parked: int = 0  # flows waiting for the account's budget without a worker thread (worker.parking)
+    parked: int = (
+        0  # flows waiting for the account's budget without a worker thread (worker.upstream.parking)
+    )
 
     @property
     def remaining_today(self) -> int | None:

@@ -11,20 +11,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.budget import UpstreamBudget
-from worker.flow import Lifetimes
+from worker.config.settings import Settings, get_settings
+from worker.config.tenants import OktopostAccount
+from worker.flows.flow import Lifetimes
+from worker.flows.store import FlowStore
 from worker.keys import RedisNames
-from worker.leases import LeaseKeeper
-from worker.metrics import WorkerMetrics
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import AsyncOktopostClient, OktopostClient, timeout_from_settings
-from worker.retry import RetryPolicy
-from worker.settings import Settings, get_settings
-from worker.store import FlowStore
-from worker.tenants import OktopostAccount
-from worker.upstreams import Upstream, Upstreams
+from worker.tasks.leases import LeaseKeeper
+from worker.tasks.work import TaskContext
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstream, Upstreams
+from worker.upstream.retry import RetryPolicy
 from worker.webhooks.delivery import Courier, Slots
 from worker.webhooks.endpoints import WebhookStore
-from worker.work import TaskContext
 
 _lock = threading.Lock()
 

@@ -11,11 +11,11 @@ import redis
 
 from worker import scripts
 from worker.events import FlowEvent
-from worker.flow import FlowState
+from worker.flows.flow import FlowState
 from worker.keys import RedisNames
 
 if TYPE_CHECKING:  # the queueing module brings Celery; a transition needs only the message's fields
-    from worker.queueing import QueuedTask
+    from worker.flows.enqueuer import QueuedTask
 
 
 class TransitionOutcome(StrEnum):

@@ -10,7 +10,7 @@ AttributeError ('NoneType' object has no attribute 'hostname'), which is not a c
 worker logs "Unrecoverable error" and exits (with status 0) instead of reconnecting. Repaired, that case
 is a connection error, which Celery's close ignores: the worker reconnects, the messages stay in Redis's
 unacked set until the visibility timeout restores them, and the lease sweeper takes up their flows long
-before that (worker/sweeper.py).
+before that (worker/tasks/sweeper.py).
 
 The method is wrapped in place rather than through a transport of our own (`broker_transport`), which
 would name that class in the broker URL that Celery and Flower print and parse (Flower's /broker breaks).
@@ -24,7 +24,7 @@ so each channel keeps the one it built for as long as its pool lives; a pool tha
 lost connection gets a new client with the new pool.
 
 Both reach into kombu's internals, so they are made only on the tested Celery and kombu releases
-(worker/versions.py); on others kombu's transport is left as it ships, with one warning.
+(worker/queueing/versions.py); on others kombu's transport is left as it ships, with one warning.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-from worker.versions import LibraryVersions
+from worker.queueing.versions import LibraryVersions
 
 log = logging.getLogger(__name__)
 

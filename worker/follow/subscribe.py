@@ -1,7 +1,7 @@
 """For subscribing services: follow a flow's events without a gap or a duplicate, across lost connections.
 
     import redis
-    from worker.subscribe import follow_flow
+    from worker.follow.subscribe import follow_flow
 
     for event in follow_flow(redis.Redis(), flow_id):
         print(event["seq"], event["type"])        # history first, then live, ends after the terminal event

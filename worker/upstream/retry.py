@@ -28,7 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker.errors import OktopostError, ThrottledError
+from worker.oktopost.errors import OktopostError, ThrottledError
 
 T = TypeVar("T")
 Admission = Callable[[], AbstractContextManager[object]]

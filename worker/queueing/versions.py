@@ -1,9 +1,9 @@
 """The Celery and kombu releases whose internals this project relies on, and whether they are installed.
 
-worker/queueing.py builds Celery's task messages by hand and worker/broker.py changes kombu's Redis
-transport: both reach below the libraries' public API, so they are used only on the minor versions the
-tests cover (pyproject.toml bounds the dependencies to the same range). Outside it the pipeline keeps to
-the public API: `apply_async` after each transition, and kombu's transport as it ships.
+worker/flows/enqueuer.py builds Celery's task messages by hand and worker/queueing/broker.py changes
+kombu's Redis transport: both reach below the libraries' public API, so they are used only on the minor
+versions the tests cover (pyproject.toml bounds the dependencies to the same range). Outside it the
+pipeline keeps to the public API: `apply_async` after each transition, and kombu's transport as it ships.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from worker.redaction import redact
+from worker.observing.redaction import redact
 
 _MAX_MESSAGE = 500
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from worker.store import FlowStore
+from worker.flows.store import FlowStore
 
 log = logging.getLogger(__name__)
 

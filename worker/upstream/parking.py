@@ -1,6 +1,6 @@
 """The unparker: queues the tasks of flows parked for their account's budget when a slot frees for them.
 
-A task whose flow must wait for the account's budget parks the flow in Redis (worker.work, a sorted set
+A task whose flow must wait for the account's budget parks the flow in Redis (worker.tasks.work, a sorted set
 per account scored by the flow's deadline) and ends, so a burst on one account never fills the worker's
 threads while other accounts' flows wait behind it. One thread in every worker process watches the
 accounts with parked flows and, when one is due, releases its flows earliest deadline first, as many as
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from worker import scripts
-from worker.budget import UpstreamBudget
-from worker.flow import WORKING_STATES, FlowState
-from worker.queueing import QueuedTask
-from worker.store import FlowStore
+from worker.flows.enqueuer import QueuedTask
+from worker.flows.flow import WORKING_STATES, FlowState
+from worker.flows.store import FlowStore
+from worker.upstream.budget import UpstreamBudget
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ LEAD_SECONDS = 0.1
 
 
 class TaskQueue(Protocol):
-    """What the unparker needs of worker.queueing.Enqueuer."""
+    """What the unparker needs of worker.flows.enqueuer.Enqueuer."""
 
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None: ...
 

@@ -12,8 +12,8 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from worker.queue_names import COMPLETE_TASK, VERIFY_TASK
-from worker.redaction import install_log_redaction, redacting_filter
+from worker.observing.redaction import install_log_redaction, redacting_filter
+from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
 
 current_flow: ContextVar[str] = ContextVar("current_flow", default="-")
 FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})  # tasks whose one argument is a flow id

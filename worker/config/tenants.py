@@ -3,8 +3,8 @@ account (credentials, base URL, rate and daily limits) their flows use.
 
 They come from TENANTS_FILE (TOML), beside the tenant `default` that SHIM_API_KEYS, OKTOPOST_* and
 ALLOWED_RETURN_URLS make. Oktopost API keys live here, in process memory, as SecretStr: flows record their
-tenant's name and account id, never a key. worker.settings builds a `Tenants` and turns every error here
-into one line naming the tenant and the field.
+tenant's name and account id, never a key. worker.config.settings builds a `Tenants` and turns every
+error here into one line naming the tenant and the field.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import redis
 
 from worker import scripts
 from worker.clock import Clock, RedisClock
+from worker.config.tenants import DEFAULT_ACCOUNT_ID, DEFAULT_TENANT
 from worker.events import (
     AuthorizationExpired,
     AuthorizationFailed,
@@ -38,13 +39,12 @@ from worker.events import (
     StartedData,
     utc_timestamp,
 )
-from worker.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
+from worker.flows.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 from worker.keys import AccountNames, RedisNames
-from worker.tenants import DEFAULT_ACCOUNT_ID, DEFAULT_TENANT
-from worker.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
-    from worker.queueing import QueuedTask
+    from worker.flows.enqueuer import QueuedTask
 
 
 class TakeOutcome(StrEnum):
@@ -181,8 +181,8 @@ class FlowStore:
         kept only when this claim is the one that happens.
 
         When the flow's account already has flows parked for its budget, the flow joins them instead of
-        being queued (worker.parking): its task would only park it, and a burst of callbacks would fill the
-        broker ahead of other accounts' flows.
+        being queued (worker.upstream.parking): its task would only park it, and a burst of callbacks
+        would fill the broker ahead of other accounts' flows.
         On CONFLICT, `token_fp` tells a repeat of the same callback (nothing to do) from another token.
         TOKEN_IN_USE: another flow claimed this token. Verifying it again would connect that flow's
         account to this one (Oktopost answers a live token as often as asked), so a token claims one flow.

@@ -1,7 +1,7 @@
 """A flow: one user's authorization, from Step 1 to its one terminal event, and the lifetimes it lives by.
 
 A flow moves   awaiting_callback -> verifying -> (awaiting_selection -> completing ->) completed
-and can end as failed or expired from any stage before that. `worker.store` keeps flows in Redis.
+and can end as failed or expired from any stage before that. `worker.flows.store` keeps flows in Redis.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Flow:
     # the Oktopost account its calls are made for and counted against ("": the store's default account,
     # for flows that name none)
     account: str = ""
-    budget_slot: str = ""  # the budget slot a parked flow was released with (worker.parking)
+    budget_slot: str = ""  # the budget slot a parked flow was released with (worker.upstream.parking)
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:

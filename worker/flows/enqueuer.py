@@ -9,7 +9,7 @@ tests/pipeline/test_queueing.py sends one each way and compares them.
 
 Building messages by hand relies on Celery's and kombu's internals, so it is done only where it can
 work and was tested: the broker is the flows' Redis (a Lua script reaches one Redis) and the installed
-Celery and kombu are the tested ones (worker/versions.py). Otherwise the task is sent with
+Celery and kombu are the tested ones (worker/queueing/versions.py). Otherwise the task is sent with
 `apply_async` after the transition. The sweeper's rare requeues always use `apply_async`.
 """
 
@@ -29,9 +29,9 @@ from celery.utils.time import utcoffset
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
-from worker.flow import FlowState
-from worker.queue_names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK
-from worker.versions import LibraryVersions
+from worker.flows.flow import FlowState
+from worker.queueing.names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK
+from worker.queueing.versions import LibraryVersions
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 stream with a consumer group.
 
     import redis
-    from worker.consume import consume_all_events
+    from worker.follow.consume import consume_all_events
 
     def record(event: StreamedEvent) -> None:      # raise to leave the event for a later try
         print(event.event["flow_id"], event.event["type"])
@@ -34,8 +34,13 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from worker.follow.subscribe import (
+    CONNECTION_ERRORS,
+    FIRST_BACKOFF_SECONDS,
+    LAST_BACKOFF_SECONDS,
+    REFUSED_ERRORS,
+)
 from worker.keys import RedisNames
-from worker.subscribe import CONNECTION_ERRORS, FIRST_BACKOFF_SECONDS, LAST_BACKOFF_SECONDS, REFUSED_ERRORS
 
 log = logging.getLogger(__name__)
 

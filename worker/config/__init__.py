@@ -1,0 +1,8 @@
+"""Configuration: every setting read from the environment and checked at start-up, and the tenants.
+
+    settings.py  Settings: the environment (and `.env`), each bad value one line naming it
+    tenants.py   the tenants (TENANTS_FILE, else `default` from the environment): caller keys,
+                 return-URL allowlists, Oktopost accounts with their keys as SecretStr
+
+May import: worker.events. Everything else in the pipeline may import this package.
+"""

@@ -1,0 +1,8 @@
+"""What operators see: log lines, metrics, and the redaction that keeps secrets out of both.
+
+    logs.py       logging with the flow id on every line, text or JSON
+    metrics.py    the workers' metrics, kept in Redis so that every process adds up
+    redaction.py  keeps tokens, keys and webhook secrets out of log lines and messages
+
+May import: worker.keys, worker.scripts, worker.queueing (task names, to tell a flow's task).
+"""
