@@ -11,7 +11,6 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -213,49 +212,6 @@ def demo(argv: Sequence[str]) -> int:
     from cli.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(timeout=args.timeout, redis=redis, concurrency=args.concurrency))
-
-
-def bench(argv: Sequence[str]) -> int:
-    from cli.bench import ALL_SCENARIO_NAMES, SCENARIO_NAMES, SYSTEM_NAMES, BenchOptions, run
-
-    parser = argparse.ArgumentParser(
-        prog="oktopost-connect bench",
-        description="Start Redis, sandboxes, ours and two baselines as real processes; time callback "
-        "to terminal in each scenario; print a table.",
-    )
-    parser.add_argument(
-        "--scenario",
-        action="append",
-        choices=ALL_SCENARIO_NAMES,
-        help="run this scenario (repeatable; default all but webhooks, which measures ours only)",
-    )
-    parser.add_argument(
-        "--system",
-        action="append",
-        choices=SYSTEM_NAMES,
-        help="measure this system (repeatable; default all: ours and both baselines)",
-    )
-    parser.add_argument("--flows", type=int, default=None, help="flows per scenario, overriding each default")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes per Celery system (default 1)"
-    )
-    parser.add_argument("--concurrency", type=int, default=64, help="threads per worker process (default 64)")
-    parser.add_argument("--quick", action="store_true", help="a short run with few flows (for tests)")
-    args = parser.parse_args(argv)
-    if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
-        return fail("--flows, --workers and --concurrency must be at least 1")
-    return run(
-        BenchOptions(
-            scenarios=tuple(args.scenario or SCENARIO_NAMES),
-            systems=tuple(args.system or SYSTEM_NAMES),
-            flows=args.flows,
-            json_path=args.json,
-            workers=args.workers,
-            concurrency=args.concurrency,
-            quick=args.quick,
-        )
-    )
 
 
 def webhooks(argv: Sequence[str]) -> int:

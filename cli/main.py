@@ -1,5 +1,5 @@
 """The `oktopost-connect` command: one sub-command per component (cli.commands), plus `up`, `demo`,
-`watch` and `bench`."""
+`watch` and `webhooks`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ commands:
   sandbox   a local stand-in for Oktopost's social authorization API
   watch     print a flow's events: its history, then live ones until a terminal event
   webhooks  list the webhook endpoints, or replay events to one (for operators)
-  bench     ours against two baselines (inline, naive Celery): latency, throughput, faults, burst
 
 Run `oktopost-connect COMMAND --help` for a command's options, `oktopost-connect --version` for the
 version."""
@@ -31,7 +30,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "worker": commands.worker,
     "watch": commands.watch,
     "webhooks": commands.webhooks,
-    "bench": commands.bench,
 }
 
 

@@ -1,5 +1,6 @@
 """The tree's boundaries, read statically from the source: the pipeline (worker, api_shim) never imports the
-tooling (cli) or the sandbox, the sandbox stands alone, and no two project modules import each other."""
+tooling (cli), the bench or the sandbox, nothing installed imports the bench, the sandbox stands alone,
+and no two project modules import each other."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("worker", "api_shim", "sandbox", "cli")
+PACKAGES = ("worker", "api_shim", "sandbox", "cli", "bench")
 # package -> the packages it must not import, at module level or inside a function alike
 FORBIDDEN = {
-    "worker": {"cli", "sandbox"},
-    "api_shim": {"cli", "sandbox"},
-    "sandbox": {"worker", "api_shim", "cli"},
+    "worker": {"cli", "sandbox", "bench"},
+    "api_shim": {"cli", "sandbox", "bench"},
+    "sandbox": {"worker", "api_shim", "cli", "bench"},
+    # the bench is not installed: nothing installed may need it
+    "cli": {"bench"},
 }
 
 

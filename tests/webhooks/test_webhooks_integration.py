@@ -31,7 +31,7 @@ class Receiver:
     def __init__(self) -> None:
         self.port = free_port()
         self.process = Process(
-            [sys.executable, "-m", "cli.bench.receiver", "--port", str(self.port)], name="receiver"
+            [sys.executable, "-m", "bench.receiver", "--port", str(self.port)], name="receiver"
         )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_for_port(self.port)

@@ -1,7 +1,7 @@
 """Baseline `inline`: the reference's implementation example as a web app. The callback handler verifies
 the okt token with Oktopost before it answers, once, with no queue and no retry, then reports the outcome.
 
-    python -m cli.bench.inline --port 8123     (Oktopost from OKTOPOST_* settings, Redis from
+    python -m bench.inline --port 8123     (Oktopost from OKTOPOST_* settings, Redis from
                                                     BENCH_REDIS_URL, outcomes on BENCH_DONE_CHANNEL)
 """
 
@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from cli.bench.completion import DONE_CHANNEL_ENV, REDIS_URL_ENV, Completion, outcome_of
+from bench.completion import DONE_CHANNEL_ENV, REDIS_URL_ENV, Completion, outcome_of
 from worker.config.settings import load_settings
 from worker.oktopost import AsyncOktopostClient
 from worker.oktopost.errors import OktopostError
@@ -55,7 +55,7 @@ def create_app(redis_url: str, done_channel: str) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cli.bench.inline")
+    parser = argparse.ArgumentParser(prog="python -m bench.inline")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     app = create_app(os.environ[REDIS_URL_ENV], os.environ[DONE_CHANNEL_ENV])

@@ -14,8 +14,8 @@ from types import TracebackType
 
 import httpx
 
-from cli.bench.report import SharedAccount
-from cli.bench.upstream import SANDBOX_AUTH
+from bench.report import SharedAccount
+from bench.upstream import SANDBOX_AUTH
 
 # A route neither ours nor the baselines call, so the sandbox's log tells the two clients apart. The
 # sandbox does not serve it (404), but like Oktopost it counts the call against the account first.

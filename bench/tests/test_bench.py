@@ -1,4 +1,4 @@
-"""`oktopost-connect bench --quick`: every scenario x system row, sane figures, ours loses nothing, never
+"""`python -m bench --quick`: every scenario x system row, sane figures, ours loses nothing, never
 trips the upstream block in the burst and stops calling when another client trips it, and no child
 process outlives the run, even an interrupted one."""
 
@@ -39,7 +39,7 @@ def _alive(pid: int) -> bool:
 
 
 def _bench(*options: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "bench", "--quick", "--concurrency", "16", *options]
+    return [sys.executable, "-m", "bench", "--quick", "--concurrency", "16", *options]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def test_bench_measures_only_the_systems_asked_for(tmp_path: Path) -> None:
 
 
 def test_a_rate_needs_enough_completions_to_mean_something() -> None:
-    from cli.bench.scenarios import MIN_RATED, completion_rate
+    from bench.scenarios import MIN_RATED, completion_rate
 
     assert math.isnan(completion_rate([5.0] * (MIN_RATED - 1)))
     steady = [index / 100 for index in range(200)]  # 100 a second

@@ -3,7 +3,7 @@
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
 The `tenants` scenario (many accounts, one bursting) runs on ours alone, after the others
-(cli/bench/tenants.py).
+(bench/tenants.py).
 Every child process is stopped at the end, on Ctrl-C and on failure too.
 """
 
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli.bench.harness import interrupted_by_sigterm, start_redis
-from cli.bench.load import generator_floor
-from cli.bench.report import Row, shared_account_table, table
-from cli.bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
-from cli.bench.systems import SYSTEMS, Pipeline, Setup, System
-from cli.bench.tenants import TenantsResult, run_tenants
-from cli.bench.upstream import SandboxServer, start_sandbox
-from cli.bench.webhooks import endpoints, measure_deliveries, webhooks_table
+from bench.harness import interrupted_by_sigterm, start_redis
+from bench.load import generator_floor
+from bench.report import Row, shared_account_table, table
+from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
+from bench.systems import SYSTEMS, Pipeline, Setup, System
+from bench.tenants import TenantsResult, run_tenants
+from bench.upstream import SandboxServer, start_sandbox
+from bench.webhooks import endpoints, measure_deliveries, webhooks_table
 from cli.processes import Child, Children, StartupError
 
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  # the default run

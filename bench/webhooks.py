@@ -1,5 +1,5 @@
 """The `webhooks` scenario (ours only): the flows of the overhead scenario with two webhook endpoints on
-local receivers (cli/bench/receiver.py, which verify every delivery with the Standard Webhooks library),
+local receivers (bench/receiver.py, which verify every delivery with the Standard Webhooks library),
 one of them answering 503 half the time. It reports how many events a second reach the endpoints and
 the lag from an event's `at` to its first accepted delivery, for the steady and the flaky endpoint.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import redis
 
-from cli.bench.report import Row, WebhookFigures, percentile
-from cli.bench.scenarios import completion_rate
-from cli.bench.systems import CALLER_KEY, RECEIVER_HOST, Pipeline
+from bench.report import Row, WebhookFigures, percentile
+from bench.scenarios import completion_rate
+from bench.systems import CALLER_KEY, RECEIVER_HOST, Pipeline
 from cli.processes import Child, Children, free_port, wait_for_port
 from worker.keys import RedisNames
 
@@ -44,7 +44,7 @@ def endpoints(children: Children, pipeline: Pipeline) -> Iterator[Endpoints]:
         urls = []
         for name in ("steady", "flaky"):
             port = free_port()
-            args = [sys.executable, "-m", "cli.bench.receiver", "--port", str(port)]
+            args = [sys.executable, "-m", "bench.receiver", "--port", str(port)]
             receivers.append(children.start(f"receiver-{name}", args))
             wait_for_port(port)
             urls.append(f"http://{RECEIVER_HOST}:{port}")

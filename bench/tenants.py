@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from cli.bench.load import EndingListener, Shot, consent, fire
-from cli.bench.report import percentile
-from cli.bench.systems import Pipeline, Setup, StartedFlow
-from cli.bench.upstream import SandboxServer, Upstream
+from bench.load import EndingListener, Shot, consent, fire
+from bench.report import percentile
+from bench.systems import Pipeline, Setup, StartedFlow
+from bench.upstream import SandboxServer, Upstream
 from cli.processes import Child, Children, StartupError, free_port, wait_for_port
 
 RATE_LIMIT = "5/second"  # each account's; the sandbox blocks an account past it, as Oktopost does

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cli.bench.careless import CarelessClient, blocked_calls
-from cli.bench.harness import wait_until_idle
-from cli.bench.load import EndingListener, Shot, consent, fire
-from cli.bench.report import Row, percentile
-from cli.bench.systems import System
-from cli.bench.upstream import SandboxServer, Upstream
+from bench.careless import CarelessClient, blocked_calls
+from bench.harness import wait_until_idle
+from bench.load import EndingListener, Shot, consent, fire
+from bench.report import Row, percentile
+from bench.systems import System
+from bench.upstream import SandboxServer, Upstream
 from cli.processes import Child, StartupError
 
 NO_FAULTS: dict[str, Any] = {
@@ -78,7 +78,7 @@ def _overhead_met(row: Row) -> bool:
 
 
 def _overhead_lost_none(row: Row) -> bool:
-    return row.lost == 0 and row.completed == row.flows  # and every delivery (cli/bench/webhooks.py)
+    return row.lost == 0 and row.completed == row.flows  # and every delivery (bench/webhooks.py)
 
 
 def _throughput_met(row: Row) -> bool:

@@ -1,6 +1,6 @@
 """Why the upstream budget is our own and not the `limits` library: the two side by side, measured.
 
-    python -m cli.bench.limiters [--flows 80] [--rate 10] [--call-ms 300] [--json PATH]
+    python -m bench.limiters [--flows 80] [--rate 10] [--call-ms 300] [--json PATH]
 
 (`limits` is in the `tools` extra: `pip install 'oktopost-connect[tools]'`.) A private redis-server, as
 the benchmark starts one. A burst of flows each needs one upstream call before its own deadline, the
@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from cli.bench.harness import start_redis
+from bench.harness import start_redis
 from cli.processes import Children
 from worker.keys import RedisNames
 from worker.upstream.budget import NoBudgetInTime, UpstreamBudget
@@ -205,20 +205,20 @@ def table(results: Sequence[Result]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cli.bench.limiters", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.limiters", description=__doc__.split("\n")[0])
     parser.add_argument("--flows", type=int, default=80)
     parser.add_argument("--rate", type=int, default=10, help="calls a second (default 10)")
     parser.add_argument("--call-ms", type=int, default=300, help="how long each upstream call lasts")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args(argv)
     if args.flows < 1 or args.rate < 1 or args.call_ms < 0:
-        print("python -m cli.bench.limiters: --flows and --rate must be at least 1", file=sys.stderr)
+        print("python -m bench.limiters: --flows and --rate must be at least 1", file=sys.stderr)
         return 2
     try:
         import limits  # noqa: F401
     except ImportError:
         print(
-            "python -m cli.bench.limiters: needs `limits` (pip install 'oktopost-connect[tools]')",
+            "python -m bench.limiters: needs `limits` (pip install 'oktopost-connect[tools]')",
             file=sys.stderr,
         )
         return 2

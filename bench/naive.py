@@ -2,8 +2,8 @@
 `max_retries=5`), with the token as a task argument, no shared budget and no deadline. Its callback
 endpoint enqueues and answers.
 
-    python -m cli.bench.naive web --port 8124        the callback endpoint
-    python -m cli.bench.naive worker --concurrency 64   its Celery worker (threads pool)
+    python -m bench.naive web --port 8124        the callback endpoint
+    python -m bench.naive worker --concurrency 64   its Celery worker (threads pool)
 
 Oktopost comes from the OKTOPOST_* settings, Redis (broker and outcomes) from BENCH_REDIS_URL. The one
 thing a textbook task lacks is `on_failure` reporting the outcome: the benchmark needs to see it.
@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from cli.bench.completion import (
+from bench.completion import (
     DONE_CHANNEL_ENV,
     QUEUE_ENV_NAME,
     REDIS_URL_ENV,
@@ -86,7 +86,7 @@ def create_web() -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cli.bench.naive")
+    parser = argparse.ArgumentParser(prog="python -m bench.naive")
     parser.add_argument("role", choices=["web", "worker"])
     parser.add_argument("--port", type=int, default=8124)
     parser.add_argument("--concurrency", type=int, default=8)

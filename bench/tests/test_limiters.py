@@ -1,4 +1,4 @@
-"""`python -m cli.bench.limiters`: our budget against the `limits` library, on a private redis-server."""
+"""`python -m bench.limiters`: our budget against the `limits` library, on a private redis-server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.bench.limiters import Call, optimum, worst_window
+from bench.limiters import Call, optimum, worst_window
 from tests.support import ROOT
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.alone  # flows' deadlines and 200 ms calls in a 10/second budget, timed
 def test_ours_serves_the_optimum_and_never_lets_a_window_exceed_the_limit(tmp_path: Path) -> None:
     results = tmp_path / "limiters.json"
-    command = [sys.executable, "-m", "cli.bench.limiters", "--flows", "30", "--call-ms", "200"]
+    command = [sys.executable, "-m", "bench.limiters", "--flows", "30", "--call-ms", "200"]
     run = subprocess.run(
         [*command, "--json", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import redis.asyncio as aioredis
 
-from cli.bench.report import percentile
-from cli.bench.systems import StartedFlow
+from bench.report import percentile
+from bench.systems import StartedFlow
 
 CONSENT_CONCURRENCY = 16
 CALLBACK_TIMEOUT = 30.0  # a browser gives up on a callback answered later than this

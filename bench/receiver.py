@@ -1,7 +1,7 @@
 """A webhook receiver for tests and the bench: a small HTTP server that verifies every delivery with the
 Standard Webhooks library (nothing of ours) and records the `webhook-id`s and bodies it accepted.
 
-    python -m cli.bench.receiver --port 8099
+    python -m bench.receiver --port 8099
 
 Each path is an endpoint of its own, told its secret and its behaviour by `POST /_control`
 `{"path": "/a", "secret": "whsec_...", "mode": "ok" | "503" | "hang" | "flaky", "seconds": 3,

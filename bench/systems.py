@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 import httpx
 import redis
 
-from cli.bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
-from cli.bench.report import percentile
-from cli.bench.upstream import SANDBOX_AUTH, SandboxServer
+from bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Completion
+from bench.report import percentile
+from bench.upstream import SANDBOX_AUTH, SandboxServer
 from cli.processes import Child, Children, free_port, wait_for_http
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
@@ -293,7 +293,7 @@ class Inline(_Baseline):
 
     def start(self) -> None:
         app = self.children.start(
-            "inline-app", [sys.executable, "-m", "cli.bench.inline", "--port", str(self.port)], self.env()
+            "inline-app", [sys.executable, "-m", "bench.inline", "--port", str(self.port)], self.env()
         )
         self.processes.append(app)
         wait_for_http(f"{self.url}/healthz", app)
@@ -303,7 +303,7 @@ class NaiveCelery(_Baseline):
     name = "naive-celery"
 
     def start(self) -> None:
-        module = [sys.executable, "-m", "cli.bench.naive"]
+        module = [sys.executable, "-m", "bench.naive"]
         web = self.children.start("naive-web", [*module, "web", "--port", str(self.port)], self.env())
         self.processes.append(web)
         for index in range(self.setup.workers):
