@@ -37,7 +37,8 @@ async def test_registering_shows_the_secret_once_in_the_standard_webhooks_form(s
     assert created["secret"].startswith("whsec_")
     assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) >= 24
     listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()
-    assert listed == {"webhooks": [{key: created[key] for key in ("id", "url", "events", "created_at")}]}
+    shown = {key: created[key] for key in ("id", "url", "events", "created_at")}
+    assert listed == {"webhooks": [{**shown, "status": "enabled", "disabled_at": None}]}
     assert created["secret"] not in json.dumps(listed)
     everything = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
     assert everything["events"] == []

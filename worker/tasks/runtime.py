@@ -149,9 +149,7 @@ def budget(settings: Settings, client: redis.Redis, account: OktopostAccount) ->
 @lru_cache(maxsize=1)
 def webhook_store() -> WebhookStore:
     settings, flow_store = get_settings(), store()
-    return WebhookStore(
-        flow_store.redis, flow_store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
-    )
+    return WebhookStore.configured(flow_store.redis, flow_store.names, settings)
 
 
 def configure_delivery_slots(total: int) -> None:

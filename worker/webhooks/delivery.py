@@ -35,8 +35,11 @@ DEFER_SECONDS = 1.0
 class AttemptResult:
     """What a task did, and in how many seconds it must run again (None: never)."""
 
-    outcome: str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred
+    outcome: (
+        str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred | held | rate
+    )
     again_in: float | None = None
+    successor: str = ""  # the flow's next delivery to the endpoint, whose turn it is now: queue its task
 
 
 @dataclass
@@ -108,8 +111,8 @@ class Courier:
     def _attempt(self, delivery_id: str) -> AttemptResult:
         taken = self.store.begin_attempt(delivery_id, self.lease)
         if isinstance(taken, NoAttempt):
-            if taken.reason == "wait":
-                return AttemptResult("wait", taken.seconds)
+            if taken.reason in ("wait", "rate"):
+                return AttemptResult(taken.reason, taken.seconds)
             if taken.reason == "busy":  # another copy of the task is sending: look again after its lease
                 return AttemptResult("busy", taken.seconds + 1.0)
             return AttemptResult(taken.reason)
@@ -131,11 +134,26 @@ class Courier:
             self.metrics.webhook_attempt(result, seconds)
             if outcome != "retry":
                 self.metrics.webhook_delivery(outcome)
+        if recorded.failing_since is not None:
+            self._disable(taken.endpoint_id, recorded.failing_since)
         if outcome == "retry":
             log.info("delivery %s: attempt %d %s, next in %.0f s", delivery_id, attempts, result, wait)
-            return AttemptResult("retry", wait)
+            return AttemptResult("retry", wait, recorded.successor)
         log.info("delivery %s: %s after %d attempt(s)", delivery_id, outcome, attempts)
-        return AttemptResult(outcome)
+        return AttemptResult(outcome, None, recorded.successor)
+
+    def _disable(self, endpoint_id: str, failing_since: float) -> None:
+        endpoint = self.store.endpoint(endpoint_id)
+        if endpoint is None or not endpoint.enabled:
+            return
+        failed = self.store.disable(endpoint, failing_since)
+        if failed is not None:
+            log.warning(
+                "endpoint %s disabled: every attempt failed since %s; %d pending deliveries failed",
+                endpoint_id,
+                datetime.fromtimestamp(failing_since, UTC).isoformat(),
+                failed,
+            )
 
     def _send(self, attempt: Attempt) -> tuple[int | None, str]:
         """(status code, result) of one POST; result is `delivered` or what went wrong, in a word."""
@@ -147,8 +165,13 @@ class Courier:
         except RefusedUrl as refused:
             log.warning("delivery to endpoint %s refused: %s", endpoint.id, refused)
             return None, "refused"
-        moment = datetime.now(UTC)
-        signature = Webhook(endpoint.secret).sign(attempt.event_id, moment, attempt.body.decode())
+        # Redis's clock, as every deadline here: a worker whose clock is off signs no stale timestamp
+        moment = datetime.fromtimestamp(attempt.at, UTC) if attempt.at else datetime.now(UTC)
+        # during a rotation's overlap the new secret's signature first, then the old one's
+        signature = " ".join(
+            Webhook(secret).sign(attempt.event_id, moment, attempt.body.decode())
+            for secret in endpoint.signing_secrets(moment.timestamp())
+        )
         headers = {
             "Host": target.host_header,
             "Content-Type": "application/json",

@@ -77,8 +77,13 @@ class Dispatcher:
             if tenant not in endpoints:
                 endpoints[tenant] = self.store.endpoints(tenant)
             for endpoint in endpoints[tenant]:
-                # an endpoint gets the events appended from its creation on (a replay sends older ones)
-                if not endpoint.wants(str(event.get("type"))) or appended_at < endpoint.created_at:
+                # an endpoint gets the events appended from its creation on (a replay sends older ones),
+                # none while it is disabled
+                if (
+                    not endpoint.enabled
+                    or not endpoint.wants(str(event.get("type")))
+                    or appended_at < endpoint.created_at
+                ):
                     continue
                 delivery_id = self.store.create_delivery(endpoint, event, streamed.body)
                 if delivery_id is not None:
