@@ -58,6 +58,9 @@ async def test_deleting_an_endpoint_and_unknown_or_other_tenants_endpoints_are_4
             ("DELETE", f"/v1/webhooks/{endpoint_id}"),
             ("GET", f"/v1/webhooks/{endpoint_id}/deliveries"),
             ("POST", f"/v1/webhooks/{endpoint_id}/replay"),
+            ("PATCH", f"/v1/webhooks/{endpoint_id}"),
+            ("POST", f"/v1/webhooks/{endpoint_id}/secret"),
+            ("POST", f"/v1/webhooks/{endpoint_id}/enable"),
         ):
             answer = await shim.http.request(
                 method, path, headers=CALLER, json={"since": "2026-01-01T00:00:00Z"}
