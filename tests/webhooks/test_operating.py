@@ -9,6 +9,8 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import httpx
@@ -42,7 +44,7 @@ class Receiver:
 
 @dataclass
 class Setup:
-    redis: fakeredis.FakeRedis
+    redis: Any
     names: RedisNames
     webhooks: WebhookStore
     receiver: Receiver
@@ -267,7 +269,5 @@ def test_a_held_delivery_is_not_missed_when_its_predecessor_vanishes(setup: Setu
     assert setup.courier.attempt(second).outcome == "delivered"
 
 
-def _moment(headers: dict[str, str]):
-    from datetime import UTC, datetime
-
+def _moment(headers: dict[str, str]) -> datetime:
     return datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
