@@ -137,10 +137,18 @@ def test_a_dead_endpoint_is_disabled_once_the_healthy_one_told_and_enable_replay
     assert enabled.json()["queued"] == len(flows)
     try:
         wait_until(
-            lambda: {event["flow_id"] for event in received(receiver, "/dead")} == set(flows), 20, "the replay"
+            lambda: {event["flow_id"] for event in received(receiver, "/dead")} == set(flows),
+            20,
+            "the replay",
         )
     except AssertionError:
-        print("DEBUG", flows, enabled.json(), receiver.report("/dead"), httpx.get(f"{pipeline.shim_url}/v1/webhooks/{dead}/deliveries", headers=pipeline.headers).json())
+        print(
+            "DEBUG",
+            flows,
+            enabled.json(),
+            receiver.report("/dead"),
+            httpx.get(f"{pipeline.shim_url}/v1/webhooks/{dead}/deliveries", headers=pipeline.headers).json(),
+        )
         raise
 
 
