@@ -265,6 +265,7 @@ def _list_webhooks(store: WebhookStore) -> int:
                 "url": endpoint.url,
                 "events": list(endpoint.events),
                 "created_at": utc_timestamp(endpoint.created_at),
+                "status": "enabled" if endpoint.enabled else "disabled",
                 "recent_deliveries": dict(statuses),
             }
             print(json.dumps(line))
