@@ -105,7 +105,10 @@ for i = 1, #KEYS - 7 do
   end
 end
 if #released > 0 then
-  redis.call("PEXPIRE", window, math.ceil((period + hold + lead) * 1000) + 1000)
+  local window_ms = math.ceil((period + hold + lead) * 1000) + 1000
+  if redis.call("PTTL", window) < window_ms then -- never shorter: a longer call may still count
+    redis.call("PEXPIRE", window, window_ms)
+  end
   redis.call("PEXPIRE", early, math.ceil(lead * 1000) + 1000)
   redis.call("INCRBY", day_key, #released)
   redis.call("EXPIRE", day_key, (day + 2) * 86400 - math.floor(now))
