@@ -77,15 +77,24 @@ class Attempt:
     event_id: str  # the `webhook-id` a receiver dedupes by
     body: bytes
     attempts_before: int
+    at: float = 0.0  # when it was taken, on Redis's clock (epoch seconds): its `webhook-timestamp`
 
 
 @dataclass(frozen=True, slots=True)
 class NoAttempt:
-    """Why a task makes no attempt now: `missing`, `over` (delivered or failed), `wait` or `busy` (then
-    `seconds` until it may)."""
+    """Why a task makes no attempt now: `missing`, `over` (delivered or failed), `wait`, `busy` or
+    `full` (its endpoint has as many attempts in flight as it may; then `seconds` until it may)."""
 
     reason: str
     seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A delivery that may be due now: its tenant, and how many seconds its moment has passed."""
+
+    tenant: str
+    overdue: float
 
 
 class WebhookStore:
@@ -106,16 +115,8 @@ class WebhookStore:
     def create_endpoint(self, tenant: str, url: str, events: Sequence[str]) -> Endpoint:
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
-        seconds, microseconds = self.redis.time()
-        created_at = int(seconds) + int(microseconds) / 1_000_000
-        fields = {
-            "tenant": tenant,
-            "url": url,
-            "events": ",".join(events),
-            "secret": secret,
-            "created_at": repr(created_at),
-        }
-        self._save(
+        fields = {"tenant": tenant, "url": url, "events": ",".join(events), "secret": secret}
+        created_at = self._save(
             keys=[
                 self.names.webhook_endpoint(endpoint_id),
                 self.names.webhook_endpoints(tenant),
@@ -123,7 +124,7 @@ class WebhookStore:
             ],
             args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
         )
-        return Endpoint(endpoint_id, tenant, url, tuple(events), created_at, secret)
+        return Endpoint(endpoint_id, tenant, url, tuple(events), float(_text(created_at)), secret)
 
     def any_endpoint(self) -> bool:
         """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
@@ -276,16 +277,46 @@ class WebhookStore:
             )
         return deliveries
 
-    def begin_attempt(self, delivery_id: str, lease: float) -> Attempt | NoAttempt:
+    def due_in(self, delivery_id: str) -> NoAttempt | Due:
+        """Why the delivery's task makes no attempt now, read without taking anything (a delivery whose
+        next attempt is hours away never waits for a slot); else that it may be due."""
+        fields = ("status", "next_attempt_at", "owner_until", "tenant")
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self.names.webhook_delivery(delivery_id), fields)
+            (seconds, micros), (status, next_at, owner_until, tenant) = pipe.execute()
+        now = int(seconds) + int(micros) / 1_000_000
+        if status is None:
+            return Due("", 0.0)  # gone: webhook_attempt_begin.lua clears it up
+        if _text(status) != "pending":
+            return NoAttempt("over")
+        if next_at and float(next_at) > now + 0.05:
+            return NoAttempt("wait", float(next_at) - now)
+        if owner_until and float(owner_until) > now:
+            return NoAttempt("busy", float(owner_until) - now)
+        return Due(_text(tenant or DEFAULT_TENANT), max(0.0, now - float(next_at or now)))
+
+    def begin_attempt(
+        self, delivery_id: str, lease: float, endpoint_cap: int = 1_000_000
+    ) -> Attempt | NoAttempt:
+        """Takes the delivery's next attempt for `lease` seconds, when its endpoint has fewer than
+        `endpoint_cap` attempts in flight (across every worker)."""
         owner = secrets.token_hex(8)
+        endpoint_id = delivery_id.partition(".")[0]
         result = self._begin(
-            keys=[self.names.webhook_delivery(delivery_id), self.names.webhook_due],
-            args=[delivery_id, owner, lease],
+            keys=[
+                self.names.webhook_delivery(delivery_id),
+                self.names.webhook_due,
+                self.names.webhook_pending,
+                self.names.webhook_in_flight(endpoint_id),
+            ],
+            args=[delivery_id, owner, lease, endpoint_cap],
         )
         reason = _text(result[0])
         if reason == "begun":
-            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]))
-        seconds = float(_text(result[1])) if reason in ("wait", "busy") else 0.0
+            at = float(_text(result[5]))
+            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]), at)
+        seconds = float(_text(result[1])) if reason in ("wait", "busy", "full") else 0.0
         return NoAttempt(reason, seconds)
 
     def end_attempt(
@@ -299,6 +330,7 @@ class WebhookStore:
                 self.names.webhook_delivery(delivery_id),
                 self.names.webhook_due,
                 self.names.webhook_pending,
+                self.names.webhook_in_flight(attempt.endpoint_id),
             ],
             args=[
                 delivery_id,
