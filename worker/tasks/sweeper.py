@@ -90,7 +90,7 @@ BLOCKED_PAGE = 500  # deadlines read per round trip while an account is paused
 def _blocked(store: FlowStore, account_id: str, paused_until: float) -> list[str]:
     """The account's flows that need a call before the pause ends: every deadline before its end is
     looked at, a page at a time (flows abandoned before their callback, of any account, can be many and
-    come first), three fields of each, never a whole hash."""
+    come first), two fields of each, never a whole hash."""
     blocked: list[str] = []
     start = 0
     blockable = {state.value for state in BLOCKABLE_STATES}
@@ -103,9 +103,9 @@ def _blocked(store: FlowStore, account_id: str, paused_until: float) -> list[str
                 pipe.hmget(store.names.flow_state(_text(member)), "state", "account")
             rows = pipe.execute()
         for member, (state, account) in zip(page, rows, strict=True):
-            if state is not None and _text(state) in blockable:
-                if (_text(account) if account else store.default_account) == account_id:
-                    blocked.append(_text(member))
+            owner = _text(account) if account else store.default_account
+            if state is not None and _text(state) in blockable and owner == account_id:
+                blocked.append(_text(member))
         if len(page) < BLOCKED_PAGE:
             return blocked
         start += BLOCKED_PAGE
