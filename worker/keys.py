@@ -102,6 +102,11 @@ class RedisNames:
         scored by when each attempt's lease ends)."""
         return f"{self.prefix}:webhook:{endpoint_id}:in-flight"
 
+    def webhook_waiting(self, endpoint_id: str) -> str:
+        """Sorted set: deliveries of an endpoint that found no slot, scored by the turn each was given
+        (one after another, as fast as the endpoint's attempts can end)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:waiting"
+
     @property
     def webhook_due(self) -> str:
         """Sorted set: deliveries not done yet, scored by when their task must next show up (the

@@ -5,6 +5,7 @@ delivery that finds none. Fakeredis, with a real socket where the receiver's pac
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -82,26 +83,24 @@ def test_a_delivery_not_due_yet_answers_its_wait_even_when_every_slot_is_held(se
     assert 4.0 < (later.again_in or 0) <= 5.0
 
 
-def test_a_due_delivery_without_a_slot_backs_off_longer_the_longer_it_waits_with_jitter(
-    setup: Setup,
-) -> None:
-    delivery_id, _ = setup.delivery_of_new_event()
-    for _ in range(3):
-        setup.courier.slots.take("default")
-    key = setup.flows.names.webhook_delivery(delivery_id)
+def test_due_deliveries_without_a_slot_come_back_one_after_another_not_every_second(setup: Setup) -> None:
+    ids = [new_delivery(setup, 200 + number) for number in range(40)]
+    for holder in "abcd":  # hanging attempts hold every slot of this process
+        assert setup.courier.slots.take(holder)
     waits = []
-    for overdue in (0, 100, 100, 100, 100, 10_000):
-        setup.flows.redis.hset(key, "next_attempt_at", time.time() - overdue)
+    for delivery_id in ids:
         answer = setup.courier.attempt(delivery_id)
         assert answer.outcome == "deferred"
         waits.append(answer.again_in or 0)
-    assert 0.5 <= waits[0] <= 1.0
-    assert all(50 <= wait <= 100 for wait in waits[1:5])
-    assert len(set(waits[1:5])) > 1  # jittered: the backlog does not come back at one moment
-    assert 150 <= waits[5] <= 300
-    # meanwhile the dispatcher does not take it for lost
-    due = setup.flows.redis.zscore(setup.flows.names.webhook_due, delivery_id)
-    assert due > time.time() + waits[5]
+    # turns spaced by the time an attempt may take over the endpoint's attempts at once (2 s / 4), jittered
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits))
+    assert 0.4 * 40 <= waits[-1] <= 0.6 * 40
+    assert len({round(b - a, 3) for a, b in itertools.pairwise(waits)}) > 1
+    # a copy of the first task, early, keeps its turn; the dispatcher does not take any for lost
+    again = setup.courier.attempt(ids[0]).again_in or 0
+    assert again <= waits[0]
+    last_due = setup.flows.redis.zscore(setup.flows.names.webhook_due, ids[-1])
+    assert last_due > float(setup.flows.redis.time()[0]) + waits[-1]
     assert setup.receiver.requests == []
 
 

@@ -5,7 +5,7 @@
 -- endpoint's in-flight set until it ends (webhook_attempt_end.lua) or its lease does.
 --
 -- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending, 4 the endpoint's attempts in
---       flight (sorted sets)
+--       flight, 5 the endpoint's waiting deliveries (webhook_wait_turn.lua; sorted sets)
 -- ARGV: 1 delivery id, 2 owner id of this attempt, 3 seconds the attempt may take (its lease),
 --       4 attempts an endpoint may have in flight at once
 -- Returns {"begun", endpoint id, body, attempts so far, event id, now (epoch seconds: the attempt's time)}
@@ -43,5 +43,6 @@ local lease_end = now + tonumber(ARGV[3])
 redis.call("HSET", delivery, "owner", ARGV[2], "owner_until", lease_end)
 redis.call("ZADD", due, lease_end, ARGV[1])
 redis.call("ZADD", in_flight, lease_end, ARGV[2])
+redis.call("ZREM", KEYS[5], ARGV[1])
 redis.call("PEXPIREAT", in_flight, math.ceil(lease_end * 1000))
 return {"begun", current[4], current[5], current[6] or "0", current[7], tostring(now)}

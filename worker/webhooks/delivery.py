@@ -9,9 +9,10 @@ inside the attempt's lease, so an attempt is not sent again while it is still un
 Slots: a task reads when its delivery is due before it takes anything, so a delivery whose next
 attempt is hours away never waits for a slot. A due one takes a slot of this process (a tenant gets at
 most three quarters of them, so one tenant's dead endpoints cannot hold them all) and one of its
-endpoint's ENDPOINT_IN_FLIGHT, counted in Redis across every worker. One that finds none backs off,
-longer the longer it has been due, with jitter: a dead endpoint's backlog costs a few task runs a
-second, not one per delivery per second.
+endpoint's ENDPOINT_IN_FLIGHT, counted in Redis across every worker. One that finds none is given a
+turn behind its endpoint's other waiting deliveries, spaced by the time an attempt may take divided by
+ENDPOINT_IN_FLIGHT (with jitter), and its task comes back then: a dead endpoint's backlog of thousands
+costs a few looks a second, not one per delivery per second.
 
 The answer decides: a 2xx is delivered; anything else, a timeout or a refused address is retried after
 the next wait of WEBHOOK_RETRY_SCHEDULE, and after the last one the delivery is `failed`. Redirects are
@@ -42,10 +43,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "oktopost-connect-webhooks/1"
 ENDPOINT_IN_FLIGHT = 4  # attempts one endpoint is sent at once, by every worker together
-# A due delivery that finds no slot waits about as long as it has been due (at least DEFER_SECONDS, at
-# most MAX_DEFER_SECONDS), times a random factor between a half and one
-DEFER_SECONDS = 1.0
-MAX_DEFER_SECONDS = 300.0
 _JITTER = secrets.SystemRandom()
 
 
@@ -120,24 +117,22 @@ class Courier:
         if isinstance(due, NoAttempt):
             return _not_now(due)
         if not self.slots.take(due.tenant):
-            return self._defer(delivery_id, due.overdue)
+            return self._defer(delivery_id)
         try:
-            return self._attempt(delivery_id, due.overdue)
+            return self._attempt(delivery_id)
         finally:
             self.slots.give_back(due.tenant)
 
-    def _defer(self, delivery_id: str, overdue: float) -> AttemptResult:
-        """No slot now: the task looks again later, with jitter, longer the longer the delivery waits."""
-        wait = _JITTER.uniform(0.5, 1.0) * min(MAX_DEFER_SECONDS, max(DEFER_SECONDS, overdue))
-        # not lost, only waiting for a slot: the dispatcher must not queue it again meanwhile
-        self.store.postpone_due(delivery_id, wait + self.lease)
-        return AttemptResult("deferred", wait)
+    def _defer(self, delivery_id: str) -> AttemptResult:
+        """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
+        spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / ENDPOINT_IN_FLIGHT
+        return AttemptResult("deferred", self.store.wait_turn(delivery_id, spacing, self.lease))
 
-    def _attempt(self, delivery_id: str, overdue: float) -> AttemptResult:
+    def _attempt(self, delivery_id: str) -> AttemptResult:
         taken = self.store.begin_attempt(delivery_id, self.lease, ENDPOINT_IN_FLIGHT)
         if isinstance(taken, NoAttempt):
             if taken.reason == "full":
-                return self._defer(delivery_id, overdue)
+                return self._defer(delivery_id)
             return _not_now(taken)
         started = time.monotonic()
         status_code, result = self._send(taken, started + self.timeout)

@@ -91,10 +91,9 @@ class NoAttempt:
 
 @dataclass(frozen=True, slots=True)
 class Due:
-    """A delivery that may be due now: its tenant, and how many seconds its moment has passed."""
+    """A delivery that may be due now, and its tenant."""
 
     tenant: str
-    overdue: float
 
 
 class WebhookStore:
@@ -110,6 +109,7 @@ class WebhookStore:
         self._begin = scripts.register(client, "webhook_attempt_begin")
         self._end = scripts.register(client, "webhook_attempt_end")
         self._requeue = scripts.register(client, "webhook_requeue_due")
+        self._wait_turn = scripts.register(client, "webhook_wait_turn")
 
     # endpoints
     def create_endpoint(self, tenant: str, url: str, events: Sequence[str]) -> Endpoint:
@@ -287,14 +287,14 @@ class WebhookStore:
             (seconds, micros), (status, next_at, owner_until, tenant) = pipe.execute()
         now = int(seconds) + int(micros) / 1_000_000
         if status is None:
-            return Due("", 0.0)  # gone: webhook_attempt_begin.lua clears it up
+            return Due("")  # gone: webhook_attempt_begin.lua clears it up
         if _text(status) != "pending":
             return NoAttempt("over")
         if next_at and float(next_at) > now + 0.05:
             return NoAttempt("wait", float(next_at) - now)
         if owner_until and float(owner_until) > now:
             return NoAttempt("busy", float(owner_until) - now)
-        return Due(_text(tenant or DEFAULT_TENANT), max(0.0, now - float(next_at or now)))
+        return Due(_text(tenant or DEFAULT_TENANT))
 
     def begin_attempt(
         self, delivery_id: str, lease: float, endpoint_cap: int = 1_000_000
@@ -309,6 +309,7 @@ class WebhookStore:
                 self.names.webhook_due,
                 self.names.webhook_pending,
                 self.names.webhook_in_flight(endpoint_id),
+                self.names.webhook_waiting(endpoint_id),
             ],
             args=[delivery_id, owner, lease, endpoint_cap],
         )
@@ -347,6 +348,16 @@ class WebhookStore:
         """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
         now = float(self.redis.time()[0])
         self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
+
+    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float:
+        """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
+        (webhook_wait_turn.lua); seconds until it comes."""
+        endpoint_id = delivery_id.partition(".")[0]
+        answer = self._wait_turn(
+            keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
+            args=[delivery_id, spacing, lease],
+        )
+        return float(_text(answer))
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
