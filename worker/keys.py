@@ -105,6 +105,16 @@ class RedisNames:
         """Hash: one event's delivery to one endpoint: its status, attempts, the event's body."""
         return f"{self.prefix}:delivery:{delivery_id}"
 
+    def webhook_in_flight(self, endpoint_id: str) -> str:
+        """Sorted set: the attempts being sent to an endpoint right now, by any worker (their owner ids,
+        scored by when each attempt's lease ends)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:in-flight"
+
+    def webhook_waiting(self, endpoint_id: str) -> str:
+        """Sorted set: deliveries of an endpoint that found no slot, scored by the turn each was given
+        (one after another, as fast as the endpoint's attempts can end)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:waiting"
+
     @property
     def webhook_due(self) -> str:
         """Sorted set: deliveries not done yet, scored by when their task must next show up (the

@@ -28,7 +28,7 @@ from api_shim.models import (
 )
 from worker.events import utc_timestamp
 from worker.webhooks.endpoints import Endpoint, EndpointChange
-from worker.webhooks.urls import RefusedUrl, target_of
+from worker.webhooks.urls import RefusedUrl, checked_target
 
 router = APIRouter()
 
@@ -148,8 +148,8 @@ async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: 
 
 
 async def _check_url(shim: Deps, url: str) -> None:
-    try:  # resolving the host waits on DNS: off the event loop
-        await run_in_threadpool(target_of, url, shim.settings.webhook_allowed_hosts)
+    try:  # resolving the host waits on DNS, bounded, in a pool of its own: no request thread waits for it
+        await checked_target(url, shim.settings.webhook_allowed_hosts)
     except RefusedUrl as refused:
         raise ApiError(422, "webhook_url_refused", str(refused)) from None
 

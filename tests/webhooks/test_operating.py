@@ -84,7 +84,7 @@ def _setup(disable_after: float = 432000.0) -> Setup:
         allowed_hosts=[],
         timeout=2.0,
         schedule=(5.0, 60.0),
-        slots=Slots(total=8, per_endpoint=8),
+        slots=Slots(total=8, per_tenant=8),
         transport=httpx.MockTransport(receiver),
         resolver=lambda host, _port: [PUBLIC] if host == "hooks.partner.example" else [],
     )

@@ -1,10 +1,12 @@
 -- The outcome of a delivery attempt, counted once: only the attempt that still owns the delivery
--- (see webhook_attempt_begin.lua) records it; a duplicate whose lease lapsed changes nothing.
+-- (see webhook_attempt_begin.lua) records it. An attempt whose lease lapsed (its process stalled) changes
+-- nothing, unless it was answered 2xx while the delivery is still pending: then the delivery is
+-- delivered (the receiver has it; another attempt in flight is fenced out in turn).
 -- It also keeps the endpoint's failing streak (since when no attempt got a 2xx) and, when the
 -- delivery is over, hands the flow's turn at this endpoint to its next event.
 --
--- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending (sorted sets), 4 the endpoint's
---       hash
+-- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending, 4 the endpoint's attempts in
+--       flight (sorted sets), 5 the endpoint's hash
 -- ARGV: 1 delivery id, 2 owner id, 3 "delivered" | "retry" | "failed", 4 the answer's status code or "",
 --       5 seconds until the next attempt (retry), 6 seconds to keep the delivery's hash from now,
 --       7 seconds of failing after which the endpoint is to be disabled, 8 seconds the next event of
@@ -13,11 +15,14 @@
 -- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or "", the flow's next delivery
 --         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or ""}
 
-local delivery, due, pending, endpoint = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local delivery, due, pending, endpoint = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local delivery_id, outcome = ARGV[1], ARGV[3]
-local held = redis.call("HMGET", delivery, "owner", "flow_id")
+redis.call("ZREM", KEYS[4], ARGV[2])
+local held = redis.call("HMGET", delivery, "owner", "flow_id", "status")
 if held[1] ~= ARGV[2] then
-  return {"fenced"}
+  if outcome ~= "delivered" or held[3] ~= "pending" then
+    return {"fenced"}
+  end
 end
 local order = ARGV[9] .. (held[2] or "")
 local t = redis.call("TIME")

@@ -1,5 +1,6 @@
 -- A webhook endpoint registered, changed or removed for a tenant: its hash and the tenant's index
--- together.
+-- together. A new endpoint's creation time is read here, in the same step, so that no event appended
+-- meanwhile is older than it and yet missing from its deliveries.
 --
 -- KEYS: 1 the endpoint's hash, 2 the tenant's endpoints, 3 every tenant's endpoints (sorted sets)
 -- ARGV: 1 endpoint id, 2 what to do:
@@ -8,7 +9,8 @@
 --         "rotate" 3 the new secret, 4 seconds the old secret still signs beside it
 --         "enable" (after it was disabled: its failing streak starts again)
 --         "delete"
--- Returns 1 | 0 (no such endpoint: nothing changed)
+-- Returns save: the endpoint's creation time (epoch seconds, a string); otherwise 1 | 0 (no such
+-- endpoint: nothing changed)
 
 local endpoint, index, endpoint_id, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 if action == "delete" then
@@ -18,7 +20,19 @@ if action == "delete" then
 end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if action ~= "save" and redis.call("EXISTS", endpoint) == 0 then
+if action == "save" then
+  -- to the millisecond, as the stream numbers its entries: an event of the same millisecond counts as newer
+  local created = string.format("%.3f", math.floor(now * 1000) / 1000)
+  local fields = {"created_at", created}
+  for i = 3, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+  end
+  redis.call("HSET", endpoint, unpack(fields))
+  redis.call("ZADD", index, tonumber(created), endpoint_id)
+  redis.call("ZADD", KEYS[3], tonumber(created), endpoint_id)
+  return created
+end
+if redis.call("EXISTS", endpoint) == 0 then
   return 0
 end
 if action == "rotate" then
@@ -33,14 +47,10 @@ if action == "enable" then
   return 1
 end
 for i = 3, #ARGV, 2 do
-  if ARGV[i + 1] == "" and action == "update" then
+  if ARGV[i + 1] == "" then
     redis.call("HDEL", endpoint, ARGV[i])
   else
     redis.call("HSET", endpoint, ARGV[i], ARGV[i + 1])
   end
-end
-if action == "save" then
-  redis.call("ZADD", index, now, endpoint_id)
-  redis.call("ZADD", KEYS[3], now, endpoint_id)
 end
 return 1

@@ -120,7 +120,8 @@ class Attempt:
 @dataclass(frozen=True, slots=True)
 class NoAttempt:
     """Why a task makes no attempt now: `missing`, `over` (delivered or failed), `wait`, `busy` or
-    `rate` (then `seconds` until it may), `held` (an earlier event of its flow goes first: that one's end
+    `full` (its endpoint has as many attempts in flight as it may) or `rate` (its endpoint's rate is
+    used up; then `seconds` until it may), `held` (an earlier event of its flow goes first: that one's end
     queues this task again)."""
 
     reason: str
@@ -136,6 +137,13 @@ class AttemptEnd:
     attempts: int
     successor: str = ""
     failing_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A delivery that may be due now, and its tenant."""
+
+    tenant: str
 
 
 class WebhookStore:
@@ -161,6 +169,7 @@ class WebhookStore:
         self._begin = scripts.register(client, "webhook_attempt_begin")
         self._end = scripts.register(client, "webhook_attempt_end")
         self._requeue = scripts.register(client, "webhook_requeue_due")
+        self._wait_turn = scripts.register(client, "webhook_wait_turn")
 
     @classmethod
     def configured(cls, client: redis.Redis, names: RedisNames, settings: Settings) -> WebhookStore:
@@ -178,18 +187,15 @@ class WebhookStore:
     def create_endpoint(self, tenant: str, url: str, events: Sequence[str], rate_limit: str = "") -> Endpoint:
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
-        seconds, microseconds = self.redis.time()
-        created_at = int(seconds) + int(microseconds) / 1_000_000
         fields = {
             "tenant": tenant,
             "url": url,
             "events": ",".join(events),
             "secret": secret,
-            "created_at": repr(created_at),
             "status": "enabled",
             **_rate_fields(rate_limit),
         }
-        self._save(
+        created_at = self._save(
             keys=[
                 self.names.webhook_endpoint(endpoint_id),
                 self.names.webhook_endpoints(tenant),
@@ -197,7 +203,9 @@ class WebhookStore:
             ],
             args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
         )
-        return Endpoint(endpoint_id, tenant, url, tuple(events), created_at, secret, rate_limit=rate_limit)
+        return Endpoint(
+            endpoint_id, tenant, url, tuple(events), float(_text(created_at)), secret, rate_limit=rate_limit
+        )
 
     def update_endpoint(self, endpoint: Endpoint, change: EndpointChange) -> Endpoint | None:
         """The endpoint with `change` made; None when it was deleted meanwhile."""
@@ -443,8 +451,31 @@ class WebhookStore:
             )
         return deliveries
 
-    def begin_attempt(self, delivery_id: str, lease: float) -> Attempt | NoAttempt:
-        """Takes the delivery's next attempt (fenced by a new owner id), or says why not now."""
+    def due_in(self, delivery_id: str) -> NoAttempt | Due:
+        """Why the delivery's task makes no attempt now, read without taking anything (a delivery whose
+        next attempt is hours away never waits for a slot); else that it may be due."""
+        fields = ("status", "next_attempt_at", "owner_until", "tenant")
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self.names.webhook_delivery(delivery_id), fields)
+            (seconds, micros), (status, next_at, owner_until, tenant) = pipe.execute()
+        now = int(seconds) + int(micros) / 1_000_000
+        if status is None:
+            return Due("")  # gone: webhook_attempt_begin.lua clears it up
+        if _text(status) != "pending":
+            return NoAttempt("over")
+        if next_at and float(next_at) > now + 0.05:
+            return NoAttempt("wait", float(next_at) - now)
+        if owner_until and float(owner_until) > now:
+            return NoAttempt("busy", float(owner_until) - now)
+        return Due(_text(tenant or DEFAULT_TENANT))
+
+    def begin_attempt(
+        self, delivery_id: str, lease: float, endpoint_cap: int = 1_000_000
+    ) -> Attempt | NoAttempt:
+        """Takes the delivery's next attempt for `lease` seconds, when its endpoint has fewer than
+        `endpoint_cap` attempts in flight (across every worker), its flow's earlier events to it are
+        over and its rate allows; else why not now."""
         owner = secrets.token_hex(8)
         endpoint_id = delivery_id.partition(".")[0]
         result = self._begin(
@@ -452,6 +483,8 @@ class WebhookStore:
                 self.names.webhook_delivery(delivery_id),
                 self.names.webhook_due,
                 self.names.webhook_pending,
+                self.names.webhook_in_flight(endpoint_id),
+                self.names.webhook_waiting(endpoint_id),
                 self.names.webhook_endpoint(endpoint_id),
                 self.names.webhook_rate(endpoint_id),
             ],
@@ -459,6 +492,7 @@ class WebhookStore:
                 delivery_id,
                 owner,
                 lease,
+                endpoint_cap,
                 self.names.webhook_delivery(""),
                 HELD_RECHECK_SECONDS,
                 self.names.webhook_flow_order(endpoint_id, ""),
@@ -466,15 +500,9 @@ class WebhookStore:
         )
         reason = _text(result[0])
         if reason == "begun":
-            return Attempt(
-                owner,
-                _text(result[1]),
-                _text(result[4]),
-                _bytes(result[2]),
-                int(result[3]),
-                at=float(_text(result[5])),
-            )
-        seconds = float(_text(result[1])) if reason in ("wait", "busy", "rate") else 0.0
+            at = float(_text(result[5]))
+            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]), at)
+        seconds = float(_text(result[1])) if reason in ("wait", "busy", "full", "rate") else 0.0
         return NoAttempt(reason, seconds)
 
     def end_attempt(
@@ -494,6 +522,7 @@ class WebhookStore:
                 self.names.webhook_delivery(delivery_id),
                 self.names.webhook_due,
                 self.names.webhook_pending,
+                self.names.webhook_in_flight(endpoint_id),
                 self.names.webhook_endpoint(endpoint_id),
             ],
             args=[
@@ -517,6 +546,16 @@ class WebhookStore:
         """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
         now = float(self.redis.time()[0])
         self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
+
+    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float:
+        """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
+        (webhook_wait_turn.lua); seconds until it comes."""
+        endpoint_id = delivery_id.partition(".")[0]
+        answer = self._wait_turn(
+            keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
+            args=[delivery_id, spacing, lease],
+        )
+        return float(_text(answer))
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
