@@ -34,6 +34,16 @@ _MEANINGS = {
     503: "unavailable for now (storage, or Oktopost's budget); `Retry-After` says when to try again",
 }
 
+_HEADERS = {  # what every answer of that status carries
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    503: {
+        "Retry-After": {
+            "description": "whole seconds to wait before trying again",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+}
+
 _SSE_EVENT = {
     "type": "object",
     "properties": {
@@ -66,7 +76,7 @@ def errors(*statuses: int, meanings: dict[int, str] | None = None) -> Responses:
     """`responses=` for a route's own refusals: each status with the error body, described by
     `meanings` where the usual words for the status would not say enough."""
     said = meanings or {}
-    return {status: _error(said.get(status, _MEANINGS[status])) for status in statuses}
+    return {status: _error(status, said.get(status, _MEANINGS[status])) for status in statuses}
 
 
 def html_pages(*statuses: int, meanings: dict[int, str] | None = None) -> Responses:
@@ -132,11 +142,14 @@ def _complete_operation(operation: dict[str, Any]) -> None:
 
 
 def _add(responses: dict[str, Any], status: int, description: str | None = None) -> None:
-    responses.setdefault(str(status), _error(description or _MEANINGS[status]))
+    responses.setdefault(str(status), _error(status, description or _MEANINGS[status]))
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
+def _error(status: int, description: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
     }
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response

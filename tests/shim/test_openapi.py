@@ -44,6 +44,8 @@ async def test_every_refusal_is_described_with_the_error_body_or_as_a_page(shim:
             if path.startswith("/connect/") and "text/html" in content:
                 continue  # the hosted pages refuse with a page, for the browser
             assert content == {"application/json": {"schema": ERROR_BODY}}, (method, path, status)
+            if status == "503":
+                assert "Retry-After" in response["headers"], (method, path)
         for status in ("413", "414", "431", "503"):  # the size limits and storage, before any route
             assert status in operation["responses"], (method, path, status)
 
@@ -57,7 +59,7 @@ async def test_the_caller_routes_declare_the_bearer_key_and_its_401(shim: Shim) 
     for method, path, operation in _operations(description):
         if path.startswith("/v1/") and not path.startswith("/v1/callback/"):
             assert operation["security"] == [{"CallerKey": []}], (method, path)
-            assert "401" in operation["responses"], (method, path)
+            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
             names = [parameter["name"].lower() for parameter in operation.get("parameters", [])]
             assert "authorization" not in names, (method, path)
         else:
