@@ -19,6 +19,7 @@ from api_shim.models import (
     WebhookList,
     WebhookRequest,
 )
+from api_shim.openapi import errors
 from worker.events import utc_timestamp
 from worker.webhooks.endpoints import Endpoint
 from worker.webhooks.urls import RefusedUrl, target_of
@@ -26,7 +27,13 @@ from worker.webhooks.urls import RefusedUrl, target_of
 router = APIRouter()
 
 
-@router.post("/v1/webhooks", status_code=201)
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    responses=errors(
+        422, meanings={422: "an invalid body, or a URL refused (its host must resolve to a public address)"}
+    ),
+)
 async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTenant) -> WebhookCreated:
     try:  # resolving the host waits on DNS: off the event loop
         await run_in_threadpool(target_of, body.url, shim.settings.webhook_allowed_hosts)
@@ -43,14 +50,14 @@ async def list_webhooks(shim: ShimDeps, tenant: CallerTenant) -> WebhookList:
     return WebhookList(webhooks=[_shown(endpoint) for endpoint in endpoints])
 
 
-@router.delete("/v1/webhooks/{endpoint_id}", status_code=204)
+@router.delete("/v1/webhooks/{endpoint_id}", status_code=204, responses=errors(404))
 async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> Response:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     await run_in_threadpool(shim.webhooks.delete_endpoint, endpoint)
     return Response(status_code=204)
 
 
-@router.get("/v1/webhooks/{endpoint_id}/deliveries")
+@router.get("/v1/webhooks/{endpoint_id}/deliveries", responses=errors(404))
 async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> DeliveryList:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     deliveries = await run_in_threadpool(shim.webhooks.deliveries, endpoint.id)
@@ -72,7 +79,7 @@ async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant
     )
 
 
-@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202)
+@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202, responses=errors(404))
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     queued = await run_in_threadpool(
