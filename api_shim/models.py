@@ -2,29 +2,66 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from worker.config.tenants import parse_rate
 from worker.events import EventType
-from worker.flows.flow import BrowserUI
+from worker.flows.flow import BrowserUI, FlowState
+from worker.oktopost import ENTITY_TYPES, NETWORKS
 
 EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Strings checked by the routes (a network in any case; a URL's origin against the tenant's list),
+# described by what a client should send: Oktopost's spelling, an http(s) URL.
+Network = Annotated[
+    str, StringConstraints(max_length=32), WithJsonSchema({"type": "string", "enum": list(NETWORKS)})
+]
+EntityType = Annotated[
+    str, StringConstraints(max_length=16), WithJsonSchema({"type": "string", "enum": list(ENTITY_TYPES)})
+]
+HTTP_URL = {"type": "string", "format": "uri", "pattern": "^[hH][tT][tT][pP][sS]?://", "maxLength": 2048}
+HttpUrlText = Annotated[str, StringConstraints(max_length=2048), WithJsonSchema(HTTP_URL)]
+# an empty return_url is no return_url
+OptionalUrl = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    WithJsonSchema({"anyOf": [HTTP_URL, {"type": "string", "maxLength": 0}]}),
+]
+# Strings the shim writes: described by their values or their format
+FlowStateName = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": [state.value for state in FlowState]})
+]
+EventTypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(get_args(EventType))})]
+UrlText = Annotated[str, WithJsonSchema({"type": "string", "format": "uri"})]
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+# an endpoint's filter entry as it is shown: an event type, or a family of them ending in .*
+EventFilterText = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "pattern": r"^[a-z_]+\.([a-z_]+|\*)$", "examples": ["connection.*"]}),
+]
 
 
 class AuthorizationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    network: str = Field(
-        max_length=32,
+    network: Network = Field(
         examples=["LinkedIn"],
         description="Twitter, Facebook, LinkedIn, YouTube or Instagram, any case",
     )
-    type: str = Field(default="profile", max_length=16, description="profile, page or group")
-    return_url: str | None = Field(
+    type: EntityType = Field(default="profile", description="profile, page or group, any case")
+    return_url: OptionalUrl | None = Field(
         default=None,
-        max_length=2048,
         description="where the browser goes after the callback; its origin must be in ALLOWED_RETURN_URLS",
     )
     reference: str | None = Field(
@@ -39,17 +76,17 @@ class AuthorizationRequest(BaseModel):
 
 class AuthorizationCreated(BaseModel):
     flow_id: str
-    redirect_url: str
+    redirect_url: UrlText = Field(description="Oktopost's page to send the user's browser to")
     channel: str
-    status_url: str
-    expires_at: str
+    status_url: UrlText
+    expires_at: Timestamp
 
 
 class FlowStatus(BaseModel):
     flow_id: str
-    status: str
-    network: str
-    type: str
+    status: FlowStateName
+    network: Network
+    type: EntityType
     reference: str | None
     events: list[dict[str, Any]]
 
@@ -62,7 +99,7 @@ class SelectionRequest(BaseModel):
 
 class SelectionAccepted(BaseModel):
     flow_id: str
-    status: str
+    status: Literal["completing"]
     ids: list[str]
 
 
@@ -106,8 +143,7 @@ RateLimit = Annotated[
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    url: str = Field(
-        max_length=2048,
+    url: HttpUrlText = Field(
         examples=["https://app.example/hooks/oktopost"],
         description="https (or http on a loopback host listed in WEBHOOK_ALLOWED_HOSTS); no user "
         "information, no fragment; its host must not resolve to a loopback, private or link-local address "
@@ -127,7 +163,7 @@ class WebhookChange(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    url: str | None = Field(default=None, max_length=2048, description="as in POST /v1/webhooks")
+    url: HttpUrlText | None = Field(default=None, description="as in POST /v1/webhooks")
     events: list[EventFilter] | None = Field(
         default=None, max_length=16, description="as in POST /v1/webhooks; [] means every type"
     )
@@ -136,11 +172,11 @@ class WebhookChange(BaseModel):
 
 class Webhook(BaseModel):
     id: str
-    url: str
-    events: list[str]
-    created_at: str
+    url: UrlText
+    events: list[EventFilterText]
+    created_at: Timestamp
     status: Literal["enabled", "disabled"] = "enabled"
-    disabled_at: str | None = None
+    disabled_at: Timestamp | None = None
     rate_limit: str | None = Field(
         default=None, exclude_if=lambda value: value is None, description="shown when the endpoint has one"
     )
@@ -168,9 +204,9 @@ class WebhookEnabled(Webhook):
 
 class WebhookCreated(BaseModel):
     id: str
-    url: str
-    events: list[str]
-    created_at: str
+    url: UrlText
+    events: list[EventFilterText]
+    created_at: Timestamp
     secret: str = Field(description="whsec_<base64>: verify signatures with it; shown only in this answer")
 
 
@@ -185,7 +221,7 @@ class DeliveryStatus(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_status_code: int | None
-    next_attempt_at: str | None
+    next_attempt_at: Timestamp | None
 
 
 class DeliveryList(BaseModel):
@@ -193,10 +229,20 @@ class DeliveryList(BaseModel):
     next_cursor: str | None = Field(default=None, description="the next page's cursor; null: the last page")
 
 
+def _written_out(value: object) -> object:
+    """A time as the description says, not a number that pydantic would read as seconds since 1970."""
+    if not isinstance(value, str):
+        raise ValueError("an ISO 8601 time with its offset is expected")
+    datetime.fromisoformat(value)  # a ValueError for what is not one ("0" is, to pydantic)
+    return value
+
+
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    since: AwareDatetime = Field(description="ISO 8601 time with its offset, e.g. 2026-11-28T14:00:00Z")
+    since: Annotated[AwareDatetime, BeforeValidator(_written_out)] = Field(
+        description="ISO 8601 time with its offset, e.g. 2026-11-28T14:00:00Z"
+    )
 
 
 class ReplayQueued(BaseModel):

@@ -18,11 +18,12 @@ from api_shim import pages, rules
 from api_shim.browser import BrowserKey, browser_key, csrf_matches, csrf_token
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
+from api_shim.openapi import errors, html_pages, see_other, server_sent_events
 from api_shim.rules import SelectionOutcome
 from api_shim.streams import event_stream
 from worker.flows.flow import Flow
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(default_response_class=Response)
 
 _REFUSALS = {
     SelectionOutcome.WRONG_STATE: (409, "Your selection was not taken: the connection had already moved on."),
@@ -31,7 +32,16 @@ _REFUSALS = {
 }
 
 
-@router.get("/connect/{flow_id}", response_model=None)
+@router.get(
+    "/connect/{flow_id}",
+    response_model=None,
+    responses=html_pages(
+        200,
+        403,
+        404,
+        meanings={200: "the flow's page", 403: "not this browser's flow: a page that tells nothing of it"},
+    ),
+)
 def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = shim.find_flow(flow_id)
     if flow is None:
@@ -42,7 +52,11 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     return _page(shim, flow, key)
 
 
-@router.get("/connect/{flow_id}/events", response_model=None)
+@router.get(
+    "/connect/{flow_id}/events",
+    response_model=None,
+    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(403, 404)},
+)
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = await run_in_threadpool(shim.load_flow, flow_id)
     if browser_key(request, flow) is None:
@@ -50,7 +64,44 @@ async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Respons
     return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
 
 
-@router.post("/connect/{flow_id}/selection", response_model=None)
+_SELECTION_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}},
+                    "csrf": {"type": "string", "description": "the page's csrf field"},
+                },
+                "required": ["csrf"],
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/connect/{flow_id}/selection",
+    response_model=None,
+    status_code=303,  # in the description only: every answer is made below
+    responses={
+        **see_other("taken: back to the flow's page"),
+        **html_pages(
+            403,
+            404,
+            409,
+            410,
+            422,
+            meanings={
+                409: "the page, with word that the flow had already moved on",
+                410: "the page, with word that time ran out",
+                422: "the form again: nothing chosen, or something not offered",
+            },
+        ),
+    },
+    openapi_extra={"requestBody": _SELECTION_FORM},
+)
 async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
     return await run_in_threadpool(_select, shim, flow_id, request, form)

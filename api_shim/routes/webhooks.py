@@ -26,6 +26,7 @@ from api_shim.models import (
     WebhookRequest,
     WebhookSecret,
 )
+from api_shim.openapi import errors
 from worker.events import utc_timestamp
 from worker.webhooks.endpoints import Endpoint, EndpointChange
 from worker.webhooks.urls import RefusedUrl, checked_target
@@ -33,7 +34,13 @@ from worker.webhooks.urls import RefusedUrl, checked_target
 router = APIRouter()
 
 
-@router.post("/v1/webhooks", status_code=201)
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    responses=errors(
+        422, meanings={422: "an invalid body, or a URL refused (its host must resolve to a public address)"}
+    ),
+)
 async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTenant) -> WebhookCreated:
     await _check_url(shim, body.url)
     events = list(dict.fromkeys(body.events or []))
@@ -46,7 +53,10 @@ async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTen
     )
 
 
-@router.patch("/v1/webhooks/{endpoint_id}")
+@router.patch(
+    "/v1/webhooks/{endpoint_id}",
+    responses=errors(404, 422, meanings={422: "an invalid body, or a URL refused"}),
+)
 async def change_webhook(
     endpoint_id: str, body: WebhookChange, shim: ShimDeps, tenant: CallerTenant
 ) -> Webhook:
@@ -65,7 +75,7 @@ async def change_webhook(
     return _shown(changed)
 
 
-@router.post("/v1/webhooks/{endpoint_id}/secret")
+@router.post("/v1/webhooks/{endpoint_id}/secret", responses=errors(404))
 async def rotate_secret(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> WebhookSecret:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     overlap = shim.settings.webhook_secret_overlap_seconds
@@ -75,7 +85,7 @@ async def rotate_secret(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) 
     return WebhookSecret(secret=secret)
 
 
-@router.post("/v1/webhooks/{endpoint_id}/enable")
+@router.post("/v1/webhooks/{endpoint_id}/enable", responses=errors(404))
 async def enable_webhook(
     endpoint_id: str, shim: ShimDeps, tenant: CallerTenant, body: EnableRequest | None = None
 ) -> WebhookEnabled:
@@ -97,14 +107,17 @@ async def list_webhooks(shim: ShimDeps, tenant: CallerTenant) -> WebhookList:
     return WebhookList(webhooks=[_shown(endpoint) for endpoint in endpoints])
 
 
-@router.delete("/v1/webhooks/{endpoint_id}", status_code=204)
+@router.delete("/v1/webhooks/{endpoint_id}", status_code=204, responses=errors(404))
 async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> Response:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     await run_in_threadpool(shim.webhooks.delete_endpoint, endpoint)
     return Response(status_code=204)
 
 
-@router.get("/v1/webhooks/{endpoint_id}/deliveries")
+@router.get(
+    "/v1/webhooks/{endpoint_id}/deliveries",
+    responses=errors(400, 404, 422, meanings={400: "a cursor this route did not give"}),
+)
 async def list_deliveries(
     endpoint_id: str,
     shim: ShimDeps,
@@ -138,7 +151,7 @@ async def list_deliveries(
     )
 
 
-@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202)
+@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202, responses=errors(404))
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     queued = await run_in_threadpool(
