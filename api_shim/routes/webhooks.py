@@ -116,7 +116,7 @@ async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant)
 
 @router.get(
     "/v1/webhooks/{endpoint_id}/deliveries",
-    responses=errors(400, 404, 422, meanings={400: "a cursor this route did not give"}),
+    responses=errors(404, 422, meanings={422: "a limit out of range, or a cursor this route did not give"}),
 )
 async def list_deliveries(
     endpoint_id: str,
@@ -131,7 +131,7 @@ async def list_deliveries(
             shim.webhooks.deliveries_page, endpoint.id, limit, cursor
         )
     except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this route gave") from None
+        raise ApiError(422, "invalid_cursor", "cursor is not one this route gave") from None
     return DeliveryList(
         next_cursor=next_cursor,
         deliveries=[

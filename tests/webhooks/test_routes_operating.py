@@ -137,5 +137,5 @@ async def test_deliveries_page_with_limit_and_cursor(shim: Shim) -> None:
     assert seen == [flow.flow_id for flow in reversed(flows)]
     for params in ({"limit": 0}, {"limit": 101}, {"cursor": "%%%"}):
         answer = await shim.http.get(path, params=params, headers=CALLER)
-        assert answer.status_code in (400, 422), (params, answer.text)
+        assert answer.status_code == 422, (params, answer.text)
         assert answer.json()["error"]["code"]
