@@ -98,9 +98,7 @@ def create_app(
 
 
 def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
-    return WebhookStore(
-        store.redis, store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
-    )
+    return WebhookStore.configured(store.redis, store.names, settings)
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -15,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from worker.config.tenants import parse_rate
 from worker.events import EventType
 from worker.flows.flow import BrowserUI, FlowState
 from worker.oktopost import ENTITY_TYPES, NETWORKS
@@ -43,6 +45,11 @@ FlowStateName = Annotated[
 EventTypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(get_args(EventType))})]
 UrlText = Annotated[str, WithJsonSchema({"type": "string", "format": "uri"})]
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+# an endpoint's filter entry as it is shown: an event type, or a family of them ending in .*
+EventFilterText = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "pattern": r"^[a-z_]+\.([a-z_]+|\*)$", "examples": ["connection.*"]}),
+]
 
 
 class AuthorizationRequest(BaseModel):
@@ -96,6 +103,43 @@ class SelectionAccepted(BaseModel):
     ids: list[str]
 
 
+EVENT_TYPES = frozenset(get_args(EventType))
+EVENT_FAMILIES = frozenset(event_type.split(".")[0] for event_type in EVENT_TYPES)
+
+
+def _known_filter(entry: str) -> str:
+    family, _, name = entry.partition(".")
+    if entry in EVENT_TYPES or (name == "*" and family in EVENT_FAMILIES):
+        return entry
+    raise ValueError(
+        f"not an event type or family: {entry[:64]!r} (types: {', '.join(sorted(EVENT_TYPES))}; "
+        f"families: {', '.join(sorted(f + '.*' for f in EVENT_FAMILIES))})"
+    )
+
+
+def _known_rate(rate: str | None) -> str | None:
+    if rate:
+        parse_rate(rate)
+    return rate or None
+
+
+EventFilter = Annotated[
+    str,
+    StringConstraints(max_length=64, pattern=r"^[a-z_]+\.([a-z_]+|\*)$"),
+    AfterValidator(_known_filter),
+]
+RateLimit = Annotated[
+    str,
+    StringConstraints(
+        max_length=32, pattern=r"^[1-9][0-9]{0,5}/([1-9][0-9]{0,4} )?(second|minute|hour|day)s?$"
+    ),
+    AfterValidator(_known_rate),
+    Field(
+        examples=["20/second"], description="attempts to this endpoint across every worker, e.g. 20/second"
+    ),
+]
+
+
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -105,19 +149,64 @@ class WebhookRequest(BaseModel):
         "information, no fragment; its host must not resolve to a loopback, private or link-local address "
         "unless listed",
     )
-    events: list[EventType] | None = Field(
-        default=None, max_length=16, description="the event types to send; absent: every type"
+    events: list[EventFilter] | None = Field(
+        default=None,
+        max_length=16,
+        description="the event types to send, each a type or a family ending in .* (connection.*); "
+        "absent: every type",
     )
+    rate_limit: RateLimit | None = None
+
+
+class WebhookChange(BaseModel):
+    """PATCH /v1/webhooks/{id}: what is given changes; rate_limit null removes the limit."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: HttpUrlText | None = Field(default=None, description="as in POST /v1/webhooks")
+    events: list[EventFilter] | None = Field(
+        default=None, max_length=16, description="as in POST /v1/webhooks; [] means every type"
+    )
+    rate_limit: RateLimit | None = None
 
 
 class Webhook(BaseModel):
     id: str
     url: UrlText
-    events: list[EventTypeName]
+    events: list[EventFilterText]
     created_at: Timestamp
+    status: Literal["enabled", "disabled"] = "enabled"
+    disabled_at: Timestamp | None = None
+    rate_limit: str | None = Field(
+        default=None, exclude_if=lambda value: value is None, description="shown when the endpoint has one"
+    )
 
 
-class WebhookCreated(Webhook):
+class WebhookSecret(BaseModel):
+    secret: str = Field(
+        description="the new whsec_<base64> secret, shown only here; the old one still signs beside it "
+        "for WEBHOOK_SECRET_OVERLAP_SECONDS"
+    )
+
+
+class EnableRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    replay_since: AwareDatetime | None = Field(
+        default=None,
+        description="send again what the tenant's stream holds since then (ISO 8601 with offset)",
+    )
+
+
+class WebhookEnabled(Webhook):
+    queued: int = Field(default=0, description="events queued again by replay_since")
+
+
+class WebhookCreated(BaseModel):
+    id: str
+    url: UrlText
+    events: list[EventFilterText]
+    created_at: Timestamp
     secret: str = Field(description="whsec_<base64>: verify signatures with it; shown only in this answer")
 
 
@@ -137,6 +226,7 @@ class DeliveryStatus(BaseModel):
 
 class DeliveryList(BaseModel):
     deliveries: list[DeliveryStatus]
+    next_cursor: str | None = Field(default=None, description="the next page's cursor; null: the last page")
 
 
 def _written_out(value: object) -> object:

@@ -18,8 +18,9 @@ What the shim needs and Schemathesis cannot guess is given to it:
 
 What is relaxed, and why: the rules the routes apply at run time to a schema-valid request, which no
 schema can state, answer 422 to a valid request there: a `return_url` whose origin is not among the
-tenant's allowed ones, a webhook URL whose host does not resolve to a public address, selected ids
-that the flow was not offered. For those three operations 422 counts as an acceptance. The hosted
+tenant's allowed ones, a webhook URL whose host does not resolve to a public address (registering or
+changing an endpoint), selected ids that the flow was not offered, a page's cursor that the route did
+not give. For those operations 422 counts as an acceptance. The hosted
 pages (/connect/...) need the browser's cookie, which only a real callback gives: without it they are
 the 403 page, which the run checks as such.
 """
@@ -48,6 +49,8 @@ ACCEPTED_WITH_422 = (
     "POST /v1/authorizations",
     "POST /v1/webhooks",
     "POST /v1/authorizations/{flow_id}/selection",
+    "PATCH /v1/webhooks/{endpoint_id}",
+    "GET /v1/webhooks/{endpoint_id}/deliveries",
 )
 
 
