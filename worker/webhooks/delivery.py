@@ -50,7 +50,7 @@ _JITTER = secrets.SystemRandom()
 class AttemptResult:
     """What a task did, and in how many seconds it must run again (None: never)."""
 
-    outcome: str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred
+    outcome: str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred | copy
     again_in: float | None = None
 
 
@@ -126,7 +126,10 @@ class Courier:
     def _defer(self, delivery_id: str) -> AttemptResult:
         """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
         spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / ENDPOINT_IN_FLIGHT
-        return AttemptResult("deferred", self.store.wait_turn(delivery_id, spacing, self.lease))
+        turn = self.store.wait_turn(delivery_id, spacing, self.lease)
+        if turn is None:  # a copy: the task given the turn comes then
+            return AttemptResult("copy")
+        return AttemptResult("deferred", turn)
 
     def _attempt(self, delivery_id: str) -> AttemptResult:
         taken = self.store.begin_attempt(delivery_id, self.lease, ENDPOINT_IN_FLIGHT)

@@ -27,6 +27,7 @@ from worker.keys import RedisNames
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
 LISTED_DELIVERIES = 100  # GET .../deliveries shows the most recent ones
 REPLAY_PAGE = 1000  # stream entries read per XRANGE
+TURN_TOLERANCE_SECONDS = 0.5  # a task this early for a delivery's turn is the one that was given it
 
 
 def new_secret() -> str:
@@ -349,15 +350,16 @@ class WebhookStore:
         now = float(self.redis.time()[0])
         self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
 
-    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float:
+    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float | None:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
-        (webhook_wait_turn.lua); seconds until it comes."""
+        (webhook_wait_turn.lua): seconds until it comes, or None when another task of the delivery
+        holds a turn already (this one is a copy)."""
         endpoint_id = delivery_id.partition(".")[0]
-        answer = self._wait_turn(
+        seconds, given = self._wait_turn(
             keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
-            args=[delivery_id, spacing, lease],
+            args=[delivery_id, spacing, lease, TURN_TOLERANCE_SECONDS],
         )
-        return float(_text(answer))
+        return float(_text(seconds)) if _text(given) == "given" else None
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
