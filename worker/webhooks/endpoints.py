@@ -221,9 +221,11 @@ class WebhookStore:
             entries = self.redis.xrange(self.names.all_events_stream, start, "+", count=REPLAY_PAGE)
             for _, fields in entries:
                 body = fields.get(b"event") or fields.get("event")
-                event = json.loads(body)
+                event = _event(body)
+                if event is None:  # an entry that is not an event is never sent
+                    continue
                 if event.get("tenant", DEFAULT_TENANT) != endpoint.tenant or not endpoint.wants(
-                    event.get("type")
+                    str(event.get("type"))
                 ):
                     continue
                 matched += 1
@@ -387,6 +389,14 @@ def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
         created_at=float(fields.get("created_at") or 0),
         secret=fields.get("secret", ""),
     )
+
+
+def _event(body: bytes | str | None) -> dict[str, Any] | None:
+    try:
+        event = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "id" in event else None
 
 
 def _text(value: bytes | str) -> str:
