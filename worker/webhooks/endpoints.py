@@ -347,11 +347,6 @@ class WebhookStore:
         )
         return None if _text(result[0]) == "fenced" else int(result[1])
 
-    def postpone_due(self, delivery_id: str, seconds: float) -> None:
-        """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
-        now = float(self.redis.time()[0])
-        self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
-
     def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float | None:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
         (webhook_wait_turn.lua): seconds until it comes, or None when another task of the delivery
