@@ -63,3 +63,16 @@ def test_consumers_gone_for_good_leave_the_group_and_those_with_pending_entries_
     left = {consumer["name"] for consumer in client.xinfo_consumers(stream, GROUP)}
     assert left == {b"holds-an-entry", b"worker-1"}
     client.close()
+
+
+def test_a_replay_skips_an_entry_that_is_not_an_event() -> None:
+    client: Any = fakeredis.FakeRedis()
+    dispatcher, store, _ = dispatcher_on(client, "replaytest")
+    endpoint = store.create_endpoint("default", URL, [])
+    stream = dispatcher.names.all_events_stream
+    event = {"id": "evt_1", "type": "connection.completed", "flow_id": "f", "tenant": "default"}
+    client.xadd(stream, {"event": b"{not json"})
+    client.xadd(stream, {"event": json.dumps(event)})
+    queued: list[str] = []
+    assert store.replay(endpoint, 0, queued.append) == 1
+    assert queued == [f"{endpoint.id}.evt_1"]

@@ -50,9 +50,8 @@ _JITTER = secrets.SystemRandom()
 class AttemptResult:
     """What a task did, and in how many seconds it must run again (None: never)."""
 
-    outcome: (
-        str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred | held | rate
-    )
+    # delivered | retry | failed | fenced | missing | over | wait | busy | deferred | copy | held | rate
+    outcome: str
     again_in: float | None = None
     successor: str = ""  # the flow's next delivery to the endpoint, whose turn it is now: queue its task
 
@@ -109,7 +108,11 @@ class Courier:
             timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport, trust_env=False
         )
         if transport is None and not bound_attempts(self.http):
-            raise RuntimeError("httpx keeps no connection pool where worker.oktopost.deadline looks for one")
+            log.warning(
+                "httpx %s keeps its connection pool out of reach: a webhook attempt's timeout bounds each"
+                " read and write, not the whole attempt",
+                httpx.__version__,
+            )
         self.lease = 3 * timeout + 2.0  # an attempt outlives it only if its process stalls
 
     def close(self) -> None:
@@ -129,7 +132,10 @@ class Courier:
     def _defer(self, delivery_id: str) -> AttemptResult:
         """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
         spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / ENDPOINT_IN_FLIGHT
-        return AttemptResult("deferred", self.store.wait_turn(delivery_id, spacing, self.lease))
+        turn = self.store.wait_turn(delivery_id, spacing, self.lease)
+        if turn is None:  # a copy: the task given the turn comes then
+            return AttemptResult("copy")
+        return AttemptResult("deferred", turn)
 
     def _attempt(self, delivery_id: str) -> AttemptResult:
         taken = self.store.begin_attempt(delivery_id, self.lease, ENDPOINT_IN_FLIGHT)

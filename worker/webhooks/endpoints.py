@@ -32,6 +32,7 @@ REPLAY_PAGE = 1000  # stream entries read per XRANGE
 # A delivery held behind an earlier event of its flow is queued again by that event's end at once; if
 # that queueing is lost (a killed worker), the dispatcher takes it up after this long.
 HELD_RECHECK_SECONDS = 60.0
+TURN_TOLERANCE_SECONDS = 0.5  # a task this early for a delivery's turn is the one that was given it
 
 
 def new_secret() -> str:
@@ -370,9 +371,11 @@ class WebhookStore:
             entries = self.redis.xrange(self.names.all_events_stream, start, "+", count=REPLAY_PAGE)
             for _, fields in entries:
                 body = fields.get(b"event") or fields.get("event")
-                event = json.loads(body)
+                event = _event(body)
+                if event is None:  # an entry that is not an event is never sent
+                    continue
                 if event.get("tenant", DEFAULT_TENANT) != endpoint.tenant or not endpoint.wants(
-                    event.get("type")
+                    str(event.get("type"))
                 ):
                     continue
                 matched += 1
@@ -542,20 +545,16 @@ class WebhookStore:
         since = _text(result[4])
         return AttemptEnd(int(result[1]), _text(result[3]), float(since) if since else None)
 
-    def postpone_due(self, delivery_id: str, seconds: float) -> None:
-        """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
-        now = float(self.redis.time()[0])
-        self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
-
-    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float:
+    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float | None:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
-        (webhook_wait_turn.lua); seconds until it comes."""
+        (webhook_wait_turn.lua): seconds until it comes, or None when another task of the delivery
+        holds a turn already (this one is a copy)."""
         endpoint_id = delivery_id.partition(".")[0]
-        answer = self._wait_turn(
+        seconds, given = self._wait_turn(
             keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
-            args=[delivery_id, spacing, lease],
+            args=[delivery_id, spacing, lease, TURN_TOLERANCE_SECONDS],
         )
-        return float(_text(answer))
+        return float(_text(seconds)) if _text(given) == "given" else None
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
@@ -612,6 +611,14 @@ def _read_cursor(cursor: str | None) -> tuple[float, str] | None:
         return float(score), delivery_id
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError("malformed cursor") from error
+
+
+def _event(body: bytes | str | None) -> dict[str, Any] | None:
+    try:
+        event = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "id" in event else None
 
 
 def _text(value: bytes | str) -> str:
