@@ -179,6 +179,8 @@ def _own_image(link: object, base: tuple[str, str, int]) -> str | None:
     """The entity's image when the shim serves it itself: the page loads nothing from another origin."""
     if not isinstance(link, str) or not link:
         return None
+    if "\\" in link or not link.isprintable():
+        return None  # a browser reads "/\host" as "//host" (another origin) and drops tabs
     if link.startswith("/") and not link.startswith("//"):
         return link
     try:

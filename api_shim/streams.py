@@ -24,7 +24,8 @@ PING_SECONDS = 15  # a comment line now and then, so proxies do not close a quie
 def last_event_id(request: Request) -> int:
     """The seq the client saw last; 0 (everything) when it sent none, or nothing that is a seq."""
     value = request.headers.get("last-event-id", "").strip()
-    return int(value) if value.isdigit() and len(value) < 12 else 0
+    # ASCII digits only: str.isdigit also takes "²" and other digits int() refuses
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 12 else 0
 
 
 async def flow_messages(

@@ -86,6 +86,11 @@ async def test_deleting_an_endpoint_and_unknown_or_other_tenants_endpoints_are_4
         ("https://localhost/hook", "loopback"),  # a name that resolves to loopback
         ("http://localhost:8080/hook", "loopback"),
         ("https://[::ffff:10.0.0.1]/hook", "private"),
+        ("https://[2002:7f00:1::]:6379/", "loopback"),  # 6to4 of 127.0.0.1
+        ("https://[2002:a9fe:a9fe::]/", "metadata"),  # 6to4 of 169.254.169.254
+        ("https://[2002:0a00:0001::1]/hook", "private"),  # 6to4 of 10.0.0.1
+        ("https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook", "loopback"),  # Teredo, client 127.0.0.1
+        ("https://[64:ff9b::a9fe:a9fe]/", "metadata"),  # NAT64 of 169.254.169.254
         ("https://0.0.0.0/hook", "unspecified"),
         ("https://224.0.0.5/hook", "multicast"),
         ("https://user:pass@93.184.215.14/hook", "user information"),
