@@ -63,7 +63,8 @@ async def test_last_event_id_sends_only_later_events(shim: Shim) -> None:
 async def test_a_last_event_id_that_is_no_seq_sends_every_event(shim: Shim, seen: bytes) -> None:
     flow = _finished_flow(shim)
     url = f"/v1/authorizations/{flow.flow_id}/events"
-    answer = await shim.http.get(url, headers={**CALLER, "Last-Event-ID": seen})  # type: ignore[dict-item]
+    headers = [(name.encode(), value.encode()) for name, value in CALLER.items()]
+    answer = await shim.http.get(url, headers=[*headers, (b"Last-Event-ID", seen)])
     assert answer.status_code == 200
     assert [m["id"] for m in _messages(answer.text)] == ["1", "2", "3", "4", "5"]
 
