@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # a TOML file of tenants, each with its caller keys, return URLs and Oktopost account (docs/tenants.md)
     tenants_file: Path | None = None
+    # the Bearer token a Prometheus scrape of the shim's /metrics must present (unset: /metrics is open)
+    metrics_token: SecretStr | None = Field(default=None)
     # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
     flower_basic_auth: SecretStr | None = None
 
@@ -173,6 +175,16 @@ class Settings(BaseSettings):
     @classmethod
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
         return check_caller_keys(value)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        token = value.get_secret_value() if value is not None else None
+        if token is not None and (len(token) < 16 or token.startswith(PLACEHOLDER_PREFIX)):
+            raise ValueError("at least 16 characters, and not the placeholder of .env.example")
+        if token is not None and not token.isprintable():
+            raise ValueError("printable characters only")
+        return value or None
 
     @field_validator("flower_basic_auth")
     @classmethod
