@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio
 from fastapi import FastAPI
 
-from api_shim import access, browser, limits, metrics, pages
+from api_shim import access, bodies, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
@@ -82,6 +82,7 @@ def create_app(
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
+    bodies.install(app, settings.tenants, settings.shim_body_timeout_seconds)  # keys before bodies
     accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
     metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
     access.install(app)

@@ -52,16 +52,20 @@ async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Respons
 
 @router.post("/connect/{flow_id}/selection", response_model=None)
 async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Response:
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    return await run_in_threadpool(_select, shim, flow_id, request, form)
-
-
-def _select(shim: Deps, flow_id: str, request: Request, form: dict[str, list[str]]) -> Response:
-    flow = shim.find_flow(flow_id)
+    # the cookie before the body: a browser without it gets its answer before it has sent a byte more
+    flow = await run_in_threadpool(shim.find_flow, flow_id)
     if flow is None:
         return pages.not_found_page(shim.settings)
     key = browser_key(request, flow)
-    if key is None or not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
+    if key is None:
+        return pages.forbidden_page(shim.settings)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return await run_in_threadpool(_select, shim, flow, key, form)
+
+
+def _select(shim: Deps, flow: Flow, key: BrowserKey, form: dict[str, list[str]]) -> Response:
+    flow_id = flow.flow_id
+    if not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
         return pages.forbidden_page(shim.settings)
     ids = [entity_id for entity_id in form.get("ids", []) if entity_id]
     selection = rules.submit_selection(shim.store, shim.enqueuer, flow, ids)

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # a connection that has not sent its whole request head this long after opening (or after its last
     # answer) is closed: slow clients cannot hold the shim's connections
     shim_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # a request body must arrive whole this long after its head (408 otherwise): slow bodies cannot
+    # hold the shim's places either
+    shim_body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # hosts besides loopback that may be reached over plain http (the dev sandbox in docker compose)
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
