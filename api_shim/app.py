@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from api_shim import access, bodies, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
-from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
+from api_shim.routes import authorizations, callbacks, connect, probes, start, webhooks
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore
@@ -92,6 +92,7 @@ def create_app(
     app.include_router(callbacks.router)
     app.include_router(connect.router)
     app.include_router(probes.router)
+    app.include_router(start.router)
     app.include_router(webhooks.router)
     return app
 

@@ -70,6 +70,8 @@ async def start_authorization(
                 body.ui,
                 tenant=tenant.name,
                 account=upstream.account_id,
+                caller_state=body.state,
+                redirect_url=redirect_url,
             )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
@@ -79,6 +81,7 @@ async def start_authorization(
     return AuthorizationCreated(
         flow_id=flow_id,
         redirect_url=redirect_url,
+        start_url=f"{settings.public_base_url}/v1/start/{flow_id}",
         channel=shim.names.flow_channel(flow_id),
         status_url=f"{settings.public_base_url}/v1/authorizations/{flow_id}",
         expires_at=utc_timestamp(flow.deadline),

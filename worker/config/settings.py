@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     tenants_file: Path | None = None
     # the Bearer token a Prometheus scrape of the shim's /metrics must present (unset: /metrics is open)
     metrics_token: SecretStr | None = Field(default=None)
+    # the default tenant's require_start: a callback from a browser that did not open the flow's start_url
+    # is always confirmed by the user (a tenants file sets it per tenant)
+    require_start: bool = False
     # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
     flower_basic_auth: SecretStr | None = None
 
@@ -250,6 +253,7 @@ class Settings(BaseSettings):
             api_keys=list(self.shim_api_keys),
             allowed_return_urls=list(self.allowed_return_urls),
             oktopost=account,
+            require_start=self.require_start,
         )
 
     @property
