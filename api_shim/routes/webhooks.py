@@ -20,7 +20,7 @@ from api_shim.models import (
     WebhookRequest,
 )
 from worker.events import utc_timestamp
-from worker.webhooks.endpoints import Endpoint
+from worker.webhooks.endpoints import Endpoint, EndpointLimitReached
 from worker.webhooks.urls import RefusedUrl, target_of
 
 router = APIRouter()
@@ -33,7 +33,11 @@ async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTen
     except RefusedUrl as refused:
         raise ApiError(422, "webhook_url_refused", str(refused)) from None
     events = list(dict.fromkeys(body.events or []))
-    endpoint = await run_in_threadpool(shim.webhooks.create_endpoint, tenant, body.url, events)
+    limit = shim.settings.webhook_max_endpoints
+    try:
+        endpoint = await run_in_threadpool(shim.webhooks.create_endpoint, tenant, body.url, events, limit)
+    except EndpointLimitReached as reached:
+        raise ApiError(422, "webhook_limit", str(reached)) from None
     return WebhookCreated(**_shown(endpoint).model_dump(), secret=endpoint.secret)
 
 

@@ -203,3 +203,28 @@ async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
             assert answer.status_code == 404
             assert (await shim.http.delete(f"/v1/webhooks/{endpoint_id}", headers=headers)).status_code == 404
         assert (await shim.http.delete(f"/v1/webhooks/{theirs['id']}", headers=acme)).status_code == 204
+
+
+async def test_past_webhook_max_endpoints_a_registration_is_422_webhook_limit() -> None:
+    from tests.shim.harness import open_shim
+
+    async with open_shim(webhook_max_endpoints=3) as shim:
+        for _ in range(3):
+            created = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+            assert created.status_code == 201
+        refused = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "webhook_limit"
+        listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
+        assert len(listed) == 3
+        await shim.http.delete(f"/v1/webhooks/{listed[0]['id']}", headers=CALLER)
+        again = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+        assert again.status_code == 201  # room again once one is deleted
+
+
+async def test_the_default_limit_is_twenty_endpoints(shim: Shim) -> None:
+    statuses = [
+        (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).status_code
+        for _ in range(21)
+    ]
+    assert statuses == [201] * 20 + [422]

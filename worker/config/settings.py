@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # link-local; how long one delivery attempt may take; the waits between attempts before `failed`
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # endpoints one tenant may register (each event is sent to each of them)
+    webhook_max_endpoints: int = Field(default=20, ge=1, le=1000)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     _tenants: Tenants = PrivateAttr()
 

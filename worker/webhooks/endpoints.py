@@ -88,6 +88,13 @@ class NoAttempt:
     seconds: float = 0.0
 
 
+class EndpointLimitReached(Exception):
+    """The tenant has as many endpoints as it may have."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a tenant may have at most {limit} webhook endpoints; delete one first")
+
+
 class WebhookStore:
     def __init__(
         self, client: redis.Redis, names: RedisNames, retention: float, schedule: Sequence[float]
@@ -103,7 +110,10 @@ class WebhookStore:
         self._requeue = scripts.register(client, "webhook_requeue_due")
 
     # endpoints
-    def create_endpoint(self, tenant: str, url: str, events: Sequence[str]) -> Endpoint:
+    def create_endpoint(
+        self, tenant: str, url: str, events: Sequence[str], limit: int | None = None
+    ) -> Endpoint:
+        """A new endpoint of `tenant`; EndpointLimitReached when it has `limit` endpoints already."""
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
         seconds, microseconds = self.redis.time()
@@ -115,15 +125,33 @@ class WebhookStore:
             "secret": secret,
             "created_at": repr(created_at),
         }
-        self._save(
-            keys=[
-                self.names.webhook_endpoint(endpoint_id),
-                self.names.webhook_endpoints(tenant),
-                self.names.webhook_index,
-            ],
-            args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
-        )
+        keys = [
+            self.names.webhook_endpoint(endpoint_id),
+            self.names.webhook_endpoints(tenant),
+            self.names.webhook_index,
+        ]
+        args = [endpoint_id, "save", *(item for pair in fields.items() for item in pair)]
+        self._save_within(limit, keys, args)
         return Endpoint(endpoint_id, tenant, url, tuple(events), created_at, secret)
+
+    def _save_within(self, limit: int | None, keys: list[str], args: list[Any]) -> None:
+        """The save script, run only while the tenant's index (keys[1]) holds fewer than `limit`
+        endpoints: WATCHed, so concurrent registrations cannot pass the limit together."""
+        if limit is None:
+            self._save(keys=keys, args=args)
+            return
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(keys[1])
+                    if pipe.zcard(keys[1]) >= limit:
+                        raise EndpointLimitReached(limit)
+                    pipe.multi()
+                    self._save(keys=keys, args=args, client=pipe)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def any_endpoint(self) -> bool:
         """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
