@@ -18,6 +18,7 @@ from api_shim import access, bodies, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.routes import authorizations, callbacks, connect, probes, start, webhooks
+from api_shim.streams import POOL_CONNECTIONS, EventStreams
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore
@@ -53,13 +54,21 @@ def create_app(
         given = [Upstream(budget.names.account_id, client, budget)] if client and budget else []
         upstreams = runtime.shim_upstreams(settings, store.redis, given)
     own_events_redis = events_redis is None
+    events_redis = events_redis or _events_redis(settings)
     deps = Deps(
         settings=settings,
         store=store,
         upstreams=upstreams,
         enqueuer=enqueuer or _enqueuer(settings),
-        events_redis=events_redis or _events_redis(settings),
+        events_redis=events_redis,
         webhooks=webhook_store(settings, store),
+        streams=EventStreams(
+            events_redis,
+            store.names,
+            settings.sse_max_per_flow,
+            settings.sse_max_per_key,
+            settings.sse_max_seconds,
+        ),
     )
 
     @asynccontextmanager
@@ -104,10 +113,17 @@ def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:
-    # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a timeout
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=REDIS_ANSWER_SECONDS
+    # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a
+    # timeout. The pool is bounded (api_shim/streams.py caps the streams of a process below it), and a
+    # command waits a little for a connection rather than open one more
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=REDIS_ANSWER_SECONDS,
+        socket_timeout=5,
+        socket_connect_timeout=REDIS_ANSWER_SECONDS,
     )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _enqueuer(settings: Settings) -> Enqueuer:

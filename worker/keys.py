@@ -75,6 +75,15 @@ class RedisNames:
     def worker_metrics(self) -> str:
         return f"{self.prefix}:metrics"
 
+    # the shim's open event streams (server-sent events), counted for their caps
+    def flow_event_streams(self, flow_id: str) -> str:
+        """Sorted set: the streams open on a flow's events, scored by when each must have ended."""
+        return f"{self.prefix}:streams:flow:{flow_id}"
+
+    def key_event_streams(self, key_digest: str) -> str:
+        """Sorted set: the streams open with one caller key (by its SHA-256), scored the same way."""
+        return f"{self.prefix}:streams:key:{key_digest}"
+
     # webhooks: endpoints per tenant, one delivery per (endpoint, event), and the deliveries not done yet
     def webhook_endpoints(self, tenant: str) -> str:
         """Sorted set: a tenant's endpoint ids, scored by when each was created."""

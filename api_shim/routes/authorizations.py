@@ -26,7 +26,7 @@ from api_shim.models import (
 )
 from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
-from api_shim.streams import event_stream
+from api_shim.streams import key_digest
 from worker.events import utc_timestamp
 from worker.flows.flow import FlowState
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
@@ -194,9 +194,10 @@ def flow_status(flow_id: str, shim: ShimDeps, tenant: CallerTenant) -> FlowStatu
 )
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps, tenant: CallerTenant) -> Response:
     """Server-sent events: the flow's stored events, then live ones, until its terminal event; with
-    `Last-Event-ID`, only the events after that seq."""
+    `Last-Event-ID`, only the events after that seq. 429 past SSE_MAX_PER_FLOW or SSE_MAX_PER_KEY."""
     await run_in_threadpool(shim.load_flow, flow_id, tenant)
-    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+    key = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return await shim.streams.open(flow_id, key_digest(key), request)
 
 
 @router.post("/v1/authorizations/{flow_id}/selection", status_code=202)

@@ -19,7 +19,6 @@ from api_shim.browser import BrowserKey, browser_key, csrf_matches, csrf_token
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.rules import SelectionOutcome
-from api_shim.streams import event_stream
 from worker.flows.flow import Flow
 
 router = APIRouter(include_in_schema=False)
@@ -45,9 +44,10 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 @router.get("/connect/{flow_id}/events", response_model=None)
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = await run_in_threadpool(shim.load_flow, flow_id)
-    if browser_key(request, flow) is None:
+    key = browser_key(request, flow)
+    if key is None:
         raise ApiError(403, "forbidden", "this flow belongs to another browser")
-    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+    return await shim.streams.open(flow_id, key.fingerprint[:32], request)
 
 
 @router.post("/connect/{flow_id}/selection", response_model=None)

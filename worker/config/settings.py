@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # the name the hosted pages show the user (/connect/{flow_id})
     hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)
 
+    # server-sent event streams: at most this many open on one flow, and with one caller key; each ends
+    # after SSE_MAX_SECONDS with a retry hint (the client reconnects with its Last-Event-ID)
+    sse_max_per_flow: int = Field(default=5, ge=1, le=1000)
+    sse_max_per_key: int = Field(default=50, ge=1, le=10000)
+    sse_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
+
     # webhooks: hosts (names or addresses) a webhook URL may reach although they are loopback, private or
     # link-local; how long one delivery attempt may take; the waits between attempts before `failed`
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
