@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +36,14 @@ class Stack:
     port: int
     redis: redis.Redis
     shim: Process
+
+    def redis_clients(self) -> int:
+        info: dict[str, Any] = self.redis.info("clients")  # type: ignore[assignment]
+        return int(info["connected_clients"])
+
+    def used_memory(self) -> int:
+        info: dict[str, Any] = self.redis.info("memory")  # type: ignore[assignment]
+        return int(info["used_memory"])
 
     def post_flow(self, key: str = API_KEY) -> httpx.Response:
         body = {"network": "LinkedIn", "ui": "redirect", "return_url": "https://app.example/done"}
@@ -173,11 +182,11 @@ def test_an_event_stream_flood_is_capped_and_the_other_tenant_streams(
     stack: Stack, fault_report: FaultReport
 ) -> None:
     theirs = stack.post_flow(MALLORY_KEY).json()["flow_id"]
-    clients_before = stack.redis.info("clients")["connected_clients"]
+    clients_before = stack.redis_clients()
     opened = [_open_stream(stack, theirs, MALLORY_KEY) for _ in range(30)]
     try:
         statuses = [status for _, status in opened]
-        clients_during = stack.redis.info("clients")["connected_clients"]
+        clients_during = stack.redis_clients()
         mine = stack.post_flow().json()["flow_id"]
         with httpx.stream(
             "GET", f"{stack.url}/v1/authorizations/{mine}/events", headers=_bearer(API_KEY), timeout=5
@@ -188,7 +197,7 @@ def test_an_event_stream_flood_is_capped_and_the_other_tenant_streams(
         for sock, _ in opened:
             sock.close()
     time.sleep(1.5)  # the streams notice their clients left
-    clients_after = stack.redis.info("clients")["connected_clients"]
+    clients_after = stack.redis_clients()
     assert statuses.count(200) == SSE_PER_FLOW
     assert statuses.count(429) == 30 - SSE_PER_FLOW
     assert other_status == 200
@@ -234,7 +243,7 @@ def test_a_full_redis_is_a_503_with_retry_after_for_the_other_tenant_never_a_500
     stack: Stack, fault_report: FaultReport
 ) -> None:
     flow_id = stack.post_flow().json()["flow_id"]
-    used = int(stack.redis.info("memory")["used_memory"])
+    used = stack.used_memory()
     stack.redis.config_set("maxmemory-policy", "noeviction")
     stack.redis.config_set("maxmemory", str(used // 2))  # full: every write refused with OOM
     try:
