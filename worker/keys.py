@@ -94,6 +94,10 @@ class RedisNames:
         """Sorted set: every tenant's endpoint ids (whether there are any at all, in one EXISTS)."""
         return f"{self.prefix}:webhooks"
 
+    def webhook_replay_turn(self, tenant: str) -> str:
+        """String with a TTL: a tenant's last replay through the shim, until it may replay again."""
+        return f"{self.prefix}:tenant:{tenant}:replay"
+
     def webhook_endpoint(self, endpoint_id: str) -> str:
         """Hash: an endpoint's tenant, url, event types, secret and creation time."""
         return f"{self.prefix}:webhook:{endpoint_id}"

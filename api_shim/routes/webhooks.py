@@ -4,6 +4,8 @@ endpoint of another tenant is 404, like one that does not exist."""
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -24,6 +26,8 @@ from worker.webhooks.endpoints import Endpoint, EndpointLimitReached
 from worker.webhooks.urls import RefusedUrl, target_of
 
 router = APIRouter()
+# a replay reads what the all-flows stream holds since a moment: each tenant gets one in a while
+REPLAY_EVERY_SECONDS = 60
 
 
 @router.post("/v1/webhooks", status_code=201)
@@ -79,6 +83,10 @@ async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant
 @router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202)
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
+    wait = await run_in_threadpool(shim.webhooks.replay_turn, tenant, REPLAY_EVERY_SECONDS)
+    if wait:
+        message = f"one replay per tenant every {REPLAY_EVERY_SECONDS} seconds"
+        raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(wait))})
     queued = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
     )

@@ -238,6 +238,13 @@ class WebhookStore:
         )
         return delivery_id if int(created) else None
 
+    def replay_turn(self, tenant: str, every: float) -> float:
+        """0 when `tenant` may replay now (its turn is taken for `every` seconds); else the seconds left
+        until it may. One SET NX: replays read the all-flows stream, so each tenant gets one in a while."""
+        if self.redis.set(self.names.webhook_replay_turn(tenant), "1", nx=True, px=int(every * 1000)):
+            return 0.0
+        return max(0.001, int(self.redis.pttl(self.names.webhook_replay_turn(tenant))) / 1000)
+
     def replay(self, endpoint: Endpoint, since: float, enqueue: Callable[[str], object]) -> int:
         """Sends `endpoint` again every event of its tenant (of the types it wants) that the all-flows
         stream still holds from `since` (epoch seconds) on; how many. A delivery of one of them that is
