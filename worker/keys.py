@@ -94,6 +94,16 @@ class RedisNames:
         """Sorted set: every tenant's endpoint ids (whether there are any at all, in one EXISTS)."""
         return f"{self.prefix}:webhooks"
 
+    @property
+    def webhook_dispatcher_turn(self) -> str:
+        """String with a TTL: the worker process whose turn it is to dispatch events to webhooks."""
+        return f"{self.prefix}:webhooks:dispatcher"
+
+    @property
+    def webhook_dispatch_cursor(self) -> str:
+        """String: the id of the last all-flows stream entry dispatched to webhooks."""
+        return f"{self.prefix}:webhooks:cursor"
+
     def webhook_replay_turn(self, tenant: str) -> str:
         """String with a TTL: a tenant's last replay through the shim, until it may replay again."""
         return f"{self.prefix}:tenant:{tenant}:replay"
