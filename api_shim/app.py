@@ -76,6 +76,7 @@ def create_app(
         yield
         for built in deps.upstreams.built_clients():
             await built.aclose()
+        await deps.streams.subscriptions.close()
         if own_events_redis:
             await deps.events_redis.aclose()
 

@@ -5,8 +5,10 @@ and holds one of its `--limit-concurrency` places, for as long as the body takes
 route (/v1/..., not the browsers' /v1/callback and /v1/start) is refused with 401 before a byte of it
 is read unless the request presents a valid Bearer key (the hosted page's form checks its cookie before
 it reads, api_shim/routes/connect.py); every body must arrive whole within `SHIM_BODY_TIMEOUT_SECONDS`
-of the head (408 otherwise); and at most `MAX_BODIES_READING` bodies are being received at once (503
-past it). Callbacks carry no body: whatever a client does with bodies, they keep their places.
+of the head (408 otherwise); and at most `MAX_BODIES_READING` bodies are being received at once, at most
+`MAX_BODIES_PER_TENANT` of them one tenant's (the hosted pages' forms count as one more), 503 past
+either, so one tenant's slow bodies leave room for the others'. Callbacks carry no body: whatever a
+client does with bodies, they keep their places.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from api_shim.security import tenant_of_bearer
 from worker.config.tenants import Tenants
 
 MAX_BODIES_READING = 64  # honest bodies are a few KiB and arrive within milliseconds
+MAX_BODIES_PER_TENANT = 16
+BROWSERS = ""  # what the hosted pages' bodies are counted under
 BROWSER_PREFIXES = ("/v1/callback/", "/v1/start/")
 CLOSE = {"Connection": "close"}  # the rest of a body not read must not be taken for the next request
 
@@ -55,17 +59,17 @@ class BodyGate:
         self.app = app
         self.tenants = tenants
         self.timeout = timeout
-        self.reading = 0  # bodies being received now, in this process
+        self.reading: dict[str, int] = {}  # bodies being received now in this process, by tenant
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not has_body(scope):
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope)
+        tenant, refusal = self._admission(scope)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        self.reading += 1
+        self.reading[tenant] = self.reading.get(tenant, 0) + 1
         reading = True
         deadline = asyncio.get_running_loop().time() + self.timeout
 
@@ -73,7 +77,9 @@ class BodyGate:
             nonlocal reading
             if reading:
                 reading = False
-                self.reading -= 1
+                self.reading[tenant] -= 1
+                if not self.reading[tenant]:
+                    del self.reading[tenant]
 
         async def timed_receive() -> Message:
             if not reading:
@@ -93,19 +99,23 @@ class BodyGate:
         finally:
             done_reading()
 
-    def _refusal(self, scope: Scope) -> ASGIApp | None:
-        path = str(scope["path"])
+    def _admission(self, scope: Scope) -> tuple[str, ASGIApp | None]:
+        """Whose body this is (a tenant's name, or BROWSERS), and the refusal when it may not be read."""
+        path, tenant = str(scope["path"]), BROWSERS
         if path.startswith("/v1/") and not path.startswith(BROWSER_PREFIXES):
             try:
-                tenant_of_bearer(_authorization(scope), self.tenants)
+                tenant = tenant_of_bearer(_authorization(scope), self.tenants)
             except ApiError as error:
-                return error_response(
-                    error.status, error.code, error.message, {**(error.headers or {}), **CLOSE}
-                )
-        if self.reading >= MAX_BODIES_READING:
+                headers = {**(error.headers or {}), **CLOSE}
+                return tenant, error_response(error.status, error.code, error.message, headers)
+        if (
+            sum(self.reading.values()) >= MAX_BODIES_READING
+            or self.reading.get(tenant, 0) >= MAX_BODIES_PER_TENANT
+        ):
             headers = {"Retry-After": "1", **CLOSE}
-            return error_response(503, "busy", "too many request bodies are arriving; try again", headers)
-        return None
+            busy = error_response(503, "busy", "too many request bodies are arriving; try again", headers)
+            return tenant, busy
+        return tenant, None
 
 
 def install(app: FastAPI, tenants: Tenants, timeout: float) -> None:

@@ -8,6 +8,7 @@ connection to Redis.
 
 Streams are bounded: at most `SSE_MAX_PER_FLOW` on one flow and `SSE_MAX_PER_KEY` with one caller key,
 counted in Redis across every shim process (scripts/stream_admit.lua; 429 with Retry-After past either),
+all of a process's streams share one pub/sub connection (api_shim/subscriptions.py),
 at most `MAX_STREAMS_PER_PROCESS` in one process (its Redis pool holds one connection per stream and a
 few more), and each ends after `SSE_MAX_SECONDS` with a `retry:` hint, so that an EventSource opens it
 again (with its Last-Event-ID) rather than holding one connection for ever.
@@ -15,6 +16,7 @@ again (with its Last-Event-ID) rather than holding one connection for ever.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -28,9 +30,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
 from api_shim.errors import ApiError
+from api_shim.subscriptions import RESYNC, SUBSCRIBED, SharedSubscriptions
 from worker import scripts
 from worker.events import TERMINAL_TYPES
-from worker.follow.subscribe import afollow_flow
+from worker.follow.subscribe import FlowFollower, afollow_flow
 from worker.keys import RedisNames
 
 PING_SECONDS = 15  # a comment line now and then, so proxies do not close a quiet stream
@@ -54,13 +57,46 @@ def key_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:32]
 
 
+async def shared_follow(
+    subscriptions: SharedSubscriptions, flow_id: str, prefix: str, lifetime: float | None
+) -> AsyncIterator[dict[str, Any]]:
+    """afollow_flow on the process's shared subscription: history once the channel is live, then live
+    events, each once, until the terminal one or the end of `lifetime`."""
+    follower = FlowFollower(flow_id, prefix, lifetime)
+    queue = await subscriptions.listen(follower.channel)
+    try:
+        while not follower.ended and (wait := follower.read_seconds()) is not None:
+            try:
+                item = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                continue
+            if item in (SUBSCRIBED, RESYNC):
+                stored = await subscriptions.client.xrange(follower.stream, follower.replay_start)
+                events = list(follower.replay(stored))
+            else:
+                events = follower.from_message({"type": "message", "data": item})
+            for event in events:
+                yield event
+    finally:
+        await subscriptions.leave(follower.channel, queue)
+
+
 async def flow_messages(
-    client: redis.asyncio.Redis, prefix: str, flow_id: str, after: int = 0, lifetime: float | None = None
+    client: redis.asyncio.Redis | SharedSubscriptions,
+    prefix: str,
+    flow_id: str,
+    after: int = 0,
+    lifetime: float | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The flow's events with a seq above `after`, as messages, up to and including the terminal one;
-    after `lifetime` seconds without it, a last message that tells the client to reconnect."""
+    after `lifetime` seconds without it, a last message that tells the client to reconnect. Read on
+    the shared subscription when given one, else on a subscription of its own."""
     ended = False
-    async for event in afollow_flow(client, flow_id, prefix, timeout=lifetime):
+    if isinstance(client, SharedSubscriptions):
+        events = shared_follow(client, flow_id, prefix, lifetime)
+    else:
+        events = afollow_flow(client, flow_id, prefix, timeout=lifetime)
+    async for event in events:
         ended = event["type"] in TERMINAL_TYPES
         if event["seq"] > after:
             yield ServerSentEvent(
@@ -81,9 +117,11 @@ class EventStreams:
     lifetime: float
     open_here: int = 0
     _admit: Any = field(init=False, repr=False)  # an AsyncScript: awaited with keys and args
+    subscriptions: SharedSubscriptions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._admit = scripts.register(self.client, "stream_admit")
+        self.subscriptions = SharedSubscriptions(self.client)
 
     async def open(self, flow_id: str, key: str, request: Request) -> EventSourceResponse:
         """The flow's stream for a client holding `key` (a caller key's or a browser cookie's digest);
@@ -100,7 +138,7 @@ class EventStreams:
             raise _busy(f"at most {self.per_key} event streams may be open with one key")
         self.open_here += 1
         after = last_event_id(request)
-        events = flow_messages(self.client, self.names.prefix, flow_id, after, self.lifetime)
+        events = flow_messages(self.subscriptions, self.names.prefix, flow_id, after, self.lifetime)
         messages = self._counted(keys, stream_id, events)
         return EventSourceResponse(messages, ping=PING_SECONDS)
 

@@ -202,7 +202,7 @@ def test_an_event_stream_flood_is_capped_and_the_other_tenant_streams(
     assert statuses.count(429) == 30 - SSE_PER_FLOW
     assert other_status == 200
     assert first.startswith(("id:", ":", "event:"))
-    assert clients_during - clients_before <= SSE_PER_FLOW + 5
+    assert clients_during - clients_before <= 4  # one shared subscription, a command or two
     fault_report.record(
         PART,
         faults_injected=30,
