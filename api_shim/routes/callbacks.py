@@ -56,7 +56,7 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     return response
 
 
-@router.post("/v1/callback/{flow_id}/confirm", response_model=None)
+@router.post("/v1/callback/{flow_id}/confirm", response_model=None, include_in_schema=False)
 async def confirm(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     """The confirmation page's form: the callback it stood for, made now that the user pressed it."""
     flow = await run_in_threadpool(shim.find_flow, flow_id)
