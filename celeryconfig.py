@@ -12,10 +12,12 @@ Why each choice (docs/design.md, "Guarantees", says what they promise):
 
 from __future__ import annotations
 
+import os
 import sys
 
 from kombu import Exchange, Queue
 
+from worker.config.flower import flower_refusal
 from worker.config.settings import ConfigError, get_settings
 from worker.queueing.broker import repair_redis_transport
 from worker.queueing.names import DELIVER_TASK, deliveries_queue, flows_queue
@@ -25,6 +27,9 @@ try:
 except ConfigError as error:  # `celery -A worker ...` started with a bad setting: one line, exit 2
     print(f"oktopost-connect: {error}", file=sys.stderr)
     raise SystemExit(2) from None
+if (_refusal := flower_refusal(sys.argv, os.environ)) is not None:  # worker/config/flower.py
+    print(f"oktopost-connect: {_refusal}", file=sys.stderr)
+    raise SystemExit(2)
 
 repair_redis_transport()  # a worker survives a Redis restart while tasks run (worker/queueing/broker.py)
 broker_url = _settings.broker_url

@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 import redis.asyncio
 from fastapi import FastAPI
 
-from api_shim import access, browser, limits, metrics, pages
+from api_shim import access, bodies, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.openapi import describe
-from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
+from api_shim.routes import authorizations, callbacks, connect, probes, start, webhooks
+from api_shim.streams import POOL_CONNECTIONS, EventStreams
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore
@@ -54,13 +55,21 @@ def create_app(
         given = [Upstream(budget.names.account_id, client, budget)] if client and budget else []
         upstreams = runtime.shim_upstreams(settings, store.redis, given)
     own_events_redis = events_redis is None
+    events_redis = events_redis or _events_redis(settings)
     deps = Deps(
         settings=settings,
         store=store,
         upstreams=upstreams,
         enqueuer=enqueuer or _enqueuer(settings),
-        events_redis=events_redis or _events_redis(settings),
+        events_redis=events_redis,
         webhooks=webhook_store(settings, store),
+        streams=EventStreams(
+            events_redis,
+            store.names,
+            settings.sse_max_per_flow,
+            settings.sse_max_per_key,
+            settings.sse_max_seconds,
+        ),
     )
 
     @asynccontextmanager
@@ -68,6 +77,7 @@ def create_app(
         yield
         for built in deps.upstreams.built_clients():
             await built.aclose()
+        await deps.streams.subscriptions.close()
         if own_events_redis:
             await deps.events_redis.aclose()
 
@@ -83,6 +93,7 @@ def create_app(
     app.state.deps = deps
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
+    bodies.install(app, settings.tenants, settings.shim_body_timeout_seconds)  # keys before bodies
     accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
     metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
     access.install(app)
@@ -92,6 +103,7 @@ def create_app(
     app.include_router(callbacks.router)
     app.include_router(connect.router)
     app.include_router(probes.router)
+    app.include_router(start.router)
     app.include_router(webhooks.router)
     describe(app)
     return app
@@ -102,10 +114,17 @@ def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:
-    # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a timeout
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=REDIS_ANSWER_SECONDS
+    # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a
+    # timeout. The pool is bounded (api_shim/streams.py caps the streams of a process below it), and a
+    # command waits a little for a connection rather than open one more
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=REDIS_ANSWER_SECONDS,
+        socket_timeout=5,
+        socket_connect_timeout=REDIS_ANSWER_SECONDS,
     )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _enqueuer(settings: Settings) -> Enqueuer:

@@ -22,7 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.flows.flow import Flow, same_fingerprint, token_fingerprint
 
 COOKIE = "okc_browser"
-BROWSER_PATHS = ("/v1/callback/", "/connect/")
+START_COOKIE = "okc_start"  # given by /v1/start/{flow_id}, sent back with the flow's callback only
+CONFIRM_COOKIE = "okc_confirm"  # given with a callback's confirmation page, for its form's csrf
+BROWSER_PATHS = ("/v1/callback/", "/v1/start/", "/connect/")
 
 BROWSER_HEADERS = {
     "Cache-Control": "no-store",
@@ -67,6 +69,23 @@ def browser_key(request: Request, flow: Flow) -> BrowserKey | None:
     if not same_fingerprint(flow.browser_fp, presented):
         return None
     return BrowserKey(presented)
+
+
+def set_callback_cookie(response: Response, name: str, value: str, flow_id: str, *, secure: bool) -> None:
+    """A cookie sent back only to the flow's callback and its confirmation (SameSite=Lax: Oktopost's
+    redirect to the callback is a top-level navigation, which carries it)."""
+    path = f"/v1/callback/{flow_id}"
+    response.set_cookie(name, value, path=path, httponly=True, samesite="lax", secure=secure)
+
+
+def started_here(request: Request, flow: Flow) -> bool:
+    """Whether this request comes from the browser that opened the flow's start_url."""
+    presented = request.cookies.get(START_COOKIE, "")
+    return bool(presented and flow.start_fp and same_fingerprint(flow.start_fp, presented))
+
+
+def confirm_csrf(value: str, flow_id: str) -> str:
+    return hmac.new(value.encode(), f"confirm:{flow_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def csrf_token(key: BrowserKey, flow_id: str) -> str:

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api_shim.errors import ApiError
 from api_shim.openapi import BEARER
 from api_shim.security import tenant_of_bearer
+from api_shim.streams import EventStreams
 from worker.config.settings import Settings
 from worker.config.tenants import Tenant
 from worker.flows.enqueuer import Enqueuer
@@ -32,6 +33,7 @@ class Deps:
     enqueuer: Enqueuer
     events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
     webhooks: WebhookStore
+    streams: EventStreams  # the event streams, under their caps
 
     @property
     def names(self) -> RedisNames:

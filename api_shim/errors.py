@@ -86,6 +86,39 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def _unavailable(_: Request, error: Exception) -> JSONResponse:
         log.warning("storage unavailable: %s", type(error).__name__)
-        return error_response(
-            503, "unavailable", "storage is unavailable, try again shortly", {"Retry-After": "2"}
-        )
+        return _storage_unavailable()
+
+    @app.exception_handler(redis.exceptions.ResponseError)
+    async def _refused(_: Request, error: redis.exceptions.ResponseError) -> JSONResponse:
+        if not refused_by_redis(error):
+            raise error  # a command this code got wrong: a 500 for the operator to see
+        log.warning("storage refused a write: %s", str(error).split(" ", 1)[0][:32])
+        return _storage_unavailable()
+
+
+# The first word of an error by which Redis refuses a command that is right, for the time being: full
+# (maxmemory with noeviction), a read-only replica (after a failover), a failing disk, a replica that is
+# loading, a script running long, too few replicas for min-replicas-to-write. A Lua script's error carries
+# its command's error after "ERR Error running script ...", so the words are looked for anywhere.
+REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN")
+
+
+def refused_by_redis(error: redis.exceptions.ResponseError) -> bool:
+    """Whether Redis refused a write that may succeed later (so: 503), rather than a wrong command."""
+    if isinstance(
+        error,
+        redis.exceptions.OutOfMemoryError
+        | redis.exceptions.ReadOnlyError
+        | redis.exceptions.BusyLoadingError
+        | redis.exceptions.MasterDownError
+        | redis.exceptions.TryAgainError,
+    ):
+        return True
+    words = str(error).replace(":", " ").split()
+    return any(word in REFUSALS for word in words)
+
+
+def _storage_unavailable() -> JSONResponse:
+    return error_response(
+        503, "unavailable", "storage is unavailable, try again shortly", {"Retry-After": "2"}
+    )

@@ -67,6 +67,14 @@ class AuthorizationRequest(BaseModel):
     reference: str | None = Field(
         default=None, max_length=256, description="your own id for this flow, echoed in every event"
     )
+    state: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[ -~]+$",
+        description="your own value for this flow (printable ASCII), echoed on return_url as `state` and "
+        "in authorization.started's data",
+    )
     ui: BrowserUI = Field(
         default=BrowserUI.HOSTED,
         description="hosted: after the callback the browser is led through the shim's own pages "
@@ -77,6 +85,10 @@ class AuthorizationRequest(BaseModel):
 class AuthorizationCreated(BaseModel):
     flow_id: str
     redirect_url: UrlText = Field(description="Oktopost's page to send the user's browser to")
+    start_url: UrlText = Field(
+        description="send the user's browser here: it binds the flow to that browser, then goes on to "
+        "redirect_url"
+    )
     channel: str
     status_url: UrlText
     expires_at: Timestamp

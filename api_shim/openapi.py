@@ -24,11 +24,13 @@ _MEANINGS = {
     401: "no valid Bearer key",
     403: "not this browser's flow",
     404: "no such resource, or another tenant's",
+    408: "the body did not arrive within SHIM_BODY_TIMEOUT_SECONDS",
     409: "the resource is not in a state that allows this",
     410: "the flow or its authorization has expired",
     413: "the body is larger than the shim accepts",
     414: "the path or query string is longer than the shim accepts",
     422: "the body or a parameter is not valid",
+    429: "too many at once, or too soon: `Retry-After` says when to try again",
     431: "the headers are larger than the shim accepts",
     502: "Oktopost refused or did not answer",
     503: "unavailable for now (storage, or Oktopost's budget); `Retry-After` says when to try again",
@@ -36,6 +38,12 @@ _MEANINGS = {
 
 _HEADERS = {  # what every answer of that status carries
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {
+        "Retry-After": {
+            "description": "whole seconds to wait before trying again",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
     503: {
         "Retry-After": {
             "description": "whole seconds to wait before trying again",

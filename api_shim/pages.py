@@ -88,7 +88,9 @@ def flow_page(
     if flow.state.terminal:
         outcome = _outcome(flow, events, words)
         continue_url = (
-            return_url_with(flow.return_url, flow.flow_id, outcome.status) if flow.return_url else None
+            return_url_with(flow.return_url, flow.flow_id, outcome.status, flow.caller_state)
+            if flow.return_url
+            else None
         )
         context |= {"outcome": outcome, "continue_url": continue_url, "continue_seconds": CONTINUE_SECONDS}
         return _render("terminal.html", context, outcome.heading, status_code)
@@ -131,6 +133,23 @@ def forbidden_page(settings: Settings) -> HTMLResponse:
     """For a browser without the flow's cookie: nothing about the flow, not even its network."""
     context = {"app_name": settings.hosted_ui_app_name, "static": STATIC_PATH}
     return _render("forbidden.html", context, "This page is not yours to open", 403)
+
+
+def confirm_page(settings: Settings, flow: Flow, csrf: str, token: str | None, error: str) -> HTMLResponse:
+    """For a callback from a browser that did not open the flow's start_url: what it would connect, and
+    a form that claims the flow (or, without a token, ends it) only when the user presses its button."""
+    context = {
+        "app_name": settings.hosted_ui_app_name,
+        "static": STATIC_PATH,
+        "flow_id": flow.flow_id,
+        "network": flow.network,
+        "kind": flow.entity_type,
+        "reference": flow.reference,
+        "csrf": csrf,
+        "token": token,
+        "error": error,
+    }
+    return _render("confirm.html", context, "Confirm this connection", 200)
 
 
 def not_found_page(settings: Settings) -> HTMLResponse:
@@ -179,6 +198,8 @@ def _own_image(link: object, base: tuple[str, str, int]) -> str | None:
     """The entity's image when the shim serves it itself: the page loads nothing from another origin."""
     if not isinstance(link, str) or not link:
         return None
+    if "\\" in link or not link.isprintable():
+        return None  # a browser reads "/\host" as "//host" (another origin) and drops tabs
     if link.startswith("/") and not link.startswith("//"):
         return link
     try:

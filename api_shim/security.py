@@ -50,8 +50,11 @@ def check_return_url(url: str, allowed: list[str]) -> str:
     return url
 
 
-def return_url_with(return_url: str, flow_id: str, status: str) -> str:
-    """The flow's return_url with `flow_id` and `status` added to its own query."""
+def return_url_with(return_url: str, flow_id: str, status: str, state: str | None = None) -> str:
+    """The flow's return_url with `flow_id`, `status` and the caller's `state` (when it gave one) added to
+    its own query."""
     parts = urlsplit(return_url)
     query = [*parse_qsl(parts.query, keep_blank_values=True), ("flow_id", flow_id), ("status", status)]
+    if state is not None:
+        query.append(("state", state))
     return urlunsplit(parts._replace(query=urlencode(query)))

@@ -41,6 +41,7 @@ class FlowRun:
     ui: str  # hosted: the browser goes through the shim's pages; redirect: straight back to return_url
     flow_id: str = ""
     redirect_url: str = ""
+    start_url: str = ""  # where the partner sends the browser: it binds the flow to it, then to Oktopost
     started_at: float = 0.0
     ended_at: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -161,15 +162,24 @@ class Driver:
             raise DemoFailed(f"POST /v1/authorizations answered {answer.status_code}: {_error_of(answer)}")
         created = answer.json()
         run.flow_id, run.redirect_url = created["flow_id"], created["redirect_url"]
+        run.start_url = created["start_url"]
         run.started_at = self.console.offset()
         self.console.line(
             run.short_id, "caller", f"POST /v1/authorizations {run.network} {run.entity_type} {run.ui} -> 201"
         )
 
     def approve(self, run: FlowRun) -> None:
-        """The user approves on the consent page, and the browser follows it back to the shim's callback."""
+        """The browser opens the flow's start_url, the user approves on the consent page, and the browser
+        follows it back to the shim's callback."""
+        browser = self.browser.http if run.ui == "hosted" else self.http
+        opened = browser.get(run.start_url)  # the flow's cookie, for its callback only
+        if opened.status_code != 303 or opened.headers.get("location") != run.redirect_url:
+            raise DemoFailed(f"the start_url answered {opened.status_code}, not 303 to Oktopost's consent")
+        self.console.line(
+            run.short_id, "browser", "GET /v1/start/… -> 303 to the consent page, with a cookie"
+        )
         joiner = "&" if "?" in run.redirect_url else "?"
-        consent = self.http.get(f"{run.redirect_url}{joiner}decision=approve")
+        consent = browser.get(f"{run.redirect_url}{joiner}decision=approve")
         callback_url = consent.headers.get("location", "")
         if consent.status_code != 303 or not callback_url.startswith(
             f"{self.stack.public_base_url}/v1/callback/"

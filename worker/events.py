@@ -49,6 +49,11 @@ class _Data(BaseModel):
 
 class StartedData(_Data):
     expires_at: str
+    state: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="the caller's `state` for this flow, when it gave one",
+    )
 
 
 class CallbackData(_Data):

@@ -75,6 +75,15 @@ class RedisNames:
     def worker_metrics(self) -> str:
         return f"{self.prefix}:metrics"
 
+    # the shim's open event streams (server-sent events), counted for their caps
+    def flow_event_streams(self, flow_id: str) -> str:
+        """Sorted set: the streams open on a flow's events, scored by when each must have ended."""
+        return f"{self.prefix}:streams:flow:{flow_id}"
+
+    def key_event_streams(self, key_digest: str) -> str:
+        """Sorted set: the streams open with one caller key (by its SHA-256), scored the same way."""
+        return f"{self.prefix}:streams:key:{key_digest}"
+
     # webhooks: endpoints per tenant, one delivery per (endpoint, event), and the deliveries not done yet
     def webhook_endpoints(self, tenant: str) -> str:
         """Sorted set: a tenant's endpoint ids, scored by when each was created."""
@@ -84,6 +93,20 @@ class RedisNames:
     def webhook_index(self) -> str:
         """Sorted set: every tenant's endpoint ids (whether there are any at all, in one EXISTS)."""
         return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_dispatcher_turn(self) -> str:
+        """String with a TTL: the worker process whose turn it is to dispatch events to webhooks."""
+        return f"{self.prefix}:webhooks:dispatcher"
+
+    @property
+    def webhook_dispatch_cursor(self) -> str:
+        """String: the id of the last all-flows stream entry dispatched to webhooks."""
+        return f"{self.prefix}:webhooks:cursor"
+
+    def webhook_replay_turn(self, tenant: str) -> str:
+        """String with a TTL: a tenant's last replay through the shim, until it may replay again."""
+        return f"{self.prefix}:tenant:{tenant}:replay"
 
     def webhook_endpoint(self, endpoint_id: str) -> str:
         """Hash: an endpoint's tenant, url, event types, secret and creation time."""

@@ -27,7 +27,7 @@ from api_shim.models import (
 from api_shim.openapi import errors, server_sent_events
 from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
-from api_shim.streams import event_stream
+from api_shim.streams import key_digest
 from worker.events import utc_timestamp
 from worker.flows.flow import FlowState
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
@@ -83,6 +83,8 @@ async def start_authorization(
                 body.ui,
                 tenant=tenant.name,
                 account=upstream.account_id,
+                caller_state=body.state,
+                redirect_url=redirect_url,
             )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
@@ -92,6 +94,7 @@ async def start_authorization(
     return AuthorizationCreated(
         flow_id=flow_id,
         redirect_url=redirect_url,
+        start_url=f"{settings.public_base_url}/v1/start/{flow_id}",
         channel=shim.names.flow_channel(flow_id),
         status_url=f"{settings.public_base_url}/v1/authorizations/{flow_id}",
         expires_at=utc_timestamp(flow.deadline),
@@ -201,13 +204,14 @@ def flow_status(flow_id: str, shim: ShimDeps, tenant: CallerTenant) -> FlowStatu
     "/v1/authorizations/{flow_id}/events",
     response_model=None,
     response_class=Response,
-    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(404)},
+    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(404, 429)},
 )
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps, tenant: CallerTenant) -> Response:
     """Server-sent events: the flow's stored events, then live ones, until its terminal event; with
-    `Last-Event-ID`, only the events after that seq."""
+    `Last-Event-ID`, only the events after that seq. 429 past SSE_MAX_PER_FLOW or SSE_MAX_PER_KEY."""
     await run_in_threadpool(shim.load_flow, flow_id, tenant)
-    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+    key = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return await shim.streams.open(flow_id, key_digest(key), request)
 
 
 @router.post(

@@ -5,18 +5,25 @@ authorize, and the flow fails. Either way a hosted flow's browser is given the f
 (api_shim/browser.py) and sent on to the flow's page, /connect/{flow_id}; a redirect flow's browser goes
 straight back to the flow's return_url, or gets a small page. The rules for what a callback comes to are
 in api_shim/rules.py.
+
+A flow whose start_url was opened (api_shim/routes/start.py) is claimed or ended by a callback only from
+that browser; from any other, the callback is a confirmation page whose form (POST .../confirm, with a
+csrf token tied to a cookie of its own) makes the same callback once the user presses it.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from html import escape
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api_shim import metrics, rules
-from api_shim.browser import BrowserKey
+from api_shim import metrics, pages, rules
+from api_shim.browser import CONFIRM_COOKIE, BrowserKey, confirm_csrf, set_callback_cookie, started_here
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.openapi import errors, html_pages, see_other
@@ -77,12 +84,60 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     if len(tokens) > 1:
         raise ApiError(400, "invalid_callback", "more than one okt parameter")
     flow = shim.load_flow(flow_id)
-    if tokens:
+    error = request.query_params.get("error")
+    if _needs_confirmation(shim, flow, request, tokens):
+        response = _confirmation(shim, flow, tokens[0] if tokens else None, error)
+    elif tokens:
         response = _claim(shim, flow, tokens[0])
     else:
-        response = _deny(shim, flow, request.query_params.get("error"))
+        response = _deny(shim, flow, error)
     metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
     return response
+
+
+@router.post("/v1/callback/{flow_id}/confirm", response_model=None, include_in_schema=False)
+async def confirm(flow_id: str, request: Request, shim: ShimDeps) -> Response:
+    """The confirmation page's form: the callback it stood for, made now that the user pressed it."""
+    flow = await run_in_threadpool(shim.find_flow, flow_id)
+    if flow is None:
+        return pages.not_found_page(shim.settings)
+    presented = request.cookies.get(CONFIRM_COOKIE, "")
+    if not presented:  # the cookie before the body
+        return pages.forbidden_page(shim.settings)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    csrf = (form.get("csrf") or [""])[0]
+    if not hmac.compare_digest(confirm_csrf(presented, flow_id).encode(), csrf.encode()):
+        return pages.forbidden_page(shim.settings)
+    tokens = form.get("okt") or []
+    if len(tokens) > 1:
+        raise ApiError(400, "invalid_callback", "more than one okt parameter")
+    if tokens:
+        return await run_in_threadpool(_claim, shim, flow, tokens[0])
+    errors = form.get("error") or []
+    return await run_in_threadpool(_deny, shim, flow, errors[0] if errors else None)
+
+
+def _needs_confirmation(shim: Deps, flow: Flow, request: Request, tokens: list[str]) -> bool:
+    """A callback that would claim (or end) a flow bound to another browser, or, for a tenant that
+    requires it, to no browser at all: the user confirms it first. A repeat, a late or a malformed
+    callback is answered as ever."""
+    if not rules.awaits_callback(flow) or (tokens and not rules.well_formed(tokens[0])):
+        return False
+    if rules.came_too_late(flow, shim.store.clock.now()):
+        return False
+    tenant = shim.settings.tenants.get(flow.tenant)
+    required = flow.start_fp or (tenant is not None and tenant.require_start)
+    return bool(required) and not started_here(request, flow)
+
+
+def _confirmation(shim: Deps, flow: Flow, token: str | None, error: str | None) -> Response:
+    metrics.CALLBACKS.labels(outcome="confirmation_asked").inc()
+    value = BrowserKey.new().value
+    reason = rules.denial_reason(error) if token is None else ""
+    page = pages.confirm_page(shim.settings, flow, confirm_csrf(value, flow.flow_id), token, reason)
+    secure = shim.settings.public_base_url.startswith("https://")
+    set_callback_cookie(page, CONFIRM_COOKIE, value, flow.flow_id, secure=secure)
+    return page
 
 
 def _claim(shim: Deps, flow: Flow, token: str) -> Response:
@@ -156,7 +211,9 @@ def _expired() -> ApiError:
 def back_to_caller(flow: Flow, status: str) -> Response:
     """A 303 to the flow's own return_url with flow_id and status added; a small page when it has none."""
     if flow.return_url:
-        return RedirectResponse(return_url_with(flow.return_url, flow.flow_id, status), status_code=303)
+        return RedirectResponse(
+            return_url_with(flow.return_url, flow.flow_id, status, flow.caller_state), status_code=303
+        )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>oktopost-connect</title></head>"
         f"<body><p>{escape(_PAGES[status])}</p><p>Reference: <code>{escape(flow.flow_id)}</code></p>"

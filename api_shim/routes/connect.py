@@ -20,7 +20,6 @@ from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.openapi import errors, html_pages, see_other, server_sent_events
 from api_shim.rules import SelectionOutcome
-from api_shim.streams import event_stream
 from worker.flows.flow import Flow
 
 router = APIRouter(default_response_class=Response)
@@ -55,13 +54,14 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 @router.get(
     "/connect/{flow_id}/events",
     response_model=None,
-    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(403, 404)},
+    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(403, 404, 429)},
 )
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = await run_in_threadpool(shim.load_flow, flow_id)
-    if browser_key(request, flow) is None:
+    key = browser_key(request, flow)
+    if key is None:
         raise ApiError(403, "forbidden", "this flow belongs to another browser")
-    return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
+    return await shim.streams.open(flow_id, key.fingerprint[:32], request)
 
 
 _SELECTION_FORM = {
@@ -103,16 +103,20 @@ _SELECTION_FORM = {
     openapi_extra={"requestBody": _SELECTION_FORM},
 )
 async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Response:
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    return await run_in_threadpool(_select, shim, flow_id, request, form)
-
-
-def _select(shim: Deps, flow_id: str, request: Request, form: dict[str, list[str]]) -> Response:
-    flow = shim.find_flow(flow_id)
+    # the cookie before the body: a browser without it gets its answer before it has sent a byte more
+    flow = await run_in_threadpool(shim.find_flow, flow_id)
     if flow is None:
         return pages.not_found_page(shim.settings)
     key = browser_key(request, flow)
-    if key is None or not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
+    if key is None:
+        return pages.forbidden_page(shim.settings)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return await run_in_threadpool(_select, shim, flow, key, form)
+
+
+def _select(shim: Deps, flow: Flow, key: BrowserKey, form: dict[str, list[str]]) -> Response:
+    flow_id = flow.flow_id
+    if not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
         return pages.forbidden_page(shim.settings)
     ids = [entity_id for entity_id in form.get("ids", []) if entity_id]
     selection = rules.submit_selection(shim.store, shim.enqueuer, flow, ids)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,5 +32,16 @@ def readyz(shim: ShimDeps) -> Response:
 
 
 @router.get("/metrics")
-def prometheus() -> Response:
+def prometheus(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """With METRICS_TOKEN set, only a scrape that presents it as a Bearer token: the metrics name every
+    tenant's Oktopost account and show its daily usage."""
+    expected = shim.settings.metrics_token
+    if expected is not None:
+        presented = (authorization or "").encode()
+        if not hmac.compare_digest(presented, f"Bearer {expected.get_secret_value()}".encode()):
+            return JSONResponse(
+                {"error": {"code": "unauthorized", "message": "the metrics token is required"}},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ exist."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -28,10 +29,12 @@ from api_shim.models import (
 )
 from api_shim.openapi import errors
 from worker.events import utc_timestamp
-from worker.webhooks.endpoints import Endpoint, EndpointChange
+from worker.webhooks.endpoints import Endpoint, EndpointChange, EndpointLimitReached
 from worker.webhooks.urls import RefusedUrl, checked_target
 
 router = APIRouter()
+# a replay reads what the all-flows stream holds since a moment: each tenant gets one in a while
+REPLAY_EVERY_SECONDS = 60
 
 
 @router.post(
@@ -44,9 +47,13 @@ router = APIRouter()
 async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTenant) -> WebhookCreated:
     await _check_url(shim, body.url)
     events = list(dict.fromkeys(body.events or []))
-    endpoint = await run_in_threadpool(
-        shim.webhooks.create_endpoint, tenant, body.url, events, body.rate_limit or ""
-    )
+    limit = shim.settings.webhook_max_endpoints
+    try:
+        endpoint = await run_in_threadpool(
+            shim.webhooks.create_endpoint, tenant, body.url, events, limit, body.rate_limit or ""
+        )
+    except EndpointLimitReached as reached:
+        raise ApiError(422, "webhook_limit", str(reached)) from None
     shown = _shown(endpoint)
     return WebhookCreated(
         id=shown.id, url=shown.url, events=shown.events, created_at=shown.created_at, secret=endpoint.secret
@@ -151,9 +158,17 @@ async def list_deliveries(
     )
 
 
-@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202, responses=errors(404))
+@router.post(
+    "/v1/webhooks/{endpoint_id}/replay",
+    status_code=202,
+    responses=errors(404, 429, meanings={429: "one replay per tenant a minute: Retry-After says when"}),
+)
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
+    wait = await run_in_threadpool(shim.webhooks.replay_turn, tenant, REPLAY_EVERY_SECONDS)
+    if wait:
+        message = f"one replay per tenant every {REPLAY_EVERY_SECONDS} seconds"
+        raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(wait))})
     queued = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
     )

@@ -169,7 +169,7 @@ def _is_hosted_page(response: Any) -> bool:
     path = urlsplit(str(response.request.url)).path
     content_type = response.headers.get("content-type") or ""  # schemathesis' answers: a list of values
     content_type = content_type if isinstance(content_type, str) else content_type[0]
-    return path.startswith("/connect/") and content_type.startswith("text/html")
+    return path.startswith(("/connect/", "/v1/start/")) and content_type.startswith("text/html")
 
 
 _counter = iter(range(10**9))

@@ -84,6 +84,7 @@ DEPLOYER_SECRETS = {
     "FLOWER_PASSWORD": secrets.token_hex(16),
     "REDIS_PIPELINE_PASSWORD": secrets.token_hex(32),
     "REDIS_SUBSCRIBER_PASSWORD": secrets.token_hex(32),
+    "METRICS_TOKEN": secrets.token_hex(24),
 }
 
 

@@ -53,7 +53,7 @@ def shows_flag(text: str, flag: str) -> bool:
 
 
 def test_compose_has_the_documented_services() -> None:
-    assert set(services()) == {"redis", *APP_SERVICES}
+    assert set(services()) == {"redis", "prometheus", *APP_SERVICES}
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -179,6 +179,18 @@ def test_only_the_shim_is_published_beyond_the_hosts_loopback() -> None:
     assert published["sandbox"] == ["127.0.0.1:8090:8090"]
     assert "ports" not in services()["redis"]
     assert "ports" not in services()["worker"]
+    assert published["prometheus"] == ["127.0.0.1:9090:9090"]
+
+
+def test_prometheus_scrapes_the_shim_with_the_metrics_token() -> None:
+    import yaml
+
+    assert environment_of(services()["shim"])["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?")
+    assert services()["prometheus"]["secrets"] == ["metrics_token"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["shim:8000"]}]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
 
 
 def test_shim_publishes_8000_and_is_health_checked_on_healthz() -> None:

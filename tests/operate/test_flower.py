@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ import pytest
 from tests.conftest import API_KEY, Pipeline, start_pipeline, start_redis, stop_redis
 from tests.pipeline.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
 from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
+from worker.config.flower import flower_refusal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -262,3 +265,42 @@ def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
         for kind, values in secrets.items():
             for value in values:
                 assert value not in text, f"{kind} shown by Flower at {path}"
+
+
+def _flower_exits(*flags: str, **env: str) -> subprocess.CompletedProcess[str] | None:
+    """Flower started with these flags and environment; its outcome, or None when it kept running."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    environ |= {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SHIM_API_KEYS": API_KEY, **env}
+    argv = [CELERY, "-A", "worker", "flower", f"--port={free_port()}", *flags]
+    try:
+        return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=6, check=False)
+    except subprocess.TimeoutExpired:  # run() killed it: it had started
+        return None
+
+
+def test_flower_without_authentication_off_loopback_refuses_to_start() -> None:
+    refused = _flower_exits()  # Flower's default address: every interface
+    assert refused is not None, "Flower started unauthenticated on every interface"
+    assert refused.returncode == 2
+    assert "without authentication" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_flower_without_authentication_starts_on_loopback() -> None:
+    assert _flower_exits("--address=127.0.0.1") is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "refused"),
+    [
+        (["celery", "-A", "worker", "flower"], {}, True),
+        (["celery", "-A", "worker", "flower", "--address", "10.0.0.5"], {}, True),
+        (["celery", "-A", "worker", "flower"], {"FLOWER_ADDRESS": "::1"}, False),
+        (["celery", "-A", "worker", "flower", "--basic-auth=ops:pw-1234"], {}, False),
+        (["celery", "-A", "worker", "flower"], {"FLOWER_BASIC_AUTH": "ops:pw-1234"}, False),
+        (["celery", "-A", "worker", "flower"], {"FLOWER_AUTH": ".*@example.com"}, False),
+        (["celery", "-A", "worker", "worker"], {}, False),
+    ],
+)
+def test_which_flower_start_is_refused(argv: list[str], env: dict[str, str], refused: bool) -> None:
+    assert (flower_refusal(argv, env) is not None) is refused

@@ -159,3 +159,25 @@ def test_a_subscriber_follows_a_flow_to_its_end(acl_redis: RedisServer, waiting_
     events = list(follow_flow(user(acl_redis, "subscriber"), waiting_flow["flow_id"], PREFIX, timeout=30))
     assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "connection.completed", events[-1]
+
+
+@pytest.mark.usefixtures("waiting_flow")  # its pipeline's worker runs a dispatcher
+def test_the_webhook_dispatchers_place_in_the_stream_is_out_of_a_subscribers_reach(
+    acl_redis: RedisServer,
+) -> None:
+    """A subscriber may acknowledge entries of any consumer group on the all-flows stream: the
+    dispatcher keeps none there, only a cursor and a turn in internal keys the subscriber cannot touch."""
+    names = RedisNames(PREFIX)
+    pipeline = user(acl_redis, "pipeline")
+    groups = cast(list[dict[str, Any]], pipeline.xinfo_groups(names.all_events_stream))
+    assert [group["name"] for group in groups if group["name"] != b"billing"] == []
+    assert pipeline.get(names.webhook_dispatcher_turn) is not None  # the worker's dispatcher runs
+    subscriber = user(acl_redis, "subscriber")
+    for command in (
+        ("GET", names.webhook_dispatch_cursor),
+        ("SET", names.webhook_dispatch_cursor, "9999999999999-0"),
+        ("DEL", names.webhook_dispatcher_turn),
+        ("SET", names.webhook_dispatcher_turn, "subscriber"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            subscriber.execute_command(*command)

@@ -34,6 +34,7 @@ async def test_start_creates_a_flow_and_answers_where_to_send_the_browser(shim: 
     assert created == {
         "flow_id": flow_id,
         "redirect_url": REDIRECT_URL,
+        "start_url": f"{SHIM_URL}/v1/start/{flow_id}",
         "channel": f"{PREFIX}:flow:{flow_id}",
         "status_url": f"{SHIM_URL}/v1/authorizations/{flow_id}",
         "expires_at": created["expires_at"],

@@ -59,6 +59,16 @@ async def test_last_event_id_sends_only_later_events(shim: Shim) -> None:
     assert nothing == []
 
 
+@pytest.mark.parametrize("seen", [b"\xb2", b"\xd9\xa3", b"-1", b"3x"])
+async def test_a_last_event_id_that_is_no_seq_sends_every_event(shim: Shim, seen: bytes) -> None:
+    flow = _finished_flow(shim)
+    url = f"/v1/authorizations/{flow.flow_id}/events"
+    headers = [(name.encode(), value.encode()) for name, value in CALLER.items()]
+    answer = await shim.http.get(url, headers=[*headers, (b"Last-Event-ID", seen)])
+    assert answer.status_code == 200
+    assert [m["id"] for m in _messages(answer.text)] == ["1", "2", "3", "4", "5"]
+
+
 async def test_live_events_follow_the_stored_ones_until_the_terminal_event(shim: Shim) -> None:
     flow = shim.new_flow()
     streaming = asyncio.create_task(_stream(shim.http, f"/v1/authorizations/{flow.flow_id}/events", **CALLER))

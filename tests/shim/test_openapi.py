@@ -30,6 +30,9 @@ def _operations(description: dict[str, Any]) -> list[tuple[str, str, dict[str, A
     ]
 
 
+BROWSER_ROUTES = ("/connect/", "/v1/callback/", "/v1/start/")  # the user's browser, not the caller
+
+
 async def test_every_refusal_is_described_with_the_error_body_or_as_a_page(shim: Shim) -> None:
     description = await _description(shim)
     error_body = description["components"]["schemas"]["ErrorBody"]
@@ -41,8 +44,8 @@ async def test_every_refusal_is_described_with_the_error_body_or_as_a_page(shim:
             if int(status) < 400:
                 continue
             content = response["content"]
-            if path.startswith("/connect/") and "text/html" in content:
-                continue  # the hosted pages refuse with a page, for the browser
+            if path.startswith(BROWSER_ROUTES) and "text/html" in content:
+                continue  # the hosted pages and the start route refuse with a page, for the browser
             assert content == {"application/json": {"schema": ERROR_BODY}}, (method, path, status)
             if status == "503":
                 assert "Retry-After" in response["headers"], (method, path)
@@ -57,7 +60,7 @@ async def test_the_caller_routes_declare_the_bearer_key_and_its_401(shim: Shim) 
         "CallerKey": {"type": "http", "scheme": "bearer", "description": schemes["CallerKey"]["description"]}
     }
     for method, path, operation in _operations(description):
-        if path.startswith("/v1/") and not path.startswith("/v1/callback/"):
+        if path.startswith("/v1/") and not path.startswith(BROWSER_ROUTES):
             assert operation["security"] == [{"CallerKey": []}], (method, path)
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
             names = [parameter["name"].lower() for parameter in operation.get("parameters", [])]

@@ -71,6 +71,20 @@ async def test_the_waiting_page_says_what_happens_and_listens_for_events(shim: S
     assert all(address.startswith("/") for address in _addresses(answer.text))
 
 
+@pytest.mark.parametrize(
+    "link", ["/\\evil.example/x.png", "/\\/evil.example/x.png", "\\\\evil.example/x.png", "/images/\tx.png"]
+)
+async def test_an_image_path_a_browser_reads_as_another_origin_is_left_out(shim: Shim, link: str) -> None:
+    flow = shim.new_flow()
+    await came_back(shim, flow)
+    offer = EntityOffer(id="p-9", name="Acme", network="Facebook", image_link=link)
+    shim.offer(shim.flow(flow.flow_id), [offer])
+    answer = await page(shim, flow)
+    assert answer.status_code == 200
+    assert "evil.example" not in answer.text
+    assert "<img" not in answer.text
+
+
 async def test_the_app_name_is_a_setting() -> None:
     async with open_shim(hosted_ui_app_name="Acme Social") as shim:
         flow = shim.new_flow()

@@ -1,10 +1,12 @@
-"""/healthz, /readyz and /metrics: open to anyone, and honest about Redis."""
+"""/healthz, /readyz and /metrics: open to anyone (/metrics only with METRICS_TOKEN when that is set), and
+honest about Redis."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.shim.harness import TOKEN, Shim
+from tests.shim.harness import CALLER, TOKEN, Shim, open_shim, shim_settings
+from worker.config.settings import ConfigError
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +57,29 @@ async def test_odd_methods_and_unknown_routes_are_counted_as_other(shim: Shim) -
     assert any('method="other"' in line for line in requests)
     assert any('route="other"' in line for line in requests)
     assert not any("FOO" in line or "/no/such" in line for line in requests)
+
+
+METRICS_TOKEN = "metrics-token-5b1e0c9d7a"
+
+
+async def test_with_a_metrics_token_metrics_need_it_as_a_bearer_token() -> None:
+    async with open_shim(metrics_token=METRICS_TOKEN) as shim:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, CALLER):
+            refused = await shim.http.get("/metrics", headers=headers)
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert "okc_" not in refused.text
+        scraped = await shim.http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.status_code == 200
+        assert "okc_account_paused" in scraped.text
+        assert (await shim.http.get("/healthz")).status_code == 200  # probes stay open
+
+
+def test_a_short_metrics_token_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match="METRICS_TOKEN"):
+        shim_settings(metrics_token="short")
+
+
+async def test_openapi_shows_no_oktopost_account(shim: Shim) -> None:
+    described = (await shim.http.get("/openapi.json")).text
+    assert shim.store.default_account not in described

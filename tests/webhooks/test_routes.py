@@ -90,6 +90,11 @@ async def test_deleting_an_endpoint_and_unknown_or_other_tenants_endpoints_are_4
         ("https://localhost/hook", "loopback"),  # a name that resolves to loopback
         ("http://localhost:8080/hook", "loopback"),
         ("https://[::ffff:10.0.0.1]/hook", "private"),
+        ("https://[2002:7f00:1::]:6379/", "loopback"),  # 6to4 of 127.0.0.1
+        ("https://[2002:a9fe:a9fe::]/", "metadata"),  # 6to4 of 169.254.169.254
+        ("https://[2002:0a00:0001::1]/hook", "private"),  # 6to4 of 10.0.0.1
+        ("https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook", "loopback"),  # Teredo, client 127.0.0.1
+        ("https://[64:ff9b::a9fe:a9fe]/", "metadata"),  # NAT64 of 169.254.169.254
         ("https://0.0.0.0/hook", "unspecified"),
         ("https://224.0.0.5/hook", "multicast"),
         ("https://user:pass@93.184.215.14/hook", "user information"),
@@ -202,3 +207,40 @@ async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
             assert answer.status_code == 404
             assert (await shim.http.delete(f"/v1/webhooks/{endpoint_id}", headers=headers)).status_code == 404
         assert (await shim.http.delete(f"/v1/webhooks/{theirs['id']}", headers=acme)).status_code == 204
+
+
+async def test_past_webhook_max_endpoints_a_registration_is_422_webhook_limit() -> None:
+    from tests.shim.harness import open_shim
+
+    async with open_shim(webhook_max_endpoints=3) as shim:
+        for _ in range(3):
+            created = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+            assert created.status_code == 201
+        refused = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "webhook_limit"
+        listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
+        assert len(listed) == 3
+        await shim.http.delete(f"/v1/webhooks/{listed[0]['id']}", headers=CALLER)
+        again = await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)
+        assert again.status_code == 201  # room again once one is deleted
+
+
+async def test_the_default_limit_is_twenty_endpoints(shim: Shim) -> None:
+    statuses = [
+        (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).status_code
+        for _ in range(21)
+    ]
+    assert statuses == [201] * 20 + [422]
+
+
+async def test_a_tenant_replays_once_a_minute_and_is_told_when_to_try_again(shim: Shim) -> None:
+    created = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
+    url, body = f"/v1/webhooks/{created['id']}/replay", {"since": "2026-01-01T00:00:00Z"}
+    assert (await shim.http.post(url, json=body, headers=CALLER)).status_code == 202
+    again = await shim.http.post(url, json=body, headers=CALLER)
+    assert again.status_code == 429
+    assert again.json()["error"]["code"] == "replay_too_soon"
+    assert 55 <= int(again.headers["retry-after"]) <= 60
+    webhooks_of(shim).redis.delete(shim.store.names.webhook_replay_turn("default"))  # a minute later
+    assert (await shim.http.post(url, json=body, headers=CALLER)).status_code == 202

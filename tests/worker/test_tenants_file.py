@@ -190,3 +190,15 @@ def test_a_file_tenant_named_default_is_refused_beside_the_environments(tmp_path
     ]
     with pytest.raises(ConfigError, match="tenant default: is named twice"):
         load_settings(shim_api_keys=STRONG, tenants_file=tenants_file(tmp_path, text))
+
+
+def test_require_start_is_per_tenant_in_the_file_and_require_start_for_default(tmp_path: Path) -> None:
+    text = VALID.replace("[tenants.globex]\n", "[tenants.globex]\nrequire_start = true\n")
+    settings = load_settings(
+        shim_api_keys=STRONG, tenants_file=tenants_file(tmp_path, text), require_start=True
+    )
+    assert {tenant.name: tenant.require_start for tenant in settings.tenants} == {
+        "acme": False,
+        "default": True,
+        "globex": True,
+    }

@@ -96,12 +96,20 @@ class Settings(BaseSettings):
     # a connection that has not sent its whole request head this long after opening (or after its last
     # answer) is closed: slow clients cannot hold the shim's connections
     shim_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # a request body must arrive whole this long after its head (408 otherwise): slow bodies cannot
+    # hold the shim's places either
+    shim_body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # hosts besides loopback that may be reached over plain http (the dev sandbox in docker compose)
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_return_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     shim_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # a TOML file of tenants, each with its caller keys, return URLs and Oktopost account (docs/tenants.md)
     tenants_file: Path | None = None
+    # the Bearer token a Prometheus scrape of the shim's /metrics must present (unset: /metrics is open)
+    metrics_token: SecretStr | None = Field(default=None)
+    # the default tenant's require_start: a callback from a browser that did not open the flow's start_url
+    # is always confirmed by the user (a tenants file sets it per tenant)
+    require_start: bool = False
     # Flower's own setting (user:password, comma-separated), checked when Flower loads celeryconfig.py
     flower_basic_auth: SecretStr | None = None
 
@@ -112,10 +120,18 @@ class Settings(BaseSettings):
     # the name the hosted pages show the user (/connect/{flow_id})
     hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)
 
+    # server-sent event streams: at most this many open on one flow, and with one caller key; each ends
+    # after SSE_MAX_SECONDS with a retry hint (the client reconnects with its Last-Event-ID)
+    sse_max_per_flow: int = Field(default=5, ge=1, le=1000)
+    sse_max_per_key: int = Field(default=50, ge=1, le=10000)
+    sse_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
+
     # webhooks: hosts (names or addresses) a webhook URL may reach although they are loopback, private or
     # link-local; how long one delivery attempt may take; the waits between attempts before `failed`
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # endpoints one tenant may register (each event is sent to each of them)
+    webhook_max_endpoints: int = Field(default=20, ge=1, le=1000)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     # after a secret's rotation, how long deliveries carry the old secret's signature beside the new one
     webhook_secret_overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
@@ -180,6 +196,16 @@ class Settings(BaseSettings):
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
         return check_caller_keys(value)
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        token = value.get_secret_value() if value is not None else None
+        if token is not None and (len(token) < 16 or token.startswith(PLACEHOLDER_PREFIX)):
+            raise ValueError("at least 16 characters, and not the placeholder of .env.example")
+        if token is not None and not token.isprintable():
+            raise ValueError("printable characters only")
+        return value or None
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _flower_password_set(cls, value: SecretStr | None) -> SecretStr | None:
@@ -241,6 +267,7 @@ class Settings(BaseSettings):
             api_keys=list(self.shim_api_keys),
             allowed_return_urls=list(self.allowed_return_urls),
             oktopost=account,
+            require_start=self.require_start,
         )
 
     @property

@@ -178,6 +178,8 @@ class Tenant(BaseModel):
     api_keys: list[SecretStr] = Field(min_length=1)
     allowed_return_urls: list[str] = Field(default_factory=list)
     oktopost: OktopostAccount
+    # every callback from a browser that did not open the flow's start_url is confirmed by the user
+    require_start: bool = False
 
     @field_validator("name")
     @classmethod
@@ -205,6 +207,7 @@ class _TenantEntry(BaseModel):
     api_keys: list[Any]
     allowed_return_urls: list[Any] = Field(default_factory=list)
     oktopost: dict[str, Any]
+    require_start: Any = False
 
 
 class _TenantsFile(BaseModel):

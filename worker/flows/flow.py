@@ -104,6 +104,10 @@ class Flow:
     # for flows that name none)
     account: str = ""
     budget_slot: str = ""  # the budget slot a parked flow was released with (worker.upstream.parking)
+    # the hash of the cookie the browser that opened the flow's start_url was given ("": not opened)
+    start_fp: str = ""
+    caller_state: str | None = None  # the caller's `state`, echoed on return_url
+    redirect_url: str = ""  # Oktopost's consent page, where the start_url sends the browser on
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -129,6 +133,9 @@ class Flow:
             tenant=raw.get("tenant") or DEFAULT_TENANT,
             account=raw.get("account", ""),
             budget_slot=raw.get("budget_slot", ""),
+            start_fp=raw.get("start_fp", ""),
+            caller_state=raw.get("caller_state") or None,
+            redirect_url=raw.get("redirect_url", ""),
         )
 
     def offered_ids(self) -> list[str]:

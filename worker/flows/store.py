@@ -63,6 +63,12 @@ class Taken:
     leased_until: float = 0.0
 
 
+class StartBinding(StrEnum):
+    BOUND = "bound"  # this browser's cookie is the flow's now
+    TAKEN = "taken"  # a browser was bound before (this one, again, or another)
+    NOT_WAITING = "not_waiting"  # no such flow, or it is past awaiting its callback
+
+
 class RequeueOutcome(StrEnum):
     ALIVE = "alive"  # the lease has not lapsed
     FORGOTTEN = "forgotten"  # no work left on the flow: its lease was dropped
@@ -92,6 +98,7 @@ class FlowStore:
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")
         self._park = scripts.register(client, "park_flow")
+        self._bind_start = scripts.register(client, "start_bind")
 
     # reading
 
@@ -137,8 +144,12 @@ class FlowStore:
         ui: BrowserUI = BrowserUI.HOSTED,
         tenant: str = DEFAULT_TENANT,
         account: str | None = None,
+        caller_state: str | None = None,
+        redirect_url: str = "",
     ) -> Flow:
-        """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's)."""
+        """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's);
+        `caller_state`: the caller's `state`, echoed in authorization.started and on return_url;
+        `redirect_url`: Oktopost's consent page, where the flow's start_url leads."""
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
@@ -153,8 +164,10 @@ class FlowStore:
             ui=ui,
             tenant=tenant,
             account=account or self.default_account,
+            caller_state=caller_state,
+            redirect_url=redirect_url,
         )
-        data = StartedData(expires_at=utc_timestamp(flow.deadline))
+        data = StartedData(expires_at=utc_timestamp(flow.deadline), state=caller_state)
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
         fields = {
             "network": network,
@@ -166,6 +179,8 @@ class FlowStore:
             "ui": ui.value,
             "tenant": flow.tenant,
             "account": flow.account,
+            "caller_state": caller_state or "",
+            "redirect_url": redirect_url,
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
@@ -220,6 +235,12 @@ class FlowStore:
         return self._fail(
             flow, (FlowState.AWAITING_CALLBACK,), "authorization_denied", message, 0, None, extra
         )
+
+    def bind_start(self, flow_id: str, fingerprint: str) -> StartBinding:
+        """Binds a flow awaiting its callback to the browser that opened its start_url: the flow keeps
+        `fingerprint`, the hash of that browser's cookie, unless a browser was bound before."""
+        answer = self._bind_start(keys=[self.names.flow_state(flow_id)], args=[fingerprint])
+        return StartBinding(_text(answer))
 
     def submit_selection(self, flow: Flow, ids: list[str], queue: QueuedTask | None = None) -> Transition:
         """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues once DONE."""

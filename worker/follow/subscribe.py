@@ -115,6 +115,10 @@ class _Follower:
         return min(delay, left)
 
 
+# For readers that bring their own subscription (the shim shares one among its event streams).
+FlowFollower = _Follower
+
+
 def follow_flow(
     client: redis.Redis, flow_id: str, prefix: str = "oktopost", timeout: float | None = None
 ) -> Iterator[dict[str, Any]]:

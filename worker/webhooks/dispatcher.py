@@ -1,41 +1,39 @@
 """The dispatcher: turns every event of the all-flows stream into one delivery per endpoint of the event's
 tenant that wants its type, and queues each delivery's task (whose only argument is the delivery's id).
 
-It runs as a thread in every worker process that serves deliveries, all of them one consumer group
-(`webhooks`) on the stream: an event is acknowledged once its deliveries exist and their tasks are
-queued, and a dead worker's unacknowledged events are taken over by another (worker.follow.consume). Making a
-delivery is idempotent by (endpoint, event), so an event handled twice is delivered once. A second
+It runs as a thread in every worker process that serves deliveries; one of them at a time has the turn
+(scripts/dispatcher_turn.lua) and reads the stream from a cursor kept in an internal key, moved past a
+batch once its deliveries exist and their tasks are queued. Not a consumer group: the stream is public,
+and a subscriber's XACK on a group of ours would make events vanish. A process that dies lets its turn
+lapse within TURN_SECONDS and another carries on from the cursor; making a delivery is idempotent by
+(endpoint, event), so an event handled twice is delivered once. A second
 thread queues again the task of a delivery that should have shown up long ago (lost with a killed
-worker, or held by one): the attempt itself is fenced, so a duplicate task sends nothing twice. It also
-removes, now and then, the group's records of consumers gone for good (workers come and go under new
-names); an entry that is not an event (it cannot be parsed) is logged and acknowledged, never read again
-and again.
+worker, or held by one): the attempt itself is fenced, so a duplicate task sends nothing twice. An
+entry that is not an event (it cannot be parsed) is logged and passed over, never read again and again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from worker import scripts
 from worker.events import DEFAULT_TENANT
-from worker.follow.consume import StreamedEvent, consume_batches
+from worker.follow.consume import StreamedEvent
 from worker.keys import RedisNames
 from worker.webhooks.endpoints import Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
 
-GROUP = "webhooks"
-CLAIM_IDLE_SECONDS = 10.0  # handling an event takes milliseconds: an entry idle this long lost its worker
+TURN_SECONDS = 10.0  # handling a batch takes milliseconds: a turn not renewed this long lost its worker
+BATCH = 100  # stream entries read at a time
+READ_SECONDS = 1.0  # how long one read waits for new entries, so that a stop is noticed
 LATE_SECONDS = 5.0  # a delivery's task this late (after its moment, or after its attempt's lease) is lost
 REQUEUE_EVERY_SECONDS = 1.0
-# a consumer idle this long with nothing pending is a worker gone for good: its record is removed
-GONE_CONSUMER_SECONDS = 3600.0
-FORGET_EVERY_SECONDS = 300.0
 
 
 class Dispatcher:
@@ -56,6 +54,7 @@ class Dispatcher:
         self.consumer = consumer
         self.grace = grace  # seconds a queued-again task gets before it is queued again
         self._stop = threading.Event()
+        self._turn = scripts.register(client, "dispatcher_turn")
         self._threads = [
             threading.Thread(target=self._consume, name="oktopost-webhooks", daemon=True),
             threading.Thread(target=self._requeue, name="oktopost-webhooks-requeue", daemon=True),
@@ -100,48 +99,44 @@ class Dispatcher:
                     self.enqueue(delivery_id)
         return [streamed.entry_id for streamed in batch]
 
+    def take_turn(self, cursor_to: str = "") -> str | None:
+        """The cursor when this process has the dispatcher's turn (taken or renewed), else None; with
+        `cursor_to`, the cursor is moved there too (only by the holder)."""
+        keys = [self.names.webhook_dispatcher_turn, self.names.webhook_dispatch_cursor]
+        held, cursor = self._turn(keys=keys, args=[self.consumer, int(TURN_SECONDS * 1000), cursor_to])
+        return _text(cursor) if held else None
+
+    def dispatch_next(self) -> bool:
+        """One round: with the turn, the batch after the cursor dispatched and the cursor moved past it.
+        Whether this process had the turn."""
+        cursor = self.take_turn()
+        if cursor is None:
+            return False
+        if not self.store.any_endpoint():
+            # nothing to deliver to (one EXISTS a second); the events meanwhile are older than any
+            # endpoint to come, skipped unparsed once one is there
+            self._stop.wait(READ_SECONDS)
+            return True
+        stream = self.names.all_events_stream
+        answer: Any = self.redis.xread({stream: cursor}, count=BATCH, block=int(READ_SECONDS * 1000))
+        entries = answer[0][1] if answer else []
+        batch = [StreamedEvent(_text(entry_id), _body(fields)) for entry_id, fields in entries]
+        if batch:
+            self.dispatch(batch)
+            self.take_turn(batch[-1].entry_id)
+        return True
+
     def _consume(self) -> None:
         while not self._stop.is_set():
             try:
-                consume_batches(
-                    self.redis,
-                    GROUP,
-                    self.consumer,
-                    self.dispatch,
-                    self.names.prefix,
-                    start="0",  # what the stream keeps; endpoints skip what came before them
-                    claim_idle=CLAIM_IDLE_SECONDS,
-                    stop=self._stop,
-                    # a deployment without endpoints reads nothing (one EXISTS a second); the events
-                    # meanwhile are older than any endpoint to come, skipped unparsed once one is there
-                    idle=lambda: not self.store.any_endpoint(),
-                )
+                if not self.dispatch_next():
+                    self._stop.wait(TURN_SECONDS / 4)  # another process has the turn
             except Exception as error:  # refused credentials, a broken Redis: try again shortly
                 log.warning("webhook dispatch failed: %s", type(error).__name__)
                 self._stop.wait(1.0)
 
-    def forget_gone_consumers(self, idle_seconds: float = GONE_CONSUMER_SECONDS) -> list[str]:
-        """Removes the group's consumers idle for `idle_seconds` with no entry pending (their entries were
-        taken over), never this one; returns their names."""
-        stream, gone = self.names.all_events_stream, []
-        consumers: list[dict[str, Any]] = self.redis.xinfo_consumers(stream, GROUP)  # type: ignore[assignment]
-        for consumer in consumers:
-            name = _text(consumer["name"])
-            if name != self.consumer and not consumer["pending"] and consumer["idle"] >= idle_seconds * 1000:
-                self.redis.xgroup_delconsumer(stream, GROUP, name)
-                gone.append(name)
-        return gone
-
     def _requeue(self) -> None:
-        forget_at = time.monotonic() + FORGET_EVERY_SECONDS
         while not self._stop.wait(REQUEUE_EVERY_SECONDS):
-            if time.monotonic() >= forget_at:
-                forget_at = time.monotonic() + FORGET_EVERY_SECONDS
-                try:
-                    for name in self.forget_gone_consumers():
-                        log.info("webhook dispatcher %s is gone: its consumer record removed", name)
-                except Exception as error:  # no group yet, Redis away: next time
-                    log.debug("gone consumers not removed: %s", type(error).__name__)
             try:
                 for delivery_id in self.store.requeue_due(LATE_SECONDS, self.grace):
                     log.warning("delivery %s: its task is overdue, queued again", delivery_id)
@@ -151,7 +146,7 @@ class Dispatcher:
 
 
 def _event_of(streamed: StreamedEvent) -> dict[str, object] | None:
-    """The entry's event, or None (logged) when it is not one: such an entry is acknowledged with its batch,
+    """The entry's event, or None (logged) when it is not one: the cursor moves past it with its batch,
     as reading it again would never make it one."""
     try:
         event = streamed.event
@@ -165,3 +160,8 @@ def _event_of(streamed: StreamedEvent) -> dict[str, object] | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _body(fields: dict[bytes, bytes] | dict[str, str]) -> bytes:
+    body = fields.get(b"event") or fields.get("event") or b"{}"  # type: ignore[call-overload]
+    return body if isinstance(body, bytes) else str(body).encode()

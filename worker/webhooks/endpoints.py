@@ -147,6 +147,13 @@ class Due:
     tenant: str
 
 
+class EndpointLimitReached(Exception):
+    """The tenant has as many endpoints as it may have."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a tenant may have at most {limit} webhook endpoints; delete one first")
+
+
 class WebhookStore:
     def __init__(
         self,
@@ -185,7 +192,10 @@ class WebhookStore:
         )
 
     # endpoints
-    def create_endpoint(self, tenant: str, url: str, events: Sequence[str], rate_limit: str = "") -> Endpoint:
+    def create_endpoint(
+        self, tenant: str, url: str, events: Sequence[str], limit: int | None = None, rate_limit: str = ""
+    ) -> Endpoint:
+        """A new endpoint of `tenant`; EndpointLimitReached when it has `limit` endpoints already."""
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
         fields = {
@@ -196,14 +206,13 @@ class WebhookStore:
             "status": "enabled",
             **_rate_fields(rate_limit),
         }
-        created_at = self._save(
-            keys=[
-                self.names.webhook_endpoint(endpoint_id),
-                self.names.webhook_endpoints(tenant),
-                self.names.webhook_index,
-            ],
-            args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
-        )
+        keys = [
+            self.names.webhook_endpoint(endpoint_id),
+            self.names.webhook_endpoints(tenant),
+            self.names.webhook_index,
+        ]
+        args = [endpoint_id, "save", *(item for pair in fields.items() for item in pair)]
+        created_at = self._save_within(limit, keys, args)
         return Endpoint(
             endpoint_id, tenant, url, tuple(events), float(_text(created_at)), secret, rate_limit=rate_limit
         )
@@ -272,6 +281,23 @@ class WebhookStore:
             self.names.webhook_index,
         ]
         return bool(int(self._save(keys=keys, args=[endpoint.id, action, *args])))
+
+    def _save_within(self, limit: int | None, keys: list[str], args: list[Any]) -> Any:
+        """The save script, run only while the tenant's index (keys[1]) holds fewer than `limit`
+        endpoints: WATCHed, so concurrent registrations cannot pass the limit together; its answer."""
+        if limit is None:
+            return self._save(keys=keys, args=args)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(keys[1])
+                    if pipe.zcard(keys[1]) >= limit:
+                        raise EndpointLimitReached(limit)
+                    pipe.multi()
+                    self._save(keys=keys, args=args, client=pipe)
+                    return pipe.execute()[-1]
+                except redis.WatchError:
+                    continue
 
     def any_endpoint(self) -> bool:
         """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
@@ -361,6 +387,13 @@ class WebhookStore:
             ],
         )
         return delivery_id if int(created) else None
+
+    def replay_turn(self, tenant: str, every: float) -> float:
+        """0 when `tenant` may replay now (its turn is taken for `every` seconds); else the seconds left
+        until it may. One SET NX: replays read the all-flows stream, so each tenant gets one in a while."""
+        if self.redis.set(self.names.webhook_replay_turn(tenant), "1", nx=True, px=int(every * 1000)):
+            return 0.0
+        return max(0.001, int(self.redis.pttl(self.names.webhook_replay_turn(tenant))) / 1000)
 
     def replay(self, endpoint: Endpoint, since: float, enqueue: Callable[[str], object]) -> int:
         """Sends `endpoint` again every event of its tenant (of the types it wants) that the all-flows

@@ -31,6 +31,8 @@ METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 )
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
 Resolver = Callable[[str, int], Sequence[str]]
 
 LOOKUP_SECONDS = 5.0  # the longest wait for DNS when registering an endpoint
@@ -98,8 +100,14 @@ def refusal_of(address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return "an address that is not one"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:  # 6to4, Teredo and NAT64 carry an IPv4 address that a relay reaches: its rules apply
+            for inner in _embedded_ipv4(ip):
+                reason = refusal_of(str(inner))
+                if reason is not None:
+                    return reason
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     for kind, refused in (
@@ -113,6 +121,17 @@ def refusal_of(address: str) -> str | None:
         if refused:
             return f"{kind} address"
     return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a 6to4 (2002::/16), Teredo (2001::/32) or NAT64 (64:ff9b::/96) address leads to."""
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)  # the Teredo server and the client behind its NAT
+    if ip in NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
 
 
 def target_of(
