@@ -20,6 +20,7 @@ from worker import scripts
 from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
+from worker.replies import text
 from worker.upstream.budget import UpstreamBudget
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Unparker:
             if due > now:
                 next_in = min(next_in, due - now)
                 break
-            account = _text(raw)
+            account = text(raw)
             budget = self.budgets(account)
             if budget is None:  # a worker that knows the account releases its flows
                 continue
@@ -128,14 +129,14 @@ class Unparker:
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             in_window, parked = pipe.execute()
         room = min(BATCH, max(1, budget.limit - int(in_window)))
-        candidates = [_text(m) for m in parked[:room]]
+        candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
                 pipe.hget(names.flow_state(flow_id), "state")
             states = pipe.execute()
         work: list[tuple[str, FlowState, QueuedTask | None]] = []
         for flow_id, raw in zip(candidates, states, strict=True):
-            state = FlowState(_text(raw)) if raw is not None else FlowState.VERIFYING
+            state = FlowState(text(raw)) if raw is not None else FlowState.VERIFYING
             # a flow that left the working states is dropped from the set by the script
             state = state if state in WORKING_STATES else FlowState.VERIFYING
             work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
@@ -161,7 +162,7 @@ class Unparker:
             ],
             args=args,
         )
-        released = [_text(flow_id) for flow_id in answer[0]]
+        released = [text(flow_id) for flow_id in answer[0]]
         by_id = {flow_id: (state, prepared) for flow_id, state, prepared in work}
         for flow_id in released:
             state, prepared = by_id[flow_id]
@@ -169,7 +170,7 @@ class Unparker:
                 self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
-        return released, _text(answer[1]) == "1", float(_text(answer[2]))
+        return released, text(answer[1]) == "1", float(text(answer[2]))
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:
@@ -187,7 +188,3 @@ class Unparker:
                 log.warning("releasing parked flows failed: %s", type(error).__name__)
                 next_in = 1.0
             self._woken.wait(max(0.002, next_in))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from worker import scripts
 from worker.events import DEFAULT_TENANT
 from worker.keys import RedisNames
+from worker.replies import text
 
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
 LISTED_DELIVERIES = 100  # GET .../deliveries shows the most recent ones
@@ -147,7 +148,7 @@ class WebhookStore:
     def endpoints(self, tenant: str) -> list[Endpoint]:
         """The tenant's endpoints, oldest first."""
         ids = [
-            _text(endpoint_id)
+            text(endpoint_id)
             for endpoint_id in self.redis.zrange(self.names.webhook_endpoints(tenant), 0, -1)
         ]
         with self.redis.pipeline(transaction=False) as pipe:
@@ -165,7 +166,7 @@ class WebhookStore:
         pattern = self.names.webhook_endpoints("*")
         head, tail = pattern.split("*")
         return sorted(
-            _text(key)[len(head) : -len(tail)] for key in self.redis.scan_iter(match=pattern, count=1000)
+            text(key)[len(head) : -len(tail)] for key in self.redis.scan_iter(match=pattern, count=1000)
         )
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
@@ -230,12 +231,12 @@ class WebhookStore:
                     enqueue(delivery_id)
             if len(entries) < REPLAY_PAGE:
                 return matched
-            start = f"({_text(entries[-1][0])}"
+            start = f"({text(entries[-1][0])}"
 
     def deliveries(self, endpoint_id: str, limit: int = LISTED_DELIVERIES) -> list[Delivery]:
         """The endpoint's most recent deliveries, most recent first."""
         ids = [
-            _text(item)
+            text(item)
             for item in self.redis.zrevrange(self.names.webhook_deliveries(endpoint_id), 0, limit - 1)
         ]
         fields = (
@@ -255,9 +256,7 @@ class WebhookStore:
             rows = pipe.execute()
         deliveries = []
         for delivery_id, row in zip(ids, rows, strict=True):
-            values = dict(
-                zip(fields, (None if value is None else _text(value) for value in row), strict=True)
-            )
+            values = dict(zip(fields, (None if value is None else text(value) for value in row), strict=True))
             if values["status"] is None:  # expired meanwhile
                 continue
             deliveries.append(
@@ -282,10 +281,10 @@ class WebhookStore:
             keys=[self.names.webhook_delivery(delivery_id), self.names.webhook_due],
             args=[delivery_id, owner, lease],
         )
-        reason = _text(result[0])
+        reason = text(result[0])
         if reason == "begun":
-            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]))
-        seconds = float(_text(result[1])) if reason in ("wait", "busy") else 0.0
+            return Attempt(owner, text(result[1]), text(result[4]), _bytes(result[2]), int(result[3]))
+        seconds = float(text(result[1])) if reason in ("wait", "busy") else 0.0
         return NoAttempt(reason, seconds)
 
     def end_attempt(
@@ -309,7 +308,7 @@ class WebhookStore:
                 int(keep),
             ],
         )
-        return None if _text(result[0]) == "fenced" else int(result[1])
+        return None if text(result[0]) == "fenced" else int(result[1])
 
     def postpone_due(self, delivery_id: str, seconds: float) -> None:
         """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
@@ -320,7 +319,7 @@ class WebhookStore:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
         it is taken up again (by whichever dispatcher asks first)."""
         return [
-            _text(item) for item in self._requeue(keys=[self.names.webhook_due], args=[late, grace, limit])
+            text(item) for item in self._requeue(keys=[self.names.webhook_due], args=[late, grace, limit])
         ]
 
     def oldest_pending(self) -> tuple[int, float | None]:
@@ -333,7 +332,7 @@ class WebhookStore:
 
 
 def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
-    fields = {_text(key): _text(value) for key, value in raw.items()}
+    fields = {text(key): text(value) for key, value in raw.items()}
     return Endpoint(
         id=endpoint_id,
         tenant=fields.get("tenant", ""),
@@ -342,10 +341,6 @@ def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
         created_at=float(fields.get("created_at") or 0),
         secret=fields.get("secret", ""),
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bytes(value: bytes | str) -> bytes:
