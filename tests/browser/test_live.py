@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import start_hosted_stack
-from tests.browser.journey import Browsing, HostedStack
-from tests.conftest import RedisServer
+from tests.support.journey import Browsing, HostedStack, start_hosted_stack
+from tests.support.stack import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.report import REPORT, FaultReport
+from tests.support.fault_report import REPORT, FaultReport
 
 __all__ = ["FaultReport", "fault_report"]
 

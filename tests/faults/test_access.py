@@ -18,9 +18,9 @@ import pytest
 from schemathesis.python import asgi
 
 from api_shim.app import create_app
-from tests.conftest import API_KEY, RedisServer, Sandbox
-from tests.faults.conftest import FaultReport
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.fault_report import FaultReport
+from tests.support.shim import RecordingEnqueuer
+from tests.support.stack import API_KEY, RedisServer, Sandbox
 from worker.config.settings import Settings, load_settings
 from worker.flows.flow import BrowserUI, FlowState
 from worker.flows.store import FlowStore

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import (
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import (
     ENTITY_KINDS,
     NETWORKS,
     Ledger,
@@ -23,6 +22,7 @@ from tests.faults.ledger import (
     faults_injected,
     stop_stack,
 )
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.upstream.retry import RetryPolicy
 
 # deadlines of a few seconds, and how late each expiry comes

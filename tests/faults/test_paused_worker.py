@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, Ledger, epoch, sandbox_stats, stop_stack
-from tests.support import Process
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, sandbox_stats, stop_stack
+from tests.support.processes import Process
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]

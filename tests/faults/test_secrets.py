@@ -16,11 +16,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats, stop_stack
-from tests.pipeline.flows import consent
-from tests.support import free_port, start_cli, wait_for_port
+from tests.support.fault_report import FaultReport
+from tests.support.flows import consent
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats, stop_stack
+from tests.support.processes import free_port, start_cli, wait_for_port
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

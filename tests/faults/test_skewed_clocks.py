@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, pipeline_env, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_stack
-from tests.support import free_port, start_cli, wait_for_http
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_stack
+from tests.support.processes import free_port, start_cli, wait_for_http
+from tests.support.stack import Pipeline, RedisServer, Sandbox, pipeline_env, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from tests.operate.compose_spec import (
+from tests.support.compose_spec import (
     BIN,
     DEPLOYER_SECRETS,
     argv_of,
@@ -33,8 +33,8 @@ from tests.operate.compose_spec import (
     interpolate,
     services,
 )
-from tests.pipeline.flows import callback, consent
-from tests.support import ROOT, Process, free_port, wait_for_http, wait_for_port
+from tests.support.flows import callback, consent
+from tests.support.processes import ROOT, Process, free_port, wait_for_http, wait_for_port
 from worker.follow.subscribe import follow_flow
 
 TEST_ADMIN, TEST_ADMIN_PASSWORD = "okc-test-admin", secrets.token_hex(16)

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of, start_flow
+from tests.support.flows import callback, consent, events_of, start_flow
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 from worker.upstream.account import seconds_to_midnight
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of
+from tests.support.flows import callback, consent, events_of
+from tests.support.stack import RedisServer, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]  # B's times are held to an idle system's

@@ -10,8 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from celery import Celery
 
-from tests.conftest import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import (
+from tests.support.flows import (
     callback,
     consent,
     events_of,
@@ -21,6 +20,7 @@ from tests.pipeline.flows import (
     start_flow,
     wait_for_event,
 )
+from tests.support.stack import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = pytest.mark.integration
 

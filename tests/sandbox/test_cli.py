@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from sandbox.cli import main
-from tests.sandbox.conftest import RunningSandbox
-from tests.support import ROOT, busy_port
+from tests.support.processes import ROOT, busy_port
+from tests.support.sandboxes import RunningSandbox
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from tests.sandbox.conftest import CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import CALLBACK, RunningSandbox, decide
 
 # latencies measured to a tenth of a second
 pytestmark = [pytest.mark.integration, pytest.mark.alone]

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from tests.sandbox.conftest import ACCOUNT, CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import ACCOUNT, CALLBACK, RunningSandbox, decide
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.shim.harness import TOKEN, Shim
+from tests.support.shim import TOKEN, Shim
 
 pytestmark = pytest.mark.anyio
 

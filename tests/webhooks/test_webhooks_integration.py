@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.pipeline.flows import callback, consent, start_flow
-from tests.support import Process, free_port, start_cli, wait_for_port
+from tests.support.flows import callback, consent, start_flow
+from tests.support.processes import Process, free_port, start_cli, wait_for_port
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Process, free_port, start_cli, wait_for_port
+from tests.support.processes import Process, free_port, start_cli, wait_for_port
 from worker.oktopost import AsyncOktopostClient, EntityChoice, OktopostClient, VerifiedProfile
 from worker.oktopost.errors import (
     MalformedAnswerError,

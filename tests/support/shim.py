@@ -14,8 +14,8 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api_shim.app import create_app
-from tests.clocks import seen_from
-from tests.conftest import API_KEY
+from tests.support.clocks import seen_from
+from tests.support.stack import API_KEY
 from worker.config.settings import Settings, load_settings
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows.enqueuer import Enqueuer

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import redis
 
-from tests.conftest import RETURN_URL, Pipeline, Sandbox
-from tests.pipeline.flows import consent, okt_of
+from tests.support.flows import consent, okt_of
+from tests.support.stack import RETURN_URL, Pipeline, Sandbox
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
