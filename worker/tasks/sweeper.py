@@ -10,7 +10,6 @@ lapsed lease is taken by exactly one of them.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -18,6 +17,7 @@ from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore, RequeueOutcome
 from worker.tasks.work import TaskOutcome, expire_flow
+from worker.threads import BackgroundThreads
 from worker.upstream.account import Account
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ HEARTBEAT_SECONDS = 1.0  # how often a worker's sweeper says the worker is consu
 WORKER_MARK_SECONDS = 60.0  # a mark older than this is a worker gone without a word (killed): dropped
 
 
-class Sweeper:
+class Sweeper(BackgroundThreads):
     """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it);
     `accounts`: the configured Oktopost accounts, whose pauses it watches."""
 
@@ -127,15 +127,10 @@ class Sweeper:
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oktopost-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__({"oktopost-sweeper": self._run})
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().stop()
         if self.name is not None:
             try:
                 self.store.redis.zrem(self.store.names.workers, self.name)

@@ -21,6 +21,7 @@ from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
 from worker.replies import text
+from worker.threads import BackgroundThreads
 from worker.upstream.budget import UpstreamBudget
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class TaskQueue(Protocol):
     def enqueue(self, flow_id: str, state: FlowState) -> None: ...
 
 
-class Unparker:
+class Unparker(BackgroundThreads):
     """`budgets` gives an account's budget by the name of its parked set (None for an account this process
     does not know);
     `hold`: how long a reserved slot is held, for the task's start and its call."""
@@ -65,17 +66,11 @@ class Unparker:
         self.hold = hold
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
-        self._stop = threading.Event()
         self._woken = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oktopost-unparker", daemon=True)
+        super().__init__({"oktopost-unparker": self._run})
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         self._woken.set()
-        self._thread.join(timeout=5)
 
     def wake(self) -> None:
         """A flow was parked here: its account may be due before the next look."""

@@ -12,7 +12,6 @@ worker, or held by one): the attempt itself is fenced, so a duplicate task sends
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 import redis
@@ -20,6 +19,7 @@ import redis
 from worker.events import DEFAULT_TENANT
 from worker.follow.consume import StreamedEvent, consume_batches
 from worker.keys import RedisNames
+from worker.threads import BackgroundThreads
 from worker.webhooks.endpoints import Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ LATE_SECONDS = 5.0  # a delivery's task this late (after its moment, or after it
 REQUEUE_EVERY_SECONDS = 1.0
 
 
-class Dispatcher:
+class Dispatcher(BackgroundThreads):
     def __init__(
         self,
         client: redis.Redis,
@@ -47,20 +47,7 @@ class Dispatcher:
         self.enqueue = enqueue
         self.consumer = consumer
         self.grace = grace  # seconds a queued-again task gets before it is queued again
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._consume, name="oktopost-webhooks", daemon=True),
-            threading.Thread(target=self._requeue, name="oktopost-webhooks-requeue", daemon=True),
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        super().__init__({"oktopost-webhooks": self._consume, "oktopost-webhooks-requeue": self._requeue})
 
     def dispatch(self, batch: list[StreamedEvent]) -> list[str]:
         """The deliveries of a batch of events, made and queued; returns the entry ids handled (all of
