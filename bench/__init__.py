@@ -92,7 +92,7 @@ def _measure_every_system(
         group = [scenario for scenario in chosen if scenario.upstream == upstream]
         sandbox = start_sandbox(children, upstream)
         if floor is None:
-            floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
+            floor = asyncio.run(generator_floor(sandbox.health_url))
         for name in (name for name in SYSTEM_NAMES if name in options.systems):
             if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
                 _say(f"{name}: webhooks skipped (no webhooks)")  # not even started

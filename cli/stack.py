@@ -19,6 +19,7 @@ import redis
 
 from cli.embedded_redis import EmbeddedRedisError, RedisKind, RedisService, ensure_redis
 from cli.processes import CLI, STOP_SECONDS, Child, answers_http, port_is_free, stop_children
+from sandbox.client import SandboxControl
 from worker.keys import RedisNames
 
 READY_SECONDS = 30.0  # how long the shim, the sandbox and a worker get to be ready after start
@@ -106,7 +107,7 @@ class Stack:
             (f"{self.shim_url}/healthz", lambda: answers_http(f"{self.shim_url}/healthz"))
         ]
         if self.sandbox_url:
-            url = f"{self.sandbox_url}/_sandbox/connections"
+            url = SandboxControl(self.sandbox_url).connections_url
             waits.append((url, lambda: answers_http(url)))
         workers = RedisNames(self.prefix).workers
         with redis.Redis.from_url(

@@ -77,14 +77,14 @@ def test_many_flows_expire_in_every_stage_close_to_their_deadline(
     )
     stages["callback"] = [ledger.start(NETWORKS[i]) for i in range(PER_STAGE)]  # never called back
 
-    sandbox.faults(seed=5, **EVERY_FAULT)
+    sandbox.set_faults(seed=5, **EVERY_FAULT)
     for flow in stages["verify"]:
         ledger.callback(flow)
     for flow in stages["complete"]:
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
     events = ledger.outcomes(ledger.flows, timeout=FLOW_TTL + TOKEN_TTL + 10)
     injected = faults_injected(sandbox)
-    sandbox.faults(**dict.fromkeys(EVERY_FAULT, 0))
+    sandbox.set_faults(**dict.fromkeys(EVERY_FAULT, 0))
     tally = ledger.tally(events)
 
     lateness: dict[str, list[float]] = {}

@@ -71,26 +71,26 @@ def test_a_paused_worker_that_resumes_with_a_refusal_changes_nothing(
         for flow in flows:
             ledger.consent(flow)
 
-        sandbox.faults(latency_ms=LATENCY_S * 1000, reject_rate=1.0)
+        sandbox.set_faults(latency_ms=LATENCY_S * 1000, reject_rate=1.0)
         _call_and_wait(sandbox, lambda: [ledger.callback(flow) for flow in flows], first)
         paused(first, signal.SIGSTOP)
         paused_at = _redis_time(ledger)
         refused = _wait_until(lambda: sandbox_stats(sandbox)["faults"]["reject"] >= FLOWS, 10)
         assert refused, sandbox_stats(sandbox)
-        sandbox.faults(latency_ms=0, reject_rate=0)  # every refusal is in the paused worker's sockets
+        sandbox.set_faults(latency_ms=0, reject_rate=0)  # every refusal is in the paused worker's sockets
 
         second = pipeline.start_worker(concurrency=FLOWS)
         offers = ledger.wait_for(flows, "selection.required", timeout=TOKEN_TTL / 2)
         taken_up = [epoch(offer["at"]) - paused_at for offer in offers.values()]
         # the user picks pages; the second worker's completions are in flight when the first resumes
-        sandbox.faults(latency_ms=LATENCY_S * 1000)
+        sandbox.set_faults(latency_ms=LATENCY_S * 1000)
         picks = [(flow, offers[flow.flow_id]["data"]["entities"][1]["id"]) for flow in flows]
         _call_and_wait(sandbox, lambda: [ledger.select(flow, [pick]) for flow, pick in picks], second)
         states = {flow.flow_id: _state(ledger, flow.flow_id) for flow in flows}
         paused(first, signal.SIGCONT)
         said = _wait_until(lambda: all(_let_go(first, flow.flow_id) for flow in flows), 10)
         events = ledger.outcomes(flows, timeout=TOKEN_TTL / 2)
-        sandbox.faults(latency_ms=0)
+        sandbox.set_faults(latency_ms=0)
         tally = ledger.tally(events)
         connections = {c["Id"] for c in sandbox.connections()}
         fault_report.record(

@@ -106,7 +106,7 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     pipeline, sandbox, server = stack
     ledger = Ledger(pipeline)
     flows = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(FLOWS)]
-    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    sandbox.set_faults(latency_ms=LATENCY_S * 1000)
     calls_before = sandbox_stats(sandbox)["v2_calls"]
     for flow in flows:
         ledger.callback(flow)
@@ -120,7 +120,7 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     server.start()
     back_at = time.time()
     events = ledger.outcomes(flows, timeout=TOKEN_TTL / 4 + 15)
-    sandbox.faults(latency_ms=0)
+    sandbox.set_faults(latency_ms=0)
     tally = ledger.tally(events)
     connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
     completed_after = [epoch(flow_events[-1]["at"]) - back_at for flow_events in events.values()]

@@ -116,7 +116,7 @@ def _end_every_flow_through_faults(
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """A worker starts under upstream faults of every kind; entities get their selection. Returns each
     flow's events and how many faults the sandbox injected."""
-    sandbox.faults(
+    sandbox.set_faults(
         seed=3,
         error_rate=0.1,
         throttle_rate=0.1,
@@ -133,7 +133,7 @@ def _end_every_flow_through_faults(
         )
     events = ledger.outcomes(ledger.flows, timeout=25, settle=0.3)
     injected = sum(sandbox_stats(sandbox)["faults"].values())
-    sandbox.faults(
+    sandbox.set_faults(
         error_rate=0, throttle_rate=0, timeout_rate=0, drop_rate=0, malformed_rate=0, reject_rate=0
     )
     return events, injected

@@ -92,18 +92,18 @@ def drive(
     profiles = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(PROFILES)]
     entities = [ledger.start(network, kind) for network, kind in ENTITY_KINDS[:ENTITIES]]
     if not completion_only:
-        sandbox.faults(seed=7, **faults)
+        sandbox.set_faults(seed=7, **faults)
     for flow in ledger.flows:
         ledger.callback(flow)
     offers = ledger.offers(entities, timeout=TOKEN_TTL + 5)
     if completion_only:
-        sandbox.faults(seed=7, **faults)
+        sandbox.set_faults(seed=7, **faults)
     for flow in entities:
         if flow.flow_id in offers:
             ledger.select(flow, [offers[flow.flow_id][1]["id"]])
     events = ledger.outcomes(profiles + entities, timeout=TOKEN_TTL + 5, settle=0.3)
     stats = sandbox_stats(sandbox)
-    sandbox.faults(**dict.fromkeys(_RATES, 0.0))
+    sandbox.set_faults(**dict.fromkeys(_RATES, 0.0))
     return ledger, events, stats
 
 
@@ -182,15 +182,15 @@ def test_step1_retries_transient_faults_and_answers_refusals_with_their_code(
 ) -> None:
     pipeline, sandbox = stack
     sandbox.reset()
-    sandbox.faults(
+    sandbox.set_faults(
         seed=11, error_rate=0.2, throttle_rate=0.1, drop_rate=0.1, malformed_rate=0.1, retry_after_s=1
     )
     body = {"network": "LinkedIn", "type": "profile"}
     with httpx.Client(base_url=pipeline.shim_url, headers=pipeline.headers, timeout=15) as caller:
         answers = [caller.post("/v1/authorizations", json=body) for _ in range(8)]
-        sandbox.faults(error_rate=0, throttle_rate=0, drop_rate=0, malformed_rate=0, reject_rate=1.0)
+        sandbox.set_faults(error_rate=0, throttle_rate=0, drop_rate=0, malformed_rate=0, reject_rate=1.0)
         refused = caller.post("/v1/authorizations", json=body)
-        sandbox.faults(reject_rate=0)
+        sandbox.set_faults(reject_rate=0)
     injected = sum(sandbox_stats(sandbox)["faults"].values())
     statuses = Counter(answer.status_code for answer in answers)
     fault_report.record(

@@ -46,7 +46,7 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
         ledger.callback(flow)
     offers = ledger.wait_for(entities, "selection.required")
 
-    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    sandbox.set_faults(latency_ms=LATENCY_S * 1000)
     calls_before = sandbox_stats(sandbox)["v2_calls"]
     for flow in profiles:
         ledger.callback(flow)
@@ -61,7 +61,7 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
 
     second = pipeline.start_worker(concurrency=PROFILES + ENTITIES + 4)
     events = ledger.outcomes(ledger.flows, timeout=TOKEN_TTL)
-    sandbox.faults(latency_ms=0)
+    sandbox.set_faults(latency_ms=0)
     tally = ledger.tally(events)
     taken_up = [epoch(flow_events[-1]["at"]) - LATENCY_S - killed_at for flow_events in events.values()]
     connections = {c["Id"]: c["calls"] for c in sandbox.connections()}

@@ -237,7 +237,7 @@ def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
 
 
 def sandbox_stats(sandbox: Sandbox) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()
+    stats: dict[str, Any] = sandbox.stats()
     return stats
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from sandbox.client import SandboxControl
 from tests.support.processes import Process, free_port, start_cli, wait_for_port
 
 ACCOUNT = ("demo-account", "demo-key")
@@ -17,12 +18,12 @@ def decide(redirect_url: str, decision: str) -> httpx.Response:
     return httpx.get(f"{redirect_url}&decision={decision}")
 
 
-class RunningSandbox:
-    """A sandbox process and the calls tests make to it."""
+class RunningSandbox(SandboxControl):
+    """A sandbox process, its controls (reset, faults, stats, connections) and the calls tests make to it."""
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.process: Process = start_cli(
             ["sandbox", "--port", str(self.port), *flags], env=env, name="sandbox"
         )
@@ -30,20 +31,6 @@ class RunningSandbox:
 
     def client(self, auth: tuple[str, str] | None = ACCOUNT, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=auth, **options)
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_sandbox/reset").raise_for_status()
-
-    def set_faults(self, **faults: Any) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/_sandbox/faults", json=faults)
-        response.raise_for_status()
-        return response.json()
-
-    def connections(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/_sandbox/connections").json()
-
-    def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_sandbox/stats").json()
 
     def authorize(self, client: httpx.Client, network: str = "LinkedIn", entity_type: str = "profile") -> str:
         """Steps 1 and 2 for a script: get the RedirectUrl, approve, and answer the okt token."""

@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import redis
 
 from cli.processes import PrivateRedis, start_redis_server, stop_children
+from sandbox.client import SandboxControl
 from tests.support.processes import Process, free_port, start_cli, wait_for_http, wait_for_port
 
 API_KEY = "test-caller-key-0123456789"
@@ -45,19 +45,10 @@ def stop_redis(server: RedisServer) -> None:
 
 
 @dataclass
-class Sandbox:
-    url: str
+class Sandbox(SandboxControl):
+    """A sandbox process, and its controls (reset, faults, stats, connections)."""
+
     process: Process
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_sandbox/reset").raise_for_status()
-
-    def faults(self, **faults: Any) -> None:
-        httpx.post(f"{self.url}/_sandbox/faults", json=faults).raise_for_status()
-
-    def connections(self) -> list[dict[str, Any]]:
-        connections: list[dict[str, Any]] = httpx.get(f"{self.url}/_sandbox/connections").json()
-        return connections
 
 
 def start_sandbox(*extra: str) -> Sandbox:
