@@ -147,6 +147,36 @@ class Stack:
         self.redis.stop(timeout)
 
 
+def stack_env(
+    redis_url: str,
+    shim_url: str,
+    sandbox_url: str | None = None,
+    *,
+    base: Mapping[str, str] | None = None,
+    keep_broker: bool = False,
+    settings: Mapping[str, object] | None = None,
+) -> dict[str, str]:
+    """What a stack's shim and workers run with (`up`, the demo, the bench and the integration tests):
+    `base`, then the stack's wiring (its Redis for flows and, unless `keep_broker` keeps the broker URL
+    `base` has, for the broker; its sandbox as Oktopost; its shim's URL as PUBLIC_BASE_URL unless `base`
+    has one), then `settings` on top, by setting name in any case (`token_ttl_seconds=3`)."""
+    env = dict(base or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    env["REDIS_URL"] = redis_url
+    if not (keep_broker and env.get("CELERY_BROKER_URL")):
+        env["CELERY_BROKER_URL"] = redis_url
+    if sandbox_url:
+        # without credentials there is nothing to call but the sandbox, which reads the same pair (or its
+        # defaults) from the same environment
+        env["OKTOPOST_BASE_URL"] = sandbox_url
+        if not env.get("OKTOPOST_API_KEY"):
+            env.pop("OKTOPOST_API_KEY", None)
+    if not env.get("PUBLIC_BASE_URL"):
+        env["PUBLIC_BASE_URL"] = shim_url
+    env.update({name.upper(): str(value) for name, value in (settings or {}).items()})
+    return env
+
+
 def child_env(
     options: StackOptions,
     redis: RedisService,
@@ -155,18 +185,7 @@ def child_env(
     base: Mapping[str, str],
 ) -> tuple[dict[str, str], str, bool]:
     """The environment of every child, and the caller key (generated when SHIM_API_KEYS is unset)."""
-    env = dict(base)
-    env.update(options.extra_env)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["REDIS_URL"] = redis.url
-    if redis.embedded or not env.get("CELERY_BROKER_URL"):
-        env["CELERY_BROKER_URL"] = redis.url
-    if sandbox_url:
-        # without credentials there is nothing to call but the sandbox, which reads the same pair (or its
-        # defaults) from the same environment
-        env["OKTOPOST_BASE_URL"] = sandbox_url
-        if not env.get("OKTOPOST_API_KEY"):
-            env.pop("OKTOPOST_API_KEY", None)
+    base = {**base, **options.extra_env}
     defaults = {
         "PUBLIC_BASE_URL": shim_url,
         # the shim's own origin, and return pages a developer serves locally
@@ -183,9 +202,11 @@ def child_env(
             )
         ),
     }
-    for name, value in defaults.items():
-        if options.override_env or not env.get(name):
-            env[name] = value
+    if not options.override_env:  # the environment's own values win
+        defaults.update({name: base[name] for name in defaults if base.get(name)})
+    env = stack_env(
+        redis.url, shim_url, sandbox_url, base=base, keep_broker=not redis.embedded, settings=defaults
+    )
     keys = [key.strip() for key in env.get("SHIM_API_KEYS", "").split(",") if key.strip()]
     generated = not keys
     if generated:

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from cli.processes import PrivateRedis, start_redis_server, stop_children
+from cli.stack import stack_env
 from sandbox.client import SandboxControl
 from tests.support.processes import Process, free_port, start_cli, wait_for_http, wait_for_port
 
@@ -97,22 +98,18 @@ class Pipeline:
 
 
 def pipeline_env(redis_url: str, sandbox_url: str, shim_port: int, **settings: Any) -> dict[str, str]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = {
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "OKTOPOST_BASE_URL": sandbox_url,
+    """A test pipeline's environment (cli.stack.stack_env): its own channel prefix, the sandbox's
+    default account, two caller keys, `settings` on top."""
+    tests = {
         "OKTOPOST_ACCOUNT_ID": "demo-account",
         "OKTOPOST_API_KEY": "demo-key",
         "SHIM_API_KEYS": f"another-caller-key-0123456789,{API_KEY}",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{shim_port}",
         "ALLOWED_RETURN_URLS": "https://app.example,http://127.0.0.1:9",
-        "CHANNEL_PREFIX": prefix,
+        "CHANNEL_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         "LOG_LEVEL": "DEBUG",
         "OKTOPOST_RATE_LIMIT": "100000/second",
     }
-    env.update({name.upper(): str(value) for name, value in settings.items()})
-    return env
+    return stack_env(redis_url, f"http://127.0.0.1:{shim_port}", sandbox_url, settings={**tests, **settings})
 
 
 def start_pipeline(redis_url: str, sandbox_url: str, workers: int = 1, **settings: Any) -> Pipeline:
