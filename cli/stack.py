@@ -97,7 +97,7 @@ class Stack:
 
     def exited_child(self) -> Child | None:
         """The first child (the embedded Redis included) that is no longer running."""
-        server = [self.redis.server.child] if self.redis.server is not None else []
+        server = [self.redis.child] if self.redis.child is not None else []
         return next((child for child in [*self.children, *server] if child.exited()), None)
 
     def wait_until_ready(self, timeout: float = READY_SECONDS, stop: StopSignal | None = None) -> None:
@@ -142,8 +142,8 @@ class Stack:
         # shutdown) still needs the sandbox and Redis, and would otherwise retry until SIGKILL.
         stop_children([child for child in self.children if child.name != "sandbox"], timeout, hurry)
         stop_children([child for child in self.children if child.name == "sandbox"], timeout, hurry)
-        if self.redis.server is not None:
-            stop_children([self.redis.server.child], timeout, hurry)
+        if self.redis.child is not None:
+            stop_children([self.redis.child], timeout, hurry)
         self.redis.stop(timeout)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from cli.processes import PrivateRedis, start_redis_server, stop_children
+from cli.processes import RedisService, start_redis_server, stop_children
 from cli.stack import stack_env
 from sandbox.client import SandboxControl
 from tests.support.processes import Process, free_port, start_cli, wait_for_http, wait_for_port
@@ -24,7 +24,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes] | None = None  # None: a Redis we did not start
     directory: str | None = None
-    private: PrivateRedis | None = field(default=None, repr=False)
+    private: RedisService | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -36,6 +36,7 @@ def start_redis(
     """A private redis-server (see cli.processes); `directory` kept for a restart on the same data."""
     server = start_redis_server(*(extra or []), port=port, directory=directory)
     home = directory or str(server.temporary_directory)
+    assert server.child is not None  # started here
     return RedisServer(server.url, server.port, server.child.popen, home, server)
 
 
