@@ -8,7 +8,6 @@ they also show that faults outlasting the deadline end a flow as expired, never 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,13 +15,13 @@ from tests.support.fault_report import FaultReport
 from tests.support.ledger import (
     ENTITY_KINDS,
     NETWORKS,
+    FaultStack,
     Ledger,
     TrackedFlow,
     epoch,
     faults_injected,
-    stop_stack,
 )
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, Sandbox
 from worker.upstream.retry import RetryPolicy
 
 # deadlines of a few seconds, and how late each expiry comes
@@ -42,22 +41,10 @@ EVERY_FAULT = {
     "malformed_rate": 0.2,
     "retry_after_s": 1,
 }
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        flow_ttl_seconds=FLOW_TTL,
-        token_ttl_seconds=TOKEN_TTL,
-        oktopost_timeout_seconds=1,
-    )
-    pipeline.start_worker(concurrency=12)
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack(
+    {"flow_ttl_seconds": FLOW_TTL, "token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 1},
+    concurrency=12,
+)
 
 
 def test_many_flows_expire_in_every_stage_close_to_their_deadline(

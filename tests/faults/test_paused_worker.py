@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, sandbox_stats, stop_stack
+from tests.support.ledger import ENTITY_KINDS, FaultStack, Ledger, epoch, sandbox_stats
 from tests.support.processes import Process
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, Sandbox
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -27,16 +27,7 @@ LATENCY_S = 1.5  # the refusals are decided this long after the calls arrive, th
 FLOWS = 5  # the paused worker's concurrency too: it holds every flow and waits for no further task
 TAKEN_UP_SLACK_S = 1.5  # a busy machine's scheduling, as for a killed worker
 LET_GO = "was taken up by another task"  # what a worker logs when it lets go of a flow it lost
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=5
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 5})
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,34 +17,27 @@ import pytest
 
 from tests.support.fault_report import FaultReport
 from tests.support.flows import consent
-from tests.support.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats, stop_stack
-from tests.support.processes import free_port, start_cli, wait_for_port
-from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.ledger import (
+    ENTITY_KINDS,
+    NETWORKS,
+    FaultStack,
+    Ledger,
+    TrackedFlow,
+    sandbox_stats,
+)
+from tests.support.stack import API_KEY, Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 ACCOUNT = "acct-" + secrets.token_hex(4)
 API_SECRET = "okt-key-" + secrets.token_hex(16)
 BASIC = base64.b64encode(f"{ACCOUNT}:{API_SECRET}".encode()).decode()
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    port = free_port()
-    credentials = {"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": API_SECRET}
-    process = start_cli(["sandbox", "--port", str(port), "--access-log"], env=credentials, name="sandbox")
-    wait_for_port(port)
-    sandbox = Sandbox(f"http://127.0.0.1:{port}", process)
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        token_ttl_seconds=20,
-        oktopost_timeout_seconds=1,
-        **credentials,
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+CREDENTIALS = {"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": API_SECRET}
+STACK = FaultStack(
+    {"token_ttl_seconds": 20, "oktopost_timeout_seconds": 1, **CREDENTIALS},
+    sandbox_flags=("--access-log",),
+    sandbox_env=CREDENTIALS,
+)
 
 
 def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(

@@ -10,7 +10,6 @@ deadline are part 4's business (test_expiry.py).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +17,8 @@ import httpx
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, sandbox_stats
+from tests.support.stack import Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -27,6 +26,7 @@ TOKEN_TTL = 20
 PROFILES = 2
 ENTITIES = 2
 COMPLETED = {"connection.completed": PROFILES + ENTITIES}
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 1}, concurrency=12)
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,6 @@ SCENARIOS = [
         during_completion_only=True,
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=1
-    )
-    pipeline.start_worker(concurrency=12)
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
 
 
 def drive(

@@ -7,13 +7,13 @@ by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper prom
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats, stop_stack
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, epoch, sandbox_stats
+from tests.support.stack import Pipeline, Sandbox
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -22,16 +22,7 @@ TOKEN_TTL = 20  # the lease, a quarter of it, is 5 s
 LATENCY_S = 1.5  # every upstream call is in flight this long, so the kill finds them all mid-call
 PROFILES = 6
 ENTITIES = 6
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=3
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 3})
 
 
 def test_flows_of_a_killed_worker_complete_once_on_a_new_one(

@@ -227,6 +227,17 @@ def _terminal_count(events: list[dict[str, Any]]) -> int:
     return sum(event["type"] in TERMINAL_TYPES for event in events)
 
 
+@dataclass(frozen=True)
+class FaultStack:
+    """What a fault module's `stack` fixture (tests/faults/conftest.py) starts: a sandbox (`sandbox_flags`,
+    `sandbox_env`), a shim with `settings`, and a worker of `concurrency` (0: the tests start their own)."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 0
+    sandbox_flags: tuple[str, ...] = ()
+    sandbox_env: dict[str, str] | None = None
+
+
 def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
     """Ends a module's processes. Workers are killed: nothing of theirs is kept, and Celery's warm
     shutdown costs more than a second each."""

@@ -53,9 +53,9 @@ class Sandbox(SandboxControl):
     process: Process
 
 
-def start_sandbox(*extra: str) -> Sandbox:
+def start_sandbox(*extra: str, env: dict[str, str] | None = None) -> Sandbox:
     port = free_port()
-    process = start_cli(["sandbox", "--port", str(port), *extra], name="sandbox")
+    process = start_cli(["sandbox", "--port", str(port), *extra], env=env, name="sandbox")
     wait_for_port(port)
     return Sandbox(f"http://127.0.0.1:{port}", process)
 
