@@ -20,10 +20,12 @@ VIEWPORT: ViewportSize = {"width": 900, "height": 760}
 
 @pytest.fixture(scope="package")
 def chromium() -> Iterator[Browser]:
-    """Debian's chromium under Playwright. Missing, it fails the tests: .ci/run installs it."""
+    """Debian's chromium under Playwright. Missing, it fails the tests: scripts/test installs it."""
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("no `chromium` on PATH: install Debian's (apt-get install -y chromium), as .ci/run does")
+        pytest.fail(
+            "no `chromium` on PATH: install Debian's (apt-get install -y chromium), as scripts/test does"
+        )
     # Chromium refuses to start its sandbox as root (CI and these machines run as root)
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     with sync_playwright() as playwright:

@@ -60,7 +60,7 @@ def clock_offset(env: dict[str, str]) -> float:
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    # never skipped: .ci/run installs libfaketime when it is missing
+    # never skipped: scripts/test installs libfaketime when it is missing
     assert FAKETIME.exists(), f"libfaketime is not installed ({FAKETIME}): apt-get install faketime"
     for seconds in (WORKER_AHEAD_S, -SHIM_BEHIND_S):
         assert abs(clock_offset(skewed(seconds)) - seconds) < 0.5, "libfaketime does not skew the clock"
