@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, FaultStack, Ledger, epoch, sandbox_stats
+from tests.support.ledger import ENTITY_KINDS, FaultStack, Ledger, epoch, sandbox_stats, wait_until
 from tests.support.processes import Process
 from tests.support.stack import Pipeline, Sandbox
 
@@ -66,7 +65,7 @@ def test_a_paused_worker_that_resumes_with_a_refusal_changes_nothing(
         _call_and_wait(sandbox, lambda: [ledger.callback(flow) for flow in flows], first)
         paused(first, signal.SIGSTOP)
         paused_at = _redis_time(ledger)
-        refused = _wait_until(lambda: sandbox_stats(sandbox)["faults"]["reject"] >= FLOWS, 10)
+        refused = wait_until(lambda: sandbox_stats(sandbox)["faults"]["reject"] >= FLOWS, 10)
         assert refused, sandbox_stats(sandbox)
         sandbox.set_faults(latency_ms=0, reject_rate=0)  # every refusal is in the paused worker's sockets
 
@@ -79,7 +78,7 @@ def test_a_paused_worker_that_resumes_with_a_refusal_changes_nothing(
         _call_and_wait(sandbox, lambda: [ledger.select(flow, [pick]) for flow, pick in picks], second)
         states = {flow.flow_id: _state(ledger, flow.flow_id) for flow in flows}
         paused(first, signal.SIGCONT)
-        said = _wait_until(lambda: all(_let_go(first, flow.flow_id) for flow in flows), 10)
+        said = wait_until(lambda: all(_let_go(first, flow.flow_id) for flow in flows), 10)
         events = ledger.outcomes(flows, timeout=TOKEN_TTL / 2)
         sandbox.set_faults(latency_ms=0)
         tally = ledger.tally(events)
@@ -112,7 +111,7 @@ def _call_and_wait(sandbox: Sandbox, send: Callable[[], object], worker: Process
     """Sends the requests that make `worker` call the sandbox once a flow; returns once every call arrived."""
     before = sandbox_stats(sandbox)["v2_calls"]
     send()
-    arrived = _wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - before >= FLOWS, 30)
+    arrived = wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - before >= FLOWS, 30)
     assert arrived, f"the worker did not call the sandbox for every flow\n{worker.tail()}"
 
 
@@ -129,12 +128,3 @@ def _let_go(worker: Process, flow_id: str) -> str:
 def _redis_time(ledger: Ledger) -> float:
     seconds, microseconds = ledger.redis.time()
     return float(seconds) + microseconds / 1_000_000
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False

@@ -7,12 +7,11 @@ by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper prom
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, epoch, sandbox_stats
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, epoch, sandbox_stats, wait_until
 from tests.support.stack import Pipeline, Sandbox
 
 # taken up within a quarter of the token's lifetime, timed
@@ -43,7 +42,7 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
         ledger.callback(flow)
     for flow in entities:
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
-    in_flight = _wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
+    in_flight = wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
     assert in_flight, "the worker did not start every call"
     first.kill()
     killed_at = time.time()
@@ -86,12 +85,3 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
 
 def _state(ledger: Ledger, flow_id: str) -> str:
     return str(ledger.redis.hget(ledger.names.flow_state(flow_id), "state").decode())
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
