@@ -1,4 +1,4 @@
-"""`oktopost-connect bench`: ours (shim + worker) against two baselines, as real processes on one machine.
+"""`python -m bench`: ours (shim + worker) against two baselines, as real processes on one machine.
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
@@ -222,7 +222,8 @@ def _document(
     load_at_start: tuple[float, float, float],
 ) -> dict[str, Any]:
     return {
-        "command": "oktopost-connect bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        # `python -m bench ...` runs bench/__main__.py as sys.argv[0]; a test calling run() has no command
+        "command": "python -m bench " + " ".join(sys.argv[1:]) if _run_as_bench_module() else "",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
@@ -249,3 +250,7 @@ def _document(
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _run_as_bench_module() -> bool:
+    return Path(sys.argv[0]).parts[-2:] == ("bench", "__main__.py")
