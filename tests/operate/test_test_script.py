@@ -20,7 +20,7 @@ def _machine(tmp_path: Path, *, uid: int, present: set[str]) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
-    for tool in ("dirname", "seq", "sleep"):
+    for tool in ("dirname", "seq", "sleep", "setsid"):
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
     stand_ins = {
         "id": f'echo "$@" >/dev/null; echo {uid}',
@@ -69,7 +69,7 @@ def test_as_root_it_installs_what_is_missing_starts_redis_then_runs_pytest_with_
     assert calls == [
         "apt-get update -qq",
         f"apt-get install -y -qq {' '.join(installed)}",
-        "redis-server --daemonize yes --port 6379 --save  --appendonly no",
+        "redis-server --port 6379 --save  --appendonly no",
         "python -m pytest -q -n 0 tests/shim",
     ]
 
