@@ -11,7 +11,7 @@ JOIN_SECONDS = 5.0  # how long `stop()` waits for each thread; a daemon thread l
 
 class BackgroundThreads:
     """Base of a component whose loops run in daemon threads, one per `loops` item (thread name -> loop).
-    Each loop ends once `_stop` is set: `stop()` sets it, wakes the loops (`_wake`) and joins them."""
+    Each loop ends once `_stop` is set: `stop()` sets it, wakes the loops (`wake`) and joins them."""
 
     def __init__(self, loops: Mapping[str, Callable[[], None]]) -> None:
         self._stop = threading.Event()
@@ -25,9 +25,9 @@ class BackgroundThreads:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake()
+        self.wake()
         for thread in self._threads:
             thread.join(timeout=JOIN_SECONDS)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Interrupts a loop waiting on something other than `_stop`; nothing to do when none does."""

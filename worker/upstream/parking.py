@@ -69,9 +69,6 @@ class Unparker(BackgroundThreads):
         self._woken = threading.Event()
         super().__init__({"oktopost-unparker": self._run})
 
-    def _wake(self) -> None:
-        self._woken.set()
-
     def wake(self) -> None:
         """A flow was parked here: its account may be due before the next look."""
         self._woken.set()
