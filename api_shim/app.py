@@ -25,8 +25,7 @@ from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore
 from worker.oktopost import AsyncOktopostClient
 from worker.tasks import runtime
-from worker.upstream.budget import UpstreamBudget
-from worker.upstream.clients import Upstream, Upstreams
+from worker.upstream.clients import Upstreams
 from worker.webhooks.endpoints import WebhookStore
 
 REDIS_ANSWER_SECONDS = 1.0  # a stopped or unreachable Redis: 503 within about a second, never a hang
@@ -36,24 +35,21 @@ def create_app(
     settings: Settings | None = None,
     *,
     store: FlowStore | None = None,
-    client: AsyncOktopostClient | None = None,
-    budget: UpstreamBudget | None = None,
     enqueuer: Enqueuer | None = None,
     events_redis: redis.asyncio.Redis | None = None,
     upstreams: Upstreams[AsyncOktopostClient] | None = None,
 ) -> FastAPI:
     """The shim's ASGI app. `upstreams`: each Oktopost account's client and budget, built from the
-    settings (on first use) when not given; `client` and `budget` given together stand for the budget's
-    account. A client passed in stays its caller's to close; one built here is closed when the app shuts
-    down. `events_redis` (asyncio) reads the event streams; built from the settings when not given."""
+    settings (on first use) when not given. A client passed in stays its caller's to close; one built
+    here is closed when the app shuts down. `events_redis` (asyncio) reads the event streams; built from
+    the settings when not given."""
     settings = settings or get_settings()
     if store is None:
         store = runtime.flow_store(
             settings, runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
         )
     if upstreams is None:
-        given = [Upstream(budget.names.account_id, client, budget)] if client and budget else []
-        upstreams = runtime.shim_upstreams(settings, store.redis, given)
+        upstreams = runtime.shim_upstreams(settings, store.redis)
     own_events_redis = events_redis is None
     events_redis = events_redis or _events_redis(settings)
     deps = Deps(

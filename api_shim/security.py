@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from api_shim.errors import ApiError
-from worker.config.settings import origin_of
+from worker.config.settings import is_loopback, origin_of
 from worker.config.tenants import Tenants
 
 
@@ -19,15 +18,6 @@ def tenant_of_bearer(header: str | None, tenants: Tenants) -> str:
     if scheme.lower() != "bearer" or not presented or tenant is None:
         raise ApiError(401, "unauthorized", "a valid Bearer key is required", {"WWW-Authenticate": "Bearer"})
     return tenant.name
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_return_url(url: str, allowed: list[str]) -> str:

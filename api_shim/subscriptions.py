@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio
 
 from worker.follow.subscribe import CONNECTION_ERRORS, FIRST_BACKOFF_SECONDS, LAST_BACKOFF_SECONDS
+from worker.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class SharedSubscriptions:
                     await self._pubsub.subscribe(*self._queues)
 
     def _hand_out(self, message: dict[str, Any]) -> None:
-        channel = _text(message.get("channel") or b"")
+        channel = text(message.get("channel") or b"")
         if message["type"] == "subscribe":
             item: Any = SUBSCRIBED
         elif message["type"] == "message":
@@ -118,7 +119,3 @@ class SharedSubscriptions:
 def _drain(queue: asyncio.Queue[Any]) -> None:
     while not queue.empty():
         queue.get_nowait()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,4 +1,4 @@
-"""`oktopost-connect bench`: ours (shim + worker) against two baselines, as real processes on one machine.
+"""`python -m bench`: ours (shim + worker) against two baselines, as real processes on one machine.
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
@@ -106,7 +106,7 @@ def _measure_every_system(
         group = [scenario for scenario in chosen if scenario.upstream == upstream]
         sandbox = start_sandbox(children, upstream)
         if floor is None:
-            floor = asyncio.run(generator_floor(f"{sandbox.url}/_sandbox/health"))
+            floor = asyncio.run(generator_floor(sandbox.health_url))
         for name in (name for name in SYSTEM_NAMES if name in options.systems):
             if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
                 _say(f"{name}: webhooks skipped (no webhooks)")  # not even started
@@ -261,7 +261,8 @@ def _document(
     load_at_start: tuple[float, float, float],
 ) -> dict[str, Any]:
     return {
-        "command": "oktopost-connect bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        # `python -m bench ...` runs bench/__main__.py as sys.argv[0]; a test calling run() has no command
+        "command": "python -m bench " + " ".join(sys.argv[1:]) if _run_as_bench_module() else "",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
@@ -288,3 +289,7 @@ def _document(
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _run_as_bench_module() -> bool:
+    return Path(sys.argv[0]).parts[-2:] == ("bench", "__main__.py")

@@ -54,4 +54,5 @@ def start_redis(children: Children) -> tuple[str, Child | None]:
     server = start_redis_server(
         "--databases", "64", directory=data_dir, log_path=children.log_dir / "redis.log", name="redis"
     )
+    assert server.child is not None  # started here
     return server.url, children.adopt(server.child)

@@ -218,7 +218,7 @@ async def measure(
     if scenario.limited:
         await asyncio.sleep(1.5)  # let Step 1's calls leave the sandbox's window before the burst
     shots = await consent(flows)  # tokens live from here: the burst fires right after
-    sandbox.set_faults({**NO_FAULTS, **scenario.faults})
+    sandbox.set_faults(**{**NO_FAULTS, **scenario.faults})
     stats_before = sandbox.stats()
     log_from = sandbox.log_size()
     cpu_before = _cpu(watched)
@@ -234,7 +234,7 @@ async def measure(
         endings = ear.endings
     cpu_after = _cpu(watched)
     stats_after = sandbox.stats()
-    sandbox.set_faults(NO_FAULTS)
+    sandbox.set_faults(**NO_FAULTS)
     row = _row(system, scenario, shots, endings.first, endings.repeated, stats_before, stats_after)
     row.idle_wait_s = round(row_idle_wait, 1)
     row.stages_p50_ms = system.stages({shot.flow_id: shot.sent_wall for shot in shots})

@@ -23,6 +23,7 @@ from bench.completion import DONE_CHANNEL_ENV, QUEUE_ENV_NAME, REDIS_URL_ENV, Co
 from bench.report import percentile
 from bench.upstream import SANDBOX_AUTH, SandboxServer
 from cli.processes import Child, Children, free_port, wait_for_http
+from cli.stack import stack_env
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
@@ -163,12 +164,9 @@ class Pipeline(System):
         return f"{self.prefix}:events"
 
     def env(self) -> dict[str, str]:
-        return {
+        bench = {
             **self._oktopost_env(),
-            "REDIS_URL": self.setup.redis_url,
-            "CELERY_BROKER_URL": self.setup.redis_url,
             "SHIM_API_KEYS": CALLER_KEY,
-            "PUBLIC_BASE_URL": self.url,
             "ALLOWED_RETURN_URLS": RETURN_URL,
             "CHANNEL_PREFIX": self.prefix,
             "OKTOPOST_RATE_LIMIT": self.setup.rate_limit or "1000000/second",
@@ -179,6 +177,7 @@ class Pipeline(System):
             "WEBHOOK_DISABLE_AFTER_SECONDS": str(BENCH_DISABLE_AFTER_SECONDS),
             "WEBHOOK_RETENTION_SECONDS": str(BENCH_RETENTION_SECONDS),
         }
+        return stack_env(self.setup.redis_url, self.url, self.setup.sandbox.url, settings=bench)
 
     def start(self) -> None:
         env = self.env()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
 
 from cli.processes import Child, Children, free_port, wait_for_port
+from sandbox.client import SandboxControl
 
 SANDBOX_AUTH = ("demo-account", "demo-key")
 
@@ -33,10 +31,9 @@ class Upstream:
 
 
 @dataclass
-class SandboxServer:
-    """A sandbox process and the flags it was started with."""
+class SandboxServer(SandboxControl):
+    """A sandbox process, its controls (reset, faults, stats) and the flags it was started with."""
 
-    url: str
     child: Child
     upstream: Upstream
 
@@ -51,17 +48,6 @@ class SandboxServer:
     @property
     def rate(self) -> float | None:
         return self.upstream.rate
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_sandbox/reset", timeout=10).raise_for_status()
-
-    def set_faults(self, faults: dict[str, Any]) -> None:
-        httpx.post(f"{self.url}/_sandbox/faults", json=faults, timeout=10).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/_sandbox/stats", timeout=10)
-        answer.raise_for_status()
-        return dict(answer.json())
 
     def log_size(self) -> int:
         """Where the sandbox's log ends now: `log_since` reads what it writes from here on."""

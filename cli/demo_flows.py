@@ -21,6 +21,7 @@ import redis
 from cli.demo_browser import HostedBrowser, PageError
 from cli.return_page import returning_flow_id, session_owns_flow
 from cli.stack import Stack
+from sandbox.client import SandboxControl
 from worker.events import TERMINAL_TYPES
 from worker.follow.subscribe import follow_flow
 
@@ -333,5 +334,5 @@ def confirmed_upstream(stack: Stack, runs: list[FlowRun]) -> tuple[int, int]:
     reported = {c["id"] for run in runs for c in run.events[-1]["data"]["credentials"]}
     if not stack.sandbox_url:
         return len(reported), 0
-    listed = httpx.get(f"{stack.sandbox_url}/_sandbox/connections", timeout=5).json()
+    listed = SandboxControl(stack.sandbox_url, timeout=5).connections()
     return len(reported), len(reported & {str(c["Id"]) for c in listed})

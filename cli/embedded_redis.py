@@ -12,23 +12,29 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
 
 import redis
 
 from cli.processes import (
     DISCARD,
-    STOP_SECONDS,
     Child,
-    PrivateRedis,
+    RedisKind,
+    RedisService,
     StartupError,
+    redacted_url,
     start_on_free_port,
     start_redis_server,
 )
 
-RedisKind = Literal["external", "redis-server", "fakeredis"]
+__all__ = [
+    "EmbeddedRedisError",
+    "RedisKind",
+    "RedisService",
+    "ensure_redis",
+    "redacted_url",
+    "redis_preference",
+]
+
 REDIS_KINDS: tuple[RedisKind, ...] = ("external", "redis-server", "fakeredis")
 PREFERENCE_ENV = "OKC_EMBEDDED_REDIS"
 INSTALL_TOOLS = "pip install 'oktopost-connect[tools]'"
@@ -38,36 +44,6 @@ PING_TIMEOUT = 1.0  # seconds a REDIS_URL gets to answer PING before we start ou
 
 class EmbeddedRedisError(Exception):
     """No Redis could be found or started; the message fits on one line."""
-
-
-@dataclass
-class RedisService:
-    """A Redis the pipeline can use, and the private server behind it when we started one."""
-
-    url: str
-    kind: RedisKind
-    server: PrivateRedis | None = None
-
-    @property
-    def embedded(self) -> bool:
-        return self.server is not None
-
-    def describe(self) -> str:
-        where = redacted_url(self.url)
-        return where if self.kind == "external" else f"{where} (embedded {self.kind}, in memory)"
-
-    def stop(self, timeout: float = STOP_SECONDS) -> None:
-        if self.server is not None:
-            self.server.stop(timeout)
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its password, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def redis_preference(option: str | None, env: Mapping[str, str]) -> RedisKind | None:
@@ -119,18 +95,18 @@ def ensure_redis(url: str | None, prefer: RedisKind | None = None) -> RedisServi
     if prefer == "external":
         raise EmbeddedRedisError(f"Redis at {redacted_url(url or '')} does not answer PING")
     if prefer in (None, "redis-server") and shutil.which("redis-server"):
-        return _embedded("redis-server", lambda: start_redis_server(name="embedded redis-server"))
+        return _embedded(lambda: start_redis_server(name="embedded redis-server"))
     if prefer == "redis-server":
         raise EmbeddedRedisError("redis-server is not on PATH")
     if fakeredis_available():
-        return _embedded("fakeredis", start_fakeredis)
+        return _embedded(start_fakeredis)
     raise EmbeddedRedisError(
         "no Redis: REDIS_URL does not answer, redis-server is not on PATH and fakeredis is not installed"
         f" ({INSTALL_TOOLS})"
     )
 
 
-def start_fakeredis() -> PrivateRedis:
+def start_fakeredis() -> RedisService:
     """fakeredis's TCP server in a child process of ours (`serve_fakeredis`), on a free port."""
 
     def start(port: int) -> Child:
@@ -138,15 +114,14 @@ def start_fakeredis() -> PrivateRedis:
         return Child("embedded fakeredis", command, log_path=DISCARD)
 
     child, port = start_on_free_port(start)
-    return PrivateRedis(port, child)
+    return RedisService.private("fakeredis", port, child)
 
 
-def _embedded(kind: RedisKind, start: Callable[[], PrivateRedis]) -> RedisService:
+def _embedded(start: Callable[[], RedisService]) -> RedisService:
     try:
-        server = start()
+        return start()
     except StartupError as error:
         raise EmbeddedRedisError(str(error).splitlines()[0]) from None
-    return RedisService(server.url, kind, server)
 
 
 def serve_fakeredis(host: str, port: int) -> int:

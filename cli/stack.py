@@ -19,6 +19,7 @@ import redis
 
 from cli.embedded_redis import EmbeddedRedisError, RedisKind, RedisService, ensure_redis
 from cli.processes import CLI, STOP_SECONDS, Child, answers_http, port_is_free, stop_children
+from sandbox.client import SandboxControl
 from worker.keys import RedisNames
 
 READY_SECONDS = 30.0  # how long the shim, the sandbox and a worker get to be ready after start
@@ -96,7 +97,7 @@ class Stack:
 
     def exited_child(self) -> Child | None:
         """The first child (the embedded Redis included) that is no longer running."""
-        server = [self.redis.server.child] if self.redis.server is not None else []
+        server = [self.redis.child] if self.redis.child is not None else []
         return next((child for child in [*self.children, *server] if child.exited()), None)
 
     def wait_until_ready(self, timeout: float = READY_SECONDS, stop: StopSignal | None = None) -> None:
@@ -106,7 +107,7 @@ class Stack:
             (f"{self.shim_url}/healthz", lambda: answers_http(f"{self.shim_url}/healthz"))
         ]
         if self.sandbox_url:
-            url = f"{self.sandbox_url}/_sandbox/connections"
+            url = SandboxControl(self.sandbox_url).connections_url
             waits.append((url, lambda: answers_http(url)))
         workers = RedisNames(self.prefix).workers
         with redis.Redis.from_url(
@@ -141,9 +142,39 @@ class Stack:
         # shutdown) still needs the sandbox and Redis, and would otherwise retry until SIGKILL.
         stop_children([child for child in self.children if child.name != "sandbox"], timeout, hurry)
         stop_children([child for child in self.children if child.name == "sandbox"], timeout, hurry)
-        if self.redis.server is not None:
-            stop_children([self.redis.server.child], timeout, hurry)
+        if self.redis.child is not None:
+            stop_children([self.redis.child], timeout, hurry)
         self.redis.stop(timeout)
+
+
+def stack_env(
+    redis_url: str,
+    shim_url: str,
+    sandbox_url: str | None = None,
+    *,
+    base: Mapping[str, str] | None = None,
+    keep_broker: bool = False,
+    settings: Mapping[str, object] | None = None,
+) -> dict[str, str]:
+    """What a stack's shim and workers run with (`up`, the demo, the bench and the integration tests):
+    `base`, then the stack's wiring (its Redis for flows and, unless `keep_broker` keeps the broker URL
+    `base` has, for the broker; its sandbox as Oktopost; its shim's URL as PUBLIC_BASE_URL unless `base`
+    has one), then `settings` on top, by setting name in any case (`token_ttl_seconds=3`)."""
+    env = dict(base or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    env["REDIS_URL"] = redis_url
+    if not (keep_broker and env.get("CELERY_BROKER_URL")):
+        env["CELERY_BROKER_URL"] = redis_url
+    if sandbox_url:
+        # without credentials there is nothing to call but the sandbox, which reads the same pair (or its
+        # defaults) from the same environment
+        env["OKTOPOST_BASE_URL"] = sandbox_url
+        if not env.get("OKTOPOST_API_KEY"):
+            env.pop("OKTOPOST_API_KEY", None)
+    if not env.get("PUBLIC_BASE_URL"):
+        env["PUBLIC_BASE_URL"] = shim_url
+    env.update({name.upper(): str(value) for name, value in (settings or {}).items()})
+    return env
 
 
 def child_env(
@@ -154,18 +185,7 @@ def child_env(
     base: Mapping[str, str],
 ) -> tuple[dict[str, str], str, bool]:
     """The environment of every child, and the caller key (generated when SHIM_API_KEYS is unset)."""
-    env = dict(base)
-    env.update(options.extra_env)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["REDIS_URL"] = redis.url
-    if redis.embedded or not env.get("CELERY_BROKER_URL"):
-        env["CELERY_BROKER_URL"] = redis.url
-    if sandbox_url:
-        # without credentials there is nothing to call but the sandbox, which reads the same pair (or its
-        # defaults) from the same environment
-        env["OKTOPOST_BASE_URL"] = sandbox_url
-        if not env.get("OKTOPOST_API_KEY"):
-            env.pop("OKTOPOST_API_KEY", None)
+    base = {**base, **options.extra_env}
     defaults = {
         "PUBLIC_BASE_URL": shim_url,
         # the shim's own origin, and return pages a developer serves locally
@@ -182,9 +202,11 @@ def child_env(
             )
         ),
     }
-    for name, value in defaults.items():
-        if options.override_env or not env.get(name):
-            env[name] = value
+    if not options.override_env:  # the environment's own values win
+        defaults.update({name: base[name] for name in defaults if base.get(name)})
+    env = stack_env(
+        redis.url, shim_url, sandbox_url, base=base, keep_broker=not redis.embedded, settings=defaults
+    )
     keys = [key.strip() for key in env.get("SHIM_API_KEYS", "").split(",") if key.strip()]
     generated = not keys
     if generated:

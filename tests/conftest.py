@@ -1,54 +1,27 @@
-"""Shared fixtures: a private real Redis, a sandbox, and the pipeline (shim + worker) as real processes."""
+"""Shared fixtures: a private real Redis, a sandbox, and the pipeline (shim + worker) as real processes;
+the in-process shim on fakeredis of the shim and webhook tests."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
-import redis
 
-from cli.processes import PrivateRedis, start_redis_server, stop_children
-from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
-
-API_KEY = "test-caller-key-0123456789"
-RETURN_URL = "https://app.example/done"
+from tests.support.shim import Shim, open_shim
+from tests.support.stack import (
+    Pipeline,
+    RedisServer,
+    Sandbox,
+    start_pipeline,
+    start_redis,
+    start_sandbox,
+    stop_redis,
+)
 
 # the parallel run's scheduling and `alone` turns; the fault suite's figures, gathered from every worker
-pytest_plugins = ["tests.parallel", "tests.faults.report"]
-
-
-@dataclass
-class RedisServer:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes] | None = None  # None: a Redis we did not start
-    directory: str | None = None
-    private: PrivateRedis | None = field(default=None, repr=False)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-def start_redis(
-    extra: list[str] | None = None, port: int | None = None, directory: str | None = None
-) -> RedisServer:
-    """A private redis-server (see cli.processes); `directory` kept for a restart on the same data."""
-    server = start_redis_server(*(extra or []), port=port, directory=directory)
-    home = directory or str(server.temporary_directory)
-    return RedisServer(server.url, server.port, server.child.popen, home, server)
-
-
-def stop_redis(server: RedisServer) -> None:
-    """SIGTERM (Redis writes what its AOF still holds), SIGKILL after 10 s."""
-    if server.private is not None:
-        server.private.stop(timeout=10)
+pytest_plugins = ["tests.parallel", "tests.support.fault_report"]
 
 
 @pytest.fixture(scope="session")
@@ -63,29 +36,6 @@ def redis_server() -> Iterator[RedisServer]:
     stop_redis(server)
 
 
-@dataclass
-class Sandbox:
-    url: str
-    process: Process
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_sandbox/reset").raise_for_status()
-
-    def faults(self, **faults: Any) -> None:
-        httpx.post(f"{self.url}/_sandbox/faults", json=faults).raise_for_status()
-
-    def connections(self) -> list[dict[str, Any]]:
-        connections: list[dict[str, Any]] = httpx.get(f"{self.url}/_sandbox/connections").json()
-        return connections
-
-
-def start_sandbox(*extra: str) -> Sandbox:
-    port = free_port()
-    process = start_cli(["sandbox", "--port", str(port), *extra], name="sandbox")
-    wait_for_port(port)
-    return Sandbox(f"http://127.0.0.1:{port}", process)
-
-
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     server = start_sandbox()
@@ -93,76 +43,20 @@ def sandbox() -> Iterator[Sandbox]:
     server.process.stop()
 
 
-@dataclass
-class Pipeline:
-    """A shim and a worker in their own processes, with their own channel prefix."""
-
-    shim_url: str
-    redis_url: str
-    prefix: str
-    env: dict[str, str]
-    shim: Process
-    workers: list[Process] = field(default_factory=list)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {API_KEY}"}
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
-
-    def start_worker(self, concurrency: int = 4) -> Process:
-        worker = start_cli(
-            [
-                "worker",
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            env=self.env,
-            name="worker",
-        )
-        self.workers.append(worker)
-        return worker
-
-    def stop(self) -> None:
-        """Every process at once (SIGTERM to all, then SIGKILL to what is left after 10 s)."""
-        stop_children([*self.workers, self.shim], timeout=10)
-
-
-def pipeline_env(redis_url: str, sandbox_url: str, shim_port: int, **settings: Any) -> dict[str, str]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    env = {
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "OKTOPOST_BASE_URL": sandbox_url,
-        "OKTOPOST_ACCOUNT_ID": "demo-account",
-        "OKTOPOST_API_KEY": "demo-key",
-        "SHIM_API_KEYS": f"another-caller-key-0123456789,{API_KEY}",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{shim_port}",
-        "ALLOWED_RETURN_URLS": "https://app.example,http://127.0.0.1:9",
-        "CHANNEL_PREFIX": prefix,
-        "LOG_LEVEL": "DEBUG",
-        "OKTOPOST_RATE_LIMIT": "100000/second",
-    }
-    env.update({name.upper(): str(value) for name, value in settings.items()})
-    return env
-
-
-def start_pipeline(redis_url: str, sandbox_url: str, workers: int = 1, **settings: Any) -> Pipeline:
-    port = free_port()
-    env = pipeline_env(redis_url, sandbox_url, port, **settings)
-    shim = start_cli(["shim", "--port", str(port)], env=env, name="shim")
-    pipeline = Pipeline(f"http://127.0.0.1:{port}", redis_url, env["CHANNEL_PREFIX"], env, shim)
-    for _ in range(workers):
-        pipeline.start_worker()
-    wait_for_http(f"{pipeline.shim_url}/healthz")
-    return pipeline
-
-
 @pytest.fixture(scope="session")
 def pipeline(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[Pipeline]:
     running = start_pipeline(redis_server.url, sandbox.url)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def shim() -> AsyncIterator[Shim]:
+    """The shim in this process on fakeredis, its Oktopost a recording stand-in (tests/support/shim.py)."""
+    async with open_shim() as shim:
+        yield shim

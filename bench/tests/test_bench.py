@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.integration
 

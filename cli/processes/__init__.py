@@ -28,7 +28,13 @@ from cli.processes.readiness import (
     wait_for_http,
     wait_for_port,
 )
-from cli.processes.redis_server import PrivateRedis, redis_server_command, start_redis_server
+from cli.processes.redis_server import (
+    RedisKind,
+    RedisService,
+    redacted_url,
+    redis_server_command,
+    start_redis_server,
+)
 
 __all__ = [
     "CLI",
@@ -39,12 +45,14 @@ __all__ = [
     "Children",
     "ExitedAtStart",
     "NotReady",
-    "PrivateRedis",
+    "RedisKind",
+    "RedisService",
     "StartupError",
     "answers_http",
     "free_port",
     "has_exited",
     "port_is_free",
+    "redacted_url",
     "redis_server_command",
     "spawn",
     "start_on_free_port",

@@ -7,14 +7,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ViewportSize, sync_playwright
 
-from tests.browser.journey import Browsing, HostedStack
-from tests.browser.partner import PartnerSite
-from tests.conftest import RedisServer, start_pipeline, start_sandbox
+from tests.support.journey import Browsing, HostedStack, start_hosted_stack
+from tests.support.stack import RedisServer
 
 # a laptop-sized window; the narrow-screen test sets its own
 VIEWPORT: ViewportSize = {"width": 900, "height": 760}
@@ -22,10 +20,12 @@ VIEWPORT: ViewportSize = {"width": 900, "height": 760}
 
 @pytest.fixture(scope="package")
 def chromium() -> Iterator[Browser]:
-    """Debian's chromium under Playwright. Missing, it fails the tests: .ci/run installs it."""
+    """Debian's chromium under Playwright. Missing, it fails the tests: scripts/test installs it."""
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("no `chromium` on PATH: install Debian's (apt-get install -y chromium), as .ci/run does")
+        pytest.fail(
+            "no `chromium` on PATH: install Debian's (apt-get install -y chromium), as scripts/test does"
+        )
     # Chromium refuses to start its sandbox as root (CI and these machines run as root)
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     with sync_playwright() as playwright:
@@ -34,22 +34,6 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
-
-
-def start_hosted_stack(redis_server: RedisServer, resources: ExitStack, **settings: Any) -> HostedStack:
-    """Everything a hosted flow touches, registered on `resources` to be stopped in reverse order."""
-    partner = PartnerSite()
-    resources.callback(partner.close)
-    sandbox = start_sandbox()
-    resources.callback(sandbox.process.stop)
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        allowed_return_urls=f"https://app.example,{partner.origin}",
-        **settings,
-    )
-    resources.callback(pipeline.stop)
-    return HostedStack(pipeline, sandbox, partner)
 
 
 @pytest.fixture(scope="package")

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage
 
-from tests.browser.journey import REFERENCE, Browsing, HostedStack
+from tests.support.journey import REFERENCE, Browsing, HostedStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.browser.journey import Browsing, HostedStack
+from tests.support.journey import Browsing, HostedStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

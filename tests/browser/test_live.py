@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import start_hosted_stack
-from tests.browser.journey import Browsing, HostedStack
-from tests.conftest import RedisServer
+from tests.support.journey import Browsing, HostedStack, start_hosted_stack
+from tests.support.stack import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -31,11 +30,11 @@ def short_lived(redis_server: RedisServer) -> Iterator[HostedStack]:
 
 def test_page_moves_through_slow_stages_without_a_reload(stack: HostedStack, browsing: Browsing) -> None:
     flow = stack.start_flow("YouTube", "page")
-    stack.sandbox.faults(latency_ms=UPSTREAM_LATENCY_MS)
+    stack.sandbox.set_faults(latency_ms=UPSTREAM_LATENCY_MS)
     try:
         see_slow_stages_without_a_reload(browsing, flow)
     finally:
-        stack.sandbox.faults(latency_ms=0)
+        stack.sandbox.set_faults(latency_ms=0)
 
 
 def see_slow_stages_without_a_reload(browsing: Browsing, flow: dict[str, Any]) -> None:

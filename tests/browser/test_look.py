@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Route, ViewportSize
 
-from tests.browser.journey import Browsing, HostedStack
+from tests.support.journey import Browsing, HostedStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Response
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
+from tests.support.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

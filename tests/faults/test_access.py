@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from schemathesis.python import asgi
 
 from api_shim.app import create_app
-from tests.conftest import API_KEY, RedisServer, Sandbox
-from tests.faults.conftest import FaultReport
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.fault_report import FaultReport
+from tests.support.shim import RecordingEnqueuer
+from tests.support.stack import API_KEY, RedisServer, Sandbox
 from worker.config.settings import Settings, load_settings
 from worker.flows.flow import BrowserUI, FlowState
 from worker.flows.store import FlowStore
@@ -240,7 +239,7 @@ def test_return_url_tricks_are_refused_before_any_upstream_call(
     shim: Shim, sandbox: Sandbox, fault_report: FaultReport
 ) -> None:
     caller = {"Authorization": f"Bearer {API_KEY}"}
-    calls_before = httpx.get(f"{sandbox.url}/_sandbox/stats").json()["v2_calls"]
+    calls_before = sandbox.stats()["v2_calls"]
     keys_before = shim.flow_keys()
     for url in REFUSED_RETURN_URLS:
         body = {"network": "LinkedIn", "return_url": url}
@@ -250,7 +249,7 @@ def test_return_url_tricks_are_refused_before_any_upstream_call(
             url,
             answer.text,
         )
-    assert httpx.get(f"{sandbox.url}/_sandbox/stats").json()["v2_calls"] == calls_before
+    assert sandbox.stats()["v2_calls"] == calls_before
     assert shim.flow_keys() == keys_before
 
     for url in ("https://app.example/done?x=1", "HTTPS://App.Example:443/done", "http://127.0.0.1:9/back"):

@@ -24,9 +24,9 @@ from schemathesis.python import asgi
 
 import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
 from api_shim.app import create_app
-from tests.conftest import API_KEY, RedisServer, Sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.in_process_shim import FUZZ, QUEUE, AppCaller, InProcessShim, seed_flows
+from tests.support.fault_report import FaultReport
+from tests.support.in_process_shim import FUZZ, QUEUE, AppCaller, InProcessShim, seed_flows
+from tests.support.stack import API_KEY, RedisServer, Sandbox
 from worker.config.settings import load_settings
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.faults.conftest import FaultReport
-from tests.faults.in_process_shim import FUZZ, check_answer
+from tests.support.fault_report import FaultReport
+from tests.support.in_process_shim import FUZZ, check_answer
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

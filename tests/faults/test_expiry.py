@@ -8,21 +8,20 @@ they also show that faults outlasting the deadline end a flow as expired, never 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import (
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import (
     ENTITY_KINDS,
     NETWORKS,
+    FaultStack,
     Ledger,
     TrackedFlow,
     epoch,
     faults_injected,
-    stop_stack,
 )
+from tests.support.stack import Pipeline, Sandbox
 from worker.upstream.retry import RetryPolicy
 
 # deadlines of a few seconds, and how late each expiry comes
@@ -42,22 +41,10 @@ EVERY_FAULT = {
     "malformed_rate": 0.2,
     "retry_after_s": 1,
 }
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        flow_ttl_seconds=FLOW_TTL,
-        token_ttl_seconds=TOKEN_TTL,
-        oktopost_timeout_seconds=1,
-    )
-    pipeline.start_worker(concurrency=12)
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack(
+    {"flow_ttl_seconds": FLOW_TTL, "token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 1},
+    concurrency=12,
+)
 
 
 def test_many_flows_expire_in_every_stage_close_to_their_deadline(
@@ -77,14 +64,14 @@ def test_many_flows_expire_in_every_stage_close_to_their_deadline(
     )
     stages["callback"] = [ledger.start(NETWORKS[i]) for i in range(PER_STAGE)]  # never called back
 
-    sandbox.faults(seed=5, **EVERY_FAULT)
+    sandbox.set_faults(seed=5, **EVERY_FAULT)
     for flow in stages["verify"]:
         ledger.callback(flow)
     for flow in stages["complete"]:
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
     events = ledger.outcomes(ledger.flows, timeout=FLOW_TTL + TOKEN_TTL + 10)
     injected = faults_injected(sandbox)
-    sandbox.faults(**dict.fromkeys(EVERY_FAULT, 0))
+    sandbox.set_faults(**dict.fromkeys(EVERY_FAULT, 0))
     tally = ledger.tally(events)
 
     lateness: dict[str, list[float]] = {}

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, Ledger, epoch, stop_stack
+from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, stop_stack
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -232,7 +232,7 @@ def test_a_pause_with_hundreds_of_abandoned_flows_ends_the_live_flows_at_once_wi
         for flow in live:
             ledger.callback(flow)
         ledger.offers(live, timeout=30)  # awaiting their selection: no task holds them
-        sandbox.faults(throttle_rate=1.0, retry_after_s=600)
+        sandbox.set_faults(throttle_rate=1.0, retry_after_s=600)
         refused = httpx.post(
             f"{pipeline.shim_url}/v1/authorizations",
             json={"network": "LinkedIn", "type": "profile"},
@@ -244,7 +244,7 @@ def test_a_pause_with_hundreds_of_abandoned_flows_ends_the_live_flows_at_once_wi
         ended = ledger.wait_for(live, "authorization.expired", timeout=10)
         took = time.monotonic() - paused_at
     finally:
-        sandbox.faults(throttle_rate=0.0)
+        sandbox.set_faults(throttle_rate=0.0)
         client.delete(pause_key)  # the module's other scenario may run after this one
         client.close()
         ledger.close()

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.faults.conftest import FaultReport
+from tests.support.fault_report import FaultReport
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import API_KEY, RedisServer, Sandbox, pipeline_env, start_redis, stop_redis
 from tests.faults.conftest import FaultReport
-from tests.support import Process, free_port, start_cli, wait_for_http
+from tests.support.processes import Process, free_port, start_cli, wait_for_http
+from tests.support.stack import API_KEY, RedisServer, Sandbox, pipeline_env, start_redis, stop_redis
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(90)]
 

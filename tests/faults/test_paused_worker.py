@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, Ledger, epoch, sandbox_stats, stop_stack
-from tests.support import Process
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import ENTITY_KINDS, FaultStack, Ledger, epoch, sandbox_stats, wait_until
+from tests.support.processes import Process
+from tests.support.stack import Pipeline, Sandbox
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -27,16 +26,7 @@ LATENCY_S = 1.5  # the refusals are decided this long after the calls arrive, th
 FLOWS = 5  # the paused worker's concurrency too: it holds every flow and waits for no further task
 TAKEN_UP_SLACK_S = 1.5  # a busy machine's scheduling, as for a killed worker
 LET_GO = "was taken up by another task"  # what a worker logs when it lets go of a flow it lost
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=5
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 5})
 
 
 @pytest.fixture
@@ -71,26 +61,26 @@ def test_a_paused_worker_that_resumes_with_a_refusal_changes_nothing(
         for flow in flows:
             ledger.consent(flow)
 
-        sandbox.faults(latency_ms=LATENCY_S * 1000, reject_rate=1.0)
+        sandbox.set_faults(latency_ms=LATENCY_S * 1000, reject_rate=1.0)
         _call_and_wait(sandbox, lambda: [ledger.callback(flow) for flow in flows], first)
         paused(first, signal.SIGSTOP)
         paused_at = _redis_time(ledger)
-        refused = _wait_until(lambda: sandbox_stats(sandbox)["faults"]["reject"] >= FLOWS, 10)
+        refused = wait_until(lambda: sandbox_stats(sandbox)["faults"]["reject"] >= FLOWS, 10)
         assert refused, sandbox_stats(sandbox)
-        sandbox.faults(latency_ms=0, reject_rate=0)  # every refusal is in the paused worker's sockets
+        sandbox.set_faults(latency_ms=0, reject_rate=0)  # every refusal is in the paused worker's sockets
 
         second = pipeline.start_worker(concurrency=FLOWS)
         offers = ledger.wait_for(flows, "selection.required", timeout=TOKEN_TTL / 2)
         taken_up = [epoch(offer["at"]) - paused_at for offer in offers.values()]
         # the user picks pages; the second worker's completions are in flight when the first resumes
-        sandbox.faults(latency_ms=LATENCY_S * 1000)
+        sandbox.set_faults(latency_ms=LATENCY_S * 1000)
         picks = [(flow, offers[flow.flow_id]["data"]["entities"][1]["id"]) for flow in flows]
         _call_and_wait(sandbox, lambda: [ledger.select(flow, [pick]) for flow, pick in picks], second)
         states = {flow.flow_id: _state(ledger, flow.flow_id) for flow in flows}
         paused(first, signal.SIGCONT)
-        said = _wait_until(lambda: all(_let_go(first, flow.flow_id) for flow in flows), 10)
+        said = wait_until(lambda: all(_let_go(first, flow.flow_id) for flow in flows), 10)
         events = ledger.outcomes(flows, timeout=TOKEN_TTL / 2)
-        sandbox.faults(latency_ms=0)
+        sandbox.set_faults(latency_ms=0)
         tally = ledger.tally(events)
         connections = {c["Id"] for c in sandbox.connections()}
         fault_report.record(
@@ -121,7 +111,7 @@ def _call_and_wait(sandbox: Sandbox, send: Callable[[], object], worker: Process
     """Sends the requests that make `worker` call the sandbox once a flow; returns once every call arrived."""
     before = sandbox_stats(sandbox)["v2_calls"]
     send()
-    arrived = _wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - before >= FLOWS, 30)
+    arrived = wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - before >= FLOWS, 30)
     assert arrived, f"the worker did not call the sandbox for every flow\n{worker.tail()}"
 
 
@@ -138,12 +128,3 @@ def _let_go(worker: Process, flow_id: str) -> str:
 def _redis_time(ledger: Ledger) -> float:
     seconds, microseconds = ledger.redis.time()
     return float(seconds) + microseconds / 1_000_000
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import NETWORKS, Ledger, epoch, sandbox_stats
-from tests.faults.redis_outage import RestartableRedis, ShimRequest, timed_answers
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import NETWORKS, Ledger, epoch, sandbox_stats
+from tests.support.redis_outage import RestartableRedis, ShimRequest, timed_answers
+from tests.support.stack import Pipeline, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -106,7 +106,7 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     pipeline, sandbox, server = stack
     ledger = Ledger(pipeline)
     flows = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(FLOWS)]
-    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    sandbox.set_faults(latency_ms=LATENCY_S * 1000)
     calls_before = sandbox_stats(sandbox)["v2_calls"]
     for flow in flows:
         ledger.callback(flow)
@@ -120,7 +120,7 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
     server.start()
     back_at = time.time()
     events = ledger.outcomes(flows, timeout=TOKEN_TTL / 4 + 15)
-    sandbox.faults(latency_ms=0)
+    sandbox.set_faults(latency_ms=0)
     tally = ledger.tally(events)
     connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
     completed_after = [epoch(flow_events[-1]["at"]) - back_at for flow_events in events.values()]

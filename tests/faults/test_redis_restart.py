@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import Ledger, TrackedFlow, stop_stack
-from tests.faults.redis_outage import RestartableRedis, ShimRequest, TimedAnswer, timed_answers
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import Ledger, TrackedFlow, stop_stack
+from tests.support.redis_outage import RestartableRedis, ShimRequest, TimedAnswer, timed_answers
+from tests.support.stack import Pipeline, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -9,43 +9,35 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, TrackedFlow, sandbox_stats, stop_stack
-from tests.pipeline.flows import consent
-from tests.support import free_port, start_cli, wait_for_port
+from tests.support.fault_report import FaultReport
+from tests.support.flows import consent
+from tests.support.ledger import (
+    ENTITY_KINDS,
+    NETWORKS,
+    FaultStack,
+    Ledger,
+    TrackedFlow,
+    sandbox_stats,
+)
+from tests.support.stack import API_KEY, Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 ACCOUNT = "acct-" + secrets.token_hex(4)
 API_SECRET = "okt-key-" + secrets.token_hex(16)
 BASIC = base64.b64encode(f"{ACCOUNT}:{API_SECRET}".encode()).decode()
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    port = free_port()
-    credentials = {"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": API_SECRET}
-    process = start_cli(["sandbox", "--port", str(port), "--access-log"], env=credentials, name="sandbox")
-    wait_for_port(port)
-    sandbox = Sandbox(f"http://127.0.0.1:{port}", process)
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        token_ttl_seconds=20,
-        oktopost_timeout_seconds=1,
-        **credentials,
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+CREDENTIALS = {"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": API_SECRET}
+STACK = FaultStack(
+    {"token_ttl_seconds": 20, "oktopost_timeout_seconds": 1, **CREDENTIALS},
+    sandbox_flags=("--access-log",),
+    sandbox_env=CREDENTIALS,
+)
 
 
 def test_no_secret_reaches_a_log_a_task_an_error_or_an_event(
@@ -116,7 +108,7 @@ def _end_every_flow_through_faults(
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """A worker starts under upstream faults of every kind; entities get their selection. Returns each
     flow's events and how many faults the sandbox injected."""
-    sandbox.faults(
+    sandbox.set_faults(
         seed=3,
         error_rate=0.1,
         throttle_rate=0.1,
@@ -133,7 +125,7 @@ def _end_every_flow_through_faults(
         )
     events = ledger.outcomes(ledger.flows, timeout=25, settle=0.3)
     injected = sum(sandbox_stats(sandbox)["faults"].values())
-    sandbox.faults(
+    sandbox.set_faults(
         error_rate=0, throttle_rate=0, timeout_rate=0, drop_rate=0, malformed_rate=0, reject_rate=0
     )
     return events, injected

@@ -17,10 +17,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import NETWORKS, Ledger
-from tests.support import free_port, start_cli, wait_for_port
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import NETWORKS, Ledger
+from tests.support.processes import free_port, start_cli, wait_for_port
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from api_shim.streams import flow_messages
 from api_shim.subscriptions import SharedSubscriptions
-from tests.faults.redis_outage import RestartableRedis
+from tests.support.redis_outage import RestartableRedis
 from worker.flows.flow import BrowserUI, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames

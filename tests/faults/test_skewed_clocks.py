@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, pipeline_env, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_stack
-from tests.support import free_port, start_cli, wait_for_http
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_stack
+from tests.support.processes import free_port, start_cli, wait_for_http
+from tests.support.stack import Pipeline, RedisServer, Sandbox, pipeline_env, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -60,7 +60,7 @@ def clock_offset(env: dict[str, str]) -> float:
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    # never skipped: .ci/run installs libfaketime when it is missing
+    # never skipped: scripts/test installs libfaketime when it is missing
     assert FAKETIME.exists(), f"libfaketime is not installed ({FAKETIME}): apt-get install faketime"
     for seconds in (WORKER_AHEAD_S, -SHIM_BEHIND_S):
         assert abs(clock_offset(skewed(seconds)) - seconds) < 0.5, "libfaketime does not skew the clock"

@@ -10,16 +10,15 @@ deadline are part 4's business (test_expiry.py).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, sandbox_stats, stop_stack
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, sandbox_stats
+from tests.support.stack import Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -27,6 +26,7 @@ TOKEN_TTL = 20
 PROFILES = 2
 ENTITIES = 2
 COMPLETED = {"connection.completed": PROFILES + ENTITIES}
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 1}, concurrency=12)
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,6 @@ SCENARIOS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=1
-    )
-    pipeline.start_worker(concurrency=12)
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
-
-
 def drive(
     pipeline: Pipeline, sandbox: Sandbox, faults: dict[str, Any], completion_only: bool = False
 ) -> tuple[Ledger, dict[str, list[dict[str, Any]]], dict[str, Any]]:
@@ -92,18 +81,18 @@ def drive(
     profiles = [ledger.start(NETWORKS[i % len(NETWORKS)]) for i in range(PROFILES)]
     entities = [ledger.start(network, kind) for network, kind in ENTITY_KINDS[:ENTITIES]]
     if not completion_only:
-        sandbox.faults(seed=7, **faults)
+        sandbox.set_faults(seed=7, **faults)
     for flow in ledger.flows:
         ledger.callback(flow)
     offers = ledger.offers(entities, timeout=TOKEN_TTL + 5)
     if completion_only:
-        sandbox.faults(seed=7, **faults)
+        sandbox.set_faults(seed=7, **faults)
     for flow in entities:
         if flow.flow_id in offers:
             ledger.select(flow, [offers[flow.flow_id][1]["id"]])
     events = ledger.outcomes(profiles + entities, timeout=TOKEN_TTL + 5, settle=0.3)
     stats = sandbox_stats(sandbox)
-    sandbox.faults(**dict.fromkeys(_RATES, 0.0))
+    sandbox.set_faults(**dict.fromkeys(_RATES, 0.0))
     return ledger, events, stats
 
 
@@ -182,15 +171,15 @@ def test_step1_retries_transient_faults_and_answers_refusals_with_their_code(
 ) -> None:
     pipeline, sandbox = stack
     sandbox.reset()
-    sandbox.faults(
+    sandbox.set_faults(
         seed=11, error_rate=0.2, throttle_rate=0.1, drop_rate=0.1, malformed_rate=0.1, retry_after_s=1
     )
     body = {"network": "LinkedIn", "type": "profile"}
     with httpx.Client(base_url=pipeline.shim_url, headers=pipeline.headers, timeout=15) as caller:
         answers = [caller.post("/v1/authorizations", json=body) for _ in range(8)]
-        sandbox.faults(error_rate=0, throttle_rate=0, drop_rate=0, malformed_rate=0, reject_rate=1.0)
+        sandbox.set_faults(error_rate=0, throttle_rate=0, drop_rate=0, malformed_rate=0, reject_rate=1.0)
         refused = caller.post("/v1/authorizations", json=body)
-        sandbox.faults(reject_rate=0)
+        sandbox.set_faults(reject_rate=0)
     injected = sum(sandbox_stats(sandbox)["faults"].values())
     statuses = Counter(answer.status_code for answer in answers)
     fault_report.record(

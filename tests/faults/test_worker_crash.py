@@ -7,13 +7,12 @@ by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper prom
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.faults.conftest import FaultReport
-from tests.faults.ledger import ENTITY_KINDS, NETWORKS, Ledger, epoch, sandbox_stats, stop_stack
+from tests.support.fault_report import FaultReport
+from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, epoch, sandbox_stats, wait_until
+from tests.support.stack import Pipeline, Sandbox
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -22,16 +21,7 @@ TOKEN_TTL = 20  # the lease, a quarter of it, is 5 s
 LATENCY_S = 1.5  # every upstream call is in flight this long, so the kill finds them all mid-call
 PROFILES = 6
 ENTITIES = 6
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=3
-    )
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+STACK = FaultStack({"token_ttl_seconds": TOKEN_TTL, "oktopost_timeout_seconds": 3})
 
 
 def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
@@ -46,13 +36,13 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
         ledger.callback(flow)
     offers = ledger.wait_for(entities, "selection.required")
 
-    sandbox.faults(latency_ms=LATENCY_S * 1000)
+    sandbox.set_faults(latency_ms=LATENCY_S * 1000)
     calls_before = sandbox_stats(sandbox)["v2_calls"]
     for flow in profiles:
         ledger.callback(flow)
     for flow in entities:
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
-    in_flight = _wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
+    in_flight = wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
     assert in_flight, "the worker did not start every call"
     first.kill()
     killed_at = time.time()
@@ -61,7 +51,7 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
 
     second = pipeline.start_worker(concurrency=PROFILES + ENTITIES + 4)
     events = ledger.outcomes(ledger.flows, timeout=TOKEN_TTL)
-    sandbox.faults(latency_ms=0)
+    sandbox.set_faults(latency_ms=0)
     tally = ledger.tally(events)
     taken_up = [epoch(flow_events[-1]["at"]) - LATENCY_S - killed_at for flow_events in events.values()]
     connections = {c["Id"]: c["calls"] for c in sandbox.connections()}
@@ -95,12 +85,3 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
 
 def _state(ledger: Ledger, flow_id: str) -> str:
     return str(ledger.redis.hget(ledger.names.flow_state(flow_id), "state").decode())
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from tests.support import CLI, ROOT, free_port
+from tests.support.processes import CLI, ROOT, free_port
 
 
 def test_version_prints_the_installed_version_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,8 @@ import httpx
 import pytest
 import redis
 
-from tests.operate.compose_spec import (
+from sandbox.client import SandboxControl
+from tests.support.compose_spec import (
     BIN,
     DEPLOYER_SECRETS,
     argv_of,
@@ -33,8 +34,8 @@ from tests.operate.compose_spec import (
     interpolate,
     services,
 )
-from tests.pipeline.flows import callback, consent
-from tests.support import ROOT, Process, free_port, wait_for_http, wait_for_port
+from tests.support.flows import callback, consent
+from tests.support.processes import ROOT, Process, free_port, wait_for_http, wait_for_port
 from worker.follow.subscribe import follow_flow
 
 TEST_ADMIN, TEST_ADMIN_PASSWORD = "okc-test-admin", secrets.token_hex(16)
@@ -196,9 +197,7 @@ def test_redis_lets_nobody_in_without_a_password_and_the_pipeline_user_not_at_it
 
 @pytest.mark.integration
 def test_sandbox_command_serves(local: Local) -> None:
-    answer = httpx.get(f"http://127.0.0.1:{local.ports[8090]}/_sandbox/connections", timeout=10)
-    assert answer.status_code == 200
-    assert isinstance(answer.json(), list)
+    assert isinstance(SandboxControl(f"http://127.0.0.1:{local.ports[8090]}").connections(), list)
 
 
 @pytest.mark.integration

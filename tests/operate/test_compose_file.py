@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from cli.main import COMMANDS
-from tests.operate.compose_spec import (
+from tests.support.compose_spec import (
     COMPOSE_FILE,
     DEPLOYER_SECRETS,
     ENV_EXAMPLE,
@@ -32,7 +32,7 @@ from tests.operate.compose_spec import (
     services,
     variables_used,
 )
-from tests.support import ROOT
+from tests.support.processes import ROOT
 from worker.config.settings import ConfigError, load_settings
 
 APP_SERVICES = {"shim", "worker", "flower", "sandbox"}

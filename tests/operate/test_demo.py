@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServer
-from tests.support import CLI, ROOT, Process, busy_port, free_port
+from tests.support.processes import CLI, ROOT, Process, busy_port, free_port
+from tests.support.stack import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

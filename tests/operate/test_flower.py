@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, start_pipeline, start_redis, stop_redis
-from tests.pipeline.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
-from tests.support import Process, free_port, start_cli, wait_for_http, wait_for_port
+from tests.support.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
+from tests.support.processes import Process, free_port, start_cli, wait_for_http, wait_for_port
+from tests.support.stack import API_KEY, Pipeline, start_pipeline, start_redis, stop_redis
 from worker.config.flower import flower_refusal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

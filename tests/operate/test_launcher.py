@@ -13,7 +13,7 @@ import pytest
 from cli import embedded_redis
 from cli.demo_flows import describe_event
 from cli.embedded_redis import EmbeddedRedisError, RedisService, ensure_redis, redacted_url
-from cli.processes import Child, PrivateRedis, free_port, spawn, stop_groups
+from cli.processes import Child, free_port, spawn, stop_groups
 from cli.stack import StackOptions, child_env
 
 SHIM = "http://127.0.0.1:8000"
@@ -62,7 +62,7 @@ def test_an_embedded_redis_is_the_broker_too() -> None:
     base = {"REDIS_URL": "redis://down:6379/0", "CELERY_BROKER_URL": "redis://down:6379/0"}
     exited = Child("redis-server", ["true"])
     exited.popen.wait()
-    embedded = RedisService("redis://127.0.0.1:5555/0", "redis-server", PrivateRedis(5555, exited))
+    embedded = RedisService.private("redis-server", 5555, exited)
     env, _, _ = child_env(StackOptions(), embedded, SHIM, SANDBOX, base)
     assert env["REDIS_URL"] == env["CELERY_BROKER_URL"] == "redis://127.0.0.1:5555/0"
     external = RedisService("redis://up:6379/0", "external")

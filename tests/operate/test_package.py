@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.integration
 

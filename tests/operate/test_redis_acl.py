@@ -13,9 +13,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from tests.conftest import RedisServer, Sandbox, start_pipeline, start_redis, stop_redis
-from tests.operate.compose_spec import DEPLOYER_SECRETS, argv_of, deployer_env, services
-from tests.pipeline.flows import callback, consent, select, start_flow
+from tests.support.compose_spec import DEPLOYER_SECRETS, argv_of, deployer_env, services
+from tests.support.flows import callback, consent, select, start_flow
+from tests.support.stack import RedisServer, Sandbox, start_pipeline, start_redis, stop_redis
 from worker.follow.subscribe import follow_flow
 from worker.keys import RedisNames
 

@@ -9,9 +9,8 @@ import fakeredis
 import httpx
 import pytest
 
-from tests.pipeline.test_parking import unparker_for
-from tests.pipeline.test_work import PROFILE, Answers, claimed, make_context
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.shim import RecordingEnqueuer
+from tests.support.work import PROFILE, Answers, claimed, make_context, unparker_for
 from worker.config.tenants import DEFAULT_ACCOUNT_ID
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore

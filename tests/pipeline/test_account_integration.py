@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of, start_flow
+from tests.support.flows import callback, consent, events_of, start_flow
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 from worker.upstream.account import seconds_to_midnight
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def _sandbox_calls(sandbox: Sandbox) -> int:
     """`/v2/` calls the sandbox answered (its stats call them `calls`, or `v2_calls` in older builds)."""
-    stats: dict[str, Any] = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
+    stats: dict[str, Any] = sandbox.stats()
     return int(stats.get("calls", stats.get("v2_calls", 0)))
 
 
@@ -76,10 +76,7 @@ def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
     # longer than Step 1 waits for budget (4 s), so the new flow is refused rather than kept waiting
     pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, oktopost_block_seconds=5)
     try:
-        refused = httpx.post(
-            f"{sandbox.url}/_sandbox/faults", json={"throttle_rate": 1.0, "retry_after_s": None}
-        )
-        assert refused.status_code == 200, refused.text  # the sandbox answers 429 without Retry-After
+        sandbox.set_faults(throttle_rate=1.0, retry_after_s=None)  # 429 without Retry-After
         answer = httpx.post(
             f"{pipeline.shim_url}/v1/authorizations",
             json={"network": "LinkedIn"},
@@ -91,7 +88,7 @@ def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
         assert answer.headers["retry-after"] in ("4", "5")
         assert 4.0 < _paused_until(pipeline, timeout=1) - _redis_now(pipeline) <= 5.0
         assert _sandbox_calls(sandbox) == 1
-        sandbox.faults(throttle_rate=0.0)
+        sandbox.set_faults(throttle_rate=0.0)
         time.sleep(5.1)
         assert start_flow(pipeline)["flow_id"]  # resumed by itself
     finally:

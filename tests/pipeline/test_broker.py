@@ -8,7 +8,7 @@ import uuid
 import kombu
 import pytest
 
-from tests.conftest import RedisServer
+from tests.support.stack import RedisServer
 from worker.queueing.broker import repair_redis_transport
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import RedisServer
+from tests.support.stack import RedisServer
 from worker.keys import RedisNames
 from worker.upstream.budget import NoBudgetInTime, UpstreamBudget
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import RedisServer, Sandbox, start_pipeline
-from tests.pipeline.flows import callback, consent, events_of, okt_of, start_flow
-from tests.support import CLI, Process
+from tests.support.flows import callback, consent, events_of, okt_of, start_flow
+from tests.support.processes import CLI, Process
+from tests.support.stack import RedisServer, Sandbox, start_pipeline, start_redis, stop_redis
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,6 @@ def worker_command(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
-    from tests.conftest import start_redis, stop_redis
-
     server = start_redis()
     yield server
     stop_redis(server)

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import httpx
 import pytest
 
-from tests.conftest import Pipeline
-from tests.pipeline.flows import callback, consent, events_of, start_flow
-from tests.support import CLI
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
+from tests.support.flows import callback, consent, events_of, start_flow
+from tests.support.processes import run_cli
+from tests.support.stack import Pipeline
 
 
 @pytest.mark.parametrize(

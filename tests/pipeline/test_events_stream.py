@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import RedisServer
+from tests.support.stack import RedisServer
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames

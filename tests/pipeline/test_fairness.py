@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of
+from tests.support.flows import callback, consent, events_of
+from tests.support.stack import RedisServer, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]  # B's times are held to an idle system's
@@ -140,7 +140,7 @@ def test_a_burst_on_one_account_parks_and_never_delays_another_accounts_flows(
         assert all(later >= max(done[: index + 1]) - 1.2 for index, later in enumerate(done)), done
 
         assert max(busy) <= max(0.25, 3 * max(idle)), (idle, busy)  # about the time of an idle system
-        stats = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
+        stats = sandbox.stats()
         for account in (A_ACCOUNT, B_ACCOUNT):
             assert stats["accounts"][account]["blocked"] is False, stats
             assert stats["accounts"][account]["throttled"] == 0, stats

@@ -8,8 +8,8 @@ import time
 import fakeredis
 import pytest
 
-from tests.clocks import seen_from
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.clocks import seen_from
+from tests.support.shim import RecordingEnqueuer
 from worker.events import ConnectedCredential, EntityOffer, FlowEvent, parse_event
 from worker.flows.flow import Flow, FlowState, Lifetimes, token_fingerprint
 from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome

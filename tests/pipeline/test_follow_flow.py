@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.conftest import RedisServer, start_redis, stop_redis
+from tests.support.stack import RedisServer, start_redis, stop_redis
 from worker.follow.subscribe import afollow_flow, follow_flow
 from worker.keys import RedisNames
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RETURN_URL, Pipeline
-from tests.pipeline.flows import consent, start_flow
+from tests.support.flows import consent, start_flow
+from tests.support.stack import RETURN_URL, Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

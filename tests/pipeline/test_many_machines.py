@@ -11,8 +11,8 @@ import fakeredis
 import httpx
 import pytest
 
-from tests.clocks import seen_from
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.clocks import seen_from
+from tests.support.shim import RecordingEnqueuer
 from worker.clock import RedisClock
 from worker.events import EntityOffer
 from worker.flows.enqueuer import QueuedTask

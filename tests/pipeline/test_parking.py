@@ -9,8 +9,8 @@ import fakeredis
 import httpx
 import pytest
 
-from tests.pipeline.test_work import PROFILE, TOKEN, Answers
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.shim import RecordingEnqueuer
+from tests.support.work import PROFILE, TOKEN, Answers, budget_of, unparker_for
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
@@ -29,17 +29,6 @@ pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy ma
 FAST = RetryPolicy(max_attempt_seconds=1, min_attempt_seconds=0.1, backoff_multiplier=0.001, backoff_max=0.01)
 
 
-def unparker_for(context: TaskContext, enqueuer: RecordingEnqueuer) -> Unparker:
-    budget = budget_of(context)
-    return Unparker(
-        context.store,
-        enqueuer,
-        lambda parked: budget if parked == budget.names.parked_flows else None,
-        hold=2.0,
-        least_seconds=context.policy.min_attempt_seconds,
-    )
-
-
 def limited_context(limit: int, period: float, token_ttl: int = 30) -> tuple[TaskContext, Answers]:
     handler = Answers(httpx.Response(200, json=PROFILE))
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
@@ -49,12 +38,6 @@ def limited_context(limit: int, period: float, token_ttl: int = 30) -> tuple[Tas
     budget = UpstreamBudget(client, names.account(store.default_account), limit, period)
     metrics = WorkerMetrics(client, "p:metrics")
     return TaskContext(store, Upstreams.single(upstream, budget), FAST, metrics, LeaseKeeper(store)), handler
-
-
-def budget_of(context: TaskContext) -> UpstreamBudget:
-    upstream = context.upstreams.get(context.store.default_account)
-    assert upstream is not None
-    return upstream.budget
 
 
 def claim(context: TaskContext, count: int) -> list[str]:

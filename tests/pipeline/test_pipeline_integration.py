@@ -10,8 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from celery import Celery
 
-from tests.conftest import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.pipeline.flows import (
+from tests.support.flows import (
     callback,
     consent,
     events_of,
@@ -21,6 +20,7 @@ from tests.pipeline.flows import (
     start_flow,
     wait_for_event,
 )
+from tests.support.stack import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -230,13 +230,13 @@ def test_selection_that_never_comes_expires(short_lived: tuple[Pipeline, Sandbox
 
 def test_token_dying_during_verification_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
     pipeline, own_sandbox = short_lived
-    own_sandbox.faults(error_rate=1.0)
+    own_sandbox.set_faults(error_rate=1.0)
     try:
         created = start_flow_despite_faults(pipeline, own_sandbox)
         callback(consent(created["redirect_url"]))
         _expired_within(pipeline, created["flow_id"], "verify", time.time() + 3)
     finally:
-        own_sandbox.faults(error_rate=0.0)
+        own_sandbox.set_faults(error_rate=0.0)
 
 
 def test_token_dying_during_completion_expires(short_lived: tuple[Pipeline, Sandbox]) -> None:
@@ -245,17 +245,17 @@ def test_token_dying_during_completion_expires(short_lived: tuple[Pipeline, Sand
     callback(consent(created["redirect_url"]))
     claimed_at = time.time()
     offer = wait_for_event(pipeline, created["flow_id"], "selection.required", timeout=10)
-    own_sandbox.faults(timeout_rate=1.0)
+    own_sandbox.set_faults(timeout_rate=1.0)
     try:
         assert select(pipeline, created["flow_id"], [offer["data"]["entities"][1]["id"]]).status_code == 202
         _expired_within(pipeline, created["flow_id"], "complete", claimed_at + 3)
     finally:
-        own_sandbox.faults(timeout_rate=0.0)
+        own_sandbox.set_faults(timeout_rate=0.0)
 
 
 def start_flow_despite_faults(pipeline: Pipeline, own_sandbox: Sandbox) -> dict[str, Any]:
     """Step 1 goes through the faults' gap: start the flow first, then turn the faults on for the worker."""
-    own_sandbox.faults(error_rate=0.0)
+    own_sandbox.set_faults(error_rate=0.0)
     created = start_flow(pipeline)
-    own_sandbox.faults(error_rate=1.0)
+    own_sandbox.set_faults(error_rate=1.0)
     return created

@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
-from tests.conftest import RedisServer
+from tests.support.stack import RedisServer
 from worker.flows.enqueuer import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore

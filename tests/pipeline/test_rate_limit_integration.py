@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of
+from tests.support.flows import callback, consent, events_of
+from tests.support.stack import RedisServer, start_pipeline, start_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: R
         assert all(
             [e["type"] for e in events].count(events[-1]["type"]) == 1 for events in endings
         )  # one terminal event each
-        stats = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
+        stats = sandbox.stats()
         assert stats["ever_blocked"] is False
         assert stats["responses_429"]["rate_limit"] == 0
     finally:

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests.support.clocks import FakeClock
 from worker.oktopost.errors import (
     MalformedAnswerError,
     OktopostError,
@@ -18,19 +19,6 @@ from worker.oktopost.errors import (
     UpstreamTransportError,
 )
 from worker.upstream.retry import DeadlineReached, RetryPolicy, acall_until_deadline, call_until_deadline
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Failing:

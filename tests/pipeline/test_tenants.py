@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import Pipeline, RedisServer, start_pipeline, start_sandbox
-from tests.pipeline.flows import callback, consent, events_of, wait_for_event
+from tests.support.flows import callback, consent, events_of, wait_for_event
+from tests.support.stack import Pipeline, RedisServer, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 
 pytestmark = pytest.mark.integration

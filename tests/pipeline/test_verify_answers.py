@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.pipeline.test_work import PAGES, PROFILE, TOKEN, claimed, make_context
+from tests.support.work import PAGES, PROFILE, TOKEN, claimed, make_context
 from worker.tasks.work import TaskOutcome, complete_flow, verify_flow
 
 

@@ -3,75 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import fakeredis
 import httpx
 import pytest
 
-from tests.clocks import seen_from
-from worker.flows.flow import FlowState, Lifetimes
-from worker.flows.store import FlowStore
-from worker.keys import RedisNames
+from tests.support.clocks import seen_from
+from tests.support.work import FAST, PAGES, PROFILE, TOKEN, Answers, claimed, make_context
+from worker.flows.flow import FlowState
 from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
-from worker.oktopost import OktopostClient
-from worker.tasks.leases import LeaseKeeper
 from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
-from worker.upstream.budget import UpstreamBudget
-from worker.upstream.clients import Upstreams
-from worker.upstream.retry import RetryPolicy
-
-TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
-PROFILE = {
-    "Result": True,
-    "Credential": {"Id": "003-1", "Name": "Jo", "Status": "valid", "Network": "LinkedIn", "Extra": "ignored"},
-}
-PAGES = {
-    "Result": True,
-    "token": TOKEN,
-    "data": [
-        {
-            "Id": str(i),
-            "Name": f"P{i}",
-            "Network": "LinkedIn",
-            "ImageLink": "",
-            "NetworkUsername": f"p{i}",
-            "IsConnected": i == 1,
-        }
-        for i in (1, 2, 3)
-    ],
-}
-FAST = RetryPolicy(max_attempt_seconds=1, backoff_multiplier=0.001, backoff_max=0.01)
-
-
-def make_context(handler: Callable[[httpx.Request], httpx.Response], token_ttl: int = 30) -> TaskContext:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=token_ttl, lease=5))
-    upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
-    budget = UpstreamBudget(client, RedisNames("t").account(store.default_account), 1000, 1.0)
-    metrics = WorkerMetrics(client, "t:metrics")
-    return TaskContext(store, Upstreams.single(upstream, budget), FAST, metrics, LeaseKeeper(store))
-
-
-def claimed(context: TaskContext, entity_type: str = "profile") -> str:
-    flow = context.store.create("flow-1", "LinkedIn", entity_type, None, None)
-    assert context.store.claim_callback(flow, TOKEN).done
-    return "flow-1"
-
-
-class Answers:
-    """Oktopost as a MockTransport handler: `responses` in turn (the last one for ever), each request seen."""
-
-    def __init__(self, *responses: httpx.Response | Exception) -> None:
-        self.queue = list(responses)
-        self.seen: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(request)
-        item = self.queue.pop(0) if len(self.queue) > 1 else self.queue[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
 
 
 def types(context: TaskContext) -> list[str]:

@@ -9,8 +9,8 @@ from typing import NoReturn
 import fakeredis
 import httpx
 
-from tests.pipeline.test_work import FAST, PROFILE, TOKEN
-from tests.shim.harness import RecordingEnqueuer
+from tests.support.shim import RecordingEnqueuer
+from tests.support.work import FAST, PROFILE, TOKEN
 from worker.config.tenants import OktopostAccount
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore

@@ -17,7 +17,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support import free_port, start_cli, wait_for_port
+from tests.support.processes import free_port, start_cli, wait_for_port
 
 AUTH = ("demo-account", "demo-key")
 

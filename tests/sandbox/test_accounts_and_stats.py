@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.sandbox.conftest import RunningSandbox
+from tests.support.sandboxes import RunningSandbox
 
 pytestmark = pytest.mark.integration
 

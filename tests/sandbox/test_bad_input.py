@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.sandbox.conftest import CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import CALLBACK, RunningSandbox, decide
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from sandbox.cli import main
-from tests.sandbox.conftest import RunningSandbox
-from tests.support import ROOT, busy_port
+from tests.support.processes import ROOT, busy_port
+from tests.support.sandboxes import RunningSandbox
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,7 +105,7 @@ def test_signals_stop_it_cleanly_with_exit_0(signum: signal.Signals) -> None:
         == f"sandbox listening on http://127.0.0.1:{running.port} (account demo-account, key demo-key)"
     )
     # A hanging request and an idle keep-alive connection must not hold the stop up.
-    httpx.post(f"{running.url}/_sandbox/faults", json={"timeout_rate": 1})
+    running.set_faults(timeout_rate=1)
     hanging = socket.create_connection(("127.0.0.1", running.port))
     authorization = b"Authorization: Basic ZGVtby1hY2NvdW50OmRlbW8ta2V5\r\n"
     hanging.sendall(b"GET /v2/credential/1 HTTP/1.1\r\nHost: a\r\n" + authorization + b"\r\n")
@@ -142,7 +141,7 @@ def test_fault_flags_at_start_are_the_faults_in_force() -> None:
         "--retry-after", "none", "--invalid-rate", "0.25", "--error-shape", "param", "--throttle-rate", "0.5"
     )
     try:
-        faults = httpx.get(f"{running.url}/_sandbox/faults").json()
+        faults = running.faults()
     finally:
         running.stop()
     assert faults["retry_after_s"] is None

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.sandbox.conftest import CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import CALLBACK, RunningSandbox, decide
 
 pytestmark = pytest.mark.integration
 

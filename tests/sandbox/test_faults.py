@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from tests.sandbox.conftest import CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import CALLBACK, RunningSandbox, decide
 
 # latencies measured to a tenth of a second
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
@@ -35,7 +35,7 @@ def test_latency_delays_answers_without_blocking_other_requests(
         thread.start()
     time.sleep(0.1)
     controls_started = time.monotonic()
-    assert httpx.get(f"{sandbox.url}/_sandbox/stats").status_code == 200  # not delayed
+    assert httpx.get(sandbox.control_url("stats")).status_code == 200  # not delayed
     assert time.monotonic() - controls_started < 0.35  # under the 0.4 s latency: not delayed
     for thread in threads:
         thread.join()
@@ -82,7 +82,7 @@ def test_timeout_fault_hangs_until_the_client_gives_up(api: httpx.Client, sandbo
             impatient.get(f"/v2/social-authorization/{token}")
         assert time.monotonic() - started < 2
     assert sandbox.connections() == []  # no work done
-    assert httpx.get(f"{sandbox.url}/_sandbox/stats").json()["faults"]["timeout"] == 1  # still serving
+    assert sandbox.stats()["faults"]["timeout"] == 1  # still serving
 
 
 def test_drop_fault_does_the_work_then_closes_without_an_answer(
@@ -146,7 +146,7 @@ def test_faults_never_touch_the_consent_page_or_the_controls(sandbox: RunningSan
     started = time.monotonic()
     assert httpx.get(redirect).status_code == 200
     assert decide(redirect, "approve").status_code == 303
-    assert httpx.get(f"{sandbox.url}/_sandbox/connections").status_code == 200
+    assert httpx.get(sandbox.connections_url).status_code == 200
     assert time.monotonic() - started < 0.5
 
 
@@ -162,7 +162,7 @@ def test_a_seed_makes_the_fault_sequence_repeatable(api: httpx.Client, sandbox: 
 
 
 def test_fault_settings_are_validated_and_answered_in_full(sandbox: RunningSandbox) -> None:
-    url = f"{sandbox.url}/_sandbox/faults"
+    url = sandbox.control_url("faults")
     current = httpx.get(url).json()
     assert set(current) == {
         "latency_ms", "error_rate", "throttle_rate", "retry_after_s", "retry_after_format",

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox.conftest import CALLBACK, RunningSandbox
+from tests.support.sandboxes import CALLBACK, RunningSandbox
 
 pytestmark = pytest.mark.integration
 

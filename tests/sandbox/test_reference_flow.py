@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from tests.sandbox.conftest import ACCOUNT, CALLBACK, RunningSandbox, decide
+from tests.support.sandboxes import ACCOUNT, CALLBACK, RunningSandbox, decide
 
 pytestmark = pytest.mark.integration
 
@@ -318,7 +318,7 @@ def test_reset_clears_tokens_connections_and_faults(api: httpx.Client, sandbox: 
 
     assert sandbox.connections() == []
     assert sandbox.stats()["v2_calls"] == 0
-    assert httpx.get(f"{sandbox.url}/_sandbox/faults").json()["error_rate"] == 0
+    assert sandbox.faults()["error_rate"] == 0
     expired = api.get(f"/v2/social-authorization/{token}")
     assert expired.status_code == 404
     assert expired.json() == {

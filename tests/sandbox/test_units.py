@@ -24,14 +24,7 @@ from sandbox.catalog import ENTITY_TYPES, NETWORKS, selectable_entities
 from sandbox.faults import FaultConfig, FaultConfigError, Faults
 from sandbox.ratelimit import DailyLimit, Rate, SlidingWindowLimiter, parse_rate
 from sandbox.refusals import Refusal, param_refusal
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clocks import FakeClock
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.shim.harness import CALLER, PREFIX, Shim, open_shim
+from tests.support.shim import CALLER, PREFIX, Shim, open_shim
 from worker.upstream.account import seconds_to_midnight
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.shim.harness import CALLER, OFFERS, PREFIX, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, open_shim
+from tests.support.shim import CALLER, OFFERS, PREFIX, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, open_shim
 from worker.flows.flow import FlowState
 
 pytestmark = pytest.mark.anyio

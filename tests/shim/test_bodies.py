@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.shim.harness import CALLER, Shim, open_shim
+from tests.support.shim import CALLER, Shim, open_shim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

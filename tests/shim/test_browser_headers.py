@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from tests.shim.browsers import came_back, csrf_of, page
-from tests.shim.harness import CALLER, OFFERS, TOKEN, Shim, new_flow_id
+from tests.support.browsers import came_back, csrf_of, page
+from tests.support.shim import CALLER, OFFERS, TOKEN, Shim, new_flow_id
 from worker.flows.flow import BrowserUI
 
 pytestmark = pytest.mark.anyio

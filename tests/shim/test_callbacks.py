@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.shim.harness import OTHER_TOKEN, TOKEN, Shim, new_flow_id
+from tests.support.shim import OTHER_TOKEN, TOKEN, Shim, new_flow_id
 from worker.flows.flow import BrowserUI, FlowState
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.shim.browsers import came_back
-from tests.shim.harness import CALLER, OFFERS, Shim, new_flow_id, new_token
+from tests.support.browsers import came_back
+from tests.support.shim import CALLER, OFFERS, Shim, new_flow_id, new_token
 from worker.flows.flow import Flow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]

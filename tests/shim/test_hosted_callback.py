@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.shim.browsers import came_back, page
-from tests.shim.harness import CALLER, SHIM_URL, TOKEN, Shim, open_shim
+from tests.support.browsers import came_back, page
+from tests.support.shim import CALLER, SHIM_URL, TOKEN, Shim, open_shim
 from worker.flows.flow import BrowserUI, FlowState
 
 pytestmark = pytest.mark.anyio

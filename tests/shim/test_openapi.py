@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.shim.harness import CALLER, Shim
+from tests.support.shim import CALLER, Shim
 
 pytestmark = pytest.mark.anyio
 

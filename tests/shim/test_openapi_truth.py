@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 from worker.events import EntityOffer
 from worker.flows.flow import BrowserUI, FlowState, Lifetimes
 from worker.flows.store import FlowStore

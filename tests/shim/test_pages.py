@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.shim.browsers import FormFields, came_back, page, text_of
-from tests.shim.harness import OFFERS, SHIM_URL, Shim, new_flow_id, open_shim
+from tests.support.browsers import FormFields, came_back, page, text_of
+from tests.support.shim import OFFERS, SHIM_URL, Shim, new_flow_id, open_shim
 from worker.events import EntityOffer
 from worker.flows.flow import FlowState
 

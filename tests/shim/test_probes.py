@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.shim.harness import CALLER, TOKEN, Shim, open_shim, shim_settings
+from tests.support.shim import CALLER, TOKEN, Shim, open_shim, shim_settings
 from worker.config.settings import ConfigError
 
 pytestmark = pytest.mark.anyio

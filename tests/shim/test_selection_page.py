@@ -7,8 +7,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.shim.browsers import FormFields, came_back, csrf_of, page
-from tests.shim.harness import CALLER, OFFERS, SHIM_URL, Shim
+from tests.support.browsers import FormFields, came_back, csrf_of, page
+from tests.support.shim import CALLER, OFFERS, SHIM_URL, Shim
 from worker.flows.flow import Flow, FlowState
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.shim.browsers import FormFields, text_of
-from tests.shim.harness import CALLER, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, new_token, open_shim
+from tests.support.browsers import FormFields, text_of
+from tests.support.shim import CALLER, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, new_token, open_shim
 from worker.flows.flow import FlowState
 
 pytestmark = pytest.mark.anyio

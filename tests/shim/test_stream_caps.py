@@ -11,7 +11,7 @@ from starlette.requests import Request
 from api_shim.deps import Deps
 from api_shim.errors import ApiError
 from api_shim.streams import flow_messages
-from tests.shim.harness import CALLER, PREFIX, Shim, open_shim
+from tests.support.shim import CALLER, PREFIX, Shim, open_shim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

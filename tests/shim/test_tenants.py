@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from api_shim.app import create_app
-from tests.shim.harness import PREFIX, REDIRECT_URL, RecordingEnqueuer, shim_settings
+from tests.support.shim import PREFIX, REDIRECT_URL, RecordingEnqueuer, shim_settings
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import RedisServer
-from tests.pipeline.test_commands import run_cli
+from tests.support.processes import run_cli
+from tests.support.stack import RedisServer
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames

@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.conftest import RedisServer
+from tests.support.stack import RedisServer
 from worker.follow.consume import StreamedEvent, aconsume_all_events, consume_all_events
 from worker.keys import RedisNames
 

@@ -7,59 +7,19 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import fakeredis
 import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.support.deliveries import PUBLIC, URL, Receiver, Setup
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.observing.metrics import RedisMetricsCollector, WorkerMetrics
 from worker.webhooks.delivery import Courier, Slots
-from worker.webhooks.endpoints import Attempt, Endpoint, NoAttempt, WebhookStore
-
-PUBLIC = "93.184.215.14"
-URL = "https://hooks.partner.example/oktopost?x=1"
-
-
-@dataclass
-class Receiver:
-    """The endpoint: answers with `statuses` in turn (the last one repeated), keeps every request."""
-
-    statuses: list[int] = field(default_factory=lambda: [200])
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        headers = {"Location": "https://10.0.0.1/"} if 300 <= status < 400 else {}
-        return httpx.Response(status, headers=headers)
-
-
-@dataclass
-class Setup:
-    flows: FlowStore
-    webhooks: WebhookStore
-    receiver: Receiver
-    addresses: dict[str, list[str]]
-    courier: Courier
-    endpoint: Endpoint
-    metrics_key: str
-
-    def delivery_of_new_event(self) -> tuple[str, bytes]:
-        flow = self.flows.create(f"{len(self.receiver.requests):040x}", "LinkedIn", "profile", "ref", None)
-        _, fields = self.flows.redis.xrange(self.flows.names.all_events_stream)[-1]
-        body = fields[b"event"]
-        delivery_id = self.webhooks.create_delivery(self.endpoint, json.loads(body), body)
-        assert delivery_id is not None
-        assert flow.flow_id in body.decode()
-        return delivery_id, body
-
-    def make_due(self, delivery_id: str) -> None:
-        self.flows.redis.hset(self.flows.names.webhook_delivery(delivery_id), "next_attempt_at", 0)
+from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore
 
 
 @pytest.fixture

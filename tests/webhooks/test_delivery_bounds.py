@@ -18,7 +18,7 @@ import fakeredis
 import httpx
 import pytest
 
-from tests.webhooks.test_delivery import PUBLIC, URL, Receiver, Setup
+from tests.support.deliveries import PUBLIC, URL, Receiver, Setup
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames

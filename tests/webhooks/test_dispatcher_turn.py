@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.shim.harness import CALLER, Shim
-from tests.webhooks.test_routes import PUBLIC_URL, webhooks_of
+from tests.support.deliveries import PUBLIC_URL, webhooks_of
+from tests.support.shim import CALLER, Shim
 from worker.webhooks.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.anyio

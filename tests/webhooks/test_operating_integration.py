@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.webhooks.test_webhooks_integration import Receiver, run_flows, wait_until
+from tests.support.receivers import Receiver, run_flows, wait_until
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.shim.harness import CALLER, PREFIX, Shim
+from tests.support.deliveries import PUBLIC_URL, webhooks_of
+from tests.support.shim import CALLER, PREFIX, Shim, open_shim
 from worker.follow.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
-from worker.webhooks.endpoints import WebhookStore
 
 pytestmark = pytest.mark.anyio
-
-PUBLIC_URL = "https://93.184.215.14/hooks/oktopost?source=okc"  # an address: no DNS needed
-
-
-def webhooks_of(shim: Shim) -> WebhookStore:
-    store: WebhookStore = shim.app.state.deps.webhooks
-    return store
 
 
 async def test_registering_shows_the_secret_once_in_the_standard_webhooks_form(shim: Shim) -> None:
@@ -120,7 +113,6 @@ async def test_urls_that_reach_inside_are_refused_with_422(shim: Shim, url: str,
 
 
 async def test_listed_hosts_may_be_reached_over_loopback() -> None:
-    from tests.shim.harness import open_shim
 
     async with open_shim(webhook_allowed_hosts="127.0.0.1,localhost") as shim:
         for url in ("http://127.0.0.1:8099/hook", "http://localhost:8099/hook", "https://127.0.0.1/hook"):
@@ -186,7 +178,6 @@ async def test_events_become_deliveries_shown_most_recent_first_and_a_replay_que
 
 
 async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
-    from tests.shim.harness import open_shim
 
     acme_key = "acme-caller-key-0123456789abcdef"
     tenants = tmp_path / "tenants.toml"
@@ -210,7 +201,7 @@ async def test_each_tenant_sees_only_its_own_endpoints(tmp_path: Path) -> None:
 
 
 async def test_past_webhook_max_endpoints_a_registration_is_422_webhook_limit() -> None:
-    from tests.shim.harness import open_shim
+    from tests.support.shim import open_shim
 
     async with open_shim(webhook_max_endpoints=3) as shim:
         for _ in range(3):

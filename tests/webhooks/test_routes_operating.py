@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.shim.harness import CALLER, Shim
+from tests.support.shim import CALLER, Shim
 from worker.follow.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
 from worker.webhooks.endpoints import WebhookStore

@@ -10,38 +10,20 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
-from tests.pipeline.flows import callback, consent, start_flow
-from tests.support import Process, free_port, start_cli, wait_for_port
+from tests.support.processes import Process, start_cli
+from tests.support.receivers import Receiver, register, run_flows, wait_until
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = pytest.mark.integration
 
 SCHEDULE = "500ms,1s,1s,1s,2s,2s,2s,2s"
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process = Process(
-            [sys.executable, "-m", "bench.receiver", "--port", str(self.port)], name="receiver"
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for_port(self.port)
-
-    def control(self, path: str, **settings: Any) -> None:
-        httpx.post(f"{self.url}/_control", json={"path": path, **settings}).raise_for_status()
-
-    def report(self, path: str) -> dict[str, Any]:
-        answer: dict[str, Any] = httpx.get(f"{self.url}/_received", params={"path": path}).json()
-        return answer
 
 
 @pytest.fixture
@@ -74,26 +56,6 @@ def serving(pipeline: Pipeline, what: str) -> Process:
     return worker
 
 
-def register(pipeline: Pipeline, receiver: Receiver, path: str, events: list[str] | None = None) -> str:
-    body: dict[str, Any] = {"url": f"{receiver.url}{path}"}
-    if events is not None:
-        body["events"] = events
-    answer = httpx.post(f"{pipeline.shim_url}/v1/webhooks", json=body, headers=pipeline.headers)
-    assert answer.status_code == 201, answer.text
-    created = answer.json()
-    receiver.control(path, secret=created["secret"])
-    return str(created["id"])
-
-
-def run_flows(pipeline: Pipeline, count: int) -> list[str]:
-    flows = []
-    for _ in range(count):
-        created = start_flow(pipeline, ui="redirect")
-        assert callback(consent(created["redirect_url"])).status_code == 303
-        flows.append(created["flow_id"])
-    return flows
-
-
 def stream_events(pipeline: Pipeline, flow_ids: set[str]) -> dict[str, str]:
     """event id -> the event's JSON as the all-flows stream holds it, for these flows' events."""
     client: Any = pipeline.redis()
@@ -106,13 +68,6 @@ def stream_events(pipeline: Pipeline, flow_ids: set[str]) -> dict[str, str]:
         if event["flow_id"] in flow_ids:
             events[event["id"]] = body
     return events
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def accepted(receiver: Receiver, path: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker.mock_oktopost import ACCOUNT, BASE, KEY, Recorder
+from tests.support.mock_oktopost import ACCOUNT, BASE, KEY, Recorder
 from worker.oktopost import AsyncOktopostClient, OktopostClient
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker.mock_oktopost import PROFILE, Recorder, invoke, ok, refusal
+from tests.support.mock_oktopost import PROFILE, Recorder, invoke, ok, refusal
 from worker.oktopost import error_messages, parse_retry_after, read_answer
 from worker.oktopost.errors import (
     MalformedAnswerError,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker.mock_oktopost import ACCOUNT, KEY, PROFILE, TOKEN
+from tests.support.mock_oktopost import ACCOUNT, KEY, PROFILE, TOKEN
 from worker.oktopost import AsyncOktopostClient, OktopostClient, VerifiedProfile
 from worker.oktopost.errors import UpstreamTransportError
 

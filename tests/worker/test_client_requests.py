@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.worker.mock_oktopost import (
+from tests.support.mock_oktopost import (
     ACCOUNT,
     BASE,
     BASIC,

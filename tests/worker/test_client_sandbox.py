@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Process, free_port, start_cli, wait_for_port
+from sandbox.client import SandboxControl
+from tests.support.processes import Process, free_port, start_cli, wait_for_port
 from worker.oktopost import AsyncOktopostClient, EntityChoice, OktopostClient, VerifiedProfile
 from worker.oktopost.errors import (
     MalformedAnswerError,
@@ -30,10 +31,10 @@ ACCOUNT, KEY = "demo-account", "demo-key"
 CALLBACK = "https://app.example/v1/callback/flow-1"
 
 
-class Sandbox:
+class Sandbox(SandboxControl):
     def __init__(self, *flags: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.process: Process = start_cli(["sandbox", "--port", str(self.port), *flags], name="sandbox")
         try:
             wait_for_port(self.port)
@@ -43,12 +44,6 @@ class Sandbox:
 
     def client(self, key: str = KEY, **options: Any) -> OktopostClient:
         return OktopostClient(self.url, ACCOUNT, key, **options)
-
-    def faults(self, **faults: Any) -> None:
-        httpx.post(f"{self.url}/_sandbox/faults", json=faults).raise_for_status()
-
-    def connections(self) -> list[dict[str, Any]]:
-        return list(httpx.get(f"{self.url}/_sandbox/connections").json())
 
     def stop(self) -> None:
         self.process.stop()
@@ -214,7 +209,9 @@ def test_no_token_or_key_in_real_http_logs(client: OktopostClient, caplog: pytes
 @pytest.fixture
 def faulty(sandbox: Sandbox) -> Iterator[Sandbox]:
     yield sandbox
-    sandbox.faults(latency_ms=0, error_rate=0, throttle_rate=0, timeout_rate=0, drop_rate=0, malformed_rate=0)
+    sandbox.set_faults(
+        latency_ms=0, error_rate=0, throttle_rate=0, timeout_rate=0, drop_rate=0, malformed_rate=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,7 +229,7 @@ def test_injected_faults_are_transient(
     faulty: Sandbox, faults: dict[str, Any], expected: type[Exception]
 ) -> None:
     with faulty.client() as client:
-        faulty.faults(**faults)
+        faulty.set_faults(**faults)
         with pytest.raises(expected) as caught:
             client.get_credential("003-001000000000000-anything", timeout=1.0)
     error = caught.value

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker.mock_oktopost import (
+from tests.support.mock_oktopost import (
     ACCOUNT,
     BASE,
     BASIC,

@@ -65,6 +65,8 @@ def parse_rate(text: str) -> tuple[int, int]:
 
 
 def is_loopback(host: str) -> bool:
+    """A loopback address, or `localhost` or a name under `.localhost`, which RFC 6761 reserves for
+    loopback (resolvers and browsers answer them with 127.0.0.1 or ::1, never over the network)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

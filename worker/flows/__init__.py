@@ -6,5 +6,6 @@
     enqueuer.py    which task works on a flow in which state, and the prepared task message a
                    transition pushes onto the broker in the same Lua step
 
-May import: worker.keys, worker.clock, worker.events, worker.scripts, worker.config, worker.queueing.
+May import: worker.keys, worker.replies, worker.clock, worker.events, worker.scripts, worker.config,
+worker.queueing.
 """

@@ -42,6 +42,7 @@ from worker.events import (
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.flows.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
 from worker.keys import AccountNames, RedisNames
+from worker.replies import text
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
     from worker.flows.enqueuer import QueuedTask
@@ -106,16 +107,16 @@ class FlowStore:
         raw = self.redis.hgetall(self.names.flow_state(flow_id))
         if not raw:
             return None
-        return Flow.from_hash(flow_id, {_text(k): _text(v) for k, v in raw.items()})
+        return Flow.from_hash(flow_id, {text(k): text(v) for k, v in raw.items()})
 
     def token(self, flow_id: str) -> str | None:
         value = self.redis.get(self.names.flow_token(flow_id))
-        return _text(value) if value is not None else None
+        return text(value) if value is not None else None
 
     def events(self, flow_id: str) -> list[dict[str, Any]]:
         entries = self.redis.xrange(self.names.flow_stream(flow_id))
         return [
-            json.loads(_text(fields[b"event"] if b"event" in fields else fields["event"]))
+            json.loads(text(fields[b"event"] if b"event" in fields else fields["event"]))
             for _, fields in entries
         ]
 
@@ -126,7 +127,7 @@ class FlowStore:
         return self._due(self.names.leases, now, limit)
 
     def _due(self, index: str, now: float, limit: int) -> list[str]:
-        return [_text(m) for m in self.redis.zrangebyscore(index, "-inf", now, start=0, num=limit)]
+        return [text(m) for m in self.redis.zrangebyscore(index, "-inf", now, start=0, num=limit)]
 
     def account_of(self, flow: Flow) -> str:
         """The Oktopost account the flow's calls are made for and counted against."""
@@ -240,7 +241,7 @@ class FlowStore:
         """Binds a flow awaiting its callback to the browser that opened its start_url: the flow keeps
         `fingerprint`, the hash of that browser's cookie, unless a browser was bound before."""
         answer = self._bind_start(keys=[self.names.flow_state(flow_id)], args=[fingerprint])
-        return StartBinding(_text(answer))
+        return StartBinding(text(answer))
 
     def submit_selection(self, flow: Flow, ids: list[str], queue: QueuedTask | None = None) -> Transition:
         """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues once DONE."""
@@ -302,13 +303,13 @@ class FlowStore:
             keys=[self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)],
             args=[flow_id, owner, self.lifetimes.lease, f",{state.value},"],
         )
-        outcome = TakeOutcome(_text(answer[0]))
+        outcome = TakeOutcome(text(answer[0]))
         if outcome is not TakeOutcome.TAKEN:
             return Taken(outcome)
-        flat = [_text(item) for item in answer[1]]
+        flat = [text(item) for item in answer[1]]
         flow = Flow.from_hash(flow_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-        token = _text(answer[2]) if answer[2] else None
-        return Taken(outcome, flow, token, float(_text(answer[3])))
+        token = text(answer[2]) if answer[2] else None
+        return Taken(outcome, flow, token, float(text(answer[3])))
 
     def renew_leases(self, held: dict[str, str]) -> set[str]:
         """Renews the lease of each flow (id -> owner) its owner still owns; returns the flows it lost."""
@@ -319,7 +320,7 @@ class FlowStore:
             keys=[self.names.leases, *(self.names.flow_state(flow_id) for flow_id in flow_ids)],
             args=[self.lifetimes.lease, *(item for flow_id in flow_ids for item in (flow_id, held[flow_id]))],
         )
-        return {_text(flow_id) for flow_id in lost}
+        return {text(flow_id) for flow_id in lost}
 
     def requeue_lapsed(self, flow_id: str, state: FlowState, queue: QueuedTask | None) -> RequeueOutcome:
         """Takes up a flow in `state` whose work stopped showing progress: the lapsed owner is fenced
@@ -330,7 +331,7 @@ class FlowStore:
             keys=[self.names.flow_state(flow_id), self.names.leases],
             args=[flow_id, state.value, self.lifetimes.queued_lease, working, *message],
         )
-        return RequeueOutcome(_text(answer))
+        return RequeueOutcome(text(answer))
 
     def park(self, flow: Flow, owner: str, account: AccountNames, waiter: str, wait: float) -> bool:
         """Gives the flow's work up to wait for its account's budget without a thread (see
@@ -347,7 +348,7 @@ class FlowStore:
             ],
             args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
-        return _text(answer) == "parked"
+        return text(answer) == "parked"
 
     def lapse_lease(self, flow_id: str) -> None:
         """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""
@@ -418,7 +419,3 @@ def _envelope(flow: Flow, now: float) -> dict[str, Any]:
         "reference": flow.reference,
         "tenant": flow.tenant,
     }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

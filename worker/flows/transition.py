@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -13,6 +13,7 @@ from worker import scripts
 from worker.events import FlowEvent
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
+from worker.replies import text
 
 if TYPE_CHECKING:  # the queueing module brings Celery; a transition needs only the message's fields
     from worker.flows.enqueuer import QueuedTask
@@ -119,14 +120,14 @@ class TransitionScript:
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )
-        outcome = TransitionOutcome(_text(result[0]) if _text(result[0]) != "ok" else "done")
+        outcome = TransitionOutcome(text(result[0]) if text(result[0]) != "ok" else "done")
         if outcome is TransitionOutcome.DONE:
             return Transition(outcome, seq=int(result[1]), state=state)
         if outcome is TransitionOutcome.CONFLICT:
-            current = FlowState(_text(result[1])) if result[1] else None
-            return Transition(outcome, state=current, token_fp=_text(result[2]))
+            current = FlowState(text(result[1])) if result[1] else None
+            return Transition(outcome, state=current, token_fp=text(result[2]))
         if outcome is TransitionOutcome.FENCED:
-            return Transition(outcome, state=FlowState(_text(result[1])))
+            return Transition(outcome, state=FlowState(text(result[1])))
         return Transition(outcome)
 
 
@@ -137,7 +138,3 @@ def _arg(value: float | str | Drop | None) -> str:
     if isinstance(value, Drop):
         return value.value
     return value if isinstance(value, str) else repr(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

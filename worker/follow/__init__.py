@@ -6,7 +6,7 @@
                                  every flow's events from the all-flows stream through a consumer group,
                                  acknowledged only after the handler returns (consume.py)
 
-May import: worker.keys, worker.events. Nothing here depends on Celery or the Oktopost client.
+May import: worker.keys, worker.replies, worker.events. Nothing here depends on Celery or the Oktopost client.
 """
 
 from worker.follow.consume import StreamedEvent, aconsume_all_events, consume_all_events, consume_batches

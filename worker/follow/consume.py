@@ -41,6 +41,7 @@ from worker.follow.subscribe import (
     REFUSED_ERRORS,
 )
 from worker.keys import RedisNames
+from worker.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _entries(answer: Any) -> list[StreamedEvent]:
     for entry_id, fields in answer or []:
         body = (fields or {}).get(b"event") or (fields or {}).get("event")
         if body is not None:
-            events.append(StreamedEvent(_text(entry_id), body if isinstance(body, bytes) else body.encode()))
+            events.append(StreamedEvent(text(entry_id), body if isinstance(body, bytes) else body.encode()))
     return events
 
 
@@ -238,7 +239,7 @@ def _next_events(client: redis.Redis, state: _Group) -> list[StreamedEvent]:
 
 def _claimed(answer: Any, client: redis.Redis, state: _Group) -> list[StreamedEvent]:
     """XAUTOCLAIM's events; entries trimmed from the stream meanwhile (its third part) are acknowledged."""
-    gone = [_text(entry_id) for entry_id in (answer[2] if len(answer) > 2 else [])]
+    gone = [text(entry_id) for entry_id in (answer[2] if len(answer) > 2 else [])]
     if gone:
         client.xack(state.stream, state.group, *gone)
     return _entries(answer[1])
@@ -304,7 +305,7 @@ async def _anext_events(client: redis.asyncio.Redis, state: _Group) -> list[Stre
         answer = await client.xautoclaim(
             state.stream, state.group, state.consumer, _ms(state.claim_idle), count=state.batch
         )
-        gone = [_text(entry_id) for entry_id in (answer[2] if len(answer) > 2 else [])]
+        gone = [text(entry_id) for entry_id in (answer[2] if len(answer) > 2 else [])]
         if gone:
             await client.xack(state.stream, state.group, *gone)
         claimed = _entries(answer[1])
@@ -319,7 +320,3 @@ async def _anext_events(client: redis.asyncio.Redis, state: _Group) -> list[Stre
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -27,6 +27,7 @@ import redis.asyncio
 
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
+from worker.replies import text
 
 # What a lost, restarting or still loading Redis raises: waited out. Anything else is not.
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -83,7 +84,7 @@ class _Follower:
     def replay(self, history: list[Any]) -> Iterator[dict[str, Any]]:
         """The events of stream entries (XRANGE's answer) not yielded yet, up to the terminal one."""
         for entry_id, fields in history:
-            self._last_entry_id = _text(entry_id)
+            self._last_entry_id = text(entry_id)
             # bytes keys from a plain client, str keys from a decode_responses one
             event = json.loads(fields.get(b"event") or fields["event"])
             if self._is_new(event):
@@ -193,7 +194,3 @@ async def _afollow_connected(
                 yield event
     finally:
         await pubsub.aclose()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

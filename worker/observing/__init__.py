@@ -4,5 +4,5 @@
     metrics.py    the workers' metrics, kept in Redis so that every process adds up
     redaction.py  keeps tokens, keys and webhook secrets out of log lines and messages
 
-May import: worker.keys, worker.scripts, worker.queueing (task names, to tell a flow's task).
+May import: worker.keys, worker.replies, worker.scripts, worker.queueing (task names, to tell a flow's task).
 """

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import scripts
+from worker.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class RedisMetricsCollector(Collector):
             raw = self.redis.hgetall(self.key)
         except redis.RedisError:
             return
-        fields = {_text(k): float(_text(v)) for k, v in raw.items()}
+        fields = {text(k): float(text(v)) for k, v in raw.items()}
         outcomes = CounterMetricFamily("okc_worker_outcomes", "Task outcomes by code", labels=["outcome"])
         retries = CounterMetricFamily(
             "okc_worker_retries", "Attempts retried by transient fault", labels=["fault"]
@@ -185,7 +186,3 @@ def _histogram(
     counts.append((_INF, values.get("count", 0.0)))
     family.add_metric(labels, counts, values.get("sum", 0.0))
     return family
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -10,14 +10,15 @@ lapsed lease is taken by exactly one of them.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
 from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore, RequeueOutcome
+from worker.replies import text
 from worker.tasks.work import TaskOutcome, expire_flow
+from worker.threads import BackgroundThreads
 from worker.upstream.account import Account
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,12 @@ def _blocked(store: FlowStore, account_id: str, paused_until: float) -> list[str
         )
         with store.redis.pipeline(transaction=False) as pipe:
             for member in page:
-                pipe.hmget(store.names.flow_state(_text(member)), "state", "account")
+                pipe.hmget(store.names.flow_state(text(member)), "state", "account")
             rows = pipe.execute()
         for member, (state, account) in zip(page, rows, strict=True):
-            owner = _text(account) if account else store.default_account
-            if state is not None and _text(state) in blockable and owner == account_id:
-                blocked.append(_text(member))
+            owner = text(account) if account else store.default_account
+            if state is not None and text(state) in blockable and owner == account_id:
+                blocked.append(text(member))
         if len(page) < BLOCKED_PAGE:
             return blocked
         start += BLOCKED_PAGE
@@ -134,7 +135,7 @@ HEARTBEAT_SECONDS = 1.0  # how often a worker's sweeper says the worker is consu
 WORKER_MARK_SECONDS = 60.0  # a mark older than this is a worker gone without a word (killed): dropped
 
 
-class Sweeper:
+class Sweeper(BackgroundThreads):
     """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it);
     `accounts`: the configured Oktopost accounts, whose pauses it watches."""
 
@@ -152,15 +153,10 @@ class Sweeper:
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oktopost-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__({"oktopost-sweeper": self._run})
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().stop()
         if self.name is not None:
             try:
                 self.store.redis.zrem(self.store.names.workers, self.name)
@@ -187,7 +183,3 @@ class Sweeper:
                 self._stop.wait(1.0)
             if self._stop.wait(self.interval):
                 return
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

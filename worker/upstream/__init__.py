@@ -6,5 +6,6 @@
     parking.py  flows parked while their account has no budget, and the unparker that releases them
     clients.py  each Oktopost account's client and budget in a process, built once and reused
 
-May import: worker.keys, worker.events, worker.scripts, worker.config, worker.flows, worker.oktopost.
+May import: worker.keys, worker.replies, worker.threads, worker.events, worker.scripts, worker.config,
+worker.flows, worker.oktopost.
 """

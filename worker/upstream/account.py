@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from worker import scripts
 from worker.events import utc_timestamp
 from worker.keys import AccountNames
+from worker.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Account:
             keys=[self.names.account_pause, self.names.worker_metrics],
             args=[seconds, self.names.pauses_field],
         )
-        entered, ends = int(answer[0]), float(_text(answer[1]))
+        entered, ends = int(answer[0]), float(text(answer[1]))
         if entered:
             log.warning(
                 "Oktopost answered 429: no call for account %s until %s (%.0f s, %s)",
@@ -180,7 +181,3 @@ class AccountCollector(Collector):
             if standing.remaining_today is not None:
                 remaining.add_metric(label, standing.remaining_today)
         yield from (paused, pauses, used, reserved, remaining, parked)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

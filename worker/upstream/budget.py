@@ -40,6 +40,7 @@ from worker import scripts
 from worker.events import ExpiredReason
 from worker.keys import AccountNames
 from worker.oktopost.errors import ThrottledError
+from worker.replies import text
 from worker.upstream.account import ADMISSION_SECONDS, Account
 
 STEP1_PRIORITY = 1e12  # after every deadline-bound call (deadlines are epoch seconds, ~1.8e9)
@@ -201,7 +202,7 @@ class UpstreamBudget:
         args: list[float | str] = [waiter, priority, self.limit, self.period, hold, STALE_WAITER_SECONDS]
         args += [give_up_at, daily, names.daily_calls_prefix, admission, ADMISSION_SECONDS, slot]
         answer = self._acquire(keys=keys, args=args)
-        verdict, value = _text(answer[0]), float(_text(answer[1]))
+        verdict, value = text(answer[0]), float(text(answer[1]))
         if verdict == "granted":
             return None
         if verdict == "doomed":
@@ -264,7 +265,3 @@ class UpstreamBudget:
 
     def rate(self) -> float:
         return self.limit / self.period
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -29,6 +29,8 @@ from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
 from worker.oktopost.errors import UnauthorizedError
+from worker.replies import text
+from worker.threads import BackgroundThreads
 from worker.upstream.budget import UpstreamBudget
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class TaskQueue(Protocol):
     def enqueue(self, flow_id: str, state: FlowState) -> None: ...
 
 
-class Unparker:
+class Unparker(BackgroundThreads):
     """`budgets` gives an account's budget by the name of its parked set (None for an account this process
     does not know);
     `hold`: how long a reserved slot is held, for the task's start and its call."""
@@ -76,17 +78,8 @@ class Unparker:
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
         self._drop = scripts.register(store.redis, "parked_drop")
-        self._stop = threading.Event()
         self._woken = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="oktopost-unparker", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._woken.set()
-        self._thread.join(timeout=5)
+        super().__init__({"oktopost-unparker": self._run})
 
     def wake(self) -> None:
         """A flow was parked here: its account may be due before the next look."""
@@ -106,7 +99,7 @@ class Unparker:
             if due > now:
                 next_in = min(next_in, due - now)
                 break
-            account = _text(raw)
+            account = text(raw)
             budget = self.budgets(account)
             if budget is None:  # a worker that knows the account releases its flows, unless none does
                 if due < now - STRANDED_SECONDS:
@@ -142,14 +135,14 @@ class Unparker:
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             in_window, parked = pipe.execute()
         room = min(BATCH, max(1, budget.limit - int(in_window)))
-        candidates = [_text(m) for m in parked[:room]]
+        candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
                 pipe.hget(names.flow_state(flow_id), "state")
             states = pipe.execute()
         work: list[tuple[str, FlowState, QueuedTask | None]] = []
         for flow_id, raw in zip(candidates, states, strict=True):
-            state = FlowState(_text(raw)) if raw is not None else FlowState.VERIFYING
+            state = FlowState(text(raw)) if raw is not None else FlowState.VERIFYING
             # a flow that left the working states is dropped from the set by the script
             state = state if state in WORKING_STATES else FlowState.VERIFYING
             work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
@@ -175,8 +168,8 @@ class Unparker:
             ],
             args=args,
         )
-        released = [_text(flow_id) for flow_id in answer[0]]
-        doomed = [_text(item) for item in answer[3]]
+        released = [text(flow_id) for flow_id in answer[0]]
+        doomed = [text(item) for item in answer[3]]
         for flow_id, kind in zip(doomed[::2], doomed[1::2], strict=True):
             self._end_unserved(flow_id, "upstream_blocked" if kind == "blocked" else None)
         by_id = {flow_id: (state, prepared) for flow_id, state, prepared in work}
@@ -186,7 +179,7 @@ class Unparker:
                 self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
-        return released, _text(answer[1]) == "1", float(_text(answer[2]))
+        return released, text(answer[1]) == "1", float(text(answer[2]))
 
     def _end_unserved(self, flow_id: str, reason: ExpiredReason | None) -> None:
         """A parked flow that no slot can come for in time ends now, not at its deadline."""
@@ -206,7 +199,7 @@ class Unparker:
         """Fails the parked flows of an account no worker knows, a batch at a time, and forgets the account
         once none is left."""
         store = self.store
-        flow_ids = [_text(member) for member in store.redis.zrange(parked_set, 0, BATCH - 1)]
+        flow_ids = [text(member) for member in store.redis.zrange(parked_set, 0, BATCH - 1)]
         for flow_id in flow_ids:
             flow = store.get(flow_id)
             if flow is None or flow.state not in WORKING_STATES:
@@ -232,7 +225,3 @@ class Unparker:
                 log.warning("releasing parked flows failed: %s", type(error).__name__)
                 next_in = 1.0
             self._woken.wait(max(0.002, next_in))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

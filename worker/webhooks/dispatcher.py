@@ -15,7 +15,6 @@ entry that is not an event (it cannot be parsed) is logged and passed over, neve
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,8 @@ from worker import scripts
 from worker.events import DEFAULT_TENANT
 from worker.follow.consume import StreamedEvent
 from worker.keys import RedisNames
+from worker.replies import text
+from worker.threads import BackgroundThreads
 from worker.webhooks.endpoints import Endpoint, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ LATE_SECONDS = 5.0  # a delivery's task this late (after its moment, or after it
 REQUEUE_EVERY_SECONDS = 1.0
 
 
-class Dispatcher:
+class Dispatcher(BackgroundThreads):
     def __init__(
         self,
         client: redis.Redis,
@@ -53,21 +54,8 @@ class Dispatcher:
         self.enqueue = enqueue
         self.consumer = consumer
         self.grace = grace  # seconds a queued-again task gets before it is queued again
-        self._stop = threading.Event()
         self._turn = scripts.register(client, "dispatcher_turn")
-        self._threads = [
-            threading.Thread(target=self._consume, name="oktopost-webhooks", daemon=True),
-            threading.Thread(target=self._requeue, name="oktopost-webhooks-requeue", daemon=True),
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        super().__init__({"oktopost-webhooks": self._consume, "oktopost-webhooks-requeue": self._requeue})
 
     def dispatch(self, batch: list[StreamedEvent]) -> list[str]:
         """The deliveries of a batch of events, made and queued; returns the entry ids handled (all of
@@ -104,7 +92,7 @@ class Dispatcher:
         `cursor_to`, the cursor is moved there too (only by the holder)."""
         keys = [self.names.webhook_dispatcher_turn, self.names.webhook_dispatch_cursor]
         held, cursor = self._turn(keys=keys, args=[self.consumer, int(TURN_SECONDS * 1000), cursor_to])
-        return _text(cursor) if held else None
+        return text(cursor) if held else None
 
     def dispatch_next(self) -> bool:
         """One round: with the turn, the batch after the cursor dispatched and the cursor moved past it.
@@ -120,7 +108,7 @@ class Dispatcher:
         stream = self.names.all_events_stream
         answer: Any = self.redis.xread({stream: cursor}, count=BATCH, block=int(READ_SECONDS * 1000))
         entries = answer[0][1] if answer else []
-        batch = [StreamedEvent(_text(entry_id), _body(fields)) for entry_id, fields in entries]
+        batch = [StreamedEvent(text(entry_id), _body(fields)) for entry_id, fields in entries]
         if batch:
             self.dispatch(batch)
             self.take_turn(batch[-1].entry_id)
@@ -156,10 +144,6 @@ def _event_of(streamed: StreamedEvent) -> dict[str, object] | None:
         log.warning("entry %s of the all-flows stream is not an event: skipped", streamed.entry_id)
         return None
     return event
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _body(fields: dict[bytes, bytes] | dict[str, str]) -> bytes:

@@ -25,6 +25,7 @@ from worker.config.settings import Settings
 from worker.config.tenants import parse_rate
 from worker.events import DEFAULT_TENANT, DisabledData, WebhookDisabled, utc_timestamp
 from worker.keys import RedisNames
+from worker.replies import text
 
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
 LISTED_DELIVERIES = 50  # GET .../deliveries shows the most recent ones, a page at a time
@@ -214,7 +215,7 @@ class WebhookStore:
         args = [endpoint_id, "save", *(item for pair in fields.items() for item in pair)]
         created_at = self._save_within(limit, keys, args)
         return Endpoint(
-            endpoint_id, tenant, url, tuple(events), float(_text(created_at)), secret, rate_limit=rate_limit
+            endpoint_id, tenant, url, tuple(events), float(text(created_at)), secret, rate_limit=rate_limit
         )
 
     def update_endpoint(self, endpoint: Endpoint, change: EndpointChange) -> Endpoint | None:
@@ -321,7 +322,7 @@ class WebhookStore:
     def endpoints(self, tenant: str) -> list[Endpoint]:
         """The tenant's endpoints, oldest first."""
         ids = [
-            _text(endpoint_id)
+            text(endpoint_id)
             for endpoint_id in self.redis.zrange(self.names.webhook_endpoints(tenant), 0, -1)
         ]
         with self.redis.pipeline(transaction=False) as pipe:
@@ -339,7 +340,7 @@ class WebhookStore:
         pattern = self.names.webhook_endpoints("*")
         head, tail = pattern.split("*")
         return sorted(
-            _text(key)[len(head) : -len(tail)] for key in self.redis.scan_iter(match=pattern, count=1000)
+            text(key)[len(head) : -len(tail)] for key in self.redis.scan_iter(match=pattern, count=1000)
         )
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
@@ -417,7 +418,7 @@ class WebhookStore:
                     enqueue(delivery_id)
             if len(entries) < REPLAY_PAGE:
                 return matched
-            start = f"({_text(entries[-1][0])}"
+            start = f"({text(entries[-1][0])}"
 
     def deliveries(self, endpoint_id: str, limit: int = LISTED_DELIVERIES) -> list[Delivery]:
         """The endpoint's most recent deliveries, most recent first."""
@@ -435,7 +436,7 @@ class WebhookStore:
         window = self.redis.zrevrangebyscore(listed, top, "-inf", start=0, num=limit + 64, withscores=True)
         page: list[tuple[str, float]] = []
         for member, score in window:
-            delivery_id = _text(member)
+            delivery_id = text(member)
             if after is not None and score == after[0] and delivery_id >= after[1]:
                 continue
             page.append((delivery_id, float(score)))
@@ -466,9 +467,7 @@ class WebhookStore:
             rows = pipe.execute()
         deliveries = []
         for delivery_id, row in zip(ids, rows, strict=True):
-            values = dict(
-                zip(fields, (None if value is None else _text(value) for value in row), strict=True)
-            )
+            values = dict(zip(fields, (None if value is None else text(value) for value in row), strict=True))
             if values["status"] is None:  # expired meanwhile
                 continue
             deliveries.append(
@@ -498,13 +497,13 @@ class WebhookStore:
         now = int(seconds) + int(micros) / 1_000_000
         if status is None:
             return Due("")  # gone: webhook_attempt_begin.lua clears it up
-        if _text(status) != "pending":
+        if text(status) != "pending":
             return NoAttempt("over")
         if next_at and float(next_at) > now + 0.05:
             return NoAttempt("wait", float(next_at) - now)
         if owner_until and float(owner_until) > now:
             return NoAttempt("busy", float(owner_until) - now)
-        return Due(_text(tenant or DEFAULT_TENANT))
+        return Due(text(tenant or DEFAULT_TENANT))
 
     def begin_attempt(
         self, delivery_id: str, lease: float, endpoint_cap: int = 1_000_000
@@ -534,11 +533,11 @@ class WebhookStore:
                 self.names.webhook_flow_order(endpoint_id, ""),
             ],
         )
-        reason = _text(result[0])
+        reason = text(result[0])
         if reason == "begun":
-            at = float(_text(result[5]))
-            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]), at)
-        seconds = float(_text(result[1])) if reason in ("wait", "busy", "full", "rate") else 0.0
+            at = float(text(result[5]))
+            return Attempt(owner, text(result[1]), text(result[4]), _bytes(result[2]), int(result[3]), at)
+        seconds = float(text(result[1])) if reason in ("wait", "busy", "full", "rate") else 0.0
         return NoAttempt(reason, seconds)
 
     def end_attempt(
@@ -573,10 +572,10 @@ class WebhookStore:
                 self.names.webhook_flow_order(endpoint_id, ""),
             ],
         )
-        if _text(result[0]) == "fenced":
+        if text(result[0]) == "fenced":
             return None
-        since = _text(result[4])
-        return AttemptEnd(int(result[1]), _text(result[3]), float(since) if since else None)
+        since = text(result[4])
+        return AttemptEnd(int(result[1]), text(result[3]), float(since) if since else None)
 
     def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float | None:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
@@ -587,13 +586,13 @@ class WebhookStore:
             keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
             args=[delivery_id, spacing, lease, TURN_TOLERANCE_SECONDS],
         )
-        return float(_text(seconds)) if _text(given) == "given" else None
+        return float(text(seconds)) if text(given) == "given" else None
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
         it is taken up again (by whichever dispatcher asks first)."""
         return [
-            _text(item) for item in self._requeue(keys=[self.names.webhook_due], args=[late, grace, limit])
+            text(item) for item in self._requeue(keys=[self.names.webhook_due], args=[late, grace, limit])
         ]
 
     def oldest_pending(self) -> tuple[int, float | None]:
@@ -606,7 +605,7 @@ class WebhookStore:
 
 
 def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
-    fields = {_text(key): _text(value) for key, value in raw.items()}
+    fields = {text(key): text(value) for key, value in raw.items()}
     disabled = fields.get("status") == "disabled"
     return Endpoint(
         id=endpoint_id,
@@ -652,10 +651,6 @@ def _event(body: bytes | str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and "id" in event else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from tests.conftest import Pipeline, RedisServer, start_redis, stop_redis
+from tests.support.stack import Pipeline, RedisServer, start_redis, stop_redis
 
 
 class RestartableRedis:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import httpx
 import redis
 
-from tests.conftest import RETURN_URL, Pipeline, Sandbox
-from tests.pipeline.flows import consent, okt_of
+from tests.support.flows import consent, okt_of
+from tests.support.stack import RETURN_URL, Pipeline, Sandbox
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
@@ -227,6 +228,17 @@ def _terminal_count(events: list[dict[str, Any]]) -> int:
     return sum(event["type"] in TERMINAL_TYPES for event in events)
 
 
+@dataclass(frozen=True)
+class FaultStack:
+    """What a fault module's `stack` fixture (tests/faults/conftest.py) starts: a sandbox (`sandbox_flags`,
+    `sandbox_env`), a shim with `settings`, and a worker of `concurrency` (0: the tests start their own)."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 0
+    sandbox_flags: tuple[str, ...] = ()
+    sandbox_env: dict[str, str] | None = None
+
+
 def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
     """Ends a module's processes. Workers are killed: nothing of theirs is kept, and Celery's warm
     shutdown costs more than a second each."""
@@ -237,9 +249,19 @@ def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
 
 
 def sandbox_stats(sandbox: Sandbox) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()
+    stats: dict[str, Any] = sandbox.stats()
     return stats
 
 
 def faults_injected(sandbox: Sandbox) -> int:
     return sum(sandbox_stats(sandbox)["faults"].values())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether `condition` came true within `timeout` seconds, asked every 50 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

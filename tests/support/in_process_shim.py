@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, settings
 
-from tests.clocks import seen_from
+from tests.support.clocks import seen_from
 from worker.config.settings import Settings
 from worker.events import EntityOffer
 from worker.flows.enqueuer import Enqueuer

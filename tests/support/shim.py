@@ -14,8 +14,8 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api_shim.app import create_app
-from tests.clocks import seen_from
-from tests.conftest import API_KEY
+from tests.support.clocks import seen_from
+from tests.support.stack import API_KEY
 from worker.config.settings import Settings, load_settings
 from worker.events import ConnectedCredential, EntityOffer
 from worker.flows.enqueuer import Enqueuer
@@ -24,7 +24,9 @@ from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.oktopost import AsyncOktopostClient
 from worker.queueing.versions import LibraryVersions
+from worker.tasks import runtime
 from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstream
 
 PREFIX = "shimtest"
 SHIM_URL = "https://shim.example"
@@ -172,9 +174,9 @@ async def open_shim(
     )
     enqueuer = RecordingEnqueuer()
     events_redis = fakeredis.FakeAsyncRedis(server=redis_server)
-    app = create_app(
-        settings, store=store, client=client, budget=budget, enqueuer=enqueuer, events_redis=events_redis
-    )
+    # the default tenant's account called through the recording Oktopost; any other tenant's built as usual
+    upstreams = runtime.shim_upstreams(settings, redis, [Upstream(account.account_id, client, budget)])
+    app = create_app(settings, store=store, upstreams=upstreams, enqueuer=enqueuer, events_redis=events_redis)
     base_url = settings.public_base_url
     async with (
         client,

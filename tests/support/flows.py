@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.conftest import RETURN_URL, Pipeline
+from tests.support.stack import RETURN_URL, Pipeline
 from worker.follow.subscribe import follow_flow
 
 

@@ -1,4 +1,5 @@
-"""Clocks for tests of deadlines: Redis's time as a process `shift` seconds off would take it to be.
+"""Clocks for tests of deadlines: a clock that moves only when told (FakeClock), and Redis's time as a
+process `shift` seconds off would take it to be (ShiftedClock).
 
 A store whose clock is behind creates flows whose deadlines Redis (TIME, on this machine's clock)
 already sees as passed, without waiting.
@@ -9,6 +10,21 @@ from __future__ import annotations
 import time
 
 from worker.flows.store import FlowStore
+
+
+class FakeClock:
+    """Seconds that pass only when a test adds to `now` or something calls `sleep`, which records each."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 class ShiftedClock:

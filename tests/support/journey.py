@@ -4,6 +4,7 @@ browser going through the consent page and the shim's /connect pages."""
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -12,8 +13,8 @@ import httpx
 from playwright.sync_api import Page, Request
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser.partner import PartnerSite
-from tests.conftest import Pipeline, Sandbox
+from tests.support.partner import PartnerSite
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 REFERENCE = "user-42"
 STEP_TIMEOUT_MS = 15_000  # one stage of a flow on a busy two-core machine; the sandbox answers in ms
@@ -153,3 +154,19 @@ class Browsing:
         """The ids of the checkboxes the user can still tick."""
         boxes = self.page.locator('main form input[type="checkbox"][name="ids"]:not([disabled])')
         return [box.get_attribute("value") or "" for box in boxes.all()]
+
+
+def start_hosted_stack(redis_server: RedisServer, resources: ExitStack, **settings: Any) -> HostedStack:
+    """Everything a hosted flow touches, registered on `resources` to be stopped in reverse order."""
+    partner = PartnerSite()
+    resources.callback(partner.close)
+    sandbox = start_sandbox()
+    resources.callback(sandbox.process.stop)
+    pipeline = start_pipeline(
+        redis_server.url,
+        sandbox.url,
+        allowed_return_urls=f"https://app.example,{partner.origin}",
+        **settings,
+    )
+    resources.callback(pipeline.stop)
+    return HostedStack(pipeline, sandbox, partner)

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import httpx
 
-from tests.shim.harness import Shim, new_token
+from tests.support.shim import Shim, new_token
 from worker.flows.flow import Flow
 
 

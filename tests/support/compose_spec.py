@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import ROOT
+from tests.support.processes import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -13,10 +14,20 @@ from pathlib import Path
 from cli.processes import CLI as CLI_ARGS
 from cli.processes import Child, free_port, wait_for_http, wait_for_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = list(CLI_ARGS)
 
-__all__ = ["CLI", "ROOT", "Process", "busy_port", "free_port", "start_cli", "wait_for_http", "wait_for_port"]
+__all__ = [
+    "CLI",
+    "ROOT",
+    "Process",
+    "busy_port",
+    "free_port",
+    "run_cli",
+    "start_cli",
+    "wait_for_http",
+    "wait_for_port",
+]
 
 
 class Process(Child):
@@ -50,3 +61,11 @@ def busy_port() -> Iterator[int]:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         yield busy.getsockname()[1]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
