@@ -106,7 +106,8 @@ def test_a_dead_endpoint_is_disabled_once_the_healthy_one_told_and_enable_replay
 ) -> None:
     pipeline, receiver = stack
     healthy, _ = register(pipeline, receiver, "/told", events=["webhook.*"])
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    time.sleep(1.1)  # `since` (whole seconds) then covers no event of an earlier test
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     dead, _ = register(pipeline, receiver, "/dead", events=["authorization.started"])
     receiver.control("/dead", mode="503")
     flows = run_flows(pipeline, 2)
@@ -163,7 +164,9 @@ def test_a_rate_limited_endpoint_never_gets_more_and_nothing_is_lost_then_retent
     flows = run_flows(pipeline, 6)
     wait_until(lambda: len(received(receiver, "/limited")) == 3 * len(flows), 30, "every event")
     arrivals = sorted(receiver.report("/limited")["arrivals"])
-    busiest = max(sum(1 for later in arrivals if first <= later < first + 0.95) for first in arrivals)
+    # attempts start at most 5 in any second of Redis's clock; they reach the receiver a little later, by
+    # as much as the machine's load delays a thread: windows of 0.8 s leave that much room
+    busiest = max(sum(1 for later in arrivals if first <= later < first + 0.8) for first in arrivals)
     assert busiest <= 5, arrivals
     # retention: the ended deliveries go, keys and listing alike
     client: Any = pipeline.redis()
