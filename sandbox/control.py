@@ -1,5 +1,6 @@
-"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset. No auth, no faults,
-and refusals always in one shape, so a test can read why its fault settings were refused."""
+"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset, and what happens to a
+credential in Oktopost without the pipeline (`/_sandbox/credentials/{id}/invalidate` or `/remove`). No auth,
+no faults, and refusals always in one shape, so a test can read why its fault settings were refused."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class ControlPanel:
         }
 
     def answer(self, request: Request) -> Response:
+        parts = request.path.rstrip("/").split("/")  # ["", "_sandbox", "credentials", ID, ACTION]
+        if len(parts) == 5 and parts[2] == "credentials" and parts[4] in ("invalidate", "remove"):
+            if request.method != "POST":
+                return _error(405, "API", {"Error": "Method not allowed"}, [("allow", "POST")])
+            return self._change_credential(parts[3], parts[4])
         methods = self._routes.get(request.path.rstrip("/"))
         if methods is None:
             return _error(404, "API", {"Error": f"Unknown sandbox route {request.path}"})
@@ -70,6 +76,18 @@ class ControlPanel:
             for credential in account.authorizations.connections()
         ]
         return json_response(200, listed)
+
+    def _change_credential(self, credential_id: str, action: str) -> Response:
+        for account in self._accounts:
+            credentials = account.authorizations
+            done = (
+                credentials.invalidate(credential_id)
+                if action == "invalidate"
+                else credentials.remove(credential_id)
+            )
+            if done:
+                return json_response(200, {"Result": True})
+        return _error(404, "API", {"Error": "Credential not found"})
 
     def _read_stats(self, _request: Request) -> Response:
         blocked = {account.id: account.blocked() for account in self._accounts}
