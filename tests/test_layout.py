@@ -173,7 +173,18 @@ WORKER_STAGES = {
     "flows": {"config", "queueing"},
     "upstream": {"config", "flows", "oktopost"},
     "webhooks": {"config", "observing", "follow"},
-    "tasks": {"queueing", "config", "observing", "oktopost", "follow", "flows", "upstream", "webhooks"},
+    "connections": {"config", "observing", "oktopost", "upstream"},
+    "tasks": {
+        "queueing",
+        "config",
+        "observing",
+        "oktopost",
+        "follow",
+        "flows",
+        "upstream",
+        "webhooks",
+        "connections",
+    },
 }
 
 

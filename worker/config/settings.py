@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    # connections' health: seconds between the checks of each account (0: none), and the most of each
+    # account's rate and daily limits that checks may use
+    connection_check_seconds: float = Field(default=900.0, ge=0, le=86400 * 7)
+    connection_check_share: float = Field(default=0.1, gt=0, le=1)
     _tenants: Tenants = PrivateAttr()
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
