@@ -37,6 +37,7 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
         connection_check_seconds=1,
         connection_check_share=SHARE,
         token_ttl_seconds=20,
+        oktopost_timeout_seconds=2,  # a killed worker's check lock lapses within 8 s
     )
     try:
         yield pipeline, sandbox
@@ -147,12 +148,13 @@ def test_an_invalidation_is_reported_once_and_a_reconnect_in_place_recovers_it(
     assert len(lifecycle(pipeline, connection_id, "connection.invalid")) == 1
 
 
-def test_removed_upstream_is_deleted_once(stack: tuple[Pipeline, Sandbox]) -> None:
+def test_removed_upstream_is_deleted_once_though_a_worker_is_killed(stack: tuple[Pipeline, Sandbox]) -> None:
     pipeline, sandbox = stack
     connection_id = connect(pipeline, "user-removed")
     channel = pipeline.redis().pubsub()
     channel.subscribe(RedisNames(pipeline.prefix).connection_channel(connection_id))
     httpx.post(f"{sandbox.url}/_sandbox/credentials/{connection_id}/remove").raise_for_status()
+    pipeline.workers[0].kill()  # SIGKILL, perhaps mid-check: its lock lapses, another worker checks
     wait_until(lambda: status_of(pipeline, connection_id) is None, what="the check saw it gone")
     time.sleep(1.5)
     [deleted] = lifecycle(pipeline, connection_id, "connection.deleted")

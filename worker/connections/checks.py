@@ -39,8 +39,6 @@ from worker.upstream.clients import Upstream
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
-CALL_SECONDS = 10.0  # one check call's timeout, and how long its slot is held at most
-LOCK_SECONDS = 60.0  # a check's lock lives this long past its last sign of life
 GIVE_UP_SECONDS = 120.0  # a check that found no spare budget for this long fails (tried next period)
 APPLY_BATCH = 200  # connections per Lua step when a check's findings are applied
 
@@ -60,6 +58,13 @@ class CheckFailed(Exception):
 class CheckSettings:
     period: float  # seconds between an account's checks; 0: no checks
     share: float  # of the account's rate and daily limits, at most
+    call_seconds: float = 10.0  # one check call's timeout (OKTOPOST_TIMEOUT_SECONDS), and its slot's hold
+
+    @property
+    def lock_seconds(self) -> float:
+        """A check's lock lives this long past its last sign of life (renewed before every call): longer
+        than any call, so only a check whose process died or stalled loses it."""
+        return 3 * self.call_seconds + 2
 
 
 class ConnectionChecker:
@@ -84,6 +89,10 @@ class ConnectionChecker:
         self._apply = scripts.register(self.redis, "connection_check")
         self._ended = scripts.register(self.redis, "budget_finished")
 
+    @property
+    def _lock_ms(self) -> int:
+        return int(self.settings.lock_seconds * 1000)
+
     def check_due(self) -> dict[str, CheckOutcome]:
         """Checks every account that is due and free; the outcome of each account looked at."""
         outcomes = {}
@@ -95,9 +104,7 @@ class ConnectionChecker:
 
     def check(self, upstream: Upstream[OktopostClient]) -> CheckOutcome:
         names = self.names.account(upstream.account_id)
-        taken = self._lock(
-            keys=_lock_keys(names), args=["take", "", int(LOCK_SECONDS * 1000), self.settings.period]
-        )
+        taken = self._lock(keys=_lock_keys(names), args=["take", "", self._lock_ms, self.settings.period])
         if _text(taken[0]) != "taken":
             return CheckOutcome.SKIPPED
         fence, began_ms = _text(taken[1]), int(_text(taken[2]))
@@ -127,7 +134,7 @@ class ConnectionChecker:
         statuses: dict[str, str] = {}
         page, pages = 0, 1
         while page < pages:
-            answer = self._call(upstream, fence, _listing(upstream.client, page))
+            answer = self._call(upstream, fence, _listing(upstream.client, page, self.settings.call_seconds))
             for credential in answer.items:
                 statuses[credential.id] = "valid" if credential.status == "valid" else "invalid"
             pages = max(1, math.ceil(answer.total / PAGE_SIZE))
@@ -138,7 +145,9 @@ class ConnectionChecker:
         """A connection the listing left out, read by id: "gone" only when Oktopost answers 404."""
         try:
             credential = self._call(
-                upstream, fence, lambda: upstream.client.get_credential(connection_id, timeout=CALL_SECONDS)
+                upstream,
+                fence,
+                lambda: upstream.client.get_credential(connection_id, timeout=self.settings.call_seconds),
             )
         except RejectedError as refused:
             if refused.status == 404:
@@ -149,6 +158,7 @@ class ConnectionChecker:
     def _call(self, upstream: Upstream[OktopostClient], fence: str, call: Callable[[], Any]) -> Any:
         budget = upstream.budget
         call_id = f"check:{uuid.uuid4().hex}"
+        self._renew(budget.names, fence)
         self._wait_for_slot(budget, fence, call_id)
         error: BaseException | None = None
         try:
@@ -182,7 +192,7 @@ class ConnectionChecker:
                     fence,
                     budget.limit,
                     budget.period,
-                    CALL_SECONDS,
+                    self.settings.call_seconds,
                     self.settings.share,
                     daily,
                     names.daily_calls_prefix,
@@ -231,7 +241,7 @@ class ConnectionChecker:
         return changes
 
     def _renew(self, names: AccountNames, fence: str) -> None:
-        answer = self._lock(keys=_lock_keys(names), args=["renew", fence, int(LOCK_SECONDS * 1000), 0])
+        answer = self._lock(keys=_lock_keys(names), args=["renew", fence, self._lock_ms, 0])
         if _text(answer[0]) != "ok":
             raise CheckFailed("the check's lock was lost")
 
@@ -249,8 +259,8 @@ def check_field(account: str, outcome: str) -> str:
     return f"check|{account}|{outcome}"
 
 
-def _listing(client: OktopostClient, page: int) -> Callable[[], CredentialPage]:
-    return lambda: client.list_credentials(page, PAGE_SIZE, include_invalid=True, timeout=CALL_SECONDS)
+def _listing(client: OktopostClient, page: int, timeout: float) -> Callable[[], CredentialPage]:
+    return lambda: client.list_credentials(page, PAGE_SIZE, include_invalid=True, timeout=timeout)
 
 
 def _lock_keys(names: AccountNames) -> list[str]:

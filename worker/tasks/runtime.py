@@ -193,5 +193,9 @@ def connection_deleter() -> ConnectionDeleter:
 
 
 def connection_checker(settings: Settings) -> ConnectionChecker:
-    check = CheckSettings(settings.connection_check_seconds, settings.connection_check_share)
+    check = CheckSettings(
+        settings.connection_check_seconds,
+        settings.connection_check_share,
+        call_seconds=settings.oktopost_timeout_seconds,
+    )
     return ConnectionChecker(connection_store(), upstreams().get, check)
