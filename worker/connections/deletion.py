@@ -41,6 +41,7 @@ class ConnectionDeleter:
         caller to try again later."""
         record = self.store.record(tenant, connection_id)
         if record is None or record.get("_deleting") is None:
+            self.store.forget_deletion(tenant, connection_id)
             return Deletion.GONE
         account = str(record.get("_account", ""))
         upstream = self.upstream_of(account)

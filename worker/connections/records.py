@@ -158,6 +158,10 @@ class ConnectionStore:
         members = self.redis.zrangebyscore(self.names.connections_deleting, "-inf", older_than_ms, 0, limit)
         return [_member(member) for member in members]
 
+    def forget_deletion(self, tenant: str, connection_id: str) -> None:
+        """A deletion with nothing left to do leaves the deletions under way."""
+        self.redis.zrem(self.names.connections_deleting, f"{tenant}:{connection_id}")
+
     def touch_deletion(self, tenant: str, connection_id: str, now_ms: int) -> None:
         self.redis.zadd(self.names.connections_deleting, {f"{tenant}:{connection_id}": now_ms}, xx=True)
 
