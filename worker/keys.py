@@ -95,6 +95,12 @@ class RedisNames:
         return f"{self.prefix}:connections:accounts"
 
     @property
+    def connection_counts(self) -> str:
+        """Hash: "{account}|{status}" -> how many connections the account has with that status, kept by
+        the steps that change connections (what /metrics shows, in one read)."""
+        return f"{self.prefix}:connections:counts"
+
+    @property
     def connections_deleting(self) -> str:
         """Sorted set: "{tenant}:{id}" of connections whose deletion was asked for, scored by when it was
         last queued (an entry left long after is queued again)."""

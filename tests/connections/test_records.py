@@ -66,6 +66,7 @@ def test_a_reconnect_that_makes_it_valid_is_one_recovered_event(
     complete(flows, "flow-a" * 3, "user-1", "003-1", "invalid")
     complete(flows, "flow-b" * 3, "user-1", "003-1", "valid")
     [recovered] = lifecycle(flows)
+    assert connections.counts() == {("demo-account", "valid"): 1, ("demo-account", "invalid"): 0}
     assert recovered["type"] == "connection.recovered"
     assert recovered["connection_id"] == "003-1"
     assert recovered["reference"] == "user-1"
@@ -104,3 +105,4 @@ def test_a_deletion_is_asked_once_and_done_once(stores: tuple[FlowStore, Connect
     [deleted] = lifecycle(flows)
     assert (deleted["type"], deleted["data"]["reason"]) == ("connection.deleted", "requested")
     assert connections.members("demo-account") == []
+    assert connections.counts() == {("demo-account", "valid"): 0}

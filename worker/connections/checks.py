@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import scripts
-from worker.connections.records import ConnectionStore
+from worker.connections.records import STATUSES, ConnectionStore
 from worker.events import utc_timestamp
 from worker.keys import AccountNames, RedisNames
 from worker.oktopost import CredentialPage, OktopostClient
@@ -233,7 +233,12 @@ class ConnectionChecker:
                     self.names.tenant_channel(tenant),
                 ]
             args += [str(uuid.uuid4()) for _ in batch]
-            keys = [names.check_lock, self.names.all_events_stream, names.connections]
+            keys = [
+                names.check_lock,
+                self.names.all_events_stream,
+                names.connections,
+                self.names.connection_counts,
+            ]
             answer = self._apply(keys=keys, args=args)
             if _text(answer[0]) != "ok":
                 raise CheckFailed("another check holds the account now")
@@ -287,9 +292,12 @@ class ConnectionCollector(Collector):
             "okc_connection_checks", "Connection checks by account and outcome", labels=["account", "outcome"]
         )
         try:
-            for account in self.store.accounts():
-                for status, count in self.store.count_by_status(account).items():
-                    connections.add_metric([account, status], count)
+            by_status: dict[tuple[str, str], int] = {
+                (account, status): 0 for account in self.store.accounts() for status in STATUSES
+            }
+            by_status.update(self.store.counts())  # both statuses of every account, 0 when none
+            for (account, status), count in by_status.items():
+                connections.add_metric([account, status], count)
             counted = self.store.redis.hgetall(self.store.names.worker_metrics)
         except redis.RedisError:
             return

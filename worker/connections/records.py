@@ -20,6 +20,7 @@ from worker.events import utc_timestamp
 from worker.keys import RedisNames
 
 ConnectionStatus = Literal["valid", "invalid"]
+STATUSES: tuple[ConnectionStatus, ...] = ("valid", "invalid")
 MAX_PAGE = 100
 _SCAN_BATCH = 200  # ids read per round while filtering a page
 
@@ -172,18 +173,13 @@ class ConnectionStore:
     def accounts(self) -> list[str]:
         return sorted(_text(account) for account in self.redis.smembers(self.names.connection_accounts))
 
-    def count_by_status(self, account: str) -> dict[str, int]:
-        """How many of the account's connections are valid and invalid (for /metrics)."""
-        counts = {"valid": 0, "invalid": 0}
-        by_tenant: dict[str, list[str]] = {}
-        for tenant, connection_id in self.members(account):
-            by_tenant.setdefault(tenant, []).append(connection_id)
-        for tenant, ids in by_tenant.items():
-            for raw in self.redis.hmget(self.names.tenant_connections(tenant), ids):
-                if raw is not None:
-                    status = json.loads(raw).get("status")
-                    counts[status] = counts.get(status, 0) + 1
-        return counts
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(account, status) -> how many connections (for /metrics; kept by the Lua steps)."""
+        counted = {}
+        for field, value in self.redis.hgetall(self.names.connection_counts).items():
+            account, _, status = _text(field).rpartition("|")
+            counted[(account, status)] = int(value)
+        return counted
 
     def _delete_keys(self, tenant: str) -> list[str]:
         names = self.names
@@ -192,6 +188,7 @@ class ConnectionStore:
             names.tenant_connection_order(tenant),
             names.connections_deleting,
             names.all_events_stream,
+            names.connection_counts,
         ]
 
 

@@ -285,6 +285,7 @@ class FlowStore:
                 "order": names.tenant_connection_order(flow.tenant),
                 "account_set": names.account(account).connections,
                 "accounts": names.connection_accounts,
+                "counts": names.connection_counts,
                 "credentials": credentials,
             }
         )

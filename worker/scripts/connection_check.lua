@@ -5,7 +5,7 @@
 --
 --! include connection_record
 --
--- KEYS: 1 the check lock, 2 the all-events stream, 3 the account's connections set
+-- KEYS: 1 the check lock, 2 the all-events stream, 3 the account's connections set, 4 the connection counts
 -- ARGV: 1 the check's fence, 2 checked_at (ISO time), 3 when the check began reading (ms, Redis's
 --       clock): a connection made by a flow after that is left alone (the listing may predate it)
 --       4 the all-events channel, 5 the connection channels' prefix, 6 ms the stream keeps an event,
@@ -34,6 +34,7 @@ for n = 0, count - 1 do
     redis.call("SREM", KEYS[3], tenant .. ":" .. id)
   elseif record._deleting == nil and (record._touched or 0) <= began then
     if seen == "gone" then
+      count_connection(KEYS[4], record._account, record.status, -1)
       redis.call("HDEL", hash, id)
       redis.call("ZREM", order, id)
       redis.call("SREM", KEYS[3], tenant .. ":" .. id)
@@ -43,6 +44,8 @@ for n = 0, count - 1 do
     else
       record.checked_at = at
       if record.status ~= seen then
+        count_connection(KEYS[4], record._account, record.status, -1)
+        count_connection(KEYS[4], record._account, seen, 1)
         record.status, record.status_changed_at = seen, at
         local kind = seen == "valid" and "connection.recovered" or "connection.invalid"
         emit_connection_event(route, connection_event(kind, record, tenant, event_id, at), id)

@@ -8,7 +8,7 @@
 -- (reason "requested"), in one step; only if its deletion was asked for and it is still there.
 --
 -- KEYS: 1 the tenant's connections hash, 2 the tenant's order zset, 3 the deletions zset, 4 the all-events
---       stream
+--       stream, 5 the connection counts
 -- ARGV: 1 "ask" | "done", 2 tenant, 3 id, 4 (done) event id, 5 (done) at (ISO time), 6 (done) the
 --       all-events channel, 7 (done) the tenant's channel, 8 (done) the connection channels' prefix,
 --       9 (done) ms the stream keeps an event, 10 (done) the account's connections set
@@ -36,6 +36,7 @@ end
 if record._deleting == nil then
   return "missing"
 end
+count_connection(KEYS[5], record._account, record.status, -1)
 redis.call("HDEL", hash, id)
 redis.call("ZREM", order, id)
 redis.call("ZREM", deleting, tenant .. ":" .. id)

@@ -36,6 +36,11 @@ local function connection_event(kind, record, tenant, event_id, at, reason)
   })
 end
 
+-- how many connections each account has with each status: `counts` hash, "{account}|{status}" fields
+local function count_connection(counts, account, status, delta)
+  redis.call("HINCRBY", counts, (account or "") .. "|" .. status, delta)
+end
+
 -- `route`: {stream = the all-events stream, oldest_ms = the trim point, all = the all-events channel,
 --           tenant = the tenant's channel, connection_prefix = the connection channels' prefix}
 local function emit_connection_event(route, event, connection_id)
@@ -47,7 +52,7 @@ end
 
 -- A completed flow's credentials become connections of its tenant (transition.lua, in the same step as
 -- connection.completed). `made` (JSON): {"tenant", "account", "flow_id", "reference" (or null),
--- "entity_type", "at", "hash", "order", "account_set", "accounts", "credentials": [{"id", "name",
+-- "entity_type", "at", "hash", "order", "account_set", "accounts", "counts", "credentials": [{"id", "name",
 -- "display_name", "status", "network", "event_id"}]}. A credential connected again keeps its connection:
 -- its reference joins `references`, it takes the new status (an event when that status changes).
 local function connect_credentials(made, route, now_ms)
@@ -59,9 +64,12 @@ local function connect_credentials(made, route, now_ms)
     if record == nil then
       record = {id = credential.id, connected_at = made.at, status_changed_at = made.at, checked_at = cjson.null,
                 references = {}, status = status}
+      count_connection(made.counts, made.account, status, 1)
     elseif record.status ~= status then
       changed_from = record.status
       record.status_changed_at = made.at
+      count_connection(made.counts, record._account, record.status, -1)
+      count_connection(made.counts, made.account, status, 1)
     end
     record.status = status
     record.network, record.entity_type = credential.network, made.entity_type
