@@ -197,6 +197,13 @@ class Account:
     def connections(self) -> list[Credential]:
         return list(self._credentials.values())
 
+    def seed_profiles(self, network: str, count: int) -> list[Credential]:
+        """`count` profiles connected at once, as if each user had been through a flow (benchmarks)."""
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._wall_clock()))
+        seeded = [Credential(new_profile(network), "profile", created) for _ in range(count)]
+        self._credentials.update((credential.id, credential) for credential in seeded)
+        return seeded
+
     def invalidate(self, credential_id: str) -> bool:
         """Turns a credential `invalid`, as when its network demands re-authorization; False if unknown."""
         credential = self._credentials.get(credential_id)

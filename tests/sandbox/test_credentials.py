@@ -111,3 +111,16 @@ def test_connecting_an_invalid_page_again_makes_it_valid(sandbox: RunningSandbox
     httpx.post(f"{sandbox.url}/_sandbox/credentials/{page}/invalidate").raise_for_status()
     assert connect_pages(api, sandbox, 1) == [page]
     assert api.get(f"/v2/credential/{page}").json()["Credential"]["Status"] == "valid"
+
+
+def test_seeding_connects_many_profiles_at_once_without_an_api_call(
+    sandbox: RunningSandbox, api: httpx.Client
+) -> None:
+    seeded = httpx.post(f"{sandbox.url}/_sandbox/credentials", json={"count": 120, "network": "Twitter"})
+    assert seeded.status_code == 200
+    ids = seeded.json()["Ids"]
+    assert len(set(ids)) == 120
+    assert sandbox.stats()["calls"] == 0
+    assert api.get("/v2/credential", params={"_count": 100, "_page": 1}).json()["Total"] == 120
+    refused = httpx.post(f"{sandbox.url}/_sandbox/credentials", json={"count": 0})
+    assert refused.status_code == 400

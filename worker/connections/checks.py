@@ -108,6 +108,7 @@ class ConnectionChecker:
         if _text(taken[0]) != "taken":
             return CheckOutcome.SKIPPED
         fence, began_ms = _text(taken[1]), int(_text(taken[2]))
+        started = time.monotonic()
         try:
             changes = self._run(upstream, names, fence, began_ms)
         except (CheckFailed, OktopostError, redis.RedisError) as failure:
@@ -117,7 +118,7 @@ class ConnectionChecker:
         finally:
             self._release(names, fence)
         log.info("connection check of account %s: %d changes", upstream.account_id, changes)
-        self._count(upstream.account_id, CheckOutcome.OK)
+        self._count(upstream.account_id, CheckOutcome.OK, time.monotonic() - started)
         return CheckOutcome.OK
 
     def _run(self, upstream: Upstream[OktopostClient], names: AccountNames, fence: str, began_ms: int) -> int:
@@ -254,14 +255,21 @@ class ConnectionChecker:
         with suppress(redis.RedisError):  # else the lock lapses by itself
             self._lock(keys=_lock_keys(names), args=["release", fence, 0, 0])
 
-    def _count(self, account: str, outcome: CheckOutcome) -> None:
+    def _count(self, account: str, outcome: CheckOutcome, seconds: float | None = None) -> None:
         with suppress(redis.RedisError):  # metrics never break a check
             self.redis.hincrby(self.names.worker_metrics, check_field(account, outcome), 1)
+            if seconds is not None:  # a successful check's time, from its lock to its last change
+                self.redis.hincrbyfloat(self.names.worker_metrics, check_seconds_field(account), seconds)
 
 
 def check_field(account: str, outcome: str) -> str:
     """The field of the workers' metrics hash that counts an account's checks of one outcome."""
     return f"check|{account}|{outcome}"
+
+
+def check_seconds_field(account: str) -> str:
+    """The field of the workers' metrics hash adding up the time of an account's successful checks."""
+    return f"checktime|{account}|sum"
 
 
 def _listing(client: OktopostClient, page: int, timeout: float) -> Callable[[], CredentialPage]:
