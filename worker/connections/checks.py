@@ -340,13 +340,18 @@ class CheckLoop:
         self.lost_after = lost_after  # a deletion asked for this long ago and still there lost its task
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oktopost-connection-checks", daemon=True)
+        checker.sleep = self._pause  # a check waiting for spare budget ends as soon as the worker stops
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=2)
+
+    def _pause(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise CheckFailed("the worker is stopping")
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
