@@ -217,7 +217,7 @@ def _check_figures(system: Pipeline) -> tuple[float, float, float]:
     names = RedisNames(system.prefix)
     day = int(time.time() // 86400)
     with redis.Redis.from_url(system.setup.redis_url) as client:
-        calls = float(client.get(f"{names.account(ACCOUNT).check_daily_prefix}{day}") or 0)
+        calls = float(client.get(names.account(ACCOUNT).check_daily_calls(day)) or 0)
         ok = float(client.hget(names.worker_metrics, f"check|{ACCOUNT}|ok") or 0)
         seconds = float(client.hget(names.worker_metrics, f"checktime|{ACCOUNT}|sum") or 0)
     return calls, ok, seconds

@@ -236,6 +236,10 @@ class AccountNames:
         """The day's counter of check calls without its day (the script appends the day it reads)."""
         return f"{self._base}:check:calls:"
 
+    def check_daily_calls(self, day: int) -> str:
+        """Counter: the check calls of one UTC day (days since the epoch); it expires the day after."""
+        return f"{self.check_daily_prefix}{day}"
+
     @property
     def worker_metrics(self) -> str:
         """The workers' metrics hash (RedisNames.worker_metrics), where the account counts its pauses."""

@@ -225,7 +225,7 @@ def test_a_burst_beside_the_checks_meets_no_429_and_checks_keep_their_share(
     day = int(time.time() // 86400)
     names = RedisNames(pipeline.prefix).account("demo-account")
     client = redis_of(pipeline)
-    checks_before = int(client.get(f"{names.check_daily_prefix}{day}") or 0)
+    checks_before = int(client.get(names.check_daily_calls(day)) or 0)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = list(pool.map(lambda n: connect(pipeline, f"burst-{n}"), range(8)))
@@ -234,7 +234,7 @@ def test_a_burst_beside_the_checks_meets_no_429_and_checks_keep_their_share(
     stats = httpx.get(f"{sandbox.url}/_sandbox/stats").json()
     assert stats["responses_429"]["rate_limit"] == 0
     assert stats["ever_blocked"] is False
-    checks = int(client.get(f"{names.check_daily_prefix}{day}") or 0) - checks_before
+    checks = int(client.get(names.check_daily_calls(day)) or 0) - checks_before
     assert checks <= RATE * SHARE * elapsed + 1, (checks, elapsed)
     metrics = httpx.get(f"{pipeline.shim_url}/metrics").text
     assert 'okc_connections{account="demo-account",status="valid"}' in metrics
