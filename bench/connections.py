@@ -23,6 +23,7 @@ from bench.scenarios import warm_up
 from bench.systems import Pipeline, Setup
 from bench.upstream import SandboxServer, Upstream, start_sandbox
 from cli.processes import Children
+from worker.connections.checks import CheckOutcome, check_field, check_seconds_field
 from worker.events import ConnectedCredential
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
@@ -218,6 +219,6 @@ def _check_figures(system: Pipeline) -> tuple[float, float, float]:
     day = int(time.time() // 86400)
     with redis.Redis.from_url(system.setup.redis_url) as client:
         calls = float(client.get(names.account(ACCOUNT).check_daily_calls(day)) or 0)
-        ok = float(client.hget(names.worker_metrics, f"check|{ACCOUNT}|ok") or 0)
-        seconds = float(client.hget(names.worker_metrics, f"checktime|{ACCOUNT}|sum") or 0)
+        ok = float(client.hget(names.worker_metrics, check_field(ACCOUNT, CheckOutcome.OK)) or 0)
+        seconds = float(client.hget(names.worker_metrics, check_seconds_field(ACCOUNT)) or 0)
     return calls, ok, seconds
