@@ -18,7 +18,7 @@ from api_shim import access, bodies, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
 from api_shim.openapi import describe
-from api_shim.routes import authorizations, callbacks, connect, probes, start, webhooks
+from api_shim.routes import authorizations, callbacks, connect, connections, probes, start, webhooks
 from api_shim.streams import POOL_CONNECTIONS, EventStreams
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
@@ -96,6 +96,7 @@ def create_app(
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")
     app.include_router(authorizations.router)
+    app.include_router(connections.router)
     app.include_router(callbacks.router)
     app.include_router(connect.router)
     app.include_router(probes.router)

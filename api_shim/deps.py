@@ -15,6 +15,7 @@ from api_shim.security import tenant_of_bearer
 from api_shim.streams import EventStreams
 from worker.config.settings import Settings
 from worker.config.tenants import Tenant
+from worker.connections.records import ConnectionStore
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.flow import Flow, is_flow_id
 from worker.flows.store import FlowStore
@@ -38,6 +39,11 @@ class Deps:
     @property
     def names(self) -> RedisNames:
         return self.store.names
+
+    @property
+    def connections(self) -> ConnectionStore:
+        """The tenants' connections (made by flows' completions, in the flow store's Redis)."""
+        return ConnectionStore(self.store.redis, self.names, self.settings.flow_retention_seconds)
 
     def load_flow(self, flow_id: str, tenant: str | None = None) -> Flow:
         """The flow, or a 404 that looks the same for a malformed id and an unknown one; with `tenant`,

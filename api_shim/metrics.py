@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram
 
+from worker.connections.checks import ConnectionCollector
+from worker.connections.records import ConnectionStore
 from worker.observing.metrics import RedisMetricsCollector
 from worker.upstream.account import Account, AccountCollector
 from worker.webhooks.endpoints import BacklogCollector, WebhookStore
@@ -27,15 +29,18 @@ CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcom
 ADMISSIONS_REFUSED = Counter(
     "okc_shim_admissions_refused_total", "New flows refused with 503: the upstream budget is spoken for"
 )
-_worker_collectors: list[RedisMetricsCollector | AccountCollector | BacklogCollector] = []
+_worker_collectors: list[
+    RedisMetricsCollector | AccountCollector | BacklogCollector | ConnectionCollector
+] = []
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
 def install(
     client: redis.Redis, worker_metrics_key: str, accounts: list[Account], webhooks: WebhookStore
 ) -> None:
-    """/metrics also shows the workers' metrics, each configured Oktopost account's standing and the
-    webhook deliveries not done yet, read from Redis at scrape time."""
+    """/metrics also shows the workers' metrics, each configured Oktopost account's standing, the
+    webhook deliveries not done yet and the connections by account and status, read from Redis at
+    scrape time."""
     while _worker_collectors:  # one of each per process, even when tests build several apps
         REGISTRY.unregister(_worker_collectors.pop())
     _worker_collectors.extend(
@@ -43,6 +48,7 @@ def install(
             RedisMetricsCollector(client, worker_metrics_key),
             AccountCollector(accounts),
             BacklogCollector(webhooks),
+            ConnectionCollector(ConnectionStore(webhooks.redis, webhooks.names, int(webhooks.retention))),
         ]
     )
     for collector in _worker_collectors:

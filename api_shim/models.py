@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from worker.config.tenants import parse_rate
+from worker.connections.records import Connection
 from worker.events import EventType
 from worker.flows.flow import BrowserUI, FlowState
 from worker.oktopost import ENTITY_TYPES, NETWORKS
@@ -259,3 +260,24 @@ class ReplayRequest(BaseModel):
 
 class ReplayQueued(BaseModel):
     queued: int
+
+
+class ConnectionList(BaseModel):
+    connections: list[Connection]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class ConnectionDeleting(BaseModel):
+    id: str
+    status: Literal["deleting"] = "deleting"
+
+
+class ReconnectRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    return_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="where the browser goes after the callback; its origin must be in ALLOWED_RETURN_URLS",
+    )
+    ui: BrowserUI = Field(default=BrowserUI.HOSTED, description="as for POST /v1/authorizations")

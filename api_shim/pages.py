@@ -167,6 +167,7 @@ def _common(settings: Settings, flow: Flow) -> dict[str, Any]:
         "kind": flow.entity_type,
         "events_url": None if flow.state.terminal else f"/connect/{flow.flow_id}/events",
         "seq": flow.seq,
+        "reconnection": flow.reconnects is not None,
     }
 
 

@@ -2,8 +2,9 @@
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
-The `tenants` scenario (many accounts, one bursting) runs on ours alone, after the others
-(bench/tenants.py).
+The `tenants` scenario (many accounts, one bursting) and the `connections` scenario (the burst beside
+health checks of many connections) run on ours alone, after the others (bench/tenants.py,
+bench/connections.py).
 Every child process is stopped at the end, on Ctrl-C and on failure too.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.connections import ConnectionsResult, run_connections
 from bench.harness import interrupted_by_sigterm, start_redis
 from bench.load import generator_floor
 from bench.report import Row, shared_account_table, table
@@ -48,8 +50,9 @@ from cli.processes import Child, Children, StartupError
 
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  # the default run
 TENANTS = "tenants"
-# opt-in: ours only (the baselines have no webhooks, and one Oktopost account each)
-ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS)
+CONNECTIONS = "connections"
+# opt-in: ours only (the baselines have no webhooks, one Oktopost account each, and keep no connections)
+ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS, CONNECTIONS)
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -70,7 +73,7 @@ def run(options: BenchOptions) -> int:
     chosen = _chosen(options)
     try:
         with interrupted_by_sigterm(), Children(log_dir) as children:
-            rows, floor, tenants = _measure_every_system(options, chosen, children)
+            rows, floor, tenants, connections = _measure_every_system(options, chosen, children)
     except KeyboardInterrupt:
         _say(f"interrupted; every process stopped (logs in {log_dir})")
         return 130
@@ -82,10 +85,14 @@ def run(options: BenchOptions) -> int:
         _print_report(chosen, rows, floor)
     if tenants is not None:
         print(("\n" if rows else "") + tenants.report())
+    if connections is not None:
+        print(("\n" if rows or tenants else "") + connections.report())
     if options.json_path is not None:
         document = _document(options, chosen, rows, floor, load_at_start)
         if tenants is not None:
             document["tenants"] = tenants.as_json()
+        if connections is not None:
+            document["connections"] = connections.as_json()
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {options.json_path}")
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -94,9 +101,10 @@ def run(options: BenchOptions) -> int:
 
 def _measure_every_system(
     options: BenchOptions, chosen: list[Scenario], children: Children
-) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None]:
+) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None, ConnectionsResult | None]:
     """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
-    then the limited, then the one shared with a careless client; then ours through `tenants`."""
+    then the limited, then the one shared with a careless client; then ours through `tenants` and
+    `connections`."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
@@ -124,7 +132,25 @@ def _measure_every_system(
         url = _database(redis_url, next(databases)) if shared else redis_url
         tenants = run_tenants(children, url, options.workers, options.concurrency, options.quick)
         _say(f"pipeline: tenants: quiet p99 {tenants.quiet_ratio:.2f}x idle")
-    return rows, floor, tenants
+    connections = None
+    if CONNECTIONS in options.scenarios:
+        url = _database(redis_url, next(databases)) if shared else redis_url
+        connections = _measure_connections(options, children, url)
+    return rows, floor, tenants, connections
+
+
+def _measure_connections(
+    options: BenchOptions, children: Children, redis_url: str
+) -> ConnectionsResult | None:
+    """Ours through `connections` (it runs on ours only)."""
+    if Pipeline.name not in options.systems:
+        _say("connections skipped: it runs on ours only (--system pipeline)")
+        return None
+    _say("pipeline: connections")
+    result = run_connections(children, redis_url, options.workers, options.concurrency, options.quick)
+    beside, without = result.beside.completed, result.without.completed
+    _say(f"pipeline: connections: {beside} completed beside checks, {without} without")
+    return result
 
 
 def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None) -> None:
@@ -160,7 +186,11 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
     defined = define_scenarios(options.quick, _burst_token_ttl(options))
-    picked = [defined[name] for name in ALL_SCENARIO_NAMES if name in options.scenarios and name != TENANTS]
+    picked = [
+        defined[name]
+        for name in ALL_SCENARIO_NAMES
+        if name in options.scenarios and name not in (TENANTS, CONNECTIONS)
+    ]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 
 

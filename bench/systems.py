@@ -207,6 +207,8 @@ class Pipeline(System):
     def ended(self, message: bytes) -> tuple[str, str] | None:
         seen = time.time()
         event = json.loads(message)
+        if "flow_id" not in event:  # a connection's lifecycle event: it belongs to no flow
+            return None
         flow_id = str(event["flow_id"])
         if event.get("type") == "callback.received":
             self._claimed_at[flow_id] = _epoch(event["at"])

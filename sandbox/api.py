@@ -1,4 +1,5 @@
-"""The Oktopost API the sandbox imitates: `/v2/social-authorization` (steps 1, 3 and 4) and `/v2/credential`.
+"""The Oktopost API the sandbox imitates: `/v2/social-authorization` (steps 1, 3 and 4) and `/v2/credential`
+(list, read one, delete one, over the credentials the account has connected).
 
 Shapes follow the reference: `Result` always present; a refusal is answered as a `Refusal`, which the
 sandbox shapes as the `error_shape` fault says. Parameters are taken as strictly as Oktopost takes them:
@@ -30,6 +31,8 @@ _PRINTABLE_ASCII = "".join(ch for ch in string.printable if not ch.isspace())
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 TOKEN_INVALID = Refusal(404, "Token is invalid or has expired")
+CREDENTIAL_NOT_FOUND = Refusal(404, "Credential not found")
+PAGE_SIZES = ("25", "50", "100")
 UNAUTHORIZED = Refusal(
     401, "Invalid API credentials", headers=(("www-authenticate", 'Basic realm="Oktopost"'),)
 )
@@ -70,10 +73,16 @@ class OktopostApi:
             if request.method == "PUT":
                 return _complete(parts[3], request, account)
             return method_not_allowed("GET, PUT")
-        if resource == "credential" and len(parts) == 4 and parts[3]:
+        if resource == "credential" and len(parts) == 3:
             if request.method != "GET":
                 return method_not_allowed("GET")
-            return _read_credential(parts[3], account)
+            return _list_credentials(request, account)
+        if resource == "credential" and len(parts) == 4 and parts[3]:
+            if request.method == "GET":
+                return _read_credential(parts[3], account)
+            if request.method == "DELETE":
+                return _delete_credential(parts[3], account)
+            return method_not_allowed("GET, DELETE")
         return Refusal(404, f"Unknown API route {request.path}")
 
     def _request_authorization(self, request: Request, account: Account) -> Response | Refusal:
@@ -141,8 +150,43 @@ def _complete(token: str, request: Request, account: Account) -> Response | Refu
 def _read_credential(credential_id: str, account: Account) -> Response | Refusal:
     credential = account.credential(credential_id)
     if credential is None:
-        return Refusal(404, "Credential not found")
+        return CREDENTIAL_NOT_FOUND
     return json_response(200, {"Result": True, "Credential": _credential_json(credential)})
+
+
+def _delete_credential(credential_id: str, account: Account) -> Response | Refusal:
+    if not account.remove(credential_id):
+        return CREDENTIAL_NOT_FOUND
+    return json_response(200, {"Result": True})
+
+
+def _list_credentials(request: Request, account: Account) -> Response | Refusal:
+    """`?network=&includeInvalid=0|1&_page=N&_count=25|50|100`: one page, in connection order."""
+    form = parse_form(request.query)
+    errors: dict[str, str] = {}
+    network = form.get("network", "")
+    if network and network not in NETWORKS:
+        errors["network"] = f"Invalid value for parameter network (one of {', '.join(NETWORKS)})"
+    include_invalid = form.get("includeInvalid", "0")
+    if include_invalid not in ("0", "1"):
+        errors["includeInvalid"] = "Invalid value for parameter includeInvalid (0 or 1)"
+    page = form.get("_page", "0")
+    if not (page.isascii() and page.isdigit() and len(page) <= 9):
+        errors["_page"] = "Invalid value for parameter _page (a whole number from 0)"
+    count = form.get("_count", "25")
+    if count not in PAGE_SIZES:
+        errors["_count"] = f"Invalid value for parameter _count (one of {', '.join(PAGE_SIZES)})"
+    if errors:
+        return param_refusal(errors)
+    matching = [
+        credential
+        for credential in account.connections()
+        if (not network or credential.entity.network == network)
+        and (include_invalid == "1" or credential.status == "valid")
+    ]
+    start = int(page) * int(count)
+    items = [_credential_json(credential) for credential in matching[start : start + int(count)]]
+    return json_response(200, {"Result": True, "Items": items, "Total": len(matching)})
 
 
 def public_base_url(request: Request, fallback: str) -> str:

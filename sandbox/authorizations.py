@@ -146,14 +146,18 @@ class Account:
             raise UnknownRequest(request_id)
         return request
 
-    def decide(self, request_id: str, decision: str) -> str:
-        """Records the user's decision (once) and answers where to send the browser."""
+    def decide(self, request_id: str, decision: str, as_profile: str | None = None) -> str:
+        """Records the user's decision (once) and answers where to send the browser.
+
+        `as_profile` (a network id) approves a profile request as that existing profile, so verifying
+        answers its credential id again: the user reconnecting a profile in place.
+        """
         request = self.find_request(request_id)
         if request.decision is None:
             request.decision = decision
             if decision == APPROVE:
                 request.token = new_token()
-                profile = new_profile(request.network) if request.entity_type == "profile" else None
+                profile = self._profile(request, as_profile) if request.entity_type == "profile" else None
                 expires_at = self._clock() + self._token_ttl_s
                 self._grants[request.token] = Grant(request.token, request, expires_at, profile)
         elif request.decision != decision:
@@ -193,6 +197,33 @@ class Account:
     def connections(self) -> list[Credential]:
         return list(self._credentials.values())
 
+    def seed_profiles(self, network: str, count: int) -> list[Credential]:
+        """`count` profiles connected at once, as if each user had been through a flow (benchmarks)."""
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._wall_clock()))
+        seeded = [Credential(new_profile(network), "profile", created) for _ in range(count)]
+        self._credentials.update((credential.id, credential) for credential in seeded)
+        return seeded
+
+    def invalidate(self, credential_id: str) -> bool:
+        """Turns a credential `invalid`, as when its network demands re-authorization; False if unknown."""
+        credential = self._credentials.get(credential_id)
+        if credential is None:
+            return False
+        credential.status = "invalid"
+        return True
+
+    def remove(self, credential_id: str) -> bool:
+        """Forgets a credential, as removing it in Oktopost's app or API does; False if unknown."""
+        return self._credentials.pop(credential_id, None) is not None
+
+    def _profile(self, request: AuthorizationRequest, as_profile: str | None) -> Entity:
+        if as_profile is None:
+            return new_profile(request.network)
+        known = self._credentials.get(CREDENTIAL_PREFIX + as_profile)
+        if known is not None and known.entity.network == request.network and known.entity_type == "profile":
+            return known.entity
+        return new_profile(request.network, as_profile)
+
     def _live_grant(self, token: str) -> Grant:
         grant = self._grants.get(token)
         if grant is None or self._clock() >= grant.expires_at:
@@ -208,6 +239,7 @@ class Account:
             self._credentials[credential_id] = credential
         if credential_id not in grant.statuses:
             grant.statuses[credential_id] = self._credential_status()
+        # The status a grant first connected it with; a new grant after an invalidation makes it valid again.
         credential.status = grant.statuses[credential_id]
         credential.calls += 1
         return credential

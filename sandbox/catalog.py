@@ -41,10 +41,11 @@ def selectable_entities(network: str, entity_type: str) -> tuple[Entity, ...]:
     return _SELECTABLE[(network, entity_type)]
 
 
-def new_profile(network: str) -> Entity:
-    """A freshly authorized personal profile with a random network id."""
+def new_profile(network: str, network_id: str | None = None) -> Entity:
+    """A freshly authorized personal profile, with a random network id unless one is given."""
     person = secrets.choice(_PEOPLE)
-    network_id = str(10**16 + secrets.randbelow(9 * 10**16))  # 17 digits, like the reference's ids
+    if network_id is None:
+        network_id = str(10**16 + secrets.randbelow(9 * 10**16))  # 17 digits, like the reference's ids
     username = person.lower().replace(" ", "") + network_id[-4:]
     return Entity(
         id=network_id,

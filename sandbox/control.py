@@ -1,5 +1,6 @@
-"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset. No auth, no faults,
-and refusals always in one shape, so a test can read why its fault settings were refused."""
+"""The sandbox's own controls under `/_sandbox/`: faults, connections, stats and reset, and what happens to a
+credential in Oktopost without the pipeline (`/_sandbox/credentials/{id}/invalidate` or `/remove`). No auth,
+no faults, and refusals always in one shape, so a test can read why its fault settings were refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections.abc import Callable
 
 from sandbox.accounts import Accounts
+from sandbox.catalog import NETWORKS
 from sandbox.faults import FaultConfigError, Faults
 from sandbox.httpserver import Request, Response, json_response
 from sandbox.stats import Stats
@@ -23,12 +25,18 @@ class ControlPanel:
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
             "/_sandbox/faults": {"GET": self._read_faults, "POST": self._set_faults},
             "/_sandbox/connections": {"GET": self._connections},
+            "/_sandbox/credentials": {"POST": self._seed_credentials},
             "/_sandbox/stats": {"GET": self._read_stats},
             "/_sandbox/reset": {"POST": self._reset_all},
             "/_sandbox/health": {"GET": self._health},
         }
 
     def answer(self, request: Request) -> Response:
+        parts = request.path.rstrip("/").split("/")  # ["", "_sandbox", "credentials", ID, ACTION]
+        if len(parts) == 5 and parts[2] == "credentials" and parts[4] in ("invalidate", "remove"):
+            if request.method != "POST":
+                return _error(405, "API", {"Error": "Method not allowed"}, [("allow", "POST")])
+            return self._change_credential(parts[3], parts[4])
         methods = self._routes.get(request.path.rstrip("/"))
         if methods is None:
             return _error(404, "API", {"Error": f"Unknown sandbox route {request.path}"})
@@ -70,6 +78,37 @@ class ControlPanel:
             for credential in account.authorizations.connections()
         ]
         return json_response(200, listed)
+
+    def _seed_credentials(self, request: Request) -> Response:
+        """`{"count": N, "network"?: "LinkedIn", "account"?: id}`: N profiles connected at once."""
+        try:
+            asked = json.loads(request.body or b"{}")
+        except (ValueError, RecursionError):
+            asked = None
+        if not isinstance(asked, dict):
+            return _error(400, "Param", {"body": "must be a JSON object"})
+        count, network = asked.get("count"), asked.get("network", "LinkedIn")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
+            return _error(400, "Param", {"count": "a whole number from 1 to 100000"})
+        if network not in NETWORKS:
+            return _error(400, "Param", {"network": f"one of {', '.join(NETWORKS)}"})
+        account = next((a for a in self._accounts if a.id == asked.get("account", a.id)), None)
+        if account is None:
+            return _error(404, "API", {"Error": "Unknown account"})
+        seeded = account.authorizations.seed_profiles(network, count)
+        return json_response(200, {"Result": True, "Ids": [credential.id for credential in seeded]})
+
+    def _change_credential(self, credential_id: str, action: str) -> Response:
+        for account in self._accounts:
+            credentials = account.authorizations
+            done = (
+                credentials.invalidate(credential_id)
+                if action == "invalidate"
+                else credentials.remove(credential_id)
+            )
+            if done:
+                return json_response(200, {"Result": True})
+        return _error(404, "API", {"Error": "Credential not found"})
 
     def _read_stats(self, _request: Request) -> Response:
         blocked = {account.id: account.blocked() for account in self._accounts}

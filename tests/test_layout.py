@@ -181,7 +181,18 @@ WORKER_STAGES = {
     "flows": {"config", "queueing"},
     "upstream": {"config", "flows", "oktopost"},
     "webhooks": {"config", "observing", "follow", "oktopost"},
-    "tasks": {"queueing", "config", "observing", "oktopost", "follow", "flows", "upstream", "webhooks"},
+    "connections": {"config", "observing", "oktopost", "upstream"},
+    "tasks": {
+        "queueing",
+        "config",
+        "observing",
+        "oktopost",
+        "follow",
+        "flows",
+        "upstream",
+        "webhooks",
+        "connections",
+    },
 }
 
 

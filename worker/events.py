@@ -26,6 +26,9 @@ EventType = Literal[  # every event type; a webhook endpoint subscribes to some 
     "authorization.failed",
     "authorization.expired",
     "webhook.disabled",
+    "connection.invalid",
+    "connection.recovered",
+    "connection.deleted",
 ]
 
 DEFAULT_TENANT = "default"  # without a tenants file, every flow is the one tenant's
@@ -53,6 +56,11 @@ class StartedData(_Data):
         default=None,
         exclude_if=lambda value: value is None,
         description="the caller's `state` for this flow, when it gave one",
+    )
+    reconnects: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="the connection (credential id) this flow reconnects, for a reconnect's flow",
     )
 
 
@@ -165,6 +173,63 @@ class AuthorizationExpired(FlowEvent):
     data: ExpiredData
 
 
+class ConnectionShown(_Data):
+    """A connection as `GET /v1/connections/{id}` answers it."""
+
+    id: str
+    network: str
+    entity_type: EntityType
+    name: str
+    display_name: str | None = None
+    status: Literal["valid", "invalid"]
+    references: list[str]
+    connected_at: str
+    status_changed_at: str
+    checked_at: str | None = None
+    flow_id: str
+
+
+class ConnectionChangeData(_Data):
+    connection: ConnectionShown
+
+
+class ConnectionDeletedData(ConnectionChangeData):
+    reason: Literal["requested", "upstream"] = Field(
+        description="requested: the caller's DELETE; upstream: Oktopost no longer lists it"
+    )
+
+
+class ConnectionEvent(BaseModel):
+    """A connection's lifecycle event: no flow_id and no seq (it belongs to no flow)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    at: str = Field(default_factory=utc_timestamp)
+    tenant: str = DEFAULT_TENANT
+    connection_id: str
+    network: str
+    entity_type: EntityType
+    reference: str | None = Field(default=None, description="the first of the connection's references")
+    data: Any
+
+    @property
+    def terminal(self) -> bool:
+        return False
+
+    @property
+    def flow_id(self) -> None:
+        """None: a connection's event belongs to no flow (so code that reads any event's flow_id works)."""
+        return None
+
+    @property
+    def seq(self) -> None:
+        """None: a connection's events are not numbered within a flow."""
+        return None
+
+
 class DisabledData(_Data):
     endpoint_id: str
     url: str
@@ -188,6 +253,23 @@ class WebhookDisabled(BaseModel):
         return self.model_dump_json()
 
 
+class ConnectionInvalid(ConnectionEvent):
+    type: Literal["connection.invalid"] = "connection.invalid"
+    data: ConnectionChangeData
+
+
+class ConnectionRecovered(ConnectionEvent):
+    type: Literal["connection.recovered"] = "connection.recovered"
+    data: ConnectionChangeData
+
+
+class ConnectionDeleted(ConnectionEvent):
+    type: Literal["connection.deleted"] = "connection.deleted"
+    data: ConnectionDeletedData
+
+
+CONNECTION_TYPES = frozenset({"connection.invalid", "connection.recovered", "connection.deleted"})
+
 Event = Annotated[
     AuthorizationStarted
     | CallbackReceived
@@ -196,7 +278,10 @@ Event = Annotated[
     | ConnectionCompleted
     | AuthorizationFailed
     | AuthorizationExpired
-    | WebhookDisabled,
+    | WebhookDisabled
+    | ConnectionInvalid
+    | ConnectionRecovered
+    | ConnectionDeleted,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -32,6 +32,10 @@ class RedisNames:
     def flow_stream(self, flow_id: str) -> str:
         return f"{self.prefix}:flow:{flow_id}:events"
 
+    def connection_channel(self, connection_id: str) -> str:
+        """Pub/sub channel with every lifecycle event of one connection (a credential id)."""
+        return f"{self.prefix}:connection:{connection_id}"
+
     # internal
     def flow_state(self, flow_id: str) -> str:
         return f"{self.prefix}:flow:{flow_id}:state"
@@ -83,6 +87,33 @@ class RedisNames:
     def key_event_streams(self, key_digest: str) -> str:
         """Sorted set: the streams open with one caller key (by its SHA-256), scored the same way."""
         return f"{self.prefix}:streams:key:{key_digest}"
+
+    # connections: a tenant's connections (kept without expiry), and the accounts whose health is checked
+    def tenant_connections(self, tenant: str) -> str:
+        """Hash: a tenant's connections, credential id -> the connection's JSON (with its internal
+        fields, each named with a leading `_`)."""
+        return f"{self.prefix}:tenant:{tenant}:connections"
+
+    def tenant_connection_order(self, tenant: str) -> str:
+        """Sorted set: the same ids, all scored 0, so they page in one stable (lexical) order."""
+        return f"{self.prefix}:tenant:{tenant}:connections:order"
+
+    @property
+    def connection_accounts(self) -> str:
+        """Set: the Oktopost accounts that have connections (the accounts to check)."""
+        return f"{self.prefix}:connections:accounts"
+
+    @property
+    def connection_counts(self) -> str:
+        """Hash: "{account}|{status}" -> how many connections the account has with that status, kept by
+        the steps that change connections (what /metrics shows, in one read)."""
+        return f"{self.prefix}:connections:counts"
+
+    @property
+    def connections_deleting(self) -> str:
+        """Sorted set: "{tenant}:{id}" of connections whose deletion was asked for, scored by when it was
+        last queued (an entry left long after is queued again)."""
+        return f"{self.prefix}:connections:deleting"
 
     # webhooks: endpoints per tenant, one delivery per (endpoint, event), and the deliveries not done yet
     def webhook_endpoints(self, tenant: str) -> str:
@@ -215,6 +246,40 @@ class AccountNames:
     def admissions(self) -> str:
         """Sorted set: new flows' reserved calls between Step 1 and their creation, scored by expiry."""
         return f"{self._base}:admissions"
+
+    @property
+    def connections(self) -> str:
+        """Set: the account's connections, each "{tenant}:{credential id}" (tenant names hold no `:`)."""
+        return f"{self._base}:connections"
+
+    @property
+    def check_lock(self) -> str:
+        """String: the fence number of the one process checking the account's connections now."""
+        return f"{self._base}:check:lock"
+
+    @property
+    def check_fence(self) -> str:
+        """Counter: the last fence number given to a check of the account."""
+        return f"{self._base}:check:fence"
+
+    @property
+    def check_due(self) -> str:
+        """String: when (epoch seconds on Redis's clock) the account's next check is due."""
+        return f"{self._base}:check:due"
+
+    @property
+    def check_window(self) -> str:
+        """Sorted set: the check calls of the last window, scored by when each may end at the latest."""
+        return f"{self._base}:check:window"
+
+    @property
+    def check_daily_prefix(self) -> str:
+        """The day's counter of check calls without its day (the script appends the day it reads)."""
+        return f"{self._base}:check:calls:"
+
+    def check_daily_calls(self, day: int) -> str:
+        """Counter: the check calls of one UTC day (days since the epoch); it expires the day after."""
+        return f"{self.check_daily_prefix}{day}"
 
     @property
     def worker_metrics(self) -> str:

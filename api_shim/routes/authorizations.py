@@ -60,6 +60,13 @@ router = APIRouter(dependencies=[Depends(caller)])
 async def start_authorization(
     body: AuthorizationRequest, shim: ShimDeps, tenant_name: CallerTenant
 ) -> AuthorizationCreated:
+    return await start_flow(body, shim, tenant_name)
+
+
+async def start_flow(
+    body: AuthorizationRequest, shim: Deps, tenant_name: str, reconnects: str | None = None
+) -> AuthorizationCreated:
+    """A new flow of the tenant: Step 1, then the flow (`reconnects`: the connection it connects again)."""
     settings, tenant = shim.settings, shim.tenant(tenant_name)
     try:
         network = canonical_network(body.network)
@@ -85,6 +92,7 @@ async def start_authorization(
                 account=upstream.account_id,
                 caller_state=body.state,
                 redirect_url=redirect_url,
+                reconnects=reconnects,
             )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing

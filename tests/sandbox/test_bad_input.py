@@ -168,7 +168,7 @@ def test_unknown_routes_are_404_json(api: httpx.Client) -> None:
         ("DELETE", START, "POST"),
         ("POST", f"{START}/abc", "GET, PUT"),
         ("DELETE", f"{START}/abc", "GET, PUT"),
-        ("PUT", "/v2/credential/1", "GET"),
+        ("PUT", "/v2/credential/1", "GET, DELETE"),
         ("GET", "/_sandbox/reset", "POST"),
         ("DELETE", "/_sandbox/faults", "GET, POST"),
     ],

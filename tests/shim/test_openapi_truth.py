@@ -51,6 +51,8 @@ ACCEPTED_WITH_422 = (
     "POST /v1/authorizations/{flow_id}/selection",
     "PATCH /v1/webhooks/{endpoint_id}",
     "GET /v1/webhooks/{endpoint_id}/deliveries",
+    "GET /v1/connections",
+    "POST /v1/connections/{connection_id}/reconnect",
 )
 
 

@@ -167,3 +167,12 @@ async def test_the_stylesheet_and_script_are_served_by_the_shim(shim: Shim, path
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith(kind)
     assert "http" not in re.sub(r"//.*|/\*.*?\*/", "", answer.text, flags=re.S)
+
+
+async def test_a_reconnects_pages_say_it_is_a_reconnection(shim: Shim) -> None:
+    plain = shim.new_flow()
+    reconnecting = shim.store.create(new_flow_id(), "Facebook", "page", "crm-42", None, reconnects="003-1")
+    for flow in (plain, reconnecting):
+        await came_back(shim, flow)
+    assert "Reconnecting" not in text_of((await page(shim, plain)).text)
+    assert "Reconnecting a Facebook page" in text_of((await page(shim, reconnecting)).text)

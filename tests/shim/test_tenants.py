@@ -15,6 +15,7 @@ import pytest
 
 from api_shim.app import create_app
 from tests.support.shim import PREFIX, REDIRECT_URL, RecordingEnqueuer, shim_settings
+from worker.events import ConnectedCredential
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
@@ -52,9 +53,21 @@ class TwoTenants:
     store: FlowStore
     upstreams: Upstreams[AsyncOktopostClient]
     requests: list[httpx.Request]
+    app_enqueuer: RecordingEnqueuer
 
     async def start(self, caller: dict[str, str], **body: str) -> httpx.Response:
         return await self.http.post("/v1/authorizations", json=START | body, headers=caller)
+
+    def connect(self, flow_id: str, credential_id: str) -> None:
+        """The flow's worker steps, straight on the store: its callback, its work, its completion."""
+        flow = self.store.get(flow_id)
+        assert flow is not None
+        assert self.store.claim_callback(flow, "okt-token-0123456789").done
+        self.store.take_work(flow_id, "task-1", FlowState.VERIFYING)
+        taken = self.store.get(flow_id)
+        assert taken is not None
+        credential = ConnectedCredential(id=credential_id, name="Acme", status="valid", network="LinkedIn")
+        assert self.store.complete(taken, [credential], "task-1").done
 
 
 @pytest.fixture
@@ -66,6 +79,7 @@ async def shim(tmp_path: Path) -> AsyncIterator[TwoTenants]:
     redis = fakeredis.FakeRedis(server=server)
     store = FlowStore(redis, RedisNames(PREFIX), Lifetimes())
     requests: list[httpx.Request] = []
+    enqueuer = RecordingEnqueuer()
 
     def oktopost(request: httpx.Request) -> httpx.Response:
         requests.append(request)
@@ -82,14 +96,14 @@ async def shim(tmp_path: Path) -> AsyncIterator[TwoTenants]:
         settings,
         store=store,
         upstreams=upstreams,
-        enqueuer=RecordingEnqueuer(),
+        enqueuer=enqueuer,
         events_redis=fakeredis.FakeAsyncRedis(server=server),
     )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=settings.public_base_url) as http,
     ):
-        yield TwoTenants(http, store, upstreams, requests)
+        yield TwoTenants(http, store, upstreams, requests, enqueuer)
 
 
 def _basic_user(request: httpx.Request) -> str:
@@ -135,6 +149,32 @@ async def test_another_tenants_key_gets_404_on_every_flow_route(shim: TwoTenants
     )
     assert selection.status_code == 409
     assert shim.store.get(flow_id).state is FlowState.AWAITING_CALLBACK  # type: ignore[union-attr]
+
+
+async def test_another_tenants_key_gets_404_on_every_connection_route(shim: TwoTenants) -> None:
+    flow_id = (await shim.start(ACME, reference="user-7")).json()["flow_id"]
+    shim.connect(flow_id, "003-001000000000000-10795421000000000")
+    connection_id = "003-001000000000000-10795421000000000"
+    routes = [
+        ("GET", f"/v1/connections/{connection_id}"),
+        ("DELETE", f"/v1/connections/{connection_id}"),
+        ("POST", f"/v1/connections/{connection_id}/reconnect"),
+    ]
+    for method, path in routes:
+        answer = await shim.http.request(method, path, headers=GLOBEX)
+        assert answer.status_code == 404, path
+        assert answer.json()["error"]["code"] == "connection_not_found"
+    assert (await shim.http.get("/v1/connections", headers=GLOBEX)).json()["connections"] == []
+    listed = (await shim.http.get("/v1/connections", headers=ACME)).json()
+    assert [(c["id"], c["references"], c["flow_id"]) for c in listed["connections"]] == [
+        (connection_id, ["user-7"], flow_id)
+    ]
+    assert listed["next_cursor"] is None
+    deleting = await shim.http.delete(f"/v1/connections/{connection_id}", headers=ACME)
+    assert (deleting.status_code, deleting.json()) == (202, {"id": connection_id, "status": "deleting"})
+    again = await shim.http.delete(f"/v1/connections/{connection_id}", headers=ACME)
+    assert again.status_code == 202
+    assert shim.app_enqueuer.deletions == [("acme", connection_id)]
 
 
 async def test_return_url_is_checked_against_the_callers_tenant(shim: TwoTenants) -> None:

@@ -48,9 +48,13 @@ class RecordingEnqueuer(Enqueuer):
         super().__init__(app, "redis://flows.invalid:6379/0", versions=TESTED_VERSIONS)
         self.enqueued: list[tuple[str, FlowState]] = []
         self.deliveries: list[str] = []
+        self.deletions: list[tuple[str, str]] = []
 
     def enqueue(self, flow_id: str, state: FlowState) -> None:
         self.enqueued.append((flow_id, state))
+
+    def enqueue_connection_deletion(self, tenant: str, connection_id: str) -> None:
+        self.deletions.append((tenant, connection_id))
 
     def enqueue_delivery(self, delivery_id: str) -> None:
         self.deliveries.append(delivery_id)

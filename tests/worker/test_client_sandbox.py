@@ -243,3 +243,61 @@ def test_injected_faults_are_transient(
     if "timeout_rate" in faults:
         assert isinstance(error, UpstreamTransportError)
         assert error.kind == "read timeout"
+
+
+def connect_profile(client: OktopostClient, network: str = "LinkedIn") -> str:
+    verified = client.verify(approve(client.start_authorization(network, CALLBACK)))
+    assert isinstance(verified, VerifiedProfile)
+    return verified.credential.id
+
+
+def test_list_credentials_reads_every_page_with_invalid_ones(
+    client: OktopostClient, sandbox: Sandbox
+) -> None:
+    httpx.post(f"{sandbox.url}/_sandbox/reset").raise_for_status()
+    connected = [connect_profile(client) for _ in range(27)]
+    httpx.post(f"{sandbox.url}/_sandbox/credentials/{connected[3]}/invalidate").raise_for_status()
+    first, second = client.list_credentials(0, 25), client.list_credentials(1, 25)
+    assert first.total == second.total == 27
+    listed = {credential.id: credential.status for credential in first.items + second.items}
+    assert list(listed) == connected
+    assert listed[connected[3]] == "invalid"
+    assert client.list_credentials(0, 25, include_invalid=False).total == 26
+
+
+def test_delete_credential_removes_it_and_a_second_delete_finds_it_gone(
+    client: OktopostClient, sandbox: Sandbox
+) -> None:
+    credential_id = connect_profile(client)
+    assert client.delete_credential(credential_id) is True
+    assert client.delete_credential(credential_id) is False
+    assert credential_id not in {c["Id"] for c in sandbox.connections()}
+    with pytest.raises(RejectedError):
+        client.get_credential(credential_id)
+
+
+def test_async_client_lists_and_deletes(sandbox: Sandbox, client: OktopostClient) -> None:
+    credential_id = connect_profile(client, "Twitter")
+
+    async def calls() -> None:
+        async with AsyncOktopostClient(sandbox.url, ACCOUNT, KEY) as api:
+            listed = await api.list_credentials(0, 100)
+            assert credential_id in {credential.id for credential in listed.items}
+            assert await api.delete_credential(credential_id) is True
+
+    asyncio.run(calls())
+    assert credential_id not in {c["Id"] for c in sandbox.connections()}
+
+
+@pytest.mark.parametrize("faults", [{"error_rate": 1.0}, {"malformed_rate": 1.0}, {"reject_rate": 1.0}])
+def test_a_faulty_list_or_delete_raises_from_the_error_tree(sandbox: Sandbox, faults: dict[str, Any]) -> None:
+    expected = (ServerError, MalformedAnswerError, RejectedError)
+    with sandbox.client() as client:
+        sandbox.set_faults(**faults)
+        try:
+            with pytest.raises(expected):
+                client.list_credentials()
+            with pytest.raises(expected):
+                client.delete_credential("003-001000000000000-1")
+        finally:
+            httpx.post(f"{sandbox.url}/_sandbox/reset").raise_for_status()

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: int = Field(default=432000, gt=0, le=365 * 86400)
     # how long deliveries and their attempts are kept after they end (delivered or failed)
     webhook_retention_seconds: int = Field(default=604800, gt=0, le=365 * 86400)
+    # connections' health: seconds between the checks of each account (0: none), and the most of each
+    # account's rate and daily limits that checks may use
+    connection_check_seconds: float = Field(default=900.0, ge=0, le=86400 * 7)
+    connection_check_share: float = Field(default=0.1, gt=0, le=1)
     _tenants: Tenants = PrivateAttr()
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -30,7 +30,7 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
 from worker.flows.flow import FlowState
-from worker.queueing.names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK
+from worker.queueing.names import COMPLETE_TASK, DELETE_CONNECTION_TASK, DELIVER_TASK, VERIFY_TASK
 from worker.queueing.versions import LibraryVersions
 
 
@@ -94,6 +94,10 @@ class Enqueuer:
     def enqueue_delivery(self, delivery_id: str) -> None:
         """Sends a webhook delivery's task (to the deliveries queue: the configuration routes it)."""
         self.app.send_task(DELIVER_TASK, args=[delivery_id])
+
+    def enqueue_connection_deletion(self, tenant: str, connection_id: str) -> None:
+        """Sends the task that deletes a connection at Oktopost (worker.connections.deletion)."""
+        self.app.send_task(DELETE_CONNECTION_TASK, args=[tenant, connection_id])
 
 
 class TaskMessages:

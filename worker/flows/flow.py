@@ -108,6 +108,7 @@ class Flow:
     start_fp: str = ""
     caller_state: str | None = None  # the caller's `state`, echoed on return_url
     redirect_url: str = ""  # Oktopost's consent page, where the start_url sends the browser on
+    reconnects: str | None = None  # the connection (credential id) a reconnect's flow connects again
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -136,6 +137,7 @@ class Flow:
             start_fp=raw.get("start_fp", ""),
             caller_state=raw.get("caller_state") or None,
             redirect_url=raw.get("redirect_url", ""),
+            reconnects=raw.get("reconnects") or None,
         )
 
     def offered_ids(self) -> list[str]:

@@ -9,6 +9,7 @@ the flow's stream and publishes it on both channels, or does none of it.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -147,10 +148,12 @@ class FlowStore:
         account: str | None = None,
         caller_state: str | None = None,
         redirect_url: str = "",
+        reconnects: str | None = None,
     ) -> Flow:
         """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's);
         `caller_state`: the caller's `state`, echoed in authorization.started and on return_url;
-        `redirect_url`: Oktopost's consent page, where the flow's start_url leads."""
+        `redirect_url`: Oktopost's consent page, where the flow's start_url leads;
+        `reconnects`: the connection it connects again (POST /v1/connections/{id}/reconnect)."""
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
@@ -167,8 +170,9 @@ class FlowStore:
             account=account or self.default_account,
             caller_state=caller_state,
             redirect_url=redirect_url,
+            reconnects=reconnects,
         )
-        data = StartedData(expires_at=utc_timestamp(flow.deadline), state=caller_state)
+        data = StartedData(expires_at=utc_timestamp(flow.deadline), state=caller_state, reconnects=reconnects)
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
         fields = {
             "network": network,
@@ -182,6 +186,7 @@ class FlowStore:
             "account": flow.account,
             "caller_state": caller_state or "",
             "redirect_url": redirect_url,
+            **({"reconnects": reconnects} if reconnects else {}),
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
@@ -281,10 +286,41 @@ class FlowStore:
         return self._apply(flow, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
     def complete(self, flow: Flow, credentials: list[ConnectedCredential], owner: str) -> Transition:
+        """Ends the flow `completed`; in the same step its credentials become connections of its tenant
+        (scripts/connection_record.lua), so no completed flow can leave a credential unknown."""
         event = ConnectionCompleted(
             **_envelope(flow, self.clock.now()), data=CompletedData(credentials=credentials)
         )
-        return self._finish(flow, WORKING_STATES, FlowState.COMPLETED, event, {}, fence=owner)
+        made = self._connections_made(flow, event)
+        change = Change({}, deadline=DROP, lease=DROP, token=DROP, fence=owner, connections=made)
+        return self._apply(flow, WORKING_STATES, FlowState.COMPLETED, event, change)
+
+    def _connections_made(self, flow: Flow, event: ConnectionCompleted) -> str:
+        account, names = self.account_of(flow), self.names
+        credentials = [
+            {
+                **credential.model_dump(include={"id", "name", "status", "network"}),
+                "display_name": credential.display_name,
+                "event_id": str(uuid.uuid4()),
+            }
+            for credential in event.data.credentials
+        ]
+        return json.dumps(
+            {
+                "tenant": flow.tenant,
+                "account": account,
+                "flow_id": flow.flow_id,
+                "reference": flow.reference,
+                "entity_type": flow.entity_type,
+                "at": event.at,
+                "hash": names.tenant_connections(flow.tenant),
+                "order": names.tenant_connection_order(flow.tenant),
+                "account_set": names.account(account).connections,
+                "accounts": names.connection_accounts,
+                "counts": names.connection_counts,
+                "credentials": credentials,
+            }
+        )
 
     def fail(self, flow: Flow, code: str, message: str, attempts: int, owner: str) -> Transition:
         return self._fail(flow, WORKING_STATES, code, message, attempts, owner)

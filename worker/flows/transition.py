@@ -64,6 +64,8 @@ class Change:
     queue: QueuedTask | None = None
     # a claim's: the flow joins the account's parked flows, when there are any, instead of being queued
     park_behind: str | None = None
+    # a completion's: the JSON of the connections it makes (worker.connections.records.connections_made)
+    connections: str | None = None
 
 
 class TransitionScript:
@@ -117,6 +119,8 @@ class TransitionScript:
                 change.fence or "",
                 self.names.tenant_channel(event.tenant),
                 self.retention * 1000,
+                change.connections or "",
+                self.names.connection_channel(""),
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )

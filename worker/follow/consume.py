@@ -5,7 +5,7 @@ stream with a consumer group.
     from worker.follow.consume import consume_all_events
 
     def record(event: StreamedEvent) -> None:      # raise to leave the event for a later try
-        print(event.event["flow_id"], event.event["type"])
+        print(event.event.get("flow_id") or event.event.get("connection_id"), event.event["type"])
 
     consume_all_events(redis.Redis(), "audit", "audit-1", record)   # runs until `stop` is set
 

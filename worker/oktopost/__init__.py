@@ -15,11 +15,13 @@ Every failure is one of `worker.oktopost.errors`; see the tree drawn there for w
 May import: worker.config, worker.observing (redaction).
 """
 
-from worker.oktopost.answers import Credential, Entity, EntityChoice, VerifiedProfile
+from worker.oktopost.answers import Credential, CredentialPage, Entity, EntityChoice, VerifiedProfile
 from worker.oktopost.calls import (
     OktopostCall,
     complete_request,
     credential_request,
+    delete_credential_request,
+    list_credentials_request,
     start_authorization_request,
     verify_request,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "USER_AGENT",
     "AsyncOktopostClient",
     "Credential",
+    "CredentialPage",
     "Entity",
     "EntityChoice",
     "OktopostCall",
@@ -52,7 +55,9 @@ __all__ = [
     "check_verify_fits",
     "complete_request",
     "credential_request",
+    "delete_credential_request",
     "error_messages",
+    "list_credentials_request",
     "parse_retry_after",
     "read_answer",
     "start_authorization_request",

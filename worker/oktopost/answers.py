@@ -60,3 +60,10 @@ class CredentialAnswer(Answer):
 
 class CompleteAnswer(Answer):
     credentials: list[Credential] = Field(validation_alias="Credentials")
+
+
+class CredentialPage(Answer):
+    """One page of `GET /v2/credential`: `items` of at most the page size, `total` across all pages."""
+
+    items: list[Credential] = Field(validation_alias="Items")
+    total: int = Field(validation_alias="Total", ge=0)

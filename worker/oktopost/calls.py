@@ -10,8 +10,15 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from worker.observing.redaction import redact
-from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
-from worker.oktopost.reading import parse_complete, parse_credential, parse_start, parse_verify
+from worker.oktopost.answers import Credential, CredentialPage, EntityChoice, VerifiedProfile
+from worker.oktopost.reading import (
+    parse_complete,
+    parse_credential,
+    parse_credential_page,
+    parse_deletion,
+    parse_start,
+    parse_verify,
+)
 from worker.oktopost.vocabulary import (
     AUTHORIZATION_PATH,
     CREDENTIAL_PATH,
@@ -79,9 +86,34 @@ def complete_request(token: str, ids: Sequence[str]) -> OktopostCall[list[Creden
     )
 
 
-def credential_request(credential_id: str) -> OktopostCall[Credential]:
-    """GET /v2/credential/{id}."""
+PAGE_SIZES = (25, 50, 100)
+
+
+def _credential_path(credential_id: str) -> str:
     if not isinstance(credential_id, str) or not credential_id.strip():
         raise ValueError("a credential id is required")
-    path = f"{CREDENTIAL_PATH}/{quote(credential_id.strip(), safe='')}"
-    return OktopostCall("get credential", "GET", path, parse_credential)
+    return f"{CREDENTIAL_PATH}/{quote(credential_id.strip(), safe='')}"
+
+
+def credential_request(credential_id: str) -> OktopostCall[Credential]:
+    """GET /v2/credential/{id}."""
+    return OktopostCall("get credential", "GET", _credential_path(credential_id), parse_credential)
+
+
+def list_credentials_request(
+    page: int = 0, count: int = 100, *, include_invalid: bool = True, network: str | None = None
+) -> OktopostCall[CredentialPage]:
+    """GET /v2/credential?includeInvalid=&_page=&_count=[&network=]: one page, `page` from 0."""
+    if isinstance(page, bool) or not isinstance(page, int) or page < 0:
+        raise ValueError("page must be a whole number from 0")
+    if count not in PAGE_SIZES:
+        raise ValueError(f"count must be one of {', '.join(map(str, PAGE_SIZES))}")
+    query = f"includeInvalid={int(include_invalid)}&_page={page}&_count={count}"
+    if network is not None:
+        query += f"&network={canonical_network(network)}"
+    return OktopostCall("list credentials", "GET", CREDENTIAL_PATH, parse_credential_page, query=query)
+
+
+def delete_credential_request(credential_id: str) -> OktopostCall[bool]:
+    """DELETE /v2/credential/{id}: True when removed now, False when Oktopost had no such credential."""
+    return OktopostCall("delete credential", "DELETE", _credential_path(credential_id), parse_deletion)

@@ -15,11 +15,13 @@ from pydantic import SecretStr
 
 from worker.config.settings import Settings
 from worker.observing.redaction import install_log_redaction, register_basic_credentials
-from worker.oktopost.answers import Credential, EntityChoice, VerifiedProfile
+from worker.oktopost.answers import Credential, CredentialPage, EntityChoice, VerifiedProfile
 from worker.oktopost.calls import (
     OktopostCall,
     complete_request,
     credential_request,
+    delete_credential_request,
+    list_credentials_request,
     start_authorization_request,
     verify_request,
 )
@@ -199,6 +201,15 @@ class OktopostClient(_Connection):
     def get_credential(self, credential_id: str, *, timeout: float | None = None) -> Credential:
         return self.send(credential_request(credential_id), timeout=timeout)
 
+    def list_credentials(
+        self, page: int = 0, count: int = 100, *, include_invalid: bool = True, timeout: float | None = None
+    ) -> CredentialPage:
+        call = list_credentials_request(page, count, include_invalid=include_invalid)
+        return self.send(call, timeout=timeout)
+
+    def delete_credential(self, credential_id: str, *, timeout: float | None = None) -> bool:
+        return self.send(delete_credential_request(credential_id), timeout=timeout)
+
     @property
     def is_closed(self) -> bool:
         return self._http.is_closed
@@ -273,6 +284,15 @@ class AsyncOktopostClient(_Connection):
 
     async def get_credential(self, credential_id: str, *, timeout: float | None = None) -> Credential:
         return await self.send(credential_request(credential_id), timeout=timeout)
+
+    async def list_credentials(
+        self, page: int = 0, count: int = 100, *, include_invalid: bool = True, timeout: float | None = None
+    ) -> CredentialPage:
+        call = list_credentials_request(page, count, include_invalid=include_invalid)
+        return await self.send(call, timeout=timeout)
+
+    async def delete_credential(self, credential_id: str, *, timeout: float | None = None) -> bool:
+        return await self.send(delete_credential_request(credential_id), timeout=timeout)
 
     @property
     def is_closed(self) -> bool:

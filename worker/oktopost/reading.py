@@ -21,6 +21,7 @@ from worker.oktopost.answers import (
     CompleteAnswer,
     Credential,
     CredentialAnswer,
+    CredentialPage,
     EntityChoice,
     StartAnswer,
     VerifiedProfile,
@@ -214,6 +215,25 @@ def parse_complete(response: httpx.Response) -> list[Credential]:
 def parse_credential(response: httpx.Response) -> Credential:
     """`GET /v2/credential/{id}`: one credential read back."""
     return _shaped(CredentialAnswer, read_answer(response), response.status_code).credential
+
+
+def parse_credential_page(response: httpx.Response) -> CredentialPage:
+    """`GET /v2/credential`: one page of the account's credentials and how many there are in all."""
+    return _shaped(CredentialPage, read_answer(response), response.status_code)
+
+
+def parse_deletion(response: httpx.Response) -> bool:
+    """`DELETE /v2/credential/{id}`: True when removed now, False when Oktopost knew no such credential
+    (404): either way it is gone, so a retry after a lost answer is as good as the first call."""
+    if response.status_code == 404:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("Result") is False:
+            return False
+    read_answer(response)
+    return True
 
 
 def transport_failure(error: httpx.TransportError) -> UpstreamTransportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 VERIFY_TASK = "oktopost.verify"
 COMPLETE_TASK = "oktopost.complete"
 DELIVER_TASK = "oktopost.deliver"
+DELETE_CONNECTION_TASK = "oktopost.delete_connection"
 
 
 def flows_queue(prefix: str) -> str:

@@ -29,9 +29,16 @@
 --         happens while that task still owns the work (a task whose lease lapsed changes nothing)
 --      18 the tenant's channel
 --      19 milliseconds the all-flows stream keeps an event (older entries are trimmed, approximately)
---      20.. field, value pairs to store in the flow hash
+--      20 "" or (connection.completed) the JSON of the connections it makes: each credential becomes,
+--         or updates, a connection of the flow's tenant, with a connection.invalid or .recovered event
+--         when that changes an existing one's status (connect_credentials in connection_record.lua,
+--         which names the keys it writes: the project assumes one Redis), 21 the connection channels'
+--         prefix
+--      22.. field, value pairs to store in the flow hash
 -- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
 --       | {"token_in_use", flow} | {"fenced", state}
+
+--! include connection_record
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local reserved = KEYS[6]
@@ -84,7 +91,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 20, #ARGV, 2 do
+for i = 22, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "entity_type" then
@@ -131,6 +138,11 @@ end
 redis.call("PUBLISH", ARGV[5], event)
 redis.call("PUBLISH", ARGV[6], event)
 redis.call("PUBLISH", ARGV[18], event)
+if ARGV[20] ~= "" then
+  local route = {stream = KEYS[7], oldest_ms = oldest_ms, all = ARGV[6], tenant = ARGV[18],
+                 connection_prefix = ARGV[21]}
+  connect_credentials(cjson.decode(ARGV[20]), route, math.floor(now * 1000))
+end
 local parked = KEYS[9]
 if parked and redis.call("ZCARD", parked) > 0 then
   redis.call("ZREM", leases, flow_id)

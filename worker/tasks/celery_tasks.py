@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import socket
 
+from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
 from worker.config.settings import get_settings
+from worker.connections.checks import CheckLoop
 from worker.flows.enqueuer import Enqueuer
 from worker.observing.logs import flow_context
-from worker.queueing.names import COMPLETE_TASK, DELIVER_TASK, VERIFY_TASK, deliveries_queue, flows_queue
+from worker.oktopost.errors import TransientError
+from worker.queueing.names import (
+    COMPLETE_TASK,
+    DELETE_CONNECTION_TASK,
+    DELIVER_TASK,
+    VERIFY_TASK,
+    deliveries_queue,
+    flows_queue,
+)
 from worker.tasks import runtime, work
 from worker.tasks.celery_app import app
 from worker.tasks.sweeper import Sweeper
+from worker.upstream.budget import NoBudgetInTime
 from worker.upstream.parking import Unparker
 from worker.webhooks.dispatcher import Dispatcher
 
@@ -51,6 +62,17 @@ def deliver(delivery_id: str) -> str:
     return result.outcome
 
 
+@app.task(name=DELETE_CONNECTION_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def delete_connection(self: Task, tenant: str, connection_id: str) -> str:
+    """Oktopost's DELETE of a connection the caller deleted, then its event; a transient fault or no
+    budget in time tries again later (the connection stays `deleting` meanwhile)."""
+    try:
+        return runtime.connection_deleter().delete(tenant, connection_id).value
+    except (TransientError, NoBudgetInTime) as fault:
+        delay = min(60.0, 2.0 ** min(self.request.retries, 6))
+        raise self.retry(countdown=delay, max_retries=None, exc=fault) from None
+
+
 def longest_countdown() -> float:
     options = app.conf.broker_transport_options or {}
     return float(options.get("visibility_timeout", 3600)) * COUNTDOWN_FRACTION
@@ -69,13 +91,14 @@ RELEASED_START_SECONDS = 5.0
 _sweeper: Sweeper | None = None
 _unparker: Unparker | None = None
 _dispatcher: Dispatcher | None = None
+_checks: CheckLoop | None = None
 
 
 @worker_ready.connect
 def _start_background_threads(sender: object = None, **_: object) -> None:
     """The worker's threads beside its tasks: the sweeper always; the unparker when it serves flows; the
     webhook dispatcher when it serves deliveries."""
-    global _sweeper, _unparker, _dispatcher
+    global _sweeper, _unparker, _dispatcher, _checks
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
     budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
@@ -93,6 +116,12 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             least_seconds=policy.min_attempt_seconds,
         )
         _unparker.start()
+        _checks = CheckLoop(
+            runtime.connection_checker(settings),
+            lambda tenant, connection_id: delete_connection.apply_async(args=[tenant, connection_id]),
+            tick=min(1.0, settings.connection_check_seconds or 1.0),
+        )
+        _checks.start()
     if deliveries_queue(settings.channel_prefix) in served:
         # a worker that also serves flows keeps half its threads for them, whatever the endpoints do
         controller = getattr(sender, "controller", None)
@@ -111,6 +140,8 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_background_threads(**_: object) -> None:
+    if _checks is not None:
+        _checks.stop()
     if _unparker is not None:
         _unparker.stop()
     if _sweeper is not None:

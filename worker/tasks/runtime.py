@@ -13,6 +13,9 @@ from redis.retry import Retry
 
 from worker.config.settings import Settings, get_settings
 from worker.config.tenants import OktopostAccount
+from worker.connections.checks import CheckSettings, ConnectionChecker
+from worker.connections.deletion import ConnectionDeleter
+from worker.connections.records import ConnectionStore
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
@@ -174,3 +177,23 @@ def courier() -> Courier:
         schedule=settings.webhook_retry_schedule,
         slots=_delivery_slots,
     )
+
+
+@lru_cache(maxsize=1)
+def connection_store() -> ConnectionStore:
+    settings, flow_store = get_settings(), store()
+    return ConnectionStore(flow_store.redis, flow_store.names, settings.flow_retention_seconds)
+
+
+@lru_cache(maxsize=1)
+def connection_deleter() -> ConnectionDeleter:
+    return ConnectionDeleter(connection_store(), upstreams().get)
+
+
+def connection_checker(settings: Settings) -> ConnectionChecker:
+    check = CheckSettings(
+        settings.connection_check_seconds,
+        settings.connection_check_share,
+        call_seconds=settings.oktopost_timeout_seconds,
+    )
+    return ConnectionChecker(connection_store(), upstreams().get, check)
