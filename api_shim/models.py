@@ -34,6 +34,13 @@ class AuthorizationRequest(BaseModel):
         description="hosted: after the callback the browser is led through the shim's own pages "
         "(/connect/{flow_id}); redirect: the callback sends it straight back to return_url",
     )
+    locale: str | None = Field(
+        default=None,
+        max_length=35,
+        examples=["de"],
+        description="the language of the hosted pages: en, de, fr or es (a tag such as de-AT counts as its "
+        "language); absent: the browser's Accept-Language, else English",
+    )
 
 
 class AuthorizationCreated(BaseModel):

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from api_shim import metrics, rules
+from api_shim import languages, metrics, rules
 from api_shim.deps import CallerTenant, Deps, ShimDeps, caller
 from api_shim.errors import ApiError
 from api_shim.models import (
@@ -54,6 +54,7 @@ async def start_authorization(
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
     return_url = check_return_url(body.return_url, tenant.allowed_return_urls) if body.return_url else None
+    locale = _locale(body.locale)
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
     admission = Admission(admission_member(flow_id, entity_type))
@@ -70,6 +71,7 @@ async def start_authorization(
                 body.ui,
                 tenant=tenant.name,
                 account=upstream.account_id,
+                locale=locale,
             )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
@@ -83,6 +85,17 @@ async def start_authorization(
         status_url=f"{settings.public_base_url}/v1/authorizations/{flow_id}",
         expires_at=utc_timestamp(flow.deadline),
     )
+
+
+def _locale(requested: str | None) -> str:
+    """The language the flow's hosted pages speak ("": the browser's), or 422 for one they do not."""
+    if requested is None:
+        return ""
+    language = languages.supported(requested)
+    if language is None:
+        spoken = ", ".join(languages.LANGUAGES)
+        raise ApiError(422, "unsupported_locale", f"locale must be one of {spoken}")
+    return language
 
 
 @dataclass

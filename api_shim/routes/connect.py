@@ -14,32 +14,40 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from api_shim import pages, rules
+from api_shim import languages, pages, rules
 from api_shim.browser import BrowserKey, browser_key, csrf_matches, csrf_token
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
+from api_shim.languages import N_
 from api_shim.rules import SelectionOutcome
 from api_shim.streams import event_stream
 from worker.flows.flow import Flow
 
 router = APIRouter(include_in_schema=False)
 
+_MOVED_ON = N_("Your selection was not taken: the connection had already moved on.")
 _REFUSALS = {
-    SelectionOutcome.WRONG_STATE: (409, "Your selection was not taken: the connection had already moved on."),
-    SelectionOutcome.FLOW_EXPIRED: (410, "Your selection was not taken: time ran out."),
-    SelectionOutcome.TOKEN_EXPIRED: (410, "Your selection was not taken: the authorization ran out."),
+    SelectionOutcome.WRONG_STATE: (409, _MOVED_ON),
+    SelectionOutcome.FLOW_EXPIRED: (410, N_("Your selection was not taken: time ran out.")),
+    SelectionOutcome.TOKEN_EXPIRED: (410, N_("Your selection was not taken: the authorization ran out.")),
 }
+_NOTHING_SELECTED = {
+    "profile": N_("Choose at least one profile to connect."),
+    "page": N_("Choose at least one page to connect."),
+    "group": N_("Choose at least one group to connect."),
+}
+_NOT_OFFERED = N_("Choose among the accounts listed here.")
 
 
 @router.get("/connect/{flow_id}", response_model=None)
 def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = shim.find_flow(flow_id)
     if flow is None:
-        return pages.not_found_page(shim.settings)
+        return pages.not_found_page(shim.settings, _language(request, None))
     key = browser_key(request, flow)
     if key is None:
-        return pages.forbidden_page(shim.settings)
-    return _page(shim, flow, key)
+        return pages.forbidden_page(shim.settings, _language(request, None))
+    return _page(shim, flow, key, _language(request, flow))
 
 
 @router.get("/connect/{flow_id}/events", response_model=None)
@@ -59,28 +67,42 @@ async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Re
 def _select(shim: Deps, flow_id: str, request: Request, form: dict[str, list[str]]) -> Response:
     flow = shim.find_flow(flow_id)
     if flow is None:
-        return pages.not_found_page(shim.settings)
+        return pages.not_found_page(shim.settings, _language(request, None))
     key = browser_key(request, flow)
     if key is None or not csrf_matches(key, flow_id, (form.get("csrf") or [""])[0]):
-        return pages.forbidden_page(shim.settings)
+        return pages.forbidden_page(shim.settings, _language(request, None))
+    language = _language(request, flow)
     ids = [entity_id for entity_id in form.get("ids", []) if entity_id]
     selection = rules.submit_selection(shim.store, shim.enqueuer, flow, ids)
     if selection.queued:
         return RedirectResponse(f"{shim.settings.public_base_url}/connect/{flow_id}", status_code=303)
     if selection.outcome in _REFUSALS:
         status_code, notice = _REFUSALS[selection.outcome]
-        return _page(shim, selection.flow, key, status_code=status_code, notice=notice)
+        return _page(shim, selection.flow, key, language, status_code=status_code, notice=notice)
     if selection.outcome is SelectionOutcome.NOTHING_SELECTED:
-        message = f"Choose at least one {flow.entity_type} to connect."
+        message = _NOTHING_SELECTED.get(flow.entity_type, _NOTHING_SELECTED["profile"])
     else:
-        message = f"Choose among the {flow.entity_type}s listed here."
+        message = _NOT_OFFERED
     csrf = csrf_token(key, flow_id)
-    return pages.selection_page(shim.settings, flow, csrf, status_code=422, message=message)
+    return pages.selection_page(shim.settings, flow, csrf, language, status_code=422, message=message)
+
+
+def _language(request: Request, flow: Flow | None) -> str:
+    """The flow's own locale, else what the browser asks for, else English."""
+    return languages.choose(flow.locale if flow else None, request.headers.get("accept-language"))
 
 
 def _page(
-    shim: Deps, flow: Flow, key: BrowserKey, *, status_code: int = 200, notice: str | None = None
+    shim: Deps,
+    flow: Flow,
+    key: BrowserKey,
+    language: str,
+    *,
+    status_code: int = 200,
+    notice: str | None = None,
 ) -> Response:
     events = shim.store.events(flow.flow_id) if flow.state.terminal else []
     csrf = csrf_token(key, flow.flow_id)
-    return pages.flow_page(shim.settings, flow, events, csrf, status_code=status_code, notice=notice)
+    return pages.flow_page(
+        shim.settings, flow, events, csrf, language, status_code=status_code, notice=notice
+    )

@@ -104,6 +104,7 @@ class Flow:
     # for flows that name none)
     account: str = ""
     budget_slot: str = ""  # the budget slot a parked flow was released with (worker.upstream.parking)
+    locale: str = ""  # the language its hosted pages speak ("": the browser's choice)
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -129,6 +130,7 @@ class Flow:
             tenant=raw.get("tenant") or DEFAULT_TENANT,
             account=raw.get("account", ""),
             budget_slot=raw.get("budget_slot", ""),
+            locale=raw.get("locale", ""),
         )
 
     def offered_ids(self) -> list[str]:

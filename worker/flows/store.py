@@ -137,8 +137,10 @@ class FlowStore:
         ui: BrowserUI = BrowserUI.HOSTED,
         tenant: str = DEFAULT_TENANT,
         account: str | None = None,
+        locale: str = "",
     ) -> Flow:
-        """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's)."""
+        """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's), whose hosted
+        pages speak `locale` ("": the browser's language)."""
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
@@ -153,6 +155,7 @@ class FlowStore:
             ui=ui,
             tenant=tenant,
             account=account or self.default_account,
+            locale=locale,
         )
         data = StartedData(expires_at=utc_timestamp(flow.deadline))
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
@@ -166,6 +169,7 @@ class FlowStore:
             "ui": ui.value,
             "tenant": flow.tenant,
             "account": flow.account,
+            "locale": locale,
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
