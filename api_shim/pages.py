@@ -19,11 +19,15 @@ from starlette.staticfiles import StaticFiles
 from api_shim import languages
 from api_shim.languages import N_
 from api_shim.security import return_url_with
+from worker.config.brand import Brand
 from worker.config.settings import Settings, origin_of
+from worker.config.tenants import DEFAULT_TENANT
 from worker.events import TERMINAL_TYPES
 from worker.flows.flow import Flow, FlowState
 
 STATIC_PATH = "/connect/static"
+BRAND_PATH = "/connect/brand"  # a tenant's stylesheet ({tenant}.css) and logo ({tenant}/logo)
+DEFAULT_ACCENT = "#1f5fd6"  # connect.css's own
 _HERE = Path(__file__).parent
 CONTINUE_SECONDS = 2  # a finished page shows this long before the browser goes back to return_url
 
@@ -161,23 +165,38 @@ def selection_page(
 
 
 def forbidden_page(settings: Settings, language: str) -> HTMLResponse:
-    """For a browser without the flow's cookie: nothing about the flow, not even its network."""
+    """For a browser without the flow's cookie: nothing about the flow, not even its network or tenant."""
     heading = languages.translations(language).gettext(N_("This page is not yours to open"))
-    return _render("forbidden.html", _plain(settings, language), heading, 403)
+    return _render("forbidden.html", _plain(settings, language, DEFAULT_TENANT), heading, 403)
 
 
 def not_found_page(settings: Settings, language: str) -> HTMLResponse:
     heading = languages.translations(language).gettext(N_("No such connection"))
-    return _render("not_found.html", _plain(settings, language), heading, 404)
+    return _render("not_found.html", _plain(settings, language, DEFAULT_TENANT), heading, 404)
 
 
-def _plain(settings: Settings, language: str) -> dict[str, Any]:
-    return {"app_name": settings.hosted_ui_app_name, "static": STATIC_PATH, "language": language}
+def brand_stylesheet(brand: Brand) -> str:
+    """The accent of a tenant's pages: its colour, and a darker shade of it for hover."""
+    color = brand.color or DEFAULT_ACCENT
+    red, green, blue = (int(color[index : index + 2], 16) * 85 // 100 for index in (1, 3, 5))
+    return f":root {{ --accent: {color}; --accent-hover: #{red:02x}{green:02x}{blue:02x}; }}\n"
+
+
+def _plain(settings: Settings, language: str, tenant: str) -> dict[str, Any]:
+    brand = settings.brand(tenant)
+    return {
+        "app_name": brand.name or settings.hosted_ui_app_name,
+        "brand_css": f"{BRAND_PATH}/{tenant}.css" if brand.color else None,
+        "logo_url": f"{BRAND_PATH}/{tenant}/logo" if brand.logo else None,
+        "support_url": brand.support_url,
+        "static": STATIC_PATH,
+        "language": language,
+    }
 
 
 def _common(settings: Settings, flow: Flow, language: str) -> dict[str, Any]:
     kind = languages.translations(language).gettext(_KIND.get(flow.entity_type, flow.entity_type))
-    return _plain(settings, language) | {
+    return _plain(settings, language, flow.tenant) | {
         "flow_id": flow.flow_id,
         "status": flow.state.value,
         "network": flow.network,
@@ -202,7 +221,8 @@ class _Speaker:
 
 
 def _speaker(language: str, settings: Settings, flow: Flow) -> _Speaker:
-    return _Speaker(language, {"app": settings.hosted_ui_app_name, "network": flow.network})
+    app = settings.brand(flow.tenant).name or settings.hosted_ui_app_name
+    return _Speaker(language, {"app": app, "network": flow.network})
 
 
 def _render(template: str, context: dict[str, Any], heading: str | None, status_code: int) -> HTMLResponse:

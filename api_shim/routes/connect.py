@@ -21,6 +21,7 @@ from api_shim.errors import ApiError
 from api_shim.languages import N_
 from api_shim.rules import SelectionOutcome
 from api_shim.streams import event_stream
+from worker.config.tenants import DEFAULT_TENANT
 from worker.flows.flow import Flow
 
 router = APIRouter(include_in_schema=False)
@@ -48,6 +49,24 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     if key is None:
         return pages.forbidden_page(shim.settings, _language(request, None))
     return _page(shim, flow, key, _language(request, flow))
+
+
+@router.get(pages.BRAND_PATH + "/{tenant}.css", response_model=None)
+def brand_stylesheet(tenant: str, shim: ShimDeps) -> Response:
+    brand = shim.settings.brand(tenant)
+    if shim.settings.tenants.get(tenant) is None and tenant != DEFAULT_TENANT:
+        raise ApiError(404, "not_found", "no such tenant")
+    return Response(pages.brand_stylesheet(brand), media_type="text/css")
+
+
+@router.get(pages.BRAND_PATH + "/{tenant}/logo", response_model=None)
+def brand_logo(tenant: str, shim: ShimDeps) -> Response:
+    logo = shim.settings.brand(tenant).logo
+    if logo is None or (shim.settings.tenants.get(tenant) is None and tenant != DEFAULT_TENANT):
+        raise ApiError(404, "not_found", "no logo")
+    # an SVG opened on its own runs nothing and loads nothing
+    headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox"}
+    return Response(logo.content, media_type=logo.media_type, headers=headers)
 
 
 @router.get("/connect/{flow_id}/events", response_model=None)

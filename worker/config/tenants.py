@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
+from worker.config.brand import Brand
 from worker.events import DEFAULT_TENANT
 
 __all__ = [
@@ -178,6 +179,7 @@ class Tenant(BaseModel):
     api_keys: list[SecretStr] = Field(min_length=1)
     allowed_return_urls: list[str] = Field(default_factory=list)
     oktopost: OktopostAccount
+    brand: Brand = Field(default_factory=Brand)  # what the hosted pages show of it (worker.config.brand)
 
     @field_validator("name")
     @classmethod
@@ -205,6 +207,7 @@ class _TenantEntry(BaseModel):
     api_keys: list[Any]
     allowed_return_urls: list[Any] = Field(default_factory=list)
     oktopost: dict[str, Any]
+    brand: dict[str, Any] = Field(default_factory=dict)
 
 
 class _TenantsFile(BaseModel):
@@ -267,6 +270,9 @@ def read_tenants_file(path: Path, allow_http_hosts: list[str]) -> list[Tenant]:
         raise TenantsError(_describe(error)) from None
     tenants = []
     for name, entry in parsed.tenants.items():
+        logo = entry.brand.get("logo")
+        if isinstance(logo, str):  # a logo's path is relative to the file that names it
+            entry.brand["logo"] = path.parent / logo
         try:
             tenants.append(
                 Tenant.model_validate(
