@@ -3,6 +3,7 @@
     settings.py  Settings: the environment (and `.env`), each bad value one line naming it
     tenants.py   the tenants (TENANTS_FILE, else `default` from the environment): caller keys,
                  return-URL allowlists, Oktopost accounts with their keys as SecretStr
+    brand.py     what the hosted pages show of a tenant (name, colour, logo, support link), checked
 
 May import: worker.events. Everything else in the pipeline may import this package.
 """

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["Brand", "Logo", "MAX_LOGO_BYTES", "check_color", "check_support_url", "read_logo"]
+__all__ = ["MAX_LOGO_BYTES", "Brand", "Logo", "check_color", "check_support_url", "read_logo"]
 
 MAX_LOGO_BYTES = 64 * 1024
 MIN_CONTRAST_WITH_WHITE = 4.5  # WCAG AA for normal text: buttons carry white text on the colour
