@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse
@@ -23,11 +24,13 @@ from worker.config.brand import Brand
 from worker.config.settings import Settings, origin_of
 from worker.config.tenants import DEFAULT_TENANT
 from worker.events import TERMINAL_TYPES
-from worker.flows.flow import Flow, FlowState
+from worker.flows.flow import BrowserUI, Flow, FlowState
 
 STATIC_PATH = "/connect/static"
 BRAND_PATH = "/connect/brand"  # a tenant's stylesheet ({tenant}.css) and logo ({tenant}/logo)
 DEFAULT_ACCENT = "#1f5fd6"  # connect.css's own
+# what a partner's page loads from {PUBLIC_BASE_URL}/static/connect.js to open popup flows
+PARTNER_SCRIPT = (Path(__file__).parent / "partner" / "connect.js").read_bytes()
 _HERE = Path(__file__).parent
 CONTINUE_SECONDS = 2  # a finished page shows this long before the browser goes back to return_url
 
@@ -123,7 +126,13 @@ def flow_page(
         continue_url = (
             return_url_with(flow.return_url, flow.flow_id, outcome.status) if flow.return_url else None
         )
-        context |= {"outcome": outcome, "continue_url": continue_url, "continue_seconds": CONTINUE_SECONDS}
+        context |= {
+            "outcome": outcome,
+            "continue_url": continue_url,
+            "continue_seconds": CONTINUE_SECONDS,
+            # a popup's result page hands the outcome to the partner's page that opened it, at this origin
+            "opener_origin": _origin(flow.return_url) if flow.ui is BrowserUI.POPUP else None,
+        }
         return _render("terminal.html", context, outcome.heading, status_code)
     heading, sentence = _WAITING[flow.state]
     context |= {"sentence": say(sentence)}
@@ -248,6 +257,14 @@ def _outcome(flow: Flow, events: list[dict[str, Any]], say: _Speaker) -> Outcome
     if code == "authorization_denied":
         return Outcome("denied", say.text(N_("Access denied")), sentence, [])
     return Outcome("failed", say.text(N_("The connection failed")), sentence, [])
+
+
+def _origin(url: str | None) -> str | None:
+    """scheme://host[:port] of a URL, as postMessage's target origin names it."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def _own_image(link: object, base: tuple[str, str, int]) -> str | None:

@@ -28,7 +28,7 @@ from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import event_stream
 from worker.events import utc_timestamp
-from worker.flows.flow import FlowState
+from worker.flows.flow import BrowserUI, FlowState
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.oktopost.errors import RefusedError, RejectedError
 from worker.upstream.account import admission_member, retry_after_header
@@ -53,6 +53,9 @@ async def start_authorization(
         entity_type = canonical_entity_type(body.type)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
+    if body.ui is BrowserUI.POPUP and not body.return_url:
+        message = "a popup flow needs a return_url: its origin is where the popup posts the result"
+        raise ApiError(422, "return_url_required", message)
     return_url = check_return_url(body.return_url, tenant.allowed_return_urls) if body.return_url else None
     locale = _locale(body.locale)
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line

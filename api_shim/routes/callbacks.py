@@ -88,7 +88,7 @@ def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
 
 
 def _browser_key(flow: Flow) -> BrowserKey | None:
-    return BrowserKey.new() if flow.ui is BrowserUI.HOSTED else None
+    return BrowserKey.new() if flow.ui.pages else None
 
 
 def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None) -> Response:

@@ -51,6 +51,12 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     return _page(shim, flow, key, _language(request, flow))
 
 
+@router.get("/static/connect.js", response_model=None)
+def partner_script() -> Response:
+    """The script a partner's page loads to open a popup flow (OktopostConnect.open)."""
+    return Response(pages.PARTNER_SCRIPT, media_type="text/javascript")
+
+
 @router.get(pages.BRAND_PATH + "/{tenant}.css", response_model=None)
 def brand_stylesheet(tenant: str, shim: ShimDeps) -> Response:
     brand = shim.settings.brand(tenant)

@@ -48,11 +48,18 @@ WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
 
 
 class BrowserUI(StrEnum):
-    """Where the browser goes after the callback: through the shim's own pages, or straight back to the
-    caller's return_url."""
+    """Where the browser goes after the callback: through the shim's own pages (in the partner's window,
+    or in a popup the partner's page opened, which hands the result back to it), or straight back to
+    the caller's return_url."""
 
     HOSTED = "hosted"
+    POPUP = "popup"
     REDIRECT = "redirect"
+
+    @property
+    def pages(self) -> bool:
+        """Whether the browser is led through the shim's pages."""
+        return self is not BrowserUI.REDIRECT
 
 
 # What an okt token and a flow id look like, matched whole (fullmatch: a trailing newline is not a token).
