@@ -86,7 +86,9 @@ def opens(url: str, status: str | None = None) -> Callable[[Page, str], None]:
 
 
 def submits_nothing(url: str) -> Callable[[Page, str], None]:
-    def show(page: Page, language: str) -> None:
+    """The selection page submitted with nothing chosen (the language is the page's Accept-Language)."""
+
+    def show(page: Page, _language: str) -> None:
         page.goto(url, wait_until="domcontentloaded")
         with page.expect_navigation(wait_until="domcontentloaded"):
             page.get_by_role("button").click()
