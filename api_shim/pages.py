@@ -2,7 +2,8 @@
 
 Templates (Jinja2, autoescaped) are in api_shim/templates/, the stylesheet and the script in
 api_shim/static/, served by the shim itself: the pages load nothing from another origin. Every page says
-in plain words where the flow is; the routes that serve them are in api_shim/routes/connect.py.
+in plain words where the flow is, in the language api_shim/languages.py chooses, under its tenant's brand
+(worker/config/brand.py); the routes that serve them are in api_shim/routes/connect.py.
 """
 
 from __future__ import annotations
