@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api_shim import access, browser, limits, metrics, pages
 from api_shim.deps import Deps
 from api_shim.errors import install_error_handlers
+from api_shim.openapi import describe
 from api_shim.routes import authorizations, callbacks, connect, probes, webhooks
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
@@ -92,13 +93,12 @@ def create_app(
     app.include_router(connect.router)
     app.include_router(probes.router)
     app.include_router(webhooks.router)
+    describe(app)
     return app
 
 
 def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
-    return WebhookStore(
-        store.redis, store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
-    )
+    return WebhookStore.configured(store.redis, store.names, settings)
 
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 
 from api_shim.errors import ApiError
+from api_shim.openapi import BEARER
 from api_shim.security import tenant_of_bearer
 from worker.config.settings import Settings
 from worker.config.tenants import Tenant
@@ -67,10 +69,12 @@ async def app_deps(request: Request) -> Deps:
 ShimDeps = Annotated[Deps, Depends(app_deps)]
 
 
-async def caller(shim: ShimDeps, authorization: Annotated[str | None, Header()] = None) -> str:
+async def caller(
+    shim: ShimDeps, request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> str:
     """Routes for callers (not browsers) take this: the name of the tenant whose Bearer key is presented;
-    401 unless one is."""
-    return tenant_of_bearer(authorization, shim.settings.tenants)
+    401 unless one is. (`BEARER` declares the scheme in /openapi.json; the header is read here whole.)"""
+    return tenant_of_bearer(request.headers.get("authorization"), shim.settings.tenants)
 
 
 CallerTenant = Annotated[str, Depends(caller)]

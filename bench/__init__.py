@@ -26,10 +26,24 @@ from bench.harness import interrupted_by_sigterm, start_redis
 from bench.load import generator_floor
 from bench.report import Row, shared_account_table, table
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
-from bench.systems import SYSTEMS, Pipeline, Setup, System
+from bench.systems import (
+    BENCH_DISABLE_AFTER_SECONDS,
+    BENCH_RETENTION_SECONDS,
+    SYSTEMS,
+    Pipeline,
+    Setup,
+    System,
+)
 from bench.tenants import TenantsResult, run_tenants
 from bench.upstream import SandboxServer, start_sandbox
-from bench.webhooks import endpoints, measure_deliveries, webhooks_table
+from bench.webhooks import (
+    dead_disabled,
+    delivery_memory,
+    disabled_notices,
+    endpoints,
+    measure_deliveries,
+    webhooks_table,
+)
 from cli.processes import Child, Children, StartupError
 
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  # the default run
@@ -179,9 +193,7 @@ def _run_system(
             _say(f"{system.name}: {scenario.name} ({scenario.flows} flows)")
             watched = [*system.processes, sandbox.child, *shared]
             if scenario.name == "webhooks" and isinstance(system, Pipeline):
-                with endpoints(system.children, system) as registered:
-                    row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
-                    row.webhooks = measure_deliveries(registered, row, scenario.settle + 60)
+                row = measure_webhooks(system, scenario, sandbox, watched)
             else:
                 row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
             row.restarted_before, restarted = restarted, False
@@ -197,6 +209,33 @@ def _run_system(
     finally:
         system.stop()
     return rows
+
+
+def measure_webhooks(
+    system: Pipeline, scenario: Scenario, sandbox: SandboxServer, watched: list[Child]
+) -> Row:
+    """The webhooks scenario: its flows first without the dead endpoint, then with it (the row)."""
+    with endpoints(system.children, system, dead=False) as registered:
+        without = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+        alone = measure_deliveries(registered, without, scenario.settle + 60)
+    with endpoints(system.children, system, dead=True) as registered:
+        row = asyncio.run(measure(system, scenario, sandbox, system.setup.redis_url, watched))
+        figures = measure_deliveries(registered, row, scenario.settle + 60)
+        deadline = time.monotonic() + BENCH_DISABLE_AFTER_SECONDS + 10
+        while not dead_disabled(registered) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        figures.dead_disabled = dead_disabled(registered)
+        time.sleep(1.0)  # the notice's delivery to the steady endpoint
+        figures.disabled_notices = disabled_notices(registered)
+        figures.lag_p50_without_dead_ms = alone.lag_p50_ms
+        figures.lag_p99_without_dead_ms = alone.lag_p99_ms
+        figures.delivery_memory_bytes = delivery_memory(system)
+        time.sleep(BENCH_RETENTION_SECONDS + 2)
+        figures.delivery_memory_after_retention_bytes = delivery_memory(system)
+    row.webhooks = figures
+    row.target_met = row.target_met and without.target_met and figures.dead_disabled
+    row.target_met = row.target_met and figures.disabled_notices == 1
+    return row
 
 
 def _left_broken(row: Row) -> bool:

@@ -4,11 +4,14 @@ Standard Webhooks library (nothing of ours) and records the `webhook-id`s and bo
     python -m bench.receiver --port 8099
 
 Each path is an endpoint of its own, told its secret and its behaviour by `POST /_control`
-`{"path": "/a", "secret": "whsec_...", "mode": "ok" | "503" | "hang" | "flaky", "seconds": 3,
-"delay": 0.5, "fail_rate": 0.5}`: `503` answers 503 and `hang` holds the request `delay` seconds then
-answers 503, each for `seconds` (then back to ok); `flaky` answers 503 at random with `fail_rate`; `delay`
-holds every request that long first. `GET /_received?path=/a` answers what was accepted
-(`{"accepted": [{"id", "body", "at"}], "refused": n, "rejected": n, "in_flight": n}`).
+`{"path": "/a", "secret": "whsec_...", "mode": "ok" | "503" | "hang" | "flaky" | "first_fails",
+"seconds": 3, "delay": 0.5, "fail_rate": 0.5}`: `503` answers 503 and `hang` holds the request `delay`
+seconds then answers 503, each for `seconds` (then back to ok); `flaky` answers 503 at random with
+`fail_rate`; `first_fails` answers 503 to the first attempt of each `webhook-id` (of the event `types`
+listed, when given: `"types": ["authorization.started"]`); `delay` holds every
+request that long first. `GET /_received?path=/a` answers what was accepted
+(`{"accepted": [{"id", "body", "at"}], "refused": n, "rejected": n, "in_flight": n, "arrivals": [at...]}`,
+`arrivals` the moment of every request, accepted or not).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class Endpoint:
     refused: int = 0  # answered with 503 (on purpose)
     rejected: int = 0  # failed verification
     in_flight: int = 0
+    arrivals: list[float] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)  # webhook-ids seen (first_fails)
+    types: tuple[str, ...] = ()  # first_fails: only for these event types (empty: every type)
 
 
 class Receiver:
@@ -57,13 +63,19 @@ class Receiver:
             endpoint.until = time.monotonic() + float(settings.get("seconds", 1e9))
             endpoint.delay = float(settings.get("delay", 0.0))
             endpoint.fail_rate = float(settings.get("fail_rate", 0.0))
+            endpoint.types = tuple(settings.get("types", ()))
 
     def deliver(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         endpoint = self.endpoint(path)
         with self.lock:
             endpoint.in_flight += 1
+            endpoint.arrivals.append(time.time())
             mode = endpoint.mode if time.monotonic() < endpoint.until else "ok"
             fail = mode in ("503", "hang") or (mode == "flaky" and self.random.random() < endpoint.fail_rate)
+            if mode == "first_fails":
+                chosen = not endpoint.types or _event_type(body) in endpoint.types
+                fail = chosen and headers.get("webhook-id", "") not in endpoint.tried
+                endpoint.tried.add(headers.get("webhook-id", ""))
         try:
             if endpoint.delay or mode == "hang":
                 time.sleep(endpoint.delay)
@@ -93,7 +105,15 @@ class Receiver:
                 "refused": endpoint.refused,
                 "rejected": endpoint.rejected,
                 "in_flight": endpoint.in_flight,
+                "arrivals": list(endpoint.arrivals),
             }
+
+
+def _event_type(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("type", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:

@@ -39,6 +39,19 @@ class WebhookFigures:
     flaky_lag_p50_ms: float  # the endpoint answering 503 half the time (retries included)
     flaky_lag_p99_ms: float
     refused_by_flaky: int  # 503s it answered
+    # a third endpoint limited to LIMITED_RATE, taking connection.* only
+    delivered_limited: int = 0
+    limited_events: int = 0
+    limited_busiest_second: int = 0  # the most attempts it got in any second
+    # a fourth endpoint that is dead (503 always): disabled after WEBHOOK_DISABLE_AFTER_SECONDS
+    dead_disabled: bool = False
+    disabled_notices: int = 0  # webhook.disabled events the steady endpoint accepted (1 expected)
+    # the same flows with no dead endpoint: the steady endpoint's lag then (the dead one's cost is the ratio)
+    lag_p50_without_dead_ms: float = float("nan")
+    lag_p99_without_dead_ms: float = float("nan")
+    # Redis memory of the deliveries (hashes and listings), at the end and once retention has passed
+    delivery_memory_bytes: int = 0
+    delivery_memory_after_retention_bytes: int = 0
 
 
 @dataclass

@@ -35,6 +35,9 @@ STEP1_CONCURRENCY = 16
 # minutes): 16 of them, so that an endpoint failing half the time loses an event once in 130 000.
 RECEIVER_HOST = "127.0.0.1"
 BENCH_RETRY_SCHEDULE = "100ms,250ms,500ms," + ",".join(["1s"] * 13)
+# the webhooks scenario's dead endpoint is disabled this soon; its deliveries are kept this long
+BENCH_DISABLE_AFTER_SECONDS = 4
+BENCH_RETENTION_SECONDS = 10
 # Oktopost's burst limit counts Step 1 too: baselines create at most this many flows a second there
 LIMITED_STEP1_PER_SECOND = 9.0
 _OUTCOME_OF_EVENT = {
@@ -173,6 +176,8 @@ class Pipeline(System):
             "TOKEN_TTL_SECONDS": str(self.setup.sandbox.token_ttl),
             "WEBHOOK_ALLOWED_HOSTS": RECEIVER_HOST,
             "WEBHOOK_RETRY_SCHEDULE": BENCH_RETRY_SCHEDULE,
+            "WEBHOOK_DISABLE_AFTER_SECONDS": str(BENCH_DISABLE_AFTER_SECONDS),
+            "WEBHOOK_RETENTION_SECONDS": str(BENCH_RETENTION_SECONDS),
         }
 
     def start(self) -> None:

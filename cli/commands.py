@@ -232,12 +232,7 @@ def webhooks(argv: Sequence[str]) -> int:
     from worker.webhooks.endpoints import WebhookStore
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
-    store = WebhookStore(
-        client,
-        RedisNames(settings.channel_prefix),
-        settings.flow_retention_seconds,
-        settings.webhook_retry_schedule,
-    )
+    store = WebhookStore.configured(client, RedisNames(settings.channel_prefix), settings)
     try:
         if args.action == "list":
             return _list_webhooks(store)
@@ -270,6 +265,7 @@ def _list_webhooks(store: WebhookStore) -> int:
                 "url": endpoint.url,
                 "events": list(endpoint.events),
                 "created_at": utc_timestamp(endpoint.created_at),
+                "status": "enabled" if endpoint.enabled else "disabled",
                 "recent_deliveries": dict(statuses),
             }
             print(json.dumps(line))

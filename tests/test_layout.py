@@ -172,7 +172,7 @@ WORKER_STAGES = {
     "follow": set(),
     "flows": {"config", "queueing"},
     "upstream": {"config", "flows", "oktopost"},
-    "webhooks": {"config", "observing", "follow"},
+    "webhooks": {"config", "observing", "follow", "oktopost"},
     "tasks": {"queueing", "config", "observing", "oktopost", "follow", "flows", "upstream", "webhooks"},
 }
 

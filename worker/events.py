@@ -25,6 +25,7 @@ EventType = Literal[  # every event type; a webhook endpoint subscribes to some 
     "connection.completed",
     "authorization.failed",
     "authorization.expired",
+    "webhook.disabled",
 ]
 
 DEFAULT_TENANT = "default"  # without a tenants file, every flow is the one tenant's
@@ -159,6 +160,29 @@ class AuthorizationExpired(FlowEvent):
     data: ExpiredData
 
 
+class DisabledData(_Data):
+    endpoint_id: str
+    url: str
+    failing_since: str = Field(description="since when every attempt to the endpoint failed (no 2xx)")
+
+
+class WebhookDisabled(BaseModel):
+    """A tenant's webhook endpoint failed for WEBHOOK_DISABLE_AFTER_SECONDS and was disabled: not a flow's
+    event (no `flow_id`, no `seq`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: Literal["webhook.disabled"] = "webhook.disabled"
+    at: str = Field(default_factory=utc_timestamp)
+    tenant: str = DEFAULT_TENANT
+    data: DisabledData
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
 Event = Annotated[
     AuthorizationStarted
     | CallbackReceived
@@ -166,7 +190,8 @@ Event = Annotated[
     | SelectionSubmitted
     | ConnectionCompleted
     | AuthorizationFailed
-    | AuthorizationExpired,
+    | AuthorizationExpired
+    | WebhookDisabled,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

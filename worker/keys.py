@@ -93,9 +93,27 @@ class RedisNames:
         """Sorted set: an endpoint's delivery ids, scored by when each was created (trimmed by age)."""
         return f"{self.prefix}:webhook:{endpoint_id}:deliveries"
 
+    def webhook_flow_order(self, endpoint_id: str, flow_id: str) -> str:
+        """Sorted set: one flow's deliveries to one endpoint not over yet, by seq; the first goes first."""
+        return f"{self.prefix}:webhook:{endpoint_id}:flow:{flow_id}"
+
+    def webhook_rate(self, endpoint_id: str) -> str:
+        """Sorted set: the attempts made to one endpoint in its rate window, scored by their moment."""
+        return f"{self.prefix}:webhook:{endpoint_id}:rate"
+
     def webhook_delivery(self, delivery_id: str) -> str:
         """Hash: one event's delivery to one endpoint: its status, attempts, the event's body."""
         return f"{self.prefix}:delivery:{delivery_id}"
+
+    def webhook_in_flight(self, endpoint_id: str) -> str:
+        """Sorted set: the attempts being sent to an endpoint right now, by any worker (their owner ids,
+        scored by when each attempt's lease ends)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:in-flight"
+
+    def webhook_waiting(self, endpoint_id: str) -> str:
+        """Sorted set: deliveries of an endpoint that found no slot, scored by the turn each was given
+        (one after another, as fast as the endpoint's attempts can end)."""
+        return f"{self.prefix}:webhook:{endpoint_id}:waiting"
 
     @property
     def webhook_due(self) -> str:

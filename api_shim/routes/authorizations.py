@@ -24,6 +24,7 @@ from api_shim.models import (
     SelectionAccepted,
     SelectionRequest,
 )
+from api_shim.openapi import errors, server_sent_events
 from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import event_stream
@@ -43,7 +44,19 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(caller)])
 
 
-@router.post("/v1/authorizations", status_code=201)
+@router.post(
+    "/v1/authorizations",
+    status_code=201,
+    responses=errors(
+        422,
+        502,
+        503,
+        meanings={
+            422: "an invalid body, a return_url not allowed, or Oktopost refused the flow",
+            503: "Oktopost's budget for the account is spoken for, or storage is away; see Retry-After",
+        },
+    ),
+)
 async def start_authorization(
     body: AuthorizationRequest, shim: ShimDeps, tenant_name: CallerTenant
 ) -> AuthorizationCreated:
@@ -187,7 +200,7 @@ def _release(upstream: Upstream[AsyncOktopostClient], admission: str) -> None:
         log.warning("a new flow's reserved calls were not given back: Redis did not answer")
 
 
-@router.get("/v1/authorizations/{flow_id}")
+@router.get("/v1/authorizations/{flow_id}", responses=errors(404))
 def flow_status(flow_id: str, shim: ShimDeps, tenant: CallerTenant) -> FlowStatus:
     flow = shim.load_flow(flow_id, tenant)
     return FlowStatus(
@@ -203,7 +216,8 @@ def flow_status(flow_id: str, shim: ShimDeps, tenant: CallerTenant) -> FlowStatu
 @router.get(
     "/v1/authorizations/{flow_id}/events",
     response_model=None,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "the flow's events"}},
+    response_class=Response,
+    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(404)},
 )
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps, tenant: CallerTenant) -> Response:
     """Server-sent events: the flow's stored events, then live ones, until its terminal event; with
@@ -212,7 +226,17 @@ async def flow_events(flow_id: str, request: Request, shim: ShimDeps, tenant: Ca
     return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
 
 
-@router.post("/v1/authorizations/{flow_id}/selection", status_code=202)
+@router.post(
+    "/v1/authorizations/{flow_id}/selection",
+    status_code=202,
+    responses=errors(
+        404,
+        409,
+        410,
+        422,
+        meanings={409: "the flow is not awaiting a selection", 422: "ids not offered to this flow"},
+    ),
+)
 def submit_selection(
     flow_id: str, body: SelectionRequest, shim: ShimDeps, tenant: CallerTenant
 ) -> SelectionAccepted:

@@ -19,6 +19,7 @@ from api_shim import metrics, rules
 from api_shim.browser import BrowserKey
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
+from api_shim.openapi import errors, html_pages, see_other
 from api_shim.rules import Verdict
 from api_shim.security import return_url_with
 from worker.flows.flow import BrowserUI, Flow, FlowState
@@ -31,7 +32,45 @@ _PAGES = {
 }
 
 
-@router.get("/v1/callback/{flow_id}", response_model=None, responses={303: {"description": "to return_url"}})
+_QUERY = [
+    {
+        "name": "okt",
+        "in": "query",
+        "description": "Oktopost's token; absent when the user did not authorize",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{8,256}$"},
+    },
+    {
+        "name": "error",
+        "in": "query",
+        "description": "why the user did not authorize",
+        "schema": {"type": "string"},
+    },
+]
+
+
+@router.get(
+    "/v1/callback/{flow_id}",
+    response_model=None,
+    response_class=Response,
+    responses={
+        **see_other("a hosted flow: to its page, /connect/{flow_id}; a redirect flow: to its return_url"),
+        **html_pages(
+            200,
+            meanings={200: "a redirect flow without return_url: a small page saying the window can close"},
+        ),
+        **errors(
+            400,
+            404,
+            409,
+            410,
+            meanings={
+                400: "okt given twice, or not a well-formed token",
+                409: "the flow already received another token, or the token was used by another flow",
+            },
+        ),
+    },
+    openapi_extra={"parameters": _QUERY},
+)
 def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     started = time.perf_counter()
     tokens = request.query_params.getlist("okt")

@@ -8,6 +8,7 @@ route (api_shim/rules.py): whichever comes first wins, the other gets 409.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -19,12 +20,13 @@ from api_shim.browser import BrowserKey, browser_key, csrf_matches, csrf_token
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.languages import N_
+from api_shim.openapi import errors, html_pages, see_other, server_sent_events
 from api_shim.rules import SelectionOutcome
 from api_shim.streams import event_stream
 from worker.config.tenants import DEFAULT_TENANT
 from worker.flows.flow import Flow
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(default_response_class=Response)
 
 _MOVED_ON = N_("Your selection was not taken: the connection had already moved on.")
 _REFUSALS = {
@@ -40,7 +42,22 @@ _NOTHING_SELECTED = {
 _NOT_OFFERED = N_("Choose among the accounts listed here.")
 
 
-@router.get("/connect/{flow_id}", response_model=None)
+def _content(media_types: str | tuple[str, ...], description: str) -> dict[str, Any]:
+    """An answer of a file the shim serves itself, of one of `media_types`."""
+    kinds = (media_types,) if isinstance(media_types, str) else media_types
+    return {"description": description, "content": {kind: {"schema": {"type": "string"}} for kind in kinds}}
+
+
+@router.get(
+    "/connect/{flow_id}",
+    response_model=None,
+    responses=html_pages(
+        200,
+        403,
+        404,
+        meanings={200: "the flow's page", 403: "not this browser's flow: a page that tells nothing of it"},
+    ),
+)
 def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = shim.find_flow(flow_id)
     if flow is None:
@@ -51,13 +68,21 @@ def flow_page(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     return _page(shim, flow, key, _language(request, flow))
 
 
-@router.get("/static/connect.js", response_model=None)
+@router.get(
+    "/static/connect.js",
+    response_model=None,
+    responses={200: _content("text/javascript", "the partner page's script for popup flows")},
+)
 def partner_script() -> Response:
     """The script a partner's page loads to open a popup flow (OktopostConnect.open)."""
     return Response(pages.PARTNER_SCRIPT, media_type="text/javascript")
 
 
-@router.get(pages.BRAND_PATH + "/{tenant}.css", response_model=None)
+@router.get(
+    pages.BRAND_PATH + "/{tenant}.css",
+    response_model=None,
+    responses={200: _content("text/css", "the tenant's accent colour"), **errors(404)},
+)
 def brand_stylesheet(tenant: str, shim: ShimDeps) -> Response:
     brand = shim.settings.brand(tenant)
     if shim.settings.tenants.get(tenant) is None and tenant != DEFAULT_TENANT:
@@ -65,7 +90,11 @@ def brand_stylesheet(tenant: str, shim: ShimDeps) -> Response:
     return Response(pages.brand_stylesheet(brand), media_type="text/css")
 
 
-@router.get(pages.BRAND_PATH + "/{tenant}/logo", response_model=None)
+@router.get(
+    pages.BRAND_PATH + "/{tenant}/logo",
+    response_model=None,
+    responses={200: _content(("image/png", "image/svg+xml"), "the tenant's logo"), **errors(404)},
+)
 def brand_logo(tenant: str, shim: ShimDeps) -> Response:
     logo = shim.settings.brand(tenant).logo
     if logo is None or (shim.settings.tenants.get(tenant) is None and tenant != DEFAULT_TENANT):
@@ -75,7 +104,11 @@ def brand_logo(tenant: str, shim: ShimDeps) -> Response:
     return Response(logo.content, media_type=logo.media_type, headers=headers)
 
 
-@router.get("/connect/{flow_id}/events", response_model=None)
+@router.get(
+    "/connect/{flow_id}/events",
+    response_model=None,
+    responses={**server_sent_events("the flow's events, until its terminal one"), **errors(403, 404)},
+)
 async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = await run_in_threadpool(shim.load_flow, flow_id)
     if browser_key(request, flow) is None:
@@ -83,7 +116,44 @@ async def flow_events(flow_id: str, request: Request, shim: ShimDeps) -> Respons
     return event_stream(shim.events_redis, shim.names.prefix, flow_id, request)
 
 
-@router.post("/connect/{flow_id}/selection", response_model=None)
+_SELECTION_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}},
+                    "csrf": {"type": "string", "description": "the page's csrf field"},
+                },
+                "required": ["csrf"],
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/connect/{flow_id}/selection",
+    response_model=None,
+    status_code=303,  # in the description only: every answer is made below
+    responses={
+        **see_other("taken: back to the flow's page"),
+        **html_pages(
+            403,
+            404,
+            409,
+            410,
+            422,
+            meanings={
+                409: "the page, with word that the flow had already moved on",
+                410: "the page, with word that time ran out",
+                422: "the form again: nothing chosen, or something not offered",
+            },
+        ),
+    },
+    openapi_extra={"requestBody": _SELECTION_FORM},
+)
 async def submit_selection(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
     return await run_in_threadpool(_select, shim, flow_id, request, form)

@@ -1,10 +1,13 @@
-"""The callers' webhook endpoints: register one (its secret shown once), list, delete, see its
-deliveries, replay the tenant's events since a moment. Everything is scoped by the caller's tenant: an
-endpoint of another tenant is 404, like one that does not exist."""
+"""The callers' webhook endpoints: register one (its secret shown once), list, change, rotate its secret,
+enable it again, delete, see its deliveries a page at a time, replay the tenant's events since a moment.
+Everything is scoped by the caller's tenant: an endpoint of another tenant is 404, like one that does not
+exist."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api_shim.deps import CallerTenant, Deps, ShimDeps
@@ -12,29 +15,90 @@ from api_shim.errors import ApiError
 from api_shim.models import (
     DeliveryList,
     DeliveryStatus,
+    EnableRequest,
     ReplayQueued,
     ReplayRequest,
     Webhook,
+    WebhookChange,
     WebhookCreated,
+    WebhookEnabled,
     WebhookList,
     WebhookRequest,
+    WebhookSecret,
 )
+from api_shim.openapi import errors
 from worker.events import utc_timestamp
-from worker.webhooks.endpoints import Endpoint
-from worker.webhooks.urls import RefusedUrl, target_of
+from worker.webhooks.endpoints import Endpoint, EndpointChange
+from worker.webhooks.urls import RefusedUrl, checked_target
 
 router = APIRouter()
 
 
-@router.post("/v1/webhooks", status_code=201)
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    responses=errors(
+        422, meanings={422: "an invalid body, or a URL refused (its host must resolve to a public address)"}
+    ),
+)
 async def create_webhook(body: WebhookRequest, shim: ShimDeps, tenant: CallerTenant) -> WebhookCreated:
-    try:  # resolving the host waits on DNS: off the event loop
-        await run_in_threadpool(target_of, body.url, shim.settings.webhook_allowed_hosts)
-    except RefusedUrl as refused:
-        raise ApiError(422, "webhook_url_refused", str(refused)) from None
+    await _check_url(shim, body.url)
     events = list(dict.fromkeys(body.events or []))
-    endpoint = await run_in_threadpool(shim.webhooks.create_endpoint, tenant, body.url, events)
-    return WebhookCreated(**_shown(endpoint).model_dump(), secret=endpoint.secret)
+    endpoint = await run_in_threadpool(
+        shim.webhooks.create_endpoint, tenant, body.url, events, body.rate_limit or ""
+    )
+    shown = _shown(endpoint)
+    return WebhookCreated(
+        id=shown.id, url=shown.url, events=shown.events, created_at=shown.created_at, secret=endpoint.secret
+    )
+
+
+@router.patch(
+    "/v1/webhooks/{endpoint_id}",
+    responses=errors(404, 422, meanings={422: "an invalid body, or a URL refused"}),
+)
+async def change_webhook(
+    endpoint_id: str, body: WebhookChange, shim: ShimDeps, tenant: CallerTenant
+) -> Webhook:
+    endpoint = await _endpoint(shim, endpoint_id, tenant)
+    given = body.model_fields_set
+    if body.url is not None:
+        await _check_url(shim, body.url)
+    change = EndpointChange(
+        url=body.url,
+        events=tuple(dict.fromkeys(body.events)) if body.events is not None else None,
+        rate_limit=(body.rate_limit or "") if "rate_limit" in given else None,
+    )
+    changed = await run_in_threadpool(shim.webhooks.update_endpoint, endpoint, change)
+    if changed is None:
+        raise ApiError(404, "webhook_not_found", "no such webhook")
+    return _shown(changed)
+
+
+@router.post("/v1/webhooks/{endpoint_id}/secret", responses=errors(404))
+async def rotate_secret(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> WebhookSecret:
+    endpoint = await _endpoint(shim, endpoint_id, tenant)
+    overlap = shim.settings.webhook_secret_overlap_seconds
+    secret = await run_in_threadpool(shim.webhooks.rotate_secret, endpoint, overlap)
+    if secret is None:
+        raise ApiError(404, "webhook_not_found", "no such webhook")
+    return WebhookSecret(secret=secret)
+
+
+@router.post("/v1/webhooks/{endpoint_id}/enable", responses=errors(404))
+async def enable_webhook(
+    endpoint_id: str, shim: ShimDeps, tenant: CallerTenant, body: EnableRequest | None = None
+) -> WebhookEnabled:
+    endpoint = await _endpoint(shim, endpoint_id, tenant)
+    if not await run_in_threadpool(shim.webhooks.enable, endpoint):
+        raise ApiError(404, "webhook_not_found", "no such webhook")
+    enabled = await _endpoint(shim, endpoint_id, tenant)
+    queued = 0
+    if body is not None and body.replay_since is not None:
+        queued = await run_in_threadpool(
+            shim.webhooks.replay, enabled, body.replay_since.timestamp(), shim.enqueuer.enqueue_delivery
+        )
+    return WebhookEnabled(**_shown(enabled).model_dump(), queued=queued)
 
 
 @router.get("/v1/webhooks")
@@ -43,18 +107,33 @@ async def list_webhooks(shim: ShimDeps, tenant: CallerTenant) -> WebhookList:
     return WebhookList(webhooks=[_shown(endpoint) for endpoint in endpoints])
 
 
-@router.delete("/v1/webhooks/{endpoint_id}", status_code=204)
+@router.delete("/v1/webhooks/{endpoint_id}", status_code=204, responses=errors(404))
 async def delete_webhook(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> Response:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     await run_in_threadpool(shim.webhooks.delete_endpoint, endpoint)
     return Response(status_code=204)
 
 
-@router.get("/v1/webhooks/{endpoint_id}/deliveries")
-async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) -> DeliveryList:
+@router.get(
+    "/v1/webhooks/{endpoint_id}/deliveries",
+    responses=errors(404, 422, meanings={422: "a limit out of range, or a cursor this route did not give"}),
+)
+async def list_deliveries(
+    endpoint_id: str,
+    shim: ShimDeps,
+    tenant: CallerTenant,
+    limit: Annotated[int, Query(ge=1, le=100, description="deliveries per page")] = 50,
+    cursor: Annotated[str | None, Query(max_length=256, description="next_cursor of the page before")] = None,
+) -> DeliveryList:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
-    deliveries = await run_in_threadpool(shim.webhooks.deliveries, endpoint.id)
+    try:
+        deliveries, next_cursor = await run_in_threadpool(
+            shim.webhooks.deliveries_page, endpoint.id, limit, cursor
+        )
+    except ValueError:
+        raise ApiError(422, "invalid_cursor", "cursor is not one this route gave") from None
     return DeliveryList(
+        next_cursor=next_cursor,
         deliveries=[
             DeliveryStatus(
                 event_id=delivery.event_id,
@@ -68,17 +147,24 @@ async def list_deliveries(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant
                 else utc_timestamp(delivery.next_attempt_at),
             )
             for delivery in deliveries
-        ]
+        ],
     )
 
 
-@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202)
+@router.post("/v1/webhooks/{endpoint_id}/replay", status_code=202, responses=errors(404))
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
     queued = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
     )
     return ReplayQueued(queued=queued)
+
+
+async def _check_url(shim: Deps, url: str) -> None:
+    try:  # resolving the host waits on DNS, bounded, in a pool of its own: no request thread waits for it
+        await checked_target(url, shim.settings.webhook_allowed_hosts)
+    except RefusedUrl as refused:
+        raise ApiError(422, "webhook_url_refused", str(refused)) from None
 
 
 async def _endpoint(shim: Deps, endpoint_id: str, tenant: str) -> Endpoint:
@@ -94,4 +180,7 @@ def _shown(endpoint: Endpoint) -> Webhook:
         url=endpoint.url,
         events=list(endpoint.events),
         created_at=utc_timestamp(endpoint.created_at),
+        status="enabled" if endpoint.enabled else "disabled",
+        disabled_at=None if endpoint.disabled_at is None else utc_timestamp(endpoint.disabled_at),
+        rate_limit=endpoint.rate_limit or None,
     )

@@ -177,7 +177,7 @@ def test_the_webhooks_scenario_delivers_every_event_to_both_endpoints(tmp_path: 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "naive-celery: webhooks skipped" in run.stderr  # ours only: the baselines have no webhooks
@@ -189,3 +189,13 @@ def test_the_webhooks_scenario_delivers_every_event_to_both_endpoints(tmp_path: 
     assert figures["refused_by_flaky"] > 0
     assert 0 < figures["lag_p50_ms"] <= figures["lag_p99_ms"], figures
     assert "lag p50" in run.stdout
+    # the endpoint limited to 20 a second got every connection event and never more than that
+    assert figures["delivered_limited"] == figures["limited_events"] == 8, figures
+    assert 0 < figures["limited_busiest_second"] <= 20, figures
+    # the dead endpoint was disabled, the steady one told once; the lag without it was measured too
+    assert figures["dead_disabled"] is True, figures
+    assert figures["disabled_notices"] == 1, figures
+    assert figures["lag_p50_without_dead_ms"] > 0, figures
+    # ended deliveries go once their retention passed
+    assert figures["delivery_memory_after_retention_bytes"] < figures["delivery_memory_bytes"], figures
+    assert "dead endpoint disabled: yes" in run.stdout

@@ -224,3 +224,21 @@ def test_a_flow_whose_token_ends_before_the_pause_expires_as_blocked_at_once() -
     ended = context.store.events("flow-1")[-1]
     assert ended["type"] == "authorization.expired"
     assert ended["data"] == {"stage": "verify", "reason": "upstream_blocked"}
+
+
+def test_flows_abandoned_before_their_callback_do_not_hide_the_paused_account_s_live_flows(
+    client: fakeredis.FakeRedis,
+) -> None:
+    budget = budget_on(client)
+    store = FlowStore(client, RedisNames("a"), Lifetimes(flow_ttl=60, token_ttl=300))
+    for number in range(300):  # abandoned before their callback: their deadlines come first
+        store.create(f"abandoned-{number}", "LinkedIn", "profile", None, None)
+    live = store.create("verifying", "LinkedIn", "profile", None, None)
+    assert store.claim_callback(live, TOKEN).done  # its deadline: 300 s, after all of theirs
+    budget.account.pause(retry_after=600)
+    assert sweep_once(store, RecordingEnqueuer(), [budget.account])[0] == 1
+    ended = store.events("verifying")[-1]
+    assert ended["data"] == {"stage": "verify", "reason": "upstream_blocked"}
+    waiting = store.get("abandoned-0")
+    assert waiting is not None
+    assert waiting.state is FlowState.AWAITING_CALLBACK

@@ -214,3 +214,86 @@ def claim_more(context: TaskContext, count: int) -> list[str]:
         assert context.store.claim_callback(flow, f"{TOKEN}later{i}").done
         flow_ids.append(flow.flow_id)
     return flow_ids
+
+
+def daily_context(limit: int, period: float, daily_limit: int) -> TaskContext:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    names = RedisNames("p")
+    store = FlowStore(client, names, Lifetimes(flow_ttl=60, token_ttl=30, lease=5))
+    handler = Answers(httpx.Response(200, json=PROFILE))
+    upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(handler))
+    budget = UpstreamBudget(
+        client, names.account(store.default_account), limit, period, daily_limit=daily_limit
+    )
+    metrics = WorkerMetrics(client, "p:metrics")
+    return TaskContext(store, Upstreams.single(upstream, budget), FAST, metrics, LeaseKeeper(store))
+
+
+def test_a_parked_flow_whose_day_is_spent_ends_at_once_as_blocked() -> None:
+    context = daily_context(limit=1, period=0.3, daily_limit=4)
+    store, budget = context.store, budget_of(context)
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    day_key = budget.names.daily_calls(int(store.clock.now() // 86400))
+    store.redis.set(day_key, 4)  # another process spent the day meanwhile
+    time.sleep(0.3)  # the account is due: its slot frees, but the day is spent until after the deadline
+    unparker_for(context, RecordingEnqueuer()).release_due()
+    ended = store.events(second)[-1]
+    assert ended["type"] == "authorization.expired"
+    assert ended["data"] == {"stage": "verify", "reason": "upstream_blocked"}
+    assert parked(context) == []
+
+
+def test_a_parked_flow_no_slot_can_come_for_in_time_ends_at_once() -> None:
+    context, _ = limited_context(limit=1, period=2.0, token_ttl=3)
+    store, budget = context.store, budget_of(context)
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED  # its slot: in 2 s; its deadline: 3 s
+    time.sleep(2.0)
+    # meanwhile a flow with an earlier deadline, waiting in its thread, took the slot: the next one
+    # comes 2 s after that call ends, at the soonest, past the parked flow's deadline
+    budget.acquire(priority=0, give_up_at=store.clock.now() + 10, hold=5)
+    unparker_for(context, RecordingEnqueuer()).release_due()
+    ended = store.events(second)[-1]
+    assert ended["type"] == "authorization.expired"
+    assert ended["data"] == {"stage": "verify"}  # the budget was busy: no reason, as in a thread
+    assert parked(context) == []
+
+
+def test_a_parked_flow_of_a_paused_account_ends_at_once_as_blocked() -> None:
+    context, _ = limited_context(limit=1, period=0.3)
+    store, budget = context.store, budget_of(context)
+    first, second = claim(context, 2)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    budget.account.pause(retry_after=600)
+    time.sleep(0.3)
+    unparker_for(context, RecordingEnqueuer()).release_due()
+    assert store.events(second)[-1]["data"] == {"stage": "verify", "reason": "upstream_blocked"}
+
+
+def test_an_account_no_worker_knows_fails_its_parked_flows_and_is_forgotten() -> None:
+    context, _ = limited_context(limit=1, period=0.3)
+    store, names = context.store, context.store.names
+    first, second, third = claim(context, 3)
+    assert verify_flow(context, first) is TaskOutcome.COMPLETED
+    assert verify_flow(context, second) is TaskOutcome.PARKED
+    assert verify_flow(context, third) is TaskOutcome.PARKED
+    parked_set = budget_of(context).names.parked_flows
+    # the account left the configuration: no unparker knows it
+    stranger = Unparker(store, RecordingEnqueuer(), lambda _: None, hold=2.0, least_seconds=0.1)
+    stranger.release_due()  # not overdue yet: a worker that knows it may still release them
+    assert parked(context) == [second, third]
+    store.redis.zadd(names.parked_accounts, {parked_set: store.clock.now() - 11})  # nobody moved it on
+    stranger.release_due()
+    for flow_id in (second, third):
+        ended = store.events(flow_id)[-1]
+        assert ended["type"] == "authorization.failed"
+        assert ended["data"]["code"] == "unauthorized"
+    assert parked(context) == []
+    assert store.redis.zcard(names.parked_accounts) == 0
+    (later,) = claim_more(context, 1)  # a later callback of the account is queued, not parked
+    assert parked(context) == []
+    assert store.redis.zscore(names.leases, later) is not None

@@ -80,7 +80,7 @@ def setup() -> Iterator[Setup]:
         allowed_hosts=[],
         timeout=2.0,
         schedule=(5.0, 60.0),
-        slots=Slots(total=4, per_endpoint=2),
+        slots=Slots(total=4, per_tenant=2),
         transport=httpx.MockTransport(receiver),
         resolver=resolver,
     )
@@ -174,8 +174,8 @@ def test_a_deleted_endpoint_fails_its_deliveries_at_once(setup: Setup) -> None:
     assert setup.receiver.requests == []
 
 
-def test_one_endpoint_cannot_take_every_slot() -> None:
-    slots = Slots(total=3, per_endpoint=2)
+def test_one_tenant_cannot_take_every_slot() -> None:
+    slots = Slots(total=3, per_tenant=2)
     assert slots.take("a")
     assert slots.take("a")
     assert not slots.take("a")

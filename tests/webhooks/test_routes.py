@@ -37,7 +37,8 @@ async def test_registering_shows_the_secret_once_in_the_standard_webhooks_form(s
     assert created["secret"].startswith("whsec_")
     assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) >= 24
     listed = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()
-    assert listed == {"webhooks": [{key: created[key] for key in ("id", "url", "events", "created_at")}]}
+    shown = {key: created[key] for key in ("id", "url", "events", "created_at")}
+    assert listed == {"webhooks": [{**shown, "status": "enabled", "disabled_at": None}]}
     assert created["secret"] not in json.dumps(listed)
     everything = (await shim.http.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=CALLER)).json()
     assert everything["events"] == []
@@ -57,6 +58,9 @@ async def test_deleting_an_endpoint_and_unknown_or_other_tenants_endpoints_are_4
             ("DELETE", f"/v1/webhooks/{endpoint_id}"),
             ("GET", f"/v1/webhooks/{endpoint_id}/deliveries"),
             ("POST", f"/v1/webhooks/{endpoint_id}/replay"),
+            ("PATCH", f"/v1/webhooks/{endpoint_id}"),
+            ("POST", f"/v1/webhooks/{endpoint_id}/secret"),
+            ("POST", f"/v1/webhooks/{endpoint_id}/enable"),
         ):
             answer = await shim.http.request(
                 method, path, headers=CALLER, json={"since": "2026-01-01T00:00:00Z"}

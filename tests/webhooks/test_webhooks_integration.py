@@ -120,7 +120,11 @@ def accepted(receiver: Receiver, path: str) -> dict[str, str]:
 
 
 def undelivered(pipeline: Pipeline, endpoint_id: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{pipeline.shim_url}/v1/webhooks/{endpoint_id}/deliveries", headers=pipeline.headers)
+    answer = httpx.get(
+        f"{pipeline.shim_url}/v1/webhooks/{endpoint_id}/deliveries",
+        params={"limit": 100},
+        headers=pipeline.headers,
+    )
     return [item for item in answer.json()["deliveries"] if item["status"] != "delivered"]
 
 
@@ -151,7 +155,8 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
     assert receiver.report("/all")["refused"] > 0
 
     # a worker SIGKILLed while its deliveries are in flight: its tasks and events are taken up again
-    receiver.control("/all", delay=0.8)
+    # (each held half the timeout: a whole attempt, answer included, fits in it on a busy machine)
+    receiver.control("/all", delay=0.5)
     flows += run_flows(pipeline, 4)
     wait_until(lambda: receiver.report("/all")["in_flight"] > 0, 20, "a delivery in flight")
     worker.kill()
@@ -174,7 +179,9 @@ def test_every_event_arrives_signed_through_outages_and_a_killed_worker(
     wait_until(lambda: set(accepted(receiver, "/completed")) == completed, 20, "the filtered endpoint")
 
     deliveries = httpx.get(
-        f"{pipeline.shim_url}/v1/webhooks/{everything}/deliveries", headers=pipeline.headers
+        f"{pipeline.shim_url}/v1/webhooks/{everything}/deliveries",
+        params={"limit": 100},  # a page holds 50 unless asked for more
+        headers=pipeline.headers,
     ).json()["deliveries"]
     ours = [item for item in deliveries if item["event_id"] in events]
     assert len(ours) == len(events)

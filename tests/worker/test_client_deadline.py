@@ -196,3 +196,27 @@ def test_a_slow_answer_through_the_environments_proxy_gives_up_at_the_timeout(
     assert isinstance(outcome, UpstreamTransportError)
     assert server.requests == 1  # the proxy was asked, not the unresolvable host
     assert elapsed < TIMEOUT + MARGIN
+
+
+@pytest.mark.parametrize("server", ["at once"], indirect=True)
+def test_nothing_is_connected_or_sent_once_the_attempt_s_deadline_has_passed(server: SlowOktopost) -> None:
+    """A process that stalls after its budget grant must not send the call after its slot ran out."""
+    import httpcore
+
+    from worker.oktopost.deadline import DeadlineBackend, end_attempt, start_attempt
+
+    host, port = server.url.removeprefix("http://").split(":")
+    backend = DeadlineBackend(httpcore.SyncBackend())
+    attempt = start_attempt(0.05)
+    try:
+        stream = backend.connect_tcp(host, int(port), timeout=TIMEOUT)
+        time.sleep(0.1)  # the process stalls past the deadline
+        with pytest.raises(httpcore.WriteTimeout):
+            stream.write(b"GET /v2/me HTTP/1.1\r\nHost: oktopost\r\n\r\n", timeout=TIMEOUT)
+        with pytest.raises(httpcore.ConnectTimeout):
+            backend.connect_tcp(host, int(port), timeout=TIMEOUT)
+        stream.close()
+    finally:
+        end_attempt(attempt)
+    time.sleep(0.1)
+    assert server.requests == 0

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    # after a secret's rotation, how long deliveries carry the old secret's signature beside the new one
+    webhook_secret_overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
+    # an endpoint whose deliveries have all failed this long (no 2xx since its first failure) is disabled
+    webhook_disable_after_seconds: int = Field(default=432000, gt=0, le=365 * 86400)
+    # how long deliveries and their attempts are kept after they end (delivered or failed)
+    webhook_retention_seconds: int = Field(default=604800, gt=0, le=365 * 86400)
     _tenants: Tenants = PrivateAttr()
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

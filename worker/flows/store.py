@@ -243,6 +243,16 @@ class FlowStore:
         state the flow was read in only, so a callback or a selection that moved it meanwhile wins."""
         return self._expire(flow, only_after_deadline=False, fence=None, reason="upstream_blocked")
 
+    def expire_unserved(self, flow: Flow, reason: ExpiredReason | None) -> Transition:
+        """Ends a parked flow at once, before its deadline, because no budget slot can come for it in time
+        (`upstream_blocked`: its account's pause or day's limit outlives it); from the state it was read
+        in, by no task (a parked flow has none)."""
+        return self._expire(flow, only_after_deadline=False, fence=None, reason=reason)
+
+    def fail_unclaimed(self, flow: Flow, code: str, message: str) -> Transition:
+        """Fails a flow whose work no task holds (a parked one), from the state it was read in."""
+        return self._fail(flow, (flow.state,), code, message, 0, None)
+
     # transitions made by the task that owns the flow's work: fenced with its owner id
 
     def offer_selection(self, flow: Flow, entities: list[EntityOffer], owner: str) -> Transition:

@@ -1,6 +1,8 @@
 """Each attempt's whole time, bounded: httpx bounds each connect, read and write alone, so an answer
 dribbled a few bytes at a time could outlive the attempt's timeout. Here every socket operation of the
-sync client waits at most the time left before the attempt's deadline."""
+sync client waits at most the time left before the attempt's deadline, and once it has passed nothing
+more is connected or sent: a process that stalled (a pause, a swap storm) between the budget's grant and
+its request does not send it after its slot ran out."""
 
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ def end_attempt(started: Token[float | None]) -> None:
     _deadline.reset(started)
 
 
+def _passed() -> bool:
+    deadline = _deadline.get()
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _within_deadline(timeout: float | None) -> float | None:
     deadline = _deadline.get()
     if deadline is None:
@@ -50,6 +57,8 @@ class DeadlineStream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         # h11 hands over an empty buffer for a request without a body: nothing to wait for, no clock read
+        if buffer and _passed():
+            raise httpcore.WriteTimeout("the attempt's deadline passed before this was sent")
         self._stream.write(buffer, _within_deadline(timeout) if buffer else timeout)
 
     def close(self) -> None:
@@ -79,6 +88,8 @@ class DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        if _passed():
+            raise httpcore.ConnectTimeout("the attempt's deadline passed before connecting")
         stream = self._backend.connect_tcp(
             host, port, _within_deadline(timeout), local_address, socket_options
         )

@@ -34,6 +34,16 @@ local function leave()
   redis.call("ZREM", alive, waiter)
 end
 
+-- the window's key lives until its latest call stops counting (its score plus a period), and a grant
+-- never shortens that: a short hold granted last must not make a long call in flight forgotten
+local function keep_window()
+  local last = redis.call("ZRANGE", window, -1, -1, "WITHSCORES")
+  local ms = math.ceil((tonumber(last[2] or now) + period - now) * 1000) + 1000
+  if redis.call("PTTL", window) < ms then
+    redis.call("PEXPIRE", window, ms)
+  end
+end
+
 -- admissions whose flow was never created (its shim died mid Step 1) give their reservation back
 for _, member in ipairs(redis.call("ZRANGEBYSCORE", admissions, "-inf", now, "LIMIT", 0, 16)) do
   redis.call("ZREM", admissions, member)
@@ -63,6 +73,7 @@ if slot ~= "" and paused_until <= now and redis.call("ZSCORE", window, slot) the
   redis.call("ZREM", window, slot)
   leave()
   redis.call("ZADD", window, now + hold, waiter)
+  keep_window()
   return {"granted", tostring(now)}
 end
 
@@ -103,7 +114,7 @@ local rank = redis.call("ZRANK", queue, waiter) + parked_ahead
 if rank < free then
   leave()
   redis.call("ZADD", window, now + hold, waiter)
-  redis.call("PEXPIRE", window, math.ceil((period + hold) * 1000) + 1000)
+  keep_window()
   redis.call("INCR", day_key)
   redis.call("EXPIRE", day_key, math.ceil(to_midnight) + 86400)
   if new_flow then

@@ -4,8 +4,10 @@
 -- task pushed onto the broker list when the broker is this Redis. A flow leaves the parked set only here,
 -- so a process that dies before or after this call loses nothing and doubles nothing; when the task is
 -- sent after this call instead, its lease lapses if the sending fails and the sweeper queues it again.
--- Candidates no longer parked (ended, taken up by another task) are dropped from the set; one whose
--- deadline leaves no time for a call is dropped too, and the sweeper expires it at its deadline.
+-- Candidates no longer parked (ended, taken up by another task) are dropped from the set. A flow whose
+-- deadline comes before the account can next release anything (its pause or the day's limit outlives
+-- it: "blocked"; no slot before it: "late") leaves the set too and is returned, for the unparker to end
+-- at once, as a task waiting in its thread would be ended.
 --
 -- A slot may be reserved a little before it frees (`lead`), so the task is under way when it does: it
 -- takes the place of a finished call whose period ends within the lead, and its task makes no call
@@ -22,7 +24,8 @@
 --       per candidate (ARGV[10 + 5i ..]): flow id, the state its task works on, the task's message, ""
 --       or its task-sent event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
---          seconds until the account is next due, or "-1" when nothing is parked any more}
+--          seconds until the account is next due, or "-1" when nothing is parked any more,
+--          {flow id, "blocked" | "late", ...}: the flows no slot can come for before their deadline}
 
 local parked, accounts, window, queue, early = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local member, limit, period = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -32,6 +35,17 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
 redis.call("ZREMRANGEBYSCORE", early, "-inf", now)
+
+-- parked flows whose deadline leaves no time for a call before `at` (a batch at a time: the rest in the
+-- next step, which comes at once)
+local doomed = {}
+local function doom_before(at, kind)
+  for _, flow_id in ipairs(redis.call("ZRANGEBYSCORE", parked, "-inf", "(" .. (at + least), "LIMIT", 0, 64)) do
+    redis.call("ZREM", parked, flow_id)
+    doomed[#doomed + 1] = flow_id
+    doomed[#doomed + 1] = kind
+  end
+end
 
 local function due_in(seconds)
   if redis.call("ZCARD", parked) == 0 then
@@ -44,7 +58,8 @@ end
 
 local paused_until = tonumber(redis.call("GET", KEYS[5]) or "0")
 if paused_until > now then
-  return {{}, "0", due_in(paused_until - now)}
+  doom_before(paused_until, "blocked")
+  return {{}, "0", due_in(paused_until - now), doomed}
 end
 local day = math.floor(now / 86400)
 local day_key = ARGV[5] .. day
@@ -76,8 +91,12 @@ for i = 1, #KEYS - 7 do
   if deadline then
     local current = redis.call("HMGET", flow, "state", "owner")
     local working = current[1] == state and (current[2] or "") == ""
-    if not working or redis.call("ZSCORE", KEYS[6], flow_id) or tonumber(deadline) - least < now then
+    if not working or redis.call("ZSCORE", KEYS[6], flow_id) then
       redis.call("ZREM", parked, flow_id)
+    elseif tonumber(deadline) - least < now then
+      redis.call("ZREM", parked, flow_id)
+      doomed[#doomed + 1] = flow_id
+      doomed[#doomed + 1] = "late"
     else
       -- waiters in a thread (short waits, Step 1) with an earlier deadline keep their precedence
       local ahead = redis.call("ZCOUNT", queue, "-inf", "(" .. deadline)
@@ -105,7 +124,10 @@ for i = 1, #KEYS - 7 do
   end
 end
 if #released > 0 then
-  redis.call("PEXPIRE", window, math.ceil((period + hold + lead) * 1000) + 1000)
+  local window_ms = math.ceil((period + hold + lead) * 1000) + 1000
+  if redis.call("PTTL", window) < window_ms then -- never shorter: a longer call may still count
+    redis.call("PEXPIRE", window, window_ms)
+  end
   redis.call("PEXPIRE", early, math.ceil(lead * 1000) + 1000)
   redis.call("INCRBY", day_key, #released)
   redis.call("EXPIRE", day_key, (day + 2) * 86400 - math.floor(now))
@@ -125,8 +147,11 @@ if not room_left then
 elseif stopped and waiting_ahead then
   wait = 0.05 -- room, but taken by earlier waiters in threads: look again shortly
 end
+local kind = "late"
 if daily_limit and used + #released >= daily_limit then
   wait = (day + 1) * 86400 - now
+  kind = "blocked"
 end
+doom_before(now + wait, kind)
 local more = not stopped and #KEYS > 7 and room_left and redis.call("ZCARD", parked) > 0
-return {released, more and "1" or "0", due_in(wait)}
+return {released, more and "1" or "0", due_in(wait), doomed}

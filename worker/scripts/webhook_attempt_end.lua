@@ -1,22 +1,53 @@
 -- The outcome of a delivery attempt, counted once: only the attempt that still owns the delivery
--- (see webhook_attempt_begin.lua) records it; a duplicate whose lease lapsed changes nothing.
+-- (see webhook_attempt_begin.lua) records it. An attempt whose lease lapsed (its process stalled) changes
+-- nothing, unless it was answered 2xx while the delivery is still pending: then the delivery is
+-- delivered (the receiver has it; another attempt in flight is fenced out in turn).
+-- It also keeps the endpoint's failing streak (since when no attempt got a 2xx) and, when the
+-- delivery is over, hands the flow's turn at this endpoint to its next event.
 --
--- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending (sorted sets)
+-- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending, 4 the endpoint's attempts in
+--       flight (sorted sets), 5 the endpoint's hash
 -- ARGV: 1 delivery id, 2 owner id, 3 "delivered" | "retry" | "failed", 4 the answer's status code or "",
---       5 seconds until the next attempt (retry), 6 seconds to keep the delivery's hash from now
--- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or ""}
+--       5 seconds until the next attempt (retry), 6 seconds to keep the delivery's hash from now,
+--       7 seconds of failing after which the endpoint is to be disabled, 8 seconds the next event of
+--       the flow gets before its task is queued again (it is queued at once by the caller), 9 the
+--       prefix of a flow's deliveries to this endpoint not over yet (sorted set by seq; flow id follows)
+-- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or "", the flow's next delivery
+--         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or ""}
 
-local delivery, due, pending = KEYS[1], KEYS[2], KEYS[3]
+local delivery, due, pending, endpoint = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local delivery_id, outcome = ARGV[1], ARGV[3]
-if redis.call("HGET", delivery, "owner") ~= ARGV[2] then
-  return {"fenced"}
+redis.call("ZREM", KEYS[4], ARGV[2])
+local held = redis.call("HMGET", delivery, "owner", "flow_id", "status")
+if held[1] ~= ARGV[2] then
+  if outcome ~= "delivered" or held[3] ~= "pending" then
+    return {"fenced"}
+  end
 end
+local order = ARGV[9] .. (held[2] or "")
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local attempts = redis.call("HINCRBY", delivery, "attempts", 1)
 redis.call("HDEL", delivery, "owner", "owner_until")
 redis.call("HSET", delivery, "last_status_code", ARGV[4], "last_attempt_at", now)
-local next_at = ""
+
+local disable = ""
+if redis.call("EXISTS", endpoint) == 1 then
+  if outcome == "delivered" then
+    redis.call("HDEL", endpoint, "failing_since")
+  else
+    local since = tonumber(redis.call("HGET", endpoint, "failing_since") or "")
+    if not since then
+      since = now
+      redis.call("HSET", endpoint, "failing_since", tostring(now))
+    end
+    if now - since >= tonumber(ARGV[7]) and redis.call("HGET", endpoint, "status") ~= "disabled" then
+      disable = tostring(since)
+    end
+  end
+end
+
+local next_at, successor = "", ""
 if outcome == "retry" then
   next_at = now + tonumber(ARGV[5])
   redis.call("HSET", delivery, "next_attempt_at", next_at)
@@ -25,6 +56,12 @@ else
   redis.call("HSET", delivery, "status", outcome, "next_attempt_at", "")
   redis.call("ZREM", due, delivery_id)
   redis.call("ZREM", pending, delivery_id)
+  redis.call("ZREM", order, delivery_id)
+  local first = redis.call("ZRANGE", order, 0, 0)
+  if #first > 0 then
+    successor = first[1]
+    redis.call("ZADD", due, "XX", now + tonumber(ARGV[8]), successor)
+  end
 end
 redis.call("EXPIRE", delivery, ARGV[6])
-return {"ok", attempts, tostring(next_at)}
+return {"ok", attempts, tostring(next_at), successor, disable}

@@ -4,12 +4,14 @@
 -- KEYS: 1 the delivery's hash, 2 the endpoint's deliveries (sorted set, by creation)
 --       3 deliveries due (sorted set, by when their task must next show up)
 --       4 deliveries pending (sorted set, by creation)
+--       5 the flow's deliveries to this endpoint not over yet (sorted set, by seq: the order they go in)
 -- ARGV: 1 delivery id, 2 seconds to keep the delivery's hash, 3 seconds the endpoint's list keeps a
---       delivery, 4 "1": a replay, 5.. field, value pairs (endpoint, tenant, event id, type, flow, body)
+--       delivery, 4 "1": a replay, 5 the event's seq within its flow (0: no flow, no order),
+--       6.. field, value pairs (endpoint, tenant, event id, type, flow, body)
 -- Returns 1 when the delivery is new (or pending again) and its task is to be queued, 0 otherwise
 
-local delivery, listed, due, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local delivery_id, keep = ARGV[1], tonumber(ARGV[2])
+local delivery, listed, due, pending, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local delivery_id, keep, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
@@ -18,8 +20,8 @@ if status == "pending" or (status and ARGV[4] ~= "1") then
   return 0
 end
 local fields = {"status", "pending", "attempts", 0, "next_attempt_at", now, "created_at", now,
-                "last_status_code", ""}
-for i = 5, #ARGV do
+                "last_status_code", "", "seq", seq}
+for i = 6, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call("HSET", delivery, unpack(fields))
@@ -30,4 +32,8 @@ redis.call("ZREMRANGEBYSCORE", listed, "-inf", now - tonumber(ARGV[3]))
 redis.call("EXPIRE", listed, keep)
 redis.call("ZADD", due, now, delivery_id)
 redis.call("ZADD", pending, now, delivery_id)
+if seq > 0 then
+  redis.call("ZADD", order, seq, delivery_id)
+  redis.call("EXPIRE", order, keep)
+end
 return 1

@@ -46,6 +46,8 @@ def deliver(delivery_id: str) -> str:
     result = runtime.courier().attempt(delivery_id)
     if result.again_in is not None:
         deliver.apply_async(args=[delivery_id], countdown=min(result.again_in, longest_countdown()))
+    if result.successor:  # the flow's next event at that endpoint was held behind this one
+        deliver.apply_async(args=[result.successor])
     return result.outcome
 
 

@@ -149,19 +149,17 @@ def budget(settings: Settings, client: redis.Redis, account: OktopostAccount) ->
 @lru_cache(maxsize=1)
 def webhook_store() -> WebhookStore:
     settings, flow_store = get_settings(), store()
-    return WebhookStore(
-        flow_store.redis, flow_store.names, settings.flow_retention_seconds, settings.webhook_retry_schedule
-    )
+    return WebhookStore.configured(flow_store.redis, flow_store.names, settings)
 
 
 def configure_delivery_slots(total: int) -> None:
     """How many delivery attempts this process sends at once (set at start-up, from its threads and
     whether it also serves flows)."""
     _delivery_slots.total = max(1, total)
-    _delivery_slots.per_endpoint = max(1, total * 3 // 4)
+    _delivery_slots.per_tenant = max(1, total * 3 // 4)
 
 
-_delivery_slots = Slots(total=4, per_endpoint=2)
+_delivery_slots = Slots(total=4, per_tenant=3)
 
 
 @lru_cache(maxsize=1)

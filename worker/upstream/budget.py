@@ -219,7 +219,7 @@ class UpstreamBudget:
         pauses the account first, so no process calls again before the pause is in Redis."""
         if isinstance(error, ThrottledError):
             self.account.pause(error.retry_after)
-        self._finished(keys=[self.names.budget_window], args=[grant.waiter])
+        self._finished(keys=[self.names.budget_window], args=[grant.waiter, self.period])
 
     @contextmanager
     def call(

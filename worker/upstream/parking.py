@@ -6,6 +6,13 @@ threads while other accounts' flows wait behind it. One thread in every worker p
 accounts with parked flows and, when one is due, releases its flows earliest deadline first, as many as
 the budget has room for: each gets a slot reserved in its name and its task queued again, in one Lua
 step (release_parked.lua). Several unparkers are safe: a flow leaves the parked set exactly once.
+
+A parked flow that no slot can come for before its deadline ends at once, as a task waiting in its
+thread would: `authorization.expired` with reason `upstream_blocked` when the account's pause or its
+day's limit outlives it, without a reason when the budget is merely too busy. An account that no worker
+knows any more (removed from the configuration) is overdue for good: after STRANDED_SECONDS any
+unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
+callbacks of it are queued, not parked.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from worker import scripts
+from worker.events import ExpiredReason
 from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
+from worker.oktopost.errors import UnauthorizedError
 from worker.upstream.budget import UpstreamBudget
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,8 @@ MAX_IDLE_SECONDS = 1.0
 # broker's and the task's start-up to the budget, a tenth of its rate on a busy machine. A task that
 # starts early holds its thread until then: a tenth of a second at most.
 LEAD_SECONDS = 0.1
+# An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look)
+STRANDED_SECONDS = 10.0
 
 
 class TaskQueue(Protocol):
@@ -64,6 +75,7 @@ class Unparker:
         self.hold = hold
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
+        self._drop = scripts.register(store.redis, "parked_drop")
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oktopost-unparker", daemon=True)
@@ -96,7 +108,9 @@ class Unparker:
                 break
             account = _text(raw)
             budget = self.budgets(account)
-            if budget is None:  # a worker that knows the account releases its flows
+            if budget is None:  # a worker that knows the account releases its flows, unless none does
+                if due < now - STRANDED_SECONDS:
+                    self._fail_stranded(account)
                 continue
             try:
                 count, due_in = self.release(budget)
@@ -162,6 +176,9 @@ class Unparker:
             args=args,
         )
         released = [_text(flow_id) for flow_id in answer[0]]
+        doomed = [_text(item) for item in answer[3]]
+        for flow_id, kind in zip(doomed[::2], doomed[1::2], strict=True):
+            self._end_unserved(flow_id, "upstream_blocked" if kind == "blocked" else None)
         by_id = {flow_id: (state, prepared) for flow_id, state, prepared in work}
         for flow_id in released:
             state, prepared = by_id[flow_id]
@@ -170,6 +187,34 @@ class Unparker:
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
         return released, _text(answer[1]) == "1", float(_text(answer[2]))
+
+    def _end_unserved(self, flow_id: str, reason: ExpiredReason | None) -> None:
+        """A parked flow that no slot can come for in time ends now, not at its deadline."""
+        try:
+            flow = self.store.get(flow_id)
+            if flow is None or flow.state not in WORKING_STATES:
+                return
+            if self.store.expire_unserved(flow, reason).done:
+                why = (
+                    "its account is blocked past its deadline" if reason else "no budget before its deadline"
+                )
+                log.warning("parked flow %s expires: %s", flow_id, why)
+        except Exception as error:  # it expires at its deadline instead
+            log.warning("parked flow %s: ending it failed: %s", flow_id, type(error).__name__)
+
+    def _fail_stranded(self, parked_set: str) -> None:
+        """Fails the parked flows of an account no worker knows, a batch at a time, and forgets the account
+        once none is left."""
+        store = self.store
+        flow_ids = [_text(member) for member in store.redis.zrange(parked_set, 0, BATCH - 1)]
+        for flow_id in flow_ids:
+            flow = store.get(flow_id)
+            if flow is None or flow.state not in WORKING_STATES:
+                continue
+            message = f"Oktopost account {store.account_of(flow)} is no longer configured"
+            if store.fail_unclaimed(flow, UnauthorizedError.code, message).done:
+                log.warning("parked flow %s failed: %s", flow_id, message)
+        self._drop(keys=[parked_set, store.names.parked_accounts], args=flow_ids)
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:

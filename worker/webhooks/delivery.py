@@ -1,6 +1,19 @@
 """One delivery attempt: take it (fenced), check the endpoint's address again, sign with the Standard
 Webhooks library, POST, record the outcome and say when the next attempt is due.
 
+An attempt, from resolving the endpoint's host to the answer's headers, ends within one deadline
+(WEBHOOK_TIMEOUT_SECONDS): httpx bounds each read alone, so a receiver that drips its answer a byte at a
+time would otherwise hold the attempt, and its slot, for as long as it likes. The deadline is well
+inside the attempt's lease, so an attempt is not sent again while it is still under way.
+
+Slots: a task reads when its delivery is due before it takes anything, so a delivery whose next
+attempt is hours away never waits for a slot. A due one takes a slot of this process (a tenant gets at
+most three quarters of them, so one tenant's dead endpoints cannot hold them all) and one of its
+endpoint's ENDPOINT_IN_FLIGHT, counted in Redis across every worker. One that finds none is given a
+turn behind its endpoint's other waiting deliveries, spaced by the time an attempt may take divided by
+ENDPOINT_IN_FLIGHT (with jitter), and its task comes back then: a dead endpoint's backlog of thousands
+costs a few looks a second, not one per delivery per second.
+
 The answer decides: a 2xx is delivered; anything else, a timeout or a refused address is retried after
 the next wait of WEBHOOK_RETRY_SCHEDULE, and after the last one the delivery is `failed`. Redirects are
 not followed (a 3xx is a failed attempt): a redirect could lead anywhere, past the address check.
@@ -10,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
@@ -21,46 +35,50 @@ import httpx
 from standardwebhooks import Webhook
 
 from worker.observing.metrics import WorkerMetrics
+from worker.oktopost.deadline import bound_attempts, end_attempt, start_attempt
 from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore
 from worker.webhooks.urls import RefusedUrl, Resolver, resolve, target_of
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "oktopost-connect-webhooks/1"
-# Deferred when this process already sends as many attempts as it may (to the endpoint, or in all)
-DEFER_SECONDS = 1.0
+ENDPOINT_IN_FLIGHT = 4  # attempts one endpoint is sent at once, by every worker together
+_JITTER = secrets.SystemRandom()
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """What a task did, and in how many seconds it must run again (None: never)."""
 
-    outcome: str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred
+    outcome: (
+        str  # delivered | retry | failed | fenced | missing | over | wait | busy | deferred | held | rate
+    )
     again_in: float | None = None
+    successor: str = ""  # the flow's next delivery to the endpoint, whose turn it is now: queue its task
 
 
 @dataclass
 class Slots:
-    """How many attempts this process sends at once, in all and to one endpoint, so that a slow or dead
-    endpoint holds neither the threads that serve flows nor the other endpoints' deliveries."""
+    """How many attempts this process sends at once, in all and for one tenant, so that slow or dead
+    endpoints hold neither the threads that serve flows nor the other tenants' deliveries."""
 
     total: int
-    per_endpoint: int
+    per_tenant: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
 
-    def take(self, endpoint_id: str) -> bool:
+    def take(self, tenant: str) -> bool:
         with self._lock:
-            if sum(self._busy.values()) >= self.total or self._busy[endpoint_id] >= self.per_endpoint:
+            if sum(self._busy.values()) >= self.total or self._busy[tenant] >= self.per_tenant:
                 return False
-            self._busy[endpoint_id] += 1
+            self._busy[tenant] += 1
             return True
 
-    def give_back(self, endpoint_id: str) -> None:
+    def give_back(self, tenant: str) -> None:
         with self._lock:
-            self._busy[endpoint_id] -= 1
-            if self._busy[endpoint_id] <= 0:
-                del self._busy[endpoint_id]
+            self._busy[tenant] -= 1
+            if self._busy[tenant] <= 0:
+                del self._busy[tenant]
 
 
 class Courier:
@@ -85,36 +103,42 @@ class Courier:
         self.schedule = tuple(schedule)
         self.slots = slots
         self.resolver = resolver
-        # no redirects; each phase (connect, write, read) bounded by the timeout, hence the lease below
+        # no redirects; the whole attempt (resolving, connecting, sending, the answer's headers) ends
+        # within `timeout`, every socket operation bounded by the time left (worker.oktopost.deadline)
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport, trust_env=False
         )
-        self.lease = 3 * timeout + 2.0
+        if transport is None and not bound_attempts(self.http):
+            raise RuntimeError("httpx keeps no connection pool where worker.oktopost.deadline looks for one")
+        self.lease = 3 * timeout + 2.0  # an attempt outlives it only if its process stalls
 
     def close(self) -> None:
         self.http.close()
 
     def attempt(self, delivery_id: str) -> AttemptResult:
-        endpoint_id = delivery_id.partition(".")[0]
-        if not self.slots.take(endpoint_id):
-            # not lost, only waiting for a slot: the dispatcher must not queue it again meanwhile
-            self.store.postpone_due(delivery_id, DEFER_SECONDS + self.lease)
-            return AttemptResult("deferred", DEFER_SECONDS)
+        due = self.store.due_in(delivery_id)
+        if isinstance(due, NoAttempt):
+            return _not_now(due)
+        if not self.slots.take(due.tenant):
+            return self._defer(delivery_id)
         try:
             return self._attempt(delivery_id)
         finally:
-            self.slots.give_back(endpoint_id)
+            self.slots.give_back(due.tenant)
+
+    def _defer(self, delivery_id: str) -> AttemptResult:
+        """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
+        spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / ENDPOINT_IN_FLIGHT
+        return AttemptResult("deferred", self.store.wait_turn(delivery_id, spacing, self.lease))
 
     def _attempt(self, delivery_id: str) -> AttemptResult:
-        taken = self.store.begin_attempt(delivery_id, self.lease)
+        taken = self.store.begin_attempt(delivery_id, self.lease, ENDPOINT_IN_FLIGHT)
         if isinstance(taken, NoAttempt):
-            if taken.reason == "wait":
-                return AttemptResult("wait", taken.seconds)
-            if taken.reason == "busy":  # another copy of the task is sending: look again after its lease
-                return AttemptResult("busy", taken.seconds + 1.0)
-            return AttemptResult(taken.reason)
+            if taken.reason == "full":
+                return self._defer(delivery_id)
+            return _not_now(taken)
         started = time.monotonic()
-        status_code, result = self._send(taken)
+        status_code, result = self._send(taken, started + self.timeout)
         seconds = time.monotonic() - started
         attempts = taken.attempts_before + 1
         if result == "delivered":
@@ -131,24 +155,46 @@ class Courier:
             self.metrics.webhook_attempt(result, seconds)
             if outcome != "retry":
                 self.metrics.webhook_delivery(outcome)
+        if recorded.failing_since is not None:
+            self._disable(taken.endpoint_id, recorded.failing_since)
         if outcome == "retry":
             log.info("delivery %s: attempt %d %s, next in %.0f s", delivery_id, attempts, result, wait)
-            return AttemptResult("retry", wait)
+            return AttemptResult("retry", wait, recorded.successor)
         log.info("delivery %s: %s after %d attempt(s)", delivery_id, outcome, attempts)
-        return AttemptResult(outcome)
+        return AttemptResult(outcome, None, recorded.successor)
 
-    def _send(self, attempt: Attempt) -> tuple[int | None, str]:
-        """(status code, result) of one POST; result is `delivered` or what went wrong, in a word."""
+    def _disable(self, endpoint_id: str, failing_since: float) -> None:
+        endpoint = self.store.endpoint(endpoint_id)
+        if endpoint is None or not endpoint.enabled:
+            return
+        failed = self.store.disable(endpoint, failing_since)
+        if failed is not None:
+            log.warning(
+                "endpoint %s disabled: every attempt failed since %s; %d pending deliveries failed",
+                endpoint_id,
+                datetime.fromtimestamp(failing_since, UTC).isoformat(),
+                failed,
+            )
+
+    def _send(self, attempt: Attempt, deadline: float) -> tuple[int | None, str]:
+        """(status code, result) of one POST, over by `deadline` (monotonic); result is `delivered` or
+        what went wrong, in a word."""
         endpoint = self.store.endpoint(attempt.endpoint_id)
         if endpoint is None:
             return None, "endpoint_deleted"
         try:
-            target = target_of(endpoint.url, self.allowed_hosts, self.resolver)
+            target = target_of(endpoint.url, self.allowed_hosts, self.resolver, deadline - time.monotonic())
         except RefusedUrl as refused:
             log.warning("delivery to endpoint %s refused: %s", endpoint.id, refused)
             return None, "refused"
-        moment = datetime.now(UTC)
-        signature = Webhook(endpoint.secret).sign(attempt.event_id, moment, attempt.body.decode())
+        # Redis's clock, as every process reads it: a worker's own clock may be minutes off, and
+        # receivers refuse a timestamp more than five minutes from theirs
+        moment = datetime.fromtimestamp(attempt.at, UTC)
+        # during a rotation's overlap the new secret's signature first, then the old one's
+        signature = " ".join(
+            Webhook(secret).sign(attempt.event_id, moment, attempt.body.decode())
+            for secret in endpoint.signing_secrets(attempt.at)
+        )
         headers = {
             "Host": target.host_header,
             "Content-Type": "application/json",
@@ -158,6 +204,9 @@ class Courier:
             "webhook-signature": signature,
         }
         extensions = {"sni_hostname": target.host} if target.https and not _is_address(target.host) else {}
+        if deadline <= time.monotonic():
+            return None, "timeout"
+        bounded = start_attempt(deadline - time.monotonic())
         try:
             with self.http.stream(
                 "POST", target.url, content=attempt.body, headers=headers, extensions=extensions
@@ -168,9 +217,19 @@ class Courier:
         except httpx.HTTPError as error:
             log.info("delivery to endpoint %s: %s", endpoint.id, type(error).__name__)
             return None, "unreachable"
+        finally:
+            end_attempt(bounded)
         if 200 <= status < 300:
             return status, "delivered"
         return status, f"{status // 100}xx"
+
+
+def _not_now(reason: NoAttempt) -> AttemptResult:
+    if reason.reason in ("wait", "rate"):
+        return AttemptResult(reason.reason, reason.seconds)
+    if reason.reason == "busy":  # another copy of the task is sending: look again after its lease
+        return AttemptResult("busy", reason.seconds + 1.0)
+    return AttemptResult(reason.reason)
 
 
 def _is_address(host: str) -> bool:

@@ -21,12 +21,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import scripts
-from worker.events import DEFAULT_TENANT
+from worker.config.settings import Settings
+from worker.config.tenants import parse_rate
+from worker.events import DEFAULT_TENANT, DisabledData, WebhookDisabled, utc_timestamp
 from worker.keys import RedisNames
 
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
-LISTED_DELIVERIES = 100  # GET .../deliveries shows the most recent ones
+LISTED_DELIVERIES = 50  # GET .../deliveries shows the most recent ones, a page at a time
 REPLAY_PAGE = 1000  # stream entries read per XRANGE
+# A delivery held behind an earlier event of its flow is queued again by that event's end at once; if
+# that queueing is lost (a killed worker), the dispatcher takes it up after this long.
+HELD_RECHECK_SECONDS = 60.0
 
 
 def new_secret() -> str:
@@ -43,15 +48,47 @@ class Endpoint:
     id: str
     tenant: str
     url: str
-    events: tuple[str, ...]  # empty: every type
+    events: tuple[str, ...]  # empty: every type; "family.*": every type of that family
     created_at: float
     secret: str  # kept out of repr: see __repr__
+    previous_secret: str = ""  # after a rotation, signs beside `secret` until `previous_until`
+    previous_until: float = 0.0
+    rate_limit: str = ""  # "20/second": attempts to this endpoint across every worker; "": no limit
+    disabled_at: float | None = None
+    failing_since: float | None = None
 
     def __repr__(self) -> str:
         return f"Endpoint(id={self.id!r}, tenant={self.tenant!r}, url={self.url!r}, events={self.events!r})"
 
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
+
     def wants(self, event_type: str) -> bool:
-        return not self.events or event_type in self.events
+        return not self.events or any(matches(pattern, event_type) for pattern in self.events)
+
+    def signing_secrets(self, now: float) -> list[str]:
+        """The secrets a delivery made at `now` is signed with: the current one first, then the one it
+        replaced while the rotation's overlap lasts."""
+        if self.previous_secret and now < self.previous_until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """Whether an endpoint's filter entry takes this type: the type itself, or `family.*`."""
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChange:
+    """What `PATCH /v1/webhooks/{id}` changes; None: left as it is (rate_limit "": no limit any more)."""
+
+    url: str | None = None
+    events: tuple[str, ...] | None = None
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,45 +114,88 @@ class Attempt:
     event_id: str  # the `webhook-id` a receiver dedupes by
     body: bytes
     attempts_before: int
+    at: float = 0.0  # Redis's time when the attempt began: its `webhook-timestamp`
 
 
 @dataclass(frozen=True, slots=True)
 class NoAttempt:
-    """Why a task makes no attempt now: `missing`, `over` (delivered or failed), `wait` or `busy` (then
-    `seconds` until it may)."""
+    """Why a task makes no attempt now: `missing`, `over` (delivered or failed), `wait`, `busy` or
+    `full` (its endpoint has as many attempts in flight as it may) or `rate` (its endpoint's rate is
+    used up; then `seconds` until it may), `held` (an earlier event of its flow goes first: that one's end
+    queues this task again)."""
 
     reason: str
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """What recording an attempt's outcome found: the delivery's attempts so far; the flow's next
+    delivery to this endpoint, whose turn it is now ("": none); and, when the endpoint has been failing
+    long enough to be disabled, since when (epoch seconds)."""
+
+    attempts: int
+    successor: str = ""
+    failing_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A delivery that may be due now, and its tenant."""
+
+    tenant: str
+
+
 class WebhookStore:
     def __init__(
-        self, client: redis.Redis, names: RedisNames, retention: float, schedule: Sequence[float]
+        self,
+        client: redis.Redis,
+        names: RedisNames,
+        retention: float,
+        schedule: Sequence[float],
+        *,
+        disable_after: float = 432000.0,
+        stream_retention: float = 86400.0,
     ) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.names = names
         self.retention = retention  # seconds a finished delivery stays visible
         self.keep_pending = retention + sum(schedule) + 3600  # a pending one lives through its schedule
+        self.disable_after = disable_after  # seconds of failing after which an endpoint is disabled
+        self.stream_retention = stream_retention  # seconds the all-flows stream keeps an event
         self._save = scripts.register(client, "webhook_endpoint_save")
+        self._disable = scripts.register(client, "webhook_endpoint_disable")
         self._create = scripts.register(client, "webhook_delivery_create")
         self._begin = scripts.register(client, "webhook_attempt_begin")
         self._end = scripts.register(client, "webhook_attempt_end")
         self._requeue = scripts.register(client, "webhook_requeue_due")
+        self._wait_turn = scripts.register(client, "webhook_wait_turn")
+
+    @classmethod
+    def configured(cls, client: redis.Redis, names: RedisNames, settings: Settings) -> WebhookStore:
+        """The store as the settings describe it (retention, schedule, disabling, the stream's age)."""
+        return cls(
+            client,
+            names,
+            settings.webhook_retention_seconds,
+            settings.webhook_retry_schedule,
+            disable_after=settings.webhook_disable_after_seconds,
+            stream_retention=settings.flow_retention_seconds,
+        )
 
     # endpoints
-    def create_endpoint(self, tenant: str, url: str, events: Sequence[str]) -> Endpoint:
+    def create_endpoint(self, tenant: str, url: str, events: Sequence[str], rate_limit: str = "") -> Endpoint:
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = new_secret()
-        seconds, microseconds = self.redis.time()
-        created_at = int(seconds) + int(microseconds) / 1_000_000
         fields = {
             "tenant": tenant,
             "url": url,
             "events": ",".join(events),
             "secret": secret,
-            "created_at": repr(created_at),
+            "status": "enabled",
+            **_rate_fields(rate_limit),
         }
-        self._save(
+        created_at = self._save(
             keys=[
                 self.names.webhook_endpoint(endpoint_id),
                 self.names.webhook_endpoints(tenant),
@@ -123,7 +203,74 @@ class WebhookStore:
             ],
             args=[endpoint_id, "save", *(item for pair in fields.items() for item in pair)],
         )
-        return Endpoint(endpoint_id, tenant, url, tuple(events), created_at, secret)
+        return Endpoint(
+            endpoint_id, tenant, url, tuple(events), float(_text(created_at)), secret, rate_limit=rate_limit
+        )
+
+    def update_endpoint(self, endpoint: Endpoint, change: EndpointChange) -> Endpoint | None:
+        """The endpoint with `change` made; None when it was deleted meanwhile."""
+        fields: dict[str, str] = {}
+        if change.url is not None:
+            fields["url"] = change.url
+        if change.events is not None:
+            fields["events"] = ",".join(change.events)
+        if change.rate_limit is not None:
+            fields.update(
+                _rate_fields(change.rate_limit) or {"rate_limit": "", "rate_count": "", "rate_period": ""}
+            )
+        if fields and not self._change(
+            endpoint, "update", *(item for pair in fields.items() for item in pair)
+        ):
+            return None
+        return self.endpoint(endpoint.id, endpoint.tenant)
+
+    def rotate_secret(self, endpoint: Endpoint, overlap: float) -> str | None:
+        """A new secret for the endpoint (the old one still signs beside it for `overlap` seconds); None
+        when the endpoint was deleted meanwhile."""
+        secret = new_secret()
+        return secret if self._change(endpoint, "rotate", secret, int(overlap)) else None
+
+    def enable(self, endpoint: Endpoint) -> bool:
+        return self._change(endpoint, "enable")
+
+    def disable(self, endpoint: Endpoint, failing_since: float) -> int | None:
+        """Disables a failing endpoint, once whoever asks: its pending deliveries end failed and one
+        `webhook.disabled` event goes out; how many deliveries it failed, None when it was disabled
+        already."""
+        seconds, microseconds = self.redis.time()
+        event = WebhookDisabled(
+            at=utc_timestamp(int(seconds) + int(microseconds) / 1_000_000),
+            tenant=endpoint.tenant,
+            data=DisabledData(
+                endpoint_id=endpoint.id, url=endpoint.url, failing_since=utc_timestamp(failing_since)
+            ),
+        )
+        result = self._disable(
+            keys=[
+                self.names.webhook_endpoint(endpoint.id),
+                self.names.webhook_deliveries(endpoint.id),
+                self.names.webhook_due,
+                self.names.webhook_pending,
+                self.names.all_events_stream,
+                self.names.tenant_channel(endpoint.tenant),
+            ],
+            args=[
+                event.to_json(),
+                self.names.webhook_delivery(""),
+                self.names.webhook_flow_order(endpoint.id, ""),
+                int(self.stream_retention * 1000),
+                int(self.retention),
+            ],
+        )
+        return int(result[1]) if int(result[0]) else None
+
+    def _change(self, endpoint: Endpoint, action: str, *args: str | int) -> bool:
+        keys = [
+            self.names.webhook_endpoint(endpoint.id),
+            self.names.webhook_endpoints(endpoint.tenant),
+            self.names.webhook_index,
+        ]
+        return bool(int(self._save(keys=keys, args=[endpoint.id, action, *args])))
 
     def any_endpoint(self) -> bool:
         """Whether any tenant has an endpoint (one EXISTS: the dispatcher asks it once per batch)."""
@@ -185,12 +332,14 @@ class WebhookStore:
         """The delivery of `event` (its JSON: `body`) to `endpoint`; its id when it is new (or, for a
         replay, pending again) and its task is to be queued, None when it exists already."""
         delivery_id = delivery_id_of(endpoint.id, str(event["id"]))
+        flow_id = str(event.get("flow_id") or "")
+        seq = int(event.get("seq") or 0) if flow_id else 0
         fields: dict[str, str | bytes] = {
             "endpoint": endpoint.id,
             "tenant": endpoint.tenant,
             "event_id": str(event["id"]),
             "type": str(event.get("type", "")),
-            "flow_id": str(event.get("flow_id", "")),
+            "flow_id": flow_id,
             "body": body,
         }
         created = self._create(
@@ -199,12 +348,14 @@ class WebhookStore:
                 self.names.webhook_deliveries(endpoint.id),
                 self.names.webhook_due,
                 self.names.webhook_pending,
+                self.names.webhook_flow_order(endpoint.id, flow_id),
             ],
             args=[
                 delivery_id,
                 int(self.keep_pending),
-                int(self.retention),
+                int(self.keep_pending),
                 "1" if replay else "",
+                seq,
                 *(item for pair in fields.items() for item in pair),
             ],
         )
@@ -234,10 +385,34 @@ class WebhookStore:
 
     def deliveries(self, endpoint_id: str, limit: int = LISTED_DELIVERIES) -> list[Delivery]:
         """The endpoint's most recent deliveries, most recent first."""
-        ids = [
-            _text(item)
-            for item in self.redis.zrevrange(self.names.webhook_deliveries(endpoint_id), 0, limit - 1)
-        ]
+        return self.deliveries_page(endpoint_id, limit)[0]
+
+    def deliveries_page(
+        self, endpoint_id: str, limit: int = LISTED_DELIVERIES, cursor: str | None = None
+    ) -> tuple[list[Delivery], str | None]:
+        """A page of the endpoint's deliveries, most recent first, and the cursor of the next page (None:
+        this was the last). Each delivery shows once across pages, whatever is created meanwhile."""
+        listed = self.names.webhook_deliveries(endpoint_id)
+        after = _read_cursor(cursor)
+        top = "+inf" if after is None else repr(after[0])
+        # ties on the creation time are ordered by id (descending, as ZREVRANGE orders them)
+        window = self.redis.zrevrangebyscore(listed, top, "-inf", start=0, num=limit + 64, withscores=True)
+        page: list[tuple[str, float]] = []
+        for member, score in window:
+            delivery_id = _text(member)
+            if after is not None and score == after[0] and delivery_id >= after[1]:
+                continue
+            page.append((delivery_id, float(score)))
+        more = len(page) > limit
+        page = page[:limit]
+        deliveries = self._read_deliveries(endpoint_id, [delivery_id for delivery_id, _ in page])
+        gone = {delivery_id for delivery_id, _ in page} - {delivery.id for delivery in deliveries}
+        if gone:  # ended and past their retention: the hash expired, the listing forgets them too
+            self.redis.zrem(listed, *gone)
+        next_cursor = _write_cursor(*page[-1][::-1]) if more and page else None
+        return deliveries, next_cursor
+
+    def _read_deliveries(self, endpoint_id: str, ids: list[str]) -> list[Delivery]:
         fields = (
             "endpoint",
             "event_id",
@@ -276,29 +451,79 @@ class WebhookStore:
             )
         return deliveries
 
-    def begin_attempt(self, delivery_id: str, lease: float) -> Attempt | NoAttempt:
+    def due_in(self, delivery_id: str) -> NoAttempt | Due:
+        """Why the delivery's task makes no attempt now, read without taking anything (a delivery whose
+        next attempt is hours away never waits for a slot); else that it may be due."""
+        fields = ("status", "next_attempt_at", "owner_until", "tenant")
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(self.names.webhook_delivery(delivery_id), fields)
+            (seconds, micros), (status, next_at, owner_until, tenant) = pipe.execute()
+        now = int(seconds) + int(micros) / 1_000_000
+        if status is None:
+            return Due("")  # gone: webhook_attempt_begin.lua clears it up
+        if _text(status) != "pending":
+            return NoAttempt("over")
+        if next_at and float(next_at) > now + 0.05:
+            return NoAttempt("wait", float(next_at) - now)
+        if owner_until and float(owner_until) > now:
+            return NoAttempt("busy", float(owner_until) - now)
+        return Due(_text(tenant or DEFAULT_TENANT))
+
+    def begin_attempt(
+        self, delivery_id: str, lease: float, endpoint_cap: int = 1_000_000
+    ) -> Attempt | NoAttempt:
+        """Takes the delivery's next attempt for `lease` seconds, when its endpoint has fewer than
+        `endpoint_cap` attempts in flight (across every worker), its flow's earlier events to it are
+        over and its rate allows; else why not now."""
         owner = secrets.token_hex(8)
+        endpoint_id = delivery_id.partition(".")[0]
         result = self._begin(
-            keys=[self.names.webhook_delivery(delivery_id), self.names.webhook_due],
-            args=[delivery_id, owner, lease],
+            keys=[
+                self.names.webhook_delivery(delivery_id),
+                self.names.webhook_due,
+                self.names.webhook_pending,
+                self.names.webhook_in_flight(endpoint_id),
+                self.names.webhook_waiting(endpoint_id),
+                self.names.webhook_endpoint(endpoint_id),
+                self.names.webhook_rate(endpoint_id),
+            ],
+            args=[
+                delivery_id,
+                owner,
+                lease,
+                endpoint_cap,
+                self.names.webhook_delivery(""),
+                HELD_RECHECK_SECONDS,
+                self.names.webhook_flow_order(endpoint_id, ""),
+            ],
         )
         reason = _text(result[0])
         if reason == "begun":
-            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]))
-        seconds = float(_text(result[1])) if reason in ("wait", "busy") else 0.0
+            at = float(_text(result[5]))
+            return Attempt(owner, _text(result[1]), _text(result[4]), _bytes(result[2]), int(result[3]), at)
+        seconds = float(_text(result[1])) if reason in ("wait", "busy", "full", "rate") else 0.0
         return NoAttempt(reason, seconds)
 
     def end_attempt(
-        self, delivery_id: str, attempt: Attempt, outcome: str, status_code: int | None, retry_in: float = 0.0
-    ) -> int | None:
-        """Records the attempt's outcome (`delivered`, `retry` in `retry_in` seconds, or `failed`); the
-        delivery's attempts so far, or None when the attempt no longer owned the delivery (fenced)."""
+        self,
+        delivery_id: str,
+        attempt: Attempt,
+        outcome: str,
+        status_code: int | None,
+        retry_in: float = 0.0,
+    ) -> AttemptEnd | None:
+        """Records the attempt's outcome (`delivered`, `retry` in `retry_in` seconds, or `failed`); None
+        when the attempt no longer owned the delivery (fenced)."""
         keep = self.keep_pending if outcome == "retry" else self.retention
+        endpoint_id = attempt.endpoint_id
         result = self._end(
             keys=[
                 self.names.webhook_delivery(delivery_id),
                 self.names.webhook_due,
                 self.names.webhook_pending,
+                self.names.webhook_in_flight(endpoint_id),
+                self.names.webhook_endpoint(endpoint_id),
             ],
             args=[
                 delivery_id,
@@ -307,14 +532,30 @@ class WebhookStore:
                 "" if status_code is None else status_code,
                 retry_in,
                 int(keep),
+                self.disable_after,
+                HELD_RECHECK_SECONDS,
+                self.names.webhook_flow_order(endpoint_id, ""),
             ],
         )
-        return None if _text(result[0]) == "fenced" else int(result[1])
+        if _text(result[0]) == "fenced":
+            return None
+        since = _text(result[4])
+        return AttemptEnd(int(result[1]), _text(result[3]), float(since) if since else None)
 
     def postpone_due(self, delivery_id: str, seconds: float) -> None:
         """The delivery's task shows up again within `seconds` (never brought forward; only while due)."""
         now = float(self.redis.time()[0])
         self.redis.zadd(self.names.webhook_due, {delivery_id: now + seconds}, xx=True, gt=True)
+
+    def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float:
+        """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
+        (webhook_wait_turn.lua); seconds until it comes."""
+        endpoint_id = delivery_id.partition(".")[0]
+        answer = self._wait_turn(
+            keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
+            args=[delivery_id, spacing, lease],
+        )
+        return float(_text(answer))
 
     def requeue_due(self, late: float, grace: float, limit: int = 100) -> list[str]:
         """Deliveries whose task is more than `late` seconds overdue; each gets `grace` seconds more before
@@ -334,6 +575,7 @@ class WebhookStore:
 
 def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
     fields = {_text(key): _text(value) for key, value in raw.items()}
+    disabled = fields.get("status") == "disabled"
     return Endpoint(
         id=endpoint_id,
         tenant=fields.get("tenant", ""),
@@ -341,7 +583,35 @@ def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
         events=tuple(item for item in fields.get("events", "").split(",") if item),
         created_at=float(fields.get("created_at") or 0),
         secret=fields.get("secret", ""),
+        previous_secret=fields.get("previous_secret", ""),
+        previous_until=float(fields.get("previous_until") or 0),
+        rate_limit=fields.get("rate_limit", ""),
+        disabled_at=float(fields.get("disabled_at") or 0) if disabled else None,
+        failing_since=float(fields["failing_since"]) if fields.get("failing_since") else None,
     )
+
+
+def _rate_fields(rate_limit: str) -> dict[str, str]:
+    """An endpoint's rate as its hash keeps it (the Lua step reads count and period); {} for none."""
+    if not rate_limit:
+        return {}
+    count, period = parse_rate(rate_limit)
+    return {"rate_limit": rate_limit, "rate_count": str(count), "rate_period": str(period)}
+
+
+def _write_cursor(score: float, delivery_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {delivery_id}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """(creation time, id) of the last delivery of the previous page; a malformed cursor is ValueError."""
+    if not cursor:
+        return None
+    try:
+        score, delivery_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split(" ")
+        return float(score), delivery_id
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("malformed cursor") from error
 
 
 def _text(value: bytes | str) -> str:

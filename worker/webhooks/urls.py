@@ -6,13 +6,20 @@ metadata among them), unspecified, multicast and reserved addresses are refused,
 does not resolve, unless the host name or the address is listed in WEBHOOK_ALLOWED_HOSTS. The check is
 made when an endpoint is registered and again before every delivery, and the delivery connects to the
 very address checked (`Target`), so a DNS answer that changes in between (rebinding) reaches nothing.
+
+Resolving waits on DNS, which may never answer: each lookup runs in a small pool of its own (never in the
+threads that serve requests or flows) and is waited for at most LOOKUP_SECONDS, or the time the caller
+has left; a host whose lookup takes longer is refused like one that does not resolve.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as LookupTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +32,11 @@ METADATA_ADDRESSES = frozenset(
 )
 
 Resolver = Callable[[str, int], Sequence[str]]
+
+LOOKUP_SECONDS = 5.0  # the longest wait for DNS when registering an endpoint
+# getaddrinfo cannot be cancelled: a lookup that hangs holds one of these threads until the resolver's
+# own timeout, and once all are held further lookups are refused in time instead of waiting
+_LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
 
 
 class RefusedUrl(ValueError):
@@ -103,13 +115,41 @@ def refusal_of(address: str) -> str | None:
     return None
 
 
-def target_of(url: str, allowed_hosts: Sequence[str], resolver: Resolver = resolve) -> Target:
+def target_of(
+    url: str, allowed_hosts: Sequence[str], resolver: Resolver = resolve, timeout: float = LOOKUP_SECONDS
+) -> Target:
     """Where a delivery to `url` connects, once the URL and every address of its host passed the rules;
-    RefusedUrl otherwise."""
+    RefusedUrl otherwise. The lookup is waited for at most `timeout` seconds."""
     parts, host, port = _parts(url)
     literal = host.strip("[]")
+    try:
+        addresses = list(_lookup(resolver, literal, port).result(timeout=max(0.0, timeout)))
+    except LookupTimeout:
+        raise RefusedUrl("the URL's host does not resolve in time") from None
+    return _checked(parts, literal, port, addresses, allowed_hosts)
+
+
+async def checked_target(
+    url: str, allowed_hosts: Sequence[str], resolver: Resolver = resolve, timeout: float = LOOKUP_SECONDS
+) -> Target:
+    """`target_of` for an event loop: the loop waits for the lookup, no thread of its pool does."""
+    parts, host, port = _parts(url)
+    literal = host.strip("[]")
+    try:
+        found = await asyncio.wait_for(asyncio.wrap_future(_lookup(resolver, literal, port)), timeout)
+    except TimeoutError:
+        raise RefusedUrl("the URL's host does not resolve in time") from None
+    return _checked(parts, literal, port, list(found), allowed_hosts)
+
+
+def _lookup(resolver: Resolver, host: str, port: int) -> Future[Sequence[str]]:
+    return _LOOKUPS.submit(resolver, host, port)
+
+
+def _checked(
+    parts: Any, literal: str, port: int, addresses: list[str], allowed_hosts: Sequence[str]
+) -> Target:
     allowed = {entry.lower().strip("[]") for entry in allowed_hosts}
-    addresses = list(resolver(literal, port))
     if not addresses:
         raise RefusedUrl("the URL's host does not resolve")
     if literal not in allowed:
