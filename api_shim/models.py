@@ -79,7 +79,16 @@ class AuthorizationRequest(BaseModel):
     ui: BrowserUI = Field(
         default=BrowserUI.HOSTED,
         description="hosted: after the callback the browser is led through the shim's own pages "
-        "(/connect/{flow_id}); redirect: the callback sends it straight back to return_url",
+        "(/connect/{flow_id}); popup: the same pages in a popup opened by the partner's page with "
+        "/static/connect.js, which hands the result back to it (needs a return_url); redirect: the "
+        "callback sends it straight back to return_url",
+    )
+    locale: str | None = Field(
+        default=None,
+        max_length=35,
+        examples=["de"],
+        description="the language of the hosted pages: en, de, fr or es (a tag such as de-AT counts as its "
+        "language); absent: the browser's Accept-Language, else English",
     )
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from api_shim import metrics, rules
+from api_shim import languages, metrics, rules
 from api_shim.deps import CallerTenant, Deps, ShimDeps, caller
 from api_shim.errors import ApiError
 from api_shim.models import (
@@ -29,7 +29,7 @@ from api_shim.rules import SelectionOutcome
 from api_shim.security import check_return_url
 from api_shim.streams import key_digest
 from worker.events import utc_timestamp
-from worker.flows.flow import FlowState
+from worker.flows.flow import BrowserUI, FlowState
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.oktopost.errors import RefusedError, RejectedError
 from worker.upstream.account import admission_member, retry_after_header
@@ -73,7 +73,11 @@ async def start_flow(
         entity_type = canonical_entity_type(body.type)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
+    if body.ui is BrowserUI.POPUP and not body.return_url:
+        message = "a popup flow needs a return_url: its origin is where the popup posts the result"
+        raise ApiError(422, "return_url_required", message)
     return_url = check_return_url(body.return_url, tenant.allowed_return_urls) if body.return_url else None
+    locale = _locale(body.locale)
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
     admission = Admission(admission_member(flow_id, entity_type))
@@ -93,6 +97,7 @@ async def start_flow(
                 caller_state=body.state,
                 redirect_url=redirect_url,
                 reconnects=reconnects,
+                locale=locale,
             )
         )
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
@@ -107,6 +112,17 @@ async def start_flow(
         status_url=f"{settings.public_base_url}/v1/authorizations/{flow_id}",
         expires_at=utc_timestamp(flow.deadline),
     )
+
+
+def _locale(requested: str | None) -> str:
+    """The language the flow's hosted pages speak ("": the browser's), or 422 for one they do not."""
+    if requested is None:
+        return ""
+    language = languages.supported(requested)
+    if language is None:
+        spoken = ", ".join(languages.LANGUAGES)
+        raise ApiError(422, "unsupported_locale", f"locale must be one of {spoken}")
+    return language
 
 
 @dataclass

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api_shim import metrics, pages, rules
+from api_shim import languages, metrics, pages, rules
 from api_shim.browser import CONFIRM_COOKIE, BrowserKey, confirm_csrf, set_callback_cookie, started_here
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
@@ -86,7 +86,8 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = shim.load_flow(flow_id)
     error = request.query_params.get("error")
     if _needs_confirmation(shim, flow, request, tokens):
-        response = _confirmation(shim, flow, tokens[0] if tokens else None, error)
+        language = languages.choose(flow.locale or None, request.headers.get("accept-language"))
+        response = _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
     elif tokens:
         response = _claim(shim, flow, tokens[0])
     else:
@@ -99,15 +100,16 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 async def confirm(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     """The confirmation page's form: the callback it stood for, made now that the user pressed it."""
     flow = await run_in_threadpool(shim.find_flow, flow_id)
+    plain = languages.choose(None, request.headers.get("accept-language"))
     if flow is None:
-        return pages.not_found_page(shim.settings)
+        return pages.not_found_page(shim.settings, plain)
     presented = request.cookies.get(CONFIRM_COOKIE, "")
     if not presented:  # the cookie before the body
-        return pages.forbidden_page(shim.settings)
+        return pages.forbidden_page(shim.settings, plain)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
     csrf = (form.get("csrf") or [""])[0]
     if not hmac.compare_digest(confirm_csrf(presented, flow_id).encode(), csrf.encode()):
-        return pages.forbidden_page(shim.settings)
+        return pages.forbidden_page(shim.settings, plain)
     tokens = form.get("okt") or []
     if len(tokens) > 1:
         raise ApiError(400, "invalid_callback", "more than one okt parameter")
@@ -130,11 +132,11 @@ def _needs_confirmation(shim: Deps, flow: Flow, request: Request, tokens: list[s
     return bool(required) and not started_here(request, flow)
 
 
-def _confirmation(shim: Deps, flow: Flow, token: str | None, error: str | None) -> Response:
+def _confirmation(shim: Deps, flow: Flow, token: str | None, error: str | None, language: str) -> Response:
     metrics.CALLBACKS.labels(outcome="confirmation_asked").inc()
     value = BrowserKey.new().value
     reason = rules.denial_reason(error) if token is None else ""
-    page = pages.confirm_page(shim.settings, flow, confirm_csrf(value, flow.flow_id), token, reason)
+    page = pages.confirm_page(shim.settings, flow, confirm_csrf(value, flow.flow_id), token, reason, language)
     secure = shim.settings.public_base_url.startswith("https://")
     set_callback_cookie(page, CONFIRM_COOKIE, value, flow.flow_id, secure=secure)
     return page
@@ -182,7 +184,7 @@ def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
 
 
 def _browser_key(flow: Flow) -> BrowserKey | None:
-    return BrowserKey.new() if flow.ui is BrowserUI.HOSTED else None
+    return BrowserKey.new() if flow.ui.pages else None
 
 
 def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None) -> Response:

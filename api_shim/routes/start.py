@@ -8,11 +8,11 @@ link sent to someone else cannot connect their account into the sender's flow, n
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from api_shim import pages
+from api_shim import languages, pages
 from api_shim.browser import START_COOKIE, BrowserKey, set_callback_cookie
 from api_shim.deps import ShimDeps
 from api_shim.openapi import html_pages, see_other
@@ -30,10 +30,12 @@ router = APIRouter()
         **html_pages(404),
     },
 )
-async def start(flow_id: str, shim: ShimDeps) -> Response:
+async def start(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     flow = await run_in_threadpool(shim.find_flow, flow_id)
     if flow is None or not flow.redirect_url:
-        return pages.not_found_page(shim.settings)
+        return pages.not_found_page(
+            shim.settings, languages.choose(None, request.headers.get("accept-language"))
+        )
     response = RedirectResponse(flow.redirect_url, status_code=303)
     key = BrowserKey.new()
     # a browser bound before keeps its cookie; this one goes on without one (its callback is confirmed)

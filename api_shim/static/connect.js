@@ -1,14 +1,18 @@
 // The hosted connect page keeps itself current: the flow's events arrive as server-sent events, and on
 // each change of stage the page's <main> is fetched again and put in place, without a reload. A finished
-// page with somewhere to go back to goes there after a moment.
+// page with somewhere to go back to goes there after a moment; in a popup (a "popup" flow, its opener
+// still there) it hands the result to the partner's page that opened it instead, then closes itself.
 "use strict";
 
 (function () {
   var TERMINAL = ["connection.completed", "authorization.failed", "authorization.expired"];
   var TYPES = ["authorization.started", "callback.received", "selection.required", "selection.submitted"]
     .concat(TERMINAL);
+  var RESULT = "oktopost-connect:result";
+  var CLOSE_AFTER_MS = 1000;  // the popup shows the outcome this long after handing it over
   var source = null;
   var seen = 0;
+  var followed = false;
 
   function stop() {
     if (source) {
@@ -17,9 +21,27 @@
     }
   }
 
+  function handOver(link) {
+    var origin = link.getAttribute("data-opener-origin");
+    var opener = window.opener;
+    if (!origin || !opener || opener.closed) {
+      return false;
+    }
+    var result = {
+      type: RESULT, flow_id: link.getAttribute("data-flow-id"), status: link.getAttribute("data-outcome")
+    };
+    opener.postMessage(result, origin);  // only a page of the return_url's origin receives it
+    window.setTimeout(function () { window.close(); }, CLOSE_AFTER_MS);
+    return true;
+  }
+
   function followContinue() {
     var link = document.getElementById("continue");
-    if (!link) {
+    if (!link || followed) {
+      return;
+    }
+    followed = true;
+    if (handOver(link)) {
       return;
     }
     var seconds = Number(link.getAttribute("data-after")) || 2;

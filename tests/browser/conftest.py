@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
+from tests.support.browsers import VIEWPORT
 from tests.support.journey import Browsing, HostedStack, start_hosted_stack
 from tests.support.stack import RedisServer
 
 # a laptop-sized window; the narrow-screen test sets its own
-VIEWPORT: ViewportSize = {"width": 900, "height": 760}
 
 
 @pytest.fixture(scope="package")

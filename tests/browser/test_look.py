@@ -30,10 +30,10 @@ def hold_the_way_out(page: Page, stack: HostedStack) -> list[Route]:
     return held
 
 
-def pick_and_connect(browsing: Browsing, *names: str) -> None:
+def pick_and_connect(browsing: Browsing, *names: str, button: str = "Connect") -> None:
     for name in names:
         browsing.page.get_by_label(name).check()
-    browsing.page.get_by_role("button", name="Connect").click()
+    browsing.page.get_by_role("button", name=button).click()
 
 
 def test_selection_and_result_pages_are_screenshotted(
@@ -49,20 +49,34 @@ def test_selection_and_result_pages_are_screenshotted(
     browsing.shown("awaiting_selection")
     page.get_by_label("Acme Products").check()
     page.screenshot(path=folder / "selection.png", full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.screenshot(path=folder / "selection-dark.png", full_page=True)
+    page.emulate_media(color_scheme="light")
+    page.set_extra_http_headers({"Accept-Language": "de-DE,de;q=0.9"})
+    page.reload()
+    page.get_by_label("Acme Products").check()
+    assert page.get_by_role("button", name="Verbinden").is_visible()
+    page.screenshot(path=folder / "selection-de.png", full_page=True)
 
-    pick_and_connect(browsing, "Acme Careers")
+    pick_and_connect(browsing, "Acme Careers", button="Verbinden")
+    browsing.shown("completed")
+    page.set_extra_http_headers({"Accept-Language": "en"})
+    page.reload()
     browsing.shown("completed")
     page.screenshot(path=folder / "result.png", full_page=True)
     for route in held:
         route.continue_()
-    for picture in ("selection.png", "result.png"):
+    for picture in ("selection.png", "selection-dark.png", "selection-de.png", "result.png"):
         assert (folder / picture).stat().st_size > 5_000, "a picture of a page, not of a blank one"
 
 
 def test_pages_fit_a_320_px_wide_screen_without_sideways_scrolling(
     stack: HostedStack, chromium: Browser
 ) -> None:
-    context = chromium.new_context(viewport=PHONE, is_mobile=True)
+    # in German, whose words run longest of the pages' languages
+    context = chromium.new_context(
+        viewport=PHONE, is_mobile=True, extra_http_headers={"Accept-Language": "de"}
+    )
     try:
         browsing = Browsing(context.new_page())
         hold_the_way_out(browsing.page, stack)
@@ -71,7 +85,8 @@ def test_pages_fit_a_320_px_wide_screen_without_sideways_scrolling(
         selection = browsing.shown("awaiting_selection")
         assert selection["width"] == PHONE["width"], "laid out for the phone, not zoomed out"
         assert not selection["scrolls_sideways"]
-        pick_and_connect(browsing, "Acme Developers")
+        assert "Gruppen" in selection["text"]
+        pick_and_connect(browsing, "Acme Developers", button="Verbinden")
         result = browsing.shown("completed")
         assert not result["scrolls_sideways"]
     finally:

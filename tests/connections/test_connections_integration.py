@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, start_flow
+from tests.support.receivers import Receiver, accepted, register
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
-from tests.webhooks.test_webhooks_integration import Receiver, accepted, register
 from worker.events import parse_event
 from worker.keys import RedisNames
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultReport
+from tests.support.fault_report import FaultReport
 from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, stop_stack
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from tests.faults.conftest import FaultReport
+from tests.support.fault_report import FaultReport
 from tests.support.processes import Process, free_port, start_cli, wait_for_http
 from tests.support.stack import API_KEY, RedisServer, Sandbox, pipeline_env, start_redis, stop_redis
 

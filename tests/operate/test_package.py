@@ -29,6 +29,9 @@ def test_a_wheel_built_from_the_checkout_holds_the_product_and_no_bench(tmp_path
     assert tops == {"worker", "api_shim", "sandbox", "cli"}
     assert "worker/scripts/transition.lua" in names
     assert "worker/tasks/celery_tasks.py" in names
+    # the hosted pages' catalogs, which the shim compiles when it first speaks a language
+    for language in ("de", "fr", "es"):
+        assert f"api_shim/locales/{language}/LC_MESSAGES/messages.po" in names
     assert not [name for name in names if "bench" in name.split("/")[0] or "/bench/" in name]
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "bench" not in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -34,7 +34,7 @@ async def test_a_flow_is_hosted_unless_the_caller_asks_for_the_redirect(shim: Sh
     assert shim.flow(await _start(shim, ui="redirect")).ui is BrowserUI.REDIRECT
 
 
-@pytest.mark.parametrize("ui", ["popup", "HOSTED", "", None, 1])
+@pytest.mark.parametrize("ui", ["window", "POPUP", "HOSTED", "", None, 1])
 async def test_another_ui_is_refused_with_422(shim: Shim, ui: object) -> None:
     answer = await shim.http.post("/v1/authorizations", json=START | {"ui": ui}, headers=CALLER)
     assert answer.status_code == 422
@@ -46,7 +46,7 @@ async def test_openapi_lists_the_ui_values(shim: Shim) -> None:
     schema = (await shim.http.get("/openapi.json")).json()
     ui = schema["components"]["schemas"]["AuthorizationRequest"]["properties"]["ui"]
     enum = ui.get("enum") or schema["components"]["schemas"][ui["$ref"].rsplit("/", 1)[-1]]["enum"]
-    assert sorted(enum) == ["hosted", "redirect"]
+    assert sorted(enum) == ["hosted", "popup", "redirect"]
 
 
 async def test_the_callback_sends_the_browser_to_the_page_with_a_cookie_bound_to_the_flow(shim: Shim) -> None:

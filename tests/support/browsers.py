@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 
 import httpx
+from playwright.sync_api import ViewportSize
 
 from tests.support.shim import Shim, new_token
 from worker.flows.flow import Flow
@@ -51,3 +52,7 @@ def csrf_of(html: str) -> str:
 
 def text_of(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+# the window every browser test opens (wide enough for the pages' desktop layout)
+VIEWPORT: ViewportSize = {"width": 900, "height": 760}

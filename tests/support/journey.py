@@ -62,12 +62,12 @@ class HostedStack:
     def shim_origin(self) -> str:
         return self.pipeline.shim_url
 
-    def start_flow(self, network: str, entity_type: str = "profile") -> dict[str, Any]:
-        """A hosted flow that returns to the partner's page, as a partner's server starts it."""
+    def start_flow(self, network: str, entity_type: str = "profile", ui: str = "hosted") -> dict[str, Any]:
+        """A hosted (or popup) flow that returns to the partner's page, as a partner's server starts it."""
         body = {
             "network": network,
             "type": entity_type,
-            "ui": "hosted",
+            "ui": ui,
             "reference": REFERENCE,
             "return_url": self.partner.return_url,
         }

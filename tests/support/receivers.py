@@ -57,3 +57,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.1)
+
+
+def accepted(receiver: Receiver, path: str) -> dict[str, str]:
+    return {item["id"]: item["body"] for item in receiver.report(path)["accepted"]}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support.processes import Process, start_cli
-from tests.support.receivers import Receiver, register, run_flows, wait_until
+from tests.support.receivers import Receiver, accepted, register, run_flows, wait_until
 from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
 
 pytestmark = pytest.mark.integration
@@ -68,10 +68,6 @@ def stream_events(pipeline: Pipeline, flow_ids: set[str]) -> dict[str, str]:
         if event["flow_id"] in flow_ids:
             events[event["id"]] = body
     return events
-
-
-def accepted(receiver: Receiver, path: str) -> dict[str, str]:
-    return {item["id"]: item["body"] for item in receiver.report(path)["accepted"]}
 
 
 def undelivered(pipeline: Pipeline, endpoint_id: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.config.brand import Brand, check_color, check_support_url, read_logo
 from worker.config.tenants import (
     ACCOUNT_ID,
     DEFAULT_ACCOUNT_ID,
@@ -117,8 +118,14 @@ class Settings(BaseSettings):
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
     flow_retention_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
     channel_prefix: str = Field(default="oktopost", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    # the name the hosted pages show the user (/connect/{flow_id})
+    # the brand the hosted pages (/connect/{flow_id}) show for the tenant `default`, and for every tenant
+    # where its own brand says nothing: the name, the accent colour (#RRGGBB that white text is readable
+    # on), a PNG or SVG logo of at most 64 KB, a https support link
     hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)
+    hosted_ui_color: str | None = None
+    hosted_ui_logo: Path | None = None
+    hosted_ui_support_url: str | None = None
+    _brand: Brand = PrivateAttr()
 
     # server-sent event streams: at most this many open on one flow, and with one caller key; each ends
     # after SSE_MAX_SECONDS with a retry hint (the client reconnects with its Last-Event-ID)
@@ -243,6 +250,35 @@ class Settings(BaseSettings):
             self.celery_broker_url = self.redis_url
         return self
 
+    @field_validator("hosted_ui_color", "hosted_ui_logo", "hosted_ui_support_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("hosted_ui_color")
+    @classmethod
+    def _readable_color(cls, value: str | None) -> str | None:
+        return check_color(value) if value else None
+
+    @field_validator("hosted_ui_support_url")
+    @classmethod
+    def _support_url(cls, value: str | None) -> str | None:
+        return check_support_url(value) if value else None
+
+    @model_validator(mode="after")
+    def _read_brand(self) -> Settings:
+        try:
+            logo = read_logo(self.hosted_ui_logo) if self.hosted_ui_logo else None
+        except ValueError as error:
+            raise ValueError(f"HOSTED_UI_LOGO: {error}") from None
+        self._brand = Brand.model_construct(
+            name=self.hosted_ui_app_name,
+            color=self.hosted_ui_color,
+            logo=logo,
+            support_url=self.hosted_ui_support_url,
+        )
+        return self
+
     @model_validator(mode="after")
     def _read_tenants(self) -> Settings:
         """The tenants: the file's, beside `default` from the environment (always without a file; with
@@ -273,6 +309,11 @@ class Settings(BaseSettings):
             oktopost=account,
             require_start=self.require_start,
         )
+
+    def brand(self, tenant: str) -> Brand:
+        """What the hosted pages show for `tenant`: its own brand over the HOSTED_UI_* settings."""
+        found = self._tenants.get(tenant)
+        return found.brand.over(self._brand) if found is not None else self._brand
 
     @property
     def tenants(self) -> Tenants:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
+from worker.config.brand import Brand
 from worker.events import DEFAULT_TENANT
 
 __all__ = [
@@ -182,6 +183,7 @@ class Tenant(BaseModel):
     oktopost: OktopostAccount
     # every callback from a browser that did not open the flow's start_url is confirmed by the user
     require_start: bool = False
+    brand: Brand = Field(default_factory=Brand)  # what the hosted pages show of it (worker.config.brand)
 
     @field_validator("name")
     @classmethod
@@ -210,6 +212,7 @@ class _TenantEntry(BaseModel):
     allowed_return_urls: list[Any] = Field(default_factory=list)
     oktopost: dict[str, Any]
     require_start: Any = False
+    brand: dict[str, Any] = Field(default_factory=dict)
 
 
 class _TenantsFile(BaseModel):
@@ -272,6 +275,9 @@ def read_tenants_file(path: Path, allow_http_hosts: list[str]) -> list[Tenant]:
         raise TenantsError(_describe(error)) from None
     tenants = []
     for name, entry in parsed.tenants.items():
+        logo = entry.brand.get("logo")
+        if isinstance(logo, str):  # a logo's path is relative to the file that names it
+            entry.brand["logo"] = path.parent / logo
         try:
             tenants.append(
                 Tenant.model_validate(

@@ -48,11 +48,18 @@ WORKING_STATES = (FlowState.VERIFYING, FlowState.COMPLETING)
 
 
 class BrowserUI(StrEnum):
-    """Where the browser goes after the callback: through the shim's own pages, or straight back to the
-    caller's return_url."""
+    """Where the browser goes after the callback: through the shim's own pages (in the partner's window,
+    or in a popup the partner's page opened, which hands the result back to it), or straight back to
+    the caller's return_url."""
 
     HOSTED = "hosted"
+    POPUP = "popup"
     REDIRECT = "redirect"
+
+    @property
+    def pages(self) -> bool:
+        """Whether the browser is led through the shim's pages."""
+        return self is not BrowserUI.REDIRECT
 
 
 # What an okt token and a flow id look like, matched whole (fullmatch: a trailing newline is not a token).
@@ -109,6 +116,7 @@ class Flow:
     caller_state: str | None = None  # the caller's `state`, echoed on return_url
     redirect_url: str = ""  # Oktopost's consent page, where the start_url sends the browser on
     reconnects: str | None = None  # the connection (credential id) a reconnect's flow connects again
+    locale: str = ""  # the language its hosted pages speak ("": the browser's choice)
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -138,6 +146,7 @@ class Flow:
             caller_state=raw.get("caller_state") or None,
             redirect_url=raw.get("redirect_url", ""),
             reconnects=raw.get("reconnects") or None,
+            locale=raw.get("locale", ""),
         )
 
     def offered_ids(self) -> list[str]:

@@ -149,11 +149,13 @@ class FlowStore:
         caller_state: str | None = None,
         redirect_url: str = "",
         reconnects: str | None = None,
+        locale: str = "",
     ) -> Flow:
         """A new flow of `tenant`, whose calls use Oktopost `account` (default: the store's);
         `caller_state`: the caller's `state`, echoed in authorization.started and on return_url;
         `redirect_url`: Oktopost's consent page, where the flow's start_url leads;
-        `reconnects`: the connection it connects again (POST /v1/connections/{id}/reconnect)."""
+        `reconnects`: the connection it connects again (POST /v1/connections/{id}/reconnect);
+        `locale`: the language its hosted pages speak ("": the browser's)."""
         now = self.clock.now()
         ttl = self.lifetimes.flow_ttl
         flow = Flow(
@@ -171,6 +173,7 @@ class FlowStore:
             caller_state=caller_state,
             redirect_url=redirect_url,
             reconnects=reconnects,
+            locale=locale,
         )
         data = StartedData(expires_at=utc_timestamp(flow.deadline), state=caller_state, reconnects=reconnects)
         event = AuthorizationStarted(**_envelope(flow, now), data=data)
@@ -187,6 +190,7 @@ class FlowStore:
             "caller_state": caller_state or "",
             "redirect_url": redirect_url,
             **({"reconnects": reconnects} if reconnects else {}),
+            "locale": locale,
         }
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
