@@ -83,7 +83,7 @@ def create_app(
     install_error_handlers(app)
     limits.install(app)  # innermost: metrics and the access log count what it refuses
     accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
-    metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
+    metrics.install(store.redis, store.names, accounts, deps.webhooks)
     access.install(app)
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")
