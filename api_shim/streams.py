@@ -5,13 +5,20 @@ Each message is `id: {seq}`, `event: {type}`, `data: {event JSON}`. A client tha
 last id it saw as `Last-Event-ID` and gets only the events after it. `afollow_flow` does the reading: it
 subscribes before it replays, so nothing published in between is lost, and it resumes after a dropped
 connection to Redis.
+
+When the shim stops (SIGTERM), each open stream ends with a `retry:` hint and no further event: the
+client reconnects a moment later, to another shim or to this one restarted, with its `Last-Event-ID`,
+and misses nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import anyio
 import redis.asyncio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -19,6 +26,8 @@ from starlette.requests import Request
 from worker.follow.subscribe import afollow_flow
 
 PING_SECONDS = 15  # a comment line now and then, so proxies do not close a quiet stream
+RECONNECT_MS = 1000  # the `retry:` hint that ends a stream when the shim stops
+STOP_GRACE_SECONDS = 1.0  # how long a stream has, once the shim stops, to send its hint and end
 
 
 def last_event_id(request: Request) -> int:
@@ -38,9 +47,41 @@ async def flow_messages(
             )
 
 
+async def until_stopped(
+    messages: AsyncIterator[ServerSentEvent], stopping: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    """`messages` until they end, or until the shim stops: then a `retry:` hint ends the stream."""
+    waiting_for_stop = asyncio.ensure_future(stopping.wait())
+    following: asyncio.Future[ServerSentEvent] | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(messages))
+            await asyncio.wait({following, waiting_for_stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                yield ServerSentEvent(comment="the server stops: reconnect", retry=RECONNECT_MS)
+                return
+            try:
+                message = following.result()
+            except StopAsyncIteration:
+                return
+            yield message
+    finally:
+        waiting_for_stop.cancel()
+        if following is not None and not following.done():
+            following.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await following  # the flow's reader ends (its Redis subscription is closed)
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await messages.aclose()  # type: ignore[attr-defined]
+
+
 def event_stream(
     client: redis.asyncio.Redis, prefix: str, flow_id: str, request: Request
 ) -> EventSourceResponse:
+    stopping = anyio.Event()  # set by sse-starlette when the server shuts down
     return EventSourceResponse(
-        flow_messages(client, prefix, flow_id, last_event_id(request)), ping=PING_SECONDS
+        until_stopped(flow_messages(client, prefix, flow_id, last_event_id(request)), stopping),
+        ping=PING_SECONDS,
+        shutdown_event=stopping,
+        shutdown_grace_period=STOP_GRACE_SECONDS,
     )

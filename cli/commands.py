@@ -63,7 +63,7 @@ def shim(argv: Sequence[str]) -> int:
     from api_shim import serving
     from api_shim.app import create_app
 
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
@@ -78,6 +78,7 @@ def shim(argv: Sequence[str]) -> int:
         limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=5,
     )
+    serving.DrainingServer(config).run()  # SIGTERM: drains, ends event streams, exits 0
     return 0
 
 

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=300, gt=0, le=86400)
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
     flow_retention_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
+    # on SIGTERM a worker hands back every flow it holds at once; an attempt under way may end within
+    # this, then the process exits (0) whatever it still runs
+    worker_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     channel_prefix: str = Field(default="oktopost", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     # the name the hosted pages show the user (/connect/{flow_id})
     hosted_ui_app_name: str = Field(default="oktopost-connect", min_length=1, max_length=64)

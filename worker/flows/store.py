@@ -92,6 +92,7 @@ class FlowStore:
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")
         self._park = scripts.register(client, "park_flow")
+        self._hand_back = scripts.register(client, "hand_back")
 
     # reading
 
@@ -317,6 +318,15 @@ class FlowStore:
             args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
         return _text(answer) == "parked"
+
+    def hand_back(self, flow_id: str, owner: str) -> bool:
+        """A stopping worker gives up a flow it holds (`owner` "": received, not started): its owner is
+        fenced out and the lease lapses now, for `requeue_lapsed` (see hand_back.lua)."""
+        working = "," + ",".join(WORKING_STATES) + ","
+        answer = self._hand_back(
+            keys=[self.names.flow_state(flow_id), self.names.leases], args=[flow_id, owner, working]
+        )
+        return bool(answer)
 
     def lapse_lease(self, flow_id: str) -> None:
         """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""
