@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio
+import redis.asyncio.sentinel
 from fastapi import FastAPI
 
 from api_shim import access, browser, limits, metrics, pages
@@ -46,9 +48,8 @@ def create_app(
     down. `events_redis` (asyncio) reads the event streams; built from the settings when not given."""
     settings = settings or get_settings()
     if store is None:
-        store = runtime.flow_store(
-            settings, runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
-        )
+        redis_client = runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
+        store = runtime.flow_store(settings, redis_client, refuse_unconfirmed=True)
     if upstreams is None:
         given = [Upstream(budget.names.account_id, client, budget)] if client and budget else []
         upstreams = runtime.shim_upstreams(settings, store.redis, given)
@@ -103,9 +104,12 @@ def webhook_store(settings: Settings, store: FlowStore) -> WebhookStore:
 
 def _events_redis(settings: Settings) -> redis.asyncio.Redis:
     # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a timeout
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=REDIS_ANSWER_SECONDS
-    )
+    options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": REDIS_ANSWER_SECONDS}
+    if settings.redis_sentinels:
+        sentinel, client = redis.asyncio.sentinel.Sentinel, redis.asyncio.Redis
+        primary: redis.asyncio.Redis = runtime.sentinel_primary(settings, sentinel, client, options)
+        return primary
+    return redis.asyncio.Redis.from_url(settings.redis_url, **options)
 
 
 def _enqueuer(settings: Settings) -> Enqueuer:
@@ -113,4 +117,4 @@ def _enqueuer(settings: Settings) -> Enqueuer:
         enqueuer,  # the Celery app and its tasks: loaded only when none is given
     )
 
-    return enqueuer(settings.redis_url)
+    return enqueuer(settings.store_as_broker_url)

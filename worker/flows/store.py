@@ -40,7 +40,14 @@ from worker.events import (
     utc_timestamp,
 )
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
-from worker.flows.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
+from worker.flows.transition import (
+    DROP,
+    Change,
+    ReplicaWait,
+    Transition,
+    TransitionOutcome,
+    TransitionScript,
+)
 from worker.keys import AccountNames, RedisNames
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
@@ -79,15 +86,17 @@ class FlowStore:
         clock: Clock | None = None,
         *,
         default_account: str = DEFAULT_ACCOUNT_ID,
+        confirm: ReplicaWait | None = None,
     ) -> None:
-        """`default_account`: the Oktopost account of flows that name none (stored before tenants)."""
+        """`default_account`: the Oktopost account of flows that name none (stored before tenants);
+        `confirm`: how many replicas confirm each transition done (REDIS_WAIT_REPLICAS)."""
         # Any: redis-py annotates every command as sync-or-async; this store is sync only
         self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
         self.clock: Clock = clock or RedisClock(client)
         self.default_account = default_account
-        self._transition = TransitionScript(client, names, lifetimes.retention)
+        self._transition = TransitionScript(client, names, lifetimes.retention, confirm)
         self._take_work = scripts.register(client, "take_work")
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")

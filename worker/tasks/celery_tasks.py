@@ -88,7 +88,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
     budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
-    tasks = enqueuer(settings.redis_url)
+    tasks = enqueuer(settings.store_as_broker_url)
     leases = runtime.task_context().leases
     _graceful = GracefulStop(store, tasks, leases, settings.worker_shutdown_grace_seconds)
     _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
@@ -113,7 +113,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             store.redis,
             store.names,
             runtime.webhook_store(),
-            enqueuer(settings.redis_url).enqueue_delivery,
+            enqueuer(settings.store_as_broker_url).enqueue_delivery,
             name,
             grace=max(15.0, 2 * runtime.courier().lease),
         )
