@@ -60,6 +60,9 @@ class SentinelCluster:
             time.sleep(0.2)
 
     def _watched(self) -> bool:
+        with contextlib.suppress(redis.RedisError), redis.Redis(port=self.replica.port) as replica:
+            if replica.info("replication").get("master_link_status") != "up":
+                return False
         for port in self.sentinel_ports:
             try:
                 with redis.Redis(port=port, socket_timeout=1) as client:
@@ -79,7 +82,7 @@ class SentinelCluster:
 
 
 def start_cluster() -> SentinelCluster:
-    primary = start_redis_server()
+    primary = start_redis_server("--repl-diskless-sync-delay", "0")  # the replica syncs at once
     try:
         replica = start_redis_server("--replicaof", "127.0.0.1", str(primary.port))
     except BaseException:
