@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 from worker.flows.store import FlowStore
 from worker.tasks.leases import Held, LeaseKeeper
@@ -24,6 +25,7 @@ from worker.tasks.sweeper import TaskQueue, take_up
 
 log = logging.getLogger(__name__)
 
+HAND_BACK_SECONDS = 1.0  # how long the hand-back may take past a grace shorter than it (Redis slow)
 HANDED_BACK = "handed_back"  # a task's result when its worker was stopping and gave its flow back
 
 
@@ -35,6 +37,7 @@ class GracefulStop:
         self.grace = grace
         self._requested = threading.Event()
         self._handed: set[str] = set()  # flows handed back already: a late task of one leaves it alone
+        self._all_handed_back = threading.Event()
 
     @property
     def requested(self) -> bool:
@@ -56,8 +59,11 @@ class GracefulStop:
 
     def _hand_back_all(self) -> None:
         held = self.leases.close(self._hand_back)
-        for flow in held:
-            self._hand_back(flow)
+        try:
+            for flow in held:
+                self._hand_back(flow)
+        finally:
+            self._all_handed_back.set()
         log.warning("worker stopping: %d flows handed back, exiting within %gs", len(held), self.grace)
 
     def _hand_back(self, held: Held) -> None:
@@ -71,7 +77,9 @@ class GracefulStop:
             log.warning("flow %s not handed back: %s", held.flow_id, type(error).__name__)
 
     def _exit_after_grace(self) -> None:
-        threading.Event().wait(self.grace)
+        ends = time.monotonic() + self.grace
+        self._all_handed_back.wait(self.grace + HAND_BACK_SECONDS)  # never exit before the hand-back
+        threading.Event().wait(max(0.0, ends - time.monotonic()))
         log.warning("worker stopping: grace of %gs over, exiting", self.grace)
         sys.stdout.flush()
         sys.stderr.flush()
