@@ -2,8 +2,8 @@
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
-The `tenants` scenario (many accounts, one bursting) runs on ours alone, after the others
-(bench/tenants.py).
+The `tenants` scenario (many accounts, one bursting) and the `rolling` one (a rolling restart of three
+workers under load) run on ours alone, after the others (bench/tenants.py, bench/rolling.py).
 Every child process is stopped at the end, on Ctrl-C and on failure too.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 from bench.harness import interrupted_by_sigterm, start_redis
 from bench.load import generator_floor
 from bench.report import Row, shared_account_table, table
+from bench.rolling import ROLLING, RollingResult, run_rolling
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from bench.systems import SYSTEMS, Pipeline, Setup, System
 from bench.tenants import TenantsResult, run_tenants
@@ -35,7 +36,8 @@ from cli.processes import Child, Children, StartupError
 SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  # the default run
 TENANTS = "tenants"
 # opt-in: ours only (the baselines have no webhooks, and one Oktopost account each)
-ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS)
+ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS, ROLLING)
+OURS_ALONE = (TENANTS, ROLLING)  # scenarios with a runner of their own
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -56,7 +58,7 @@ def run(options: BenchOptions) -> int:
     chosen = _chosen(options)
     try:
         with interrupted_by_sigterm(), Children(log_dir) as children:
-            rows, floor, tenants = _measure_every_system(options, chosen, children)
+            rows, floor, tenants, rolling = _measure_every_system(options, chosen, children)
     except KeyboardInterrupt:
         _say(f"interrupted; every process stopped (logs in {log_dir})")
         return 130
@@ -68,10 +70,14 @@ def run(options: BenchOptions) -> int:
         _print_report(chosen, rows, floor)
     if tenants is not None:
         print(("\n" if rows else "") + tenants.report())
+    if rolling is not None:
+        print(("\n" if rows or tenants else "") + rolling.report())
     if options.json_path is not None:
         document = _document(options, chosen, rows, floor, load_at_start)
         if tenants is not None:
             document["tenants"] = tenants.as_json()
+        if rolling is not None:
+            document["rolling"] = rolling.as_json()
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {options.json_path}")
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -80,9 +86,10 @@ def run(options: BenchOptions) -> int:
 
 def _measure_every_system(
     options: BenchOptions, chosen: list[Scenario], children: Children
-) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None]:
+) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None, RollingResult | None]:
     """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
-    then the limited, then the one shared with a careless client; then ours through `tenants`."""
+    then the limited, then the one shared with a careless client; then ours through `tenants` and
+    `rolling`."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
@@ -110,7 +117,15 @@ def _measure_every_system(
         url = _database(redis_url, next(databases)) if shared else redis_url
         tenants = run_tenants(children, url, options.workers, options.concurrency, options.quick)
         _say(f"pipeline: tenants: quiet p99 {tenants.quiet_ratio:.2f}x idle")
-    return rows, floor, tenants
+    rolling = None
+    if ROLLING in options.scenarios and Pipeline.name not in options.systems:
+        _say("rolling skipped: it runs on ours only (--system pipeline)")
+    if ROLLING in options.scenarios and Pipeline.name in options.systems:
+        _say("pipeline: rolling")
+        url = _database(redis_url, next(databases)) if shared else redis_url
+        rolling = run_rolling(children, url, options.concurrency, options.quick)
+        _say(f"pipeline: rolling: p99 {rolling.p99_ratio:.2f}x steady")
+    return rows, floor, tenants, rolling
 
 
 def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None) -> None:
@@ -146,7 +161,8 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
     defined = define_scenarios(options.quick, _burst_token_ttl(options))
-    picked = [defined[name] for name in ALL_SCENARIO_NAMES if name in options.scenarios and name != TENANTS]
+    names = [name for name in ALL_SCENARIO_NAMES if name in options.scenarios and name not in OURS_ALONE]
+    picked = [defined[name] for name in names]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 
 
