@@ -123,7 +123,7 @@ def _measure_every_system(
     if ROLLING in options.scenarios and Pipeline.name in options.systems:
         _say("pipeline: rolling")
         url = _database(redis_url, next(databases)) if shared else redis_url
-        rolling = run_rolling(children, url, options.concurrency, options.quick)
+        rolling = run_rolling(children, url, options.concurrency, options.quick, options.flows)
         _say(f"pipeline: rolling: p99 {rolling.p99_ratio:.2f}x steady")
     return rows, floor, tenants, rolling
 

@@ -102,9 +102,12 @@ class RollingResult:
         }
 
 
-def run_rolling(children: Children, redis_url: str, concurrency: int, quick: bool) -> RollingResult:
-    """Starts a sandbox and ours with three workers, runs the steady phase then the rolling one."""
-    flows = 200 if quick else 1500
+def run_rolling(
+    children: Children, redis_url: str, concurrency: int, quick: bool, flows: int | None = None
+) -> RollingResult:
+    """Starts a sandbox and ours with three workers, runs the steady phase then the rolling one
+    (`flows` each; by default enough for the restarts to happen under load)."""
+    flows = flows or (200 if quick else 1200)
     sandbox = start_sandbox(children, Upstream("sandbox-rolling", TOKEN_TTL))
     system = Pipeline(children, Setup(redis_url, sandbox, concurrency, WORKERS, None))
     try:
