@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ TOKEN_TTL = 20  # a working lease is 4 s, a queued one 10 s: a hand-back must be
 GRACE_S = 2.0
 SLOW_CALL_S = 8.0  # the call under way when the worker is told to stop: longer than the grace
 HANDED_BACK_WITHIN_S = 1.5  # "within a second", and a loaded machine's scheduling
+SLOW_STEP_1_S = 1.5  # Oktopost's answer to a flow's Step 1 while the shim is told to stop
 FLOWS = 3  # one running (the worker has one thread), two received and waiting for it
 
 
@@ -178,13 +180,16 @@ def test_a_paused_worker_s_received_flows_are_taken_up_within_a_quarter_of_the_t
     assert taken_up[-1] <= TOKEN_TTL / 4 + 1.5, taken_up  # a received task's queued lease is TOKEN_TTL / 2
 
 
-def test_the_shim_told_to_stop_ends_an_event_stream_with_a_retry_hint_and_exits_0(
+def test_the_shim_told_to_stop_answers_what_is_under_way_ends_event_streams_with_retry_and_exits_0(
     stack: tuple[Pipeline, Sandbox],
 ) -> None:
-    pipeline, _ = stack
+    pipeline, sandbox = stack
     ledger = Ledger(pipeline)
+    under_way: list[httpx.Response] = []
     try:
         flow = ledger.start()  # waits for its callback: its stream stays open
+        sandbox.faults(latency_ms=SLOW_STEP_1_S * 1000)
+        started = threading.Thread(target=lambda: under_way.append(start_flow(pipeline)), daemon=True)
         lines: list[str] = []
         with httpx.stream(
             "GET", f"{pipeline.shim_url}/v1/authorizations/{flow.flow_id}/events", headers=pipeline.headers
@@ -193,17 +198,28 @@ def test_the_shim_told_to_stop_ends_an_event_stream_with_a_retry_hint_and_exits_
             read = stream.iter_lines()
             while "event: authorization.started" not in lines:
                 lines.append(next(read))
+            started.start()
+            time.sleep(SLOW_STEP_1_S / 3)  # the new flow's Step 1 is under way at Oktopost
             os.kill(pipeline.shim.pid, signal.SIGTERM)
             began = time.monotonic()
             lines += list(read)  # until the shim ends the stream
+        started.join(10)
         wait_until(pipeline.shim.exited, 10, lambda: pipeline.shim.tail())
         took = time.monotonic() - began
     finally:
+        sandbox.faults(latency_ms=0)
         ledger.close()
 
     assert any(line.startswith("retry:") for line in lines), lines
+    assert [answer.status_code for answer in under_way] == [201], [a.text for a in under_way]
     assert pipeline.shim.popen.wait(1) == 0, pipeline.shim.tail()
     assert took < 5, took
+
+
+def start_flow(pipeline: Pipeline) -> httpx.Response:
+    body = {"network": "LinkedIn", "return_url": "https://app.example/done"}
+    url = f"{pipeline.shim_url}/v1/authorizations"
+    return httpx.post(url, json=body, headers=pipeline.headers, timeout=10)
 
 
 def consuming(ledger: Ledger, name: str = "") -> int:
