@@ -8,6 +8,8 @@ Why each choice (docs/design.md, "Guarantees", says what they promise):
   up much sooner by the lease sweeper (worker/tasks/sweeper.py), within a quarter of TOKEN_TTL_SECONDS.
 - task and sent events on, so Flower shows every task; results are not stored (events carry outcomes).
 - two queues: flows (verify, complete) and webhook deliveries; a worker serves either or both.
+- with REDIS_SENTINELS, the broker is the store's primary found through the same sentinels (a flow's
+  transition queues its task on the broker's Redis in the same atomic step: they must be one server).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ broker_transport_options = {
     "health_check_interval": 10,
     "retry_on_timeout": True,
 }
+if broker_url.startswith("sentinel://"):  # REDIS_SENTINELS: kombu finds the primary, and follows it
+    # Celery prefers a CELERY_BROKER_URL in the environment to broker_url; these two it does not
+    broker_read_url = broker_write_url = broker_url
+    broker_transport_options["master_name"] = _settings.redis_sentinel_master
+    if _settings.redis_sentinel_password is not None:
+        broker_transport_options["sentinel_kwargs"] = {
+            "password": _settings.redis_sentinel_password.get_secret_value()
+        }
 broker_pool_limit = 20
 
 # Named after the project, not Celery's generic "celery", which another app on the same Redis would

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio
+import redis.asyncio.sentinel
 from fastapi import FastAPI
 
 from api_shim import access, bodies, browser, limits, metrics, pages
@@ -45,9 +47,8 @@ def create_app(
     the settings when not given."""
     settings = settings or get_settings()
     if store is None:
-        store = runtime.flow_store(
-            settings, runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
-        )
+        redis_client = runtime.redis_client(settings, answer_within=REDIS_ANSWER_SECONDS)
+        store = runtime.flow_store(settings, redis_client, refuse_unconfirmed=True)
     if upstreams is None:
         upstreams = runtime.shim_upstreams(settings, store.redis)
     own_events_redis = events_redis is None
@@ -91,7 +92,7 @@ def create_app(
     limits.install(app)  # innermost: metrics and the access log count what it refuses
     bodies.install(app, settings.tenants, settings.shim_body_timeout_seconds)  # keys before bodies
     accounts = [account_budget.account for account_budget in deps.upstreams.budgets()]
-    metrics.install(store.redis, store.names.worker_metrics, accounts, deps.webhooks)
+    metrics.install(store.redis, store.names, accounts, deps.webhooks)
     access.install(app)
     app.add_middleware(browser.BrowserHeaders)  # outermost: every browser answer, refusals included
     app.mount(pages.STATIC_PATH, pages.static_files(), name="connect-static")
@@ -114,6 +115,11 @@ def _events_redis(settings: Settings) -> redis.asyncio.Redis:
     # a stream waits on pub/sub a second at a time (worker.follow.subscribe): only the commands have a
     # timeout. The pool is bounded (api_shim/streams.py caps the streams of a process below it), and a
     # command waits a little for a connection rather than open one more
+    if settings.redis_sentinels:
+        options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": REDIS_ANSWER_SECONDS}
+        sentinel, client = redis.asyncio.sentinel.Sentinel, redis.asyncio.Redis
+        primary: redis.asyncio.Redis = runtime.sentinel_primary(settings, sentinel, client, options)
+        return primary
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=POOL_CONNECTIONS,
@@ -129,4 +135,4 @@ def _enqueuer(settings: Settings) -> Enqueuer:
         enqueuer,  # the Celery app and its tasks: loaded only when none is given
     )
 
-    return enqueuer(settings.redis_url)
+    return enqueuer(settings.store_as_broker_url)

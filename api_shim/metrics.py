@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.registry import Collector
 
 from worker.connections.checks import ConnectionCollector
 from worker.connections.records import ConnectionStore
-from worker.observing.metrics import RedisMetricsCollector
+from worker.keys import RedisNames
+from worker.observing.metrics import RedisMetricsCollector, WorkersCollector
 from worker.upstream.account import Account, AccountCollector
 from worker.webhooks.endpoints import BacklogCollector, WebhookStore
 
@@ -29,23 +31,20 @@ CALLBACKS = Counter("okc_shim_callbacks_total", "Callbacks by outcome", ["outcom
 ADMISSIONS_REFUSED = Counter(
     "okc_shim_admissions_refused_total", "New flows refused with 503: the upstream budget is spoken for"
 )
-_worker_collectors: list[
-    RedisMetricsCollector | AccountCollector | BacklogCollector | ConnectionCollector
-] = []
+_worker_collectors: list[Collector] = []
 FLOWS_STARTED = Counter("okc_shim_flows_started_total", "Flows started", ["network", "entity_type"])
 
 
-def install(
-    client: redis.Redis, worker_metrics_key: str, accounts: list[Account], webhooks: WebhookStore
-) -> None:
-    """/metrics also shows the workers' metrics, each configured Oktopost account's standing, the
-    webhook deliveries not done yet and the connections by account and status, read from Redis at
-    scrape time."""
+def install(client: redis.Redis, names: RedisNames, accounts: list[Account], webhooks: WebhookStore) -> None:
+    """/metrics also shows the workers' metrics, how many workers are consuming, each configured Oktopost
+    account's standing, the webhook deliveries not done yet and the connections by account and status,
+    read from Redis at scrape time."""
     while _worker_collectors:  # one of each per process, even when tests build several apps
         REGISTRY.unregister(_worker_collectors.pop())
     _worker_collectors.extend(
         [
-            RedisMetricsCollector(client, worker_metrics_key),
+            RedisMetricsCollector(client, names.worker_metrics),
+            WorkersCollector(client, names.workers),
             AccountCollector(accounts),
             BacklogCollector(webhooks),
             ConnectionCollector(ConnectionStore(webhooks.redis, webhooks.names, int(webhooks.retention))),

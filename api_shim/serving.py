@@ -1,17 +1,27 @@
-"""How the shim is served: uvicorn with h11, bounded so that slow or idle clients cannot exhaust it.
+"""How the shim is served: uvicorn with h11, bounded so that slow or idle clients cannot exhaust it,
+and stopped gracefully.
 
 uvicorn waits for a request head for ever once its first byte came (and for the first byte of a new
 connection too), and the shim is published directly. The protocol here closes a connection that has
 not sent a complete request head within `head_timeout` seconds of being opened or of its last answer;
 uvicorn's `limit_concurrency` bounds how many connections and requests are served at once.
+
+On SIGTERM (or SIGINT) `DrainingServer` stops accepting connections, answers the requests under way
+(event streams end with a `retry:` hint, api_shim/streams.py) and returns, so the process exits 0;
+uvicorn's own server raises the signal again once drained, and the process dies of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD_BYTES = 16 * 1024  # h11's bound on a request line and headers: the first of the size limits
@@ -60,3 +70,19 @@ class HeadTimeoutProtocol(H11Protocol):
 def protocol(head_timeout: float) -> type[HeadTimeoutProtocol]:
     """The protocol class uvicorn builds per connection, with this head timeout."""
     return type("ShimProtocol", (HeadTimeoutProtocol,), {"head_timeout": head_timeout})
+
+
+class DrainingServer(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """SIGTERM and SIGINT start the graceful shutdown; once it is done, the process simply returns."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main one only
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        before = {signum: signal.signal(signum, self.handle_exit) for signum in stops}
+        try:
+            yield
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)

@@ -12,11 +12,16 @@ all of a process's streams share one pub/sub connection (api_shim/subscriptions.
 at most `MAX_STREAMS_PER_PROCESS` in one process (its Redis pool holds one connection per stream and a
 few more), and each ends after `SSE_MAX_SECONDS` with a `retry:` hint, so that an EventSource opens it
 again (with its Last-Event-ID) rather than holding one connection for ever.
+
+When the shim stops (SIGTERM), each open stream ends with a `retry:` hint and no further event: the
+client reconnects a moment later, to another shim or to this one restarted, with its `Last-Event-ID`,
+and misses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import redis.asyncio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -43,6 +49,8 @@ RETRY_MILLISECONDS = 1000  # after a stream's lifetime, the client opens it agai
 BUSY_RETRY_SECONDS = 5
 
 log = logging.getLogger(__name__)
+RECONNECT_MS = 1000  # the `retry:` hint that ends a stream when the shim stops
+STOP_GRACE_SECONDS = 1.0  # how long a stream has, once the shim stops, to send its hint and end
 
 
 def last_event_id(request: Request) -> int:
@@ -140,7 +148,13 @@ class EventStreams:
         after = last_event_id(request)
         events = flow_messages(self.subscriptions, self.names.prefix, flow_id, after, self.lifetime)
         messages = self._counted(keys, stream_id, events)
-        return EventSourceResponse(messages, ping=PING_SECONDS)
+        stopping = anyio.Event()  # set by sse-starlette when the server shuts down
+        return EventSourceResponse(
+            until_stopped(messages, stopping),
+            ping=PING_SECONDS,
+            shutdown_event=stopping,
+            shutdown_grace_period=STOP_GRACE_SECONDS,
+        )
 
     async def _counted(
         self, keys: list[str], stream_id: str, messages: AsyncIterator[ServerSentEvent]
@@ -159,3 +173,31 @@ class EventStreams:
 
 def _busy(message: str) -> ApiError:
     return ApiError(429, "too_many_streams", message, {"Retry-After": str(BUSY_RETRY_SECONDS)})
+
+
+async def until_stopped(
+    messages: AsyncIterator[ServerSentEvent], stopping: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    """`messages` until they end, or until the shim stops: then a `retry:` hint ends the stream."""
+    waiting_for_stop = asyncio.ensure_future(stopping.wait())
+    following: asyncio.Future[ServerSentEvent] | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(messages))
+            await asyncio.wait({following, waiting_for_stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                yield ServerSentEvent(comment="the server stops: reconnect", retry=RECONNECT_MS)
+                return
+            try:
+                message = following.result()
+            except StopAsyncIteration:
+                return
+            yield message
+    finally:
+        waiting_for_stop.cancel()
+        if following is not None and not following.done():
+            following.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await following  # the flow's reader ends (its Redis subscription is closed)
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await messages.aclose()  # type: ignore[attr-defined]

@@ -2,9 +2,9 @@
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
-The `tenants` scenario (many accounts, one bursting) and the `connections` scenario (the burst beside
-health checks of many connections) run on ours alone, after the others (bench/tenants.py,
-bench/connections.py).
+The `tenants` scenario (many accounts, one bursting), the `connections` scenario (the burst beside
+health checks of many connections) and the `rolling` one (a rolling restart of three workers under load)
+run on ours alone, after the others (bench/tenants.py, bench/connections.py, bench/rolling.py).
 Every child process is stopped at the end, on Ctrl-C and on failure too.
 """
 
@@ -27,6 +27,7 @@ from bench.connections import ConnectionsResult, run_connections
 from bench.harness import interrupted_by_sigterm, start_redis
 from bench.load import generator_floor
 from bench.report import Row, shared_account_table, table
+from bench.rolling import ROLLING, RollingResult, run_rolling
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from bench.systems import (
     BENCH_DISABLE_AFTER_SECONDS,
@@ -52,7 +53,8 @@ SCENARIO_NAMES = ("overhead", "throughput", "faults", "burst", "burst-shared")  
 TENANTS = "tenants"
 CONNECTIONS = "connections"
 # opt-in: ours only (the baselines have no webhooks, one Oktopost account each, and keep no connections)
-ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS, CONNECTIONS)
+ALL_SCENARIO_NAMES = (*SCENARIO_NAMES, "webhooks", TENANTS, CONNECTIONS, ROLLING)
+OURS_ALONE = (TENANTS, CONNECTIONS, ROLLING)  # scenarios with a runner of their own
 SYSTEM_NAMES = tuple(SYSTEMS)
 
 
@@ -73,7 +75,7 @@ def run(options: BenchOptions) -> int:
     chosen = _chosen(options)
     try:
         with interrupted_by_sigterm(), Children(log_dir) as children:
-            rows, floor, tenants, connections = _measure_every_system(options, chosen, children)
+            rows, floor, tenants, connections, rolling = _measure_every_system(options, chosen, children)
     except KeyboardInterrupt:
         _say(f"interrupted; every process stopped (logs in {log_dir})")
         return 130
@@ -87,12 +89,16 @@ def run(options: BenchOptions) -> int:
         print(("\n" if rows else "") + tenants.report())
     if connections is not None:
         print(("\n" if rows or tenants else "") + connections.report())
+    if rolling is not None:
+        print(("\n" if rows or tenants or connections else "") + rolling.report())
     if options.json_path is not None:
         document = _document(options, chosen, rows, floor, load_at_start)
         if tenants is not None:
             document["tenants"] = tenants.as_json()
         if connections is not None:
             document["connections"] = connections.as_json()
+        if rolling is not None:
+            document["rolling"] = rolling.as_json()
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {options.json_path}")
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -101,10 +107,16 @@ def run(options: BenchOptions) -> int:
 
 def _measure_every_system(
     options: BenchOptions, chosen: list[Scenario], children: Children
-) -> tuple[list[Row], tuple[float, float] | None, TenantsResult | None, ConnectionsResult | None]:
+) -> tuple[
+    list[Row],
+    tuple[float, float] | None,
+    TenantsResult | None,
+    ConnectionsResult | None,
+    RollingResult | None,
+]:
     """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
-    then the limited, then the one shared with a careless client; then ours through `tenants` and
-    `connections`."""
+    then the limited, then the one shared with a careless client; then ours through `tenants`,
+    `connections` and `rolling`."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
@@ -136,7 +148,15 @@ def _measure_every_system(
     if CONNECTIONS in options.scenarios:
         url = _database(redis_url, next(databases)) if shared else redis_url
         connections = _measure_connections(options, children, url)
-    return rows, floor, tenants, connections
+    rolling = None
+    if ROLLING in options.scenarios and Pipeline.name not in options.systems:
+        _say("rolling skipped: it runs on ours only (--system pipeline)")
+    if ROLLING in options.scenarios and Pipeline.name in options.systems:
+        _say("pipeline: rolling")
+        url = _database(redis_url, next(databases)) if shared else redis_url
+        rolling = run_rolling(children, url, options.concurrency, options.quick, options.flows)
+        _say(f"pipeline: rolling: p99 {rolling.p99_ratio:.2f}x steady")
+    return rows, floor, tenants, connections, rolling
 
 
 def _measure_connections(
@@ -186,11 +206,8 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
 
 def _chosen(options: BenchOptions) -> list[Scenario]:
     defined = define_scenarios(options.quick, _burst_token_ttl(options))
-    picked = [
-        defined[name]
-        for name in ALL_SCENARIO_NAMES
-        if name in options.scenarios and name not in (TENANTS, CONNECTIONS)
-    ]
+    names = [name for name in ALL_SCENARIO_NAMES if name in options.scenarios and name not in OURS_ALONE]
+    picked = [defined[name] for name in names]
     return [with_flows(s, options.flows) for s in picked] if options.flows else picked
 
 

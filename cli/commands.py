@@ -11,7 +11,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cli.embedded_redis import RedisKind
@@ -63,7 +63,7 @@ def shim(argv: Sequence[str]) -> int:
     from api_shim import serving
     from api_shim.app import create_app
 
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
@@ -78,6 +78,7 @@ def shim(argv: Sequence[str]) -> int:
         limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=5,
     )
+    serving.DrainingServer(config).run()  # SIGTERM: drains, ends event streams, exits 0
     return 0
 
 
@@ -138,7 +139,7 @@ def watch(argv: Sequence[str]) -> int:
     from worker.keys import RedisNames
 
     names = RedisNames(settings.channel_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    client = _redis(settings, socket_connect_timeout=3)
     try:
         if not client.exists(names.flow_state(args.flow_id), names.flow_stream(args.flow_id)):
             return fail(f"no flow {args.flow_id!r} in {settings.channel_prefix}")
@@ -231,7 +232,7 @@ def webhooks(argv: Sequence[str]) -> int:
     from worker.keys import RedisNames
     from worker.webhooks.endpoints import WebhookStore
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = _redis(settings, socket_connect_timeout=3, socket_timeout=10)
     store = WebhookStore.configured(client, RedisNames(settings.channel_prefix), settings)
     try:
         if args.action == "list":
@@ -244,13 +245,26 @@ def webhooks(argv: Sequence[str]) -> int:
             return fail(f"no webhook {args.endpoint_id!r} in {settings.channel_prefix}")
         from worker.tasks.celery_tasks import enqueuer
 
-        queued = store.replay(endpoint, since, enqueuer(settings.redis_url).enqueue_delivery)
+        queued = store.replay(endpoint, since, enqueuer(settings.store_as_broker_url).enqueue_delivery)
         print(json.dumps({"id": endpoint.id, "queued": queued}))
         return 0
     except redis.exceptions.ConnectionError:
         return fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
     finally:
         client.close()
+
+
+def _redis(settings: Settings, **options: float) -> Any:
+    """A client of the pipeline's Redis: REDIS_URL's, or the primary REDIS_SENTINELS name."""
+    import redis
+
+    if settings.redis_sentinels:
+        import redis.sentinel
+
+        from worker.tasks.runtime import sentinel_primary
+
+        return sentinel_primary(settings, redis.sentinel.Sentinel, redis.Redis, dict(options))
+    return redis.Redis.from_url(settings.redis_url, **options)
 
 
 def _list_webhooks(store: WebhookStore) -> int:

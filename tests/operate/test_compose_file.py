@@ -36,6 +36,7 @@ from tests.support.processes import ROOT
 from worker.config.settings import ConfigError, load_settings
 
 APP_SERVICES = {"shim", "worker", "flower", "sandbox"}
+HA_SERVICES = {"redis-replica", "redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"}
 
 
 def help_text(argv: list[str]) -> str:
@@ -53,7 +54,7 @@ def shows_flag(text: str, flag: str) -> bool:
 
 
 def test_compose_has_the_documented_services() -> None:
-    assert set(services()) == {"redis", "prometheus", *APP_SERVICES}
+    assert set(services()) == {"redis", "prometheus", *APP_SERVICES, *HA_SERVICES}
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -110,8 +111,16 @@ def test_redis_has_no_default_user_and_a_password_for_each_of_its_users() -> Non
         for name, values in directives(argv_of(services()["redis"]["command"], deployer_env()))
         if name == "user"
     }
-    assert set(users) == {"default", "pipeline", "subscriber"}
+    assert set(users) == {"default", "pipeline", "subscriber", "replication", "sentinel"}
     assert users["default"] == ["off"]
+    for name in ("replication", "sentinel"):  # the ha profile's: the pipeline's password, few commands
+        assert "on" in users[name], name
+        assert [rule for rule in users[name] if rule.startswith(">")] == [
+            f">{DEPLOYER_SECRETS['REDIS_PIPELINE_PASSWORD']}"
+        ], name
+        assert "-@all" in users[name], name
+        assert not [rule for rule in users[name] if rule.startswith(("~", "+@", "&"))], name
+    assert {rule for rule in users["replication"] if rule.startswith("+")} == {"+psync", "+replconf", "+ping"}
     for name in ("pipeline", "subscriber"):
         assert "on" in users[name], name
         password = DEPLOYER_SECRETS[f"REDIS_{name.upper()}_PASSWORD"]
@@ -208,9 +217,42 @@ def test_worker_can_scale() -> None:
     assert not {"--hostname", "-n"} & set(flags(argv_of(worker["command"])))
 
 
+def test_the_ha_profile_runs_a_replica_of_redis_and_three_sentinels_watching_it() -> None:
+    env = deployer_env()
+    replica = services()["redis-replica"]
+    for name in HA_SERVICES:
+        assert services()[name]["profiles"] == ["ha"], name
+        assert services()[name]["image"] == services()["redis"]["image"], name
+        assert "ports" not in services()[name], name
+    # the replica is the same server as redis (persistence, memory bound, users), replicating it
+    assert replica["command"] == services()["redis"]["command"]
+    script = " ".join(replica["entrypoint"])
+    assert "--replicaof redis 6379 --masteruser replication" in script
+    assert replica["environment"]["REDISCLI_AUTH"] == services()["redis"]["environment"]["REDISCLI_AUTH"]
+    assert any(volume.split(":")[1] == "/data" for volume in replica["volumes"])
+    for index in (1, 2, 3):
+        sentinel = interpolated(services()[f"redis-sentinel-{index}"], env)
+        config = " ".join(sentinel["command"])
+        assert "'sentinel monitor okc redis 6379 2'" in config  # two of the three agree on a failover
+        assert "'sentinel auth-user okc sentinel'" in config
+        assert "--sentinel" in config
+        assert sentinel["environment"]["SENTINEL_AUTH"] == env["REDIS_PIPELINE_PASSWORD"]
+
+
+def test_the_ha_settings_documented_at_the_top_pass_the_start_up_checks() -> None:
+    header = COMPOSE_FILE.read_text().split("services:", 1)[0]
+    documented = dict(re.findall(r"(REDIS_[A-Z_]+)=(\S+)", header))
+    assert {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_WAIT_REPLICAS"} <= set(documented)
+    hosts = {address.split(":")[0] for address in documented["REDIS_SENTINELS"].split(",")}
+    assert hosts == {name for name in HA_SERVICES if "sentinel" in name}
+    loaded = load_settings(**{name.lower(): value for name, value in documented.items()})
+    assert loaded.broker_url.startswith("sentinel://")
+
+
 def test_sandbox_runs_only_in_the_dev_profile() -> None:
     assert services()["sandbox"]["profiles"] == ["dev"]
-    assert all("profiles" not in service for name, service in services().items() if name != "sandbox")
+    optional = {"sandbox", *HA_SERVICES}  # the ha profile's services: see the test above
+    assert all("profiles" not in service for name, service in services().items() if name not in optional)
     assert documented_dev_env()["OKTOPOST_BASE_URL"] == "http://sandbox:8090"
     assert documented_dev_env()["ALLOW_HTTP_HOSTS"] == "sandbox"
 

@@ -16,7 +16,8 @@ FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")  # as t
 
 
 def _machine(tmp_path: Path, *, uid: int, present: set[str]) -> Path:
-    """A PATH of stand-ins: `present` of chromium and redis-server; every call written to calls.log."""
+    """A PATH of stand-ins: `present` of chromium and redis-server (promtool is always there); every call
+    written to calls.log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
@@ -29,6 +30,7 @@ def _machine(tmp_path: Path, *, uid: int, present: set[str]) -> Path:
         "redis-cli": f"[ -e {tmp_path}/redis-up ]",
         "redis-server": f'echo "redis-server $*" >> {log}; : > {tmp_path}/redis-up',
         "chromium": "true",
+        "promtool": "true",
     }
     for name, body in stand_ins.items():
         if name in ("redis-server", "chromium") and name not in present:

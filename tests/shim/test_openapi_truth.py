@@ -96,7 +96,9 @@ request-timeout = 10
 
 # a request the schema refuses may also be refused for its size: a query string past the shim's bound
 [checks.negative_data_rejection]
-expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "414", "415", "422", "428", "429", "5XX"]
+expected-statuses = [
+    "400", "401", "403", "404", "405", "406", "409", "414", "415", "422", "428", "429", "5XX"
+]
 
 {operations}
 [[operations]]

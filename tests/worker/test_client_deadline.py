@@ -220,3 +220,59 @@ def test_nothing_is_connected_or_sent_once_the_attempt_s_deadline_has_passed(ser
         end_attempt(attempt)
     time.sleep(0.1)
     assert server.requests == 0
+
+
+SLOW_HOST = "oktopost.slow-resolver.test"
+
+
+@pytest.fixture
+def slow_lookups(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """`slow_lookups(seconds)`: from now, looking up SLOW_HOST takes that long, then finds 127.0.0.1
+    (as a resolver that does not answer would, without the network)."""
+    real = socket.getaddrinfo
+
+    def answer_after(seconds: float) -> None:
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == SLOW_HOST:
+                time.sleep(seconds)
+                return real("127.0.0.1", port, *args, **kwargs)
+            return real(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return answer_after
+
+
+@pytest.mark.parametrize("server", ["at once"], indirect=True)
+def test_a_host_name_lookup_that_hangs_gives_up_at_the_timeout(
+    server: SlowOktopost, slow_lookups: Callable[[float], None]
+) -> None:
+    slow_lookups(5 * TIMEOUT)
+    url = server.url.replace("127.0.0.1", SLOW_HOST)
+
+    started = time.monotonic()
+    with OktopostClient(url, ACCOUNT, KEY) as client:
+        outcome = _outcome(lambda: client.verify(TOKEN, timeout=TIMEOUT))
+    elapsed = time.monotonic() - started
+
+    assert isinstance(outcome, UpstreamTransportError)
+    assert outcome.retryable
+    assert "timeout" in outcome.kind
+    assert elapsed < TIMEOUT + MARGIN
+    assert server.accepted == 0
+
+
+@pytest.mark.parametrize("server", ["at once"], indirect=True)
+def test_a_host_name_looked_up_in_time_is_called(
+    server: SlowOktopost, slow_lookups: Callable[[float], None]
+) -> None:
+    slow_lookups(TIMEOUT / 5)
+    url = server.url.replace("127.0.0.1", SLOW_HOST)
+
+    with OktopostClient(url, ACCOUNT, KEY) as client:
+        outcome = _outcome(lambda: client.verify(TOKEN, timeout=TIMEOUT))
+
+    assert isinstance(outcome, VerifiedProfile), outcome
+    assert server.accepted == 1

@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -84,6 +85,16 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     celery_broker_url: str | None = None
+    # Redis through Sentinel: the sentinels (host:port, comma-separated) and the name of the master they
+    # watch; REDIS_URL then gives only the password and database. The broker follows the same master
+    # unless CELERY_BROKER_URL names another Redis.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = Field(default="", max_length=128)
+    redis_sentinel_password: SecretStr | None = None
+    # acknowledged steps (a flow created, a callback claimed, a selection accepted, a flow ended) wait for
+    # this many replicas to confirm them, at most REDIS_WAIT_TIMEOUT_MS; unconfirmed: the request is 503
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=100, ge=1, le=60000)
 
     oktopost_account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=ACCOUNT_ID.pattern)
     oktopost_api_key: SecretStr = SecretStr("demo-key")
@@ -117,6 +128,9 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=300, gt=0, le=86400)
     flow_ttl_seconds: int = Field(default=900, gt=0, le=7 * 86400)
     flow_retention_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
+    # on SIGTERM a worker hands back every flow it holds at once; an attempt under way may end within
+    # this, then the process exits (0) whatever it still runs
+    worker_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     channel_prefix: str = Field(default="oktopost", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     # the brand the hosted pages (/connect/{flow_id}) show for the tenant `default`, and for every tenant
     # where its own brand says nothing: the name, the accent colour (#RRGGBB that white text is readable
@@ -183,6 +197,26 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         return check_origins(value)
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinel_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {address!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinels_name_their_master(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS")
+        return self
 
     @field_validator("redis_url", "celery_broker_url")
     @classmethod
@@ -322,7 +356,20 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url
+        """Celery's broker: CELERY_BROKER_URL, else the store's Redis (through its sentinels when set)."""
+        broker = self.celery_broker_url or self.redis_url
+        return self.store_as_broker_url if broker == self.redis_url else broker
+
+    @property
+    def store_as_broker_url(self) -> str:
+        """The store's Redis as a broker URL: REDIS_URL, or kombu's sentinel URL (one `sentinel://` per
+        sentinel, with REDIS_URL's password and database) when REDIS_SENTINELS is set."""
+        if not self.redis_sentinels:
+            return self.redis_url
+        parsed = urlsplit(self.redis_url)
+        auth = parsed.netloc.rpartition("@")[0] + "@" if "@" in parsed.netloc else ""
+        database = parsed.path.strip("/") or "0"
+        return ";".join(f"sentinel://{auth}{address}/{database}" for address in self.redis_sentinels)
 
     @property
     def rate_limit(self) -> tuple[int, int]:

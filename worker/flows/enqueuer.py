@@ -70,7 +70,7 @@ class Enqueuer:
         versions = versions or LibraryVersions.installed()
         tested = versions.tested_or_warn(log, "tasks are queued with apply_async after each transition")
         # a Lua script reaches one Redis only: with the broker elsewhere no transition can push the task
-        self.prepares = tested and app.conf.broker_url == redis_url
+        self.prepares = tested and app.conf.broker_write_url == redis_url  # where tasks are sent
         self._messages = TaskMessages(app)
 
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None:

@@ -41,7 +41,14 @@ from worker.events import (
     utc_timestamp,
 )
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
-from worker.flows.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
+from worker.flows.transition import (
+    DROP,
+    Change,
+    ReplicaWait,
+    Transition,
+    TransitionOutcome,
+    TransitionScript,
+)
 from worker.keys import AccountNames, RedisNames
 from worker.replies import text
 
@@ -87,20 +94,23 @@ class FlowStore:
         clock: Clock | None = None,
         *,
         default_account: str = DEFAULT_ACCOUNT_ID,
+        confirm: ReplicaWait | None = None,
     ) -> None:
-        """`default_account`: the Oktopost account of flows that name none (stored before tenants)."""
+        """`default_account`: the Oktopost account of flows that name none (stored before tenants);
+        `confirm`: how many replicas confirm each transition done (REDIS_WAIT_REPLICAS)."""
         # Any: redis-py annotates every command as sync-or-async; this store is sync only
         self.redis: Any = client
         self.names = names
         self.lifetimes = lifetimes
         self.clock: Clock = clock or RedisClock(client)
         self.default_account = default_account
-        self._transition = TransitionScript(client, names, lifetimes.retention)
+        self._transition = TransitionScript(client, names, lifetimes.retention, confirm)
         self._take_work = scripts.register(client, "take_work")
         self._requeue_lapsed = scripts.register(client, "requeue_lapsed")
         self._renew_leases = scripts.register(client, "renew_leases")
         self._park = scripts.register(client, "park_flow")
         self._bind_start = scripts.register(client, "start_bind")
+        self._hand_back = scripts.register(client, "hand_back")
 
     # reading
 
@@ -389,6 +399,15 @@ class FlowStore:
             args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
         return text(answer) == "parked"
+
+    def hand_back(self, flow_id: str, owner: str) -> bool:
+        """A stopping worker gives up a flow it holds (`owner` "": received, not started): its owner is
+        fenced out and the lease lapses now, for `requeue_lapsed` (see hand_back.lua)."""
+        working = "," + ",".join(WORKING_STATES) + ","
+        answer = self._hand_back(
+            keys=[self.names.flow_state(flow_id), self.names.leases], args=[flow_id, owner, working]
+        )
+        return bool(answer)
 
     def lapse_lease(self, flow_id: str) -> None:
         """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""

@@ -3,9 +3,10 @@ it, state, event, stream entry and both publishes together, or none of them."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -14,6 +15,8 @@ from worker.events import FlowEvent
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
 from worker.replies import text
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the queueing module brings Celery; a transition needs only the message's fields
     from worker.flows.enqueuer import QueuedTask
@@ -68,13 +71,32 @@ class Change:
     connections: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """A transition done is confirmed by `replicas` replicas (Redis's WAIT, at most `timeout_ms`) before
+    it counts as acknowledged. Unconfirmed, it raises ReplicasUnconfirmed when `refuse` (the shim: the
+    request gets 503 and is acknowledged by nothing), else it is logged (a worker's transitions)."""
+
+    replicas: int
+    timeout_ms: int
+    refuse: bool = True
+
+
+class ReplicasUnconfirmed(redis.exceptions.TimeoutError):
+    """Fewer replicas than asked confirmed a transition in time (a storage outage to the caller: 503)."""
+
+
 class TransitionScript:
     """`scripts/transition.lua` with typed arguments."""
 
-    def __init__(self, client: redis.Redis, names: RedisNames, retention: int) -> None:
+    def __init__(
+        self, client: redis.Redis, names: RedisNames, retention: int, confirm: ReplicaWait | None = None
+    ) -> None:
+        self._client: Any = client
         self._script = scripts.register(client, "transition")
         self.names = names
         self.retention = retention  # seconds a flow's hash and stream are kept after its last change
+        self.confirm = confirm if confirm is not None and confirm.replicas > 0 else None
 
     def __call__(
         self,
@@ -90,7 +112,7 @@ class TransitionScript:
         live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
-        result = self._script(
+        result = self._run(
             keys=[
                 self.names.flow_state(flow_id),
                 self.names.flow_stream(flow_id),
@@ -126,6 +148,7 @@ class TransitionScript:
         )
         outcome = TransitionOutcome(text(result[0]) if text(result[0]) != "ok" else "done")
         if outcome is TransitionOutcome.DONE:
+            self._confirmed(result, flow_id)
             return Transition(outcome, seq=int(result[1]), state=state)
         if outcome is TransitionOutcome.CONFLICT:
             current = FlowState(text(result[1])) if result[1] else None
@@ -133,6 +156,32 @@ class TransitionScript:
         if outcome is TransitionOutcome.FENCED:
             return Transition(outcome, state=FlowState(text(result[1])))
         return Transition(outcome)
+
+    def _run(self, keys: list[str], args: list[Any]) -> Any:
+        """The script; with `confirm`, followed by WAIT on the same connection (WAIT counts the replicas
+        that have this connection's writes): the answer then carries the count, kept for `_confirmed`."""
+        if self.confirm is None:
+            return self._script(keys=keys, args=args)
+        with self._client.pipeline(transaction=False) as pipe:
+            self._script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
+            result, confirmed = pipe.execute()
+        return [*result, _Confirmations(int(confirmed))]
+
+    def _confirmed(self, result: list[Any], flow_id: str) -> None:
+        if self.confirm is None or not isinstance(result[-1], _Confirmations):
+            return
+        if result[-1].count >= self.confirm.replicas:
+            return
+        message = f"flow {flow_id}: {result[-1].count} of {self.confirm.replicas} replicas confirmed in time"
+        if self.confirm.refuse:
+            raise ReplicasUnconfirmed(message)
+        log.warning("%s", message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Confirmations:
+    count: int
 
 
 def _arg(value: float | str | Drop | None) -> str:

@@ -13,6 +13,9 @@ its count, its sum and the one bucket it falls in, and the collector sums bucket
     okc_webhook_deliveries_total{outcome}         deliveries ended: delivered, failed
     okc_webhook_attempts_total{result}            delivery attempts: delivered, 4xx, 5xx, timeout, ...
     okc_webhook_attempt_seconds                   histogram of an attempt's time
+
+`WorkersCollector` adds `okc_workers_consuming`: the workers whose sweeper marked them consuming within
+the last WORKER_FRESH_SECONDS (every worker marks itself each second), 0 when none does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import scripts
@@ -33,6 +36,7 @@ from worker.replies import text
 
 log = logging.getLogger(__name__)
 
+WORKER_FRESH_SECONDS = 5.0  # a worker marked this recently is consuming
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _SEP = "|"
@@ -174,6 +178,27 @@ class RedisMetricsCollector(Collector):
                     "okc_worker_upstream_seconds", "Latency of calls to Oktopost", labels=["call"]
                 )
                 yield _histogram(family, [call], values, UPSTREAM_BUCKETS)
+
+
+class WorkersCollector(Collector):
+    """How many workers are consuming, from the marks their sweepers keep in Redis (on Redis's clock)."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.redis: Any = client
+        self.key = key
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            seconds, microseconds = self.redis.time()
+            fresh_since = int(seconds) + int(microseconds) / 1e6 - WORKER_FRESH_SECONDS
+            consuming = int(self.redis.zcount(self.key, fresh_since, "+inf"))
+        except redis.RedisError:
+            return
+        yield GaugeMetricFamily(
+            "okc_workers_consuming",
+            f"Workers that showed they are consuming tasks within the last {WORKER_FRESH_SECONDS:g} s",
+            value=consuming,
+        )
 
 
 def _histogram(

@@ -1,14 +1,20 @@
 """Each attempt's whole time, bounded: httpx bounds each connect, read and write alone, so an answer
 dribbled a few bytes at a time could outlive the attempt's timeout. Here every socket operation of the
-sync client waits at most the time left before the attempt's deadline, and once it has passed nothing
-more is connected or sent: a process that stalled (a pause, a swap storm) between the budget's grant and
-its request does not send it after its slot ran out."""
+sync client waits at most the time left before the attempt's deadline, and so does the lookup of
+Oktopost's host name (the system resolver takes no timeout: it runs on a small pool of lookup threads,
+and the attempt waits for it only as long as it has left). Once the deadline has passed nothing more is
+connected or sent: a process that stalled (a pause, a swap storm) between the budget's grant and its
+request does not send it after its slot ran out."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as LookupTimeout
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -23,6 +29,10 @@ _deadline: ContextVar[float | None] = ContextVar("oktopost_attempt_deadline", de
 # already arrived is taken, nothing is waited for, and the socket raises httpcore's own timeout.
 _NO_TIME_LEFT = 0.001
 
+# Host name lookups of every attempt of the process; one that hangs holds its thread, not the attempt.
+_LOOKUP_THREADS = 4
+_lookups = ThreadPoolExecutor(max_workers=_LOOKUP_THREADS, thread_name_prefix="oktopost-lookup")
+
 
 def start_attempt(seconds: float | None) -> Token[float | None]:
     """The calling context's attempt now ends `seconds` from now (None: only httpx's own timeouts)."""
@@ -36,6 +46,30 @@ def end_attempt(started: Token[float | None]) -> None:
 def _passed() -> bool:
     deadline = _deadline.get()
     return deadline is not None and time.monotonic() >= deadline
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    """The addresses to connect to: `host` itself when it is one or no attempt is under way, else its
+    addresses, looked up within the time the attempt has left (httpcore's ConnectTimeout past it)."""
+    deadline = _deadline.get()
+    if deadline is None or _is_address(host):
+        return [host]
+    lookup = _lookups.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        found = lookup.result(timeout=max(deadline - time.monotonic(), _NO_TIME_LEFT))
+    except LookupTimeout:
+        raise httpcore.ConnectTimeout(f"looking up {host} outlasted the attempt") from None
+    except OSError as error:  # socket.gaierror: no such host, or no resolver
+        raise httpcore.ConnectError(str(error)) from error
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _within_deadline(timeout: float | None) -> float | None:
@@ -90,10 +124,17 @@ class DeadlineBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         if _passed():
             raise httpcore.ConnectTimeout("the attempt's deadline passed before connecting")
-        stream = self._backend.connect_tcp(
-            host, port, _within_deadline(timeout), local_address, socket_options
-        )
-        return DeadlineStream(stream)
+        failed: httpcore.ConnectError | None = None
+        for address in _addresses(host, port):  # each in turn, as socket.create_connection does
+            try:
+                stream = self._backend.connect_tcp(
+                    address, port, _within_deadline(timeout), local_address, socket_options
+                )
+            except httpcore.ConnectError as error:
+                failed = error
+                continue
+            return DeadlineStream(stream)
+        raise failed or httpcore.ConnectError(f"no address for {host}")
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
 
 from worker.config.settings import get_settings
 from worker.connections.checks import CheckLoop
@@ -23,6 +23,7 @@ from worker.queueing.names import (
 )
 from worker.tasks import runtime, work
 from worker.tasks.celery_app import app
+from worker.tasks.stopping import GracefulStop
 from worker.tasks.sweeper import Sweeper
 from worker.upstream.budget import NoBudgetInTime
 from worker.upstream.parking import Unparker
@@ -36,13 +37,22 @@ COUNTDOWN_FRACTION = 0.5
 @app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
 def verify(flow_id: str) -> str:
     with flow_context(flow_id):
-        return _ran(work.verify_flow(runtime.task_context(), flow_id))
+        return _handed_back(flow_id) or _ran(work.verify_flow(runtime.task_context(), flow_id))
 
 
 @app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True)
 def complete(flow_id: str) -> str:
     with flow_context(flow_id):
-        return _ran(work.complete_flow(runtime.task_context(), flow_id))
+        return _handed_back(flow_id) or _ran(work.complete_flow(runtime.task_context(), flow_id))
+
+
+def _handed_back(flow_id: str) -> str | None:
+    """A flow task starting: its flow stops being held as received; while the worker stops, it goes
+    back to the queue untouched."""
+    runtime.task_context().leases.started(flow_id)
+    if _graceful is not None and _graceful.requested:
+        return _graceful.hand_back_unstarted(flow_id)
+    return None
 
 
 def _ran(outcome: work.TaskOutcome) -> str:
@@ -92,17 +102,20 @@ _sweeper: Sweeper | None = None
 _unparker: Unparker | None = None
 _dispatcher: Dispatcher | None = None
 _checks: CheckLoop | None = None
+_graceful: GracefulStop | None = None
 
 
 @worker_ready.connect
 def _start_background_threads(sender: object = None, **_: object) -> None:
     """The worker's threads beside its tasks: the sweeper always; the unparker when it serves flows; the
     webhook dispatcher when it serves deliveries."""
-    global _sweeper, _unparker, _dispatcher, _checks
+    global _sweeper, _unparker, _dispatcher, _checks, _graceful
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     settings, store = get_settings(), runtime.store()
     budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
-    tasks = enqueuer(settings.redis_url)
+    tasks = enqueuer(settings.store_as_broker_url)
+    leases = runtime.task_context().leases
+    _graceful = GracefulStop(store, tasks, leases, settings.worker_shutdown_grace_seconds)
     _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
     _sweeper.start()
     served = set(app.amqp.queues.consume_from or app.amqp.queues)
@@ -131,11 +144,26 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             store.redis,
             store.names,
             runtime.webhook_store(),
-            enqueuer(settings.redis_url).enqueue_delivery,
+            enqueuer(settings.store_as_broker_url).enqueue_delivery,
             name,
             grace=max(15.0, 2 * runtime.courier().lease),
         )
         _dispatcher.start()
+
+
+@task_received.connect
+def _hold_received_flow(request: object = None, **_: object) -> None:
+    """A flow task received and not started yet: the process holds its flow (worker.tasks.leases)."""
+    args = getattr(request, "args", None)
+    if getattr(request, "name", None) in (VERIFY_TASK, COMPLETE_TASK) and args:
+        runtime.task_context().leases.expect(str(args[0]))
+
+
+@worker_shutting_down.connect
+def _hand_back_flows(**_: object) -> None:
+    """SIGTERM (or Ctrl-C): every flow held here goes back at once (worker.tasks.stopping)."""
+    if _graceful is not None:
+        _graceful.begin()
 
 
 @worker_shutdown.connect

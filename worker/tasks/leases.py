@@ -6,18 +6,26 @@ budget, sleeping before a retry, blocked in a call that takes longer than expect
 A process that dies, hangs or is paused renews nothing, so its leases lapse and the sweeper hands the
 flows to other workers within a lease. A task whose lease lapsed anyway learns it here: the renewal
 finds another owner, the task is told, and it stops (its transitions are fenced out in any case).
+
+A flow whose task the process has received from the broker but not started yet (prefetched) is held
+too, with the owner "" it was queued with (`expect`): a paused process lets that lease lapse like the
+others, so the flow is taken up within a quarter of the token's life, not after the longer lease of
+queued work. When the process stops, `close` ends the renewals and hands every held flow to a callback
+(worker.tasks.stopping), and so does `hold` from then on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from worker.flows.store import FlowStore
 
 log = logging.getLogger(__name__)
+
+RECEIVED_RENEWAL_GAP = 0.1  # seconds between two renewals, however fast tasks are received
 
 
 class WorkLost(Exception):
@@ -54,6 +62,8 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closing: Callable[[Held], None] | None = None
+        self._received = threading.Event()  # a task was received: its flow's lease is renewed soon
 
     @contextmanager
     def hold(self, flow_id: str, owner: str) -> Iterator[Held]:
@@ -62,6 +72,9 @@ class LeaseKeeper:
         with self._lock:
             self._held[flow_id] = held
             self._start()
+            closing = self._closing
+        if closing is not None:  # the process stops: the flow goes back at once
+            closing(held)
         try:
             yield held
         finally:
@@ -69,16 +82,46 @@ class LeaseKeeper:
                 if self._held.get(flow_id) is held:
                     del self._held[flow_id]
 
+    def expect(self, flow_id: str) -> None:
+        """The process received the flow's task and has not started it: its queued lease is renewed as
+        a working one, unless a task of this process holds the flow already."""
+        with self._lock:
+            if self._closing is None and flow_id not in self._held:
+                self._held[flow_id] = Held(flow_id, "")
+                self._start()
+                self._received.set()
+
+    def started(self, flow_id: str) -> None:
+        """A received task starts: from now its flow is held only by the task, if it takes the work."""
+        with self._lock:
+            held = self._held.get(flow_id)
+            if held is not None and held.owner == "":
+                del self._held[flow_id]
+
+    def close(self, hand_back: Callable[[Held], None]) -> list[Held]:
+        """No lease is renewed any more; returns the flows held now, and `hand_back` gets each flow
+        held from now on."""
+        with self._lock:
+            self._closing = hand_back
+            return list(self._held.values())
+
     def renew(self) -> None:
         """One round of renewals (the thread's, and a test's)."""
         with self._lock:
+            if self._closing is not None:
+                return
             held = dict(self._held)
         lost = self.store.renew_leases({flow_id: h.owner for flow_id, h in held.items()})
         for flow_id in lost:
             held[flow_id].mark_lost()
+        with self._lock:  # a received task's flow taken up elsewhere, or ended: no longer watched here
+            for flow_id in lost:
+                if held[flow_id].owner == "" and self._held.get(flow_id) is held[flow_id]:
+                    del self._held[flow_id]
 
     def stop(self) -> None:
         self._stop.set()
+        self._received.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -88,8 +131,14 @@ class LeaseKeeper:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._received.wait(self.interval)
+            self._received.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.renew()
             except Exception as error:  # Redis away: renew again next round; leases outlive a few rounds
                 log.warning("lease renewal failed: %s", type(error).__name__)
+            if self._stop.wait(RECEIVED_RENEWAL_GAP):  # tasks arrive in bursts: one renewal a burst
+                return

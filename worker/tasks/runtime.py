@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import Any
 
 import redis
+import redis.sentinel
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
 from worker.config.settings import Settings, get_settings
@@ -18,6 +21,7 @@ from worker.connections.deletion import ConnectionDeleter
 from worker.connections.records import ConnectionStore
 from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
+from worker.flows.transition import ReplicaWait
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import AsyncOktopostClient, OktopostClient, timeout_from_settings
@@ -46,7 +50,7 @@ def lifetimes(settings: Settings) -> Lifetimes:
 
 
 def redis_client(settings: Settings, *, answer_within: float | None = None) -> redis.Redis:
-    """The process's Redis connections.
+    """The process's Redis connections (to the primary its sentinels name, with REDIS_SENTINELS).
 
     `answer_within` is for the shim: a command with no answer in that many seconds fails at once, so a
     request gets its 503 instead of hanging on a stopped or unreachable Redis (redis-py's default retries
@@ -54,23 +58,51 @@ def redis_client(settings: Settings, *, answer_within: float | None = None) -> r
     once and straight away, since a Redis that restarted leaves the pool's connections dead. The worker
     has no one waiting on it and keeps the patient defaults.
     """
+    options: dict[str, Any]
     if answer_within is not None:
-        return redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=answer_within,
-            socket_connect_timeout=answer_within,
-            health_check_interval=10,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            max_connections=64,
-        )
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=10,
-        retry_on_timeout=True,
-        max_connections=64,
+        options = {
+            "socket_timeout": answer_within,
+            "socket_connect_timeout": answer_within,
+            "health_check_interval": 10,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            "max_connections": 64,
+        }
+    else:
+        options = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
+            "max_connections": 64,
+        }
+    if settings.redis_sentinels:
+        return sentinel_primary(settings, redis.sentinel.Sentinel, redis.Redis, options)
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def sentinel_primary(
+    settings: Settings, sentinel_class: Any, redis_class: Any, options: dict[str, Any]
+) -> Any:
+    """A client of the primary that REDIS_SENTINEL_MASTER's sentinels name, found again after a failover
+    (sync or asyncio, by the classes given); REDIS_URL gives its password, user and database."""
+    url = parse_url(settings.redis_url)
+    auth = {name: url[name] for name in ("username", "password") if url.get(name)}
+    password = settings.redis_sentinel_password
+    sentinels = sentinel_class(
+        [_host_port(address) for address in settings.redis_sentinels],
+        sentinel_kwargs={
+            "socket_timeout": options.get("socket_connect_timeout", 2),
+            **({"password": password.get_secret_value()} if password else {}),
+        },
     )
+    return sentinels.master_for(
+        settings.redis_sentinel_master, redis_class=redis_class, db=url.get("db", 0), **auth, **options
+    )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @lru_cache(maxsize=1)
@@ -80,10 +112,20 @@ def store() -> FlowStore:
         return flow_store(settings, redis_client(settings))
 
 
-def flow_store(settings: Settings, client: redis.Redis) -> FlowStore:
-    """Flows that name no Oktopost account (stored before tenants) are the default tenant's account's."""
+def flow_store(settings: Settings, client: redis.Redis, *, refuse_unconfirmed: bool = False) -> FlowStore:
+    """Flows that name no Oktopost account (stored before tenants) are the default tenant's account's.
+    With REDIS_WAIT_REPLICAS, each transition done waits for that many replicas; one they do not
+    confirm in time raises ReplicasUnconfirmed when `refuse_unconfirmed` (the shim's requests), else
+    it is logged (a worker's task has no one to answer)."""
     names = RedisNames(settings.channel_prefix)
-    return FlowStore(client, names, lifetimes(settings), default_account=settings.oktopost_account_id)
+    confirm = ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms, refuse_unconfirmed)
+    return FlowStore(
+        client,
+        names,
+        lifetimes(settings),
+        default_account=settings.oktopost_account_id,
+        confirm=confirm,
+    )
 
 
 @lru_cache(maxsize=1)

@@ -51,7 +51,7 @@ def sweep_once(store: FlowStore, enqueuer: TaskQueue, accounts: Sequence[Account
             log.warning("flow %s: expiry failed: %s", flow_id, type(error).__name__)
     for flow_id in store.due_leases(now):
         try:
-            requeued += _take_up(store, enqueuer, flow_id)
+            requeued += take_up(store, enqueuer, flow_id)
         except Exception as error:
             log.warning("flow %s: taking it up again failed: %s", flow_id, type(error).__name__)
     return expired, requeued
@@ -112,7 +112,7 @@ def _blocked(store: FlowStore, account_id: str, paused_until: float) -> list[str
         start += BLOCKED_PAGE
 
 
-def _take_up(store: FlowStore, enqueuer: TaskQueue, flow_id: str) -> bool:
+def take_up(store: FlowStore, enqueuer: TaskQueue, flow_id: str) -> bool:
     """Queues the flow's task again when its lease lapsed: with the lease's hand-over when the broker is
     this Redis, else right after it, and when that fails the lease lapses again for the next pass."""
     flow = store.get(flow_id)

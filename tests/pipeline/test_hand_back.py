@@ -1,0 +1,94 @@
+"""A stopping worker's hand-back (scripts/hand_back.lua) and the leases of received tasks, on fakeredis."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from worker.events import ConnectedCredential
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
+from worker.flows.transition import TransitionOutcome
+from worker.keys import RedisNames
+from worker.tasks.leases import Held, LeaseKeeper
+
+TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
+
+
+@pytest.fixture
+def store() -> FlowStore:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return FlowStore(client, RedisNames("oktopost"), Lifetimes(flow_ttl=20, token_ttl=40))
+
+
+def claimed(store: FlowStore, flow_id: str = "flow-1") -> None:
+    flow = store.create(flow_id, "LinkedIn", "profile", "user-42", None)
+    store.claim_callback(flow, TOKEN)
+
+
+def lease_end(store: FlowStore, flow_id: str = "flow-1") -> float | None:
+    end: float | None = store.redis.zscore(store.names.leases, flow_id)
+    return end
+
+
+def test_a_flow_handed_back_fences_its_task_out_and_is_taken_up_at_once(store: FlowStore) -> None:
+    claimed(store)
+    taken = store.take_work("flow-1", "task-a", FlowState.VERIFYING)
+    assert taken.outcome is TakeOutcome.TAKEN
+
+    assert store.hand_back("flow-1", "task-a")
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.REQUEUED
+    assert store.take_work("flow-1", "task-b", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    # what the stopping task still does changes nothing
+    assert taken.flow is not None
+    credential = ConnectedCredential(id="003-1", name="Me", status="valid", network="LinkedIn")
+    late = store.complete(taken.flow, [credential], "task-a")
+    assert late.outcome is TransitionOutcome.FENCED
+
+
+def test_only_the_holder_hands_a_flow_back(store: FlowStore) -> None:
+    claimed(store)
+    store.take_work("flow-1", "task-b", FlowState.VERIFYING)
+    before = lease_end(store)
+
+    assert not store.hand_back("flow-1", "task-a")  # taken by another task meanwhile
+    assert not store.hand_back("flow-1", "")  # a received task's flow that another task took
+    assert not store.hand_back("nope", "")
+    assert lease_end(store) == before
+
+
+def test_a_received_task_s_flow_goes_back_with_the_owner_it_was_queued_with(store: FlowStore) -> None:
+    claimed(store)
+    assert store.hand_back("flow-1", "")
+    assert store.requeue_lapsed("flow-1", FlowState.VERIFYING, None) is RequeueOutcome.REQUEUED
+
+
+def test_a_received_task_s_flow_is_held_on_the_working_lease_until_its_task_starts(store: FlowStore) -> None:
+    claimed(store)
+    keeper = LeaseKeeper(store, interval=3600)  # renewals by hand below
+    queued_until = lease_end(store)
+    assert queued_until is not None
+
+    keeper.expect("flow-1")
+    keeper.renew()
+    renewed = lease_end(store)
+    assert renewed is not None
+    assert renewed < queued_until  # the working lease (a quarter of the token) is the shorter one
+
+    keeper.started("flow-1")
+    keeper.renew()
+    assert lease_end(store) == renewed  # the task holds it now, or nobody does
+    keeper.stop()
+
+
+def test_a_closed_keeper_renews_nothing_and_hands_every_flow_over(store: FlowStore) -> None:
+    claimed(store)
+    keeper = LeaseKeeper(store, interval=3600)
+    handed: list[Held] = []
+    with keeper.hold("flow-1", "task-a"):
+        keeper.expect("flow-2")
+        held = keeper.close(handed.append)
+        assert sorted((h.flow_id, h.owner) for h in held) == [("flow-1", "task-a"), ("flow-2", "")]
+        with keeper.hold("flow-3", "task-c"):  # a task that takes its flow once the worker stops
+            assert [h.flow_id for h in handed] == ["flow-3"]
+    keeper.stop()
