@@ -214,3 +214,46 @@ def claim_more(context: TaskContext, count: int) -> list[str]:
         assert context.store.claim_callback(flow, f"{TOKEN}later{i}").done
         flow_ids.append(flow.flow_id)
     return flow_ids
+
+
+def test_after_a_pause_parked_flows_go_out_one_call_first_so_a_new_429_meets_one_not_all() -> None:
+    context, handler = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, 8)
+    budget.account.pause(0.4)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 8
+    while budget.account.standing().paused_until is not None:  # a paused account costs no task run
+        unparker.release_due()
+        time.sleep(0.02)
+    assert enqueuer.enqueued == []
+
+    def released_now() -> list[str]:
+        before = len(enqueuer.enqueued)
+        unparker.release_due()
+        return [flow_id for flow_id, _ in enqueuer.enqueued[before:]]
+
+    def wait_out_the_pause() -> None:
+        while budget.account.standing().paused_until is not None:
+            time.sleep(0.01)
+
+    probe = released_now()
+    assert probe == flow_ids[:1]  # one call first: the earliest deadline
+    assert released_now() == []  # the rest wait while it is in flight
+    handler.queue = [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=PROFILE)]
+    assert verify_flow(context, probe[0]) is TaskOutcome.PARKED  # the new pause met that one flow only
+    assert released_now() == []
+    wait_out_the_pause()
+
+    ended = 0
+    while len(enqueuer.enqueued) < 9:  # each call that ends lets one more go: 1, 2, 4, ...
+        released = released_now()
+        assert len(released) <= 1 + ended
+        outcomes = [verify_flow(context, flow_id) for flow_id in released]
+        assert outcomes == [TaskOutcome.COMPLETED] * len(released)
+        ended += len(released)
+    assert len(handler.seen) == 9  # one call each, and the one 429
+    for flow_id in flow_ids:
+        assert [e["type"] for e in context.store.events(flow_id)].count("connection.completed") == 1
+    assert parked(context) == []
