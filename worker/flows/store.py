@@ -40,7 +40,7 @@ from worker.events import (
     utc_timestamp,
 )
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
-from worker.flows.transition import DROP, Change, Transition, TransitionOutcome, TransitionScript
+from worker.flows.transition import DROP, Aftermath, Change, Transition, TransitionOutcome, TransitionScript
 from worker.keys import AccountNames, RedisNames
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
@@ -241,26 +241,36 @@ class FlowStore:
 
     # transitions made by the task that owns the flow's work: fenced with its owner id
 
-    def offer_selection(self, flow: Flow, entities: list[EntityOffer], owner: str) -> Transition:
+    def offer_selection(
+        self, flow: Flow, entities: list[EntityOffer], owner: str, after: Aftermath | None = None
+    ) -> Transition:
         now = self.clock.now()
         event = SelectionRequired(**_envelope(flow, now), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
-        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner)
+        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner, after=after)
         return self._apply(flow, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
-    def complete(self, flow: Flow, credentials: list[ConnectedCredential], owner: str) -> Transition:
+    # `after`: the task's aftermath (its answered calls' ends, its metrics), made only with the transition
+
+    def complete(
+        self, flow: Flow, credentials: list[ConnectedCredential], owner: str, after: Aftermath | None = None
+    ) -> Transition:
         event = ConnectionCompleted(
             **_envelope(flow, self.clock.now()), data=CompletedData(credentials=credentials)
         )
-        return self._finish(flow, WORKING_STATES, FlowState.COMPLETED, event, {}, fence=owner)
+        return self._finish(flow, WORKING_STATES, FlowState.COMPLETED, event, {}, fence=owner, after=after)
 
-    def fail(self, flow: Flow, code: str, message: str, attempts: int, owner: str) -> Transition:
-        return self._fail(flow, WORKING_STATES, code, message, attempts, owner)
+    def fail(
+        self, flow: Flow, code: str, message: str, attempts: int, owner: str, after: Aftermath | None = None
+    ) -> Transition:
+        return self._fail(flow, WORKING_STATES, code, message, attempts, owner, after=after)
 
-    def give_up(self, flow: Flow, owner: str, reason: ExpiredReason | None = None) -> Transition:
+    def give_up(
+        self, flow: Flow, owner: str, reason: ExpiredReason | None = None, after: Aftermath | None = None
+    ) -> Transition:
         """Ends the flow as expired before its deadline: no attempt could finish in the time left
         (`reason` upstream_blocked: Oktopost's block of the account outlives it)."""
-        return self._expire(flow, only_after_deadline=False, fence=owner, reason=reason)
+        return self._expire(flow, only_after_deadline=False, fence=owner, reason=reason, after=after)
 
     # the work on a flow: one owner at a time, under a lease the sweeper watches
 
@@ -336,14 +346,21 @@ class FlowStore:
         attempts: int,
         fence: str | None,
         extra: dict[str, str] | None = None,
+        after: Aftermath | None = None,
     ) -> Transition:
         data = FailedData(code=code, message=message, retryable=False, attempts=attempts)
         event = AuthorizationFailed(**_envelope(flow, self.clock.now()), data=data)
         fields = {"failure_code": code, **(extra or {})}
-        return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence)
+        return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence, after=after)
 
     def _expire(
-        self, flow: Flow, *, only_after_deadline: bool, fence: str | None, reason: ExpiredReason | None = None
+        self,
+        flow: Flow,
+        *,
+        only_after_deadline: bool,
+        fence: str | None,
+        reason: ExpiredReason | None = None,
+        after: Aftermath | None = None,
     ) -> Transition:
         if flow.state.terminal:
             return Transition(TransitionOutcome.CONFLICT, state=flow.state)
@@ -357,6 +374,7 @@ class FlowStore:
             token=DROP,
             only_after_deadline=only_after_deadline,
             fence=fence,
+            after=after,
         )
         return self._apply(flow, (flow.state,), FlowState.EXPIRED, event, change)
 
@@ -368,8 +386,9 @@ class FlowStore:
         event: FlowEvent,
         fields: dict[str, str],
         fence: str | None,
+        after: Aftermath | None = None,
     ) -> Transition:
-        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence)
+        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence, after=after)
         return self._apply(flow, allowed, state, event, change)
 
     def _apply(

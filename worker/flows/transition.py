@@ -49,6 +49,18 @@ DROP = Drop.DROP
 
 
 @dataclass(frozen=True, slots=True)
+class Aftermath:
+    """What a task does when its transition ends its work, made in the transition's own call, and only if
+    the transition is: its answered calls scored by their end in the account's budget window, and its
+    metric observations added to the workers' hash."""
+
+    window: str
+    waiters: tuple[str, ...]
+    metrics_key: str
+    metrics: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """What a transition does beside the state change and the event."""
 
@@ -63,6 +75,7 @@ class Change:
     queue: QueuedTask | None = None
     # a claim's: the flow joins the account's parked flows, when there are any, instead of being queued
     park_behind: str | None = None
+    after: Aftermath | None = None  # a task's transition: never with a claim
 
 
 class TransitionScript:
@@ -84,6 +97,8 @@ class TransitionScript:
     ) -> Transition:
         """`allowed`: the states the flow may be in (none: it must not exist yet); `account`: the Oktopost
         account whose reserved calls the flow counts in."""
+        if change.after is not None and (change.claim_key or change.park_behind):
+            raise ValueError("a claim carries no task's aftermath")
         live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
@@ -98,6 +113,7 @@ class TransitionScript:
                 self.names.all_events_stream,
                 *([change.claim_key] if change.claim_key else []),
                 *([change.park_behind, self.names.parked_accounts] if change.park_behind else []),
+                *([change.after.window, change.after.metrics_key] if change.after else []),
             ],
             args=[
                 flow_id,
@@ -116,6 +132,7 @@ class TransitionScript:
                 change.fence or "",
                 self.names.tenant_channel(event.tenant),
                 self.retention * 1000,
+                *_aftermath_args(change.after),
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )
@@ -128,6 +145,15 @@ class TransitionScript:
         if outcome is TransitionOutcome.FENCED:
             return Transition(outcome, state=FlowState(_text(result[1])))
         return Transition(outcome)
+
+
+def _aftermath_args(after: Aftermath | None) -> list[str | int | float]:
+    if after is None:
+        return [""]
+    args: list[str | int | float] = ["after", len(after.waiters), *after.waiters, len(after.metrics)]
+    for name, amount in after.metrics:
+        args += [name, repr(amount)]
+    return args
 
 
 def _arg(value: float | str | Drop | None) -> str:

@@ -10,6 +10,8 @@
 --       9, 10 (claims only, optional) the account's parked zset and the parked accounts zset: when flows
 --         of the account already wait for its budget, parked, the claimed flow joins them (scored by its
 --         deadline, no lease) instead of queuing a task that would only park it (worker.upstream.parking)
+--       8, 9 instead (a task's transition with its aftermath, ARGV[20] "after"): the account's budget
+--         window zset and the workers' metrics hash
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -29,13 +31,24 @@
 --         happens while that task still owns the work (a task whose lease lapsed changes nothing)
 --      18 the tenant's channel
 --      19 milliseconds the all-flows stream keeps an event (older entries are trimmed, approximately)
---      20.. field, value pairs to store in the flow hash
+--      20 "after" when the task's aftermath comes with the transition (made only if it is), else "":
+--         21 g, then g waiter ids of the task's budget grants whose calls answered, each scored in the
+--         window by its end, now (what budget_finished.lua does for one); then m, then m field, amount
+--         pairs added to the metrics hash (what metrics_add.lua does): the task's end costs no more calls
+--      then field, value pairs to store in the flow hash
 -- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
 --       | {"token_in_use", flow} | {"fenced", state}
 
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local reserved = KEYS[6]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local after = ARGV[20] == "after"
+local grants, first_metric, first_field = 0, 0, 21
+if after then
+  grants = tonumber(ARGV[21])
+  first_metric = 23 + grants
+  first_field = first_metric + 2 * tonumber(ARGV[22 + grants])
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
@@ -75,7 +88,7 @@ else
     return {"early", current[3]}
   end
 end
-local claim_key = KEYS[8]
+local claim_key = not after and KEYS[8]
 if claim_key then
   local holder = redis.call("GET", claim_key)
   if holder and holder ~= flow_id then
@@ -84,7 +97,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 20, #ARGV, 2 do
+for i = first_field, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "entity_type" then
@@ -131,6 +144,15 @@ end
 redis.call("PUBLISH", ARGV[5], event)
 redis.call("PUBLISH", ARGV[6], event)
 redis.call("PUBLISH", ARGV[18], event)
+if after then
+  for i = 22, 21 + grants do
+    redis.call("ZADD", KEYS[8], "XX", now, ARGV[i])
+  end
+  for i = first_metric, first_field - 1, 2 do
+    redis.call("HINCRBYFLOAT", KEYS[9], ARGV[i], ARGV[i + 1])
+  end
+  return {"ok", seq}
+end
 local parked = KEYS[9]
 if parked and redis.call("ZCARD", parked) > 0 then
   redis.call("ZREM", leases, flow_id)
