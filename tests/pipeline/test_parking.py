@@ -257,3 +257,24 @@ def test_after_a_pause_parked_flows_go_out_one_call_first_so_a_new_429_meets_one
     for flow_id in flow_ids:
         assert [e["type"] for e in context.store.events(flow_id)].count("connection.completed") == 1
     assert parked(context) == []
+
+
+def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:
+    context, _ = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, 2)
+    budget.account.pause(0.2)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 2
+    while budget.account.standing().paused_until is not None:
+        time.sleep(0.01)
+    unparker.release_due()
+    assert enqueuer.enqueued == [(flow_ids[0], FlowState.VERIFYING)]
+    budget.account.pause(0.2)  # another client's 429, before the released task starts
+    assert verify_flow(context, flow_ids[0]) is TaskOutcome.PARKED
+    assert context.store.redis.zcard(budget.names.budget_window) == 0  # its unused slot given back
+    while budget.account.standing().paused_until is not None:
+        time.sleep(0.01)
+    unparker.release_due()  # nothing in flight: the ramp lets one go at once
+    assert enqueuer.enqueued[1:] == [(flow_ids[0], FlowState.VERIFYING)]

@@ -323,6 +323,8 @@ class FlowStore:
                 names.parked_accounts,
                 account.budget_queue,
                 account.budget_alive,
+                account.budget_window,
+                account.early_slots,
             ],
             args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
