@@ -1,5 +1,4 @@
-"""The `call` fixture: one client method through a MockTransport, by the sync, the loop and the async
-client."""
+"""The `call` fixture: one client method through a MockTransport, by the sync and the async client."""
 
 from __future__ import annotations
 
@@ -11,22 +10,18 @@ import httpx
 import pytest
 
 from tests.worker.mock_oktopost import ACCOUNT, BASE, KEY, Recorder
-from worker.oktopost import AsyncOktopostClient, LoopOktopostClient, OktopostClient
+from worker.oktopost import AsyncOktopostClient, OktopostClient
 
 
-@pytest.fixture(params=["sync", "loop", "async"])
+@pytest.fixture(params=["sync", "async"])
 def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """`call(recorder, "verify", TOKEN)` runs one client method through a MockTransport, sync, on the
-    loop client's event loop, or async."""
+    """`call(recorder, "verify", TOKEN)` runs one client method through a MockTransport, sync or async."""
 
     def run(recorder: Recorder, method: str, *args: Any, **kwargs: Any) -> Any:
         transport = httpx.MockTransport(recorder)
         if request.param == "sync":
             with OktopostClient(BASE, ACCOUNT, KEY, transport=transport) as client:
                 return getattr(client, method)(*args, **kwargs)
-        if request.param == "loop":
-            with LoopOktopostClient(BASE, ACCOUNT, KEY, transport=transport) as looped:
-                return getattr(looped, method)(*args, **kwargs)
 
         async def run_async() -> Any:
             async with AsyncOktopostClient(BASE, ACCOUNT, KEY, transport=transport) as client:

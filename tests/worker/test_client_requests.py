@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,7 +34,6 @@ from worker.oktopost import (
     Credential,
     Entity,
     EntityChoice,
-    LoopOktopostClient,
     OktopostClient,
     VerifiedProfile,
     canonical_entity_type,
@@ -242,18 +239,3 @@ def test_a_raw_json_body_is_what_the_handler_sees() -> None:
         client.start_authorization("Twitter", "https://app.example/cb")
     with pytest.raises(json.JSONDecodeError):
         json.loads(recorder.last.content)
-
-
-def test_the_loop_clients_calls_from_many_threads_are_made_on_its_one_event_loop() -> None:
-    threads_seen: set[str] = set()
-
-    def answer(_request: httpx.Request) -> httpx.Response:
-        threads_seen.add(threading.current_thread().name)
-        return ok(Credential=PROFILE)
-
-    client = LoopOktopostClient(BASE, ACCOUNT, KEY, transport=httpx.MockTransport(answer))
-    with client, ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda _: client.verify(TOKEN), range(32)))
-    assert [answer.credential.id for answer in answers] == [answers[0].credential.id] * 32
-    assert threads_seen == {"oktopost-http"}
-    assert client.is_closed

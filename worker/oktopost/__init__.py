@@ -1,6 +1,5 @@
 """The Oktopost social-authorization client: each call is built once and each answer read once, then
-sent by `OktopostClient` (sync), `LoopOktopostClient` (sync, its calls made on an event loop of its own:
-the Celery worker's threads) or `AsyncOktopostClient` (the shim).
+sent by `OktopostClient` (sync, for the Celery worker's threads) or `AsyncOktopostClient` (the shim).
 
     calls.verify_request(token) -> OktopostCall --client.send--> httpx.Response --call.parse--> result
                                                        |                            |
@@ -9,7 +8,7 @@ the Celery worker's threads) or `AsyncOktopostClient` (the shim).
 
     vocabulary.py  networks, entity types, paths       answers.py  the answers' shapes (pydantic)
     calls.py       OktopostCall and its builders       reading.py  an answer -> a result or an error
-    client.py      the clients, timeouts, limits
+    client.py      the two clients, timeouts, limits
 
 Every failure is one of `worker.oktopost.errors`; see the tree drawn there for what is retryable.
 
@@ -29,7 +28,6 @@ from worker.oktopost.client import (
     DEFAULT_TIMEOUT,
     USER_AGENT,
     AsyncOktopostClient,
-    LoopOktopostClient,
     OktopostClient,
     timeout_from_settings,
 )
@@ -46,7 +44,6 @@ __all__ = [
     "Credential",
     "Entity",
     "EntityChoice",
-    "LoopOktopostClient",
     "OktopostCall",
     "OktopostClient",
     "VerifiedProfile",

@@ -1,11 +1,9 @@
-"""The clients, sync (the Celery worker's threads) and async (the shim), sending the same calls; the
-worker's sync calls are made on an event loop of their own (`LoopOktopostClient`)."""
+"""The two clients, sync (the Celery worker's threads) and async (the shim), sending the same calls."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -290,43 +288,3 @@ class AsyncOktopostClient(_Connection):
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         await self.aclose()
-
-
-class LoopOktopostClient(OktopostClient):
-    """The blocking client's calls, made by one `AsyncOktopostClient` on an event loop in a thread of its
-    own: each calling thread waits for its answer, while httpx works in that one thread rather than in
-    the worker's sixty-four, which contend for the interpreter and for the connection pool's lock."""
-
-    def __init__(
-        self,
-        base_url: str,
-        account_id: str,
-        api_key: str | SecretStr,
-        *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        _Connection.__init__(self, base_url, account_id, api_key, timeout=timeout, limits=limits)
-        self._calls = AsyncOktopostClient(
-            base_url, account_id, api_key, timeout=timeout, limits=limits, transport=transport
-        )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="oktopost-http", daemon=True)
-        self._thread.start()
-
-    def send(self, call: OktopostCall[_T], *, timeout: float | None = None) -> _T:
-        # the attempt's own deadline is the async client's (asyncio.timeout), so the wait here is bounded
-        return asyncio.run_coroutine_threadsafe(self._calls.send(call, timeout=timeout), self._loop).result()
-
-    @property
-    def is_closed(self) -> bool:
-        return self._calls.is_closed
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self._calls.aclose(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()

@@ -17,7 +17,7 @@ from worker.flows.flow import Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
-from worker.oktopost import AsyncOktopostClient, LoopOktopostClient, OktopostClient, timeout_from_settings
+from worker.oktopost import AsyncOktopostClient, OktopostClient, timeout_from_settings
 from worker.tasks.leases import LeaseKeeper
 from worker.tasks.work import TaskContext
 from worker.upstream.budget import UpstreamBudget
@@ -102,12 +102,11 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 @lru_cache(maxsize=1)
 def upstreams() -> Upstreams[OktopostClient]:
-    """The worker's client and budget of each configured Oktopost account (the clients' calls are made on
-    an event loop of their own, one per account, whichever of the worker's threads makes them)."""
+    """The worker's client and budget of each configured Oktopost account."""
     settings, client = get_settings(), store().redis
     return Upstreams(
         settings.tenants.accounts,
-        lambda account: LoopOktopostClient(
+        lambda account: OktopostClient(
             account.base_url,
             account.account_id,
             account.api_key,
