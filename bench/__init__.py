@@ -26,7 +26,7 @@ from typing import Any
 from bench.connections import ConnectionsResult, run_connections
 from bench.harness import interrupted_by_sigterm, start_redis
 from bench.load import generator_floor
-from bench.report import Row, shared_account_table, table
+from bench.report import Row, cpu_table, shared_account_table, table
 from bench.rolling import ROLLING, RollingResult, run_rolling
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from bench.systems import (
@@ -185,6 +185,10 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
             details.update({f"lost in {k}": v for k, v in row.lost_fates.items()})
             listed = ", ".join(f"{name} {count}" for name, count in details.items())
             print(f"  {row.scenario:<12}  {row.system:<12}  {listed}")
+    if any(row.cpu_seconds for row in rows):
+        print("\nCPU ms per flow while timed (cpu/fl: the system's processes and Redis; the sandbox and")
+        print("the load generator aside):")
+        print(cpu_table(rows))
     staged = [row for row in rows if row.stages_p50_ms]
     if staged:
         print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")

@@ -7,6 +7,8 @@ endpoint enqueues and answers.
 
 Oktopost comes from the OKTOPOST_* settings, Redis (broker and outcomes) from BENCH_REDIS_URL. The one
 thing a textbook task lacks is `on_failure` reporting the outcome: the benchmark needs to see it.
+Like ours, it sends Celery's task events (task-sent from the web, the rest from the worker): a textbook
+deployment is watched in Flower, which shows only what these events say.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ app.conf.update(
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
 )
 
 

@@ -30,11 +30,13 @@ NO_FAULTS: dict[str, Any] = {
     "malformed_rate": 0,
     "retry_after_s": 1,
 }
-# 30% of upstream calls fail transiently: 503s, 429s with a 1 s Retry-After, non-JSON 200s, lost answers
+# 30% of upstream calls fail transiently: 503s, 429s with a 1 s Retry-After, non-JSON 200s, lost answers.
+# A 429 speaks for the account, as Oktopost's do: every call is refused until its Retry-After passes.
 TRANSIENT_FAULTS = {
     "error_rate": 0.10,
     "throttle_rate": 0.08,
     "retry_after_s": 1,
+    "throttle_scope": "account",
     "malformed_rate": 0.06,
     "drop_rate": 0.06,
     "seed": 7,

@@ -38,8 +38,10 @@ class ServedAccount:
     authorizations: Account
     limiter: SlidingWindowLimiter | None = None
     daily: DailyLimit | None = None
+    throttled_until: float = 0.0  # an injected account-wide 429 refuses every call until then (monotonic)
 
     def reset(self) -> None:
+        self.throttled_until = 0.0
         self.authorizations.reset()
         if self.limiter is not None:
             self.limiter.reset()

@@ -1,8 +1,9 @@
 """The sandbox assembled: routes each request to the API, the consent page or the controls.
 
-A `/v2/` call passes, in order: latency, Basic auth (401), the account's daily cap and burst limit (429),
-the fault dice, and only then the endpoint. Faults other than `drop` answer instead of the endpoint, so
-no work is done; `drop` lets the endpoint do its work and then loses the answer. Every refusal is shaped
+A `/v2/` call passes, in order: latency, Basic auth (401), an account-wide injected 429 still in force,
+the account's daily cap and burst limit (429), the fault dice, and only then the endpoint. Faults other
+than `drop` answer instead of the endpoint, so no work is done; `drop` lets the endpoint do its work and
+then loses the answer. Every refusal is shaped
 as the `error_shape` fault says.
 """
 
@@ -114,6 +115,11 @@ class Sandbox:
     def _admit_and_answer(self, request: Request, account: ServedAccount | None) -> Answer | Refusal:
         if account is None:
             return UNAUTHORIZED
+        throttled_for = account.throttled_until - self._clock()
+        if throttled_for > 0:
+            # A call the injected throttle refuses takes no place in the burst window or the daily count.
+            self.stats.throttled_by_fault += 1
+            return self._too_many_requests("Rate limit exceeded", throttled_for)
         limited = self._limited(account)
         if limited is not None:
             return limited
@@ -123,8 +129,7 @@ class Sandbox:
         if fault == "error":
             return Refusal(503, "Service temporarily unavailable")
         if fault == "throttle":
-            self.stats.throttled_by_fault += 1
-            return self._too_many_requests("Rate limit exceeded", self.faults.config.retry_after_s or 0)
+            return self._throttled(account)
         if fault == "timeout":
             return Silence.HANG
         if fault == "malformed":
@@ -152,6 +157,14 @@ class Sandbox:
         if account.daily is not None:
             account.daily.count()
         return None
+
+    def _throttled(self, account: ServedAccount) -> Refusal:
+        """An injected 429; with `throttle_scope` "account" the whole account answers 429 until it passes."""
+        self.stats.throttled_by_fault += 1
+        retry_after_s = self.faults.config.retry_after_s or 0
+        if self.faults.config.throttle_scope == "account":
+            account.throttled_until = self._clock() + retry_after_s
+        return self._too_many_requests("Rate limit exceeded", retry_after_s)
 
     def _too_many_requests(self, message: str, retry_after_s: float) -> Refusal:
         return Refusal(429, message, headers=self.faults.retry_after_headers(retry_after_s))

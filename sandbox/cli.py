@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from sandbox.accounts import AccountKey, parse_account_key
 from sandbox.app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, Sandbox, SandboxConfig
-from sandbox.faults import RETRY_AFTER_FORMATS, FaultConfig, FaultConfigError
+from sandbox.faults import RETRY_AFTER_FORMATS, THROTTLE_SCOPES, FaultConfig, FaultConfigError
 from sandbox.httpserver import HttpServer
 from sandbox.ratelimit import Rate, parse_rate
 from sandbox.refusals import ERROR_SHAPES
@@ -27,6 +27,7 @@ _FAULT_FLAGS = {
     "throttle_rate": "--throttle-rate",
     "retry_after_s": "--retry-after",
     "retry_after_format": "--retry-after-format",
+    "throttle_scope": "--throttle-scope",
     "timeout_rate": "--timeout-rate",
     "drop_rate": "--drop-rate",
     "malformed_rate": "--malformed-rate",
@@ -112,6 +113,12 @@ def _add_fault_flags(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument(
         "--retry-after-format", choices=RETRY_AFTER_FORMATS, help="seconds (default) or http-date"
+    )
+    faults.add_argument(
+        "--throttle-scope",
+        choices=THROTTLE_SCOPES,
+        help="account (default): an injected 429 refuses every call of the account until its Retry-After; "
+        "request: only that call",
     )
     faults.add_argument("--timeout-rate", type=float, help="share of calls never answered")
     faults.add_argument(

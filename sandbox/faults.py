@@ -17,6 +17,9 @@ from sandbox.refusals import ERROR_SHAPES
 FAULT_KINDS = ("error", "throttle", "timeout", "drop", "malformed", "reject")
 RATE_FIELDS = tuple(f"{kind}_rate" for kind in FAULT_KINDS)
 RETRY_AFTER_FORMATS = ("seconds", "http-date")
+# "account": an injected 429 speaks for the account, as Oktopost's do, and every call gets 429 until its
+# Retry-After has passed; "request": only the one call is refused.
+THROTTLE_SCOPES = ("account", "request")
 MAX_LATENCY_MS = 600_000
 MAX_RETRY_AFTER_S = 86_400
 
@@ -43,6 +46,7 @@ class FaultConfig:
     reject_rate: float = 0.0  # HTTP 200 with `Result: false`: a refusal, not a transient fault
     retry_after_s: int | None = 1  # None: every 429 goes without Retry-After
     retry_after_format: str = "seconds"
+    throttle_scope: str = "account"
     # Not a slice of the fault dice: the share of newly connected credentials answered `Status: invalid`.
     invalid_rate: float = 0.0
     error_shape: str = "object"  # the form of `Errors` in every refusal (see sandbox.refusals)
@@ -66,7 +70,11 @@ class FaultConfig:
         return config
 
 
-_CHOICES = {"retry_after_format": RETRY_AFTER_FORMATS, "error_shape": ERROR_SHAPES}
+_CHOICES = {
+    "retry_after_format": RETRY_AFTER_FORMATS,
+    "throttle_scope": THROTTLE_SCOPES,
+    "error_shape": ERROR_SHAPES,
+}
 _NUMBER_RANGES = {
     **{name: (1.0, "a number from 0 to 1") for name in (*RATE_FIELDS, "invalid_rate")},
     "latency_ms": (MAX_LATENCY_MS, f"a number of milliseconds from 0 to {MAX_LATENCY_MS}"),

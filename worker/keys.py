@@ -229,6 +229,12 @@ class AccountNames:
         return f"{self._base}:pause"
 
     @property
+    def resume_ramp(self) -> str:
+        """String: the end of the account's last pause, kept while its parked flows go out again one
+        call at a time, one more for each call that has ended since (worker.upstream.parking)."""
+        return f"{self._base}:resume"
+
+    @property
     def daily_calls_prefix(self) -> str:
         """The day's counter without its day (the budget's Lua appends the day it reads from TIME)."""
         return f"{self._base}:calls:"

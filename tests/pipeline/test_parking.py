@@ -280,3 +280,67 @@ def test_an_account_no_worker_knows_fails_its_parked_flows_and_is_forgotten() ->
     (later,) = claim_more(context, 1)  # a later callback of the account is queued, not parked
     assert parked(context) == []
     assert store.redis.zscore(names.leases, later) is not None
+
+
+def test_after_a_pause_parked_flows_go_out_one_call_first_so_a_new_429_meets_one_not_all() -> None:
+    context, handler = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, 8)
+    budget.account.pause(0.4)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 8
+    while budget.account.standing().paused_until is not None:  # a paused account costs no task run
+        unparker.release_due()
+        time.sleep(0.02)
+    assert enqueuer.enqueued == []
+
+    def released_now() -> list[str]:
+        before = len(enqueuer.enqueued)
+        unparker.release_due()
+        return [flow_id for flow_id, _ in enqueuer.enqueued[before:]]
+
+    def wait_out_the_pause() -> None:
+        while budget.account.standing().paused_until is not None:
+            time.sleep(0.01)
+
+    probe = released_now()
+    assert probe == flow_ids[:1]  # one call first: the earliest deadline
+    assert released_now() == []  # the rest wait while it is in flight
+    handler.queue = [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=PROFILE)]
+    assert verify_flow(context, probe[0]) is TaskOutcome.PARKED  # the new pause met that one flow only
+    assert released_now() == []
+    wait_out_the_pause()
+
+    ended = 0
+    while len(enqueuer.enqueued) < 9:  # each call that ends lets one more go: 1, 2, 4, ...
+        released = released_now()
+        assert len(released) <= 1 + ended
+        outcomes = [verify_flow(context, flow_id) for flow_id in released]
+        assert outcomes == [TaskOutcome.COMPLETED] * len(released)
+        ended += len(released)
+    assert len(handler.seen) == 9  # one call each, and the one 429
+    for flow_id in flow_ids:
+        assert [e["type"] for e in context.store.events(flow_id)].count("connection.completed") == 1
+    assert parked(context) == []
+
+
+def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:
+    context, _ = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, 2)
+    budget.account.pause(0.2)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 2
+    while budget.account.standing().paused_until is not None:
+        time.sleep(0.01)
+    unparker.release_due()
+    assert enqueuer.enqueued == [(flow_ids[0], FlowState.VERIFYING)]
+    budget.account.pause(0.2)  # another client's 429, before the released task starts
+    assert verify_flow(context, flow_ids[0]) is TaskOutcome.PARKED
+    assert context.store.redis.zcard(budget.names.budget_window) == 0  # its unused slot given back
+    while budget.account.standing().paused_until is not None:
+        time.sleep(0.01)
+    unparker.release_due()  # nothing in flight: the ramp lets one go at once
+    assert enqueuer.enqueued[1:] == [(flow_ids[0], FlowState.VERIFYING)]

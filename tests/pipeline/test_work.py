@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+
+from collections.abc import Callable
+from unittest.mock import patch
+
 import fakeredis
 import httpx
 import pytest
@@ -232,3 +236,25 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     ]
     assert len(ends) == 2
     assert all(started <= end <= time.time() for end in ends)
+
+
+def test_a_verified_profile_costs_three_redis_calls_its_end_made_by_its_transition() -> None:
+    context = make_context(Answers(httpx.Response(200, json=PROFILE)))
+    assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED  # scripts loaded, clock read
+    flow = context.store.create("flow-2", "LinkedIn", "profile", None, None)
+    assert context.store.claim_callback(flow, TOKEN + "2").done
+    client = context.store.redis
+    with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
+        assert verify_flow(context, "flow-2") is TaskOutcome.COMPLETED
+    # the work taken, a budget slot, and the transition with the task's aftermath: the call's end in the
+    # budget's window and the task's metrics
+    assert len(sent.call_args_list) == 3, sent.call_args_list
+    window = context.store.redis.zrange(
+        RedisNames("t").account(context.store.default_account).budget_window, 0, -1, withscores=True
+    )
+    assert len(window) == 2
+    assert all(end <= context.store.clock.now() for _, end in window)  # both calls scored by their end
+    metrics = {k.decode(): float(v) for k, v in client.hgetall("t:metrics").items()}
+    assert metrics["outcome|completed"] == 2
+    assert metrics["call|verify|ok"] == 2
+    assert metrics["h|flow|count"] == 2

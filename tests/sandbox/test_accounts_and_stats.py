@@ -63,7 +63,7 @@ def test_a_refused_key_is_counted_but_in_no_account(two_accounts: RunningSandbox
 
 
 def test_injected_429s_count_as_throttled(sandbox: RunningSandbox, api: httpx.Client) -> None:
-    sandbox.set_faults(throttle_rate=1)
+    sandbox.set_faults(throttle_rate=1, throttle_scope="request")  # the next call is dropped, not refused
     api.get(UNKNOWN_TOKEN)
     sandbox.set_faults(throttle_rate=0, timeout_rate=0, drop_rate=1)
     with pytest.raises(httpx.TransportError):
@@ -114,3 +114,42 @@ def test_past_the_daily_limit_429_until_midnight_utc() -> None:
 
 def test_without_a_daily_limit_there_is_none(api: httpx.Client) -> None:
     assert {api.get(UNKNOWN_TOKEN).status_code for _ in range(30)} == {404}
+
+
+def test_an_injected_429_refuses_every_call_of_the_account_until_retry_after(
+    two_accounts: RunningSandbox,
+) -> None:
+    two_accounts.set_faults(throttle_rate=1, retry_after_s=1)
+    with two_accounts.client() as demo, two_accounts.client(auth=OTHER) as other:
+        assert demo.get(UNKNOWN_TOKEN).status_code == 429
+        throttled_at = time.monotonic()
+        two_accounts.set_faults(throttle_rate=0)
+        refused = demo.post(
+            "/v2/social-authorization", data={"network": "LinkedIn", "url": "https://a.example"}
+        )
+        assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+        assert other.get(UNKNOWN_TOKEN).status_code == 404  # the other account was not throttled
+        time.sleep(max(0.0, throttled_at + 1.05 - time.monotonic()))
+        assert demo.get(UNKNOWN_TOKEN).status_code == 404
+    stats = two_accounts.stats()
+    assert stats["responses_429"]["injected"] == 2
+    assert stats["accounts"]["demo-account"] == {"calls": 3, "throttled": 2, "blocked": False}
+
+
+def test_a_request_scoped_429_refuses_only_its_call(two_accounts: RunningSandbox) -> None:
+    assert (
+        two_accounts.set_faults(throttle_rate=1, retry_after_s=60, throttle_scope="request")["throttle_scope"]
+        == "request"
+    )
+    with two_accounts.client() as demo:
+        assert demo.get(UNKNOWN_TOKEN).status_code == 429
+        two_accounts.set_faults(throttle_rate=0)
+        assert demo.get(UNKNOWN_TOKEN).status_code == 404
+
+
+def test_a_reset_lifts_an_account_wide_429(two_accounts: RunningSandbox) -> None:
+    two_accounts.set_faults(throttle_rate=1, retry_after_s=60)
+    with two_accounts.client() as demo:
+        assert demo.get(UNKNOWN_TOKEN).status_code == 429
+        two_accounts.reset()
+        assert demo.get(UNKNOWN_TOKEN).status_code == 404

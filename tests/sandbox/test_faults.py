@@ -154,7 +154,8 @@ def test_a_seed_makes_the_fault_sequence_repeatable(api: httpx.Client, sandbox: 
     def statuses() -> list[int]:
         return [api.get("/v2/credential/003-001000000000000-1").status_code for _ in range(30)]
 
-    sandbox.set_faults(error_rate=0.3, throttle_rate=0.3, seed=1234)
+    # each 429 alone: an account-wide one would answer the calls after it without a roll of the dice
+    sandbox.set_faults(error_rate=0.3, throttle_rate=0.3, throttle_scope="request", seed=1234)
     first = statuses()
     sandbox.set_faults(seed=1234)
     assert statuses() == first
@@ -166,7 +167,7 @@ def test_fault_settings_are_validated_and_answered_in_full(sandbox: RunningSandb
     current = httpx.get(url).json()
     assert set(current) == {
         "latency_ms", "error_rate", "throttle_rate", "retry_after_s", "retry_after_format",
-        "timeout_rate", "drop_rate", "malformed_rate", "reject_rate", "invalid_rate",
+        "throttle_scope", "timeout_rate", "drop_rate", "malformed_rate", "reject_rate", "invalid_rate",
         "error_shape", "seed",
     }  # fmt: skip
     assert httpx.post(url, json={"error_rate": 0.1}).json() == {**current, "error_rate": 0.1}
@@ -178,6 +179,7 @@ def test_fault_settings_are_validated_and_answered_in_full(sandbox: RunningSandb
         ({"latency_ms": -1}, "latency_ms"),
         ({"retry_after_s": 1.5}, "retry_after_s"),
         ({"retry_after_format": "rfc850"}, "retry_after_format"),
+        ({"throttle_scope": "tenant"}, "throttle_scope"),
         ({"seed": "x"}, "seed"),
         ({"typo_rate": 0.1}, "typo_rate"),
         ({"throttle_rate": 0.6, "malformed_rate": 0.6}, "throttle_rate"),

@@ -43,6 +43,7 @@ from worker.events import (
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.flows.transition import (
     DROP,
+    Aftermath,
     Change,
     ReplicaWait,
     Transition,
@@ -292,21 +293,29 @@ class FlowStore:
 
     # transitions made by the task that owns the flow's work: fenced with its owner id
 
-    def offer_selection(self, flow: Flow, entities: list[EntityOffer], owner: str) -> Transition:
+    def offer_selection(
+        self, flow: Flow, entities: list[EntityOffer], owner: str, after: Aftermath | None = None
+    ) -> Transition:
         now = self.clock.now()
         event = SelectionRequired(**_envelope(flow, now), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
-        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner)
+        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner, after=after)
         return self._apply(flow, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
-    def complete(self, flow: Flow, credentials: list[ConnectedCredential], owner: str) -> Transition:
+    # `after`: the task's aftermath (its answered calls' ends, its metrics), made only with the transition
+
+    def complete(
+        self, flow: Flow, credentials: list[ConnectedCredential], owner: str, after: Aftermath | None = None
+    ) -> Transition:
         """Ends the flow `completed`; in the same step its credentials become connections of its tenant
         (scripts/connection_record.lua), so no completed flow can leave a credential unknown."""
         event = ConnectionCompleted(
             **_envelope(flow, self.clock.now()), data=CompletedData(credentials=credentials)
         )
         made = self._connections_made(flow, event)
-        change = Change({}, deadline=DROP, lease=DROP, token=DROP, fence=owner, connections=made)
+        change = Change(
+            {}, deadline=DROP, lease=DROP, token=DROP, fence=owner, connections=made, after=after
+        )
         return self._apply(flow, WORKING_STATES, FlowState.COMPLETED, event, change)
 
     def _connections_made(self, flow: Flow, event: ConnectionCompleted) -> str:
@@ -336,13 +345,17 @@ class FlowStore:
             }
         )
 
-    def fail(self, flow: Flow, code: str, message: str, attempts: int, owner: str) -> Transition:
-        return self._fail(flow, WORKING_STATES, code, message, attempts, owner)
+    def fail(
+        self, flow: Flow, code: str, message: str, attempts: int, owner: str, after: Aftermath | None = None
+    ) -> Transition:
+        return self._fail(flow, WORKING_STATES, code, message, attempts, owner, after=after)
 
-    def give_up(self, flow: Flow, owner: str, reason: ExpiredReason | None = None) -> Transition:
+    def give_up(
+        self, flow: Flow, owner: str, reason: ExpiredReason | None = None, after: Aftermath | None = None
+    ) -> Transition:
         """Ends the flow as expired before its deadline: no attempt could finish in the time left
         (`reason` upstream_blocked: Oktopost's block of the account outlives it)."""
-        return self._expire(flow, only_after_deadline=False, fence=owner, reason=reason)
+        return self._expire(flow, only_after_deadline=False, fence=owner, reason=reason, after=after)
 
     # the work on a flow: one owner at a time, under a lease the sweeper watches
 
@@ -395,6 +408,8 @@ class FlowStore:
                 names.parked_accounts,
                 account.budget_queue,
                 account.budget_alive,
+                account.budget_window,
+                account.early_slots,
             ],
             args=[flow.flow_id, owner, flow.state.value, waiter, wait],
         )
@@ -427,14 +442,21 @@ class FlowStore:
         attempts: int,
         fence: str | None,
         extra: dict[str, str] | None = None,
+        after: Aftermath | None = None,
     ) -> Transition:
         data = FailedData(code=code, message=message, retryable=False, attempts=attempts)
         event = AuthorizationFailed(**_envelope(flow, self.clock.now()), data=data)
         fields = {"failure_code": code, **(extra or {})}
-        return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence)
+        return self._finish(flow, allowed, FlowState.FAILED, event, fields, fence=fence, after=after)
 
     def _expire(
-        self, flow: Flow, *, only_after_deadline: bool, fence: str | None, reason: ExpiredReason | None = None
+        self,
+        flow: Flow,
+        *,
+        only_after_deadline: bool,
+        fence: str | None,
+        reason: ExpiredReason | None = None,
+        after: Aftermath | None = None,
     ) -> Transition:
         if flow.state.terminal:
             return Transition(TransitionOutcome.CONFLICT, state=flow.state)
@@ -448,6 +470,7 @@ class FlowStore:
             token=DROP,
             only_after_deadline=only_after_deadline,
             fence=fence,
+            after=after,
         )
         return self._apply(flow, (flow.state,), FlowState.EXPIRED, event, change)
 
@@ -459,8 +482,9 @@ class FlowStore:
         event: FlowEvent,
         fields: dict[str, str],
         fence: str | None,
+        after: Aftermath | None = None,
     ) -> Transition:
-        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence)
+        change = Change(fields, deadline=DROP, lease=DROP, token=DROP, fence=fence, after=after)
         return self._apply(flow, allowed, state, event, change)
 
     def _apply(

@@ -53,6 +53,18 @@ DROP = Drop.DROP
 
 
 @dataclass(frozen=True, slots=True)
+class Aftermath:
+    """What a task does when its transition ends its work, made in the transition's own call, and only if
+    the transition is: its answered calls scored by their end in the account's budget window, and its
+    metric observations added to the workers' hash."""
+
+    window: str
+    waiters: tuple[str, ...]
+    metrics_key: str
+    metrics: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """What a transition does beside the state change and the event."""
 
@@ -69,6 +81,7 @@ class Change:
     park_behind: str | None = None
     # a completion's: the JSON of the connections it makes (worker.connections.records.connections_made)
     connections: str | None = None
+    after: Aftermath | None = None  # a task's transition: never with a claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +122,8 @@ class TransitionScript:
     ) -> Transition:
         """`allowed`: the states the flow may be in (none: it must not exist yet); `account`: the Oktopost
         account whose reserved calls the flow counts in."""
+        if change.after is not None and (change.claim_key or change.park_behind):
+            raise ValueError("a claim carries no task's aftermath")
         live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
@@ -123,6 +138,7 @@ class TransitionScript:
                 self.names.all_events_stream,
                 *([change.claim_key] if change.claim_key else []),
                 *([change.park_behind, self.names.parked_accounts] if change.park_behind else []),
+                *([change.after.window, change.after.metrics_key] if change.after else []),
             ],
             args=[
                 flow_id,
@@ -143,6 +159,7 @@ class TransitionScript:
                 self.retention * 1000,
                 change.connections or "",
                 self.names.connection_channel(""),
+                *_aftermath_args(change.after),
                 *(item for pair in change.fields.items() for item in pair),
             ],
         )
@@ -182,6 +199,15 @@ class TransitionScript:
 @dataclass(frozen=True, slots=True)
 class _Confirmations:
     count: int
+
+
+def _aftermath_args(after: Aftermath | None) -> list[str | int | float]:
+    if after is None:
+        return [""]
+    args: list[str | int | float] = ["after", len(after.waiters), *after.waiters, len(after.metrics)]
+    for name, amount in after.metrics:
+        args += [name, repr(amount)]
+    return args
 
 
 def _arg(value: float | str | Drop | None) -> str:

@@ -65,7 +65,7 @@ class WorkerMetrics:
             self._send(pending)
 
     def outcome(self, outcome: str) -> None:
-        self._add({f"outcome{_SEP}{outcome}": 1})
+        self._add(outcome_fields(outcome))
 
     def retry(self, fault: str) -> None:
         self._add({f"retry{_SEP}{fault}": 1})
@@ -84,7 +84,21 @@ class WorkerMetrics:
         self._add(fields)
 
     def callback_to_terminal(self, seconds: float) -> None:
-        self._add(_histogram_fields("flow", seconds, FLOW_BUCKETS))
+        self._add(callback_to_terminal_fields(seconds))
+
+    def pending(self, *more: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+        """This thread's batch so far and `more`, for a flow transition to add in its own call (when it
+        is made, `handed_over`); the batch keeps them until then."""
+        fields: Counter[str] = Counter(getattr(self._local, "pending", None) or {})
+        for extra in more:
+            fields.update(extra)
+        return tuple(fields.items())
+
+    def handed_over(self) -> None:
+        """A transition added this thread's batch so far (`pending`): the batch does not send it again."""
+        pending: Counter[str] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.clear()
 
     def _add(self, fields: dict[str, float]) -> None:
         pending: Counter[str] | None = getattr(self._local, "pending", None)
@@ -103,6 +117,16 @@ class WorkerMetrics:
             self._add_script(keys=[self.key], args=flat)
         except redis.RedisError as error:  # metrics never break a flow
             log.debug("metrics not recorded: %s", type(error).__name__)
+
+
+def outcome_fields(outcome: str) -> dict[str, float]:
+    """A flow ended (or skipped) by a task, by outcome or code."""
+    return {f"outcome{_SEP}{outcome}": 1}
+
+
+def callback_to_terminal_fields(seconds: float) -> dict[str, float]:
+    """An observation of the time from a flow's callback to its terminal event."""
+    return _histogram_fields("flow", seconds, FLOW_BUCKETS)
 
 
 def _histogram_fields(name: str, value: float, buckets: Iterable[float]) -> dict[str, float]:

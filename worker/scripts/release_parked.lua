@@ -15,17 +15,25 @@
 -- until then). Such a slot is also kept in the early zset until it frees: the finished call it replaces
 -- and the slot are then both in the window, and they count as one.
 --
+-- After a pause (a 429: account_pause.lua keeps its end as the ramp's start), the parked flows go out
+-- gradually, as TCP's slow start does: one call in flight at first, one more for each call that has
+-- ended since the pause, until ARGV[10] have (or the ramp key expires). Released all at once, every one
+-- of them would meet the next 429 and be parked again: a task run and a call wasted for each.
+--
 -- KEYS: 1 the account's parked zset, 2 parked accounts zset (members: the accounts' parked zsets),
 --       3 budget window zset, 4 budget queue zset, 5 the account's pause, 6 leases zset, 7 early zset,
---       8.. the candidates' flow hashes (in ARGV's order)
+--       8 the account's resume ramp (the end of its last pause, while its ramp lasts),
+--       9.. the candidates' flow hashes (in ARGV's order)
 -- ARGV: 1 limit, 2 period (s), 3 seconds a reserved slot is held (the task's start and its call),
 --       4 calls a day or "", 5 prefix of the day's counter, 6 seconds the queued task gets to start (its
---       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, 9 lead (s), then
---       per candidate (ARGV[10 + 5i ..]): flow id, the state its task works on, the task's message, ""
+--       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, 9 lead (s),
+--       10 calls that must end after a pause before its ramp is over, then
+--       per candidate (ARGV[11 + 5i ..]): flow id, the state its task works on, the task's message, ""
 --       or its task-sent event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
 --          seconds until the account is next due, or "-1" when nothing is parked any more,
---          {flow id, "blocked" | "late", ...}: the flows no slot can come for before their deadline}
+--          {flow id, "blocked" | "late", ...}: the flows no slot can come for before their deadline,
+--          "1" when the ramp after a pause holds parked flows back until calls in flight end else "0"}
 
 local parked, accounts, window, queue, early = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local member, limit, period = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -59,7 +67,19 @@ end
 local paused_until = tonumber(redis.call("GET", KEYS[5]) or "0")
 if paused_until > now then
   doom_before(paused_until, "blocked")
-  return {{}, "0", due_in(paused_until - now), doomed}
+  return {{}, "0", due_in(paused_until - now), doomed, "0"}
+end
+-- the most flows released now while a ramp lasts (nil: no ramp): calls ended since the pause, plus
+-- one, less the calls in flight (granted or reserved: scored by their latest end, after now)
+local cap = nil
+local ramp_from = tonumber(redis.call("GET", KEYS[8]) or "0")
+if ramp_from > 0 then
+  local ended = redis.call("ZCOUNT", window, ramp_from, now)
+  if ended >= tonumber(ARGV[10]) then
+    redis.call("DEL", KEYS[8])
+  else
+    cap = 1 + ended - redis.call("ZCOUNT", window, "(" .. now, "+inf")
+  end
 end
 local day = math.floor(now / 86400)
 local day_key = ARGV[5] .. day
@@ -83,10 +103,10 @@ end
 
 local released = {}
 local stopped, waiting_ahead = false, false
-for i = 1, #KEYS - 7 do
-  local base = 10 + (i - 1) * 5
+for i = 1, #KEYS - 8 do
+  local base = 11 + (i - 1) * 5
   local flow_id, state = ARGV[base], ARGV[base + 1]
-  local flow = KEYS[7 + i]
+  local flow = KEYS[8 + i]
   local deadline = redis.call("ZSCORE", parked, flow_id)
   if deadline then
     local current = redis.call("HMGET", flow, "state", "owner")
@@ -97,6 +117,9 @@ for i = 1, #KEYS - 7 do
       redis.call("ZREM", parked, flow_id)
       doomed[#doomed + 1] = flow_id
       doomed[#doomed + 1] = "late"
+    elseif cap and #released >= cap then
+      stopped = true
+      break
     else
       -- waiters in a thread (short waits, Step 1) with an earlier deadline keep their precedence
       local ahead = redis.call("ZCOUNT", queue, "-inf", "(" .. deadline)
@@ -148,10 +171,14 @@ elseif stopped and waiting_ahead then
   wait = 0.05 -- room, but taken by earlier waiters in threads: look again shortly
 end
 local kind = "late"
+local held_back = cap ~= nil and #released >= cap and redis.call("ZCARD", parked) > 0
+if held_back and wait < 0.05 then
+  wait = 0.05 -- the ramp waits for calls in flight to end (a worker whose task ended one looks at once)
+end
 if daily_limit and used + #released >= daily_limit then
   wait = (day + 1) * 86400 - now
   kind = "blocked"
 end
 doom_before(now + wait, kind)
-local more = not stopped and #KEYS > 7 and room_left and redis.call("ZCARD", parked) > 0
-return {released, more and "1" or "0", due_in(wait), doomed}
+local more = not stopped and not held_back and #KEYS > 8 and room_left and redis.call("ZCARD", parked) > 0
+return {released, more and "1" or "0", due_in(wait), doomed, held_back and "1" or "0"}

@@ -10,6 +10,8 @@
 --       9, 10 (claims only, optional) the account's parked zset and the parked accounts zset: when flows
 --         of the account already wait for its budget, parked, the claimed flow joins them (scored by its
 --         deadline, no lease) instead of queuing a task that would only park it (worker.upstream.parking)
+--       8, 9 instead (a task's transition with its aftermath, ARGV[22] "after"): the account's budget
+--         window zset and the workers' metrics hash
 -- ARGV: 1 flow id
 --       2 allowed current states as ",a,b," ("" = the flow must not exist yet)
 --       3 new state
@@ -34,7 +36,11 @@
 --         when that changes an existing one's status (connect_credentials in connection_record.lua,
 --         which names the keys it writes: the project assumes one Redis), 21 the connection channels'
 --         prefix
---      22.. field, value pairs to store in the flow hash
+--      22 "after" when the task's aftermath comes with the transition (made only if it is), else "":
+--         23 g, then g waiter ids of the task's budget grants whose calls answered, each scored in the
+--         window by its end, now (what budget_finished.lua does for one); then m, then m field, amount
+--         pairs added to the metrics hash (what metrics_add.lua does): the task's end costs no more calls
+--      then field, value pairs to store in the flow hash
 -- Returns {"ok", seq} | {"missing"} | {"conflict", state, token_fp} | {"early", deadline}
 --       | {"token_in_use", flow} | {"fenced", state}
 
@@ -43,6 +49,13 @@
 local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local reserved = KEYS[6]
 local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local after = ARGV[22] == "after"
+local grants, first_metric, first_field = 0, 0, 23
+if after then
+  grants = tonumber(ARGV[23])
+  first_metric = 25 + grants
+  first_field = first_metric + 2 * tonumber(ARGV[24 + grants])
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
@@ -82,7 +95,7 @@ else
     return {"early", current[3]}
   end
 end
-local claim_key = KEYS[8]
+local claim_key = not after and KEYS[8]
 if claim_key then
   local holder = redis.call("GET", claim_key)
   if holder and holder ~= flow_id then
@@ -91,7 +104,7 @@ if claim_key then
 end
 
 local fields = {"state", new_state}
-for i = 22, #ARGV, 2 do
+for i = first_field, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "entity_type" then
@@ -142,6 +155,15 @@ if ARGV[20] ~= "" then
   local route = {stream = KEYS[7], oldest_ms = oldest_ms, all = ARGV[6], tenant = ARGV[18],
                  connection_prefix = ARGV[21]}
   connect_credentials(cjson.decode(ARGV[20]), route, math.floor(now * 1000))
+end
+if after then
+  for i = 24, 23 + grants do
+    redis.call("ZADD", KEYS[8], "XX", now, ARGV[i])
+  end
+  for i = first_metric, first_field - 1, 2 do
+    redis.call("HINCRBYFLOAT", KEYS[9], ARGV[i], ARGV[i + 1])
+  end
+  return {"ok", seq}
 end
 local parked = KEYS[9]
 if parked and redis.call("ZCARD", parked) > 0 then

@@ -56,8 +56,11 @@ def _handed_back(flow_id: str) -> str | None:
 
 
 def _ran(outcome: work.TaskOutcome) -> str:
-    if outcome is work.TaskOutcome.PARKED and _unparker is not None:
-        _unparker.wake()  # the flow's account may be due before the unparker's next look
+    if _unparker is not None:
+        if outcome is work.TaskOutcome.PARKED:
+            _unparker.wake()  # the flow's account may be due before the unparker's next look
+        else:
+            _unparker.call_ended()  # a ramp after a pause may release the next parked flow now
     return outcome.value
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,8 +21,8 @@ from typing import TypeVar
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flows.flow import Flow, FlowState
 from worker.flows.store import FlowStore, TakeOutcome
-from worker.flows.transition import Transition, TransitionOutcome
-from worker.observing.metrics import WorkerMetrics
+from worker.flows.transition import Aftermath, Transition, TransitionOutcome
+from worker.observing.metrics import WorkerMetrics, callback_to_terminal_fields, outcome_fields
 from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile, check_verify_fits
 from worker.oktopost.errors import (
     OktopostError,
@@ -69,13 +69,14 @@ class TaskContext:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One task's work on one flow: the flow as it was taken, the hold that fences it, and its account's
-    client and budget."""
+    """One task's work on one flow: the flow as it was taken, the hold that fences it, its account's
+    client and budget, and the budget slots of its calls that answered (their end is recorded last)."""
 
     context: TaskContext
     flow: Flow
     held: Held
     upstream: Upstream[OktopostClient]
+    answered: list[Grant]
 
     @property
     def owner(self) -> str:
@@ -135,7 +136,7 @@ def _work_on(
         if upstream is None:  # its tenant's account left the configuration while the flow was under way
             return _unconfigured(context, taken.flow, owner, account)
         with _then_finish(upstream.budget, answered), context.leases.hold(flow_id, owner) as held:
-            job = _Job(context, taken.flow, held, upstream)
+            job = _Job(context, taken.flow, held, upstream, answered)
             if taken.token is None:
                 return _give_up(job)
             token = taken.token
@@ -173,8 +174,8 @@ def _admission(job: _Job, answered: list[Grant]) -> Admission:
     A wait longer than PARK_AFTER_SECONDS raises NoBudgetNow: the task parks the flow and ends. The
     first attempt of a task whose flow was released from parking uses the slot it was released with.
     A failed attempt's slot is scored by its end at once; one that answered goes to `answered`, and its
-    end is recorded after the flow's transition (see `_work_on`), off the path from callback to terminal
-    event. A wait for budget ends as soon as the flow is lost to another task.
+    end is recorded by the flow's transition, in the same call (see `_aftermath`), or after it when the
+    transition is not made. A wait for budget ends as soon as the flow is lost to another task.
     """
     policy = job.context.policy
     slots = [job.flow.budget_slot] if job.flow.budget_slot else []
@@ -233,11 +234,13 @@ def _verified(job: _Job, answer: VerifiedProfile | EntityChoice, attempts: int) 
     if isinstance(answer, VerifiedProfile):
         return _complete(job, [answer.credential], attempts)
     offers = [EntityOffer(**entity.model_dump()) for entity in answer.entities]
-    transition = job.context.store.offer_selection(job.flow, offers, job.owner)
+    after = _aftermath(job, outcome_fields(TaskOutcome.SELECTION_REQUIRED))
+    transition = job.context.store.offer_selection(job.flow, offers, job.owner, after=after)
     if not transition.done:
         return _not_ours(job, transition)
+    _handed_over(job)
     log.info("flow %s offers %d entities after %d attempt(s)", job.flow.flow_id, len(offers), attempts)
-    return _recorded(job.context, TaskOutcome.SELECTION_REQUIRED)
+    return TaskOutcome.SELECTION_REQUIRED
 
 
 def expire_flow(store: FlowStore, flow_id: str) -> TaskOutcome:
@@ -277,32 +280,53 @@ def _on_retry(job: _Job) -> Callable[[OktopostError, float], None]:
 
 def _complete(job: _Job, credentials: list[Credential], attempts: int) -> TaskOutcome:
     connected = [_connected(credential) for credential in credentials]
-    transition = job.context.store.complete(job.flow, connected, job.owner)
+    after = _aftermath(job, outcome_fields(TaskOutcome.COMPLETED), _time_to_terminal(job))
+    transition = job.context.store.complete(job.flow, connected, job.owner, after=after)
     if not transition.done:
         return _not_ours(job, transition)
+    _handed_over(job)
     log.info("flow %s completed after %d attempt(s)", job.flow.flow_id, attempts)
-    _time_to_terminal(job)
-    return _recorded(job.context, TaskOutcome.COMPLETED)
+    return TaskOutcome.COMPLETED
 
 
 def _give_up(job: _Job, reached: Exception | None = None, reason: ExpiredReason | None = None) -> TaskOutcome:
     if reached is not None:
         log.warning("flow %s expires in stage %s: %s", job.flow.flow_id, job.flow.state.stage, reached)
-    transition = job.context.store.give_up(job.flow, job.owner, reason)
+    after = _aftermath(job, outcome_fields(TaskOutcome.EXPIRED), _time_to_terminal(job))
+    transition = job.context.store.give_up(job.flow, job.owner, reason, after=after)
     if not transition.done:
         return _not_ours(job, transition)
-    _time_to_terminal(job)
-    return _recorded(job.context, TaskOutcome.EXPIRED)
+    _handed_over(job)
+    return TaskOutcome.EXPIRED
 
 
 def _fail(job: _Job, refused: RefusedError, code: str) -> TaskOutcome:
-    transition = job.context.store.fail(job.flow, code, str(refused), refused.attempts, job.owner)
+    after = _aftermath(job, outcome_fields(TaskOutcome.FAILED), outcome_fields(code), _time_to_terminal(job))
+    transition = job.context.store.fail(
+        job.flow, code, str(refused), refused.attempts, job.owner, after=after
+    )
     if not transition.done:
         return _not_ours(job, transition)
+    _handed_over(job)
     log.warning("flow %s failed: %s (%s)", job.flow.flow_id, code, refused)
-    _time_to_terminal(job)
-    job.context.metrics.outcome(code)
     return TaskOutcome.FAILED
+
+
+def _aftermath(job: _Job, *metrics: Mapping[str, float]) -> Aftermath:
+    """The end of the task's work, made in its last transition's own call rather than two more: the
+    ends of its calls that answered (their budget slots) and its metric observations with `metrics`."""
+    return Aftermath(
+        window=job.upstream.budget.names.budget_window,
+        waiters=tuple(grant.waiter for grant in job.answered),
+        metrics_key=job.context.metrics.key,
+        metrics=job.context.metrics.pending(*metrics),
+    )
+
+
+def _handed_over(job: _Job) -> None:
+    """The transition made the aftermath: nothing of it is left to record."""
+    job.answered.clear()
+    job.context.metrics.handed_over()
 
 
 def _not_ours(job: _Job, transition: Transition) -> TaskOutcome:
@@ -320,9 +344,10 @@ def _recorded(context: TaskContext, outcome: TaskOutcome) -> TaskOutcome:
     return outcome
 
 
-def _time_to_terminal(job: _Job) -> None:
-    if job.flow.callback_at is not None:
-        job.context.metrics.callback_to_terminal(job.context.store.clock.now() - job.flow.callback_at)
+def _time_to_terminal(job: _Job) -> dict[str, float]:
+    if job.flow.callback_at is None:
+        return {}
+    return callback_to_terminal_fields(job.context.store.clock.now() - job.flow.callback_at)
 
 
 def _connected(credential: Credential) -> ConnectedCredential:

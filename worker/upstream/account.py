@@ -32,6 +32,7 @@ DAY_SECONDS = 86400
 # a new flow's own calls (Step 1, verify and, for pages and groups, the PUT); retries are not reserved
 CALLS_PER_FLOW = {"profile": 2, "page": 3, "group": 3}
 ADMISSION_SECONDS = 60.0  # a Step 1 that never creates its flow (its shim died) gives its calls back then
+RAMP_SECONDS = 60.0  # after a pause, parked flows go out gradually for at most this long (parking)
 
 
 def utc_day(now: float) -> int:
@@ -85,8 +86,8 @@ class Account:
         else for `block_seconds`; returns the pause's end (the later one, when one was in force)."""
         seconds = self.block_seconds if retry_after is None else max(0.0, retry_after)
         answer = self._pause(
-            keys=[self.names.account_pause, self.names.worker_metrics],
-            args=[seconds, self.names.pauses_field],
+            keys=[self.names.account_pause, self.names.worker_metrics, self.names.resume_ramp],
+            args=[seconds, self.names.pauses_field, RAMP_SECONDS],
         )
         entered, ends = int(answer[0]), float(text(answer[1]))
         if entered:

@@ -13,6 +13,9 @@ day's limit outlives it, without a reason when the budget is merely too busy. An
 knows any more (removed from the configuration) is overdue for good: after STRANDED_SECONDS any
 unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
 callbacks of it are queued, not parked.
+
+After a pause (a 429), the account's flows go out again gradually: one call in flight at first, one more
+for each call that has ended since, so a new 429 meets a few calls, not every parked flow.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ MAX_IDLE_SECONDS = 1.0
 LEAD_SECONDS = 0.1
 # An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look)
 STRANDED_SECONDS = 10.0
+# After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
+RAMP_CALLS = 32
 
 
 class TaskQueue(Protocol):
@@ -78,12 +83,18 @@ class Unparker(BackgroundThreads):
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
         self._drop = scripts.register(store.redis, "parked_drop")
+        self._held_back = False  # the last pass left flows parked for a ramp's calls in flight to end
         self._woken = threading.Event()
         super().__init__({"oktopost-unparker": self._run})
 
     def wake(self) -> None:
         """A flow was parked here: its account may be due before the next look."""
         self._woken.set()
+
+    def call_ended(self) -> None:
+        """A task here ended its call: while a ramp holds parked flows back, the next may go now."""
+        if self._held_back:
+            self._woken.set()
 
     def release_due(self) -> tuple[int, float]:
         """One pass over the accounts that are due; returns (flows released, seconds until the next
@@ -95,6 +106,7 @@ class Unparker(BackgroundThreads):
             (seconds, micros), accounts = pipe.execute()
         now = seconds + micros / 1e6
         released, next_in = 0, MAX_IDLE_SECONDS
+        self._held_back = False
         for raw, due in accounts:
             if due > now:
                 next_in = min(next_in, due - now)
@@ -130,11 +142,13 @@ class Unparker(BackgroundThreads):
         lead = min(LEAD_SECONDS, budget.period / 4)
         # as many candidates as the window seems to have room for within the lead (the script decides):
         # a message is built for each, and a slot usually frees one at a time
+        now = time.time()
         with store.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(account.budget_window, f"({time.time() - budget.period + lead}", "+inf")
+            pipe.zcount(account.budget_window, f"({now - budget.period + lead}", "+inf")
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
-            in_window, parked = pipe.execute()
-        room = min(BATCH, max(1, budget.limit - int(in_window)))
+            pipe.get(account.resume_ramp)
+            in_window, parked, ramp_from = pipe.execute()
+        room = min(BATCH, max(1, budget.limit - int(in_window)), self._ramp_room(budget, ramp_from, now))
         candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
@@ -151,7 +165,7 @@ class Unparker(BackgroundThreads):
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
-        args += [lead]
+        args += [lead, RAMP_CALLS]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
@@ -164,6 +178,7 @@ class Unparker(BackgroundThreads):
                 account.account_pause,
                 names.leases,
                 account.early_slots,
+                account.resume_ramp,
                 *(names.flow_state(flow_id) for flow_id, _, _ in work),
             ],
             args=args,
@@ -179,6 +194,7 @@ class Unparker(BackgroundThreads):
                 self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
+        self._held_back = self._held_back or text(answer[4]) == "1"
         return released, text(answer[1]) == "1", float(text(answer[2]))
 
     def _end_unserved(self, flow_id: str, reason: ExpiredReason | None) -> None:
@@ -208,6 +224,18 @@ class Unparker(BackgroundThreads):
             if store.fail_unclaimed(flow, UnauthorizedError.code, message).done:
                 log.warning("parked flow %s failed: %s", flow_id, message)
         self._drop(keys=[parked_set, store.names.parked_accounts], args=flow_ids)
+
+    def _ramp_room(self, budget: UpstreamBudget, ramp_from: bytes | None, now: float) -> int:
+        """While a ramp lasts, about as many flows as the script will release (it decides): no message
+        is built for a flow it would hold back."""
+        if ramp_from is None:
+            return BATCH
+        window = budget.names.budget_window
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(window, float(ramp_from), now)
+            pipe.zcount(window, f"({now}", "+inf")
+            ended, in_flight = pipe.execute()
+        return max(0, 1 + int(ended) - int(in_flight))
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -64,7 +65,8 @@ def is_transient(error: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Schedule:
-    """The tenacity settings for one call: when to retry, how long to wait, when to stop."""
+    """One call's own terms: its deadline, its clock, whom to tell of a retry. It travels to tenacity's
+    callbacks as the attempt's argument, so one prepared `Retrying` serves every call."""
 
     deadline: float
     policy: RetryPolicy
@@ -72,44 +74,60 @@ class _Schedule:
     on_retry: Callable[[OktopostError, float], None] | None
     paused_by_admission: bool = False  # a 429 pauses the account, and the admission waits that out
 
-    def tenacity_kwargs(self) -> dict[str, Any]:
-        backoff = wait_random_exponential(
-            multiplier=self.policy.backoff_multiplier, max=self.policy.backoff_max
-        )
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            throttled = error if isinstance(error, ThrottledError) else None
-            if throttled is not None and throttled.retry_after is not None and not self.paused_by_admission:
-                return throttled.retry_after  # Oktopost's word: honoured in full, or not at all (stop)
-            # our own backoff never waits past the moment that still leaves time for one attempt:
-            # a jittered 4 s near the deadline would otherwise give the flow up seconds early
-            room = self.deadline - self.clock() - self.policy.min_attempt_seconds
-            return max(0.0, min(float(backoff(state)), room))
-
-        def stop(state: RetryCallState) -> bool:
-            return (
-                self.clock() + (state.upcoming_sleep or 0.0) + self.policy.min_attempt_seconds > self.deadline
-            )
-
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            if self.on_retry is not None and isinstance(error, OktopostError):
-                self.on_retry(error, state.upcoming_sleep or 0.0)
-
-        return {
-            "retry": retry_if_exception(is_transient),
-            "wait": wait,
-            "stop": stop,
-            "before_sleep": before_sleep,
-            "reraise": False,
-        }
-
     def attempt_timeout(self) -> float:
         left = self.deadline - self.clock()
         if left < self.policy.min_attempt_seconds:
             raise _NoTimeLeft()
         return min(self.policy.max_attempt_seconds, left)
+
+
+def _schedule_of(state: RetryCallState) -> _Schedule:
+    schedule: _Schedule = state.args[0]
+    return schedule
+
+
+def _tenacity_kwargs(policy: RetryPolicy) -> dict[str, Any]:
+    """The tenacity settings of a policy: when to retry, how long to wait, when to stop (each call's
+    deadline is read from its `_Schedule`)."""
+    backoff = wait_random_exponential(multiplier=policy.backoff_multiplier, max=policy.backoff_max)
+
+    def wait(state: RetryCallState) -> float:
+        schedule = _schedule_of(state)
+        error = state.outcome.exception() if state.outcome else None
+        throttled = error if isinstance(error, ThrottledError) else None
+        if throttled is not None and throttled.retry_after is not None and not schedule.paused_by_admission:
+            return throttled.retry_after  # Oktopost's word: honoured in full, or not at all (stop)
+        # our own backoff never waits past the moment that still leaves time for one attempt:
+        # a jittered 4 s near the deadline would otherwise give the flow up seconds early
+        room = schedule.deadline - schedule.clock() - policy.min_attempt_seconds
+        return max(0.0, min(float(backoff(state)), room))
+
+    def stop(state: RetryCallState) -> bool:
+        schedule = _schedule_of(state)
+        return (
+            schedule.clock() + (state.upcoming_sleep or 0.0) + policy.min_attempt_seconds > schedule.deadline
+        )
+
+    def before_sleep(state: RetryCallState) -> None:
+        on_retry = _schedule_of(state).on_retry
+        error = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and isinstance(error, OktopostError):
+            on_retry(error, state.upcoming_sleep or 0.0)
+
+    return {
+        "retry": retry_if_exception(is_transient),
+        "wait": wait,
+        "stop": stop,
+        "before_sleep": before_sleep,
+        "reraise": False,
+    }
+
+
+@lru_cache(maxsize=16)
+def _prepared(policy: RetryPolicy, sleep: Callable[[float], None]) -> Retrying:
+    """One `Retrying` per policy and sleep, built once and reused by every call in every thread:
+    tenacity keeps a call's state (attempt number, statistics) per thread."""
+    return Retrying(sleep=sleep, **_tenacity_kwargs(policy))
 
 
 def _attempts(retrying: Retrying | AsyncRetrying) -> int:
@@ -149,14 +167,14 @@ def call_until_deadline(
     with `.attempts`), or `DeadlineReached`.
     """
     schedule = _Schedule(deadline, policy, clock, on_retry, paused_by_admission=admit is not None)
-    retrying = Retrying(sleep=sleep, **schedule.tenacity_kwargs())
+    retrying = _prepared(policy, sleep)
 
-    def bounded_attempt() -> T:
+    def bounded_attempt(schedule: _Schedule) -> T:
         with admit() if admit is not None else nullcontext():
             return attempt(schedule.attempt_timeout())
 
     with _outcome_of(retrying):
-        result = retrying(bounded_attempt)
+        result = retrying(bounded_attempt, schedule)
     return result, _attempts(retrying)
 
 
@@ -172,9 +190,10 @@ async def acall_until_deadline(
     """The same policy for async callers (the shim's Step 1); `admit()` returns the call's `finished`,
     told the error the attempt raised, if any."""
     schedule = _Schedule(deadline, policy, clock, on_retry, paused_by_admission=admit is not None)
-    retrying = AsyncRetrying(sleep=asyncio.sleep, **schedule.tenacity_kwargs())
+    # built for each call: the calls of one event loop share its thread, and so would a prepared one's state
+    retrying = AsyncRetrying(sleep=asyncio.sleep, **_tenacity_kwargs(policy))
 
-    async def bounded_attempt() -> T:  # a coroutine function, so tenacity awaits it
+    async def bounded_attempt(schedule: _Schedule) -> T:  # a coroutine function, so tenacity awaits it
         finished = await admit() if admit is not None else None
         try:
             result = await attempt(schedule.attempt_timeout())
@@ -187,5 +206,5 @@ async def acall_until_deadline(
         return result
 
     with _outcome_of(retrying):
-        result: T = await retrying(bounded_attempt)
+        result: T = await retrying(bounded_attempt, schedule)
     return result, _attempts(retrying)
