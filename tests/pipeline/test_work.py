@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-
-
-from collections.abc import Callable
 from unittest.mock import patch
 
 import fakeredis
@@ -15,6 +12,7 @@ import pytest
 from tests.support.clocks import seen_from
 from tests.support.work import FAST, PAGES, PROFILE, TOKEN, Answers, claimed, make_context
 from worker.flows.flow import FlowState
+from worker.keys import RedisNames
 from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
 

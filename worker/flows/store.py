@@ -313,9 +313,7 @@ class FlowStore:
             **_envelope(flow, self.clock.now()), data=CompletedData(credentials=credentials)
         )
         made = self._connections_made(flow, event)
-        change = Change(
-            {}, deadline=DROP, lease=DROP, token=DROP, fence=owner, connections=made, after=after
-        )
+        change = Change({}, deadline=DROP, lease=DROP, token=DROP, fence=owner, connections=made, after=after)
         return self._apply(flow, WORKING_STATES, FlowState.COMPLETED, event, change)
 
     def _connections_made(self, flow: Flow, event: ConnectionCompleted) -> str:
