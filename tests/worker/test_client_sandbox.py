@@ -218,7 +218,7 @@ def faulty(sandbox: Sandbox) -> Iterator[Sandbox]:
     ("faults", "expected"),
     [
         ({"error_rate": 1}, ServerError),
-        ({"throttle_rate": 1, "retry_after_s": 3}, ThrottledError),
+        ({"throttle_rate": 1, "retry_after_s": 3, "throttle_scope": "request"}, ThrottledError),
         ({"malformed_rate": 1}, MalformedAnswerError),
         ({"drop_rate": 1}, UpstreamTransportError),
         ({"timeout_rate": 1}, UpstreamTransportError),
