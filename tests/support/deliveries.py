@@ -30,6 +30,10 @@ class Receiver:
         headers = {"Location": "https://10.0.0.1/"} if 300 <= status < 400 else {}
         return httpx.Response(status, headers=headers)
 
+    def event_ids(self) -> list[str]:
+        """The `webhook-id` of every request, in the order they came."""
+        return [request.headers["webhook-id"] for request in self.requests]
+
 
 @dataclass
 class Setup:

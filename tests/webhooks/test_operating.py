@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.support.deliveries import PUBLIC, Receiver
 from worker.follow.consume import StreamedEvent
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
@@ -24,22 +25,7 @@ from worker.webhooks.delivery import Courier, Slots
 from worker.webhooks.dispatcher import Dispatcher
 from worker.webhooks.endpoints import Endpoint, EndpointChange, NoAttempt, WebhookStore, matches
 
-PUBLIC = "93.184.215.14"
 URL = "https://hooks.partner.example/oktopost"
-
-
-@dataclass
-class Receiver:
-    statuses: list[int] = field(default_factory=lambda: [200])
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return httpx.Response(status)
-
-    def event_ids(self) -> list[str]:
-        return [request.headers["webhook-id"] for request in self.requests]
 
 
 @dataclass

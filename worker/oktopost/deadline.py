@@ -52,7 +52,7 @@ def _addresses(host: str, port: int) -> list[str]:
     """The addresses to connect to: `host` itself when it is one or no attempt is under way, else its
     addresses, looked up within the time the attempt has left (httpcore's ConnectTimeout past it)."""
     deadline = _deadline.get()
-    if deadline is None or _is_address(host):
+    if deadline is None or is_address(host):
         return [host]
     lookup = _lookups.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
@@ -64,7 +64,8 @@ def _addresses(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in found))
 
 
-def _is_address(host: str) -> bool:
+def is_address(host: str) -> bool:
+    """Whether `host` is an IP address (v4 or v6) rather than a name to look up."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -21,7 +21,6 @@ not followed (a 3xx is a failed attempt): a redirect could lead anywhere, past t
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import threading
@@ -35,7 +34,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from worker.observing.metrics import WorkerMetrics
-from worker.oktopost.deadline import bound_attempts, end_attempt, start_attempt
+from worker.oktopost.deadline import bound_attempts, end_attempt, is_address, start_attempt
 from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore
 from worker.webhooks.urls import RefusedUrl, Resolver, resolve, target_of
 
@@ -209,7 +208,7 @@ class Courier:
             "webhook-timestamp": str(int(moment.timestamp())),
             "webhook-signature": signature,
         }
-        extensions = {"sni_hostname": target.host} if target.https and not _is_address(target.host) else {}
+        extensions = {"sni_hostname": target.host} if target.https and not is_address(target.host) else {}
         if deadline <= time.monotonic():
             return None, "timeout"
         bounded = start_attempt(deadline - time.monotonic())
@@ -236,11 +235,3 @@ def _not_now(reason: NoAttempt) -> AttemptResult:
     if reason.reason == "busy":  # another copy of the task is sending: look again after its lease
         return AttemptResult("busy", reason.seconds + 1.0)
     return AttemptResult(reason.reason)
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
