@@ -33,6 +33,8 @@ EXPECTED_ALERTS = {
     "WebhookDeliveriesFailing",
     "WebhookBacklogStale",
     "WebhookDeliveriesGivenUp",
+    "WebhookEndpointDisabled",
+    "ConnectionChecksFailing",
     "NoWorkerConsuming",
 }
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

@@ -7,19 +7,14 @@ import time
 
 import pytest
 
+from tests.support.deliveries import webhooks_of
 from tests.support.shim import CALLER, Shim
 from worker.follow.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
-from worker.webhooks.endpoints import WebhookStore
 
 pytestmark = pytest.mark.anyio
 
 PUBLIC_URL = "https://93.184.215.14/hooks/oktopost"
-
-
-def webhooks_of(shim: Shim) -> WebhookStore:
-    store: WebhookStore = shim.app.state.deps.webhooks
-    return store
 
 
 async def _create(shim: Shim, **body: object) -> dict[str, object]:
@@ -104,6 +99,9 @@ async def test_a_disabled_endpoint_is_listed_as_such_and_enable_replays_what_it_
     (listed,) = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
     assert listed["status"] == "disabled"
     assert listed["disabled_at"].endswith("Z")
+    metrics = (await shim.http.get("/metrics")).text  # what the WebhookEndpointDisabled alert reads
+    assert 'okc_webhook_endpoints{status="disabled",tenant="default"} 1.0' in metrics
+    assert 'okc_webhook_endpoints{status="enabled",tenant="default"} 0.0' in metrics
     flows = [shim.new_flow() for _ in range(2)]
     _dispatch_everything(shim)
     assert shim.enqueuer.deliveries == []  # nothing for a disabled endpoint
@@ -115,6 +113,9 @@ async def test_a_disabled_endpoint_is_listed_as_such_and_enable_replays_what_it_
     assert enabled.json()["disabled_at"] is None
     assert enabled.json()["queued"] == len(flows)
     assert len(shim.enqueuer.deliveries) == len(flows)
+    metrics = (await shim.http.get("/metrics")).text
+    assert 'okc_webhook_endpoints{status="disabled",tenant="default"} 0.0' in metrics
+    assert 'okc_webhook_endpoints{status="enabled",tenant="default"} 1.0' in metrics
     plain = await shim.http.post(f"/v1/webhooks/{created['id']}/enable", headers=CALLER)
     assert plain.status_code == 200
     assert plain.json()["queued"] == 0

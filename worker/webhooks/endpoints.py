@@ -603,6 +603,23 @@ class WebhookStore:
             count, oldest = pipe.execute()
         return int(count), (float(oldest[0][1]) if oldest else None)
 
+    def endpoint_statuses(self) -> dict[tuple[str, str], int]:
+        """(tenant, status) -> how many endpoints, over every tenant's (for /metrics: one ZRANGE of the
+        index and one HMGET per endpoint, at most WEBHOOK_MAX_ENDPOINTS a tenant)."""
+        ids = [text(endpoint_id) for endpoint_id in self.redis.zrange(self.names.webhook_index, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for endpoint_id in ids:
+                pipe.hmget(self.names.webhook_endpoint(endpoint_id), "tenant", "status")
+            found = pipe.execute()
+        counted: dict[tuple[str, str], int] = {}
+        for tenant, status in found:
+            if tenant is None:  # deleted since the ZRANGE
+                continue
+            disabled = status is not None and text(status) == "disabled"
+            key = (text(tenant), "disabled" if disabled else "enabled")
+            counted[key] = counted.get(key, 0) + 1
+        return counted
+
 
 def _endpoint(endpoint_id: str, raw: dict[Any, Any]) -> Endpoint:
     fields = {text(key): text(value) for key, value in raw.items()}
@@ -667,8 +684,16 @@ class BacklogCollector(Collector):
         try:
             count, oldest = self.store.oldest_pending()
             now = float(self.store.redis.time()[0])
+            statuses = self.store.endpoint_statuses()
         except redis.RedisError:
             return
+        endpoints = GaugeMetricFamily(
+            "okc_webhook_endpoints", "Webhook endpoints by tenant and status", labels=["tenant", "status"]
+        )
+        for tenant in sorted({tenant for tenant, _ in statuses}):
+            for status in ("enabled", "disabled"):  # both, 0 when none, so an alert sees the fall to 0
+                endpoints.add_metric([tenant, status], statuses.get((tenant, status), 0))
+        yield endpoints
         yield GaugeMetricFamily(
             "okc_webhook_pending_deliveries", "Webhook deliveries not done yet", value=count
         )
