@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.connections import ConnectionsResult, run_connections
-from bench.harness import interrupted_by_sigterm, start_redis
+from bench.harness import interrupted_by_sigterm, start_redis, start_replicas
 from bench.load import generator_floor
 from bench.report import Row, cpu_table, shared_account_table, table
 from bench.rolling import ROLLING, RollingResult, run_rolling
@@ -67,6 +67,8 @@ class BenchOptions:
     workers: int = 1
     concurrency: int = 64
     quick: bool = False
+    redis_replicas: int = 0  # replicas of the bench's Redis, for every system
+    wait_replicas: int = 0  # ours' REDIS_WAIT_REPLICAS (at most redis_replicas)
 
 
 def run(options: BenchOptions) -> int:
@@ -121,6 +123,10 @@ def _measure_every_system(
     floor: tuple[float, float] | None = None
     redis_url, redis_child = start_redis(children)
     shared = [redis_child] if redis_child is not None else []
+    if options.redis_replicas:
+        if redis_child is None:
+            raise StartupError("--redis-replicas needs redis-server on PATH (the bench's own Redis)")
+        shared += start_replicas(children, redis_url, options.redis_replicas)
     databases = iter(range(1, 64))
     for upstream in dict.fromkeys(scenario.upstream for scenario in chosen):
         group = [scenario for scenario in chosen if scenario.upstream == upstream]
@@ -133,7 +139,14 @@ def _measure_every_system(
                 continue
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
-            setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)
+            setup = Setup(
+                url,
+                sandbox,
+                options.concurrency,
+                options.workers,
+                upstream.rate_limit,
+                wait_replicas=options.wait_replicas,
+            )
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
     tenants = None
@@ -332,6 +345,8 @@ def _document(
             "concurrency": options.concurrency,
             "systems": list(options.systems),
             "flows_override": options.flows,
+            "redis_replicas": options.redis_replicas,
+            "wait_replicas": options.wait_replicas,
         },
         "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
         "rows": [row.as_json() for row in rows],

@@ -1,6 +1,7 @@
 """`python -m bench`: ours against two baselines, run from a checkout (the bench is not installed).
 
 python -m bench [--quick] [--scenario S] [--system S] [--json PATH] [--flows N] [--workers N]
+                [--redis-replicas N [--wait-replicas N]]
 """
 
 from __future__ import annotations
@@ -43,9 +44,23 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="threads per worker process (default 64)")
     parser.add_argument("--quick", action="store_true", help="a short run with few flows (for tests)")
+    parser.add_argument(
+        "--redis-replicas",
+        type=int,
+        default=0,
+        help="start this many replicas of the bench's Redis, for every system (default 0)",
+    )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        help="ours' REDIS_WAIT_REPLICAS: acknowledged steps wait for this many replicas (default 0)",
+    )
     args = parser.parse_args(argv)
     if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
         return fail("--flows, --workers and --concurrency must be at least 1")
+    if not 0 <= args.wait_replicas <= args.redis_replicas:
+        return fail("--wait-replicas must be between 0 and --redis-replicas")
     return run(
         BenchOptions(
             scenarios=tuple(args.scenario or SCENARIO_NAMES),
@@ -55,6 +70,8 @@ def main(argv: Sequence[str]) -> int:
             workers=args.workers,
             concurrency=args.concurrency,
             quick=args.quick,
+            redis_replicas=args.redis_replicas,
+            wait_replicas=args.wait_replicas,
         )
     )
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
+import redis
+
 from cli.processes import Child, Children, StartupError, start_redis_server
 
 
@@ -56,3 +58,36 @@ def start_redis(children: Children) -> tuple[str, Child | None]:
     )
     assert server.child is not None  # started here
     return server.url, children.adopt(server.child)
+
+
+def start_replicas(children: Children, primary_url: str, count: int) -> list[Child]:
+    """`count` private redis-servers replicating the bench's Redis (asynchronously, as Redis does), each
+    one of `children`, once each has synced with it."""
+    host_port = primary_url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    started = []
+    for index in range(count):
+        data_dir = children.log_dir / f"redis-replica{index}"
+        data_dir.mkdir(exist_ok=True)
+        server = start_redis_server(
+            "--databases",
+            "64",
+            "--replicaof",
+            host,
+            port,
+            directory=data_dir,
+            log_path=children.log_dir / f"redis-replica{index}.log",
+            name=f"redis-replica{index}",
+        )
+        assert server.child is not None  # started here
+        started.append(children.adopt(server.child))
+        client = redis.Redis.from_url(server.url)
+        try:
+            deadline = time.monotonic() + 30
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise StartupError(f"redis-replica{index} did not sync with the bench's Redis in 30 s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+    return started

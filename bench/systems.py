@@ -58,6 +58,7 @@ class Setup:
     workers: int
     rate_limit: str | None  # ours' OKTOPOST_RATE_LIMIT; None: unlimited
     log_level: str = "WARNING"
+    wait_replicas: int = 0  # ours' REDIS_WAIT_REPLICAS (the bench's Redis then has replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class Pipeline(System):
             "WEBHOOK_RETRY_SCHEDULE": BENCH_RETRY_SCHEDULE,
             "WEBHOOK_DISABLE_AFTER_SECONDS": str(BENCH_DISABLE_AFTER_SECONDS),
             "WEBHOOK_RETENTION_SECONDS": str(BENCH_RETENTION_SECONDS),
+            "REDIS_WAIT_REPLICAS": str(self.setup.wait_replicas),
         }
         return stack_env(self.setup.redis_url, self.url, self.setup.sandbox.url, settings=bench)
 

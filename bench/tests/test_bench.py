@@ -162,6 +162,31 @@ def test_bench_measures_only_the_systems_asked_for(tmp_path: Path) -> None:
     assert "invalid choice" in refused.stderr
 
 
+def test_ours_can_wait_for_a_replica_of_the_bench_s_redis(tmp_path: Path) -> None:
+    """What REDIS_WAIT_REPLICAS costs is measured with `--redis-replicas 1 --wait-replicas 1`: the bench's
+    Redis gets a replica (its CPU counted with Redis's) and ours waits for it at every acknowledged step."""
+    results = tmp_path / "bench.json"
+    options = ("--system", "pipeline", "--scenario", "overhead", "--flows", "5", "--json", str(results))
+    run = subprocess.run(
+        _bench(*options, "--redis-replicas", "1", "--wait-replicas", "1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads(results.read_text())
+    (row,) = document["rows"]
+    assert (row["flows"], row["completed"]) == (5, 5), row
+    assert (document["options"]["redis_replicas"], document["options"]["wait_replicas"]) == (1, 1)
+    assert "redis-replica0" in run.stdout  # its CPU is in the table
+    refused = subprocess.run(
+        _bench("--wait-replicas", "1"), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "--wait-replicas must be between 0 and --redis-replicas" in refused.stderr
+
+
 def test_a_rate_needs_enough_completions_to_mean_something() -> None:
     from bench.scenarios import MIN_RATED, completion_rate
 
