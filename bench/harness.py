@@ -84,10 +84,15 @@ def start_replicas(children: Children, primary_url: str, count: int) -> list[Chi
         client = redis.Redis.from_url(server.url)
         try:
             deadline = time.monotonic() + 30
-            while client.info("replication").get("master_link_status") != "up":
+            while _link_status(client) != "up":
                 if time.monotonic() > deadline:
                     raise StartupError(f"redis-replica{index} did not sync with the bench's Redis in 30 s")
                 time.sleep(0.05)
         finally:
             client.close()
     return started
+
+
+def _link_status(client: redis.Redis) -> str:
+    replication: dict[str, object] = client.info("replication")  # type: ignore[assignment]
+    return str(replication.get("master_link_status", ""))
