@@ -1,0 +1,122 @@
+"""Traces cost nothing unless asked for: without OTEL_EXPORTER_OTLP_ENDPOINT the shim and the worker load
+nothing of OpenTelemetry's SDK, instrumentations or exporters; and a task message we build carries its
+flow's trace context when there is one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from tests.support.stack import pipeline_env
+from worker.flows.enqueuer import TaskMessages
+from worker.observing import tracing
+from worker.queueing.names import VERIFY_TASK
+
+# a shim built, a worker started (its worker_init), an Oktopost client made: what did they load?
+PROCESS = """
+import json, sys
+from celery import signals
+from api_shim.app import create_app
+from worker.observing import tracing
+import worker.tasks.celery_tasks
+
+create_app()
+signals.worker_init.send(sender=None)
+ours = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "opentelemetry.exporter")
+loaded = sorted(name for name in sys.modules if name.startswith(ours))
+print(json.dumps({"active": tracing.active(), "loaded": loaded}))
+"""
+
+
+def loaded_by_a_shim_and_a_worker(**settings: str) -> dict[str, object]:
+    env = pipeline_env("redis://127.0.0.1:9/0", "http://127.0.0.1:9", 9, **settings)
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded_or_started() -> None:
+    assert loaded_by_a_shim_and_a_worker() == {"active": False, "loaded": []}
+
+
+def test_with_an_endpoint_the_sdk_the_instrumentations_and_the_exporter_are() -> None:
+    answer = loaded_by_a_shim_and_a_worker(otel_exporter_otlp_endpoint="http://127.0.0.1:9")
+    assert answer["active"] is True
+    loaded = set(answer["loaded"])  # type: ignore[call-overload]
+    assert {
+        "opentelemetry.sdk.trace",
+        "opentelemetry.instrumentation.fastapi",
+        "opentelemetry.instrumentation.celery",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    } <= loaded
+
+
+def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ValueError, match="http/protobuf, grpc"):
+        tracing.protocol()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, with a provider of its own (the global one stays untouched)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(tracing, "_propagator", TraceContextTextMapPropagator())
+    yield exporter
+    provider.shutdown()
+
+
+def message_headers(messages: TaskMessages) -> dict[str, object]:
+    envelope = json.loads(messages.prepare(VERIFY_TASK, "flow-0123456789abcdef").message)
+    headers: dict[str, object] = envelope["headers"]
+    return headers
+
+
+FLOW_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_message_built_off_any_span_carries_no_trace() -> None:
+    messages = TaskMessages(Celery("tracing-tests", broker="memory://", set_as_current=False))
+    assert "traceparent" not in message_headers(messages)
+    with tracing.joined(FLOW_TRACE):  # tracing off: nothing to join
+        assert "traceparent" not in message_headers(messages)
+
+
+@pytest.mark.usefixtures("spans")
+def test_a_requeued_flows_message_carries_the_flows_trace() -> None:
+    messages = TaskMessages(Celery("tracing-tests", broker="memory://", set_as_current=False))
+    with tracing.joined(FLOW_TRACE):
+        assert message_headers(messages)["traceparent"] == FLOW_TRACE
+    assert "traceparent" not in message_headers(messages)
+
+
+def test_a_message_built_in_a_request_carries_the_requests_span(spans: InMemorySpanExporter) -> None:
+    messages = TaskMessages(Celery("tracing-tests", broker="memory://", set_as_current=False))
+    with (
+        tracing.joined(FLOW_TRACE),
+        tracing._tracer.start_as_current_span("GET /v1/callback/{flow_id}") as span,
+    ):
+        tracing.describe_flow_id("flow-0123456789abcdef")
+        carried = message_headers(messages)["traceparent"]
+        with tracing.joined("00-11111111111111111111111111111111-2222222222222222-01"):  # already in one
+            assert message_headers(messages)["traceparent"] == carried
+    context = span.get_span_context()
+    assert carried == f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    assert f"{context.trace_id:032x}" == FLOW_TRACE.split("-")[1]
+    (finished,) = spans.get_finished_spans()
+    assert finished.attributes == {"flow.id": "flow-0123456789abcdef"}
