@@ -67,6 +67,9 @@ class BenchOptions:
     workers: int = 1
     concurrency: int = 64
     quick: bool = False
+    # set for ours' shim and workers in the scenarios measured against the baselines (--pipeline-env)
+    pipeline_env: tuple[tuple[str, str], ...] = ()
+    traces: bool = False  # ours exports traces to a sink the bench starts (bench/traces.py)
 
 
 def run(options: BenchOptions) -> int:
@@ -122,6 +125,12 @@ def _measure_every_system(
     redis_url, redis_child = start_redis(children)
     shared = [redis_child] if redis_child is not None else []
     databases = iter(range(1, 64))
+    pipeline_env, sink = options.pipeline_env, None
+    if options.traces:
+        from bench import traces  # the sink decodes with opentelemetry-proto: the otel extra
+
+        sink = traces.start_sink(children)
+        pipeline_env = (*pipeline_env, (traces.ENDPOINT_SETTING, sink))
     for upstream in dict.fromkeys(scenario.upstream for scenario in chosen):
         group = [scenario for scenario in chosen if scenario.upstream == upstream]
         sandbox = start_sandbox(children, upstream)
@@ -133,9 +142,14 @@ def _measure_every_system(
                 continue
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
-            setup = Setup(url, sandbox, options.concurrency, options.workers, upstream.rate_limit)
+            sized = (options.concurrency, options.workers, upstream.rate_limit)
+            setup = Setup(url, sandbox, *sized, pipeline_env=pipeline_env)
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
+    if sink is not None:
+        from bench import traces
+
+        _say(f"pipeline: traces: {traces.received(sink)} at the sink")
     tenants = None
     if TENANTS in options.scenarios and Pipeline.name not in options.systems:
         _say("tenants skipped: it runs on ours only (--system pipeline)")
@@ -332,6 +346,8 @@ def _document(
             "concurrency": options.concurrency,
             "systems": list(options.systems),
             "flows_override": options.flows,
+            "pipeline_env": [name for name, _ in options.pipeline_env],  # names only: a value may be secret
+            "traces": options.traces,
         },
         "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
         "rows": [row.as_json() for row in rows],

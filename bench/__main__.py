@@ -1,6 +1,7 @@
 """`python -m bench`: ours against two baselines, run from a checkout (the bench is not installed).
 
 python -m bench [--quick] [--scenario S] [--system S] [--json PATH] [--flows N] [--workers N]
+                [--pipeline-env KEY=VALUE] [--traces]
 """
 
 from __future__ import annotations
@@ -43,9 +44,24 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="threads per worker process (default 64)")
     parser.add_argument("--quick", action="store_true", help="a short run with few flows (for tests)")
+    parser.add_argument(
+        "--pipeline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for ours' shim and workers in the scenarios run against the baselines (repeatable)",
+    )
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        help="ours exports OpenTelemetry traces to a sink the bench starts (needs the otel extra)",
+    )
     args = parser.parse_args(argv)
     if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
         return fail("--flows, --workers and --concurrency must be at least 1")
+    settings = [setting.partition("=") for setting in args.pipeline_env]
+    if any(not name or not equals for name, equals, _ in settings):
+        return fail("--pipeline-env takes KEY=VALUE")
     return run(
         BenchOptions(
             scenarios=tuple(args.scenario or SCENARIO_NAMES),
@@ -55,6 +71,8 @@ def main(argv: Sequence[str]) -> int:
             workers=args.workers,
             concurrency=args.concurrency,
             quick=args.quick,
+            pipeline_env=tuple((name, value) for name, _, value in settings),
+            traces=args.traces,
         )
     )
 

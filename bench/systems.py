@@ -58,6 +58,7 @@ class Setup:
     workers: int
     rate_limit: str | None  # ours' OKTOPOST_RATE_LIMIT; None: unlimited
     log_level: str = "WARNING"
+    pipeline_env: tuple[tuple[str, str], ...] = ()  # ours' extra settings (python -m bench --pipeline-env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class Pipeline(System):
             "WEBHOOK_RETRY_SCHEDULE": BENCH_RETRY_SCHEDULE,
             "WEBHOOK_DISABLE_AFTER_SECONDS": str(BENCH_DISABLE_AFTER_SECONDS),
             "WEBHOOK_RETENTION_SECONDS": str(BENCH_RETENTION_SECONDS),
+            **dict(self.setup.pipeline_env),
         }
         return stack_env(self.setup.redis_url, self.url, self.setup.sandbox.url, settings=bench)
 
