@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tests.support.stack import pipeline_env
+from worker.config.settings import ConfigError, load_settings
 from worker.flows.enqueuer import TaskMessages
 from worker.observing import tracing
 from worker.queueing.names import VERIFY_TASK
@@ -64,9 +66,13 @@ def test_with_an_endpoint_the_sdk_the_instrumentations_and_the_exporter_are() ->
 
 
 def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        load_settings(shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_protocol="http/json")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
     with pytest.raises(ValueError, match="http/protobuf, grpc"):
         tracing.protocol()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    assert tracing.protocol() == "grpc"
 
 
 @pytest.fixture
@@ -120,3 +126,58 @@ def test_a_message_built_in_a_request_carries_the_requests_span(spans: InMemoryS
     assert f"{context.trace_id:032x}" == FLOW_TRACE.split("-")[1]
     (finished,) = spans.get_finished_spans()
     assert finished.attributes == {"flow.id": "flow-0123456789abcdef"}
+
+
+# a process that exports one span the way the shim and the workers do, then flushes on its way out
+EXPORTING = """
+from opentelemetry import trace
+from worker.observing import tracing
+
+assert tracing.start("oktopost-connect-test")
+path = "/v2/social-authorization/abcdefgh.1234"
+span = tracing.call_started("verify", "GET", "http://oktopost.invalid", path)
+tracing.call_ended(span, 200, None)
+trace.get_tracer_provider().shutdown()
+"""
+
+
+def test_traces_go_over_grpc_when_asked() -> None:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, _context: Any) -> Any:
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = pipeline_env(
+            "redis://127.0.0.1:9/0",
+            "http://127.0.0.1:9",
+            9,
+            otel_exporter_otlp_endpoint=f"http://127.0.0.1:{port}",
+            otel_exporter_otlp_protocol="grpc",
+        )
+        command = [sys.executable, "-c", EXPORTING]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop(grace=None)
+    spans = [
+        span
+        for request in received
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert [span.name for span in spans] == ["oktopost verify"]
+    attributes = {item.key: item.value.string_value for item in spans[0].attributes}
+    assert attributes["url.full"] == "http://oktopost.invalid/v2/social-authorization/***"
