@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import fakeredis
 import pytest
 from celery import Celery
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,9 +20,16 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from tests.support.stack import pipeline_env
 from worker.config.settings import ConfigError, load_settings
-from worker.flows.enqueuer import TaskMessages
+from worker.flows.enqueuer import Enqueuer, TaskMessages
+from worker.flows.flow import FlowState, Lifetimes
+from worker.flows.store import FlowStore
+from worker.keys import RedisNames
 from worker.observing import tracing
 from worker.queueing.names import VERIFY_TASK
+from worker.queueing.versions import LibraryVersions
+from worker.tasks.sweeper import take_up
+
+TESTED = LibraryVersions(celery="5.7.0", kombu="5.7.0")  # worker/queueing/versions.py's range
 
 # a shim built, a worker started (its worker_init), an Oktopost client made: what did they load?
 PROCESS = """
@@ -181,3 +189,36 @@ def test_traces_go_over_grpc_when_asked() -> None:
     assert [span.name for span in spans] == ["oktopost verify"]
     attributes = {item.key: item.value.string_value for item in spans[0].attributes}
     assert attributes["url.full"] == "http://oktopost.invalid/v2/social-authorization/***"
+
+
+@pytest.mark.usefixtures("spans")
+def test_a_flow_the_sweeper_takes_up_again_keeps_its_trace() -> None:
+    """The flow's trace context, kept when it was created in a request, rides in the message of the task
+    the sweeper queues again from its own thread (no span current there)."""
+    store = FlowStore(
+        fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+        RedisNames("t"),
+        Lifetimes(flow_ttl=60, token_ttl=60, lease=0.6),
+    )
+    with tracing._tracer.start_as_current_span("POST /v1/authorizations") as request:
+        flow = store.create("flow-0123456789abcdef", "LinkedIn", "profile", None, None)
+    context = request.get_span_context()
+    assert flow.traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    stored = store.get(flow.flow_id)
+    assert stored is not None
+    assert stored.traceparent == flow.traceparent
+    assert store.claim_callback(flow, "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883").done
+    store.take_work(flow.flow_id, "task-a", FlowState.VERIFYING)
+    store.lapse_lease(flow.flow_id)
+    broker = "redis://flows.invalid:6379/0"  # the flows' Redis: the requeue pushes the message itself
+    enqueuer = Enqueuer(Celery("tracing-tests", broker=broker, set_as_current=False), broker, versions=TESTED)
+    assert take_up(store, enqueuer, flow.flow_id)
+    (message,) = store.redis.lrange(enqueuer.app.conf.task_default_queue, 0, -1)
+    assert json.loads(message)["headers"]["traceparent"] == flow.traceparent
+
+
+def test_a_flow_created_without_traces_keeps_no_trace_context() -> None:
+    store = FlowStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()), RedisNames("t"), Lifetimes())
+    flow = store.create("flow-0123456789abcdef", "LinkedIn", "profile", None, None)
+    assert flow.traceparent == ""
+    assert b"traceparent" not in store.redis.hgetall(store.names.flow_state(flow.flow_id))
