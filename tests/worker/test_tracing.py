@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
+import httpx
 import pytest
 from celery import Celery
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,15 +21,24 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tests.support.stack import pipeline_env
+from tests.support.work import PROFILE, TOKEN, Answers
 from worker.config.settings import ConfigError, load_settings
 from worker.flows.enqueuer import Enqueuer, TaskMessages
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.observing import tracing
+from worker.observing.metrics import WorkerMetrics
+from worker.oktopost import OktopostClient
 from worker.queueing.names import VERIFY_TASK
 from worker.queueing.versions import LibraryVersions
+from worker.tasks.leases import LeaseKeeper
 from worker.tasks.sweeper import take_up
+from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
+from worker.upstream.budget import UpstreamBudget
+from worker.upstream.clients import Upstreams
+from worker.upstream.parking import Unparker
+from worker.upstream.retry import RetryPolicy
 
 TESTED = LibraryVersions(celery="5.7.0", kombu="5.7.0")  # worker/queueing/versions.py's range
 
@@ -222,3 +233,36 @@ def test_a_flow_created_without_traces_keeps_no_trace_context() -> None:
     flow = store.create("flow-0123456789abcdef", "LinkedIn", "profile", None, None)
     assert flow.traceparent == ""
     assert b"traceparent" not in store.redis.hgetall(store.names.flow_state(flow.flow_id))
+
+
+@pytest.mark.usefixtures("spans")
+def test_a_parked_flow_the_unparker_releases_keeps_its_trace() -> None:
+    """A flow parked for its account's budget is released by the unparker's thread: its task's message
+    carries the flow's own trace context, and the task that parked it named the flow on its span."""
+    answers = Answers(httpx.Response(200, json=PROFILE))
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    store = FlowStore(client, RedisNames("p"), Lifetimes(flow_ttl=60, token_ttl=30, lease=5))
+    upstream = OktopostClient("https://api.test", "acct", "key", transport=httpx.MockTransport(answers))
+    budget = UpstreamBudget(client, store.names.account(store.default_account), 1, 0.3)
+    policy = RetryPolicy(max_attempt_seconds=1, min_attempt_seconds=0.1, backoff_max=0.01)
+    metrics = WorkerMetrics(client, "p:metrics")
+    context = TaskContext(store, Upstreams.single(upstream, budget), policy, metrics, LeaseKeeper(store))
+    flows = []
+    for index in range(2):
+        with tracing._tracer.start_as_current_span("POST /v1/authorizations"):
+            flows.append(store.create(f"flow-{index}-0123456789abcdef", "LinkedIn", "profile", None, None))
+        assert store.claim_callback(flows[-1], f"{TOKEN}{index}").done
+    assert [verify_flow(context, flow.flow_id) for flow in flows] == [
+        TaskOutcome.COMPLETED,
+        TaskOutcome.PARKED,
+    ]
+    broker = "redis://flows.invalid:6379/0"  # the flows' Redis: the release pushes the message itself
+    enqueuer = Enqueuer(Celery("tracing-tests", broker=broker, set_as_current=False), broker, versions=TESTED)
+    unparker = Unparker(store, enqueuer, lambda _: budget, hold=2.0, least_seconds=0.1)
+    queue = enqueuer.app.conf.task_default_queue
+    deadline = time.monotonic() + 5
+    while not store.redis.llen(queue) and time.monotonic() < deadline:
+        unparker.release_due()
+        time.sleep(0.01)
+    (message,) = store.redis.lrange(queue, 0, -1)
+    assert json.loads(message)["headers"]["traceparent"] == flows[1].traceparent
