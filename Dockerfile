@@ -13,7 +13,8 @@ WORKDIR /app
 
 # Dependencies first, in their own layer: rebuilding after a code change does not reinstall them.
 # Exactly the versions of requirements.lock (`uv pip compile`, its header says how to regenerate it),
-# so two builds ship the same libraries; the package itself adds none (--no-deps).
+# so two builds ship the same libraries; the package itself adds none (--no-deps). The lock holds the
+# `otel` extra too: a container exports traces once OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/operations.md).
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 

@@ -25,6 +25,7 @@ from api_shim.streams import POOL_CONNECTIONS, EventStreams
 from worker.config.settings import Settings, get_settings
 from worker.flows.enqueuer import Enqueuer
 from worker.flows.store import FlowStore
+from worker.observing import tracing
 from worker.oktopost import AsyncOktopostClient
 from worker.tasks import runtime
 from worker.upstream.clients import Upstreams
@@ -104,6 +105,11 @@ def create_app(
     app.include_router(start.router)
     app.include_router(webhooks.router)
     describe(app)
+    if tracing.start("oktopost-connect-shim"):  # OTEL_EXPORTER_OTLP_ENDPOINT: api_shim/traces.py
+        from api_shim import traces
+
+        traces.install(app, events_redis, store.names)
+        tracing.instrument_celery()  # the tasks it sends with apply_async (a broker apart from the flows)
     return app
 
 

@@ -20,6 +20,7 @@ from worker.flows.enqueuer import Enqueuer
 from worker.flows.flow import Flow, is_flow_id
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
+from worker.observing import tracing
 from worker.oktopost import AsyncOktopostClient
 from worker.upstream.clients import Upstream, Upstreams
 from worker.webhooks.endpoints import WebhookStore
@@ -64,7 +65,10 @@ class Deps:
         return upstream
 
     def find_flow(self, flow_id: str) -> Flow | None:
-        return self.store.get(flow_id) if is_flow_id(flow_id) else None
+        flow = self.store.get(flow_id) if is_flow_id(flow_id) else None
+        if flow is not None:
+            tracing.describe(flow)  # on the request's span, when traces are on
+        return flow
 
 
 async def app_deps(request: Request) -> Deps:

@@ -69,6 +69,9 @@ class BenchOptions:
     quick: bool = False
     redis_replicas: int = 0  # replicas of the bench's Redis, for every system
     wait_replicas: int = 0  # ours' REDIS_WAIT_REPLICAS (at most redis_replicas)
+    # set for ours' shim and workers in the scenarios measured against the baselines (--pipeline-env)
+    pipeline_env: tuple[tuple[str, str], ...] = ()
+    traces: bool = False  # ours exports traces to a sink the bench starts (bench/traces.py)
 
 
 def run(options: BenchOptions) -> int:
@@ -121,13 +124,14 @@ def _measure_every_system(
     `connections` and `rolling`."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
-    redis_url, redis_child = start_redis(children)
-    shared = [redis_child] if redis_child is not None else []
-    if options.redis_replicas:
-        if redis_child is None:
-            raise StartupError("--redis-replicas needs redis-server on PATH (the bench's own Redis)")
-        shared += start_replicas(children, redis_url, options.redis_replicas)
+    redis_url, shared = _start_redis(options, children)
     databases = iter(range(1, 64))
+    pipeline_env, sink = options.pipeline_env, None
+    if options.traces:
+        from bench import traces  # the sink decodes with opentelemetry-proto: the otel extra
+
+        sink = traces.start_sink(children)
+        pipeline_env = (*pipeline_env, (traces.ENDPOINT_SETTING, sink))
     for upstream in dict.fromkeys(scenario.upstream for scenario in chosen):
         group = [scenario for scenario in chosen if scenario.upstream == upstream]
         sandbox = start_sandbox(children, upstream)
@@ -139,16 +143,16 @@ def _measure_every_system(
                 continue
             # a database of its own per system (brokers included), unless Redis is not ours
             url = _database(redis_url, next(databases)) if shared else redis_url
+            sized = (options.concurrency, options.workers, upstream.rate_limit)
             setup = Setup(
-                url,
-                sandbox,
-                options.concurrency,
-                options.workers,
-                upstream.rate_limit,
-                wait_replicas=options.wait_replicas,
+                url, sandbox, *sized, pipeline_env=pipeline_env, wait_replicas=options.wait_replicas
             )
             rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
         children.stop([sandbox.child])
+    if sink is not None:
+        from bench import traces
+
+        _say(f"pipeline: traces: {traces.received(sink)} at the sink")
     tenants = None
     if TENANTS in options.scenarios and Pipeline.name not in options.systems:
         _say("tenants skipped: it runs on ours only (--system pipeline)")
@@ -170,6 +174,17 @@ def _measure_every_system(
         rolling = run_rolling(children, url, options.concurrency, options.quick, options.flows)
         _say(f"pipeline: rolling: p99 {rolling.p99_ratio:.2f}x steady")
     return rows, floor, tenants, connections, rolling
+
+
+def _start_redis(options: BenchOptions, children: Children) -> tuple[str, list[Child]]:
+    """The bench's Redis and its `--redis-replicas`: its URL, and its processes when they are ours
+    (their CPU is counted with Redis's; with REDIS_URL instead there are none)."""
+    redis_url, redis_child = start_redis(children)
+    if redis_child is None:
+        if options.redis_replicas:
+            raise StartupError("--redis-replicas needs redis-server on PATH (the bench's own Redis)")
+        return redis_url, []
+    return redis_url, [redis_child, *start_replicas(children, redis_url, options.redis_replicas)]
 
 
 def _measure_connections(
@@ -347,6 +362,8 @@ def _document(
             "flows_override": options.flows,
             "redis_replicas": options.redis_replicas,
             "wait_replicas": options.wait_replicas,
+            "pipeline_env": [name for name, _ in options.pipeline_env],  # names only: a value may be secret
+            "traces": options.traces,
         },
         "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
         "rows": [row.as_json() for row in rows],

@@ -2,6 +2,7 @@
 
 python -m bench [--quick] [--scenario S] [--system S] [--json PATH] [--flows N] [--workers N]
                 [--redis-replicas N [--wait-replicas N]]
+                [--pipeline-env KEY=VALUE] [--traces]
 """
 
 from __future__ import annotations
@@ -56,11 +57,26 @@ def main(argv: Sequence[str]) -> int:
         default=0,
         help="ours' REDIS_WAIT_REPLICAS: acknowledged steps wait for this many replicas (default 0)",
     )
+    parser.add_argument(
+        "--pipeline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for ours' shim and workers in the scenarios run against the baselines (repeatable)",
+    )
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        help="ours exports OpenTelemetry traces to a sink the bench starts (needs the otel extra)",
+    )
     args = parser.parse_args(argv)
     if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
         return fail("--flows, --workers and --concurrency must be at least 1")
     if not 0 <= args.wait_replicas <= args.redis_replicas:
         return fail("--wait-replicas must be between 0 and --redis-replicas")
+    settings = [setting.partition("=") for setting in args.pipeline_env]
+    if any(not name or not equals for name, equals, _ in settings):
+        return fail("--pipeline-env takes KEY=VALUE")
     return run(
         BenchOptions(
             scenarios=tuple(args.scenario or SCENARIO_NAMES),
@@ -72,6 +88,8 @@ def main(argv: Sequence[str]) -> int:
             quick=args.quick,
             redis_replicas=args.redis_replicas,
             wait_replicas=args.wait_replicas,
+            pipeline_env=tuple((name, value) for name, _, value in settings),
+            traces=args.traces,
         )
     )
 

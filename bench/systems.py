@@ -59,6 +59,7 @@ class Setup:
     rate_limit: str | None  # ours' OKTOPOST_RATE_LIMIT; None: unlimited
     log_level: str = "WARNING"
     wait_replicas: int = 0  # ours' REDIS_WAIT_REPLICAS (the bench's Redis then has replicas)
+    pipeline_env: tuple[tuple[str, str], ...] = ()  # ours' extra settings (python -m bench --pipeline-env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ class Pipeline(System):
             "WEBHOOK_DISABLE_AFTER_SECONDS": str(BENCH_DISABLE_AFTER_SECONDS),
             "WEBHOOK_RETENTION_SECONDS": str(BENCH_RETENTION_SECONDS),
             "REDIS_WAIT_REPLICAS": str(self.setup.wait_replicas),
+            **dict(self.setup.pipeline_env),  # --pipeline-env wins
         }
         return stack_env(self.setup.redis_url, self.url, self.setup.sandbox.url, settings=bench)
 

@@ -178,8 +178,8 @@ WORKER_STAGES = {
     "observing": {"queueing"},
     "oktopost": {"config", "observing"},
     "follow": set(),
-    "flows": {"config", "queueing"},
-    "upstream": {"config", "flows", "oktopost"},
+    "flows": {"config", "queueing", "observing"},
+    "upstream": {"config", "flows", "oktopost", "observing"},
     "webhooks": {"config", "observing", "follow", "oktopost"},
     "connections": {"config", "observing", "oktopost", "upstream"},
     "tasks": {

@@ -30,6 +30,7 @@ from api_shim.security import check_return_url
 from api_shim.streams import key_digest
 from worker.events import utc_timestamp
 from worker.flows.flow import BrowserUI, FlowState
+from worker.observing import tracing
 from worker.oktopost import AsyncOktopostClient, canonical_entity_type, canonical_network
 from worker.oktopost.errors import RefusedError, RejectedError
 from worker.upstream.account import admission_member, retry_after_header
@@ -79,6 +80,7 @@ async def start_flow(
     return_url = check_return_url(body.return_url, tenant.allowed_return_urls) if body.return_url else None
     locale = _locale(body.locale)
     flow_id = secrets.token_hex(20)  # 160 random bits; hex never starts with "-" on a command line
+    tracing.describe_flow_id(flow_id)  # on the request's span (the flow trace's root), and on Step 1's
     callback_url = f"{settings.public_base_url}/v1/callback/{flow_id}"
     admission = Admission(admission_member(flow_id, entity_type))
     upstream = shim.upstream(tenant)  # the tenant's Oktopost account: its client and its budget
@@ -103,6 +105,7 @@ async def start_flow(
     finally:  # the flow, once created, holds what it still needs; a refused one needs nothing
         if admission.reserved:  # (no grant, no reservation: a Redis away is not asked twice)
             await run_in_threadpool(_release, upstream, admission.member)
+    tracing.describe(flow)
     metrics.FLOWS_STARTED.labels(network=network, entity_type=entity_type).inc()
     return AuthorizationCreated(
         flow_id=flow_id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,6 +186,31 @@ def test_ours_can_wait_for_a_replica_of_the_bench_s_redis(tmp_path: Path) -> Non
     )
     assert refused.returncode == 2
     assert "--wait-replicas must be between 0 and --redis-replicas" in refused.stderr
+
+
+def test_ours_can_run_with_settings_of_its_own_and_export_traces_to_the_benchs_sink(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    options = ["--pipeline-env", "OTEL_BSP_SCHEDULE_DELAY=200", "--traces", "--json", str(results)]
+    run = subprocess.run(
+        _bench("--system", "pipeline", "--scenario", "overhead", "--flows", "5", *options),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads(results.read_text())
+    assert document["rows"][0]["completed"] == 5
+    assert document["options"]["pipeline_env"] == ["OTEL_BSP_SCHEDULE_DELAY"]
+    assert document["options"]["traces"] is True
+    received = re.search(r"pipeline: traces: \{'exports': (\d+), 'spans': (\d+)", run.stderr)
+    assert received, run.stderr[-3000:]
+    assert int(received[2]) >= 5 * 4  # each flow: Step 1's request and call, its callback, task and call
+    refused = subprocess.run(
+        _bench("--pipeline-env", "NO_EQUALS_SIGN"), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "KEY=VALUE" in refused.stderr
 
 
 def test_a_rate_needs_enough_completions_to_mean_something() -> None:

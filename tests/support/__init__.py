@@ -17,4 +17,5 @@ imported as `tests.support.<module>`, so that no test imports a conftest or anot
     work.py             a task's context on fakeredis, Oktopost's answers, parking's unparker
     clocks.py           FakeClock (moves when told) and ShiftedClock (a process whose clock is off)
     compose_spec.py     docker-compose.yml and .env.example read as the tests of them need
+    otlp.py             an OTLP/HTTP trace receiver on loopback, decoding every span it is sent
 """

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the protocol is
+    # checked here too, so that a wrong one stops start-up as any other setting does
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -7,5 +7,5 @@
                    transition pushes onto the broker in the same Lua step
 
 May import: worker.keys, worker.replies, worker.clock, worker.events, worker.scripts, worker.config,
-worker.queueing.
+worker.queueing, worker.observing (a flow's trace context).
 """

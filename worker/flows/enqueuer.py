@@ -11,6 +11,10 @@ Building messages by hand relies on Celery's and kombu's internals, so it is don
 work and was tested: the broker is the flows' Redis (a Lua script reaches one Redis) and the installed
 Celery and kombu are the tested ones (worker/queueing/versions.py). Otherwise the task is sent with
 `apply_async` after the transition. The sweeper's rare requeues always use `apply_async`.
+
+With traces on (worker.observing.tracing), a message carries a `traceparent` header, the one Celery's
+instrumentation reads, so the task's span joins its flow's trace: the current span's context (the
+callback's or selection's request, or the flow's own that a requeueing thread joined: `tracing.joined`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as kombu_json
 
 from worker.flows.flow import FlowState
+from worker.observing import tracing
 from worker.queueing.names import COMPLETE_TASK, DELETE_CONNECTION_TASK, DELIVER_TASK, VERIFY_TASK
 from worker.queueing.versions import LibraryVersions
 
@@ -125,6 +130,8 @@ class TaskMessages:
             ignore_result=ignore_result,
         )
         headers, properties, body, sent_event = created
+        if parent := tracing.current_traceparent():
+            headers[tracing.TRACEPARENT] = parent
         message = _envelope(
             body,
             conf.task_serializer,

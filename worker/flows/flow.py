@@ -117,6 +117,8 @@ class Flow:
     redirect_url: str = ""  # Oktopost's consent page, where the start_url sends the browser on
     reconnects: str | None = None  # the connection (credential id) a reconnect's flow connects again
     locale: str = ""  # the language its hosted pages speak ("": the browser's choice)
+    # the W3C trace context of the flow's first request, when traces are exported (worker.observing.tracing)
+    traceparent: str = ""
 
     @classmethod
     def from_hash(cls, flow_id: str, raw: dict[str, str]) -> Flow:
@@ -147,6 +149,7 @@ class Flow:
             redirect_url=raw.get("redirect_url", ""),
             reconnects=raw.get("reconnects") or None,
             locale=raw.get("locale", ""),
+            traceparent=raw.get("traceparent", ""),
         )
 
     def offered_ids(self) -> list[str]:

@@ -51,6 +51,7 @@ from worker.flows.transition import (
     TransitionScript,
 )
 from worker.keys import AccountNames, RedisNames
+from worker.observing import tracing
 from worker.replies import text
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
@@ -203,6 +204,9 @@ class FlowStore:
             **({"reconnects": reconnects} if reconnects else {}),
             "locale": locale,
         }
+        if traceparent := tracing.current_traceparent():  # the flow's trace: its later spans join it
+            fields["traceparent"] = traceparent
+            flow = replace(flow, traceparent=traceparent)
         change = Change(fields, live_for=ttl, deadline=flow.deadline)
         transition = self._apply(flow, (), FlowState.AWAITING_CALLBACK, event, change)
         if not transition.done:

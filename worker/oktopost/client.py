@@ -14,6 +14,7 @@ import httpx
 from pydantic import SecretStr
 
 from worker.config.settings import Settings
+from worker.observing import tracing
 from worker.observing.redaction import install_log_redaction, register_basic_credentials
 from worker.oktopost.answers import Credential, CredentialPage, EntityChoice, VerifiedProfile
 from worker.oktopost.calls import (
@@ -179,12 +180,14 @@ class OktopostClient(_Connection):
         response: httpx.Response | None = None
         failure: OktopostError | None = None
         attempt = start_attempt(self._attempt_seconds(timeout))
+        span = tracing.call_started(call.step, call.method, self.base_url, call.path)
         try:
             response = self._http.send(request)
         except (httpx.TransportError, httpx.DecodingError) as error:
             failure = _failure_of(error)
         finally:
             end_attempt(attempt)
+            tracing.call_ended(span, None if response is None else response.status_code, failure)
         return self._finish(call, response, failure, started)
 
     def start_authorization(
@@ -258,6 +261,7 @@ class AsyncOktopostClient(_Connection):
         response: httpx.Response | None = None
         failure: OktopostError | None = None
         seconds = self._attempt_seconds(timeout)
+        span = tracing.call_started(call.step, call.method, self.base_url, call.path)
         try:
             # Cancelling the request at the deadline is safe here: httpcore closes the connection it
             # interrupts instead of returning it to the pool.
@@ -267,6 +271,8 @@ class AsyncOktopostClient(_Connection):
             failure = _failure_of(error)
         except TimeoutError:
             failure = UpstreamTransportError("timeout", f"no complete answer within {seconds:g} s")
+        finally:
+            tracing.call_ended(span, None if response is None else response.status_code, failure)
         return self._finish(call, response, failure, started)
 
     async def start_authorization(

@@ -35,6 +35,16 @@ app = ConnectCelery("oktopost_connect", include=["worker.tasks.celery_tasks"])
 app.config_from_object("celeryconfig")
 
 
+@signals.worker_init.connect
+def _start_traces(**_: object) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT, the worker exports traces (worker.observing.tracing): a span for
+    each task, in its flow's trace, and for each Oktopost call. Without it, nothing of OpenTelemetry loads."""
+    from worker.observing import tracing
+
+    if tracing.start("oktopost-connect-worker"):
+        tracing.instrument_celery()
+
+
 @signals.setup_logging.connect
 def _configure_logging(**_: object) -> None:
     """Celery leaves logging to us when this signal has a receiver, whichever command started it."""

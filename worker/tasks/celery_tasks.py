@@ -11,6 +11,7 @@ from celery.signals import task_received, worker_ready, worker_shutdown, worker_
 from worker.config.settings import get_settings
 from worker.connections.checks import CheckLoop
 from worker.flows.enqueuer import Enqueuer
+from worker.observing import tracing
 from worker.observing.logs import flow_context
 from worker.oktopost.errors import TransientError
 from worker.queueing.names import (
@@ -49,6 +50,7 @@ def complete(flow_id: str) -> str:
 def _handed_back(flow_id: str) -> str | None:
     """A flow task starting: its flow stops being held as received; while the worker stops, it goes
     back to the queue untouched."""
+    tracing.describe_flow_id(flow_id)  # on the task's span, when traces are on
     runtime.task_context().leases.started(flow_id)
     if _graceful is not None and _graceful.requested:
         return _graceful.hand_back_unstarted(flow_id)

@@ -16,6 +16,7 @@ from typing import Protocol
 from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore, RequeueOutcome
+from worker.observing import tracing
 from worker.replies import text
 from worker.tasks.work import TaskOutcome, expire_flow
 from worker.threads import BackgroundThreads
@@ -118,15 +119,16 @@ def take_up(store: FlowStore, enqueuer: TaskQueue, flow_id: str) -> bool:
     flow = store.get(flow_id)
     # a flow with no work left (or gone) loses its lease inside the script, whatever state is asked for
     state = flow.state if flow is not None and flow.state in WORKING_STATES else FlowState.VERIFYING
-    prepared = enqueuer.prepared(flow_id, state)
-    if store.requeue_lapsed(flow_id, state, prepared) is not RequeueOutcome.REQUEUED:
-        return False
-    if prepared is None:
-        try:
-            enqueuer.enqueue(flow_id, state)
-        except Exception:
-            store.lapse_lease(flow_id)
-            raise
+    with tracing.joined(flow.traceparent if flow is not None else ""):  # the task stays in its flow's trace
+        prepared = enqueuer.prepared(flow_id, state)
+        if store.requeue_lapsed(flow_id, state, prepared) is not RequeueOutcome.REQUEUED:
+            return False
+        if prepared is None:
+            try:
+                enqueuer.enqueue(flow_id, state)
+            except Exception:
+                store.lapse_lease(flow_id)
+                raise
     log.warning("flow %s: no progress from its worker, queued again", flow_id)
     return True
 

@@ -22,6 +22,7 @@ from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flows.flow import Flow, FlowState
 from worker.flows.store import FlowStore, TakeOutcome
 from worker.flows.transition import Aftermath, Transition, TransitionOutcome
+from worker.observing import tracing
 from worker.observing.metrics import WorkerMetrics, callback_to_terminal_fields, outcome_fields
 from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile, check_verify_fits
 from worker.oktopost.errors import (
@@ -131,6 +132,7 @@ def _work_on(
             log.info("flow %s is being worked on by another task", flow_id)
         if taken.flow is None:
             return _recorded(context, TaskOutcome.SKIPPED)
+        tracing.describe(taken.flow)  # on the task's span, when traces are on
         account = context.store.account_of(taken.flow)
         upstream = context.upstreams.get(account)
         if upstream is None:  # its tenant's account left the configuration while the flow was under way

@@ -7,5 +7,5 @@
     clients.py  each Oktopost account's client and budget in a process, built once and reused
 
 May import: worker.keys, worker.replies, worker.threads, worker.events, worker.scripts, worker.config,
-worker.flows, worker.oktopost.
+worker.flows, worker.oktopost, worker.observing (a flow's trace context).
 """

@@ -31,6 +31,7 @@ from worker.events import ExpiredReason
 from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
+from worker.observing import tracing
 from worker.oktopost.errors import UnauthorizedError
 from worker.replies import text
 from worker.threads import BackgroundThreads
@@ -152,14 +153,17 @@ class Unparker(BackgroundThreads):
         candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
-                pipe.hget(names.flow_state(flow_id), "state")
-            states = pipe.execute()
+                pipe.hmget(names.flow_state(flow_id), "state", "traceparent")
+            rows = pipe.execute()
         work: list[tuple[str, FlowState, QueuedTask | None]] = []
-        for flow_id, raw in zip(candidates, states, strict=True):
+        traces: dict[str, str] = {}
+        for flow_id, (raw, trace) in zip(candidates, rows, strict=True):
             state = FlowState(text(raw)) if raw is not None else FlowState.VERIFYING
             # a flow that left the working states is dropped from the set by the script
             state = state if state in WORKING_STATES else FlowState.VERIFYING
-            work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
+            traces[flow_id] = text(trace) if trace else ""
+            with tracing.joined(traces[flow_id]):  # its task stays in its flow's trace
+                work.append((flow_id, state, self.enqueuer.prepared(flow_id, state)))
         pushes = [prepared for _, _, prepared in work if prepared is not None]
         broker = pushes[0].queue if pushes else ""
         args: list[str | float] = [budget.limit, budget.period, self.hold]
@@ -191,7 +195,8 @@ class Unparker(BackgroundThreads):
         for flow_id in released:
             state, prepared = by_id[flow_id]
             if prepared is None:  # the broker is not this Redis: the task is sent now
-                self._send(flow_id, state)
+                with tracing.joined(traces[flow_id]):
+                    self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
         self._held_back = self._held_back or text(answer[4]) == "1"

@@ -1,0 +1,153 @@
+"""Traces over real processes: a shim and a Celery worker exporting to an OTLP/HTTP receiver, flows
+driven through the sandbox to their end.
+
+One trace per flow: the caller's POST /v1/authorizations (its traceparent continued), the browser's
+callback, the selection, every task and every Oktopost call share one trace id and name the flow; no span
+attribute holds the okt token, the Oktopost key, its Basic-auth value or the caller's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.flows import callback, consent, events_of, okt_of, select, wait_for_event
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
+
+pytestmark = pytest.mark.integration
+
+OKTOPOST_ACCOUNT, OKTOPOST_KEY = "demo-account", "demo-key"  # tests.support.stack.pipeline_env's
+
+
+@pytest.fixture(scope="module")
+def traced(redis_server: RedisServer) -> Iterator[tuple[OtlpReceiver, Pipeline]]:
+    receiver = OtlpReceiver()
+    sandbox: Sandbox | None = None
+    pipeline: Pipeline | None = None
+    try:
+        sandbox = start_sandbox()
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            workers=1,
+            otel_exporter_otlp_endpoint=receiver.url,
+            otel_bsp_schedule_delay=100,  # ms: spans reach the receiver soon after they end
+            # every header recorded, as an operator may ask: the secrets among them must still not be
+            otel_instrumentation_http_capture_headers_server_request=".*",
+            otel_instrumentation_http_capture_headers_server_response=".*",
+        )
+        yield receiver, pipeline
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+        if sandbox is not None:
+            sandbox.process.stop()
+        receiver.stop()
+
+
+def start(pipeline: Pipeline, entity_type: str, traceparent: str | None) -> dict[str, str]:
+    headers = {**pipeline.headers, **({"traceparent": traceparent} if traceparent else {})}
+    body = {"network": "Facebook", "type": entity_type, "return_url": "https://app.example/done"}
+    answer = httpx.post(f"{pipeline.shim_url}/v1/authorizations", json=body, headers=headers, timeout=15)
+    assert answer.status_code == 201, answer.text
+    created: dict[str, str] = answer.json()
+    return created
+
+
+def of_flow(spans: list[ReceivedSpan], flow_id: str) -> list[ReceivedSpan]:
+    return [span for span in spans if span.attributes.get("flow.id") == flow_id]
+
+
+def named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
+    return [span for span in spans if span.name == name]
+
+
+def test_a_flow_is_one_trace_from_the_callers_request_to_its_last_oktopost_call(
+    traced: tuple[OtlpReceiver, Pipeline],
+) -> None:
+    receiver, pipeline = traced
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    created = start(pipeline, "page", f"00-{caller_trace}-{caller_span}-01")
+    flow_id = created["flow_id"]
+    callback_url = consent(created["redirect_url"])
+    token = okt_of(callback_url)
+    claimed = callback(callback_url)  # another client than the caller's, with no trace of its own
+    assert claimed.status_code == 303
+    cookie = claimed.cookies.get(next(iter(claimed.cookies.keys())))
+    assert cookie
+    offer = wait_for_event(pipeline, flow_id, "selection.required")
+    assert select(pipeline, flow_id, [offer["data"]["entities"][1]["id"]]).status_code == 202
+    assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+
+    spans = receiver.wait_for(
+        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost complete")),
+        timeout=20,
+        what="the complete call's span",
+    )
+    flow_spans = of_flow(spans, flow_id)
+    assert {span.trace_id for span in flow_spans} == {caller_trace}
+    (root,) = named(flow_spans, "POST /v1/authorizations")
+    assert (root.kind, root.parent_id, root.service) == ("server", caller_span, "oktopost-connect-shim")
+    assert root.attributes["flow.tenant"] == "default"
+    assert root.attributes["flow.network"] == "Facebook"
+    (step1,) = named(flow_spans, "oktopost start authorization")
+    assert (step1.kind, step1.parent_id) == ("client", root.span_id)
+    (browser,) = named(flow_spans, "GET /v1/callback/{flow_id}")
+    assert (browser.kind, browser.parent_id) == ("server", root.span_id)
+    assert named(flow_spans, "POST /v1/authorizations/{flow_id}/selection")
+    for task, call in ((VERIFY_TASK, "oktopost verify"), (COMPLETE_TASK, "oktopost complete")):
+        (task_span,) = named(flow_spans, f"run/{task}")
+        assert (task_span.kind, task_span.service) == ("consumer", "oktopost-connect-worker")
+        assert task_span.attributes["flow.network"] == "Facebook"
+        calls = named(flow_spans, call)
+        assert calls
+        assert {(span.parent_id, span.kind) for span in calls} == {(task_span.span_id, "client")}
+        assert {span.attributes["http.response.status_code"] for span in calls} == {200}
+    (verify_task,) = named(flow_spans, f"run/{VERIFY_TASK}")
+    assert verify_task.parent_id == browser.span_id  # queued by the callback's claim, in Lua
+    assert_no_secrets(receiver.received(), token, cookie)
+    assert any(name.startswith("http.request.header.") for name in root.attributes)  # headers were recorded
+
+
+def test_a_flow_without_a_callers_trace_gets_one_of_its_own(traced: tuple[OtlpReceiver, Pipeline]) -> None:
+    receiver, pipeline = traced
+    created = start(pipeline, "profile", None)
+    flow_id = created["flow_id"]
+    callback_url = consent(created["redirect_url"])
+    assert callback(callback_url).status_code == 303
+    assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+    spans = receiver.wait_for(
+        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
+        timeout=20,
+        what="verify's span",
+    )
+    flow_spans = of_flow(spans, flow_id)
+    (root,) = named(flow_spans, "POST /v1/authorizations")
+    assert root.parent_id == ""
+    assert {span.trace_id for span in flow_spans} == {root.trace_id}
+    assert {span.name for span in flow_spans} >= {
+        "oktopost start authorization",
+        "GET /v1/callback/{flow_id}",
+        f"run/{VERIFY_TASK}",
+        "oktopost verify",
+    }
+    assert_no_secrets(receiver.received(), okt_of(callback_url))
+
+
+def assert_no_secrets(spans: list[ReceivedSpan], token: str, cookie: str | None = None) -> None:
+    basic = base64.b64encode(f"{OKTOPOST_ACCOUNT}:{OKTOPOST_KEY}".encode()).decode()
+    secrets_ = {"okt token": token, "Oktopost key": OKTOPOST_KEY, "Basic auth": basic, "caller key": API_KEY}
+    if cookie is not None:
+        secrets_["browser's cookie"] = cookie
+    assert spans
+    for span in spans:
+        for name, value in span.attributes.items():
+            for what, secret in secrets_.items():
+                assert secret not in str(value), f"{what} in {span.name} attribute {name}"
+        assert token not in span.name

@@ -1,0 +1,118 @@
+"""An OTLP/HTTP trace receiver for tests: a local HTTP server on a free port that decodes each
+`ExportTraceServiceRequest` (opentelemetry-proto) and keeps its spans."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    links: tuple[str, ...] = ()  # the trace ids of its links
+
+
+def _value(value: AnyValue) -> Any:
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return [_value(item) for item in value.array_value.values]
+    if which == "kvlist_value":
+        return {item.key: _value(item.value) for item in value.kvlist_value.values}
+    return getattr(value, which) if which else None
+
+
+def decode(body: bytes) -> list[ReceivedSpan]:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = {item.key: _value(item.value) for item in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        service=str(resource.get("service.name", "")),
+                        name=span.name,
+                        kind=KINDS.get(span.kind, str(span.kind)),
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(),
+                        attributes={item.key: _value(item.value) for item in span.attributes},
+                        links=tuple(link.trace_id.hex() for link in span.links),
+                    )
+                )
+    return spans
+
+
+class OtlpReceiver:
+    """POST /v1/traces on 127.0.0.1:`port`; `spans` holds every span received so far."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                received = decode(body) if self.path == "/v1/traces" else []
+                with receiver._lock:
+                    receiver.spans.extend(received)
+                    receiver.requests += 1
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def received(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self.spans)
+
+    def wait_for(
+        self, condition: Callable[[list[ReceivedSpan]], bool], timeout: float, what: str
+    ) -> list[ReceivedSpan]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            spans = self.received()
+            if condition(spans):
+                return spans
+            time.sleep(0.1)
+        raise AssertionError(f"no {what} within {timeout} s; spans: {[s.name for s in self.received()]}")
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
