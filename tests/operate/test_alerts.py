@@ -33,6 +33,7 @@ EXPECTED_ALERTS = {
     "WebhookDeliveriesFailing",
     "WebhookBacklogStale",
     "WebhookDeliveriesGivenUp",
+    "WebhookEventsHeldBack",
     "NoWorkerConsuming",
 }
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
