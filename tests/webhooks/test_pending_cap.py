@@ -234,3 +234,19 @@ def test_metrics_show_each_tenants_pending_and_how_long_a_held_back_tenant_has_w
     (held,) = families["okc_webhook_held_back_seconds"].samples
     assert held.labels == {"tenant": "flood"}
     assert 0 <= held.value < 60
+
+
+def test_a_dispatcher_whose_turn_lapsed_cannot_let_go_of_a_tenants_held_back_events(setup: Setup) -> None:
+    setup.endpoint("flood")
+    for _ in range(CAP + 2):
+        setup.event("flood")
+    setup.dispatch_all()
+    start = setup.store.tenants_behind()["flood"]
+    read_to = setup.client.get(setup.names.webhook_dispatch_cursor).decode()
+    setup.event("flood")
+    setup.client.delete(setup.names.webhook_dispatcher_turn)  # the turn lapsed: another holder goes on
+    other = Dispatcher(setup.client, setup.names, setup.store, setup.queued.append, "worker-2")
+    other.take_turn()
+    other.dispatch_next()  # passes the new event over: the tenant is held back
+    assert not setup.store.caught_up("flood", read_to)  # what the lapsed one read is not the cursor now
+    assert setup.store.tenants_behind() == {"flood": start}

@@ -120,9 +120,9 @@ class Dispatcher(BackgroundThreads):
                     break
             else:
                 if len(entries) < BATCH:
-                    self.store.go_on_from(tenant, None)
-                    log.info("tenant %s: its held-back events are all deliveries now", tenant)
-                    behind[tenant] = ""
+                    if self.store.caught_up(tenant, cursor):
+                        log.info("tenant %s: its held-back events are all deliveries now", tenant)
+                        behind[tenant] = ""
                 else:
                     self.store.go_on_from(tenant, f"({entries[-1][0]}")
         return any(behind.values())

@@ -492,12 +492,25 @@ class WebhookStore:
         they were held back already (from an earlier start, which stands)."""
         return bool(self.redis.hsetnx(self.names.webhook_behind, tenant, start))
 
-    def go_on_from(self, tenant: str, start: str | None) -> None:
-        """The tenant's held-back events go on from `start`; None: none wait any more."""
-        if start is None:
-            self.redis.hdel(self.names.webhook_behind, tenant)
-        else:
-            self.redis.hset(self.names.webhook_behind, tenant, start)
+    def go_on_from(self, tenant: str, start: str) -> None:
+        """The tenant's held-back events go on from `start` (an XRANGE start in its index)."""
+        self.redis.hset(self.names.webhook_behind, tenant, start)
+
+    def caught_up(self, tenant: str, cursor: str) -> bool:
+        """None of the tenant's events wait any more, as they were read up to `cursor`: true only while
+        the dispatcher's cursor is still there (WATCHed), so that a dispatcher whose turn lapsed
+        meanwhile cannot let go of events a later holder passed over. Whether it was so."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.names.webhook_dispatch_cursor)
+                if text(pipe.get(self.names.webhook_dispatch_cursor) or b"") != cursor:
+                    return False
+                pipe.multi()
+                pipe.hdel(self.names.webhook_behind, tenant)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def index_entries(self, tenant: str, start: str, end: str, count: int) -> list[tuple[str, bytes]]:
         """Up to `count` entries of the tenant's event index from `start` to `end` (XRANGE bounds)."""
