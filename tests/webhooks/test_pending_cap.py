@@ -180,7 +180,8 @@ def test_an_event_cut_off_between_its_endpoints_reaches_the_rest_once_there_is_r
     assert len(setup.queued) == 4
 
 
-def test_every_event_is_indexed_under_its_tenant_once_even_without_endpoints(setup: Setup) -> None:
+def test_every_event_is_indexed_under_its_tenant_once_even_a_tenant_without_endpoints(setup: Setup) -> None:
+    setup.endpoint("someone-else")
     ids = [setup.event("acme"), setup.event("other"), setup.event("acme")]
     setup.dispatcher.dispatch_next()
     stream = setup.client.xrange(setup.names.all_events_stream)
@@ -198,9 +199,10 @@ def test_a_replay_reads_only_its_tenants_index_a_window_at_a_time() -> None:
         setup.event("acme")
         setup.event("noisy")
         time.sleep(0.002)
-    setup.dispatcher.dispatch_next()  # indexed, while no endpoint exists
+    endpoint = setup.endpoint("acme")  # after the events: only a replay sends them
+    setup.dispatcher.dispatch_next()  # indexed (none dispatched: they are older than the endpoint)
+    assert setup.queued == []
     setup.client.delete(setup.names.all_events_stream)  # a replay does not read it
-    endpoint = setup.endpoint("acme")
     first = setup.store.replay(endpoint, since, setup.queued.append)
     assert first.queued == 2
     assert first.next_since is not None
@@ -213,8 +215,8 @@ def test_a_replay_stops_at_the_tenants_pending_cap_and_says_where_to_go_on(setup
     since = time.time() - 1
     for _ in range(5):
         setup.event("acme")
-    setup.dispatcher.dispatch_next()
     endpoint = setup.endpoint("acme")
+    setup.dispatcher.dispatch_next()
     replayed = setup.store.replay(endpoint, since, setup.queued.append)
     assert replayed.queued == CAP
     assert replayed.next_since is not None
@@ -250,3 +252,18 @@ def test_a_dispatcher_whose_turn_lapsed_cannot_let_go_of_a_tenants_held_back_eve
     other.dispatch_next()  # passes the new event over: the tenant is held back
     assert not setup.store.caught_up("flood", read_to)  # what the lapsed one read is not the cursor now
     assert setup.store.tenants_behind() == {"flood": start}
+
+
+def test_while_no_endpoint_exists_nothing_is_read_and_the_first_one_gets_the_events_indexed(
+    setup: Setup,
+) -> None:
+    since = time.time() - 1
+    setup.event("acme")
+    setup.dispatcher.dispatch_next()
+    assert setup.client.get(setup.names.webhook_dispatch_cursor) is None  # the cursor stays
+    assert setup.client.exists(setup.names.tenant_event_index("acme")) == 0
+    endpoint = setup.endpoint("acme")
+    setup.dispatcher.dispatch_next()
+    assert setup.queued == []  # older than the endpoint: not sent, but replayable
+    assert setup.store.replay(endpoint, since, setup.queued.append) == Replayed(1)
+    assert setup.queued == [f"{endpoint.id}.evt_1"]

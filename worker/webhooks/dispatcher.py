@@ -12,7 +12,9 @@ Every event read also goes into its tenant's event index (a stream per tenant, u
 as in the all-flows stream), before any delivery is made of it: replays read that index alone, and the
 dispatcher comes back to it for a tenant held at its cap. Kept here, off the flows' hot path (the
 transition script writes the all-flows stream only); the cursor is the index's too, so events appended
-while no dispatcher runs are indexed once one starts, before they are dispatched.
+while no dispatcher runs are indexed once one starts, before they are dispatched. While no tenant has an
+endpoint it reads nothing and the cursor stays, so webhooks cost the flows nothing until they are used;
+the first endpoint's creation makes it index what the stream holds since (a day at most).
 
 A tenant with WEBHOOK_MAX_PENDING deliveries pending gets no more made: from the event that found no
 room on, its events wait in its index (the cursor moves on, so other tenants' events are dispatched as
@@ -140,6 +142,11 @@ class Dispatcher(BackgroundThreads):
         cursor = self.take_turn()
         if cursor is None:
             return False
+        if not self.store.any_endpoint():
+            # nothing to deliver or replay to (one EXISTS a second), and the cursor stays: once an
+            # endpoint is there, what the stream holds since is indexed (and no older than it, not sent)
+            self._stop.wait(READ_SECONDS)
+            return True
         stream = self.names.all_events_stream
         wait = CATCH_UP_SECONDS if self._behind else READ_SECONDS
         answer: Any = self.redis.xread({stream: cursor}, count=BATCH, block=int(wait * 1000))
