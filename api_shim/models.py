@@ -216,12 +216,18 @@ class EnableRequest(BaseModel):
 
     replay_since: AwareDatetime | None = Field(
         default=None,
-        description="send again what the tenant's stream holds since then (ISO 8601 with offset)",
+        description="send again what the tenant's events index holds since then (ISO 8601 with offset)",
     )
 
 
 class WebhookEnabled(Webhook):
     queued: int = Field(default=0, description="events queued again by replay_since")
+    next_since: Timestamp | None = Field(
+        default=None,
+        description="null: every event since then was queued; else the replay stopped there (at most"
+        " WEBHOOK_REPLAY_MAX_EVENTS events per request, or the tenant's WEBHOOK_MAX_PENDING deliveries"
+        " pending): replay again with this `since` to go on",
+    )
 
 
 class WebhookCreated(BaseModel):
@@ -269,6 +275,12 @@ class ReplayRequest(BaseModel):
 
 class ReplayQueued(BaseModel):
     queued: int
+    next_since: Timestamp | None = Field(
+        default=None,
+        description="null: every event since then was queued; else the replay stopped there (at most"
+        " WEBHOOK_REPLAY_MAX_EVENTS events per request, or the tenant's WEBHOOK_MAX_PENDING deliveries"
+        " pending): replay again with this `since` to go on",
+    )
 
 
 class ConnectionList(BaseModel):

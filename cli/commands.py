@@ -229,6 +229,7 @@ def webhooks(argv: Sequence[str]) -> int:
     settings = settings_or_exit()
     import redis
 
+    from worker.events import utc_timestamp
     from worker.keys import RedisNames
     from worker.webhooks.endpoints import WebhookStore
 
@@ -245,8 +246,11 @@ def webhooks(argv: Sequence[str]) -> int:
             return fail(f"no webhook {args.endpoint_id!r} in {settings.channel_prefix}")
         from worker.tasks.celery_tasks import enqueuer
 
-        queued = store.replay(endpoint, since, enqueuer(settings.store_as_broker_url).enqueue_delivery)
-        print(json.dumps({"id": endpoint.id, "queued": queued}))
+        replayed = store.replay(endpoint, since, enqueuer(settings.store_as_broker_url).enqueue_delivery)
+        answer: dict[str, object] = {"id": endpoint.id, "queued": replayed.queued}
+        if replayed.next_since is not None:  # the window was full: go on from there
+            answer["next_since"] = utc_timestamp(replayed.next_since)
+        print(json.dumps(answer))
         return 0
     except redis.exceptions.ConnectionError:
         return fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")

@@ -180,6 +180,22 @@ class RedisNames:
         """Sorted set: the same deliveries, scored by when they were created (the oldest one's age)."""
         return f"{self.prefix}:deliveries:pending"
 
+    def webhook_tenant_pending(self, tenant: str) -> str:
+        """Sorted set: one tenant's deliveries not done yet, scored by when they were created: its count
+        is held under WEBHOOK_MAX_PENDING (the scripts that end a delivery take it out here too)."""
+        return f"{self.prefix}:deliveries:pending:{tenant}"
+
+    @property
+    def webhook_behind(self) -> str:
+        """Hash: tenant -> where in its event index the dispatcher goes on (an XRANGE start), for the
+        tenants whose events wait there because they had WEBHOOK_MAX_PENDING deliveries pending."""
+        return f"{self.prefix}:webhooks:behind"
+
+    def tenant_event_index(self, tenant: str) -> str:
+        """Stream: one tenant's events, each under its all-flows stream entry's id (field `event`), kept
+        as long as that stream; written by the webhook dispatcher, read by replays (internal)."""
+        return f"{self.prefix}:tenant:{tenant}:events:stream"
+
 
 @dataclass(frozen=True, slots=True)
 class AccountNames:

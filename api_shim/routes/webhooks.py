@@ -6,7 +6,7 @@ exist."""
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
@@ -29,11 +29,12 @@ from api_shim.models import (
 )
 from api_shim.openapi import errors
 from worker.events import utc_timestamp
-from worker.webhooks.endpoints import Endpoint, EndpointChange, EndpointLimitReached
+from worker.webhooks.endpoints import Endpoint, EndpointChange, EndpointLimitReached, Replayed
 from worker.webhooks.urls import RefusedUrl, checked_target
 
 router = APIRouter()
-# a replay reads what the all-flows stream holds since a moment: each tenant gets one in a while
+# a replay reads what its tenant's event index holds since a moment (at most WEBHOOK_REPLAY_MAX_EVENTS
+# events): each tenant gets one in a while
 REPLAY_EVERY_SECONDS = 60
 
 
@@ -100,12 +101,12 @@ async def enable_webhook(
     if not await run_in_threadpool(shim.webhooks.enable, endpoint):
         raise ApiError(404, "webhook_not_found", "no such webhook")
     enabled = await _endpoint(shim, endpoint_id, tenant)
-    queued = 0
+    replayed = Replayed(0)
     if body is not None and body.replay_since is not None:
-        queued = await run_in_threadpool(
+        replayed = await run_in_threadpool(
             shim.webhooks.replay, enabled, body.replay_since.timestamp(), shim.enqueuer.enqueue_delivery
         )
-    return WebhookEnabled(**_shown(enabled).model_dump(), queued=queued)
+    return WebhookEnabled(**_shown(enabled).model_dump(), **_replayed(replayed))
 
 
 @router.get("/v1/webhooks")
@@ -161,6 +162,7 @@ async def list_deliveries(
 @router.post(
     "/v1/webhooks/{endpoint_id}/replay",
     status_code=202,
+    response_model_exclude_none=True,  # {"queued": n}, and next_since only when the replay stopped early
     responses=errors(404, 429, meanings={429: "one replay per tenant a minute: Retry-After says when"}),
 )
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
@@ -169,10 +171,15 @@ async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: 
     if wait:
         message = f"one replay per tenant every {REPLAY_EVERY_SECONDS} seconds"
         raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(wait))})
-    queued = await run_in_threadpool(
+    replayed = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
     )
-    return ReplayQueued(queued=queued)
+    return ReplayQueued(**_replayed(replayed))
+
+
+def _replayed(replayed: Replayed) -> dict[str, Any]:
+    next_since = None if replayed.next_since is None else utc_timestamp(replayed.next_since)
+    return {"queued": replayed.queued, "next_since": next_since}
 
 
 async def _check_url(shim: Deps, url: str) -> None:

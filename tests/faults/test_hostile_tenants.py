@@ -1,14 +1,16 @@
-"""One tenant against the shim, the other tenant watching: slow request bodies, floods of event streams
-and of webhook endpoints, and a Redis that refuses writes. Real processes (a shim with a small
---limit-concurrency, a private redis-server, the sandbox); each test records what held, for how long, and
-what the other tenant saw."""
+"""One tenant against the shim, the other tenant watching: slow request bodies, floods of event streams,
+of webhook endpoints and of pending webhook deliveries, and a Redis that refuses writes. Real processes
+(a shim with a small --limit-concurrency, a private redis-server, the sandbox; for the deliveries a
+worker and a receiver); each test records what held, for how long, and what the other tenant saw."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +18,20 @@ import pytest
 import redis
 
 from tests.support.fault_report import FaultReport
+from tests.support.flows import callback, consent
 from tests.support.processes import Process, free_port, start_cli, wait_for_http
-from tests.support.stack import API_KEY, RedisServer, Sandbox, pipeline_env, start_redis, stop_redis
+from tests.support.receivers import Receiver, run_flows, wait_until
+from tests.support.stack import (
+    API_KEY,
+    Pipeline,
+    RedisServer,
+    Sandbox,
+    pipeline_env,
+    start_pipeline,
+    start_redis,
+    stop_redis,
+)
+from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -28,6 +42,8 @@ SSE_PER_FLOW = 5
 MAX_ENDPOINTS = 5
 PART = "5 bad input"
 SLOW_BODIES = 120  # each of keyed and keyless: together well past --limit-concurrency
+MAX_PENDING = 20  # the flooding tenant's pending deliveries: its flows want ten times as many
+FLOOD_FLOWS = 10
 
 
 @dataclass
@@ -54,10 +70,9 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture(scope="module")
-def stack(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    server: RedisServer = start_redis()  # its own: one test fills it up
-    tenants = tmp_path_factory.mktemp("tenants") / "tenants.toml"
+def _tenants_file(directory: Path, sandbox: Sandbox) -> Path:
+    """The second tenant, mallory, on the sandbox's account (the default tenant is the other one)."""
+    tenants = directory / "tenants.toml"
     tenants.write_text(
         "[tenants.mallory]\n"
         f'api_keys = ["{MALLORY_KEY}"]\n'
@@ -65,6 +80,13 @@ def stack(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         f'oktopost = {{ account_id = "demo-account", api_key = "demo-key", base_url = "{sandbox.url}", '
         'rate_limit = "100000/second" }\n'
     )
+    return tenants
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    server: RedisServer = start_redis()  # its own: one test fills it up
+    tenants = _tenants_file(tmp_path_factory.mktemp("tenants"), sandbox)
     port = free_port()
     env = pipeline_env(
         server.url,
@@ -235,6 +257,135 @@ def test_an_endpoint_flood_is_capped_and_the_other_tenant_registers(
             "created": MAX_ENDPOINTS,
             "refused_422": 30 - MAX_ENDPOINTS,
             "other_tenant": 201,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def delivering(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Pipeline, Receiver]]:
+    """A shim and a worker (two tenants, WEBHOOK_MAX_PENDING small) and a webhook receiver."""
+    receiver = Receiver()
+    try:
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            workers=0,
+            tenants_file=_tenants_file(tmp_path_factory.mktemp("tenants"), sandbox),
+            webhook_allowed_hosts="127.0.0.1",
+            webhook_retry_schedule=",".join(["3s"] * 20),  # a minute of refusals before any fails
+            webhook_timeout_seconds=1,
+            webhook_max_endpoints=MAX_ENDPOINTS,
+            webhook_max_pending=MAX_PENDING,
+            log_level="INFO",
+        )
+    except BaseException:
+        receiver.process.stop()
+        raise
+    try:
+        pipeline.start_worker(concurrency=8)
+        yield pipeline, receiver
+    finally:
+        pipeline.stop()
+        receiver.process.stop()
+
+
+def _mallory_flow(pipeline: Pipeline) -> None:
+    body = {"network": "LinkedIn", "ui": "redirect", "return_url": "https://app.example/done"}
+    created = httpx.post(
+        f"{pipeline.shim_url}/v1/authorizations", json=body, headers=_bearer(MALLORY_KEY), timeout=10
+    )
+    assert created.status_code == 201, created.text
+    assert callback(consent(created.json()["redirect_url"])).status_code == 303
+
+
+def _events_of_tenant(client: redis.Redis, names: RedisNames, tenant: str) -> list[dict[str, Any]]:
+    entries: Any = client.xrange(names.all_events_stream)
+    events = [json.loads(fields[b"event"]) for _, fields in entries]
+    return [event for event in events if event.get("tenant", "default") == tenant]
+
+
+def _accepted_ids(receiver: Receiver, path: str) -> set[str]:
+    return {str(item["id"]) for item in receiver.report(path)["accepted"]}
+
+
+@pytest.mark.timeout(240)
+def test_a_pending_delivery_flood_is_held_back_losing_nothing_and_the_other_tenant_is_delivered_promptly(
+    delivering: tuple[Pipeline, Receiver], fault_report: FaultReport
+) -> None:
+    pipeline, receiver = delivering
+    client: Any = pipeline.redis()
+    names = RedisNames(pipeline.prefix)
+    paths = [f"/mallory{n}" for n in range(MAX_ENDPOINTS)]
+    secrets = {}
+    for path in paths:  # every endpoint of the flooding tenant refuses: its deliveries stay pending
+        answer = httpx.post(
+            f"{pipeline.shim_url}/v1/webhooks",
+            json={"url": f"{receiver.url}{path}"},
+            headers=_bearer(MALLORY_KEY),
+            timeout=10,
+        )
+        assert answer.status_code == 201, answer.text
+        secrets[path] = answer.json()["secret"]
+        receiver.control(path, secret=secrets[path], mode="503")
+    other = httpx.post(
+        f"{pipeline.shim_url}/v1/webhooks", json={"url": f"{receiver.url}/other"}, headers=pipeline.headers
+    )
+    assert other.status_code == 201, other.text
+    receiver.control("/other", secret=other.json()["secret"])
+
+    for _ in range(FLOOD_FLOWS):
+        _mallory_flow(pipeline)
+    wait_until(lambda: client.hexists(names.webhook_behind, "mallory"), 30, "the flood held back at the cap")
+    held_from = time.monotonic()
+    peak = 0
+
+    def other_delivered(flows: list[str]) -> bool:
+        nonlocal peak
+        peak = max(peak, int(client.zcard(names.webhook_tenant_pending("mallory"))))
+        bodies = [json.loads(item["body"]) for item in receiver.report("/other")["accepted"]]
+        return (
+            sum(body["type"] == "connection.completed" and body["flow_id"] in flows for body in bodies) == 3
+        )
+
+    started = time.monotonic()
+    flows = run_flows(pipeline, 3)  # the other tenant, while the flood is held back
+    wait_until(lambda: other_delivered(flows), 30, "the other tenant's deliveries")
+    other_seconds = time.monotonic() - started
+    assert client.hexists(names.webhook_behind, "mallory"), "the flood was still held back meanwhile"
+    assert peak <= MAX_PENDING
+
+    def flood_over() -> bool:
+        events = _events_of_tenant(client, names, "mallory")
+        return sum(event["type"] == "connection.completed" for event in events) == FLOOD_FLOWS
+
+    wait_until(flood_over, 60, "the flooding tenant's flows completed")
+    wanted = {str(event["id"]) for event in _events_of_tenant(client, names, "mallory")}
+    assert len(wanted) * MAX_ENDPOINTS > 5 * MAX_PENDING  # a flood: many times the cap
+    drained_at = time.monotonic()
+    for path in paths:  # the receiver drains
+        receiver.control(path, secret=secrets[path], mode="ok")
+    wait_until(
+        lambda: all(_accepted_ids(receiver, path) >= wanted for path in paths), 120, "the flood delivered"
+    )
+    drain_seconds = time.monotonic() - drained_at
+    missing = sum(len(wanted - _accepted_ids(receiver, path)) for path in paths)
+    wait_until(lambda: not client.hexists(names.webhook_behind, "mallory"), 10, "the flood caught up")
+    assert missing == 0
+    assert int(client.zcard(names.webhook_tenant_pending("mallory"))) == 0
+    fault_report.record(
+        PART,
+        flows=FLOOD_FLOWS + 3,
+        faults_injected=FLOOD_FLOWS,
+        lost=missing,
+        pending_flood={
+            "deliveries_wanted": len(wanted) * MAX_ENDPOINTS,
+            "max_pending": MAX_PENDING,
+            "peak_pending": peak,
+            "held_back_seconds": round(drained_at - held_from, 1),
+            "other_tenant_delivered_seconds": round(other_seconds, 1),
+            "drained_seconds": round(drain_seconds, 1),
         },
     )
 

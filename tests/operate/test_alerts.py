@@ -35,6 +35,7 @@ EXPECTED_ALERTS = {
     "WebhookDeliveriesGivenUp",
     "WebhookEndpointDisabled",
     "ConnectionChecksFailing",
+    "WebhookEventsHeldBack",
     "NoWorkerConsuming",
 }
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

@@ -67,6 +67,9 @@ def test_operators_list_endpoints_without_secrets_and_replay_a_tenants_events(
     for index in range(3):
         flows.create(f"{index:040x}", "LinkedIn", "profile", None, None)
     env = {"REDIS_URL": redis_server.url, "CHANNEL_PREFIX": prefix}
+    # what a worker's dispatcher does as it reads the stream: the events into their tenants' indexes
+    entries = client.xrange(names.all_events_stream)
+    webhooks.index_events([(entry_id.decode(), "default", fields[b"event"]) for entry_id, fields in entries])
 
     listed = run_cli("webhooks", "list", env=env)
     assert listed.returncode == 0, listed.stderr

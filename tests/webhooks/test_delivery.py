@@ -129,8 +129,10 @@ def test_an_address_that_turned_private_after_registration_is_not_reached(setup:
 
 def test_a_deleted_endpoint_fails_its_deliveries_at_once(setup: Setup) -> None:
     delivery_id, _ = setup.delivery_of_new_event()
-    setup.webhooks.delete_endpoint(setup.endpoint)
-    assert setup.courier.attempt(delivery_id).outcome == "failed"
+    assert setup.webhooks.delete_endpoint(setup.endpoint) == 1
+    (delivery,) = setup.webhooks.deliveries(setup.endpoint.id)
+    assert delivery.status == "failed"  # at once, not when its task comes
+    assert setup.courier.attempt(delivery_id).outcome == "over"
     assert setup.receiver.requests == []
 
 

@@ -12,7 +12,7 @@ import fakeredis
 from worker.follow.consume import StreamedEvent
 from worker.keys import RedisNames
 from worker.webhooks.dispatcher import Dispatcher
-from worker.webhooks.endpoints import WebhookStore
+from worker.webhooks.endpoints import Replayed, WebhookStore
 
 URL = "https://hooks.partner.example/oktopost"
 
@@ -44,10 +44,10 @@ def test_a_replay_skips_an_entry_that_is_not_an_event() -> None:
     client: Any = fakeredis.FakeRedis()
     dispatcher, store, _ = dispatcher_on(client, "replaytest")
     endpoint = store.create_endpoint("default", URL, [])
-    stream = dispatcher.names.all_events_stream
     event = {"id": "evt_1", "type": "connection.completed", "flow_id": "f", "tenant": "default"}
-    client.xadd(stream, {"event": b"{not json"})
-    client.xadd(stream, {"event": json.dumps(event)})
+    index = dispatcher.names.tenant_event_index("default")
+    client.xadd(index, {"event": b"{not json"})
+    client.xadd(index, {"event": json.dumps(event)})
     queued: list[str] = []
-    assert store.replay(endpoint, 0, queued.append) == 1
+    assert store.replay(endpoint, 0, queued.append) == Replayed(1)
     assert queued == [f"{endpoint.id}.evt_1"]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.support.deliveries import webhooks_of
-from tests.support.shim import CALLER, Shim
+from tests.support.shim import CALLER, Shim, open_shim
 from worker.follow.consume import StreamedEvent
 from worker.webhooks.dispatcher import Dispatcher
 
@@ -140,3 +140,28 @@ async def test_deliveries_page_with_limit_and_cursor(shim: Shim) -> None:
         answer = await shim.http.get(path, params=params, headers=CALLER)
         assert answer.status_code == 422, (params, answer.text)
         assert answer.json()["error"]["code"]
+
+
+async def test_a_replay_queues_a_window_of_events_and_its_answer_says_where_the_next_goes_on() -> None:
+    async with open_shim(webhook_replay_max_events=2) as shim:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+        for _ in range(3):  # before the endpoint: only a replay sends them
+            shim.new_flow()
+            time.sleep(0.002)
+        _dispatch_everything(shim)  # into the tenant's event index
+        created = await _create(shim, events=["authorization.started"])
+        url = f"/v1/webhooks/{created['id']}/replay"
+        first = await shim.http.post(url, json={"since": since}, headers=CALLER)
+        assert first.status_code == 202, first.text
+        assert first.json()["queued"] == 2
+        next_since = first.json()["next_since"]
+        assert next_since.endswith("Z")
+        shim.store.redis.delete(shim.store.names.webhook_replay_turn("default"))  # a minute later
+        rest = await shim.http.post(url, json={"since": next_since}, headers=CALLER)
+        assert rest.json() == {"queued": 1}
+        assert len(shim.enqueuer.deliveries) == 3  # each event once
+        enabled = await shim.http.post(
+            f"/v1/webhooks/{created['id']}/enable", json={"replay_since": since}, headers=CALLER
+        )
+        assert enabled.json()["queued"] == 2
+        assert enabled.json()["next_since"] == next_since

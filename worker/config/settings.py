@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # endpoints one tenant may register (each event is sent to each of them)
     webhook_max_endpoints: int = Field(default=20, ge=1, le=1000)
+    # deliveries one tenant may have pending at once: past it, the tenant's further events wait in its
+    # event index (none dropped) and become deliveries as its pending ones end; other tenants go on
+    webhook_max_pending: int = Field(default=10000, ge=1, le=10_000_000)
+    # events one replay request (POST /v1/webhooks/{id}/replay, or enable with replay_since) queues at
+    # most; its answer's next_since says where the next one goes on
+    webhook_replay_max_events: int = Field(default=5000, ge=1, le=1_000_000)
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     # after a secret's rotation, how long deliveries carry the old secret's signature beside the new one
     webhook_secret_overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400)

@@ -12,7 +12,8 @@
 --       4 attempts an endpoint may have in flight at once, 5 the prefix of a delivery's hash (its id
 --       follows), 6 seconds a held delivery waits at most before its task is queued again (its
 --       predecessor's end queues it at once), 7 the prefix of a flow's deliveries to this endpoint not
---       over yet (sorted set by seq; the flow id follows)
+--       over yet (sorted set by seq; the flow id follows), 8 the prefix of a tenant's deliveries pending
+--       (sorted set; the tenant follows)
 -- Returns {"begun", endpoint id, body, attempts so far, event id, now (epoch seconds: the attempt's time)}
 --       | {"missing"} | {"over", status} | {"wait", seconds until the attempt's moment}
 --       | {"busy", seconds until the other attempt's lease ends}
@@ -26,9 +27,10 @@ local delivery_id, lease = ARGV[1], tonumber(ARGV[3])
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local current = redis.call("HMGET", delivery, "status", "next_attempt_at", "owner_until", "endpoint", "body",
-                           "attempts", "event_id", "seq", "flow_id")
+                           "attempts", "event_id", "seq", "flow_id", "tenant")
 local order = ARGV[7] .. (current[9] or "")
 if not current[1] then -- expired (or never made): nothing will ever end it, so it leaves the sets now
+  -- (its tenant, unknown here, finds it gone when it counts its pending: webhook_pending_prune.lua)
   redis.call("ZREM", due, delivery_id)
   redis.call("ZREM", pending, delivery_id)
   redis.call("ZREM", order, delivery_id)
@@ -41,6 +43,7 @@ if redis.call("HGET", endpoint, "status") == "disabled" then
   redis.call("HSET", delivery, "status", "failed", "next_attempt_at", "")
   redis.call("ZREM", due, delivery_id)
   redis.call("ZREM", pending, delivery_id)
+  redis.call("ZREM", ARGV[8] .. (current[10] or ""), delivery_id)
   redis.call("ZREM", order, delivery_id)
   return {"over", "failed"}
 end

@@ -11,14 +11,15 @@
 --       5 seconds until the next attempt (retry), 6 seconds to keep the delivery's hash from now,
 --       7 seconds of failing after which the endpoint is to be disabled, 8 seconds the next event of
 --       the flow gets before its task is queued again (it is queued at once by the caller), 9 the
---       prefix of a flow's deliveries to this endpoint not over yet (sorted set by seq; flow id follows)
+--       prefix of a flow's deliveries to this endpoint not over yet (sorted set by seq; flow id follows),
+--       10 the prefix of a tenant's deliveries pending (sorted set; the tenant follows)
 -- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or "", the flow's next delivery
 --         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or ""}
 
 local delivery, due, pending, endpoint = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local delivery_id, outcome = ARGV[1], ARGV[3]
 redis.call("ZREM", KEYS[4], ARGV[2])
-local held = redis.call("HMGET", delivery, "owner", "flow_id", "status")
+local held = redis.call("HMGET", delivery, "owner", "flow_id", "status", "tenant")
 if held[1] ~= ARGV[2] then
   if outcome ~= "delivered" or held[3] ~= "pending" then
     return {"fenced"}
@@ -56,6 +57,7 @@ else
   redis.call("HSET", delivery, "status", outcome, "next_attempt_at", "")
   redis.call("ZREM", due, delivery_id)
   redis.call("ZREM", pending, delivery_id)
+  redis.call("ZREM", ARGV[10] .. (held[4] or ""), delivery_id)
   redis.call("ZREM", order, delivery_id)
   local first = redis.call("ZRANGE", order, 0, 0)
   if #first > 0 then

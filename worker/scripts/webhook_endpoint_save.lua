@@ -1,4 +1,4 @@
--- A webhook endpoint registered, changed or removed for a tenant: its hash and the tenant's index
+-- A webhook endpoint registered or changed for a tenant (webhook_endpoint_delete.lua removes one): its hash and the tenant's index
 -- together. A new endpoint's creation time is read here, in the same step, so that no event appended
 -- meanwhile is older than it and yet missing from its deliveries.
 --
@@ -8,16 +8,10 @@
 --         "update" 3.. field, value pairs (a field with the value "" is removed): an existing endpoint
 --         "rotate" 3 the new secret, 4 seconds the old secret still signs beside it
 --         "enable" (after it was disabled: its failing streak starts again)
---         "delete"
 -- Returns save: the endpoint's creation time (epoch seconds, a string); otherwise 1 | 0 (no such
 -- endpoint: nothing changed)
 
 local endpoint, index, endpoint_id, action = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-if action == "delete" then
-  redis.call("ZREM", index, endpoint_id)
-  redis.call("ZREM", KEYS[3], endpoint_id)
-  return redis.call("DEL", endpoint)
-end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if action == "save" then

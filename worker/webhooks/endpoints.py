@@ -29,7 +29,8 @@ from worker.replies import text
 
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
 LISTED_DELIVERIES = 50  # GET .../deliveries shows the most recent ones, a page at a time
-REPLAY_PAGE = 1000  # stream entries read per XRANGE
+REPLAY_PAGE = 1000  # index entries read per XRANGE
+PRUNE_LOOK = 100  # a tenant's oldest pending deliveries looked at when its count is made true again
 # A delivery held behind an earlier event of its flow is queued again by that event's end at once; if
 # that queueing is lost (a killed worker), the dispatcher takes it up after this long.
 HELD_RECHECK_SECONDS = 60.0
@@ -148,6 +149,19 @@ class Due:
     tenant: str
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay queued: how many events, and, when it stopped before the end (its window of events
+    or the tenant's pending deliveries were full), the moment (epoch seconds) to go on from."""
+
+    queued: int
+    next_since: float | None = None
+
+
+class PendingLimitReached(Exception):
+    """The tenant has as many deliveries pending as it may have (WEBHOOK_MAX_PENDING)."""
+
+
 class EndpointLimitReached(Exception):
     """The tenant has as many endpoints as it may have."""
 
@@ -165,6 +179,8 @@ class WebhookStore:
         *,
         disable_after: float = 432000.0,
         stream_retention: float = 86400.0,
+        max_pending: int = 10000,
+        replay_max_events: int = 5000,
     ) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.names = names
@@ -172,8 +188,13 @@ class WebhookStore:
         self.keep_pending = retention + sum(schedule) + 3600  # a pending one lives through its schedule
         self.disable_after = disable_after  # seconds of failing after which an endpoint is disabled
         self.stream_retention = stream_retention  # seconds the all-flows stream keeps an event
+        self.max_pending = max_pending  # deliveries one tenant may have pending at once
+        self.replay_max_events = replay_max_events  # events one replay queues at most
         self._save = scripts.register(client, "webhook_endpoint_save")
         self._disable = scripts.register(client, "webhook_endpoint_disable")
+        self._delete = scripts.register(client, "webhook_endpoint_delete")
+        self._index = scripts.register(client, "webhook_event_index")
+        self._prune = scripts.register(client, "webhook_pending_prune")
         self._create = scripts.register(client, "webhook_delivery_create")
         self._begin = scripts.register(client, "webhook_attempt_begin")
         self._end = scripts.register(client, "webhook_attempt_end")
@@ -190,6 +211,8 @@ class WebhookStore:
             settings.webhook_retry_schedule,
             disable_after=settings.webhook_disable_after_seconds,
             stream_retention=settings.flow_retention_seconds,
+            max_pending=settings.webhook_max_pending,
+            replay_max_events=settings.webhook_replay_max_events,
         )
 
     # endpoints
@@ -264,6 +287,7 @@ class WebhookStore:
                 self.names.webhook_pending,
                 self.names.all_events_stream,
                 self.names.tenant_channel(endpoint.tenant),
+                self.names.webhook_tenant_pending(endpoint.tenant),
             ],
             args=[
                 event.to_json(),
@@ -343,22 +367,34 @@ class WebhookStore:
             text(key)[len(head) : -len(tail)] for key in self.redis.scan_iter(match=pattern, count=1000)
         )
 
-    def delete_endpoint(self, endpoint: Endpoint) -> None:
-        self._save(
+    def delete_endpoint(self, endpoint: Endpoint) -> int:
+        """Removes the endpoint; its deliveries not over yet end failed at once (how many)."""
+        _, failed = self._delete(
             keys=[
                 self.names.webhook_endpoint(endpoint.id),
                 self.names.webhook_endpoints(endpoint.tenant),
                 self.names.webhook_index,
+                self.names.webhook_deliveries(endpoint.id),
+                self.names.webhook_due,
+                self.names.webhook_pending,
+                self.names.webhook_tenant_pending(endpoint.tenant),
             ],
-            args=[endpoint.id, "delete"],
+            args=[
+                endpoint.id,
+                self.names.webhook_delivery(""),
+                self.names.webhook_flow_order(endpoint.id, ""),
+                int(self.retention),
+            ],
         )
+        return int(failed)
 
     # deliveries
     def create_delivery(
         self, endpoint: Endpoint, event: dict[str, Any], body: bytes, *, replay: bool = False
     ) -> str | None:
         """The delivery of `event` (its JSON: `body`) to `endpoint`; its id when it is new (or, for a
-        replay, pending again) and its task is to be queued, None when it exists already."""
+        replay, pending again) and its task is to be queued, None when it exists already.
+        PendingLimitReached (nothing made) when the tenant has `max_pending` deliveries pending."""
         delivery_id = delivery_id_of(endpoint.id, str(event["id"]))
         flow_id = str(event.get("flow_id") or "")
         seq = int(event.get("seq") or 0) if flow_id else 0
@@ -377,6 +413,7 @@ class WebhookStore:
                 self.names.webhook_due,
                 self.names.webhook_pending,
                 self.names.webhook_flow_order(endpoint.id, flow_id),
+                self.names.webhook_tenant_pending(endpoint.tenant),
             ],
             args=[
                 delivery_id,
@@ -384,41 +421,112 @@ class WebhookStore:
                 int(self.keep_pending),
                 "1" if replay else "",
                 seq,
+                self.max_pending,
                 *(item for pair in fields.items() for item in pair),
             ],
         )
+        if int(created) < 0:
+            raise PendingLimitReached(endpoint.tenant)
         return delivery_id if int(created) else None
 
     def replay_turn(self, tenant: str, every: float) -> float:
         """0 when `tenant` may replay now (its turn is taken for `every` seconds); else the seconds left
-        until it may. One SET NX: replays read the all-flows stream, so each tenant gets one in a while."""
+        until it may. One SET NX: each tenant gets one replay in a while."""
         if self.redis.set(self.names.webhook_replay_turn(tenant), "1", nx=True, px=int(every * 1000)):
             return 0.0
         return max(0.001, int(self.redis.pttl(self.names.webhook_replay_turn(tenant))) / 1000)
 
-    def replay(self, endpoint: Endpoint, since: float, enqueue: Callable[[str], object]) -> int:
-        """Sends `endpoint` again every event of its tenant (of the types it wants) that the all-flows
-        stream still holds from `since` (epoch seconds) on; how many. A delivery of one of them that is
-        still pending is left to its task, not queued twice."""
-        start, matched = f"{max(0, int(since * 1000))}-0", 0
+    def replay(self, endpoint: Endpoint, since: float, enqueue: Callable[[str], object]) -> Replayed:
+        """Sends `endpoint` again the events of its tenant (of the types it wants) that the tenant's
+        event index holds from `since` (epoch seconds) on: about `replay_max_events` of them (the
+        window closes between two milliseconds), and while the tenant has room for pending
+        deliveries. A delivery of one of them that is still pending is left to its task, not queued
+        twice. Reads only this tenant's index, never the all-flows stream; an event older than the
+        index's retention is gone from it (`since` is clamped to what it holds)."""
+        start, matched, last = f"{max(0, int(since * 1000))}-0", 0, -1.0
+        index = self.names.tenant_event_index(endpoint.tenant)
         while True:
-            entries = self.redis.xrange(self.names.all_events_stream, start, "+", count=REPLAY_PAGE)
-            for _, fields in entries:
+            entries = self.redis.xrange(index, start, "+", count=REPLAY_PAGE)
+            for entry_id, fields in entries:
                 body = fields.get(b"event") or fields.get("event")
                 event = _event(body)
-                if event is None:  # an entry that is not an event is never sent
+                if event is None or not endpoint.wants(str(event.get("type"))):
                     continue
-                if event.get("tenant", DEFAULT_TENANT) != endpoint.tenant or not endpoint.wants(
-                    str(event.get("type"))
-                ):
-                    continue
-                matched += 1
-                delivery_id = self.create_delivery(endpoint, event, _bytes(body), replay=True)
+                moment = _moment(entry_id)
+                # the window ends between milliseconds, so that next_since takes up exactly where it ended
+                if matched >= self.replay_max_events and moment != last:
+                    return Replayed(matched, moment)
+                try:
+                    delivery_id = self.create_delivery(endpoint, event, _bytes(body), replay=True)
+                except PendingLimitReached:
+                    return Replayed(matched, moment)
+                matched, last = matched + 1, moment
                 if delivery_id is not None:
                     enqueue(delivery_id)
             if len(entries) < REPLAY_PAGE:
-                return matched
+                return Replayed(matched)
             start = f"({text(entries[-1][0])}"
+
+    # the tenants' event indexes, and the tenants whose events wait there for room (the dispatcher's)
+    def index_events(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        """Each (all-flows entry id, tenant, body) appended to its tenant's event index under the same
+        id, once however often it is asked (webhook_event_index.lua), trimmed to the stream's age."""
+        if not events:
+            return
+        keys = [self.names.tenant_event_index(tenant) for _, tenant, _ in events]
+        args: list[Any] = [int(self.stream_retention * 1000)]
+        for entry_id, _, body in events:
+            args += [entry_id, body]
+        self._index(keys=keys, args=args)
+
+    def tenants_behind(self) -> dict[str, str]:
+        """Tenant -> where in its event index its events wait (an XRANGE start), for each tenant whose
+        events were held back at its pending cap."""
+        return {
+            text(tenant): text(start)
+            for tenant, start in self.redis.hgetall(self.names.webhook_behind).items()
+        }
+
+    def hold_back(self, tenant: str, start: str) -> bool:
+        """The tenant's events from `start` (an XRANGE start in its index) on wait there; False when
+        they were held back already (from an earlier start, which stands)."""
+        return bool(self.redis.hsetnx(self.names.webhook_behind, tenant, start))
+
+    def go_on_from(self, tenant: str, start: str) -> None:
+        """The tenant's held-back events go on from `start` (an XRANGE start in its index)."""
+        self.redis.hset(self.names.webhook_behind, tenant, start)
+
+    def caught_up(self, tenant: str, cursor: str) -> bool:
+        """None of the tenant's events wait any more, as they were read up to `cursor`: true only while
+        the dispatcher's cursor is still there (WATCHed), so that a dispatcher whose turn lapsed
+        meanwhile cannot let go of events a later holder passed over. Whether it was so."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(self.names.webhook_dispatch_cursor)
+                if text(pipe.get(self.names.webhook_dispatch_cursor) or b"") != cursor:
+                    return False
+                pipe.multi()
+                pipe.hdel(self.names.webhook_behind, tenant)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def index_entries(self, tenant: str, start: str, end: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to `count` entries of the tenant's event index from `start` to `end` (XRANGE bounds)."""
+        entries = self.redis.xrange(self.names.tenant_event_index(tenant), start, end, count=count)
+        return [
+            (text(entry_id), _bytes(fields.get(b"event") or fields.get("event") or b"{}"))
+            for entry_id, fields in entries
+        ]
+
+    def pending_room(self, tenant: str) -> int:
+        """How many more deliveries the tenant may have pending (its count made true first)."""
+        count = self._prune(
+            keys=[self.names.webhook_tenant_pending(tenant)],
+            args=[self.names.webhook_delivery(""), PRUNE_LOOK],
+        )
+        return self.max_pending - int(count)
 
     def deliveries(self, endpoint_id: str, limit: int = LISTED_DELIVERIES) -> list[Delivery]:
         """The endpoint's most recent deliveries, most recent first."""
@@ -531,6 +639,7 @@ class WebhookStore:
                 self.names.webhook_delivery(""),
                 HELD_RECHECK_SECONDS,
                 self.names.webhook_flow_order(endpoint_id, ""),
+                self.names.webhook_tenant_pending(""),
             ],
         )
         reason = text(result[0])
@@ -570,6 +679,7 @@ class WebhookStore:
                 self.disable_after,
                 HELD_RECHECK_SECONDS,
                 self.names.webhook_flow_order(endpoint_id, ""),
+                self.names.webhook_tenant_pending(""),
             ],
         )
         if text(result[0]) == "fenced":
@@ -594,6 +704,15 @@ class WebhookStore:
         return [
             text(item) for item in self._requeue(keys=[self.names.webhook_due], args=[late, grace, limit])
         ]
+
+    def tenant_pending(self) -> dict[str, int]:
+        """How many deliveries each tenant with endpoints has pending."""
+        tenants = self.tenants_with_endpoints()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.zcard(self.names.webhook_tenant_pending(tenant))
+            counts = pipe.execute()
+        return {tenant: int(count) for tenant, count in zip(tenants, counts, strict=True)}
 
     def oldest_pending(self) -> tuple[int, float | None]:
         """How many deliveries are pending, and when the oldest of them was created (None: none)."""
@@ -670,6 +789,11 @@ def _event(body: bytes | str | None) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and "id" in event else None
 
 
+def _moment(entry_id: bytes | str) -> float:
+    """The epoch seconds a stream entry was appended at (the milliseconds of its id)."""
+    return int(text(entry_id).split("-")[0]) / 1000
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
@@ -702,3 +826,24 @@ class BacklogCollector(Collector):
             "Age of the oldest webhook delivery not done yet (0 when none)",
             value=0.0 if oldest is None else max(0.0, now - oldest),
         )
+        try:
+            per_tenant, behind = self.store.tenant_pending(), self.store.tenants_behind()
+        except redis.RedisError:
+            return
+        pending = GaugeMetricFamily(
+            "okc_webhook_pending",
+            "Webhook deliveries not done yet, per tenant (WEBHOOK_MAX_PENDING caps it)",
+            labels=["tenant"],
+        )
+        for tenant, count in per_tenant.items():
+            pending.add_metric([tenant], count)
+        yield pending
+        held = GaugeMetricFamily(
+            "okc_webhook_held_back_seconds",
+            "Age of a tenant's oldest event not made deliveries yet because it has WEBHOOK_MAX_PENDING"
+            " deliveries pending (only tenants held back)",
+            labels=["tenant"],
+        )
+        for tenant, start in behind.items():
+            held.add_metric([tenant], max(0.0, now - _moment(start.lstrip("("))))
+        yield held
