@@ -14,8 +14,8 @@ knows any more (removed from the configuration) is overdue for good: after STRAN
 unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
 callbacks of it are queued, not parked.
 
-After a pause (a 429), the account's flows go out again gradually: one call in flight at first, one more
-for each call that has ended since, so a new 429 meets a few calls, not every parked flow.
+After a pause (a 429), the account's flows go out through a window of RAMP_WINDOW calls in flight, the
+next as soon as one ends here, so a new 429 meets a few calls, not every parked flow.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ LEAD_SECONDS = 0.1
 STRANDED_SECONDS = 10.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
+# While a ramp lasts, the most calls in flight: what a new 429 can meet. Fewer leave a worker's tasks idle
+# between calls (a released task takes a few milliseconds to start), more only waste task runs.
+RAMP_WINDOW = 4
 
 
 class TaskQueue(Protocol):
@@ -83,7 +86,10 @@ class Unparker(BackgroundThreads):
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
         self._drop = scripts.register(store.redis, "parked_drop")
-        self._held_back = False  # the last pass left flows parked for a ramp's calls in flight to end
+        # accounts whose last release a ramp held back until calls in flight end (their parked sets), and
+        # whether a call has ended here since: those accounts are then due at once, not at their next look
+        self._ramping: set[str] = set()
+        self._call_ended = False
         self._woken = threading.Event()
         super().__init__({"oktopost-unparker": self._run})
 
@@ -92,8 +98,10 @@ class Unparker(BackgroundThreads):
         self._woken.set()
 
     def call_ended(self) -> None:
-        """A task here ended its call: while a ramp holds parked flows back, the next may go now."""
-        if self._held_back:
+        """A task here ended its call: an account whose ramp holds parked flows back is due now (its
+        moment in the parked accounts is only the fallback, for calls that end in other processes)."""
+        if self._ramping:
+            self._call_ended = True
             self._woken.set()
 
     def release_due(self) -> tuple[int, float]:
@@ -106,12 +114,16 @@ class Unparker(BackgroundThreads):
             (seconds, micros), accounts = pipe.execute()
         now = seconds + micros / 1e6
         released, next_in = 0, MAX_IDLE_SECONDS
-        self._held_back = False
+        listed = {text(raw) for raw, _ in accounts}
+        self._ramping &= listed  # an account no longer parked has no ramp to wake for
+        ramp_due = set(self._ramping) if self._call_ended else set()
+        self._call_ended = False
         for raw, due in accounts:
-            if due > now:
-                next_in = min(next_in, due - now)
-                break
             account = text(raw)
+            if due > now and account not in ramp_due:
+                next_in = min(next_in, due - now)
+                continue
+            self._ramping.discard(account)  # until its release says a ramp holds flows back again
             budget = self.budgets(account)
             if budget is None:  # a worker that knows the account releases its flows, unless none does
                 if due < now - STRANDED_SECONDS:
@@ -165,7 +177,7 @@ class Unparker(BackgroundThreads):
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
-        args += [lead, RAMP_CALLS]
+        args += [lead, RAMP_CALLS, RAMP_WINDOW]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
@@ -194,7 +206,8 @@ class Unparker(BackgroundThreads):
                 self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
-        self._held_back = self._held_back or text(answer[4]) == "1"
+        if text(answer[4]) == "1":
+            self._ramping.add(account.parked_flows)
         return released, text(answer[1]) == "1", float(text(answer[2]))
 
     def _end_unserved(self, flow_id: str, reason: ExpiredReason | None) -> None:
@@ -230,12 +243,8 @@ class Unparker(BackgroundThreads):
         is built for a flow it would hold back."""
         if ramp_from is None:
             return BATCH
-        window = budget.names.budget_window
-        with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(window, float(ramp_from), now)
-            pipe.zcount(window, f"({now}", "+inf")
-            ended, in_flight = pipe.execute()
-        return max(0, 1 + int(ended) - int(in_flight))
+        in_flight = self.store.redis.zcount(budget.names.budget_window, f"({now}", "+inf")
+        return max(0, RAMP_WINDOW - int(in_flight))
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:
