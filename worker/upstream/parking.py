@@ -53,9 +53,10 @@ LEAD_SECONDS = 0.1
 STRANDED_SECONDS = 10.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
-# While a ramp lasts, the most calls in flight: what a new 429 can meet. Fewer leave a worker's tasks idle
-# between calls (a released task takes a few milliseconds to start), more only waste task runs.
-RAMP_WINDOW = 4
+# While a ramp lasts, the most calls in flight: what a new 429 can meet. One leaves the worker idle while
+# each released task starts (a few milliseconds); more than two went out no faster in the faults bench,
+# and each more wastes a task run at every new 429 (docs/benchmarks.md, Faults).
+RAMP_WINDOW = 2
 
 
 class TaskQueue(Protocol):
