@@ -160,8 +160,11 @@ class Unparker(BackgroundThreads):
             pipe.zcount(account.budget_window, f"({now - budget.period + lead}", "+inf")
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             pipe.get(account.resume_ramp)
-            in_window, parked, ramp_from = pipe.execute()
-        room = min(BATCH, max(1, budget.limit - int(in_window)), self._ramp_room(budget, ramp_from, now))
+            pipe.zcount(account.budget_window, f"({now}", "+inf")  # in flight, for a ramp
+            in_window, parked, ramp_from, in_flight = pipe.execute()
+        # while a ramp lasts, about as many as the script will release: no message for one it holds back
+        ramp_room = BATCH if ramp_from is None else max(0, RAMP_WINDOW - int(in_flight))
+        room = min(BATCH, max(1, budget.limit - int(in_window)), ramp_room)
         candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
@@ -238,14 +241,6 @@ class Unparker(BackgroundThreads):
             if store.fail_unclaimed(flow, UnauthorizedError.code, message).done:
                 log.warning("parked flow %s failed: %s", flow_id, message)
         self._drop(keys=[parked_set, store.names.parked_accounts], args=flow_ids)
-
-    def _ramp_room(self, budget: UpstreamBudget, ramp_from: bytes | None, now: float) -> int:
-        """While a ramp lasts, about as many flows as the script will release (it decides): no message
-        is built for a flow it would hold back."""
-        if ramp_from is None:
-            return BATCH
-        in_flight = self.store.redis.zcount(budget.names.budget_window, f"({now}", "+inf")
-        return max(0, RAMP_WINDOW - int(in_flight))
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:
