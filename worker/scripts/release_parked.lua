@@ -16,12 +16,13 @@
 -- and the slot are then both in the window, and they count as one.
 --
 -- After a pause (a 429: account_pause.lua keeps its end as the ramp's start), the parked flows go out
--- through a window: at most ARGV[11] calls in flight (granted or reserved), the next released as one
--- ends, until ARGV[10] have ended since the pause (or the ramp key expires). Released all at once, every
--- one of them would meet the next 429 and be parked again: a task run wasted for each. A window that
--- grew with each ended call (TCP's slow start) wasted as many at each new 429 as calls had passed
--- before it; a fixed one wastes fewer than ARGV[11], and a few calls in flight already keep a
--- worker's tasks busy, so the calls between two 429s go out no slower.
+-- through a window: one call first (a block still in force meets that one alone), then, once a call has
+-- ended since the pause, at most ARGV[11] in flight (granted or reserved), the next released as one ends,
+-- until ARGV[10] have ended (or the ramp key expires). Released all at once, every one of them would
+-- meet the next 429 and be parked again: a task run wasted for each. A window that grew with each ended
+-- call (TCP's slow start) wasted as many at each new 429 as calls had passed before it; a fixed one
+-- wastes fewer than ARGV[11], and a few calls in flight already keep a worker's tasks busy, so the
+-- calls between two 429s go out no slower.
 --
 -- KEYS: 1 the account's parked zset, 2 parked accounts zset (members: the accounts' parked zsets),
 --       3 budget window zset, 4 budget queue zset, 5 the account's pause, 6 leases zset, 7 early zset,
@@ -72,8 +73,9 @@ if paused_until > now then
   doom_before(paused_until, "blocked")
   return {{}, "0", due_in(paused_until - now), doomed, "0"}
 end
--- the most flows released now while a ramp lasts (nil: no ramp): the window less the calls in flight
--- (granted or reserved: scored by their latest end, after now)
+-- the most flows released now while a ramp lasts (nil: no ramp): the window (one until a call has
+-- ended since the pause) less the calls in flight (granted or reserved: scored by their latest end,
+-- after now)
 local cap = nil
 local ramp_from = tonumber(redis.call("GET", KEYS[8]) or "0")
 if ramp_from > 0 then
@@ -81,7 +83,7 @@ if ramp_from > 0 then
   if ended >= tonumber(ARGV[10]) then
     redis.call("DEL", KEYS[8])
   else
-    cap = tonumber(ARGV[11]) - redis.call("ZCOUNT", window, "(" .. now, "+inf")
+    cap = math.min(tonumber(ARGV[11]), 1 + ended) - redis.call("ZCOUNT", window, "(" .. now, "+inf")
   end
 end
 local day = math.floor(now / 86400)

@@ -14,8 +14,9 @@ knows any more (removed from the configuration) is overdue for good: after STRAN
 unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
 callbacks of it are queued, not parked.
 
-After a pause (a 429), the account's flows go out through a window of RAMP_WINDOW calls in flight, the
-next as soon as one ends here, so a new 429 meets a few calls, not every parked flow.
+After a pause (a 429), the account's flows go out through a window: one call first, then RAMP_WINDOW
+calls in flight, the next as soon as one ends here, so a new 429 meets a call or two, not every parked
+flow.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ LEAD_SECONDS = 0.1
 STRANDED_SECONDS = 10.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
-# While a ramp lasts, the most calls in flight: what a new 429 can meet. One leaves the worker idle while
-# each released task starts (a few milliseconds); more than two went out no faster in the faults bench,
-# and each more wastes a task run at every new 429 (docs/benchmarks.md, Faults).
+# While a ramp lasts, the most calls in flight once the first call after the pause has ended: what a new
+# 429 can meet. One leaves the worker idle while each released task starts (a few milliseconds); more than
+# two went out no faster in the faults bench, and each more wastes a task run at every new 429.
 RAMP_WINDOW = 2
 
 
