@@ -26,7 +26,7 @@ from typing import Any
 from bench.connections import ConnectionsResult, run_connections
 from bench.harness import interrupted_by_sigterm, start_redis, start_replicas
 from bench.load import generator_floor
-from bench.report import Row, cpu_table, shared_account_table, table
+from bench.report import Row, cpu_table, every_flow_table, shared_account_table, table
 from bench.rolling import ROLLING, RollingResult, run_rolling
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from bench.systems import (
@@ -217,6 +217,10 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
         print("\nCPU ms per flow while timed (cpu/fl: the system's processes and Redis; the sandbox and")
         print("the load generator aside):")
         print(cpu_table(rows))
+    if any(row.completed < row.flows for row in rows):
+        print("\ne2e p50 ms over completed flows (the table's column) and over every flow (a flow that did")
+        print("not complete counts as never completing):")
+        print(every_flow_table(rows))
     staged = [row for row in rows if row.stages_p50_ms]
     if staged:
         print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")

@@ -16,7 +16,7 @@ from typing import Any
 from bench.careless import CarelessClient, blocked_calls
 from bench.harness import wait_until_idle
 from bench.load import EndingListener, Shot, consent, fire
-from bench.report import Row, percentile
+from bench.report import Row, every_flow_p50, percentile
 from bench.systems import System
 from bench.upstream import SandboxServer, Upstream
 from cli.processes import Child, StartupError
@@ -323,4 +323,5 @@ def _row(
         block_tripped=after["blocked_count"] > before["blocked_count"] or bool(after["ever_blocked"]),
         seconds=(last_seen - first_sent) if not math.isnan(last_seen) else scenario.settle,
         generator_lag_p99_ms=percentile([(shot.sent - shot.due) * 1000 for shot in shots], 99),
+        e2e_p50_every_flow_ms=every_flow_p50(e2e, len(shots)),
     )

@@ -221,6 +221,15 @@ def test_a_rate_needs_enough_completions_to_mean_something() -> None:
     assert completion_rate(steady) == pytest.approx(100.0)
 
 
+def test_the_median_over_every_flow_counts_a_flow_that_did_not_complete_as_never_completing() -> None:
+    from bench.report import every_flow_p50, percentile
+
+    assert every_flow_p50([3.0, 1.0, 2.0], 3) == percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert every_flow_p50([1.0, 2.0, 3.0], 4) == 2.0  # one flow failed: the median moves up
+    assert every_flow_p50([1.0, 2.0, 3.0], 6) == 3.0
+    assert math.isinf(every_flow_p50([1.0, 2.0, 3.0], 7))  # fewer than half completed
+
+
 def test_the_webhooks_scenario_delivers_every_event_to_both_endpoints(tmp_path: Path) -> None:
     results = tmp_path / "bench.json"
     run = subprocess.run(

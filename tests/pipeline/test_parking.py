@@ -21,7 +21,7 @@ from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import NoBudgetNow, UpstreamBudget
 from worker.upstream.clients import Upstreams
-from worker.upstream.parking import Unparker
+from worker.upstream.parking import RAMP_WINDOW, Unparker
 from worker.upstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
@@ -282,47 +282,73 @@ def test_an_account_no_worker_knows_fails_its_parked_flows_and_is_forgotten() ->
     assert store.redis.zscore(names.leases, later) is not None
 
 
-def test_after_a_pause_parked_flows_go_out_one_call_first_so_a_new_429_meets_one_not_all() -> None:
+def _released_now(unparker: Unparker, enqueuer: RecordingEnqueuer) -> list[str]:
+    before = len(enqueuer.enqueued)
+    unparker.release_due()
+    return [flow_id for flow_id, _ in enqueuer.enqueued[before:]]
+
+
+def _wait_out_the_pause(budget: UpstreamBudget) -> None:
+    while budget.account.standing().paused_until is not None:
+        time.sleep(0.01)
+
+
+def test_after_a_pause_one_call_goes_first_then_a_window_so_a_new_429_meets_one_not_all() -> None:
     context, handler = limited_context(limit=100, period=1.0)
     budget = budget_of(context)
     enqueuer = RecordingEnqueuer()
     unparker = unparker_for(context, enqueuer)
-    flow_ids = claim(context, 8)
+    flow_ids = claim(context, 2 * RAMP_WINDOW + 2)
     budget.account.pause(0.4)
-    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 8
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * len(flow_ids)
     while budget.account.standing().paused_until is not None:  # a paused account costs no task run
         unparker.release_due()
         time.sleep(0.02)
     assert enqueuer.enqueued == []
 
-    def released_now() -> list[str]:
-        before = len(enqueuer.enqueued)
-        unparker.release_due()
-        return [flow_id for flow_id, _ in enqueuer.enqueued[before:]]
-
-    def wait_out_the_pause() -> None:
-        while budget.account.standing().paused_until is not None:
-            time.sleep(0.01)
-
-    probe = released_now()
+    probe = _released_now(unparker, enqueuer)
     assert probe == flow_ids[:1]  # one call first: the earliest deadline
-    assert released_now() == []  # the rest wait while it is in flight
+    assert _released_now(unparker, enqueuer) == []  # the rest wait while it is in flight
     handler.queue = [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=PROFILE)]
     assert verify_flow(context, probe[0]) is TaskOutcome.PARKED  # the new pause met that one flow only
-    assert released_now() == []
-    wait_out_the_pause()
+    assert _released_now(unparker, enqueuer) == []
+    _wait_out_the_pause(budget)
 
-    ended = 0
-    while len(enqueuer.enqueued) < 9:  # each call that ends lets one more go: 1, 2, 4, ...
-        released = released_now()
-        assert len(released) <= 1 + ended
+    at_once = []
+    give_up = time.monotonic() + 10
+    while len(enqueuer.enqueued) < 1 + len(flow_ids):  # the probe again, then a window as calls end
+        assert time.monotonic() < give_up
+        released = _released_now(unparker, enqueuer)
         outcomes = [verify_flow(context, flow_id) for flow_id in released]
         assert outcomes == [TaskOutcome.COMPLETED] * len(released)
-        ended += len(released)
-    assert len(handler.seen) == 9  # one call each, and the one 429
+        at_once.append(len(released))
+        time.sleep(0 if released else 0.01)  # the account is due a moment after its pause's end
+    assert max(at_once) == RAMP_WINDOW
+    assert len(handler.seen) == 1 + len(flow_ids)  # one call each, and the one 429
     for flow_id in flow_ids:
         assert [e["type"] for e in context.store.events(flow_id)].count("connection.completed") == 1
     assert parked(context) == []
+
+
+def test_a_call_that_ends_during_a_ramp_releases_the_next_flow_at_once() -> None:
+    """The unparker does not wait for the account's next look: the task that ended a call wakes it."""
+    context, _ = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    store, names = context.store, context.store.names
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)
+    flow_ids = claim(context, RAMP_WINDOW + 1)
+    budget.account.pause(0.2)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * len(flow_ids)
+    _wait_out_the_pause(budget)
+    probe = _released_now(unparker, enqueuer)
+    assert probe == flow_ids[:1]
+    assert verify_flow(context, probe[0]) is TaskOutcome.COMPLETED  # the window opens
+    later = float(store.redis.time()[0]) + 60  # the account's next look, as if far off
+    store.redis.zadd(names.parked_accounts, {budget.names.parked_flows: later})
+    assert _released_now(unparker, enqueuer) == []
+    unparker.call_ended()
+    assert _released_now(unparker, enqueuer) == flow_ids[1:]
 
 
 def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:
@@ -333,14 +359,15 @@ def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:
     flow_ids = claim(context, 2)
     budget.account.pause(0.2)
     assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 2
-    while budget.account.standing().paused_until is not None:
-        time.sleep(0.01)
+    _wait_out_the_pause(budget)
     unparker.release_due()
     assert enqueuer.enqueued == [(flow_ids[0], FlowState.VERIFYING)]
     budget.account.pause(0.2)  # another client's 429, before the released task starts
     assert verify_flow(context, flow_ids[0]) is TaskOutcome.PARKED
     assert context.store.redis.zcard(budget.names.budget_window) == 0  # its unused slot given back
-    while budget.account.standing().paused_until is not None:
+    _wait_out_the_pause(budget)
+    give_up = time.monotonic() + 5
+    while len(enqueuer.enqueued) < 2 and time.monotonic() < give_up:  # nothing in flight: one goes
+        unparker.release_due()
         time.sleep(0.01)
-    unparker.release_due()  # nothing in flight: the ramp lets one go at once
     assert enqueuer.enqueued[1:] == [(flow_ids[0], FlowState.VERIFYING)]

@@ -16,9 +16,13 @@
 -- and the slot are then both in the window, and they count as one.
 --
 -- After a pause (a 429: account_pause.lua keeps its end as the ramp's start), the parked flows go out
--- gradually, as TCP's slow start does: one call in flight at first, one more for each call that has
--- ended since the pause, until ARGV[10] have (or the ramp key expires). Released all at once, every one
--- of them would meet the next 429 and be parked again: a task run and a call wasted for each.
+-- through a window: one call first (a block still in force meets that one alone), then, once a call has
+-- ended since the pause, at most ARGV[11] in flight (granted or reserved), the next released as one ends,
+-- until ARGV[10] have ended (or the ramp key expires). Released all at once, every one of them would
+-- meet the next 429 and be parked again: a task run wasted for each. A window that grew with each ended
+-- call (TCP's slow start) wasted as many at each new 429 as calls had passed before it; a fixed one
+-- wastes fewer than ARGV[11], and a few calls in flight already keep a worker's tasks busy, so the
+-- calls between two 429s go out no slower.
 --
 -- KEYS: 1 the account's parked zset, 2 parked accounts zset (members: the accounts' parked zsets),
 --       3 budget window zset, 4 budget queue zset, 5 the account's pause, 6 leases zset, 7 early zset,
@@ -27,9 +31,9 @@
 -- ARGV: 1 limit, 2 period (s), 3 seconds a reserved slot is held (the task's start and its call),
 --       4 calls a day or "", 5 prefix of the day's counter, 6 seconds the queued task gets to start (its
 --       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, 9 lead (s),
---       10 calls that must end after a pause before its ramp is over, then
---       per candidate (ARGV[11 + 5i ..]): flow id, the state its task works on, the task's message, ""
---       or its task-sent event's channel, the event
+--       10 calls that must end after a pause before its ramp is over, 11 the ramp's window (calls in
+--       flight), then per candidate (ARGV[12 + 5i ..]): flow id, the state its task works on, the task's
+--       message, "" or its task-sent event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
 --          seconds until the account is next due, or "-1" when nothing is parked any more,
 --          {flow id, "blocked" | "late", ...}: the flows no slot can come for before their deadline,
@@ -69,8 +73,9 @@ if paused_until > now then
   doom_before(paused_until, "blocked")
   return {{}, "0", due_in(paused_until - now), doomed, "0"}
 end
--- the most flows released now while a ramp lasts (nil: no ramp): calls ended since the pause, plus
--- one, less the calls in flight (granted or reserved: scored by their latest end, after now)
+-- the most flows released now while a ramp lasts (nil: no ramp): the window (one until a call has
+-- ended since the pause) less the calls in flight (granted or reserved: scored by their latest end,
+-- after now)
 local cap = nil
 local ramp_from = tonumber(redis.call("GET", KEYS[8]) or "0")
 if ramp_from > 0 then
@@ -78,7 +83,7 @@ if ramp_from > 0 then
   if ended >= tonumber(ARGV[10]) then
     redis.call("DEL", KEYS[8])
   else
-    cap = 1 + ended - redis.call("ZCOUNT", window, "(" .. now, "+inf")
+    cap = math.min(tonumber(ARGV[11]), 1 + ended) - redis.call("ZCOUNT", window, "(" .. now, "+inf")
   end
 end
 local day = math.floor(now / 86400)
@@ -104,7 +109,7 @@ end
 local released = {}
 local stopped, waiting_ahead = false, false
 for i = 1, #KEYS - 8 do
-  local base = 11 + (i - 1) * 5
+  local base = 12 + (i - 1) * 5
   local flow_id, state = ARGV[base], ARGV[base + 1]
   local flow = KEYS[8 + i]
   local deadline = redis.call("ZSCORE", parked, flow_id)

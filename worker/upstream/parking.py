@@ -14,8 +14,9 @@ knows any more (removed from the configuration) is overdue for good: after STRAN
 unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
 callbacks of it are queued, not parked.
 
-After a pause (a 429), the account's flows go out again gradually: one call in flight at first, one more
-for each call that has ended since, so a new 429 meets a few calls, not every parked flow.
+After a pause (a 429), the account's flows go out through a window: one call first, then RAMP_WINDOW
+calls in flight, the next as soon as one ends here, so a new 429 meets a call or two, not every parked
+flow.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ LEAD_SECONDS = 0.1
 STRANDED_SECONDS = 10.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
+# While a ramp lasts, the most calls in flight once the first call after the pause has ended: what a new
+# 429 can meet. One leaves the worker idle while each released task starts (a few milliseconds); more than
+# two went out no faster in the faults bench, and each more wastes a task run at every new 429.
+RAMP_WINDOW = 2
 
 
 class TaskQueue(Protocol):
@@ -84,7 +89,10 @@ class Unparker(BackgroundThreads):
         self.least_seconds = least_seconds
         self._release = scripts.register(store.redis, "release_parked")
         self._drop = scripts.register(store.redis, "parked_drop")
-        self._held_back = False  # the last pass left flows parked for a ramp's calls in flight to end
+        # accounts whose last release a ramp held back until calls in flight end (their parked sets), and
+        # whether a call has ended here since: those accounts are then due at once, not at their next look
+        self._ramping: set[str] = set()
+        self._call_ended = False
         self._woken = threading.Event()
         super().__init__({"oktopost-unparker": self._run})
 
@@ -93,8 +101,10 @@ class Unparker(BackgroundThreads):
         self._woken.set()
 
     def call_ended(self) -> None:
-        """A task here ended its call: while a ramp holds parked flows back, the next may go now."""
-        if self._held_back:
+        """A task here ended its call: an account whose ramp holds parked flows back is due now (its
+        moment in the parked accounts is only the fallback, for calls that end in other processes)."""
+        if self._ramping:
+            self._call_ended = True
             self._woken.set()
 
     def release_due(self) -> tuple[int, float]:
@@ -107,12 +117,16 @@ class Unparker(BackgroundThreads):
             (seconds, micros), accounts = pipe.execute()
         now = seconds + micros / 1e6
         released, next_in = 0, MAX_IDLE_SECONDS
-        self._held_back = False
+        listed = {text(raw) for raw, _ in accounts}
+        self._ramping &= listed  # an account no longer parked has no ramp to wake for
+        ramp_due = set(self._ramping) if self._call_ended else set()
+        self._call_ended = False
         for raw, due in accounts:
-            if due > now:
-                next_in = min(next_in, due - now)
-                break
             account = text(raw)
+            if due > now and account not in ramp_due:
+                next_in = min(next_in, due - now)
+                continue
+            self._ramping.discard(account)  # until its release says a ramp holds flows back again
             budget = self.budgets(account)
             if budget is None:  # a worker that knows the account releases its flows, unless none does
                 if due < now - STRANDED_SECONDS:
@@ -148,8 +162,11 @@ class Unparker(BackgroundThreads):
             pipe.zcount(account.budget_window, f"({now - budget.period + lead}", "+inf")
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             pipe.get(account.resume_ramp)
-            in_window, parked, ramp_from = pipe.execute()
-        room = min(BATCH, max(1, budget.limit - int(in_window)), self._ramp_room(budget, ramp_from, now))
+            pipe.zcount(account.budget_window, f"({now}", "+inf")  # in flight, for a ramp
+            in_window, parked, ramp_from, in_flight = pipe.execute()
+        # while a ramp lasts, about as many as the script will release: no message for one it holds back
+        ramp_room = BATCH if ramp_from is None else max(0, RAMP_WINDOW - int(in_flight))
+        room = min(BATCH, max(1, budget.limit - int(in_window)), ramp_room)
         candidates = [text(m) for m in parked[:room]]
         with store.redis.pipeline(transaction=False) as pipe:
             for flow_id in candidates:
@@ -169,7 +186,7 @@ class Unparker(BackgroundThreads):
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
-        args += [lead, RAMP_CALLS]
+        args += [lead, RAMP_CALLS, RAMP_WINDOW]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
@@ -199,7 +216,8 @@ class Unparker(BackgroundThreads):
                     self._send(flow_id, state)
         if released:
             log.info("released %d parked flow(s) of account %s", len(released), budget.names.account_id)
-        self._held_back = self._held_back or text(answer[4]) == "1"
+        if text(answer[4]) == "1":
+            self._ramping.add(account.parked_flows)
         return released, text(answer[1]) == "1", float(text(answer[2]))
 
     def _end_unserved(self, flow_id: str, reason: ExpiredReason | None) -> None:
@@ -229,18 +247,6 @@ class Unparker(BackgroundThreads):
             if store.fail_unclaimed(flow, UnauthorizedError.code, message).done:
                 log.warning("parked flow %s failed: %s", flow_id, message)
         self._drop(keys=[parked_set, store.names.parked_accounts], args=flow_ids)
-
-    def _ramp_room(self, budget: UpstreamBudget, ramp_from: bytes | None, now: float) -> int:
-        """While a ramp lasts, about as many flows as the script will release (it decides): no message
-        is built for a flow it would hold back."""
-        if ramp_from is None:
-            return BATCH
-        window = budget.names.budget_window
-        with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(window, float(ramp_from), now)
-            pipe.zcount(window, f"({now}", "+inf")
-            ended, in_flight = pipe.execute()
-        return max(0, 1 + int(ended) - int(in_flight))
 
     def _send(self, flow_id: str, state: FlowState) -> None:
         try:
