@@ -29,6 +29,17 @@ from tests.support.stack import Pipeline
             {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "a-caller-key-long-enough-000"},
             "OKTOPOST_BASE_URL",
         ),
+        (["worker"], {"WEBHOOK_MAX_PENDING": "0"}, "WEBHOOK_MAX_PENDING"),
+        (["worker"], {"WEBHOOK_REPLAY_MAX_EVENTS": "many"}, "WEBHOOK_REPLAY_MAX_EVENTS"),
+        (
+            ["shim"],
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+                "SHIM_API_KEYS": "a-caller-key-long-enough-000",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
     ],
 )
 def test_bad_setting_stops_with_one_line_and_exit_2(

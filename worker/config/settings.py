@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the protocol is
     # checked here too, so that a wrong one stops start-up as any other setting does
     otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None  # the traces' own
+
+    @field_validator("otel_exporter_otlp_traces_protocol", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
