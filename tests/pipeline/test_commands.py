@@ -40,6 +40,17 @@ from tests.support.stack import Pipeline
             },
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ),
+        (
+            ["worker"],
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (["worker"], {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector:4317"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            ["worker"],
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "not a url"},
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
     ],
 )
 def test_bad_setting_stops_with_one_line_and_exit_2(

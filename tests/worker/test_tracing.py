@@ -84,6 +84,27 @@ def test_with_an_endpoint_the_sdk_the_instrumentations_and_the_exporter_are() ->
     } <= loaded
 
 
+def test_the_traces_own_endpoint_alone_turns_traces_on() -> None:
+    assert tracing.wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://otel-collector:4318/v1/traces"})
+    assert not tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": " ", "OTEL_SERVICE_NAME": "x"})
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://otel-collector:4318",
+        "https://collector.example/otlp",
+        "otel-collector:4317",
+        "http://[::1]:4317",
+    ],
+)
+def test_a_collector_is_given_as_the_exporters_take_it(endpoint: str) -> None:
+    settings = load_settings(
+        shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint=endpoint
+    )
+    assert settings.otel_exporter_otlp_endpoint == endpoint
+
+
 def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         load_settings(shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_protocol="http/json")

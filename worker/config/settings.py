@@ -174,8 +174,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the protocol is
-    # checked here too, so that a wrong one stops start-up as any other setting does
+    # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the collector and
+    # the protocol are checked here too, so that a wrong one stops start-up as any other setting does
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""  # the traces' own, in place of the one above
     otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
     otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None  # the traces' own
 
@@ -183,6 +185,12 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        value = value.strip()
+        return check_collector_url(value) if value else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -389,6 +397,21 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> tuple[int, int]:
         return parse_rate(self.oktopost_rate_limit)
+
+
+def check_collector_url(url: str) -> str:
+    """An OTLP collector's URL, as the exporters take it (`http://host:port`, or `host:port` for grpc)."""
+    example = "expected a URL such as http://otel-collector:4318"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError(f"{example}, without spaces")
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        raise ValueError(example) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(example)
+    return url
 
 
 def describe_error(error: ValidationError) -> str:

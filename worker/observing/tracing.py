@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from worker.observing.redaction import redact
 
 ENDPOINT_SETTING = "OTEL_EXPORTER_OTLP_ENDPOINT"
+TRACES_ENDPOINT_SETTING = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"  # the SDK's, for traces alone
 PROTOCOLS = ("http/protobuf", "grpc")
 TRACEPARENT = "traceparent"  # the W3C header, the message header and the flow's field alike
 EXIT_FLUSH_SECONDS = 1.0  # how long an exiting process waits for its last spans to reach the collector
@@ -55,8 +56,9 @@ class Flow(Protocol):
 
 
 def wanted(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether traces are to be exported: OTEL_EXPORTER_OTLP_ENDPOINT is set."""
-    return bool((os.environ if environ is None else environ).get(ENDPOINT_SETTING, "").strip())
+    """Whether traces are to be exported: OTEL_EXPORTER_OTLP_ENDPOINT (or the traces' own) is set."""
+    settings = os.environ if environ is None else environ
+    return any(settings.get(name, "").strip() for name in (ENDPOINT_SETTING, TRACES_ENDPOINT_SETTING))
 
 
 def active() -> bool:
