@@ -22,6 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from tests.support.stack import pipeline_env
 from tests.support.work import PROFILE, TOKEN, Answers
+from worker.config import settings as settings_module
 from worker.config.settings import ConfigError, load_settings
 from worker.flows.enqueuer import Enqueuer, TaskMessages
 from worker.flows.flow import FlowState, Lifetimes
@@ -103,6 +104,15 @@ def test_a_collector_is_given_as_the_exporters_take_it(endpoint: str) -> None:
         shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint=endpoint
     )
     assert settings.otel_exporter_otlp_endpoint == endpoint
+
+
+def test_an_endpoint_without_the_otel_extra_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "find_spec", lambda _name: None)
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_ENDPOINT: traces need the otel extra"):
+        load_settings(
+            shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint="http://c:4318"
+        )
+    assert load_settings(shim_api_keys="a-caller-key-long-enough-0123")  # no endpoint: no extra needed
 
 
 def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -58,6 +59,14 @@ class ConfigError(Exception):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# what traces need (the otel extra): the SDK, both exporters, the two instrumentations
+OTEL_MODULES = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.exporter.otlp.proto.grpc",
+    "opentelemetry.instrumentation.fastapi",
+    "opentelemetry.instrumentation.celery",
+)
 DEFAULT_RETRY_SCHEDULE = (5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
@@ -190,6 +199,8 @@ class Settings(BaseSettings):
     @classmethod
     def _collector(cls, value: str) -> str:
         value = value.strip()
+        if value and not _traces_installed():
+            raise ValueError("traces need the otel extra: pip install 'oktopost-connect[otel]'")
         return check_collector_url(value) if value else value
 
     @field_validator("log_level", "log_format", mode="before")
@@ -397,6 +408,14 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> tuple[int, int]:
         return parse_rate(self.oktopost_rate_limit)
+
+
+def _traces_installed() -> bool:
+    """Whether the otel extra is installed (looked for, not imported)."""
+    try:
+        return all(find_spec(name) is not None for name in OTEL_MODULES)
+    except ModuleNotFoundError:  # a parent package missing
+        return False
 
 
 def check_collector_url(url: str) -> str:
