@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -113,6 +114,22 @@ def test_an_endpoint_without_the_otel_extra_installed_is_refused(monkeypatch: py
             shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint="http://c:4318"
         )
     assert load_settings(shim_api_keys="a-caller-key-long-enough-0123")  # no endpoint: no extra needed
+
+
+def test_an_exiting_process_gives_its_last_spans_a_second_at_most() -> None:
+    class CollectorAway:  # a TracerProvider whose exporter waits out its timeout
+        def __init__(self) -> None:
+            self.asked = threading.Event()
+
+        def shutdown(self) -> None:
+            self.asked.set()
+            time.sleep(30)
+
+    provider = CollectorAway()
+    began = time.monotonic()
+    tracing._flush_at_exit(provider, within=0.2)
+    assert provider.asked.is_set()
+    assert time.monotonic() - began < 1
 
 
 def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,11 @@ def _flush_at_exit(provider: Any, within: float = EXIT_FLUSH_SECONDS) -> None:
     that is away or slow (the SDK's own shutdown waits out the exporter's timeout and retries) must not
     hold a stopping worker or shim past its grace period. What is not sent by then is dropped."""
     stopping = threading.Thread(target=provider.shutdown, name="traces-flush", daemon=True)
-    stopping.start()
+    try:
+        stopping.start()
+    except RuntimeError:  # an interpreter that starts no thread at exit (3.12+): the SDK's own shutdown
+        provider.shutdown()
+        return
     stopping.join(within)
 
 
