@@ -3,9 +3,10 @@ flow keeps one trace); `install` is called only then, and only then is OpenTelem
 
 - FastAPI's instrumentation makes a server span of each request, continuing the caller's W3C
   `traceparent`: POST /v1/authorizations is the root of its flow's trace.
-- A request about one flow (its callback, start_url, page or selection) comes from a browser, which
-  knows nothing of that trace: `FlowTraceParent`, outside the instrumentation, gives the request the
-  flow's own `traceparent` (kept in the flow's hash), so its span joins the flow's trace.
+- A request about one flow (its callback, start_url, page or selection; the caller's read of it)
+  comes from a browser, which knows nothing of that trace, or from a caller in a trace of its own:
+  `FlowTraceParent`, outside the instrumentation, gives the request the flow's own `traceparent` (kept
+  in the flow's hash), so its span, which names the flow, joins the flow's trace.
 - No query string, cookie or Authorization value reaches a span: the URL attributes lose their query's
   secrets (`okt`), and the headers the instrumentation may be told to record are sanitized.
 - Probes, /metrics and event streams make no spans.
@@ -29,10 +30,10 @@ from worker.replies import text
 log = logging.getLogger(__name__)
 
 _ID = r"([A-Za-z0-9_-]{16,64})"  # worker.flows.flow.FLOW_ID_SHAPE
-# the requests a user's browser makes about one flow
+# the requests about one flow, a user's browser's and its caller's (their spans name the flow)
 FLOW_REQUESTS = re.compile(
     rf"/v1/callback/{_ID}(?:/confirm)?|/v1/start/{_ID}|/connect/{_ID}(?:/selection)?"
-    rf"|/v1/authorizations/{_ID}/selection"
+    rf"|/v1/authorizations/{_ID}(?:/selection)?"
 )
 UNTRACED = "/healthz,/readyz,/metrics,/events$,/static/"
 URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.query")

@@ -136,7 +136,7 @@ class RedisNames:
         return f"{self.prefix}:webhooks:cursor"
 
     def webhook_replay_turn(self, tenant: str) -> str:
-        """String with a TTL: a tenant's last replay through the shim, until it may replay again."""
+        """Integer with a TTL: how many replays a tenant made through the shim since its window began."""
         return f"{self.prefix}:tenant:{tenant}:replay"
 
     def webhook_endpoint(self, endpoint_id: str) -> str:

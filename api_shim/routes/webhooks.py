@@ -34,8 +34,9 @@ from worker.webhooks.urls import RefusedUrl, checked_target
 
 router = APIRouter()
 # a replay reads what its tenant's event index holds since a moment (at most WEBHOOK_REPLAY_MAX_EVENTS
-# events): each tenant gets one in a while
+# events): each tenant gets a few a minute, enough to go on at once from a full window's next_since
 REPLAY_EVERY_SECONDS = 60
+REPLAYS_PER_WINDOW = 10
 
 
 @router.post(
@@ -163,14 +164,16 @@ async def list_deliveries(
     "/v1/webhooks/{endpoint_id}/replay",
     status_code=202,
     response_model_exclude_none=True,  # {"queued": n}, and next_since only when the replay stopped early
-    responses=errors(404, 429, meanings={429: "one replay per tenant a minute: Retry-After says when"}),
+    responses=errors(404, 429, meanings={429: "ten replays per tenant a minute: Retry-After says when"}),
 )
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
-    wait = await run_in_threadpool(shim.webhooks.replay_turn, tenant, REPLAY_EVERY_SECONDS)
-    if wait:
-        message = f"one replay per tenant every {REPLAY_EVERY_SECONDS} seconds"
-        raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(wait))})
+    turn = await run_in_threadpool(
+        shim.webhooks.replay_turn, tenant, REPLAY_EVERY_SECONDS, REPLAYS_PER_WINDOW
+    )
+    if turn:
+        message = f"{REPLAYS_PER_WINDOW} replays per tenant every {REPLAY_EVERY_SECONDS} seconds"
+        raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(turn))})
     replayed = await run_in_threadpool(
         shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
     )

@@ -1,22 +1,27 @@
-"""Traces over real processes: a shim and a Celery worker exporting to an OTLP/HTTP receiver, flows
-driven through the sandbox to their end.
+"""Traces over real processes: a shim and a Celery worker exporting to an OTLP/HTTP receiver (or a gRPC
+one), flows driven through the sandbox to their end.
 
-One trace per flow: the caller's POST /v1/authorizations (its traceparent continued), the browser's
-callback, the selection, every task and every Oktopost call share one trace id and name the flow; no span
-attribute holds the okt token, the Oktopost key, its Basic-auth value or the caller's key.
+One trace per flow: the caller's POST /v1/authorizations or reconnect (its traceparent continued), the
+browser's callback, the selection (the caller's or the hosted page's), every task and every Oktopost call
+share one trace id and name the flow; no span attribute holds the okt token, the Oktopost key, its
+Basic-auth value or the caller's key. A malformed traceparent is ignored; a collector that never answers
+slows no request and no stop.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, okt_of, select, wait_for_event
-from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.otlp import GrpcOtlpReceiver, OtlpReceiver, ReceivedSpan, silent_collector
 from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
 
@@ -51,10 +56,12 @@ def traced(redis_server: RedisServer) -> Iterator[tuple[OtlpReceiver, Pipeline]]
         receiver.stop()
 
 
-def start(pipeline: Pipeline, entity_type: str, traceparent: str | None) -> dict[str, str]:
+def start(
+    pipeline: Pipeline, entity_type: str, traceparent: str | None, route: str = "/v1/authorizations"
+) -> dict[str, str]:
     headers = {**pipeline.headers, **({"traceparent": traceparent} if traceparent else {})}
     body = {"network": "Facebook", "type": entity_type, "return_url": "https://app.example/done"}
-    answer = httpx.post(f"{pipeline.shim_url}/v1/authorizations", json=body, headers=headers, timeout=15)
+    answer = httpx.post(f"{pipeline.shim_url}{route}", json=body, headers=headers, timeout=15)
     assert answer.status_code == 201, answer.text
     created: dict[str, str] = answer.json()
     return created
@@ -138,6 +145,183 @@ def test_a_flow_without_a_callers_trace_gets_one_of_its_own(traced: tuple[OtlpRe
         "oktopost verify",
     }
     assert_no_secrets(receiver.received(), okt_of(callback_url))
+
+
+def test_a_reconnect_is_one_trace_from_the_callers_request(traced: tuple[OtlpReceiver, Pipeline]) -> None:
+    receiver, pipeline = traced
+    first = start(pipeline, "profile", None)
+    assert callback(consent(first["redirect_url"])).status_code == 303
+    completed = events_of(pipeline, first["flow_id"])[-1]
+    assert completed["type"] == "connection.completed"
+    connection_id = completed["data"]["credentials"][0]["id"]
+
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    route = f"/v1/connections/{connection_id}/reconnect"
+    created = start(pipeline, "profile", f"00-{caller_trace}-{caller_span}-01", route=route)
+    flow_id = created["flow_id"]
+    callback_url = consent(created["redirect_url"])
+    assert callback(callback_url).status_code == 303
+    assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+    spans = receiver.wait_for(
+        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
+        timeout=20,
+        what="the reconnect's verify span",
+    )
+    flow_spans = of_flow(spans, flow_id)
+    assert {span.trace_id for span in flow_spans} == {caller_trace}
+    (root,) = named(flow_spans, "POST /v1/connections/{connection_id}/reconnect")
+    assert (root.kind, root.parent_id) == ("server", caller_span)
+    assert {span.name for span in flow_spans} >= {
+        "oktopost start authorization",
+        "GET /v1/callback/{flow_id}",
+        f"run/{VERIFY_TASK}",
+    }
+    assert_no_secrets(receiver.received(), okt_of(callback_url))
+
+
+def test_a_selection_on_the_hosted_page_stays_in_the_flows_trace(
+    traced: tuple[OtlpReceiver, Pipeline],
+) -> None:
+    receiver, pipeline = traced
+    created = start(pipeline, "page", None)
+    flow_id = created["flow_id"]
+    page_url = f"{pipeline.shim_url}/connect/{flow_id}"
+    foreign = "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01"  # the browser's own: not the flow's
+    with httpx.Client(follow_redirects=False, timeout=5) as browser:
+        assert browser.get(consent(created["redirect_url"])).status_code == 303
+        wait_for_event(pipeline, flow_id, "selection.required")
+        form = browser.get(page_url).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        choices = re.findall(r'name="ids" value="([^"]+)" id="[^"]+">', form)  # not disabled
+        assert csrf is not None
+        assert choices
+        chosen = browser.post(
+            f"{page_url}/selection",
+            data={"ids": choices[:1], "csrf": csrf.group(1)},
+            headers={"traceparent": foreign},
+        )
+        assert (chosen.status_code, chosen.headers["location"]) == (303, page_url)
+    assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+    spans = receiver.wait_for(
+        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost complete")),
+        timeout=20,
+        what="the complete call's span",
+    )
+    flow_spans = of_flow(spans, flow_id)
+    (root,) = named(flow_spans, "POST /v1/authorizations")
+    assert {span.trace_id for span in flow_spans} == {root.trace_id}
+    (page_selection,) = named(flow_spans, "POST /connect/{flow_id}/selection")
+    assert page_selection.kind == "server"
+    (complete_task,) = named(flow_spans, f"run/{COMPLETE_TASK}")
+    assert complete_task.parent_id == page_selection.span_id
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "not a traceparent",
+        "00-00000000000000000000000000000000-0000000000000000-01",  # all-zero ids: invalid
+        "00-" + "a" * 32 + "-" + "b" * 16,  # no flags
+        "zz-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01\x7f",
+    ],
+)
+def test_a_malformed_traceparent_is_ignored(traced: tuple[OtlpReceiver, Pipeline], traceparent: str) -> None:
+    receiver, pipeline = traced
+    created = start(pipeline, "profile", traceparent)
+    flow_id = created["flow_id"]
+    headers = {**pipeline.headers, "traceparent": traceparent}
+    status = httpx.get(f"{pipeline.shim_url}/v1/authorizations/{flow_id}", headers=headers, timeout=5)
+    assert status.status_code == 200, status.text
+    answer = httpx.get(consent(created["redirect_url"]), headers={"traceparent": traceparent}, timeout=5)
+    assert answer.status_code == 303
+    assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+    spans = receiver.wait_for(
+        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
+        timeout=20,
+        what="verify's span",
+    )
+    flow_spans = of_flow(spans, flow_id)
+    (root,) = named(flow_spans, "POST /v1/authorizations")
+    assert root.parent_id == ""
+    assert {span.trace_id for span in flow_spans} == {root.trace_id}
+    assert root.trace_id not in (("0" * 32), ("a" * 32))
+
+
+def test_traces_go_to_a_grpc_collector_one_per_flow(redis_server: RedisServer) -> None:
+    receiver = GrpcOtlpReceiver()
+    sandbox: Sandbox | None = None
+    pipeline: Pipeline | None = None
+    try:
+        sandbox = start_sandbox()
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            otel_exporter_otlp_endpoint=receiver.url,
+            otel_exporter_otlp_protocol="grpc",
+            otel_bsp_schedule_delay=100,
+        )
+        caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+        created = start(pipeline, "profile", f"00-{caller_trace}-{caller_span}-01")
+        flow_id = created["flow_id"]
+        callback_url = consent(created["redirect_url"])
+        assert callback(callback_url).status_code == 303
+        assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
+        spans = receiver.wait_for(
+            lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
+            timeout=20,
+            what="verify's span",
+        )
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+        if sandbox is not None:
+            sandbox.process.stop()
+        receiver.stop()
+    flow_spans = of_flow(spans, flow_id)
+    assert {span.trace_id for span in flow_spans} == {caller_trace}
+    assert {span.service for span in flow_spans} == {"oktopost-connect-shim", "oktopost-connect-worker"}
+    assert {span.name for span in flow_spans} >= {
+        "POST /v1/authorizations",
+        "oktopost start authorization",
+        "GET /v1/callback/{flow_id}",
+        f"run/{VERIFY_TASK}",
+        "oktopost verify",
+    }
+    assert_no_secrets(spans, okt_of(callback_url))
+
+
+def test_a_collector_that_never_answers_slows_no_request_and_no_stop(redis_server: RedisServer) -> None:
+    grace = 3  # seconds: a stopped worker exits by the grace period plus 2 s, traces or not
+    with silent_collector() as collector:
+        sandbox = start_sandbox()
+        pipeline: Pipeline | None = None
+        try:
+            pipeline = start_pipeline(
+                redis_server.url,
+                sandbox.url,
+                otel_exporter_otlp_endpoint=collector,
+                otel_bsp_schedule_delay=100,  # ms: exports start (and hang) while the flows run
+                worker_shutdown_grace_seconds=grace,
+            )
+            for _ in range(3):
+                began = time.monotonic()
+                created = start(pipeline, "profile", None)
+                claimed = callback(consent(created["redirect_url"]))
+                assert claimed.status_code == 303
+                assert events_of(pipeline, created["flow_id"])[-1]["type"] == "connection.completed"
+                assert time.monotonic() - began < 5
+            stopping = [pipeline.shim, *pipeline.workers]
+            for process in stopping:
+                process.popen.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            for process in stopping:
+                assert process.popen.wait(grace + 2 + 1) == 0, process.tail()
+            assert time.monotonic() - began < grace + 2
+        finally:
+            if pipeline is not None:
+                pipeline.stop()
+            sandbox.process.stop()
 
 
 def assert_no_secrets(spans: list[ReceivedSpan], token: str, cookie: str | None = None) -> None:

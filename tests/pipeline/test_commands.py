@@ -29,6 +29,28 @@ from tests.support.stack import Pipeline
             {"OKTOPOST_BASE_URL": "not a url", "SHIM_API_KEYS": "a-caller-key-long-enough-000"},
             "OKTOPOST_BASE_URL",
         ),
+        (["worker"], {"WEBHOOK_MAX_PENDING": "0"}, "WEBHOOK_MAX_PENDING"),
+        (["worker"], {"WEBHOOK_REPLAY_MAX_EVENTS": "many"}, "WEBHOOK_REPLAY_MAX_EVENTS"),
+        (
+            ["shim"],
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+                "SHIM_API_KEYS": "a-caller-key-long-enough-000",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
+        (
+            ["worker"],
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (["worker"], {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector:4317"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            ["worker"],
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "not a url"},
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
     ],
 )
 def test_bad_setting_stops_with_one_line_and_exit_2(

@@ -1,16 +1,22 @@
-"""An OTLP/HTTP trace receiver for tests: a local HTTP server on a free port that decodes each
-`ExportTraceServiceRequest` (opentelemetry-proto) and keeps its spans."""
+"""OTLP trace receivers for tests: a local HTTP server (`OtlpReceiver`) or gRPC server
+(`GrpcOtlpReceiver`) on a free port that decodes each `ExportTraceServiceRequest` (opentelemetry-proto)
+and keeps its spans; and `silent_collector`, one that takes connections and never answers."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -64,39 +70,18 @@ def decode(body: bytes) -> list[ReceivedSpan]:
     return spans
 
 
-class OtlpReceiver:
-    """POST /v1/traces on 127.0.0.1:`port`; `spans` holds every span received so far."""
+class _Received:
+    """The spans a receiver has been sent so far."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self._lock = threading.Lock()
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                received = decode(body) if self.path == "/v1/traces" else []
-                with receiver._lock:
-                    receiver.spans.extend(received)
-                    receiver.requests += 1
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if self.path == "/v1/traces" else 404)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+    def _keep(self, spans: list[ReceivedSpan]) -> None:
+        with self._lock:
+            self.spans.extend(spans)
+            self.requests += 1
 
     def received(self) -> list[ReceivedSpan]:
         with self._lock:
@@ -113,6 +98,68 @@ class OtlpReceiver:
             time.sleep(0.1)
         raise AssertionError(f"no {what} within {timeout} s; spans: {[s.name for s in self.received()]}")
 
+
+class OtlpReceiver(_Received):
+    """POST /v1/traces on 127.0.0.1:`port`; `spans` holds every span received so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver._keep(decode(body) if self.path == "/v1/traces" else [])
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class GrpcOtlpReceiver(_Received):
+    """OTLP over gRPC (TraceService/Export) on 127.0.0.1:`port`, plaintext."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, _context: Any) -> ExportTraceServiceResponse:
+                receiver._keep(decode(request.SerializeToString()))
+                return ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+
+@contextlib.contextmanager
+def silent_collector() -> Iterator[str]:
+    """The URL of a collector that takes each connection (the kernel's backlog does) and never answers,
+    as one that hangs would."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"

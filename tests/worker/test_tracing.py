@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from tests.support.stack import pipeline_env
 from tests.support.work import PROFILE, TOKEN, Answers
+from worker.config import settings as settings_module
 from worker.config.settings import ConfigError, load_settings
 from worker.flows.enqueuer import Enqueuer, TaskMessages
 from worker.flows.flow import FlowState, Lifetimes
@@ -82,6 +84,52 @@ def test_with_an_endpoint_the_sdk_the_instrumentations_and_the_exporter_are() ->
         "opentelemetry.instrumentation.celery",
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     } <= loaded
+
+
+def test_the_traces_own_endpoint_alone_turns_traces_on() -> None:
+    assert tracing.wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://otel-collector:4318/v1/traces"})
+    assert not tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": " ", "OTEL_SERVICE_NAME": "x"})
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://otel-collector:4318",
+        "https://collector.example/otlp",
+        "otel-collector:4317",
+        "http://[::1]:4317",
+    ],
+)
+def test_a_collector_is_given_as_the_exporters_take_it(endpoint: str) -> None:
+    settings = load_settings(
+        shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint=endpoint
+    )
+    assert settings.otel_exporter_otlp_endpoint == endpoint
+
+
+def test_an_endpoint_without_the_otel_extra_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "find_spec", lambda _name: None)
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_ENDPOINT: traces need the otel extra"):
+        load_settings(
+            shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint="http://c:4318"
+        )
+    assert load_settings(shim_api_keys="a-caller-key-long-enough-0123")  # no endpoint: no extra needed
+
+
+def test_an_exiting_process_gives_its_last_spans_a_second_at_most() -> None:
+    class CollectorAway:  # a TracerProvider whose exporter waits out its timeout
+        def __init__(self) -> None:
+            self.asked = threading.Event()
+
+        def shutdown(self) -> None:
+            self.asked.set()
+            time.sleep(30)
+
+    provider = CollectorAway()
+    began = time.monotonic()
+    tracing._flush_at_exit(provider, within=0.2)
+    assert provider.asked.is_set()
+    assert time.monotonic() - began < 1
 
 
 def test_an_unknown_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

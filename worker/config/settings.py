@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -58,6 +59,14 @@ class ConfigError(Exception):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# what traces need (the otel extra): the SDK, both exporters, the two instrumentations
+OTEL_MODULES = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.exporter.otlp.proto.grpc",
+    "opentelemetry.instrumentation.fastapi",
+    "opentelemetry.instrumentation.celery",
+)
 DEFAULT_RETRY_SCHEDULE = (5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
@@ -174,9 +183,25 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the protocol is
-    # checked here too, so that a wrong one stops start-up as any other setting does
+    # traces: OpenTelemetry's SDK reads its settings itself (worker.observing.tracing); the collector and
+    # the protocol are checked here too, so that a wrong one stops start-up as any other setting does
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""  # the traces' own, in place of the one above
     otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None  # the traces' own
+
+    @field_validator("otel_exporter_otlp_traces_protocol", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _traces_installed():
+            raise ValueError("traces need the otel extra: pip install 'oktopost-connect[otel]'")
+        return check_collector_url(value) if value else value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -383,6 +408,29 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> tuple[int, int]:
         return parse_rate(self.oktopost_rate_limit)
+
+
+def _traces_installed() -> bool:
+    """Whether the otel extra is installed (looked for, not imported)."""
+    try:
+        return all(find_spec(name) is not None for name in OTEL_MODULES)
+    except ModuleNotFoundError:  # a parent package missing
+        return False
+
+
+def check_collector_url(url: str) -> str:
+    """An OTLP collector's URL, as the exporters take it (`http://host:port`, or `host:port` for grpc)."""
+    example = "expected a URL such as http://otel-collector:4318"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError(f"{example}, without spaces")
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        raise ValueError(example) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(example)
+    return url
 
 
 def describe_error(error: ValidationError) -> str:

@@ -20,6 +20,7 @@ header, cookie or the `okt` query.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,8 +30,10 @@ from typing import Any, Protocol
 from worker.observing.redaction import redact
 
 ENDPOINT_SETTING = "OTEL_EXPORTER_OTLP_ENDPOINT"
+TRACES_ENDPOINT_SETTING = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"  # the SDK's, for traces alone
 PROTOCOLS = ("http/protobuf", "grpc")
 TRACEPARENT = "traceparent"  # the W3C header, the message header and the flow's field alike
+EXIT_FLUSH_SECONDS = 1.0  # how long an exiting process waits for its last spans to reach the collector
 
 _lock = threading.Lock()
 _tracer: Any = None  # set by `start`: tracing is on in this process
@@ -53,8 +56,9 @@ class Flow(Protocol):
 
 
 def wanted(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether traces are to be exported: OTEL_EXPORTER_OTLP_ENDPOINT is set."""
-    return bool((os.environ if environ is None else environ).get(ENDPOINT_SETTING, "").strip())
+    """Whether traces are to be exported: OTEL_EXPORTER_OTLP_ENDPOINT (or the traces' own) is set."""
+    settings = os.environ if environ is None else environ
+    return any(settings.get(name, "").strip() for name in (ENDPOINT_SETTING, TRACES_ENDPOINT_SETTING))
 
 
 def active() -> bool:
@@ -77,12 +81,26 @@ def start(service: str) -> bool:
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
             named = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
-            provider = TracerProvider(resource=Resource.create(named))
+            provider = TracerProvider(resource=Resource.create(named), shutdown_on_exit=False)
             provider.add_span_processor(BatchSpanProcessor(_exporter()))
+            atexit.register(_flush_at_exit, provider)
             trace.set_tracer_provider(provider)
             _propagator = TraceContextTextMapPropagator()
             _tracer = trace.get_tracer("oktopost-connect")
     return True
+
+
+def _flush_at_exit(provider: Any, within: float = EXIT_FLUSH_SECONDS) -> None:
+    """The spans still queued are sent as the process exits, for `within` seconds at most: a collector
+    that is away or slow (the SDK's own shutdown waits out the exporter's timeout and retries) must not
+    hold a stopping worker or shim past its grace period. What is not sent by then is dropped."""
+    stopping = threading.Thread(target=provider.shutdown, name="traces-flush", daemon=True)
+    try:
+        stopping.start()
+    except RuntimeError:  # an interpreter that starts no thread at exit (3.12+): the SDK's own shutdown
+        provider.shutdown()
+        return
+    stopping.join(within)
 
 
 def protocol() -> str:

@@ -429,12 +429,18 @@ class WebhookStore:
             raise PendingLimitReached(endpoint.tenant)
         return delivery_id if int(created) else None
 
-    def replay_turn(self, tenant: str, every: float) -> float:
-        """0 when `tenant` may replay now (its turn is taken for `every` seconds); else the seconds left
-        until it may. One SET NX: each tenant gets one replay in a while."""
-        if self.redis.set(self.names.webhook_replay_turn(tenant), "1", nx=True, px=int(every * 1000)):
+    def replay_turn(self, tenant: str, every: float, turns: int) -> float:
+        """0 when `tenant` may replay now (it gets `turns` replays in each `every` seconds, counted from
+        its first); else the seconds left until it may. One transaction: a counter with a TTL."""
+        key = self.names.webhook_replay_turn(tenant)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, 0, nx=True, px=int(every * 1000))
+        pipe.incr(key)
+        pipe.pttl(key)
+        _, taken, left_ms = pipe.execute()
+        if int(taken) <= turns:
             return 0.0
-        return max(0.001, int(self.redis.pttl(self.names.webhook_replay_turn(tenant))) / 1000)
+        return max(0.001, int(left_ms) / 1000)
 
     def replay(self, endpoint: Endpoint, since: float, enqueue: Callable[[str], object]) -> Replayed:
         """Sends `endpoint` again the events of its tenant (of the types it wants) that the tenant's
