@@ -80,21 +80,7 @@ local function budget_ask(KEYS, ARGV)
     end
   end
 
-  redis.call("ZADD", queue, priority, waiter)
-  redis.call("ZADD", alive, now, waiter)
-  if paused_until > now then
-    -- keeps its place in the queue and asks again (at least every second) until the pause ends
-    redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)
-    redis.call("PEXPIRE", alive, math.ceil(stale * 1000) + 1000)
-    return {"wait", tostring(paused_until - now)}
-  end
-
-  local free = limit - redis.call("ZCARD", window)
-  -- parked flows with an earlier deadline come first, though they wait outside the queue
-  local parked_ahead = redis.call("ZCOUNT", parked, "-inf", "(" .. ARGV[2])
-  local rank = redis.call("ZRANK", queue, waiter) + parked_ahead
-  if rank < free then
-    leave()
+  local function grant()
     redis.call("ZADD", window, now + hold, waiter)
     keep_window()
     redis.call("INCR", day_key)
@@ -104,6 +90,35 @@ local function budget_ask(KEYS, ARGV)
       redis.call("INCRBY", reserved, tonumber(string.match(admission, "^(%d+):")))
     end
     return {"granted", tostring(now)}
+  end
+
+  local free, parked_ahead
+  if paused_until <= now and redis.call("ZCARD", queue) == 0 then
+    -- no one waits (this waiter neither): its rank would be the parked flows' ahead of it, as below,
+    -- and a grant needs no place in the queue
+    free = limit - redis.call("ZCARD", window)
+    parked_ahead = redis.call("ZCOUNT", parked, "-inf", "(" .. ARGV[2])
+    if parked_ahead < free then
+      return grant()
+    end
+  end
+
+  redis.call("ZADD", queue, priority, waiter)
+  redis.call("ZADD", alive, now, waiter)
+  if paused_until > now then
+    -- keeps its place in the queue and asks again (at least every second) until the pause ends
+    redis.call("PEXPIRE", queue, math.ceil(stale * 1000) + 1000)
+    redis.call("PEXPIRE", alive, math.ceil(stale * 1000) + 1000)
+    return {"wait", tostring(paused_until - now)}
+  end
+
+  free = free or limit - redis.call("ZCARD", window)
+  -- parked flows with an earlier deadline come first, though they wait outside the queue
+  parked_ahead = parked_ahead or redis.call("ZCOUNT", parked, "-inf", "(" .. ARGV[2])
+  local rank = redis.call("ZRANK", queue, waiter) + parked_ahead
+  if rank < free then
+    leave()
+    return grant()
   end
   -- the earliest moment enough calls could leave the window for this waiter's place in the queue: a
   -- finished call leaves one period after its end; one in flight (scored by the latest moment it can
