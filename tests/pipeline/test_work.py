@@ -14,7 +14,9 @@ from tests.support.work import FAST, PAGES, PROFILE, TOKEN, Answers, claimed, ma
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
 from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
+from worker.replies import text
 from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
+from worker.upstream.budget import Asked, UpstreamBudget
 
 
 def types(context: TaskContext) -> list[str]:
@@ -236,7 +238,7 @@ def test_every_budget_slot_is_scored_by_its_calls_end_once_the_task_is_done() ->
     assert all(started <= end <= time.time() for end in ends)
 
 
-def test_a_verified_profile_costs_three_redis_calls_its_end_made_by_its_transition() -> None:
+def test_a_verified_profile_costs_two_redis_calls_its_slot_asked_with_its_take() -> None:
     context = make_context(Answers(httpx.Response(200, json=PROFILE)))
     assert verify_flow(context, claimed(context)) is TaskOutcome.COMPLETED  # scripts loaded, clock read
     flow = context.store.create("flow-2", "LinkedIn", "profile", None, None)
@@ -244,9 +246,9 @@ def test_a_verified_profile_costs_three_redis_calls_its_end_made_by_its_transiti
     client = context.store.redis
     with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
         assert verify_flow(context, "flow-2") is TaskOutcome.COMPLETED
-    # the work taken, a budget slot, and the transition with the task's aftermath: the call's end in the
-    # budget's window and the task's metrics
-    assert len(sent.call_args_list) == 3, sent.call_args_list
+    # the work taken with its budget slot, and the transition with the task's aftermath: the call's end
+    # in the budget's window and the task's metrics
+    assert len(sent.call_args_list) == 2, sent.call_args_list
     window = context.store.redis.zrange(
         RedisNames("t").account(context.store.default_account).budget_window, 0, -1, withscores=True
     )
@@ -256,3 +258,56 @@ def test_a_verified_profile_costs_three_redis_calls_its_end_made_by_its_transiti
     assert metrics["outcome|completed"] == 2
     assert metrics["call|verify|ok"] == 2
     assert metrics["h|flow|count"] == 2
+
+
+def test_the_take_asks_the_budget_only_for_a_flow_of_that_account_that_has_its_token() -> None:
+    context = make_context(Answers(httpx.Response(200, json=PROFILE)))
+    budget = context.upstreams.budgets()[0]
+    ask, waiter = budget.first_ask(FAST.min_attempt_seconds, FAST.max_attempt_seconds + 1)
+    store = context.store
+    taken = store.take_work(claimed(context), "task-a", FlowState.VERIFYING, ask)
+    assert taken.flow is not None
+    assert taken.asked is not None
+    assert store.redis.zscore(budget.names.budget_window, waiter) is not None  # its slot, granted
+
+    other = store.create("flow-2", "LinkedIn", "profile", None, None, account="another-account")
+    assert store.claim_callback(other, TOKEN + "2").done
+    assert store.take_work("flow-2", "task-b", FlowState.VERIFYING, ask).asked is None
+    tokenless = store.create("flow-3", "LinkedIn", "profile", None, None)
+    assert store.claim_callback(tokenless, TOKEN + "3").done
+    store.redis.delete(store.names.flow_token("flow-3"))
+    assert store.take_work("flow-3", "task-c", FlowState.VERIFYING, ask).asked is None
+    assert store.redis.zcard(budget.names.budget_window) == 1  # neither took a slot
+
+
+def test_a_slot_asked_with_the_take_and_never_called_with_is_given_back() -> None:
+    context = make_context(Answers(httpx.Response(200, json=PROFILE)))
+    budget = context.upstreams.budgets()[0]
+    flow_id = claimed(context)
+    context.leases.close(lambda held: held.mark_lost())  # the worker stops: the flow is handed back
+    assert verify_flow(context, flow_id) is TaskOutcome.SKIPPED
+    window = context.store.redis.zrange(budget.names.budget_window, 0, -1, withscores=True)
+    assert len(window) == 1  # the slot the take was granted, scored by now: it frees a period later
+    assert window[0][1] <= context.store.clock.now()
+    assert context.store.redis.zcard(budget.names.budget_queue) == 0
+
+
+def test_an_unused_ask_gives_its_slot_or_its_place_in_the_queue_back() -> None:
+    context = make_context(Answers(httpx.Response(200, json=PROFILE)))
+    names = context.upstreams.budgets()[0].names
+    one_a_second = UpstreamBudget(context.store.redis, names, 1, 1.0)
+    store = context.store
+    asks = [one_a_second.first_ask(FAST.min_attempt_seconds, 2.0) for _ in range(2)]
+    answers = []
+    for index, (ask, _) in enumerate(asks):
+        flow = store.create(f"flow-{index}", "LinkedIn", "profile", None, None)
+        assert store.claim_callback(flow, f"{TOKEN}{index}").done
+        answers.append(store.take_work(f"flow-{index}", "task", FlowState.VERIFYING, ask).asked)
+    assert [text(answer[0]) for answer in answers] == ["granted", "wait"]
+    assert store.redis.zcard(names.budget_queue) == 1  # the second waits in the queue
+    for (_, waiter), answer in zip(asks, answers, strict=True):
+        one_a_second.unused(Asked(waiter, answer))
+    assert store.redis.zcard(names.budget_queue) == 0
+    window = store.redis.zrange(names.budget_window, 0, -1, withscores=True)
+    assert len(window) == 1
+    assert window[0][1] <= store.clock.now()  # scored by its end: no call in flight

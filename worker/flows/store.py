@@ -72,6 +72,20 @@ class Taken:
     flow: Flow | None = None
     token: str | None = field(default=None, repr=False)  # error reporters print reprs: never the token
     leased_until: float = 0.0
+    asked: Any = None  # the answer to the `BudgetAsk` made with the take, None when none was made
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAsk:
+    """An ask of an Oktopost account's upstream budget, made by `take_work` in its own call when the flow
+    taken is of that account and has its token (its first call asks next in any case). Built and read by
+    worker.upstream.budget; the flow's deadline, less `give_up_before`, and its parking slot fill in the
+    rest (see take_work.lua)."""
+
+    account: str
+    keys: tuple[str, ...]
+    args: tuple[float | str, ...]
+    give_up_before: float
 
 
 class StartBinding(StrEnum):
@@ -361,20 +375,24 @@ class FlowStore:
 
     # the work on a flow: one owner at a time, under a lease the sweeper watches
 
-    def take_work(self, flow_id: str, owner: str, state: FlowState) -> Taken:
+    def take_work(self, flow_id: str, owner: str, state: FlowState, ask: BudgetAsk | None = None) -> Taken:
         """TAKEN when this task may work on the flow: it is in `state` and no live task owns it. `owner`
-        becomes the fence of the task's transitions."""
-        answer = self._take_work(
-            keys=[self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)],
-            args=[flow_id, owner, self.lifetimes.lease, f",{state.value},"],
-        )
+        becomes the fence of the task's transitions. With `ask`, a taken flow of that account with its
+        token asks the budget in the same call (`Taken.asked`)."""
+        keys = [self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)]
+        args: list[float | str] = [flow_id, owner, self.lifetimes.lease, f",{state.value},"]
+        if ask is not None:
+            keys += ask.keys
+            args += [ask.account, self.default_account, ask.give_up_before, *ask.args]
+        answer = self._take_work(keys=keys, args=args)
         outcome = TakeOutcome(text(answer[0]))
         if outcome is not TakeOutcome.TAKEN:
             return Taken(outcome)
         flat = [text(item) for item in answer[1]]
         flow = Flow.from_hash(flow_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         token = text(answer[2]) if answer[2] else None
-        return Taken(outcome, flow, token, float(text(answer[3])))
+        asked = answer[4] if len(answer) > 4 else None
+        return Taken(outcome, flow, token, float(text(answer[3])), asked)
 
     def renew_leases(self, held: dict[str, str]) -> set[str]:
         """Renews the lease of each flow (id -> owner) its owner still owns; returns the flows it lost."""

@@ -3,11 +3,22 @@
 -- task's fence: the flow's transitions made by the task carry it and happen only while it still owns the
 -- work. The task gets the flow and its token with it, in the same round trip.
 --
--- KEYS: 1 flow hash, 2 leases zset, 3 token key
+-- A task always asks its account's budget for its first call next; with an ask given (KEYS 4-10, ARGV
+-- 5-), that ask is made here too, in the same round trip, when the taken flow is of that account and has
+-- its token (a flow without one makes no call): exactly budget_acquire.lua's ask, the flow's deadline as
+-- its priority, that less the given seconds as its give-up time, and the slot the flow was released
+-- from parking with (its `budget_slot`), if any.
+--
+-- KEYS: 1 flow hash, 2 leases zset, 3 token key; with an ask: 4-10 budget_acquire.lua's KEYS 1-7
 -- ARGV: 1 flow id, 2 owner (random per task run), 3 lease seconds, 4 the states the task works on, ",a,b,"
+--       with an ask: 5 its account id, 6 the account of flows that name none, 7 seconds the give-up time
+--       comes before the deadline, 8- budget_acquire.lua's ARGV 1-12 (its 2, 7 and 12 are the flow's)
 -- Returns {"gone"}: no such flow, or not in one of those states (a duplicate task)
 --         {"busy"}: another owner's lease is alive
---         {"taken", flat HGETALL of the flow, token or false, lease end (epoch seconds, Redis's clock)}
+--         {"taken", flat HGETALL of the flow, token or false, lease end (epoch seconds, Redis's clock),
+--          budget_acquire.lua's answer, or false when no ask was made}
+
+--! include budget_ask
 
 local current = redis.call("HMGET", KEYS[1], "state", "owner")
 if not current[1] or not string.find(ARGV[4], "," .. current[1] .. ",", 1, true) then
@@ -23,4 +34,24 @@ end
 local lease_until = now + tonumber(ARGV[3])
 redis.call("HSET", KEYS[1], "owner", ARGV[2])
 redis.call("ZADD", KEYS[2], lease_until, ARGV[1])
-return {"taken", redis.call("HGETALL", KEYS[1]), redis.call("GET", KEYS[3]), tostring(lease_until)}
+local token = redis.call("GET", KEYS[3])
+local asked = false
+if ARGV[5] and token then
+  local flow = redis.call("HMGET", KEYS[1], "account", "deadline", "budget_slot")
+  local account = flow[1]
+  if not account or account == "" then
+    account = ARGV[6]
+  end
+  if account == ARGV[5] and flow[2] then
+    local ask_keys = {KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]}
+    local ask_argv = {}
+    for i = 8, #ARGV do
+      ask_argv[i - 7] = ARGV[i]
+    end
+    ask_argv[2] = flow[2]
+    ask_argv[7] = tostring(tonumber(flow[2]) - tonumber(ARGV[7]))
+    ask_argv[12] = flow[3] or ""
+    asked = budget_ask(ask_keys, ask_argv)
+  end
+end
+return {"taken", redis.call("HGETALL", KEYS[1]), token, tostring(lease_until), asked}

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flows.flow import Flow, FlowState
-from worker.flows.store import FlowStore, TakeOutcome
+from worker.flows.store import FlowStore, Taken, TakeOutcome
 from worker.flows.transition import Aftermath, Transition, TransitionOutcome
 from worker.observing import tracing
 from worker.observing.metrics import WorkerMetrics, callback_to_terminal_fields, outcome_fields
@@ -33,7 +33,14 @@ from worker.oktopost.errors import (
     UnauthorizedError,
 )
 from worker.tasks.leases import Held, LeaseKeeper, WorkLost
-from worker.upstream.budget import AccountBlocked, Grant, NoBudgetInTime, NoBudgetNow, UpstreamBudget
+from worker.upstream.budget import (
+    AccountBlocked,
+    Asked,
+    Grant,
+    NoBudgetInTime,
+    NoBudgetNow,
+    UpstreamBudget,
+)
 from worker.upstream.clients import Upstream, Upstreams
 from worker.upstream.retry import Admission, DeadlineReached, RetryPolicy, call_until_deadline
 
@@ -71,13 +78,15 @@ class TaskContext:
 @dataclass(frozen=True, slots=True)
 class _Job:
     """One task's work on one flow: the flow as it was taken, the hold that fences it, its account's
-    client and budget, and the budget slots of its calls that answered (their end is recorded last)."""
+    client and budget, the budget slots of its calls that answered (their end is recorded last), and the
+    ask of its first call if the take made it."""
 
     context: TaskContext
     flow: Flow
     held: Held
     upstream: Upstream[OktopostClient]
     answered: list[Grant]
+    asked: list[Asked]  # the first call's ask, made with the take, until an admission uses it
 
     @property
     def owner(self) -> str:
@@ -127,7 +136,7 @@ def _work_on(
     answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
     owner = secrets.token_hex(16)
     with context.metrics.batch():
-        taken = context.store.take_work(flow_id, owner, state)
+        taken, asked = _take(context, flow_id, owner, state)
         if taken.outcome is TakeOutcome.BUSY:
             log.info("flow %s is being worked on by another task", flow_id)
         if taken.flow is None:
@@ -137,8 +146,8 @@ def _work_on(
         upstream = context.upstreams.get(account)
         if upstream is None:  # its tenant's account left the configuration while the flow was under way
             return _unconfigured(context, taken.flow, owner, account)
-        with _then_finish(upstream.budget, answered), context.leases.hold(flow_id, owner) as held:
-            job = _Job(context, taken.flow, held, upstream, answered)
+        with _then_finish(upstream.budget, answered, asked), context.leases.hold(flow_id, owner) as held:
+            job = _Job(context, taken.flow, held, upstream, answered, asked)
             if taken.token is None:
                 return _give_up(job)
             token = taken.token
@@ -170,6 +179,18 @@ def _work_on(
             return on_answer(job, answer, attempts)
 
 
+def _take(context: TaskContext, flow_id: str, owner: str, state: FlowState) -> tuple[Taken, list[Asked]]:
+    """The flow's work, and with it the budget's answer for its first call, in one Redis call, when the
+    flow is of the default account (the account of every flow but in a deployment of several)."""
+    guess = context.upstreams.get(context.store.default_account)
+    if guess is None:
+        return context.store.take_work(flow_id, owner, state), []
+    policy = context.policy
+    ask, waiter = guess.budget.first_ask(policy.min_attempt_seconds, policy.max_attempt_seconds + 1)
+    taken = context.store.take_work(flow_id, owner, state, ask)
+    return taken, [] if taken.asked is None else [Asked(waiter, taken.asked)]
+
+
 def _admission(job: _Job, answered: list[Grant]) -> Admission:
     """Each attempt waits for a slot of the shared budget, earliest deadline first.
 
@@ -189,6 +210,7 @@ def _admission(job: _Job, answered: list[Grant]) -> Admission:
         defer_end_to=answered,
         park_after=PARK_AFTER_SECONDS,
         slot=slots.pop() if slots else "",
+        asked=job.asked.pop() if job.asked else None,
     )
 
 
@@ -205,11 +227,13 @@ def _park(job: _Job, waiting: NoBudgetNow) -> TaskOutcome:
 
 
 @contextmanager
-def _then_finish(budget: UpstreamBudget, answered: list[Grant]) -> Iterator[None]:
+def _then_finish(budget: UpstreamBudget, answered: list[Grant], asked: list[Asked]) -> Iterator[None]:
     try:
         yield
     finally:
         budget.finished_all(answered)
+        for unused in asked:  # no call was made (the flow was lost, or the worker stops)
+            budget.unused(unused)
 
 
 def _unconfigured(context: TaskContext, flow: Flow, owner: str, account: str) -> TaskOutcome:

@@ -38,6 +38,7 @@ import redis
 
 from worker import scripts
 from worker.events import ExpiredReason
+from worker.flows.store import BudgetAsk
 from worker.keys import AccountNames
 from worker.oktopost.errors import ThrottledError
 from worker.replies import text
@@ -91,6 +92,27 @@ class Grant:
     waited: float
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """An ask made already (with the flow's take, `UpstreamBudget.first_ask`): its waiter and answer."""
+
+    waiter: str
+    answer: Any
+
+
+def _verdict(answer: Any) -> tuple[float, bool] | None:
+    """budget_acquire.lua's answer: None when granted, else the seconds to wait before asking again, and
+    whether that is the wait for a reserved slot to free; raises when no call can be made in time."""
+    verdict, value = text(answer[0]), float(text(answer[1]))
+    if verdict == "granted":
+        return None
+    if verdict == "doomed":
+        raise NoBudgetInTime(value)
+    if verdict in _BLOCKED:
+        raise _BLOCKED[verdict](value)
+    return value, verdict == "reserved"
+
+
 class UpstreamBudget:
     def __init__(
         self,
@@ -122,6 +144,7 @@ class UpstreamBudget:
         *,
         park_after: float | None = None,
         slot: str = "",
+        asked: Asked | None = None,
     ) -> Grant:
         """Blocks until a call may start; `hold` bounds how long the call can take.
 
@@ -132,15 +155,18 @@ class UpstreamBudget:
         granted only while the day covers it, and it reserves the flow's later calls until
         `release_admission`. With `park_after`, a wait longer than that raises NoBudgetNow instead (the
         caller parks its flow); `slot` is the slot a released parked flow was given, granted if still
-        held, once it frees.
+        held, once it frees. `asked`: the first ask, made already with the flow's take (`first_ask`).
         """
-        waiter = uuid.uuid4().hex
+        waiter = asked.waiter if asked is not None else uuid.uuid4().hex
+        answer = asked.answer if asked is not None else None
         started = time.monotonic()
         while True:
-            asked = self._ask(waiter, priority, give_up_at, hold, admission, slot)
-            if asked is None:
+            if answer is None:
+                answer = self._ask(waiter, priority, give_up_at, hold, admission, slot)
+            verdict, answer = _verdict(answer), None
+            if verdict is None:
                 return Grant(waiter, time.monotonic() - started)
-            wait, reserved = asked
+            wait, reserved = verdict
             try:
                 # a reserved slot that frees in a moment is waited for here, never parked for
                 if park_after is not None and wait > park_after and not reserved:
@@ -170,8 +196,8 @@ class UpstreamBudget:
         def ask() -> float | None:
             if not until:
                 until.append(give_up_at())
-            asked = self._ask(waiter, priority, until[0], hold, admission, "")
-            return None if asked is None else asked[0]
+            verdict = _verdict(self._ask(waiter, priority, until[0], hold, admission, ""))
+            return None if verdict is None else verdict[0]
 
         try:
             while True:
@@ -183,13 +209,35 @@ class UpstreamBudget:
             self._leave(waiter)
             raise
 
+    def first_ask(self, give_up_before: float, hold: float) -> tuple[BudgetAsk, str]:
+        """The ask of a flow's first call, for the flow's take to make in its own call (a flow's task
+        always asks next): its priority is the flow's deadline, its give-up time `give_up_before` that,
+        its slot the one the flow was released from parking with. Returns it and its waiter id; hand the
+        answer to `acquire` as `Asked`, or to `unused` if it is never used."""
+        waiter = uuid.uuid4().hex
+        args = self._ask_args(waiter, "", "", hold, "", "")
+        return BudgetAsk(self.names.account_id, self._ask_keys(), tuple(args), give_up_before), waiter
+
+    def unused(self, asked: Asked) -> None:
+        """An ask made for a call that was never made: its slot, or its place in the queue, goes back."""
+        with suppress(redis.RedisError):
+            if _verdict(asked.answer) is None:
+                self._finished(keys=[self.names.budget_window], args=[asked.waiter, self.period])
+            else:
+                self._leave(asked.waiter)
+
     def _ask(
         self, waiter: str, priority: float, give_up_at: float, hold: float, admission: str, slot: str
-    ) -> tuple[float, bool] | None:
-        """One ask: None when granted, else the seconds to wait before asking again, and whether that
-        is the wait for `slot` to free."""
+    ) -> Any:
+        """One ask: budget_acquire.lua's answer."""
+        keys = self._ask_keys()
+        return self._acquire(
+            keys=keys, args=self._ask_args(waiter, priority, give_up_at, hold, admission, slot)
+        )
+
+    def _ask_keys(self) -> tuple[str, ...]:
         names = self.names
-        keys = [
+        return (
             names.budget_window,
             names.budget_queue,
             names.budget_alive,
@@ -197,19 +245,20 @@ class UpstreamBudget:
             names.reserved_calls,
             names.admissions,
             names.parked_flows,
-        ]
+        )
+
+    def _ask_args(
+        self,
+        waiter: str,
+        priority: float | str,
+        give_up_at: float | str,
+        hold: float,
+        admission: str,
+        slot: str,
+    ) -> list[float | str]:
         daily = "" if self.account.daily_limit is None else self.account.daily_limit
         args: list[float | str] = [waiter, priority, self.limit, self.period, hold, STALE_WAITER_SECONDS]
-        args += [give_up_at, daily, names.daily_calls_prefix, admission, ADMISSION_SECONDS, slot]
-        answer = self._acquire(keys=keys, args=args)
-        verdict, value = text(answer[0]), float(text(answer[1]))
-        if verdict == "granted":
-            return None
-        if verdict == "doomed":
-            raise NoBudgetInTime(value)
-        if verdict in _BLOCKED:
-            raise _BLOCKED[verdict](value)
-        return value, verdict == "reserved"
+        return [*args, give_up_at, daily, self.names.daily_calls_prefix, admission, ADMISSION_SECONDS, slot]
 
     def _leave(self, waiter: str) -> None:
         with suppress(redis.RedisError):
@@ -233,6 +282,7 @@ class UpstreamBudget:
         *,
         park_after: float | None = None,
         slot: str = "",
+        asked: Asked | None = None,
     ) -> Iterator[Grant]:
         """One call under the budget: acquired on entry, scored by its end on exit.
 
@@ -241,7 +291,9 @@ class UpstreamBudget:
         longer meanwhile, which is safe); a call that raises is recorded at once, as a retry may need
         the room.
         """
-        grant = self.acquire(priority, give_up_at, hold, heartbeat, park_after=park_after, slot=slot)
+        grant = self.acquire(
+            priority, give_up_at, hold, heartbeat, park_after=park_after, slot=slot, asked=asked
+        )
         try:
             yield grant
         except BaseException as error:
