@@ -11,6 +11,7 @@ from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
 from worker.tasks.leases import Held, LeaseKeeper
+from worker.tasks.stopping import RETAKES, GracefulStop
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
@@ -92,3 +93,45 @@ def test_a_closed_keeper_renews_nothing_and_hands_every_flow_over(store: FlowSto
         with keeper.hold("flow-3", "task-c"):  # a task that takes its flow once the worker stops
             assert [h.flow_id for h in handed] == ["flow-3"]
     keeper.stop()
+
+
+class _Broker:
+    """The task queue a stopping worker hands flows back to: it records each task queued; a flow listed
+    in `taken_by` is taken by that task of another worker as soon as its task is queued, the others'
+    tasks are popped by the stopping worker's own fetch and never run (the message dies with it)."""
+
+    def __init__(self, store: FlowStore, taken_by: dict[str, str]) -> None:
+        self.store = store
+        self.taken_by = taken_by
+        self.queued: list[str] = []
+
+    def prepared(self, _flow_id: str, _state: FlowState) -> None:
+        return None  # queued by enqueue(), after the lease's hand-over
+
+    def enqueue(self, flow_id: str, state: FlowState) -> None:
+        self.queued.append(flow_id)
+        if flow_id in self.taken_by:
+            assert self.store.take_work(flow_id, self.taken_by[flow_id], state).outcome is TakeOutcome.TAKEN
+
+
+def test_a_flow_handed_back_that_no_task_takes_is_queued_again_while_the_grace_lasts(
+    store: FlowStore,
+) -> None:
+    claimed(store, "flow-1")
+    second = store.create("flow-2", "LinkedIn", "profile", "user-43", None)
+    store.claim_callback(second, TOKEN[:-1] + "0")  # a token of its own
+    for flow_id, owner in (("flow-1", "task-a"), ("flow-2", "task-b")):
+        assert store.take_work(flow_id, owner, FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    broker = _Broker(store, {"flow-2": "other-worker-task"})
+    keeper = LeaseKeeper(store, interval=3600)
+    stop = GracefulStop(store, broker, keeper, grace=1.0)
+    with keeper.hold("flow-1", "task-a"), keeper.hold("flow-2", "task-b"):
+        stop._hand_back_all()  # what SIGTERM starts on a thread of its own (its exit aside)
+    keeper.stop()
+
+    # flow-1's task went to a fetch of the stopping worker: queued again, RETAKES times in the grace;
+    # flow-2's was taken by another worker at once: queued once
+    assert broker.queued.count("flow-1") == 1 + RETAKES
+    assert broker.queued.count("flow-2") == 1
+    assert store.untaken("flow-1")
+    assert not store.untaken("flow-2")

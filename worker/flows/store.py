@@ -444,6 +444,13 @@ class FlowStore:
         )
         return bool(answer)
 
+    def untaken(self, flow_id: str) -> bool:
+        """Whether the flow waits for a task to take its work: in a working state with no owner (queued,
+        or handed back), not taken by any task yet."""
+        state, owner = self.redis.hmget(self.names.flow_state(flow_id), "state", "owner")
+        working = state is not None and text(state) in WORKING_STATES
+        return working and not (owner and text(owner))
+
     def lapse_lease(self, flow_id: str) -> None:
         """The lease ends now, so the next sweep takes the flow up again (a requeue that was not sent)."""
         self.redis.zadd(self.names.leases, {flow_id: 0}, xx=True)

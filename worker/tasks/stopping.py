@@ -8,7 +8,12 @@ and drops the tasks received but not started. Here, the moment the signal arrive
   requeue_lapsed.lua), so another worker takes it up within a second instead of after its lease lapses;
 - a task that starts from then on (received late, or prefetched) hands its flow back instead of working;
 - a task under way learns its flow is lost and stops at its next look; an Oktopost call under way may
-  end within `grace` seconds (its outcome is fenced out), after which the process exits with status 0.
+  end within `grace` seconds (its outcome is fenced out), after which the process exits with status 0;
+- a task queued again may still be popped by this very process: a fetch from the broker that was under
+  way when the signal came (a blocking pop) takes the first message pushed, and that message then dies
+  with the process, its flow waiting for its queued lease to lapse. So while the grace lasts, a flow
+  handed back that no task has taken a moment later is queued once more (at most RETAKES times; a
+  duplicate task is fenced out by the take).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ log = logging.getLogger(__name__)
 
 HAND_BACK_SECONDS = 1.0  # how long the hand-back may take past a grace shorter than it (Redis slow)
 HANDED_BACK = "handed_back"  # a task's result when its worker was stopping and gave its flow back
+RETAKE_AFTER = 0.25  # seconds after which a flow handed back and not taken by any task is queued again
+RETAKES = 2  # at most this many times a flow (a busy deployment's queue is slow, not lost)
 
 
 class GracefulStop:
@@ -37,6 +44,7 @@ class GracefulStop:
         self.grace = grace
         self._requested = threading.Event()
         self._handed: set[str] = set()  # flows handed back already: a late task of one leaves it alone
+        self._queued_again: list[str] = []  # flows handed back and queued again from here
         self._all_handed_back = threading.Event()
 
     @property
@@ -65,13 +73,32 @@ class GracefulStop:
         finally:
             self._all_handed_back.set()
         log.warning("worker stopping: %d flows handed back, exiting within %gs", len(held), self.grace)
+        self._queue_again_untaken()
+
+    def _queue_again_untaken(self) -> None:
+        """While the grace lasts: a flow handed back that no task has taken RETAKE_AFTER later went to a
+        fetch of this process (see the module's docstring), so it is queued again."""
+        ends = time.monotonic() + self.grace
+        for _ in range(RETAKES):
+            if time.monotonic() + RETAKE_AFTER >= ends:
+                return
+            threading.Event().wait(RETAKE_AFTER)
+            for flow_id in list(self._queued_again):
+                try:
+                    if self.store.untaken(flow_id):
+                        self.store.lapse_lease(flow_id)
+                        take_up(self.store, self.tasks, flow_id)
+                        log.info("flow %s handed back again: no task took it", flow_id)
+                except Exception as error:  # Redis away: its lease lapses and a sweeper takes it up
+                    log.warning("flow %s not handed back again: %s", flow_id, type(error).__name__)
 
     def _hand_back(self, held: Held) -> None:
         held.mark_lost()  # a task under way stops at its next look; its transitions are fenced out
         self._handed.add(held.flow_id)
         try:
             if self.store.hand_back(held.flow_id, held.owner):
-                take_up(self.store, self.tasks, held.flow_id)
+                if take_up(self.store, self.tasks, held.flow_id):
+                    self._queued_again.append(held.flow_id)
                 log.info("flow %s handed back", held.flow_id)
         except Exception as error:  # Redis away: the lease lapses and a sweeper takes the flow up
             log.warning("flow %s not handed back: %s", held.flow_id, type(error).__name__)
