@@ -32,6 +32,7 @@ from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.tasks.leases import LeaseKeeper
+from worker.tasks.runtime import METRICS_FLUSH_SECONDS
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import UpstreamBudget
 from worker.upstream.clients import Upstreams
@@ -57,7 +58,7 @@ def measure(url: str, flows: int) -> PerFlow:
     answers = httpx.MockTransport(lambda _request: httpx.Response(200, json=PROFILE))
     oktopost = OktopostClient("https://api.test", "acct", "key", transport=answers)
     budget = UpstreamBudget(client, names.account(store.default_account), 1_000_000, 1.0)
-    metrics = WorkerMetrics(client, names.worker_metrics)
+    metrics = WorkerMetrics(client, names.worker_metrics, METRICS_FLUSH_SECONDS)  # as a worker's
     context = TaskContext(
         store, Upstreams.single(oktopost, budget), RetryPolicy(), metrics, LeaseKeeper(store)
     )
@@ -77,6 +78,7 @@ def measure(url: str, flows: int) -> PerFlow:
         redis_cpu, commands = _redis_cpu(client) - redis_cpu, _redis_commands(client) - commands
     finally:
         context.leases.stop()
+        metrics.close()
     if any(outcome is not TaskOutcome.COMPLETED for outcome in outcomes):
         raise RuntimeError("a flow did not complete")
     return PerFlow(

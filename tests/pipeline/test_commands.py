@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -94,7 +95,12 @@ def test_metrics_show_shim_and_worker_counters(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     callback(consent(created["redirect_url"]))
     events_of(pipeline, created["flow_id"])
+    # a worker adds its metrics to Redis once a second (docs/operations.md): /metrics follows within that
+    given_up_at = time.monotonic() + 5
     text = httpx.get(f"{pipeline.shim_url}/metrics").text
+    while 'okc_worker_outcomes_total{outcome="completed"}' not in text and time.monotonic() < given_up_at:
+        time.sleep(0.1)
+        text = httpx.get(f"{pipeline.shim_url}/metrics").text
     assert 'okc_shim_callbacks_total{outcome="claimed"}' in text
     assert 'okc_worker_outcomes_total{outcome="completed"}' in text
     assert "okc_worker_upstream_seconds_bucket" in text

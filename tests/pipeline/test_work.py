@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
+from typing import Any
 from unittest.mock import patch
 
 import fakeredis
@@ -142,9 +145,15 @@ def test_steps_on_a_finished_or_missing_flow_do_nothing() -> None:
     assert len(types(context)) == 3
 
 
-def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
+@pytest.mark.parametrize("flush_every", [None, 60.0], ids=["with_the_transition", "summed_in_the_process"])
+def test_metrics_add_up_in_redis_and_read_back_as_prometheus(flush_every: float | None) -> None:
     context = make_context(Answers(httpx.Response(503), httpx.Response(200, json=PROFILE)))
+    metrics = WorkerMetrics(context.store.redis, "t:metrics", flush_every)
+    context = replace(context, metrics=metrics)
     verify_flow(context, claimed(context))
+    if flush_every is not None:  # the transition carried none: they reach Redis with the next flush
+        assert context.store.redis.hgetall("t:metrics") == {}
+        metrics.close()
     families = {f.name: f for f in RedisMetricsCollector(context.store.redis, "t:metrics").collect()}
     outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
     assert outcomes == {"completed": 1.0}
@@ -166,6 +175,44 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus() -> None:
     assert len(buckets) == len(UPSTREAM_BUCKETS) + 1
     assert buckets[-1] == 2.0
     assert buckets == sorted(buckets)  # cumulative: each bound counts every call at or below it
+
+
+def test_metrics_summed_in_the_process_are_flushed_by_a_thread_of_their_own() -> None:
+    client: Any = fakeredis.FakeRedis()  # redis-py annotates commands as sync-or-async
+    metrics = WorkerMetrics(client, "t:metrics", flush_every=0.05)
+    try:
+        with metrics.batch():
+            metrics.outcome("completed")
+            metrics.retry("ServerError")
+        metrics.outcome("completed")
+        given_up_at = time.monotonic() + 2
+        while len(client.hgetall("t:metrics")) < 2 and time.monotonic() < given_up_at:
+            time.sleep(0.01)
+        assert client.hgetall("t:metrics") == {b"outcome|completed": b"2", b"retry|ServerError": b"1"}
+    finally:
+        metrics.close()
+    assert not any(thread.name == "oktopost-metrics-flush" for thread in threading.enumerate())
+
+
+def test_a_transition_not_made_adds_none_of_the_metrics_it_carried() -> None:
+    context: TaskContext | None = None
+
+    def taken_up_meanwhile(_request: httpx.Request) -> httpx.Response:
+        assert context is not None
+        context.store.redis.hset(RedisNames("t").flow_state("flow-1"), "owner", "another-task")
+        return httpx.Response(200, json=PROFILE)
+
+    context = make_context(taken_up_meanwhile)
+    metrics = WorkerMetrics(context.store.redis, "t:metrics", flush_every=60.0)
+    context = replace(context, metrics=metrics)
+    assert verify_flow(context, claimed(context)) is TaskOutcome.SKIPPED
+    metrics.close()
+    recorded = {
+        text(name): float(text(value)) for name, value in context.store.redis.hgetall("t:metrics").items()
+    }
+    assert recorded["outcome|skipped"] == 1
+    assert "outcome|completed" not in recorded
+    assert not any(name.startswith("h|flow|") for name in recorded)  # nor its time to a terminal event
 
 
 def test_histogram_buckets_are_cumulative_at_scrape_time() -> None:

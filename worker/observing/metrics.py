@@ -3,7 +3,9 @@
 Workers increment fields of one Redis hash; the shim's /metrics reads the hash through
 `RedisMetricsCollector` and exposes it in Prometheus format. A task's observations are gathered in the
 process while it runs (`batch()`) and added in one call when it ends; a histogram observation adds to
-its count, its sum and the one bucket it falls in, and the collector sums buckets up at scrape time.
+its count, its sum and the one bucket it falls in, and the collector sums buckets up at scrape time. A
+worker process sums its observations in memory and adds them once a second (`flush_every`), so a flow's
+transition carries no metrics and /metrics is at most about a second behind the workers.
 
     okc_worker_outcomes_total{outcome}            flows ended (or skipped) by a task, by outcome/code
     okc_worker_retries_total{fault}               attempts retried, by the transient fault seen
@@ -44,11 +46,20 @@ _INF = "+Inf"
 
 
 class WorkerMetrics:
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    """`flush_every` (seconds): observations are summed in the process and added to Redis by a thread of
+    its own that often (started with the first), and at `close()`; a flow's transition then carries none.
+    None: each batch is added when it ends, or with its flow's transition."""
+
+    def __init__(self, client: redis.Redis, key: str, flush_every: float | None = None) -> None:
         self.redis: Any = client  # redis-py annotates commands as sync-or-async; this is sync
         self.key = key
+        self.flush_every = flush_every
         self._add_script = scripts.register(client, "metrics_add")
         self._local = threading.local()  # each task thread gathers its own batch
+        self._lock = threading.Lock()
+        self._unsent: Counter[str] = Counter()  # with flush_every: summed here until the next flush
+        self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -58,6 +69,7 @@ class WorkerMetrics:
             return
         pending: Counter[str] = Counter()
         self._local.pending = pending
+        self._local.offered = ()
         try:
             yield
         finally:
@@ -88,17 +100,47 @@ class WorkerMetrics:
 
     def pending(self, *more: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
         """This thread's batch so far and `more`, for a flow transition to add in its own call (when it
-        is made, `handed_over`); the batch keeps them until then."""
+        is made, `handed_over`); the batch keeps them until then. With `flush_every`, nothing: `more`
+        joins the batch when the transition is made."""
+        if self.flush_every is not None:
+            self._local.offered = more
+            return ()
         fields: Counter[str] = Counter(getattr(self._local, "pending", None) or {})
         for extra in more:
             fields.update(extra)
         return tuple(fields.items())
 
     def handed_over(self) -> None:
-        """A transition added this thread's batch so far (`pending`): the batch does not send it again."""
+        """A transition added this thread's batch so far (`pending`): the batch does not send it again.
+        With `flush_every`, the transition added nothing: what `pending` was offered is observed now."""
+        if self.flush_every is not None:
+            for extra in getattr(self._local, "offered", ()):
+                self._add(dict(extra))
+            self._local.offered = ()
+            return
         pending: Counter[str] | None = getattr(self._local, "pending", None)
         if pending is not None:
             pending.clear()
+
+    def flush(self) -> None:
+        """Adds what the process summed since the last flush to Redis (with `flush_every`), in one call
+        (lost if that fails, as a batch's is: whether Redis made it is not known)."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, Counter()
+        self._sent(unsent)
+
+    def close(self) -> None:
+        """Stops the flushing thread and flushes what is left (a worker stopping)."""
+        self._closed.set()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=5)
+        self.flush()
+
+    def _flush_loop(self) -> None:
+        assert self.flush_every is not None
+        while not self._closed.wait(self.flush_every):
+            self.flush()
 
     def _add(self, fields: dict[str, float]) -> None:
         pending: Counter[str] | None = getattr(self._local, "pending", None)
@@ -108,6 +150,20 @@ class WorkerMetrics:
             self._send(fields)
 
     def _send(self, fields: Mapping[str, float]) -> None:
+        if not fields:
+            return
+        if self.flush_every is None:
+            self._sent(fields)
+            return
+        with self._lock:
+            self._unsent.update(fields)
+            if self._flusher is None and not self._closed.is_set():
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="oktopost-metrics-flush", daemon=True
+                )
+                self._flusher.start()
+
+    def _sent(self, fields: Mapping[str, float]) -> None:
         if not fields:
             return
         flat: list[str] = []

@@ -183,3 +183,5 @@ def _stop_background_threads(**_: object) -> None:
         _dispatcher.stop()
     if runtime.task_context.cache_info().currsize:  # tasks ran here: their heartbeat stops too
         runtime.task_context().leases.stop()
+    if runtime.worker_metrics.cache_info().currsize:  # the last second's metrics reach Redis
+        runtime.worker_metrics().close()
