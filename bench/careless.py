@@ -14,6 +14,7 @@ from types import TracebackType
 
 import httpx
 
+from bench.load import ended_quietly
 from bench.report import SharedAccount
 from bench.upstream import SANDBOX_AUTH
 
@@ -51,8 +52,7 @@ class CarelessClient:
     ) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await ended_quietly(self._task)
 
 
 def blocked_calls(log_lines: Iterable[str]) -> SharedAccount:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -237,7 +238,19 @@ class EndingListener:
     ) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # its end is of no interest
-                await self._reader
+            await ended_quietly(self._reader)
         await self._pubsub.aclose()
         await self._redis.aclose()
+
+
+async def ended_quietly(task: asyncio.Task[Any]) -> None:
+    """Awaits a task just cancelled, whose end is of no interest; but a cancellation of the task awaiting
+    it (Ctrl-C: asyncio.run cancels the main task) goes on, or the interrupt would be swallowed here."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # noqa: S110 - its end is of no interest
+        pass

@@ -259,3 +259,28 @@ def test_the_webhooks_scenario_delivers_every_event_to_both_endpoints(tmp_path: 
     # ended deliveries go once their retention passed
     assert figures["delivery_memory_after_retention_bytes"] < figures["delivery_memory_bytes"], figures
     assert "dead endpoint disabled: yes" in run.stdout
+
+
+def test_ctrl_c_while_a_reader_is_being_stopped_is_not_swallowed() -> None:
+    """asyncio.run turns Ctrl-C into a cancellation of the main task; one that lands while the load's
+    reader is being stopped must go on (the bench then exits 130), not be taken for the reader's own."""
+    import asyncio
+
+    from bench.load import ended_quietly
+
+    async def main() -> str:
+        reader = asyncio.create_task(asyncio.sleep(3600))
+        await asyncio.sleep(0)
+        reader.cancel()
+        await ended_quietly(reader)  # the reader's own cancellation: nothing to say
+        reader = asyncio.create_task(asyncio.sleep(3600))
+        await asyncio.sleep(0)
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        reader.cancel()
+        main_task.cancel()  # Ctrl-C, at that moment
+        await ended_quietly(reader)
+        return "interrupt swallowed"
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
