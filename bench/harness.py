@@ -18,12 +18,16 @@ from cli.processes import Child, Children, StartupError, start_redis_server
 
 @contextlib.contextmanager
 def interrupted_by_sigterm() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and so every child's stop) runs."""
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` (and so every child's stop) runs. So does
+    Ctrl-C itself, by a handler of ours: the default one would let asyncio.run turn it into a cancellation
+    of its main task, which a task may swallow (the bench then ran on to its end), and a parent that
+    ignores SIGINT would hand that on to the bench."""
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, interrupt) for signum in stops}
     try:
         yield
     finally:

@@ -119,11 +119,22 @@ def test_with_a_careless_client_on_the_account_ours_stops_calling_at_its_first_4
     assert 0 < ours["optimum"] <= ours["flows"], ours
 
 
-def test_interrupted_bench_stops_every_child_process(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# a parent that ignores SIGINT (as a test runner's worker may) hands that on across exec: Ctrl-C still
+# stops the bench, by a handler of its own
+@pytest.mark.parametrize("parent", ["default", "ignoring SIGINT"])
+def test_interrupted_bench_stops_every_child_process(tmp_path: Path, parent: str) -> None:
     stderr = tmp_path / "stderr"
     with stderr.open("w") as sink:
         bench = subprocess.Popen(
-            _bench("--scenario", "overhead"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink
+            _bench("--scenario", "overhead"),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            preexec_fn=_ignore_sigint if parent == "ignoring SIGINT" else None,
         )
     try:
         deadline = time.monotonic() + 90
