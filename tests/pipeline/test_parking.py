@@ -293,6 +293,17 @@ def _wait_out_the_pause(budget: UpstreamBudget) -> None:
         time.sleep(0.01)
 
 
+def _first_release(unparker: Unparker, enqueuer: RecordingEnqueuer, within: float = 2.0) -> list[str]:
+    """The first flows released after a pause: at the account's first look past the pause's end, which
+    may come a few milliseconds after the pause's key is gone (on a loaded machine, more)."""
+    ends = time.monotonic() + within
+    while True:
+        released = _released_now(unparker, enqueuer)
+        if released or time.monotonic() > ends:
+            return released
+        time.sleep(0.01)
+
+
 def test_after_a_pause_one_call_goes_first_then_a_window_so_a_new_429_meets_one_not_all() -> None:
     context, handler = limited_context(limit=100, period=1.0)
     budget = budget_of(context)
@@ -341,7 +352,7 @@ def test_a_call_that_ends_during_a_ramp_releases_the_next_flow_at_once() -> None
     budget.account.pause(0.2)
     assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * len(flow_ids)
     _wait_out_the_pause(budget)
-    probe = _released_now(unparker, enqueuer)
+    probe = _first_release(unparker, enqueuer)
     assert probe == flow_ids[:1]
     assert verify_flow(context, probe[0]) is TaskOutcome.COMPLETED  # the window opens
     later = float(store.redis.time()[0]) + 60  # the account's next look, as if far off
@@ -360,7 +371,7 @@ def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:
     budget.account.pause(0.2)
     assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 2
     _wait_out_the_pause(budget)
-    unparker.release_due()
+    _first_release(unparker, enqueuer)
     assert enqueuer.enqueued == [(flow_ids[0], FlowState.VERIFYING)]
     budget.account.pause(0.2)  # another client's 429, before the released task starts
     assert verify_flow(context, flow_ids[0]) is TaskOutcome.PARKED
