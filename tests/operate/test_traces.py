@@ -75,6 +75,12 @@ def named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
     return [span for span in spans if span.name == name]
 
 
+def spans_of_flow(receiver: OtlpReceiver, flow_id: str, last: str, what: str) -> list[ReceivedSpan]:
+    """The flow's spans, once the receiver holds one named `last` (its last span to be exported)."""
+    spans = receiver.wait_for(lambda spans: bool(named(of_flow(spans, flow_id), last)), timeout=20, what=what)
+    return of_flow(spans, flow_id)
+
+
 def test_a_flow_is_one_trace_from_the_callers_request_to_its_last_oktopost_call(
     traced: tuple[OtlpReceiver, Pipeline],
 ) -> None:
@@ -92,12 +98,7 @@ def test_a_flow_is_one_trace_from_the_callers_request_to_its_last_oktopost_call(
     assert select(pipeline, flow_id, [offer["data"]["entities"][1]["id"]]).status_code == 202
     assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
 
-    spans = receiver.wait_for(
-        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost complete")),
-        timeout=20,
-        what="the complete call's span",
-    )
-    flow_spans = of_flow(spans, flow_id)
+    flow_spans = spans_of_flow(receiver, flow_id, "oktopost complete", "the complete call's span")
     assert {span.trace_id for span in flow_spans} == {caller_trace}
     (root,) = named(flow_spans, "POST /v1/authorizations")
     assert (root.kind, root.parent_id, root.service) == ("server", caller_span, "oktopost-connect-shim")
@@ -129,12 +130,7 @@ def test_a_flow_without_a_callers_trace_gets_one_of_its_own(traced: tuple[OtlpRe
     callback_url = consent(created["redirect_url"])
     assert callback(callback_url).status_code == 303
     assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
-    spans = receiver.wait_for(
-        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
-        timeout=20,
-        what="verify's span",
-    )
-    flow_spans = of_flow(spans, flow_id)
+    flow_spans = spans_of_flow(receiver, flow_id, "oktopost verify", "verify's span")
     (root,) = named(flow_spans, "POST /v1/authorizations")
     assert root.parent_id == ""
     assert {span.trace_id for span in flow_spans} == {root.trace_id}
@@ -162,12 +158,7 @@ def test_a_reconnect_is_one_trace_from_the_callers_request(traced: tuple[OtlpRec
     callback_url = consent(created["redirect_url"])
     assert callback(callback_url).status_code == 303
     assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
-    spans = receiver.wait_for(
-        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
-        timeout=20,
-        what="the reconnect's verify span",
-    )
-    flow_spans = of_flow(spans, flow_id)
+    flow_spans = spans_of_flow(receiver, flow_id, "oktopost verify", "the reconnect's verify span")
     assert {span.trace_id for span in flow_spans} == {caller_trace}
     (root,) = named(flow_spans, "POST /v1/connections/{connection_id}/reconnect")
     assert (root.kind, root.parent_id) == ("server", caller_span)
@@ -202,12 +193,7 @@ def test_a_selection_on_the_hosted_page_stays_in_the_flows_trace(
         )
         assert (chosen.status_code, chosen.headers["location"]) == (303, page_url)
     assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
-    spans = receiver.wait_for(
-        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost complete")),
-        timeout=20,
-        what="the complete call's span",
-    )
-    flow_spans = of_flow(spans, flow_id)
+    flow_spans = spans_of_flow(receiver, flow_id, "oktopost complete", "the complete call's span")
     (root,) = named(flow_spans, "POST /v1/authorizations")
     assert {span.trace_id for span in flow_spans} == {root.trace_id}
     (page_selection,) = named(flow_spans, "POST /connect/{flow_id}/selection")
@@ -236,12 +222,7 @@ def test_a_malformed_traceparent_is_ignored(traced: tuple[OtlpReceiver, Pipeline
     answer = httpx.get(consent(created["redirect_url"]), headers={"traceparent": traceparent}, timeout=5)
     assert answer.status_code == 303
     assert events_of(pipeline, flow_id)[-1]["type"] == "connection.completed"
-    spans = receiver.wait_for(
-        lambda spans: bool(named(of_flow(spans, flow_id), "oktopost verify")),
-        timeout=20,
-        what="verify's span",
-    )
-    flow_spans = of_flow(spans, flow_id)
+    flow_spans = spans_of_flow(receiver, flow_id, "oktopost verify", "verify's span")
     (root,) = named(flow_spans, "POST /v1/authorizations")
     assert root.parent_id == ""
     assert {span.trace_id for span in flow_spans} == {root.trace_id}
