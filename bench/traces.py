@@ -3,8 +3,8 @@ of ours' shim and workers, decodes it and counts its spans, as a collector would
 
     python -m bench.traces --port 4318
 
-`POST /v1/traces` takes an `ExportTraceServiceRequest` (opentelemetry-proto, which the `otel` extra
-brings); `GET /_received` answers `{"exports": n, "spans": n, "bytes": n}`.
+`POST /v1/traces` takes an `ExportTraceServiceRequest`, read by `bench.otlp` (opentelemetry-proto, which
+the `otel` extra brings); `GET /_received` answers `{"exports": n, "spans": n, "bytes": n}`.
 """
 
 from __future__ import annotations
@@ -30,24 +30,18 @@ class _Counts:
 
 
 def serve(port: int) -> None:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from bench.otlp import answer_export, read_export  # opentelemetry-proto: the otel extra
 
     counts = _Counts()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            spans = sum(len(scope.spans) for spans in request.resource_spans for scope in spans.scope_spans)
+            export = read_export(self)
             with counts.lock:
                 counts.exports += 1
-                counts.spans += spans
-                counts.bytes += len(body)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+                counts.spans += export.span_count
+                counts.bytes += export.size
+            answer_export(self)
 
         def do_GET(self) -> None:
             with counts.lock:

@@ -5,6 +5,7 @@ worker and a receiver); each test records what held, for how long, and what the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -20,14 +21,13 @@ import redis
 from tests.support.fault_report import FaultReport
 from tests.support.flows import callback, consent
 from tests.support.processes import Process, free_port, start_cli, wait_for_http
-from tests.support.receivers import Receiver, run_flows, wait_until
+from tests.support.receivers import Receiver, run_flows, wait_until, webhook_stack
 from tests.support.stack import (
     API_KEY,
     Pipeline,
     RedisServer,
     Sandbox,
     pipeline_env,
-    start_pipeline,
     start_redis,
     stop_redis,
 )
@@ -85,28 +85,27 @@ def _tenants_file(directory: Path, sandbox: Sandbox) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    server: RedisServer = start_redis()  # its own: one test fills it up
-    tenants = _tenants_file(tmp_path_factory.mktemp("tenants"), sandbox)
-    port = free_port()
-    env = pipeline_env(
-        server.url,
-        sandbox.url,
-        port,
-        tenants_file=tenants,
-        shim_body_timeout_seconds=BODY_TIMEOUT,
-        sse_max_per_flow=SSE_PER_FLOW,
-        webhook_max_endpoints=MAX_ENDPOINTS,
-        log_level="INFO",
-    )
-    shim = start_cli(
-        ["shim", "--port", str(port), "--limit-concurrency", str(LIMIT_CONCURRENCY)], env=env, name="shim"
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz")
+    with contextlib.ExitStack() as started:  # every process stopped, also when one fails to start
+        server: RedisServer = start_redis()  # its own: one test fills it up
+        started.callback(stop_redis, server)
+        tenants = _tenants_file(tmp_path_factory.mktemp("tenants"), sandbox)
+        port = free_port()
+        env = pipeline_env(
+            server.url,
+            sandbox.url,
+            port,
+            tenants_file=tenants,
+            shim_body_timeout_seconds=BODY_TIMEOUT,
+            sse_max_per_flow=SSE_PER_FLOW,
+            webhook_max_endpoints=MAX_ENDPOINTS,
+            log_level="INFO",
+        )
+        shim = start_cli(
+            ["shim", "--port", str(port), "--limit-concurrency", str(LIMIT_CONCURRENCY)], env=env, name="shim"
+        )
+        started.callback(shim.stop)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", shim)
         yield Stack(f"http://127.0.0.1:{port}", port, server.client(), shim)
-    finally:
-        shim.stop()
-        stop_redis(server)
 
 
 def _slow_body(stack: Stack, key: str | None) -> socket.socket:
@@ -266,29 +265,17 @@ def delivering(
     redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Pipeline, Receiver]]:
     """A shim and a worker (two tenants, WEBHOOK_MAX_PENDING small) and a webhook receiver."""
-    receiver = Receiver()
-    try:
-        pipeline = start_pipeline(
-            redis_server.url,
-            sandbox.url,
-            workers=0,
-            tenants_file=_tenants_file(tmp_path_factory.mktemp("tenants"), sandbox),
-            webhook_allowed_hosts="127.0.0.1",
-            webhook_retry_schedule=",".join(["3s"] * 20),  # a minute of refusals before any fails
-            webhook_timeout_seconds=1,
-            webhook_max_endpoints=MAX_ENDPOINTS,
-            webhook_max_pending=MAX_PENDING,
-            log_level="INFO",
-        )
-    except BaseException:
-        receiver.process.stop()
-        raise
-    try:
-        pipeline.start_worker(concurrency=8)
-        yield pipeline, receiver
-    finally:
-        pipeline.stop()
-        receiver.process.stop()
+    with webhook_stack(
+        redis_server.url,
+        sandbox.url,
+        workers=1,
+        tenants_file=_tenants_file(tmp_path_factory.mktemp("tenants"), sandbox),
+        webhook_retry_schedule=",".join(["3s"] * 20),  # a minute of refusals before any fails
+        webhook_max_endpoints=MAX_ENDPOINTS,
+        webhook_max_pending=MAX_PENDING,
+        log_level="INFO",
+    ) as started:
+        yield started
 
 
 def _mallory_flow(pipeline: Pipeline) -> None:

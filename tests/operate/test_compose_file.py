@@ -1,5 +1,5 @@
-"""docker-compose.yml, the Dockerfile and .dockerignore, read without a Docker engine: what README's
-"Deployment with docker-compose" promises."""
+"""docker-compose.yml, the Dockerfile and .dockerignore, read without a Docker engine: what
+docs/operations.md's "Deployment with docker-compose" promises."""
 
 from __future__ import annotations
 

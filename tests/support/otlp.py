@@ -1,11 +1,11 @@
-"""OTLP trace receivers for tests: a local HTTP server (`OtlpReceiver`) or gRPC server
-(`GrpcOtlpReceiver`) on a free port that decodes each `ExportTraceServiceRequest` (opentelemetry-proto)
-and keeps its spans; and `silent_collector`, one that takes connections and never answers."""
+"""OTLP trace receivers for tests: a local HTTP server (`OtlpReceiver`, reading each export as the bench's
+trace sink does, with `bench.otlp`) or gRPC server (`GrpcOtlpReceiver`) on a free port that decodes each
+`ExportTraceServiceRequest` (opentelemetry-proto) and keeps its spans; and `silent_collector`, one that
+takes connections and never answers."""
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import socket
 import threading
 import time
@@ -22,6 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from bench.otlp import EXPORT_PATH, answer_export, read_export
 
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
@@ -47,9 +49,7 @@ def _value(value: AnyValue) -> Any:
     return getattr(value, which) if which else None
 
 
-def decode(body: bytes) -> list[ReceivedSpan]:
-    request = ExportTraceServiceRequest()
-    request.ParseFromString(body)
+def spans_of(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
     spans = []
     for resource_spans in request.resource_spans:
         resource = {item.key: _value(item.value) for item in resource_spans.resource.attributes}
@@ -108,16 +108,13 @@ class OtlpReceiver(_Received):
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                receiver._keep(decode(body) if self.path == "/v1/traces" else [])
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if self.path == "/v1/traces" else 404)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                if self.path != EXPORT_PATH:
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    receiver._keep([])
+                    answer_export(self, 404)
+                    return
+                receiver._keep(spans_of(read_export(self).request))
+                answer_export(self)
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -142,7 +139,7 @@ class GrpcOtlpReceiver(_Received):
 
         class Collector(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: ExportTraceServiceRequest, _context: Any) -> ExportTraceServiceResponse:
-                receiver._keep(decode(request.SerializeToString()))
+                receiver._keep(spans_of(request))
                 return ExportTraceServiceResponse()
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))

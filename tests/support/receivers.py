@@ -1,18 +1,20 @@
 """A webhook receiver process (bench/receiver.py: it verifies every delivery with the Standard Webhooks
-library and records what it accepted), and what the webhook tests do with it against a real stack."""
+library and records what it accepted), the stack the webhook tests start around it (`webhook_stack`),
+and what they do with it."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
 from tests.support.flows import callback, consent, start_flow
 from tests.support.processes import Process, free_port, wait_for_port
-from tests.support.stack import Pipeline
+from tests.support.stack import Pipeline, start_pipeline
 
 
 class Receiver:
@@ -22,7 +24,11 @@ class Receiver:
             [sys.executable, "-m", "bench.receiver", "--port", str(self.port)], name="receiver"
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port, self.process)
+        except BaseException:
+            self.process.stop()
+            raise
 
     def control(self, path: str, **settings: Any) -> None:
         httpx.post(f"{self.url}/_control", json={"path": path, **settings}).raise_for_status()
@@ -30,6 +36,34 @@ class Receiver:
     def report(self, path: str) -> dict[str, Any]:
         answer: dict[str, Any] = httpx.get(f"{self.url}/_received", params={"path": path}).json()
         return answer
+
+
+@contextlib.contextmanager
+def webhook_stack(
+    redis_url: str,
+    sandbox_url: str,
+    workers: int = 0,
+    webhook_allowed_hosts: str = "127.0.0.1",
+    webhook_timeout_seconds: float = 1,
+    **settings: Any,
+) -> Iterator[tuple[Pipeline, Receiver]]:
+    """A receiver, and a shim with `workers` workers of 8 threads whose webhooks may call it; every
+    process stopped on leaving, and when one fails to start."""
+    with contextlib.ExitStack() as started:
+        receiver = Receiver()
+        started.callback(receiver.process.stop)
+        pipeline = start_pipeline(
+            redis_url,
+            sandbox_url,
+            workers=0,
+            webhook_allowed_hosts=webhook_allowed_hosts,
+            webhook_timeout_seconds=webhook_timeout_seconds,
+            **settings,
+        )
+        started.callback(pipeline.stop)
+        for _ in range(workers):
+            pipeline.start_worker(concurrency=8)
+        yield pipeline, receiver
 
 
 def register(pipeline: Pipeline, receiver: Receiver, path: str, events: list[str] | None = None) -> str:

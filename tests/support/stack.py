@@ -118,7 +118,11 @@ def start_pipeline(redis_url: str, sandbox_url: str, workers: int = 1, **setting
     env = pipeline_env(redis_url, sandbox_url, port, **settings)
     shim = start_cli(["shim", "--port", str(port)], env=env, name="shim")
     pipeline = Pipeline(f"http://127.0.0.1:{port}", redis_url, env["CHANNEL_PREFIX"], env, shim)
-    for _ in range(workers):
-        pipeline.start_worker()
-    wait_for_http(f"{pipeline.shim_url}/healthz")
+    try:
+        for _ in range(workers):
+            pipeline.start_worker()
+        wait_for_http(f"{pipeline.shim_url}/healthz", shim)
+    except BaseException:
+        pipeline.stop()  # a failed start leaves nothing running
+        raise
     return pipeline

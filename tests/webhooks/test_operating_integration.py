@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.receivers import Receiver, run_flows, wait_until
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.receivers import Receiver, run_flows, wait_until, webhook_stack
+from tests.support.stack import Pipeline, RedisServer, Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -28,29 +28,16 @@ RETENTION_SECONDS = 5
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[tuple[Pipeline, Receiver]]:
-    receiver = Receiver()
-    try:
-        pipeline = start_pipeline(
-            redis_server.url,
-            sandbox.url,
-            workers=0,
-            webhook_allowed_hosts="127.0.0.1",
-            webhook_retry_schedule="300ms,500ms,500ms,1s,1s,1s,1s,1s,1s,1s",
-            webhook_timeout_seconds=1,
-            webhook_secret_overlap_seconds=OVERLAP_SECONDS,
-            webhook_disable_after_seconds=DISABLE_AFTER_SECONDS,
-            webhook_retention_seconds=RETENTION_SECONDS,
-        )
-    except BaseException:
-        receiver.process.stop()
-        raise
-    try:
-        pipeline.start_worker(concurrency=8)
-        pipeline.start_worker(concurrency=8)
-        yield pipeline, receiver
-    finally:
-        pipeline.stop()
-        receiver.process.stop()
+    with webhook_stack(
+        redis_server.url,
+        sandbox.url,
+        workers=2,
+        webhook_retry_schedule="300ms,500ms,500ms,1s,1s,1s,1s,1s,1s,1s",
+        webhook_secret_overlap_seconds=OVERLAP_SECONDS,
+        webhook_disable_after_seconds=DISABLE_AFTER_SECONDS,
+        webhook_retention_seconds=RETENTION_SECONDS,
+    ) as started:
+        yield started
 
 
 def register(pipeline: Pipeline, receiver: Receiver, path: str, **body: Any) -> tuple[str, str]:

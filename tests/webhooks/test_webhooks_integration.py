@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests.support.processes import Process, start_cli
-from tests.support.receivers import Receiver, accepted, register, run_flows, wait_until
-from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.receivers import Receiver, accepted, register, run_flows, wait_until, webhook_stack
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -28,24 +28,8 @@ SCHEDULE = "500ms,1s,1s,1s,2s,2s,2s,2s"
 
 @pytest.fixture
 def stack(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[tuple[Pipeline, Receiver]]:
-    receiver = Receiver()
-    try:
-        pipeline = start_pipeline(
-            redis_server.url,
-            sandbox.url,
-            workers=0,
-            webhook_allowed_hosts="127.0.0.1",
-            webhook_retry_schedule=SCHEDULE,
-            webhook_timeout_seconds=1,
-        )
-    except BaseException:
-        receiver.process.stop()
-        raise
-    try:
-        yield pipeline, receiver
-    finally:
-        pipeline.stop()
-        receiver.process.stop()
+    with webhook_stack(redis_server.url, sandbox.url, webhook_retry_schedule=SCHEDULE) as started:
+        yield started
 
 
 def serving(pipeline: Pipeline, what: str) -> Process:
