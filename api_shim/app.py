@@ -68,6 +68,7 @@ def create_app(
             settings.sse_max_per_key,
             settings.sse_max_seconds,
         ),
+        tenants_requiring_start=tuple(tenant.name for tenant in settings.tenants if tenant.require_start),
     )
 
     @asynccontextmanager

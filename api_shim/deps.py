@@ -36,6 +36,8 @@ class Deps:
     events_redis: redis.asyncio.Redis  # the event streams' reads: they wait on pub/sub, so asyncio
     webhooks: WebhookStore
     streams: EventStreams  # the event streams, under their caps
+    # the tenants whose flows' callbacks need the start_url opened in the same browser (or a confirmation)
+    tenants_requiring_start: tuple[str, ...] = ()
 
     @property
     def names(self) -> RedisNames:

@@ -23,13 +23,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api_shim import languages, metrics, pages, rules
-from api_shim.browser import CONFIRM_COOKIE, BrowserKey, confirm_csrf, set_callback_cookie, started_here
+from api_shim.browser import (
+    CONFIRM_COOKIE,
+    START_COOKIE,
+    BrowserKey,
+    confirm_csrf,
+    set_callback_cookie,
+    started_here,
+)
 from api_shim.deps import Deps, ShimDeps
 from api_shim.errors import ApiError
 from api_shim.openapi import errors, html_pages, see_other
 from api_shim.rules import Verdict
 from api_shim.security import return_url_with
-from worker.flows.flow import BrowserUI, Flow, FlowState
+from worker.flows.flow import BrowserUI, Flow, FlowState, is_flow_id, token_fingerprint
+from worker.flows.transition import Transition
+from worker.observing import tracing
 
 router = APIRouter()
 
@@ -83,17 +92,47 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     tokens = request.query_params.getlist("okt")
     if len(tokens) > 1:
         raise ApiError(400, "invalid_callback", "more than one okt parameter")
-    flow = shim.load_flow(flow_id)
+    if len(tokens) == 1 and rules.well_formed(tokens[0]) and is_flow_id(flow_id):
+        response = _claim_on_read(shim, flow_id, request, tokens[0])
+    else:
+        response = _answer(shim, shim.load_flow(flow_id), request, tokens)
+    metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
+    return response
+
+
+def _answer(shim: Deps, flow: Flow, request: Request, tokens: list[str]) -> Response:
+    """The callback on a flow as read: a confirmation page, a claim, or a denial."""
     error = request.query_params.get("error")
     if _needs_confirmation(shim, flow, request, tokens):
         language = languages.choose(flow.locale or None, request.headers.get("accept-language"))
-        response = _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
-    elif tokens:
-        response = _claim(shim, flow, tokens[0])
-    else:
-        response = _deny(shim, flow, error)
-    metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
-    return response
+        return _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
+    if tokens:
+        return _claim(shim, flow, tokens[0])
+    return _deny(shim, flow, error)
+
+
+def _claim_on_read(shim: Deps, flow_id: str, request: Request, token: str) -> Response:
+    """The usual callback, a well-formed token for a flow awaiting it, in one Redis call: the flow is read
+    and claimed together when the rules allow a claim at once (in time, no confirmation needed); when they
+    do not, the flow as read is answered as `_answer` answers it."""
+    key = BrowserKey.new()
+    presented = request.cookies.get(START_COOKIE, "")
+    prepared = shim.enqueuer.prepared(flow_id, FlowState.VERIFYING)
+    flow, claim = shim.store.claim_on_read(
+        flow_id,
+        token,
+        prepared,
+        browser_fp=key.fingerprint,
+        start_fp=token_fingerprint(presented) if presented else "",
+        tenants_requiring_start=shim.tenants_requiring_start,
+    )
+    if flow is None:
+        raise ApiError(404, "flow_not_found", "no such flow")
+    tracing.describe(flow)  # on the request's span, when traces are on
+    if claim is None:
+        return _answer(shim, flow, request, [token])
+    shim.enqueuer.after_transition(claim.done, flow_id, FlowState.VERIFYING, prepared)
+    return _claimed(shim, flow, token, claim, key if flow.ui.pages else None)
 
 
 @router.post("/v1/callback/{flow_id}/confirm", response_model=None, include_in_schema=False)
@@ -153,6 +192,13 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
         fingerprint = key.fingerprint if key else ""
         claim = shim.store.claim_callback(flow, token, queue=prepared, browser_fp=fingerprint)
         shim.enqueuer.after_transition(claim.done, flow.flow_id, FlowState.VERIFYING, prepared)
+    return _claimed(shim, flow, token, claim, key)
+
+
+def _claimed(
+    shim: Deps, flow: Flow, token: str, claim: Transition | None, key: BrowserKey | None
+) -> Response:
+    """What a callback with a token comes to, once its claim was made (or, None, could not be tried)."""
     verdict = rules.claim_verdict(flow, token, claim)
     if verdict is Verdict.EXPIRED:
         raise _expired()

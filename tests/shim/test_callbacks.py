@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -148,3 +149,16 @@ async def test_the_callback_needs_no_bearer_key(shim: Shim) -> None:
         f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN}, headers={"Authorization": "Bearer wrong"}
     )
     assert answer.status_code == 303
+
+
+async def test_the_usual_callback_costs_one_redis_call(shim: Shim) -> None:
+    """A well-formed token for a flow awaiting it: the flow is read and claimed in one call."""
+    warm_up, flow = shim.new_flow(), shim.new_flow()
+    await shim.http.get(f"/v1/callback/{warm_up.flow_id}", params={"okt": OTHER_TOKEN})  # scripts loaded
+    client = shim.store.redis
+    with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
+        answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
+    assert answer.status_code == 303
+    assert "okc_browser=" in answer.headers["set-cookie"]  # a hosted flow's browser gets its cookie
+    assert [call.args[0] for call in sent.call_args_list] == ["EVALSHA"]
+    assert shim.flow(flow.flow_id).state is FlowState.VERIFYING

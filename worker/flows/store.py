@@ -43,8 +43,10 @@ from worker.events import (
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
 from worker.flows.transition import (
     DROP,
+    MARK,
     Aftermath,
     Change,
+    ClaimTerms,
     ReplicaWait,
     Transition,
     TransitionOutcome,
@@ -242,10 +244,58 @@ class FlowStore:
         account to this one (Oktopost answers a live token as often as asked), so a token claims one flow.
         """
         now = self.clock.now()
+        account = self.account_of(flow)
+        event, change = self._claim(_envelope(flow, now), now, token, queue, browser_fp, account)
+        return self._apply(flow, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
+
+    def claim_on_read(
+        self,
+        flow_id: str,
+        token: str,
+        queue: QueuedTask | None,
+        *,
+        browser_fp: str,
+        start_fp: str,
+        tenants_requiring_start: tuple[str, ...],
+    ) -> tuple[Flow | None, Transition | None]:
+        """A callback's read and claim in one call: the flow as read (None: no such flow) and, when it
+        awaits its callback, in time, and needs no confirmation (the browser presents the start cookie
+        of fingerprint `start_fp` the flow is bound to, or it is bound to none and its tenant is not in
+        `tenants_requiring_start`), the claim's transition, as `claim_callback` makes it (`browser_fp`
+        kept only for a flow led through the shim's pages). Otherwise nothing is changed and the
+        transition is None: the caller decides on the flow as read."""
+        now = self.clock.now()
+        envelope = {"at": utc_timestamp(now), "flow_id": flow_id, "network": "", "entity_type": "profile"}
+        event, change = self._claim(envelope, now, token, queue, "", MARK)
+        terms = ClaimTerms(
+            now=now,
+            default_account=self.default_account,
+            default_tenant=DEFAULT_TENANT,
+            start_fp=start_fp,
+            tenants_requiring_start=tenants_requiring_start,
+            browser_fp=browser_fp,
+            uis_with_pages=tuple(ui.value for ui in BrowserUI if ui.pages),
+        )
+        answer = self._transition.claim_on_read(flow_id, event, change, terms)
+        flow = Flow.from_hash(flow_id, answer.read) if answer.read is not None else None
+        return flow, answer.claim
+
+    def _claim(
+        self,
+        envelope: dict[str, Any],
+        now: float,
+        token: str,
+        queue: QueuedTask | None,
+        browser_fp: str,
+        account: str,
+    ) -> tuple[CallbackReceived, Change]:
+        """A claim's event and change: the token kept for its lifetime and indexed by its fingerprint,
+        the flow's deadline moved to the token's end, its task queued (or the flow parked behind its
+        account's parked flows)."""
         ttl = self.lifetimes.token_ttl
         fingerprint = token_fingerprint(token)
         data = CallbackData(token_expires_at=utc_timestamp(now + ttl))
-        event = CallbackReceived(**_envelope(flow, now), data=data)
+        event = CallbackReceived(**envelope, data=data)
         fields = {
             "token_fp": fingerprint,
             "token_expires_at": repr(now + ttl),
@@ -262,9 +312,9 @@ class FlowStore:
             token=token,
             claim_key=self.names.token_claim(fingerprint),
             queue=queue,
-            park_behind=self.names.account(self.account_of(flow)).parked_flows,
+            park_behind=self.names.account(account).parked_flows,
         )
-        return self._apply(flow, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, event, change)
+        return event, change
 
     def deny(self, flow: Flow, message: str, browser_fp: str = "") -> Transition:
         """awaiting_callback -> failed (authorization_denied): the user came back without a token. Only

@@ -107,6 +107,7 @@ class TransitionScript:
     ) -> None:
         self._client: Any = client
         self._script = scripts.register(client, "transition")
+        self._claim_on_read = scripts.register(client, "callback_claim")
         self.names = names
         self.retention = retention  # seconds a flow's hash and stream are kept after its last change
         self.confirm = confirm if confirm is not None and confirm.replicas > 0 else None
@@ -122,47 +123,94 @@ class TransitionScript:
     ) -> Transition:
         """`allowed`: the states the flow may be in (none: it must not exist yet); `account`: the Oktopost
         account whose reserved calls the flow counts in."""
+        keys, args = self._keys_and_args(
+            flow_id, allowed, state, event.to_json(), change, account, event.tenant
+        )
+        return self._outcome(self._run(self._script, keys, args), flow_id, state)
+
+    def claim_on_read(self, flow_id: str, event: FlowEvent, change: Change, terms: ClaimTerms) -> ReadClaim:
+        """A callback's read and claim in one call (`scripts/callback_claim.lua`): awaiting_callback ->
+        verifying with `event` and `change` when `terms` allow it, else the flow as read. The event's
+        envelope (network, entity_type, reference, tenant) and the names of the flow's account and tenant
+        are the flow's own, filled in by the script; `change.park_behind` names the account by MARK."""
+        head, tail = _split_envelope(event.to_json())
+        keys, args = self._keys_and_args(
+            flow_id, (FlowState.AWAITING_CALLBACK,), FlowState.VERIFYING, head, change, MARK, MARK
+        )
+        own = [
+            MARK,
+            terms.default_account,
+            terms.default_tenant,
+            repr(terms.now),
+            terms.start_fp,
+            _listed(terms.tenants_requiring_start),
+            terms.browser_fp,
+            _listed(terms.uis_with_pages),
+            tail,
+        ]
+        answer = self._run(self._claim_on_read, keys, [*own, *args])
+        kind = text(answer[0])
+        if kind == "missing":
+            return ReadClaim(None, None)
+        flat = [text(item) for item in answer[1]]
+        read = dict(zip(flat[::2], flat[1::2], strict=True))
+        if kind == "read":
+            return ReadClaim(read, None)
+        result = answer[2] if self.confirm is None else [*answer[2], answer[-1]]
+        return ReadClaim(read, self._outcome(result, flow_id, FlowState.VERIFYING))
+
+    def _keys_and_args(
+        self,
+        flow_id: str,
+        allowed: tuple[FlowState, ...],
+        state: FlowState,
+        event: str,
+        change: Change,
+        account: str,
+        tenant: str,
+    ) -> tuple[list[str], list[Any]]:
         if change.after is not None and (change.claim_key or change.park_behind):
             raise ValueError("a claim carries no task's aftermath")
         live_for = max(0.0, change.live_for)
         token_ms = max(1, int(live_for * 1000)) if isinstance(change.token, str) else 0
         queue = change.queue
-        result = self._run(
-            keys=[
-                self.names.flow_state(flow_id),
-                self.names.flow_stream(flow_id),
-                self.names.deadlines,
-                self.names.flow_token(flow_id),
-                self.names.leases,
-                self.names.account(account).reserved_calls,
-                self.names.all_events_stream,
-                *([change.claim_key] if change.claim_key else []),
-                *([change.park_behind, self.names.parked_accounts] if change.park_behind else []),
-                *([change.after.window, change.after.metrics_key] if change.after else []),
-            ],
-            args=[
-                flow_id,
-                "," + ",".join(allowed) + "," if allowed else "",
-                state.value,
-                event.to_json(),
-                self.names.flow_channel(flow_id),
-                self.names.all_events_channel,
-                self.retention + int(live_for) + 1,
-                _arg(change.deadline),
-                _arg(change.lease),
-                _arg(change.token),
-                token_ms,
-                "1" if change.only_after_deadline else "",
-                *((queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4),
-                change.fence or "",
-                self.names.tenant_channel(event.tenant),
-                self.retention * 1000,
-                change.connections or "",
-                self.names.connection_channel(""),
-                *_aftermath_args(change.after),
-                *(item for pair in change.fields.items() for item in pair),
-            ],
-        )
+        keys = [
+            self.names.flow_state(flow_id),
+            self.names.flow_stream(flow_id),
+            self.names.deadlines,
+            self.names.flow_token(flow_id),
+            self.names.leases,
+            self.names.account(account).reserved_calls,
+            self.names.all_events_stream,
+            *([change.claim_key] if change.claim_key else []),
+            *([change.park_behind, self.names.parked_accounts] if change.park_behind else []),
+            *([change.after.window, change.after.metrics_key] if change.after else []),
+        ]
+        args = [
+            flow_id,
+            "," + ",".join(allowed) + "," if allowed else "",
+            state.value,
+            event,
+            self.names.flow_channel(flow_id),
+            self.names.all_events_channel,
+            self.retention + int(live_for) + 1,
+            _arg(change.deadline),
+            _arg(change.lease),
+            _arg(change.token),
+            token_ms,
+            "1" if change.only_after_deadline else "",
+            *((queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4),
+            change.fence or "",
+            self.names.tenant_channel(tenant),
+            self.retention * 1000,
+            change.connections or "",
+            self.names.connection_channel(""),
+            *_aftermath_args(change.after),
+            *(item for pair in change.fields.items() for item in pair),
+        ]
+        return keys, args
+
+    def _outcome(self, result: Any, flow_id: str, state: FlowState) -> Transition:
         outcome = TransitionOutcome(text(result[0]) if text(result[0]) != "ok" else "done")
         if outcome is TransitionOutcome.DONE:
             self._confirmed(result, flow_id)
@@ -174,13 +222,13 @@ class TransitionScript:
             return Transition(outcome, state=FlowState(text(result[1])))
         return Transition(outcome)
 
-    def _run(self, keys: list[str], args: list[Any]) -> Any:
-        """The script; with `confirm`, followed by WAIT on the same connection (WAIT counts the replicas
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """`script`; with `confirm`, followed by WAIT on the same connection (WAIT counts the replicas
         that have this connection's writes): the answer then carries the count, kept for `_confirmed`."""
         if self.confirm is None:
-            return self._script(keys=keys, args=args)
+            return script(keys=keys, args=args)
         with self._client.pipeline(transaction=False) as pipe:
-            self._script(keys=keys, args=args, client=pipe)
+            script(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
             result, confirmed = pipe.execute()
         return [*result, _Confirmations(int(confirmed))]
@@ -194,6 +242,44 @@ class TransitionScript:
         if self.confirm.refuse:
             raise ReplicasUnconfirmed(message)
         log.warning("%s", message)
+
+
+MARK = "\x00"  # stands for the flow's account or tenant in a name, until callback_claim.lua reads the flow
+_ENVELOPE = ',"network":'  # the envelope's flow fields, between the event's `at` and its `data`
+_DATA = ',"data":'
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTerms:
+    """What decides, with the flow as read, whether a callback claims it at once (see
+    `TransitionScript.claim_on_read`); the same rules the shim applies to a flow it read itself."""
+
+    now: float  # the shim's clock of Redis's time: a flow whose deadline is not after it is not claimed
+    default_account: str
+    default_tenant: str
+    start_fp: str  # the fingerprint of the start cookie the browser presented ("" without one)
+    tenants_requiring_start: tuple[str, ...]
+    browser_fp: str  # kept by a claimed flow whose browser is led through the shim's pages
+    uis_with_pages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadClaim:
+    """The flow's hash as read (None: no such flow), and the claim's transition when one was tried."""
+
+    read: dict[str, str] | None
+    claim: Transition | None
+
+
+def _split_envelope(event: str) -> tuple[str, str]:
+    """An event's JSON cut around its envelope's flow fields: what comes before them (with a trailing
+    comma) and from `"data":` on."""
+    start, data = event.index(_ENVELOPE), event.index(_DATA)
+    return event[: start + 1], event[data + 1 :]
+
+
+def _listed(items: tuple[str, ...]) -> str:
+    return "," + ",".join(items) + ","
 
 
 @dataclass(frozen=True, slots=True)
