@@ -18,6 +18,7 @@ from worker.oktopost.errors import (
     UnauthorizedError,
     UpstreamTransportError,
 )
+from worker.upstream import retry
 from worker.upstream.retry import DeadlineReached, RetryPolicy, acall_until_deadline, call_until_deadline
 
 
@@ -167,3 +168,31 @@ def test_async_variant_follows_the_same_policy() -> None:
 
     with pytest.raises(RejectedError):
         asyncio.run(acall_until_deadline(refused, time.time() + 5, policy=policy))
+
+
+def test_a_first_attempt_that_answers_never_enters_tenacitys_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_loop(*_: object) -> None:
+        raise AssertionError("tenacity's loop was built for a call whose first attempt answered")
+
+    monkeypatch.setattr(retry, "_prepared", no_loop)
+    clock = FakeClock()
+    assert call_until_deadline(Failing(), clock.now + 30, clock=clock, sleep=clock.sleep) == ("ok", 1)
+
+
+def test_a_first_fault_is_the_loops_first_attempt_waits_and_retries_included() -> None:
+    """The loop takes over after a transient first fault: its wait, its on_retry and its counts are as if it
+    had made the first attempt itself (a Retry-After honoured, two attempts, one retry told)."""
+    clock = FakeClock()
+    told: list[tuple[str, float]] = []
+    upstream = Failing(ThrottledError(2.0))
+    result = call_until_deadline(
+        upstream,
+        clock.now + 30,
+        clock=clock,
+        sleep=clock.sleep,
+        on_retry=lambda error, wait: told.append((type(error).__name__, wait)),
+    )
+    assert result == ("ok", 2)
+    assert clock.sleeps == [2.0]
+    assert told == [("ThrottledError", 2.0)]
+    assert len(upstream.timeouts) == 2  # the fault was not sent again: one call, then the retry

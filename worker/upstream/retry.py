@@ -167,14 +167,33 @@ def call_until_deadline(
     with `.attempts`), or `DeadlineReached`.
     """
     schedule = _Schedule(deadline, policy, clock, on_retry, paused_by_admission=admit is not None)
-    retrying = _prepared(policy, sleep)
 
     def bounded_attempt(schedule: _Schedule) -> T:
         with admit() if admit is not None else nullcontext():
             return attempt(schedule.attempt_timeout())
 
+    # The first attempt is made before tenacity's loop, which most calls never need (it costs a flow
+    # about as much CPU as the attempt's own Redis call); a transient fault hands the call to the loop,
+    # whose first attempt raises that same fault again, so the wait, the stop and the counts that follow
+    # are tenacity's, exactly as if it had made the first attempt itself.
+    try:
+        return bounded_attempt(schedule), 1
+    except _NoTimeLeft:
+        raise DeadlineReached(0, None) from None
+    except OktopostError as error:
+        if not is_transient(error):
+            error.attempts = 1
+            raise
+        first_fault: list[OktopostError] = [error]
+
+    def attempt_after_the_first(schedule: _Schedule) -> T:
+        if first_fault:
+            raise first_fault.pop()
+        return bounded_attempt(schedule)
+
+    retrying = _prepared(policy, sleep)
     with _outcome_of(retrying):
-        result = retrying(bounded_attempt, schedule)
+        result = retrying(attempt_after_the_first, schedule)
     return result, _attempts(retrying)
 
 
