@@ -6,6 +6,7 @@ checks meets no 429 and the checks keep to their share."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -36,23 +37,23 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox("--rate-limit", f"{RATE}/second", "--block-seconds", "5")
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=3,
-        oktopost_rate_limit=f"{RATE}/second",
-        connection_check_seconds=1,
-        connection_check_share=SHARE,
-        token_ttl_seconds=20,
-        oktopost_timeout_seconds=2,  # a killed worker's check lock lapses within 8 s
-        webhook_allowed_hosts="127.0.0.1",
-    )
-    try:
+    """Every process stopped with the module, and when a later one fails to start."""
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox("--rate-limit", f"{RATE}/second", "--block-seconds", "5")
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            workers=3,
+            oktopost_rate_limit=f"{RATE}/second",
+            connection_check_seconds=1,
+            connection_check_share=SHARE,
+            token_ttl_seconds=20,
+            oktopost_timeout_seconds=2,  # a killed worker's check lock lapses within 8 s
+            webhook_allowed_hosts="127.0.0.1",
+        )
+        started.callback(pipeline.stop)
         yield pipeline, sandbox
-    finally:
-        pipeline.stop()
-        sandbox.process.stop()
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:

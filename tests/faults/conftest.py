@@ -7,12 +7,13 @@ directory; the summary at the end of the run names the file.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.fault_report import REPORT, FaultReport
-from tests.support.ledger import FaultStack, stop_stack
+from tests.support.ledger import FaultStack, stop_pipeline_quickly
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 
@@ -27,15 +28,14 @@ def fault_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    """The module's sandbox and pipeline, as its `STACK` (a FaultStack) says; stopped with the module."""
+    """The module's sandbox and pipeline, as its `STACK` (a FaultStack) says; stopped with the module,
+    and when a later one fails to start."""
     spec: FaultStack = request.module.STACK
-    sandbox = start_sandbox(*spec.sandbox_flags, env=spec.sandbox_env)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox(*spec.sandbox_flags, env=spec.sandbox_env)
+        started.callback(sandbox.process.stop)
         pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, **spec.settings)
-    except BaseException:
-        sandbox.process.stop()
-        raise
-    if spec.concurrency:
-        pipeline.start_worker(concurrency=spec.concurrency)
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+        started.callback(stop_pipeline_quickly, pipeline)
+        if spec.concurrency:
+            pipeline.start_worker(concurrency=spec.concurrency)
+        yield pipeline, sandbox

@@ -9,6 +9,7 @@ shim on SIGTERM ends an open event stream with a `retry:` hint and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import FaultReport
-from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, sandbox_stats, stop_stack
+from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, sandbox_stats, stop_pipeline_quickly
 from tests.support.processes import Process
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.queueing.names import deliveries_queue, flows_queue
@@ -38,20 +39,27 @@ FLOWS = 3  # one running (the worker has one thread), two received and waiting f
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        token_ttl_seconds=TOKEN_TTL,
-        oktopost_timeout_seconds=10,
-        worker_shutdown_grace_seconds=GRACE_S,
-    )
-    yield pipeline, sandbox
-    for worker in pipeline.workers:  # a paused one is resumed, so it can be stopped like the others
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            workers=0,
+            token_ttl_seconds=TOKEN_TTL,
+            oktopost_timeout_seconds=10,
+            worker_shutdown_grace_seconds=GRACE_S,
+        )
+        started.callback(stop_pipeline_quickly, pipeline)
+        started.callback(resume_paused, pipeline)
+        yield pipeline, sandbox
+
+
+def resume_paused(pipeline: Pipeline) -> None:
+    """A paused worker resumed, so it can be stopped like the others."""
+    for worker in pipeline.workers:
         if not worker.exited():
             os.killpg(worker.pid, signal.SIGCONT)
-    stop_stack(pipeline, sandbox)
 
 
 def start_prefetching_worker(pipeline: Pipeline) -> Process:

@@ -10,6 +10,7 @@ margins, so a loaded machine does not decide the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ import httpx
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, stop_stack
+from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, stop_pipeline_quickly
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 
@@ -71,21 +72,21 @@ class HangingReceiver:
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        workers=0,
-        token_ttl_seconds=TOKEN_TTL,
-        flow_ttl_seconds=FLOW_TTL,
-        webhook_allowed_hosts="127.0.0.1",
-        webhook_timeout_seconds=WEBHOOK_TIMEOUT,
-    )
-    pipeline.start_worker(concurrency=8)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            redis_server.url,
+            sandbox.url,
+            workers=0,
+            token_ttl_seconds=TOKEN_TTL,
+            flow_ttl_seconds=FLOW_TTL,
+            webhook_allowed_hosts="127.0.0.1",
+            webhook_timeout_seconds=WEBHOOK_TIMEOUT,
+        )
+        started.callback(stop_pipeline_quickly, pipeline)
+        pipeline.start_worker(concurrency=8)
         yield pipeline, sandbox
-    finally:
-        stop_stack(pipeline, sandbox)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -37,15 +38,16 @@ TOKEN_TTL = 20  # a lease of 4 s: a flow whose outcome was lost is taken up agai
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
-    server = RestartableRedis(AOF)
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(
-        server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
-    )
-    yield pipeline, sandbox, server
-    pipeline.stop()
-    sandbox.process.stop()
-    server.stop()
+    with contextlib.ExitStack() as started:
+        server = RestartableRedis(AOF)
+        started.callback(server.stop)
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
+        )
+        started.callback(pipeline.stop)
+        yield pipeline, sandbox, server
 
 
 def test_a_stalled_redis_gets_quick_json_503s_and_everything_carries_on_after(

@@ -8,6 +8,7 @@ restart are verified after it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import Ledger, TrackedFlow, stop_stack
+from tests.support.ledger import Ledger, TrackedFlow, stop_pipeline_quickly
 from tests.support.redis_outage import RestartableRedis, ShimRequest, TimedAnswer, timed_answers
 from tests.support.stack import Pipeline, Sandbox, start_pipeline, start_sandbox
 
@@ -29,12 +30,14 @@ DEPENDENT = ("start", "callback", "status", "selection")  # the routes that need
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
-    server = RestartableRedis(AOF)
-    sandbox = start_sandbox()
-    pipeline = start_pipeline(server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL)
-    yield pipeline, sandbox, server
-    stop_stack(pipeline, sandbox)
-    server.stop()
+    with contextlib.ExitStack() as started:
+        server = RestartableRedis(AOF)
+        started.callback(server.stop)
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL)
+        started.callback(stop_pipeline_quickly, pipeline)
+        yield pipeline, sandbox, server
 
 
 def test_redis_down_is_a_quick_json_503_and_shim_and_worker_recover(

@@ -9,6 +9,7 @@ LOG_LEVEL=DEBUG. Neither the right nor the wrong key, nor either Basic-auth valu
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -19,8 +20,7 @@ import pytest
 
 from tests.support.fault_report import FaultReport
 from tests.support.ledger import NETWORKS, Ledger
-from tests.support.processes import free_port, start_cli, wait_for_port
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -31,27 +31,23 @@ WRONG_KEY = "okt-bad-" + secrets.token_hex(16)
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Sandbox, Pipeline, Pipeline]]:
-    port = free_port()
-    process = start_cli(
-        ["sandbox", "--port", str(port), "--access-log"],
-        env={"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": RIGHT_KEY},
-        name="sandbox",
-    )
-    wait_for_port(port)
-    sandbox = Sandbox(f"http://127.0.0.1:{port}", process)
-    account = {"oktopost_account_id": ACCOUNT, "oktopost_timeout_seconds": 1}
-    wrong_shim = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, oktopost_api_key=WRONG_KEY, **account
-    )
-    wrong_worker = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, oktopost_api_key=RIGHT_KEY, **account
-    )
-    wrong_worker.env["OKTOPOST_API_KEY"] = WRONG_KEY
-    wrong_worker.start_worker(concurrency=4)
-    yield sandbox, wrong_shim, wrong_worker
-    wrong_worker.stop()
-    wrong_shim.stop()
-    sandbox.process.stop()
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox(
+            "--access-log", env={"OKTOPOST_ACCOUNT_ID": ACCOUNT, "OKTOPOST_API_KEY": RIGHT_KEY}
+        )
+        started.callback(sandbox.process.stop)
+        account = {"oktopost_account_id": ACCOUNT, "oktopost_timeout_seconds": 1}
+        wrong_shim = start_pipeline(
+            redis_server.url, sandbox.url, workers=0, oktopost_api_key=WRONG_KEY, **account
+        )
+        started.callback(wrong_shim.stop)
+        wrong_worker = start_pipeline(
+            redis_server.url, sandbox.url, workers=0, oktopost_api_key=RIGHT_KEY, **account
+        )
+        started.callback(wrong_worker.stop)
+        wrong_worker.env["OKTOPOST_API_KEY"] = WRONG_KEY
+        wrong_worker.start_worker(concurrency=4)
+        yield sandbox, wrong_shim, wrong_worker
 
 
 def test_refused_credentials_leave_no_key_or_token_behind(

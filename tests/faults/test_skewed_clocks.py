@@ -9,6 +9,7 @@ event is stamped with Redis's time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_stack
+from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, stop_pipeline_quickly
 from tests.support.processes import free_port, start_cli, wait_for_http
 from tests.support.stack import Pipeline, RedisServer, Sandbox, pipeline_env, start_sandbox
 
@@ -64,29 +65,27 @@ def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     assert FAKETIME.exists(), f"libfaketime is not installed ({FAKETIME}): apt-get install faketime"
     for seconds in (WORKER_AHEAD_S, -SHIM_BEHIND_S):
         assert abs(clock_offset(skewed(seconds)) - seconds) < 0.5, "libfaketime does not skew the clock"
-    sandbox = start_sandbox()
-    port = free_port()
-    env = pipeline_env(
-        redis_server.url,
-        sandbox.url,
-        port,
-        token_ttl_seconds=TOKEN_TTL,
-        flow_ttl_seconds=FLOW_TTL,
-        oktopost_rate_limit=RATE_LIMIT,
-        oktopost_timeout_seconds=3,
-    )
-    shim = start_cli(["shim", "--port", str(port)], env={**env, **skewed(-SHIM_BEHIND_S)}, name="shim")
-    pipeline = Pipeline(f"http://127.0.0.1:{port}", redis_server.url, env["CHANNEL_PREFIX"], env, shim)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        port = free_port()
+        env = pipeline_env(
+            redis_server.url,
+            sandbox.url,
+            port,
+            token_ttl_seconds=TOKEN_TTL,
+            flow_ttl_seconds=FLOW_TTL,
+            oktopost_rate_limit=RATE_LIMIT,
+            oktopost_timeout_seconds=3,
+        )
+        shim = start_cli(["shim", "--port", str(port)], env={**env, **skewed(-SHIM_BEHIND_S)}, name="shim")
+        pipeline = Pipeline(f"http://127.0.0.1:{port}", redis_server.url, env["CHANNEL_PREFIX"], env, shim)
+        started.callback(stop_pipeline_quickly, pipeline)
         worker_args = ["worker", "--concurrency", "8", "--hostname", f"skewed-{uuid.uuid4().hex[:6]}@%h"]
         worker_env = {**env, **skewed(WORKER_AHEAD_S)}
         pipeline.workers.append(start_cli(worker_args, env=worker_env, name="worker"))
-        wait_for_http(f"{pipeline.shim_url}/healthz")
-    except BaseException:
-        stop_stack(pipeline, sandbox)
-        raise
-    yield pipeline, sandbox
-    stop_stack(pipeline, sandbox)
+        wait_for_http(f"{pipeline.shim_url}/healthz", shim)
+        yield pipeline, sandbox
 
 
 def test_flows_keep_redis_time_when_worker_and_shim_clocks_are_off(

@@ -4,6 +4,7 @@ shows nothing secret: no okt token, no Oktopost API key, no caller key, in its A
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import os
 import shutil
@@ -19,8 +20,8 @@ import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, okt_of, select, start_flow, wait_for_event
-from tests.support.processes import Process, free_port, start_cli, wait_for_http, wait_for_port
-from tests.support.stack import API_KEY, Pipeline, start_pipeline, start_redis, stop_redis
+from tests.support.processes import Process, free_port, wait_for_http
+from tests.support.stack import API_KEY, Pipeline, start_pipeline, start_redis, start_sandbox, stop_redis
 from worker.config.flower import flower_refusal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -93,18 +94,19 @@ def stack() -> Iterator[Stack]:
     # A broker of our own: Flower then lists exactly our worker and our tasks, and no other test's
     # worker takes the tasks of this one.
     # It asks for a password, which Flower must not show either (its broker page, the workers' stats).
-    server = start_redis(["--requirepass", REDIS_PASSWORD])
-    redis_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
-    sandbox_port = free_port()
-    sandbox = start_cli(["sandbox", "--port", str(sandbox_port)], env={"OKTOPOST_API_KEY": OKTOPOST_KEY})
-    pipeline: Pipeline | None = None
-    flower: Flower | None = None
-    try:
-        wait_for_port(sandbox_port)
-        pipeline = start_pipeline(
-            redis_url, f"http://127.0.0.1:{sandbox_port}", oktopost_api_key=OKTOPOST_KEY
-        )
+    # Every process is stopped with the module, and when a later one fails to start.
+    with contextlib.ExitStack() as started:
+        server = start_redis(["--requirepass", REDIS_PASSWORD])
+        if server.directory:
+            started.callback(shutil.rmtree, server.directory, ignore_errors=True)
+        started.callback(stop_redis, server)
+        redis_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
+        sandbox = start_sandbox(env={"OKTOPOST_API_KEY": OKTOPOST_KEY})
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(redis_url, sandbox.url, oktopost_api_key=OKTOPOST_KEY)
+        started.callback(pipeline.stop)
         flower = start_flower(pipeline.env)
+        started.callback(flower.process.stop)
         # Flower has its event receiver running once it has seen our worker's heartbeat: only then do
         # the flows start, so it misses none of their task events (Redis pub/sub keeps no history).
         status: dict[str, bool] = poll(
@@ -113,15 +115,6 @@ def stack() -> Iterator[Stack]:
         )
         assert len(status) == 1, status
         yield Stack(pipeline, flower, next(iter(status)))
-    finally:
-        if flower is not None:
-            flower.process.stop()
-        if pipeline is not None:
-            pipeline.stop()
-        sandbox.stop()
-        stop_redis(server)
-        if server.directory:
-            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @dataclass

@@ -11,18 +11,20 @@ slows no request and no stop.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, okt_of, select, wait_for_event
 from tests.support.otlp import GrpcOtlpReceiver, OtlpReceiver, ReceivedSpan, silent_collector
-from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import API_KEY, Pipeline, RedisServer, start_pipeline, start_sandbox
 from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
 
 pytestmark = pytest.mark.integration
@@ -32,28 +34,36 @@ OKTOPOST_ACCOUNT, OKTOPOST_KEY = "demo-account", "demo-key"  # tests.support.sta
 
 @pytest.fixture(scope="module")
 def traced(redis_server: RedisServer) -> Iterator[tuple[OtlpReceiver, Pipeline]]:
-    receiver = OtlpReceiver()
-    sandbox: Sandbox | None = None
-    pipeline: Pipeline | None = None
-    try:
-        sandbox = start_sandbox()
-        pipeline = start_pipeline(
+    with (
+        OtlpReceiver() as receiver,
+        exporting_pipeline(
             redis_server.url,
-            sandbox.url,
-            workers=1,
-            otel_exporter_otlp_endpoint=receiver.url,
-            otel_bsp_schedule_delay=100,  # ms: spans reach the receiver soon after they end
+            receiver.url,
             # every header recorded, as an operator may ask: the secrets among them must still not be
             otel_instrumentation_http_capture_headers_server_request=".*",
             otel_instrumentation_http_capture_headers_server_response=".*",
-        )
+        ) as pipeline,
+    ):
         yield receiver, pipeline
-    finally:
-        if pipeline is not None:
-            pipeline.stop()
-        if sandbox is not None:
-            sandbox.process.stop()
-        receiver.stop()
+
+
+@contextlib.contextmanager
+def exporting_pipeline(redis_url: str, collector: str, **settings: Any) -> Iterator[Pipeline]:
+    """A sandbox, and a shim with one worker exporting their traces to `collector`; both stopped on
+    leaving, and the sandbox when the pipeline fails to start."""
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            redis_url,
+            sandbox.url,
+            workers=1,
+            otel_exporter_otlp_endpoint=collector,
+            otel_bsp_schedule_delay=100,  # ms: spans reach the collector soon after they end
+            **settings,
+        )
+        started.callback(pipeline.stop)
+        yield pipeline
 
 
 def start(
@@ -230,18 +240,10 @@ def test_a_malformed_traceparent_is_ignored(traced: tuple[OtlpReceiver, Pipeline
 
 
 def test_traces_go_to_a_grpc_collector_one_per_flow(redis_server: RedisServer) -> None:
-    receiver = GrpcOtlpReceiver()
-    sandbox: Sandbox | None = None
-    pipeline: Pipeline | None = None
-    try:
-        sandbox = start_sandbox()
-        pipeline = start_pipeline(
-            redis_server.url,
-            sandbox.url,
-            otel_exporter_otlp_endpoint=receiver.url,
-            otel_exporter_otlp_protocol="grpc",
-            otel_bsp_schedule_delay=100,
-        )
+    with (
+        GrpcOtlpReceiver() as receiver,
+        exporting_pipeline(redis_server.url, receiver.url, otel_exporter_otlp_protocol="grpc") as pipeline,
+    ):
         caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
         created = start(pipeline, "profile", f"00-{caller_trace}-{caller_span}-01")
         flow_id = created["flow_id"]
@@ -253,12 +255,6 @@ def test_traces_go_to_a_grpc_collector_one_per_flow(redis_server: RedisServer) -
             timeout=20,
             what="verify's span",
         )
-    finally:
-        if pipeline is not None:
-            pipeline.stop()
-        if sandbox is not None:
-            sandbox.process.stop()
-        receiver.stop()
     flow_spans = of_flow(spans, flow_id)
     assert {span.trace_id for span in flow_spans} == {caller_trace}
     assert {span.service for span in flow_spans} == {"oktopost-connect-shim", "oktopost-connect-worker"}
@@ -274,35 +270,25 @@ def test_traces_go_to_a_grpc_collector_one_per_flow(redis_server: RedisServer) -
 
 def test_a_collector_that_never_answers_slows_no_request_and_no_stop(redis_server: RedisServer) -> None:
     grace = 3  # seconds: a stopped worker exits by the grace period plus 2 s, traces or not
-    with silent_collector() as collector:
-        sandbox = start_sandbox()
-        pipeline: Pipeline | None = None
-        try:
-            pipeline = start_pipeline(
-                redis_server.url,
-                sandbox.url,
-                otel_exporter_otlp_endpoint=collector,
-                otel_bsp_schedule_delay=100,  # ms: exports start (and hang) while the flows run
-                worker_shutdown_grace_seconds=grace,
-            )
-            for _ in range(3):
-                began = time.monotonic()
-                created = start(pipeline, "profile", None)
-                claimed = callback(consent(created["redirect_url"]))
-                assert claimed.status_code == 303
-                assert events_of(pipeline, created["flow_id"])[-1]["type"] == "connection.completed"
-                assert time.monotonic() - began < 5
-            stopping = [pipeline.shim, *pipeline.workers]
-            for process in stopping:
-                process.popen.send_signal(signal.SIGTERM)
+    # exports start (and hang) while the flows run
+    with (
+        silent_collector() as collector,
+        exporting_pipeline(redis_server.url, collector, worker_shutdown_grace_seconds=grace) as pipeline,
+    ):
+        for _ in range(3):
             began = time.monotonic()
-            for process in stopping:
-                assert process.popen.wait(grace + 2 + 1) == 0, process.tail()
-            assert time.monotonic() - began < grace + 2
-        finally:
-            if pipeline is not None:
-                pipeline.stop()
-            sandbox.process.stop()
+            created = start(pipeline, "profile", None)
+            claimed = callback(consent(created["redirect_url"]))
+            assert claimed.status_code == 303
+            assert events_of(pipeline, created["flow_id"])[-1]["type"] == "connection.completed"
+            assert time.monotonic() - began < 5
+        stopping = [pipeline.shim, *pipeline.workers]
+        for process in stopping:
+            process.popen.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        for process in stopping:
+            assert process.popen.wait(grace + 2 + 1) == 0, process.tail()
+        assert time.monotonic() - began < grace + 2
 
 
 def assert_no_secrets(spans: list[ReceivedSpan], token: str, cookie: str | None = None) -> None:

@@ -3,6 +3,7 @@ ours (another client spends the rest of the account), a 429 without Retry-After,
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,9 +49,11 @@ def test_after_a_429_no_call_is_made_until_the_pause_ends_and_flows_complete_aft
     redis_server: RedisServer,
 ) -> None:
     # 5 calls in any 2 s, then blocked 3 s: 4 Step 1s and 4 verifications cannot all pass at once
-    sandbox = start_sandbox("--rate-limit", "5/2seconds", "--block-seconds", "3")
-    pipeline = start_pipeline(redis_server.url, sandbox.url, workers=1, token_ttl_seconds=60)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox("--rate-limit", "5/2seconds", "--block-seconds", "3")
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=1, token_ttl_seconds=60)
+        started.callback(pipeline.stop)
         flows = [start_flow(pipeline, return_url=None, ui="redirect") for _ in range(4)]
         urls = [consent(flow["redirect_url"]) for flow in flows]
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -63,19 +66,18 @@ def test_after_a_429_no_call_is_made_until_the_pause_ends_and_flows_complete_aft
         with ThreadPoolExecutor(max_workers=4) as pool:
             endings = list(pool.map(lambda flow: events_of(pipeline, flow["flow_id"], timeout=30), flows))
         assert [events[-1]["type"] for events in endings] == ["connection.completed"] * 4
-    finally:
-        pipeline.stop()
-        sandbox.process.stop()
 
 
 @pytest.mark.alone  # the pause read to the second
 def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
     redis_server: RedisServer,
 ) -> None:
-    sandbox = start_sandbox()
-    # longer than Step 1 waits for budget (4 s), so the new flow is refused rather than kept waiting
-    pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, oktopost_block_seconds=5)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        # longer than Step 1 waits for budget (4 s), so the new flow is refused rather than kept waiting
+        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, oktopost_block_seconds=5)
+        started.callback(pipeline.stop)
         sandbox.set_faults(throttle_rate=1.0, retry_after_s=None)  # 429 without Retry-After
         answer = httpx.post(
             f"{pipeline.shim_url}/v1/authorizations",
@@ -91,9 +93,6 @@ def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
         sandbox.set_faults(throttle_rate=0.0)
         time.sleep(5.1)
         assert start_flow(pipeline)["flow_id"]  # resumed by itself
-    finally:
-        pipeline.stop()
-        sandbox.process.stop()
 
 
 def test_with_a_small_daily_limit_admitted_flows_complete_and_the_next_waits_for_midnight_utc(

@@ -3,6 +3,7 @@ logging (each task's flow id, no token), gossip and mingle off; and both take th
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import uuid
@@ -46,13 +47,15 @@ def private_redis() -> Iterator[RedisServer]:
 def test_both_commands_run_the_same_worker(
     worker_command: str, private_redis: RedisServer, sandbox: Sandbox
 ) -> None:
-    pipeline = start_pipeline(private_redis.url, sandbox.url, workers=0, log_level="INFO")
-    worker = Process(
-        [*COMMANDS[worker_command], "--hostname", f"cmd-{uuid.uuid4().hex[:6]}@%h"],
-        env=pipeline.env,
-        name="worker",
-    )
-    try:
+    with contextlib.ExitStack() as started:
+        pipeline = start_pipeline(private_redis.url, sandbox.url, workers=0, log_level="INFO")
+        started.callback(pipeline.stop)
+        worker = Process(
+            [*COMMANDS[worker_command], "--hostname", f"cmd-{uuid.uuid4().hex[:6]}@%h"],
+            env=pipeline.env,
+            name="worker",
+        )
+        started.callback(worker.stop)
         client = pipeline.redis()
         deadline = time.monotonic() + 20
         while not client.zcard(f"{pipeline.prefix}:workers") and time.monotonic() < deadline:
@@ -66,9 +69,6 @@ def test_both_commands_run_the_same_worker(
         events = events_of(pipeline, flow["flow_id"])
         assert events[-1]["type"] == "connection.completed"
         assert pattern_subscriptions(client) == 1  # the control box only: no gossip
-    finally:
-        worker.stop()
-        pipeline.stop()
 
     output = worker.log_path.read_text(errors="replace")
     assert "concurrency: 8 (thread)" in output

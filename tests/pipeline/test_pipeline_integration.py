@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,11 +194,12 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
 @pytest.fixture(scope="module")
 def short_lived(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     """A pipeline whose flows wait 2 s for a callback and whose tokens live 3 s, on its own sandbox."""
-    own_sandbox = start_sandbox()
-    running = start_pipeline(redis_server.url, own_sandbox.url, flow_ttl_seconds=2, token_ttl_seconds=3)
-    yield running, own_sandbox
-    running.stop()
-    own_sandbox.process.stop()
+    with contextlib.ExitStack() as started:
+        own_sandbox = start_sandbox()
+        started.callback(own_sandbox.process.stop)
+        running = start_pipeline(redis_server.url, own_sandbox.url, flow_ttl_seconds=2, token_ttl_seconds=3)
+        started.callback(running.stop)
+        yield running, own_sandbox
 
 
 def _expired_within(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,12 +18,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.alone  # 3 s tokens: completions at the limit are timed
 def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: RedisServer) -> None:
-    sandbox = start_sandbox("--rate-limit", "10/second", "--block-seconds", "120")
-    pipeline = start_pipeline(
-        redis_server.url, sandbox.url, workers=0, oktopost_rate_limit="10/second", token_ttl_seconds=3
-    )
-    pipeline.start_worker(concurrency=16)
-    try:
+    with contextlib.ExitStack() as started:
+        sandbox = start_sandbox("--rate-limit", "10/second", "--block-seconds", "120")
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(
+            redis_server.url, sandbox.url, workers=0, oktopost_rate_limit="10/second", token_ttl_seconds=3
+        )
+        started.callback(pipeline.stop)
+        pipeline.start_worker(concurrency=16)
         flows: list[dict[str, Any]] = []
         while len(flows) < 40:  # Step 1 shares the budget: admission control answers 503 when it is taken
             answer = httpx.post(
@@ -54,6 +57,3 @@ def test_burst_is_served_at_the_limit_without_tripping_the_block(redis_server: R
         stats = sandbox.stats()
         assert stats["ever_blocked"] is False
         assert stats["responses_429"]["rate_limit"] == 0
-    finally:
-        pipeline.stop()
-        sandbox.process.stop()

@@ -240,12 +240,17 @@ class FaultStack:
 
 
 def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
-    """Ends a module's processes. Workers are killed: nothing of theirs is kept, and Celery's warm
-    shutdown costs more than a second each."""
+    """Ends a module's processes (`stop_pipeline_quickly`, then the sandbox)."""
+    stop_pipeline_quickly(pipeline)
+    sandbox.process.stop()
+
+
+def stop_pipeline_quickly(pipeline: Pipeline) -> None:
+    """Workers killed (nothing of theirs is kept, and Celery's warm shutdown costs more than a second
+    each), then the shim stopped."""
     for worker in pipeline.workers:
         worker.kill()
     pipeline.stop()
-    sandbox.process.stop()
 
 
 def sandbox_stats(sandbox: Sandbox) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
@@ -71,7 +71,7 @@ def spans_of(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
 
 
 class _Received:
-    """The spans a receiver has been sent so far."""
+    """The spans a receiver has been sent so far; a `with` block stops it on leaving."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
@@ -86,6 +86,15 @@ class _Received:
     def received(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self.spans)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def wait_for(
         self, condition: Callable[[list[ReceivedSpan]], bool], timeout: float, what: str

@@ -27,7 +27,11 @@ class RunningSandbox(SandboxControl):
         self.process: Process = start_cli(
             ["sandbox", "--port", str(self.port), *flags], env=env, name="sandbox"
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port, self.process)
+        except BaseException:
+            self.process.stop()
+            raise
 
     def client(self, auth: tuple[str, str] | None = ACCOUNT, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=auth, **options)

@@ -56,7 +56,11 @@ class Sandbox(SandboxControl):
 def start_sandbox(*extra: str, env: dict[str, str] | None = None) -> Sandbox:
     port = free_port()
     process = start_cli(["sandbox", "--port", str(port), *extra], env=env, name="sandbox")
-    wait_for_port(port)
+    try:
+        wait_for_port(port, process)
+    except BaseException:
+        process.stop()  # a failed start leaves nothing running
+        raise
     return Sandbox(f"http://127.0.0.1:{port}", process)
 
 
