@@ -5,8 +5,10 @@ stream of a channel subscribes it, the last one to leave unsubscribes it, and on
 each message to the queues of that channel's streams. A stream learns that its channel is live (so that
 it may read the flow's stored events without a gap) from a SUBSCRIBED item in its queue; after a lost
 connection the reader subscribes every channel again and each stream gets SUBSCRIBED again, so it reads
-what it missed from the flow's Redis stream (its `seq` drops what it has seen). A stream whose queue
-overflows (a client that does not read) gets RESYNC instead of the messages it could not take.
+what it missed from the flow's Redis stream (its `seq` drops what it has seen). While Redis is away the
+reader tries again (0.1 s, doubling to 2 s) until every channel is subscribed; streams wait meanwhile.
+A stream whose queue overflows (a client that does not read) gets RESYNC instead of the messages it
+could not take.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ class SharedSubscriptions:
             listeners = self._queues.setdefault(channel, set())
             listeners.add(queue)
             if len(listeners) == 1:
-                await self._pubsub.subscribe(channel)  # its confirmation brings SUBSCRIBED
+                try:
+                    await self._pubsub.subscribe(channel)  # its confirmation brings SUBSCRIBED
+                except BaseException:  # Redis is away: this stream fails, no later one takes it for live
+                    del self._queues[channel]
+                    raise
             else:
                 queue.put_nowait(SUBSCRIBED)
             if self._reader is None or self._reader.done():
@@ -84,21 +90,36 @@ class SharedSubscriptions:
                 backoff = FIRST_BACKOFF_SECONDS
             except CONNECTION_ERRORS as error:
                 log.info("event streams' subscription lost (%s): subscribing again", type(error).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(LAST_BACKOFF_SECONDS, backoff * 2)
-                await self._resubscribe()
+                backoff = await self._reconnect(backoff)
                 continue
             if message is not None:
                 self._hand_out(message)
 
+    async def _reconnect(self, backoff: float) -> float:
+        """Subscribes every channel again, waiting `backoff` before the first attempt and twice as long
+        (up to LAST_BACKOFF_SECONDS) before each next one, for as long as Redis is away; returns the wait
+        for after the next lost connection."""
+        while True:
+            await asyncio.sleep(backoff)
+            backoff = min(LAST_BACKOFF_SECONDS, backoff * 2)
+            try:
+                await self._resubscribe()
+            except CONNECTION_ERRORS as error:
+                log.debug("event streams' subscription not back yet (%s)", type(error).__name__)
+                continue
+            log.info("event streams' subscription is back: %d channels", len(self._queues))
+            return backoff
+
     async def _resubscribe(self) -> None:
+        """A new connection with every channel on it; a connection error while Redis is away (a read on a
+        pub/sub that never connected would raise a RuntimeError, and end the reader)."""
         async with self._lock:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
             self._pubsub = self.client.pubsub()
+            await self._pubsub.connect()  # with no channel too: the next read needs the connection
             if self._queues:
-                with contextlib.suppress(*CONNECTION_ERRORS):  # the next read fails again and retries
-                    await self._pubsub.subscribe(*self._queues)
+                await self._pubsub.subscribe(*self._queues)  # each confirmation brings SUBSCRIBED
 
     def _hand_out(self, message: dict[str, Any]) -> None:
         channel = text(message.get("channel") or b"")
