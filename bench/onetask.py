@@ -71,11 +71,11 @@ def measure(url: str, flows: int) -> PerFlow:
     try:
         for flow_id in flow_ids[:WARM_UP_FLOWS]:
             verify_flow(context, flow_id)
-        redis_cpu, commands = _redis_cpu(client), _redis_commands(client)
+        spent, commands = redis_cpu(client), redis_commands(client)
         wall, cpu = time.perf_counter(), time.process_time()
         outcomes = [verify_flow(context, flow_id) for flow_id in flow_ids[WARM_UP_FLOWS:]]
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        redis_cpu, commands = _redis_cpu(client) - redis_cpu, _redis_commands(client) - commands
+        spent, commands = redis_cpu(client) - spent, redis_commands(client) - commands
     finally:
         context.leases.stop()
         metrics.close()
@@ -84,18 +84,18 @@ def measure(url: str, flows: int) -> PerFlow:
     return PerFlow(
         flows,
         round(cpu / flows * 1e6),
-        round(redis_cpu / flows * 1e6),
+        round(spent / flows * 1e6),
         round(commands / flows, 1),
         round(wall / flows * 1e6),
     )
 
 
-def _redis_cpu(client: Any) -> float:  # Any: redis-py annotates commands as sync-or-async
+def redis_cpu(client: Any) -> float:  # Any: redis-py annotates commands as sync-or-async
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def _redis_commands(client: Any) -> int:
+def redis_commands(client: Any) -> int:
     # the INFO calls between two readings count too: a few in all, nothing per flow
     return sum(int(command["calls"]) for command in client.info("commandstats").values())
 
