@@ -200,3 +200,29 @@ def test_a_worker_runs_the_task_that_a_claim_queued(broker: tuple[Celery, redis.
         assert kwargs == {}
         message.ack()
         simple.close()
+
+
+def test_only_a_first_message_with_its_sent_event_needs_a_word_with_the_broker() -> None:
+    """The events' channel is read off the broker once: until then the shim reads a flow before claiming
+    it (a stalled Redis then answers a quick 503, not a wait for the broker's connection)."""
+    app = _app("redis://127.0.0.1:1/0", "never.celery")  # never connected to
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+    assert enqueuer.prepares
+    assert not enqueuer.prepares_without_redis
+    app.conf.task_send_sent_event = False
+    assert enqueuer.prepares_without_redis
+    elsewhere = Enqueuer(
+        _app("redis://127.0.0.1:1/0", "q"), "redis://flows.example:6379/0", versions=AS_TESTED
+    )
+    assert elsewhere.prepares_without_redis  # prepares nothing: apply_async after the transition
+
+
+@pytest.mark.integration
+def test_once_a_message_was_prepared_the_next_needs_no_broker(
+    broker: tuple[Celery, redis.Redis, str],
+) -> None:
+    app, _, _ = broker
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+    assert not enqueuer.prepares_without_redis
+    assert enqueuer.prepared(FLOW_ID, FlowState.VERIFYING) is not None
+    assert enqueuer.prepares_without_redis

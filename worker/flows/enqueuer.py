@@ -78,6 +78,13 @@ class Enqueuer:
         self.prepares = tested and app.conf.broker_write_url == redis_url  # where tasks are sent
         self._messages = TaskMessages(app)
 
+    @property
+    def prepares_without_redis(self) -> bool:
+        """Whether `prepared` builds its message without a word with Redis: always, but for the first
+        message of a process that sends task-sent events, which reads the events' channel off the broker
+        once (and waits for Redis to answer, however long that takes)."""
+        return not self.prepares or self._messages.knows_its_channels()
+
     def prepared(self, flow_id: str, state: FlowState) -> QueuedTask | None:
         """The message of the task for a flow in this state, for the flow's transition to push; None
         when the transition cannot push it (then `after_transition` sends it)."""
@@ -162,6 +169,10 @@ class TaskMessages:
             )
             event_channel = f"{self._prefix()}{EVENT_EXCHANGE}/task.sent"
         return QueuedTask(queue, message, event_channel, event, task_id)
+
+    def knows_its_channels(self) -> bool:
+        """Whether `prepare` can build a message without asking the broker (see `_prefix`)."""
+        return self._fanout_prefix is not None or not self.app.conf.task_send_sent_event
 
     def _prefix(self) -> str:
         """kombu's prefix of fanout channels ("/{db}."), read off a broker channel once."""
