@@ -135,3 +135,28 @@ def test_a_flow_handed_back_that_no_task_takes_is_queued_again_while_the_grace_l
     assert broker.queued.count("flow-2") == 1
     assert store.untaken("flow-1")
     assert not store.untaken("flow-2")
+
+
+def test_a_flow_another_workers_sweeper_queued_first_is_watched_too(store: FlowStore) -> None:
+    """The hand-back lapses the flow's lease; another worker's sweeper may queue its task before this
+    worker's own requeue does (which then finds the lease alive and queues nothing), and that task may
+    go to this worker's fetch and die with it: the flow is queued again all the same."""
+    claimed(store, "flow-1")
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    broker = _Broker(store, {})
+
+    class FirstSweeper(_Broker):
+        def prepared(self, flow_id: str, state: FlowState) -> None:
+            if not broker.queued:  # the other worker's sweeper looks between the hand-back and the requeue
+                assert store.requeue_lapsed(flow_id, state, None) is RequeueOutcome.REQUEUED
+                broker.enqueue(flow_id, state)  # popped by the stopping worker's fetch: never run
+
+    keeper = LeaseKeeper(store, interval=3600)
+    requeues = FirstSweeper(store, {})  # the stopping worker's own requeues
+    stop = GracefulStop(store, requeues, keeper, grace=1.0)
+    with keeper.hold("flow-1", "task-a"):
+        stop._hand_back_all()
+    keeper.stop()
+
+    assert broker.queued == ["flow-1"]  # the sweeper's task, the stopping worker's requeue found it alive
+    assert requeues.queued.count("flow-1") == RETAKES

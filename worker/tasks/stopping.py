@@ -11,9 +11,11 @@ and drops the tasks received but not started. Here, the moment the signal arrive
   end within `grace` seconds (its outcome is fenced out), after which the process exits with status 0;
 - a task queued again may still be popped by this very process: a fetch from the broker that was under
   way when the signal came (a blocking pop) takes the first message pushed, and that message then dies
-  with the process, its flow waiting for its queued lease to lapse. So while the grace lasts, a flow
-  handed back that no task has taken a moment later is queued once more (at most RETAKES times; a
-  duplicate task is fenced out by the take).
+  with the process, its flow waiting for its queued lease to lapse. The same holds for a task another
+  worker's sweeper queued for a flow handed back here (its lease lapsed with the hand-back, and that
+  sweeper may look first). So while the grace lasts, every flow handed back from here that no task has
+  taken a moment later is queued once more (at most RETAKES times; a duplicate task is fenced out by
+  the take), whoever queued it the first time.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class GracefulStop:
         self.grace = grace
         self._requested = threading.Event()
         self._handed: set[str] = set()  # flows handed back already: a late task of one leaves it alone
-        self._queued_again: list[str] = []  # flows handed back and queued again from here
+        self._handed_back: list[str] = []  # flows handed back from here, queued again here or elsewhere
         self._all_handed_back = threading.Event()
 
     @property
@@ -83,7 +85,7 @@ class GracefulStop:
             if time.monotonic() + RETAKE_AFTER >= ends:
                 return
             threading.Event().wait(RETAKE_AFTER)
-            for flow_id in list(self._queued_again):
+            for flow_id in list(self._handed_back):
                 try:
                     if self.store.untaken(flow_id):
                         self.store.lapse_lease(flow_id)
@@ -97,8 +99,9 @@ class GracefulStop:
         self._handed.add(held.flow_id)
         try:
             if self.store.hand_back(held.flow_id, held.owner):
-                if take_up(self.store, self.tasks, held.flow_id):
-                    self._queued_again.append(held.flow_id)
+                # watched whoever queues it: another worker's sweeper may see the lapsed lease first
+                self._handed_back.append(held.flow_id)
+                take_up(self.store, self.tasks, held.flow_id)
                 log.info("flow %s handed back", held.flow_id)
         except Exception as error:  # Redis away: the lease lapses and a sweeper takes the flow up
             log.warning("flow %s not handed back: %s", held.flow_id, type(error).__name__)
