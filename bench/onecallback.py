@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -24,9 +23,7 @@ from typing import Any
 
 import redis
 
-from bench.harness import start_redis
-from bench.onetask import PerFlow, redis_commands, redis_cpu
-from cli.processes import Children
+from bench.onetask import PerFlow, costs, private_redis, redis_commands, redis_cpu
 from worker.flows.flow import Flow, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
@@ -89,16 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("python -m bench.onecallback: --callbacks must be at least 1", file=sys.stderr)
         return 2
     results: dict[str, Any] = {}
-    with Children(Path(tempfile.mkdtemp(prefix="okc-onecallback-"))) as children:
-        url, _ = start_redis(children)
+    with private_redis("okc-onecallback-") as url:
         for way in WAYS:
             result = measure(url, args.callbacks, way)
             results[way] = asdict(result)
-            print(
-                f"{way.replace('_', ' ')}: {result.flows} callbacks, per callback: our code "
-                f"{result.process_cpu_us:.0f} us of CPU, Redis {result.redis_cpu_us:.0f} us of CPU and "
-                f"{result.redis_commands} commands, {result.wall_us:.0f} us"
-            )
+            print(f"{way.replace('_', ' ')}: {result.flows} callbacks, per callback: {costs(result)}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -16,7 +16,8 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,16 +109,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.flows < 1:
         print("python -m bench.onetask: --flows must be at least 1", file=sys.stderr)
         return 2
-    with Children(Path(tempfile.mkdtemp(prefix="okc-onetask-"))) as children:
-        url, _ = start_redis(children)
+    with private_redis("okc-onetask-") as url:
         result = measure(url, args.flows)
-    print(
-        f"{result.flows} flows, per flow: our code {result.process_cpu_us:.0f} us of CPU, Redis "
-        f"{result.redis_cpu_us:.0f} us of CPU and {result.redis_commands} commands, {result.wall_us:.0f} us"
-    )
+    print(f"{result.flows} flows, per flow: {costs(result)}")
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
     return 0
+
+
+@contextmanager
+def private_redis(prefix: str) -> Iterator[str]:
+    """The URL of a private redis-server, as the benchmark starts one (its files under a temporary
+    directory named by `prefix`); stopped on leaving."""
+    with Children(Path(tempfile.mkdtemp(prefix=prefix))) as children:
+        url, _ = start_redis(children)
+        yield url
+
+
+def costs(result: PerFlow) -> str:
+    """What one flow (or callback) cost, in words."""
+    return (
+        f"our code {result.process_cpu_us:.0f} us of CPU, Redis {result.redis_cpu_us:.0f} us of CPU and "
+        f"{result.redis_commands} commands, {result.wall_us:.0f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -6,3 +6,9 @@ from __future__ import annotations
 def text(value: bytes | str | int | float) -> str:
     """A reply (a key, a field, a Lua script's answer) as text: bytes as UTF-8, anything else as str()."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def hash_of(flat: list[bytes | str]) -> dict[str, str]:
+    """An HGETALL answered through a Lua script (a flat list: field, value, field, value...) as a dict."""
+    items = [text(item) for item in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))

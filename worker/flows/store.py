@@ -51,13 +51,17 @@ from worker.flows.transition import (
     Transition,
     TransitionOutcome,
     TransitionScript,
+    listed,
 )
 from worker.keys import AccountNames, RedisNames
 from worker.observing import tracing
-from worker.replies import text
+from worker.replies import hash_of, text
 
 if TYPE_CHECKING:  # the queueing module brings Celery; the store needs only the message's fields
     from worker.flows.enqueuer import QueuedTask
+
+
+_UIS_WITH_PAGES = tuple(ui.value for ui in BrowserUI if ui.pages)
 
 
 class TakeOutcome(StrEnum):
@@ -274,7 +278,7 @@ class FlowStore:
             start_fp=start_fp,
             tenants_requiring_start=tenants_requiring_start,
             browser_fp=browser_fp,
-            uis_with_pages=tuple(ui.value for ui in BrowserUI if ui.pages),
+            uis_with_pages=_UIS_WITH_PAGES,
         )
         answer = self._transition.claim_on_read(flow_id, event, change, terms)
         flow = Flow.from_hash(flow_id, answer.read) if answer.read is not None else None
@@ -438,8 +442,7 @@ class FlowStore:
         outcome = TakeOutcome(text(answer[0]))
         if outcome is not TakeOutcome.TAKEN:
             return Taken(outcome)
-        flat = [text(item) for item in answer[1]]
-        flow = Flow.from_hash(flow_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        flow = Flow.from_hash(flow_id, hash_of(answer[1]))
         token = text(answer[2]) if answer[2] else None
         asked = answer[4] if len(answer) > 4 else None
         return Taken(outcome, flow, token, float(text(answer[3])), asked)
@@ -458,7 +461,7 @@ class FlowStore:
     def requeue_lapsed(self, flow_id: str, state: FlowState, queue: QueuedTask | None) -> RequeueOutcome:
         """Takes up a flow in `state` whose work stopped showing progress: the lapsed owner is fenced
         out, the lease moves ahead and `queue` is pushed, in one step (see requeue_lapsed.lua)."""
-        working = "," + ",".join(WORKING_STATES) + ","
+        working = listed(WORKING_STATES)
         message = (queue.queue, queue.message, queue.event_channel, queue.event) if queue else ("",) * 4
         answer = self._requeue_lapsed(
             keys=[self.names.flow_state(flow_id), self.names.leases],
@@ -488,7 +491,7 @@ class FlowStore:
     def hand_back(self, flow_id: str, owner: str) -> bool:
         """A stopping worker gives up a flow it holds (`owner` "": received, not started): its owner is
         fenced out and the lease lapses now, for `requeue_lapsed` (see hand_back.lua)."""
-        working = "," + ",".join(WORKING_STATES) + ","
+        working = listed(WORKING_STATES)
         answer = self._hand_back(
             keys=[self.names.flow_state(flow_id), self.names.leases], args=[flow_id, owner, working]
         )

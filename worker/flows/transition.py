@@ -4,6 +4,7 @@ it, state, event, stream entry and both publishes together, or none of them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from worker import scripts
 from worker.events import FlowEvent
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
-from worker.replies import text
+from worker.replies import hash_of, text
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,16 @@ class TransitionScript:
             terms.default_tenant,
             repr(terms.now),
             terms.start_fp,
-            _listed(terms.tenants_requiring_start),
+            listed(terms.tenants_requiring_start),
             terms.browser_fp,
-            _listed(terms.uis_with_pages),
+            listed(terms.uis_with_pages),
             tail,
         ]
         answer = self._run(self._claim_on_read, keys, [*own, *args])
         kind = text(answer[0])
         if kind == "missing":
             return ReadClaim(None, None)
-        flat = [text(item) for item in answer[1]]
-        read = dict(zip(flat[::2], flat[1::2], strict=True))
+        read = hash_of(answer[1])
         if kind == "read":
             return ReadClaim(read, None)
         result = answer[2] if self.confirm is None else [*answer[2], answer[-1]]
@@ -188,7 +188,7 @@ class TransitionScript:
         ]
         args = [
             flow_id,
-            "," + ",".join(allowed) + "," if allowed else "",
+            listed(allowed) if allowed else "",
             state.value,
             event,
             self.names.flow_channel(flow_id),
@@ -278,7 +278,8 @@ def _split_envelope(event: str) -> tuple[str, str]:
     return event[: start + 1], event[data + 1 :]
 
 
-def _listed(items: tuple[str, ...]) -> str:
+def listed(items: Iterable[str]) -> str:
+    """Items as the scripts look them up: ",a,b," (a script finds ",a," in it)."""
     return "," + ",".join(items) + ","
 
 
