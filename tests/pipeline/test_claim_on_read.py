@@ -11,12 +11,12 @@ import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from unittest.mock import patch
 
 import fakeredis
 import pytest
 import redis
 
+from tests.support.commands import commands_sent
 from tests.support.stack import RedisServer
 from worker.config.tenants import DEFAULT_TENANT
 from worker.flows.flow import BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
@@ -66,9 +66,9 @@ def test_a_callback_is_read_and_claimed_in_one_call_as_claim_callback_claims(cli
     store = _store(client)
     fused, separate = _new(store, tenant="acme"), _new(store, tenant="acme")
     _claim(store, _new(store), WARM_UP_TOKEN)  # the script loaded once
-    with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
+    with commands_sent(client) as sent:
         read, claim = _claim(store, fused)
-    assert [call.args[0] for call in sent.call_args_list] == ["EVALSHA"]
+    assert sent == ["EVALSHA"]
     assert read == fused  # the flow as it was read, before its claim
     assert claim is not None
     assert claim.done

@@ -6,13 +6,13 @@ import threading
 import time
 from dataclasses import replace
 from typing import Any
-from unittest.mock import patch
 
 import fakeredis
 import httpx
 import pytest
 
 from tests.support.clocks import seen_from
+from tests.support.commands import commands_sent
 from tests.support.work import FAST, PAGES, PROFILE, TOKEN, Answers, claimed, make_context
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
@@ -291,11 +291,11 @@ def test_a_verified_profile_costs_two_redis_calls_its_slot_asked_with_its_take()
     flow = context.store.create("flow-2", "LinkedIn", "profile", None, None)
     assert context.store.claim_callback(flow, TOKEN + "2").done
     client = context.store.redis
-    with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
+    with commands_sent(client) as sent:
         assert verify_flow(context, "flow-2") is TaskOutcome.COMPLETED
     # the work taken with its budget slot, and the transition with the task's aftermath: the call's end
     # in the budget's window and the task's metrics
-    assert len(sent.call_args_list) == 2, sent.call_args_list
+    assert sent == ["EVALSHA", "EVALSHA"]
     window = context.store.redis.zrange(
         RedisNames("t").account(context.store.default_account).budget_window, 0, -1, withscores=True
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.commands import commands_sent
 from tests.support.shim import OTHER_TOKEN, TOKEN, Shim, new_flow_id
 from worker.flows.flow import BrowserUI, FlowState
 
@@ -156,9 +156,9 @@ async def test_the_usual_callback_costs_one_redis_call(shim: Shim) -> None:
     warm_up, flow = shim.new_flow(), shim.new_flow()
     await shim.http.get(f"/v1/callback/{warm_up.flow_id}", params={"okt": OTHER_TOKEN})  # scripts loaded
     client = shim.store.redis
-    with patch.object(client, "execute_command", wraps=client.execute_command) as sent:
+    with commands_sent(client) as sent:
         answer = await shim.http.get(f"/v1/callback/{flow.flow_id}", params={"okt": TOKEN})
     assert answer.status_code == 303
     assert "okc_browser=" in answer.headers["set-cookie"]  # a hosted flow's browser gets its cookie
-    assert [call.args[0] for call in sent.call_args_list] == ["EVALSHA"]
+    assert sent == ["EVALSHA"]
     assert shim.flow(flow.flow_id).state is FlowState.VERIFYING

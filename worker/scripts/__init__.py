@@ -4,18 +4,31 @@ Each file's header documents its KEYS, ARGV and return values. A state change th
 flow's transition with its event, a lease, a budget slot) is one script, never a read-modify-write in
 Python. Functions that several steps share live in a file of their own, pulled in by a line
 `--! include NAME` (replaced by `NAME.lua`'s text), so each step is still sent as one script.
+
+A script is sent by EVALSHA (and loaded again when Redis answers NOSCRIPT, after a restart). On a
+redis-py client of a real server, the call takes a short path (`Step`): EVALSHA on a connection of a
+small set the client's scripts share, made with the client's own settings (timeouts, retries, health
+checks, the primary its sentinels name), instead of redis-py's general command path, which costs a
+script call about as much CPU again as the call itself (its connection pool's checks and its
+per-command bookkeeping). Inside a pipeline, and on any other client, a script is redis-py's `Script`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import weakref
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from redis import Redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError, ResponseError
 
 _INCLUDE = re.compile(r"^--! include ([a-z_]+)$", re.MULTILINE)
+_ATTRIBUTE = "_oktopost_scripts"  # a pool's set of script connections, shared by its clients' scripts
 
 
 @cache
@@ -25,6 +38,89 @@ def source(name: str) -> str:
     return _INCLUDE.sub(lambda line: source(line.group(1)), text)
 
 
-def register(client: Any, name: str) -> Script:
+def register(client: Any, name: str) -> Step:
     """`{name}.lua` registered on a Redis client (sent by EVALSHA, loaded again after a Redis restart)."""
-    return client.register_script(source(name))
+    return Step(client.register_script(source(name)), _Connections.of(client))
+
+
+class Step:
+    """One script on one client, called as redis-py's `Script` is: `step(keys=..., args=...)`, or with
+    `client=` a pipeline (or another client) to send it there."""
+
+    def __init__(self, script: Script, connections: _Connections | None) -> None:
+        self.script = script
+        self._connections = connections
+
+    def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = (), client: Any = None) -> Any:
+        if client is None and self._connections is not None:
+            return self._connections.evalsha(self.script, keys, tuple(args))
+        return self.script(keys=keys, args=args, client=client)
+
+
+class _Connections:
+    """Connections of one client's scripts: made with the client pool's settings as needed, kept for the
+    next call (at most as many as scripts ever ran at once in the process), each used by one call at a
+    time. A call that fails other than by the script's own error leaves its connection closed: the next
+    call opens it again, so no late answer is ever read as another call's."""
+
+    _all: weakref.WeakSet[_Connections] = weakref.WeakSet()
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._free: list[Any] = []
+        _Connections._all.add(self)
+
+    @classmethod
+    def of(cls, client: Any) -> _Connections | None:
+        """The client's set; None for a client the short path does not serve (asyncio, a pipeline, one
+        pinned to a single connection, or a stand-in such as fakeredis)."""
+        if type(client) is not Redis or getattr(client, "connection", None) is not None:
+            return None
+        pool = client.connection_pool
+        if not pool.connection_class.__module__.startswith("redis."):
+            return None
+        found: _Connections | None = getattr(pool, _ATTRIBUTE, None)
+        if found is None:
+            found = cls(pool)
+            setattr(pool, _ATTRIBUTE, found)
+        return found
+
+    def evalsha(self, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
+        try:
+            connection = self._free.pop()
+        except IndexError:
+            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+        try:
+            return connection.retry.call_with_retry(
+                lambda: _evalsha(connection, script, keys, args), lambda _error: connection.disconnect()
+            )
+        except ResponseError:
+            raise  # the script's own error: its answer was read whole, the connection is clean
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            self._free.append(connection)
+
+    def _forget(self) -> None:
+        self._free = []  # a forked child: these are the parent's sockets
+
+
+def _evalsha(connection: Any, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
+    connection.connect()  # the connection's own way (with REDIS_SENTINELS, to the primary named now)
+    connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return connection.read_response()
+    except NoScriptError:  # Redis restarted, or its scripts were flushed
+        connection.send_command("SCRIPT", "LOAD", script.script)
+        connection.read_response()
+        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return connection.read_response()
+
+
+def _forget_all_after_fork() -> None:
+    for connections in list(_Connections._all):
+        connections._forget()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
