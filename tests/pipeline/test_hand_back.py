@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import fakeredis
 import pytest
 
@@ -10,7 +12,7 @@ from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
-from worker.tasks.leases import Held, LeaseKeeper
+from worker.tasks.leases import RECEIVED_RENEWAL_GAP, RECEIVED_SETTLE_SECONDS, Held, LeaseKeeper
 from worker.tasks.stopping import RETAKES, GracefulStop
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -22,9 +24,9 @@ def store() -> FlowStore:
     return FlowStore(client, RedisNames("oktopost"), Lifetimes(flow_ttl=20, token_ttl=40))
 
 
-def claimed(store: FlowStore, flow_id: str = "flow-1") -> None:
+def claimed(store: FlowStore, flow_id: str = "flow-1", token: str = TOKEN) -> None:
     flow = store.create(flow_id, "LinkedIn", "profile", "user-42", None)
-    store.claim_callback(flow, TOKEN)
+    assert store.claim_callback(flow, token).done
 
 
 def lease_end(store: FlowStore, flow_id: str = "flow-1") -> float | None:
@@ -80,6 +82,33 @@ def test_a_received_task_s_flow_is_held_on_the_working_lease_until_its_task_star
     keeper.renew()
     assert lease_end(store) == renewed  # the task holds it now, or nobody does
     keeper.stop()
+
+
+def test_the_heartbeat_renews_a_received_flow_early_only_while_its_task_waits_for_a_thread(
+    store: FlowStore,
+) -> None:
+    claimed(store, "flow-1")
+    claimed(store, "flow-2", TOKEN[:-4] + "0000")
+    claimed(store, "flow-3", TOKEN[:-4] + "1111")
+    assert store.take_work("flow-3", "task-c", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    working_until = lease_end(store, "flow-3")
+    keeper = LeaseKeeper(store, interval=3600)  # no round of its own while the test runs
+    with keeper.hold("flow-3", "task-c"):  # a task at work: renewed on the keeper's rounds only
+        keeper.expect("flow-1")
+        keeper.started("flow-1")  # a free thread started it at once: it takes its lease itself
+        time.sleep(RECEIVED_SETTLE_SECONDS + RECEIVED_RENEWAL_GAP + 0.2)
+        assert lease_end(store, "flow-3") == working_until  # the receipt cost no renewal
+
+        waiting_until = lease_end(store, "flow-2")
+        keeper.expect("flow-2")  # this one waits for a thread
+        deadline = time.monotonic() + RECEIVED_SETTLE_SECONDS + 1.0
+        while lease_end(store, "flow-2") == waiting_until and time.monotonic() < deadline:
+            time.sleep(0.02)
+        renewed = lease_end(store, "flow-2")
+    keeper.stop()
+    assert renewed is not None
+    assert waiting_until is not None
+    assert renewed < waiting_until  # on the working lease now: a paused process lets it lapse soon
 
 
 def test_a_closed_keeper_renews_nothing_and_hands_every_flow_over(store: FlowStore) -> None:

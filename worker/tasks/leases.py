@@ -10,14 +10,17 @@ finds another owner, the task is told, and it stops (its transitions are fenced 
 A flow whose task the process has received from the broker but not started yet (prefetched) is held
 too, with the owner "" it was queued with (`expect`): a paused process lets that lease lapse like the
 others, so the flow is taken up within a quarter of the token's life, not after the longer lease of
-queued work. When the process stops, `close` ends the renewals and hands every held flow to a callback
-(worker.tasks.stopping), and so does `hold` from then on.
+queued work; it is renewed so once it has waited RECEIVED_SETTLE_SECONDS for a thread (a task that
+starts at once takes its lease itself, and costs no renewal). When the process stops, `close` ends the
+renewals and hands every held flow to a callback (worker.tasks.stopping), and so does `hold` from then
+on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -26,6 +29,7 @@ from worker.flows.store import FlowStore
 log = logging.getLogger(__name__)
 
 RECEIVED_RENEWAL_GAP = 0.1  # seconds between two renewals, however fast tasks are received
+RECEIVED_SETTLE_SECONDS = 0.1  # a received task's lease is renewed early if it has not started by then
 
 
 class WorkLost(Exception):
@@ -131,14 +135,26 @@ class LeaseKeeper:
             self._thread.start()
 
     def _run(self) -> None:
+        due = time.monotonic() + self.interval
         while True:
-            self._received.wait(self.interval)
+            received = self._received.wait(max(0.0, due - time.monotonic()))
             self._received.clear()
+            # a task received while a thread is free starts at once and takes its flow's lease itself:
+            # only a received task still waiting for a thread after this has its lease renewed early
+            if received and self._stop.wait(RECEIVED_SETTLE_SECONDS):
+                return
             if self._stop.is_set():
                 return
+            if time.monotonic() < due and not self._waiting_to_start():
+                continue
             try:
                 self.renew()
             except Exception as error:  # Redis away: renew again next round; leases outlive a few rounds
                 log.warning("lease renewal failed: %s", type(error).__name__)
+            due = time.monotonic() + self.interval
             if self._stop.wait(RECEIVED_RENEWAL_GAP):  # tasks arrive in bursts: one renewal a burst
                 return
+
+    def _waiting_to_start(self) -> bool:
+        with self._lock:
+            return any(held.owner == "" for held in self._held.values())
