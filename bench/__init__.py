@@ -2,6 +2,8 @@
 
 It starts its own redis-server and sandboxes, then for each system (`pipeline`, `inline`,
 `naive-celery`) its processes, a warm-up, and every chosen scenario; prints a table and writes JSON.
+With `--rounds N` the systems take turns N times on each sandbox, the order reversed every other round,
+and the report adds ours / naive-celery round by round and the medians over the rounds.
 The `tenants` scenario (many accounts, one bursting), the `connections` scenario (the burst beside
 health checks of many connections) and the `rolling` one (a rolling restart of three workers under load)
 run on ours alone, after the others (bench/tenants.py, bench/connections.py, bench/rolling.py).
@@ -26,7 +28,17 @@ from typing import Any
 from bench.connections import ConnectionsResult, run_connections
 from bench.harness import interrupted_by_sigterm, start_redis, start_replicas
 from bench.load import generator_floor
-from bench.report import Row, cpu_table, every_flow_table, shared_account_table, table
+from bench.report import (
+    Row,
+    cpu_table,
+    every_flow_table,
+    label,
+    ratio_table,
+    ratios,
+    ratios_as_json,
+    shared_account_table,
+    table,
+)
 from bench.rolling import ROLLING, RollingResult, run_rolling
 from bench.scenarios import Scenario, define_scenarios, measure, warm_up, with_flows
 from bench.systems import (
@@ -72,6 +84,7 @@ class BenchOptions:
     # set for ours' shim and workers in the scenarios measured against the baselines (--pipeline-env)
     pipeline_env: tuple[tuple[str, str], ...] = ()
     traces: bool = False  # ours exports traces to a sink the bench starts (bench/traces.py)
+    rounds: int = 1  # the systems take turns this many times on each sandbox (the machine's noise)
 
 
 def run(options: BenchOptions) -> int:
@@ -87,9 +100,9 @@ def run(options: BenchOptions) -> int:
     except (StartupError, OSError) as error:
         _say(f"failed: {error}\n(logs kept in {log_dir})")
         return 1
-    rows.sort(key=lambda row: (ALL_SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system)))
+    rows.sort(key=_row_order)
     if rows:
-        _print_report(chosen, rows, floor)
+        _print_report(chosen, rows, floor, options.rounds)
     if tenants is not None:
         print(("\n" if rows else "") + tenants.report())
     if connections is not None:
@@ -120,12 +133,12 @@ def _measure_every_system(
     RollingResult | None,
 ]:
     """Every chosen system through its scenarios, a sandbox at a time: the unlimited scenarios on one,
-    then the limited, then the one shared with a careless client; then ours through `tenants`,
-    `connections` and `rolling`."""
+    then the limited, then the one shared with a careless client, each `--rounds` times over; then ours
+    through `tenants`, `connections` and `rolling` (once)."""
     rows: list[Row] = []
     floor: tuple[float, float] | None = None
     redis_url, shared = _start_redis(options, children)
-    databases = iter(range(1, 64))
+    databases = Databases(redis_url, ours=bool(shared))
     pipeline_env, sink = options.pipeline_env, None
     if options.traces:
         from bench import traces  # the sink decodes with opentelemetry-proto: the otel extra
@@ -137,17 +150,7 @@ def _measure_every_system(
         sandbox = start_sandbox(children, upstream)
         if floor is None:
             floor = asyncio.run(generator_floor(sandbox.health_url))
-        for name in (name for name in SYSTEM_NAMES if name in options.systems):
-            if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
-                _say(f"{name}: webhooks skipped (no webhooks)")  # not even started
-                continue
-            # a database of its own per system (brokers included), unless Redis is not ours
-            url = _database(redis_url, next(databases)) if shared else redis_url
-            sized = (options.concurrency, options.workers, upstream.rate_limit)
-            setup = Setup(
-                url, sandbox, *sized, pipeline_env=pipeline_env, wait_replicas=options.wait_replicas
-            )
-            rows += _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
+        rows += _measure_group(options, group, sandbox, children, databases, pipeline_env, shared)
         children.stop([sandbox.child])
     if sink is not None:
         from bench import traces
@@ -158,22 +161,97 @@ def _measure_every_system(
         _say("tenants skipped: it runs on ours only (--system pipeline)")
     if TENANTS in options.scenarios and Pipeline.name in options.systems:
         _say("pipeline: tenants")
-        url = _database(redis_url, next(databases)) if shared else redis_url
+        url = databases.next()
         tenants = run_tenants(children, url, options.workers, options.concurrency, options.quick)
         _say(f"pipeline: tenants: quiet p99 {tenants.quiet_ratio:.2f}x idle")
     connections = None
     if CONNECTIONS in options.scenarios:
-        url = _database(redis_url, next(databases)) if shared else redis_url
+        url = databases.next()
         connections = _measure_connections(options, children, url)
     rolling = None
     if ROLLING in options.scenarios and Pipeline.name not in options.systems:
         _say("rolling skipped: it runs on ours only (--system pipeline)")
     if ROLLING in options.scenarios and Pipeline.name in options.systems:
         _say("pipeline: rolling")
-        url = _database(redis_url, next(databases)) if shared else redis_url
+        url = databases.next()
         rolling = run_rolling(children, url, options.concurrency, options.quick, options.flows)
         _say(f"pipeline: rolling: p99 {rolling.p99_ratio:.2f}x steady")
     return rows, floor, tenants, connections, rolling
+
+
+def _measure_group(
+    options: BenchOptions,
+    group: list[Scenario],
+    sandbox: SandboxServer,
+    children: Children,
+    databases: Databases,
+    pipeline_env: tuple[tuple[str, str], ...],
+    shared: list[Child],
+) -> list[Row]:
+    """The scenarios of one sandbox on every chosen system, `--rounds` times over: the systems take
+    turns, in the order of `round_order`, each run on fresh processes and a database of its own."""
+    rows: list[Row] = []
+    for number in range(1, options.rounds + 1):
+        if options.rounds > 1:
+            _say(f"round {number} of {options.rounds}")
+        for name in round_order([name for name in SYSTEM_NAMES if name in options.systems], number):
+            if name != Pipeline.name and all(scenario.name == "webhooks" for scenario in group):
+                if number == 1:
+                    _say(f"{name}: webhooks skipped (no webhooks)")  # not even started
+                continue
+            sized = (options.concurrency, options.workers, sandbox.upstream.rate_limit)
+            setup = Setup(
+                databases.next(),
+                sandbox,
+                *sized,
+                pipeline_env=pipeline_env,
+                wait_replicas=options.wait_replicas,
+            )
+            measured = _run_system(SYSTEMS[name](children, setup), group, sandbox, shared)
+            for row in measured:
+                row.round = number
+            rows += measured
+    return rows
+
+
+def round_order(names: list[str], number: int) -> list[str]:
+    """The systems in the order of round `number` (1-based): as given in odd rounds, reversed in even
+    ones, so that a drift of the machine's load over the rounds favours no system."""
+    return list(names) if number % 2 else list(reversed(names))
+
+
+def _row_order(row: Row) -> tuple[int, int, int]:
+    return ALL_SCENARIO_NAMES.index(row.scenario), SYSTEM_NAMES.index(row.system), row.round
+
+
+class Databases:
+    """A Redis database of its own for every system run (`ours`: the bench's own redis-server; otherwise
+    REDIS_URL as it is, every time). Databases 1-63 go in turn; once all were handed out, each is
+    flushed before it is handed out again (the run that had it stopped every process long before)."""
+
+    COUNT = 63  # the bench's redis-server has 64 databases; 0 is left alone
+
+    def __init__(self, redis_url: str, ours: bool) -> None:
+        self.redis_url, self.ours, self.handed_out = redis_url, ours, 0
+
+    def next(self) -> str:
+        if not self.ours:
+            return self.redis_url
+        url = _database(self.redis_url, 1 + self.handed_out % self.COUNT)
+        if self.handed_out >= self.COUNT:
+            _flush(url)
+        self.handed_out += 1
+        return url
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def _start_redis(options: BenchOptions, children: Children) -> tuple[str, list[Child]]:
@@ -201,10 +279,17 @@ def _measure_connections(
     return result
 
 
-def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None) -> None:
-    print(table(rows))
+def _print_report(
+    chosen: list[Scenario], rows: list[Row], floor: tuple[float, float] | None, rounds: int
+) -> None:
+    many = rounds > 1  # a column of the round in the tables
+    print(table(rows, many))
     print()
     print(_targets(chosen))
+    compared = ratios(rows)
+    if compared:
+        print()
+        print(ratio_table(compared))
     unusual = [row for row in rows if row.reasons or row.refusals or row.lost_fates]
     if unusual:
         print("\nwhy flows did not complete (endings by outcome:code; callbacks refused; lost flows' state):")
@@ -212,24 +297,25 @@ def _print_report(chosen: list[Scenario], rows: list[Row], floor: tuple[float, f
             details = {**row.reasons, **{f"callback {k}": v for k, v in row.refusals.items()}}
             details.update({f"lost in {k}": v for k, v in row.lost_fates.items()})
             listed = ", ".join(f"{name} {count}" for name, count in details.items())
-            print(f"  {row.scenario:<12}  {row.system:<12}  {listed}")
+            print(f"  {label(row, many)}  {listed}")
     if any(row.cpu_seconds for row in rows):
         print("\nCPU ms per flow while timed (cpu/fl: the system's processes and Redis; the sandbox and")
         print("the load generator aside):")
-        print(cpu_table(rows))
+        print(cpu_table(rows, many))
     if any(row.completed < row.flows for row in rows):
         print("\ne2e p50 ms over completed flows (the table's column) and over every flow (a flow that did")
         print("not complete counts as never completing):")
-        print(every_flow_table(rows))
+        print(every_flow_table(rows, many))
     staged = [row for row in rows if row.stages_p50_ms]
     if staged:
         print("\nwhere ours' time goes, p50 ms (callback sent -> claimed -> terminal event -> seen):")
         for row in staged:
-            print(f"  {row.scenario:<12}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
+            where = f"{row.scenario:<12}" + (f"  round {row.round}" if many else "")
+            print(f"  {where}  " + ", ".join(f"{k} {v:.1f}" for k, v in row.stages_p50_ms.items()))
     if any(row.shared is not None for row in rows):
         print("\nthe account shared with a careless client (calls: the system's own; blocks and calls in")
         print("them from the sandbox's log; after 1st 429: its calls in a block after its first 429 there):")
-        print(shared_account_table(rows))
+        print(shared_account_table(rows, many))
     if any(row.webhooks is not None for row in rows):
         print(
             "\nwebhooks (events of the timed flows; accepted by the steady and the flaky endpoint; deliveries"
@@ -368,9 +454,12 @@ def _document(
             "wait_replicas": options.wait_replicas,
             "pipeline_env": [name for name, _ in options.pipeline_env],  # names only: a value may be secret
             "traces": options.traces,
+            "rounds": options.rounds,
         },
         "scenarios": {scenario.name: scenario.describe() for scenario in chosen},
         "rows": [row.as_json() for row in rows],
+        # ours / naive-celery per scenario: each round's pair and the medians over the rounds
+        "ratios": ratios_as_json(ratios(rows)),
     }
 
 

@@ -2,7 +2,7 @@
 
 python -m bench [--quick] [--scenario S] [--system S] [--json PATH] [--flows N] [--workers N]
                 [--redis-replicas N [--wait-replicas N]]
-                [--pipeline-env KEY=VALUE] [--traces]
+                [--pipeline-env KEY=VALUE] [--traces] [--rounds N]
 """
 
 from __future__ import annotations
@@ -69,7 +69,16 @@ def main(argv: Sequence[str]) -> int:
         action="store_true",
         help="ours exports OpenTelemetry traces to a sink the bench starts (needs the otel extra)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="the systems take turns this many times on each sandbox, the order reversed every other "
+        "round; reports ours / naive-celery per round and the medians (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        return fail("--rounds must be at least 1")
     if (args.flows is not None and args.flows < 1) or args.workers < 1 or args.concurrency < 1:
         return fail("--flows, --workers and --concurrency must be at least 1")
     if not 0 <= args.wait_replicas <= args.redis_replicas:
@@ -90,6 +99,7 @@ def main(argv: Sequence[str]) -> int:
             wait_replicas=args.wait_replicas,
             pipeline_env=tuple((name, value) for name, _, value in settings),
             traces=args.traces,
+            rounds=args.rounds,
         )
     )
 

@@ -1,9 +1,11 @@
-"""One row of the benchmark per scenario and system: its figures, the target it is held to, the table
-printed at the end and the JSON written with `--json`."""
+"""One row of the benchmark per scenario, system and round: its figures, the target it is held to, the
+tables printed at the end (ours against naive-celery as ratios among them) and the JSON written with
+`--json`."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -92,6 +94,7 @@ class Row:
     webhooks: WebhookFigures | None = None  # webhooks: deliveries to the two endpoints
     target: str = ""
     target_met: bool | None = None
+    round: int = 1  # which of `--rounds` (1-based): each round runs every system once more
 
     def cpu_ms_per_flow(self) -> dict[str, float]:
         return {
@@ -124,14 +127,19 @@ def every_flow_p50(completed_e2e: Sequence[float], flows: int) -> float:
     return ordered[max(0, math.ceil(len(ordered) / 2) - 1)] if ordered else math.nan
 
 
-def every_flow_table(rows: Sequence[Row]) -> str:
+def label(row: Row, rounds: bool = False) -> str:
+    """The row's scenario and system as the report's tables begin a line, and its round with `rounds`."""
+    return f"{row.scenario:<12}  {row.system:<12}" + (f"  {row.round:>5}" if rounds else "")
+
+
+def every_flow_table(rows: Sequence[Row], rounds: bool = False) -> str:
     """e2e p50 over completed flows (the table's column) beside the one over every flow."""
     lines = []
     for row in rows:
         every = row.e2e_p50_every_flow_ms
         shown = "never (under half completed)" if math.isinf(every) else _cell(every)
         completed = _cell(row.e2e_p50_ms)
-        lines.append(f"  {row.scenario:<12}  {row.system:<12}  completed {completed:>8}  every flow {shown}")
+        lines.append(f"  {label(row, rounds)}  completed {completed:>8}  every flow {shown}")
     return "\n".join(lines)
 
 
@@ -176,24 +184,26 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def cpu_table(rows: Sequence[Row]) -> str:
+def cpu_table(rows: Sequence[Row], rounds: bool = False) -> str:
     """Each row's CPU ms per flow, process by process (the system's own and Redis), and their sum."""
     lines = []
     for row in rows:
         parts = " + ".join(f"{name} {ms:.2f}" for name, ms in row.system_cpu_ms_per_flow().items())
-        lines.append(f"  {row.scenario:<12}  {row.system:<12}  {parts} = {row.cpu_per_flow_ms:.2f}")
+        lines.append(f"  {label(row, rounds)}  {parts} = {row.cpu_per_flow_ms:.2f}")
     return "\n".join(lines)
 
 
-def table(rows: Sequence[Row]) -> str:
-    """The rows as a fixed-width table (times in ms), each with its target verdict."""
+def table(rows: Sequence[Row], rounds: bool = False) -> str:
+    """The rows as a fixed-width table (times in ms), each with its target verdict; with `rounds`, a
+    column of the round each row was measured in."""
+    columns = (*_COLUMNS[:2], ("round", 5, "round"), *_COLUMNS[2:]) if rounds else _COLUMNS
     header = "  ".join(
-        title.rjust(width) if i > 1 else title.ljust(width) for i, (_, width, title) in enumerate(_COLUMNS)
+        title.rjust(width) if i > 1 else title.ljust(width) for i, (_, width, title) in enumerate(columns)
     )
     lines = [header + "  target", "-" * (len(header) + 8)]
     for row in rows:
         cells = []
-        for i, (name, width, _) in enumerate(_COLUMNS):
+        for i, (name, width, _) in enumerate(columns):
             text = _cell(getattr(row, name))
             cells.append(text.rjust(width) if i > 1 else text.ljust(width))
         verdict = "" if row.target_met is None else ("met" if row.target_met else "MISSED")
@@ -201,12 +211,13 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def shared_account_table(rows: Sequence[Row]) -> str:
+def shared_account_table(rows: Sequence[Row], rounds: bool = False) -> str:
     """The rows with a careless client on the account: completions against the optimum, and the
     system's own calls (every call but the careless client's) in total and during the blocks."""
+    round_title = "round  " if rounds else ""
     lines = [
-        f"{'scenario':<12}  {'system':<12}  {'done/optimum':>12}  {'fail':>4}  {'exp':>4}  {'calls':>5}  "
-        f"{'blocks':>6}  {'in blocks':>9}  {'after 1st 429':>13}  {'careless':>8}"
+        f"{'scenario':<12}  {'system':<12}  {round_title}{'done/optimum':>12}  {'fail':>4}  {'exp':>4}  "
+        f"{'calls':>5}  {'blocks':>6}  {'in blocks':>9}  {'after 1st 429':>13}  {'careless':>8}"
     ]
     for row in rows:
         if row.shared is None:
@@ -214,8 +225,102 @@ def shared_account_table(rows: Sequence[Row]) -> str:
         shared = row.shared
         done = f"{row.completed}/{row.optimum if row.optimum is not None else '-'}"
         lines.append(
-            f"{row.scenario:<12}  {row.system:<12}  {done:>12}  {row.failed:>4}  {row.expired:>4}  "
+            f"{label(row, rounds)}  {done:>12}  {row.failed:>4}  {row.expired:>4}  "
             f"{row.upstream_calls - shared.careless_calls:>5}  {shared.blocks:>6}  "
             f"{shared.calls_in_blocks:>9}  {shared.calls_after_first_429:>13}  {shared.careless_calls:>8}"
         )
+    return "\n".join(lines)
+
+
+OURS, BASELINE = "pipeline", "naive-celery"
+# the figures compared as ours / naive-celery: (Row's attribute, the table's title, which way is better)
+RATIO_FIGURES = (
+    ("flows_per_second", "flows/s", "higher"),
+    ("callback_p99_ms", "cb p99", "lower"),
+    ("e2e_p50_ms", "e2e p50", "lower"),
+    ("cpu_per_flow_ms", "cpu/fl", "lower"),
+)
+
+
+def _ratio(ours: Row | None, naive: Row | None, name: str) -> float | None:
+    """ours / naive of one figure; None when either row or figure is missing, NaN or 0."""
+    if ours is None or naive is None:
+        return None
+    mine, theirs = getattr(ours, name), getattr(naive, name)
+    if not (isinstance(mine, float | int) and isinstance(theirs, float | int)):
+        return None
+    if not (math.isfinite(mine) and math.isfinite(theirs)) or mine == 0 or theirs == 0:
+        return None
+    return mine / theirs
+
+
+def ratios(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
+    """Per scenario with rows of both ours and naive-celery: ours / naive-celery of each RATIO_FIGURES
+    figure in each round (both measured in the same round, so at nearly the same minutes of the
+    machine's load), and the median of those over the rounds (None where no round has the figure)."""
+    by_key = {(row.scenario, row.system, row.round): row for row in rows}
+    compared: dict[str, dict[str, Any]] = {}
+    for scenario in dict.fromkeys(row.scenario for row in rows):
+        numbers = sorted({row.round for row in rows if row.scenario == scenario})
+        if not any((scenario, OURS, n) in by_key for n in numbers) or not any(
+            (scenario, BASELINE, n) in by_key for n in numbers
+        ):
+            continue
+        per_round: list[dict[str, Any]] = [
+            {"round": n}
+            | {
+                name: _ratio(by_key.get((scenario, OURS, n)), by_key.get((scenario, BASELINE, n)), name)
+                for name, _, _ in RATIO_FIGURES
+            }
+            for n in numbers
+        ]
+        medians: dict[str, float | None] = {}
+        for name, _, _ in RATIO_FIGURES:
+            found: list[float] = [figures[name] for figures in per_round if figures[name] is not None]
+            medians[name] = statistics.median(found) if found else None
+        compared[scenario] = {"rounds": per_round, "median": medians}
+    return compared
+
+
+def ratios_as_json(compared: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ratios rounded for the JSON (None stays null)."""
+
+    def rounded(figures: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: round(value, 3) if isinstance(value, float) else value for name, value in figures.items()
+        }
+
+    return {
+        scenario: {"rounds": [rounded(r) for r in figures["rounds"]], "median": rounded(figures["median"])}
+        for scenario, figures in compared.items()
+    }
+
+
+def ratio_table(compared: dict[str, dict[str, Any]]) -> str:
+    """The ratios, a line per scenario and round, and a median line per scenario measured in more than
+    one round; `-` where a figure is missing or 0 in either row."""
+    better = {
+        way: ", ".join(title for _, title, direction in RATIO_FIGURES if direction == way)
+        for way in ("higher", "lower")
+    }
+    medians = any(len(figures["rounds"]) > 1 for figures in compared.values())
+    lines = [
+        "ours / naive-celery, the two systems' rows of each round"
+        + (" and the median over the rounds" if medians else "")
+        + f" ({better['higher']}:",
+        f"above 1 is ours better; {better['lower']}: below 1 is ours better):",
+        f"  {'scenario':<12}  {'round':>6}" + "".join(f"  {title:>7}" for _, title, _ in RATIO_FIGURES),
+    ]
+
+    def line(scenario: str, which: str, figures: dict[str, Any]) -> str:
+        cells = "".join(
+            f"  {'-' if figures[name] is None else f'{figures[name]:.2f}':>7}" for name, _, _ in RATIO_FIGURES
+        )
+        return f"  {scenario:<12}  {which:>6}{cells}"
+
+    for scenario, figures in compared.items():
+        for per_round in figures["rounds"]:
+            lines.append(line(scenario, str(per_round["round"]), per_round))
+        if len(figures["rounds"]) > 1:
+            lines.append(line(scenario, "median", figures["median"]))
     return "\n".join(lines)
