@@ -7,8 +7,9 @@ state change, the stream entry and both publishes happen at once.
 from __future__ import annotations
 
 import json
+import math
+import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,10 +41,22 @@ SCHEMA_PATH = Path(__file__).with_name("schema") / "event.schema.json"
 SEQ_PLACEHOLDER = '"seq":0,'
 
 
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def utc_timestamp(epoch: float | None = None) -> str:
-    """ISO 8601 in UTC with milliseconds and a Z, as the contract's examples show."""
-    moment = datetime.now(UTC) if epoch is None else datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with milliseconds and a Z, as the contract's examples show: the moment rounded to
+    the microsecond as `datetime.fromtimestamp` rounds it, then cut to the millisecond. Every event of a
+    flow has one: the date and time of the second are formatted once per second."""
+    global _last_second
+    fraction, whole = math.modf(time.time() if epoch is None else epoch)
+    micros = round(fraction * 1_000_000)
+    second, micros = int(whole) + micros // 1_000_000, micros % 1_000_000
+    formatted, text = _last_second
+    if formatted != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}{micros // 1000:03d}Z"
 
 
 class _Data(BaseModel):

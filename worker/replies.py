@@ -10,5 +10,5 @@ def text(value: bytes | str | int | float) -> str:
 
 def hash_of(flat: list[bytes | str]) -> dict[str, str]:
     """An HGETALL answered through a Lua script (a flat list: field, value, field, value...) as a dict."""
-    items = [text(item) for item in flat]
-    return dict(zip(items[::2], items[1::2], strict=True))
+    items = iter(flat)
+    return {text(field): text(value) for field, value in zip(items, items, strict=True)}
