@@ -47,6 +47,7 @@ MAX_STREAMS_PER_PROCESS = 200
 POOL_CONNECTIONS = MAX_STREAMS_PER_PROCESS + 20  # a pub/sub connection per stream, and its XRANGEs
 RETRY_MILLISECONDS = 1000  # after a stream's lifetime, the client opens it again this soon
 BUSY_RETRY_SECONDS = 5
+HISTORY_RETRY_SECONDS = 0.2  # a stream's read of its flow's stored events that failed is made again
 
 log = logging.getLogger(__name__)
 RECONNECT_MS = 1000  # the `retry:` hint that ends a stream when the shim stops
@@ -79,14 +80,26 @@ async def shared_follow(
             except TimeoutError:
                 continue
             if item in (SUBSCRIBED, RESYNC):
-                stored = await subscriptions.client.xrange(follower.stream, follower.replay_start)
-                events = list(follower.replay(stored))
+                events = list(follower.replay(await _history(subscriptions, follower)))
             else:
                 events = follower.from_message({"type": "message", "data": item})
             for event in events:
                 yield event
     finally:
         await subscriptions.leave(follower.channel, queue)
+
+
+async def _history(subscriptions: SharedSubscriptions, follower: FlowFollower) -> list[Any]:
+    """The flow's stored events from where the stream is: read again shortly when Redis is away a moment
+    (the channel stays subscribed meanwhile, so nothing is missed), none once the stream's time is up."""
+    while (wait := follower.read_seconds()) is not None:
+        try:
+            stored: list[Any] = await subscriptions.client.xrange(follower.stream, follower.replay_start)
+            return stored
+        except redis.RedisError as error:
+            log.warning("reading a flow's events for its stream failed (%s): again", type(error).__name__)
+            await asyncio.sleep(min(HISTORY_RETRY_SECONDS, wait))
+    return []
 
 
 async def flow_messages(

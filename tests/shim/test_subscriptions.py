@@ -30,6 +30,7 @@ class EventsRedis:
     def __init__(self, server: fakeredis.FakeServer) -> None:
         self.commands = fakeredis.FakeAsyncRedis(server=server)
         self.away = False
+        self.failing_reads = 0  # the next reads of a stream's history that find Redis gone
         self.pubsubs: list[OutagePubSub] = []
 
     def pubsub(self) -> OutagePubSub:
@@ -37,6 +38,9 @@ class EventsRedis:
         return self.pubsubs[-1]
 
     async def xrange(self, stream: str, start: str) -> Any:
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise redis.ConnectionError("Connection closed by server.")
         return await self.commands.xrange(stream, start)
 
     def take_away(self) -> None:
@@ -139,3 +143,22 @@ async def test_a_stream_opened_while_redis_is_away_fails_and_holds_no_channel() 
         await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await subscriptions.close()
+
+
+async def test_a_stream_whose_read_of_its_history_fails_reads_it_again_and_misses_nothing() -> None:
+    server = fakeredis.FakeServer()
+    store = FlowStore(fakeredis.FakeRedis(server=server), RedisNames(PREFIX), Lifetimes())
+    flow = _new_flow(store, 4)
+    assert store.deny(flow, "the user did not authorize").done
+    client = EventsRedis(server)
+    client.failing_reads = 2  # Redis drops the connection right after the channel's confirmation
+    subscriptions = SharedSubscriptions(client)  # type: ignore[arg-type]
+    stream = flow_messages(subscriptions, PREFIX, flow.flow_id, 0, LIFETIME)
+    try:
+        events = [str(message.event) async for message in stream if message.event]
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await subscriptions.close()
+
+    assert events == ["authorization.started", "authorization.failed"]
+    assert client.failing_reads == 0
