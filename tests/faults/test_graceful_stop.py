@@ -22,9 +22,16 @@ import httpx
 import pytest
 
 from tests.faults.conftest import FaultReport
-from tests.support.ledger import NETWORKS, Ledger, TrackedFlow, epoch, sandbox_stats, stop_pipeline_quickly
+from tests.support.ledger import (
+    NETWORKS,
+    Ledger,
+    TrackedFlow,
+    epoch,
+    sandbox_stats,
+    start_stack,
+)
 from tests.support.processes import Process
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, RedisServer, Sandbox
 from worker.queueing.names import deliveries_queue, flows_queue
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -40,17 +47,15 @@ FLOWS = 3  # one running (the worker has one thread), two received and waiting f
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     with contextlib.ExitStack() as started:
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
-        pipeline = start_pipeline(
+        pipeline, sandbox = start_stack(
+            started,
             redis_server.url,
-            sandbox.url,
+            quickly=True,
             workers=0,
             token_ttl_seconds=TOKEN_TTL,
             oktopost_timeout_seconds=10,
             worker_shutdown_grace_seconds=GRACE_S,
         )
-        started.callback(stop_pipeline_quickly, pipeline)
         started.callback(resume_paused, pipeline)
         yield pipeline, sandbox
 

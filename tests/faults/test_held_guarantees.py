@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, stop_pipeline_quickly
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.ledger import ENTITY_KINDS, Ledger, epoch, start_stack
+from tests.support.stack import Pipeline, RedisServer, Sandbox
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -73,18 +73,16 @@ class HangingReceiver:
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     with contextlib.ExitStack() as started:
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
-        pipeline = start_pipeline(
+        pipeline, sandbox = start_stack(
+            started,
             redis_server.url,
-            sandbox.url,
+            quickly=True,
             workers=0,
             token_ttl_seconds=TOKEN_TTL,
             flow_ttl_seconds=FLOW_TTL,
             webhook_allowed_hosts="127.0.0.1",
             webhook_timeout_seconds=WEBHOOK_TIMEOUT,
         )
-        started.callback(stop_pipeline_quickly, pipeline)
         pipeline.start_worker(concurrency=8)
         yield pipeline, sandbox
 

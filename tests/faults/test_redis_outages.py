@@ -21,9 +21,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import NETWORKS, Ledger, epoch, sandbox_stats
+from tests.support.ledger import NETWORKS, Ledger, epoch, sandbox_stats, start_stack
 from tests.support.redis_outage import RestartableRedis, ShimRequest, timed_answers
-from tests.support.stack import Pipeline, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -41,12 +41,9 @@ def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
     with contextlib.ExitStack() as started:
         server = RestartableRedis(AOF)
         started.callback(server.stop)
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
-        pipeline = start_pipeline(
-            server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
+        pipeline, sandbox = start_stack(
+            started, server.url, token_ttl_seconds=TOKEN_TTL, oktopost_timeout_seconds=2
         )
-        started.callback(pipeline.stop)
         yield pipeline, sandbox, server
 
 

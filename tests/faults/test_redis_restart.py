@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from tests.support.fault_report import FaultReport
-from tests.support.ledger import Ledger, TrackedFlow, stop_pipeline_quickly
+from tests.support.ledger import Ledger, TrackedFlow, start_stack
 from tests.support.redis_outage import RestartableRedis, ShimRequest, TimedAnswer, timed_answers
-from tests.support.stack import Pipeline, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, Sandbox
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -33,10 +33,7 @@ def stack() -> Iterator[tuple[Pipeline, Sandbox, RestartableRedis]]:
     with contextlib.ExitStack() as started:
         server = RestartableRedis(AOF)
         started.callback(server.stop)
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
-        pipeline = start_pipeline(server.url, sandbox.url, token_ttl_seconds=TOKEN_TTL)
-        started.callback(stop_pipeline_quickly, pipeline)
+        pipeline, sandbox = start_stack(started, server.url, quickly=True, token_ttl_seconds=TOKEN_TTL)
         yield pipeline, sandbox, server
 
 

@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, okt_of, select, wait_for_event
+from tests.support.ledger import start_stack
 from tests.support.otlp import GrpcOtlpReceiver, OtlpReceiver, ReceivedSpan, silent_collector
-from tests.support.stack import API_KEY, Pipeline, RedisServer, start_pipeline, start_sandbox
+from tests.support.stack import API_KEY, Pipeline, RedisServer
 from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
 
 pytestmark = pytest.mark.integration
@@ -52,17 +53,14 @@ def exporting_pipeline(redis_url: str, collector: str, **settings: Any) -> Itera
     """A sandbox, and a shim with one worker exporting their traces to `collector`; both stopped on
     leaving, and the sandbox when the pipeline fails to start."""
     with contextlib.ExitStack() as started:
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
-        pipeline = start_pipeline(
+        pipeline, _ = start_stack(
+            started,
             redis_url,
-            sandbox.url,
             workers=1,
             otel_exporter_otlp_endpoint=collector,
             otel_bsp_schedule_delay=100,  # ms: spans reach the collector soon after they end
             **settings,
         )
-        started.callback(pipeline.stop)
         yield pipeline
 
 

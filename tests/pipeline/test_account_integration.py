@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, start_flow
+from tests.support.ledger import start_stack
 from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
 from worker.keys import RedisNames
 from worker.upstream.account import seconds_to_midnight
@@ -73,11 +74,8 @@ def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
     redis_server: RedisServer,
 ) -> None:
     with contextlib.ExitStack() as started:
-        sandbox = start_sandbox()
-        started.callback(sandbox.process.stop)
         # longer than Step 1 waits for budget (4 s), so the new flow is refused rather than kept waiting
-        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, oktopost_block_seconds=5)
-        started.callback(pipeline.stop)
+        pipeline, sandbox = start_stack(started, redis_server.url, workers=0, oktopost_block_seconds=5)
         sandbox.set_faults(throttle_rate=1.0, retry_after_s=None)  # 429 without Retry-After
         answer = httpx.post(
             f"{pipeline.shim_url}/v1/authorizations",

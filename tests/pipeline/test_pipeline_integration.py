@@ -21,7 +21,8 @@ from tests.support.flows import (
     start_flow,
     wait_for_event,
 )
-from tests.support.stack import RETURN_URL, Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.ledger import start_stack
+from tests.support.stack import RETURN_URL, Pipeline, RedisServer, Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -195,10 +196,7 @@ def test_every_event_reaches_the_global_channel(pipeline: Pipeline) -> None:
 def short_lived(redis_server: RedisServer) -> Iterator[tuple[Pipeline, Sandbox]]:
     """A pipeline whose flows wait 2 s for a callback and whose tokens live 3 s, on its own sandbox."""
     with contextlib.ExitStack() as started:
-        own_sandbox = start_sandbox()
-        started.callback(own_sandbox.process.stop)
-        running = start_pipeline(redis_server.url, own_sandbox.url, flow_ttl_seconds=2, token_ttl_seconds=3)
-        started.callback(running.stop)
+        running, own_sandbox = start_stack(started, redis_server.url, flow_ttl_seconds=2, token_ttl_seconds=3)
         yield running, own_sandbox
 
 

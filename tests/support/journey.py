@@ -13,8 +13,9 @@ import httpx
 from playwright.sync_api import Page, Request
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from tests.support.ledger import start_stack
 from tests.support.partner import PartnerSite
-from tests.support.stack import Pipeline, RedisServer, Sandbox, start_pipeline, start_sandbox
+from tests.support.stack import Pipeline, RedisServer, Sandbox
 
 REFERENCE = "user-42"
 STEP_TIMEOUT_MS = 15_000  # one stage of a flow on a busy two-core machine; the sandbox answers in ms
@@ -160,13 +161,7 @@ def start_hosted_stack(redis_server: RedisServer, resources: ExitStack, **settin
     """Everything a hosted flow touches, registered on `resources` to be stopped in reverse order."""
     partner = PartnerSite()
     resources.callback(partner.close)
-    sandbox = start_sandbox()
-    resources.callback(sandbox.process.stop)
-    pipeline = start_pipeline(
-        redis_server.url,
-        sandbox.url,
-        allowed_return_urls=f"https://app.example,{partner.origin}",
-        **settings,
+    pipeline, sandbox = start_stack(
+        resources, redis_server.url, allowed_return_urls=f"https://app.example,{partner.origin}", **settings
     )
-    resources.callback(pipeline.stop)
     return HostedStack(pipeline, sandbox, partner)

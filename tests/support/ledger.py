@@ -10,6 +10,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import redis
 
 from tests.support.flows import consent, okt_of
-from tests.support.stack import RETURN_URL, Pipeline, Sandbox
+from tests.support.stack import RETURN_URL, Pipeline, Sandbox, start_pipeline, start_sandbox
 from worker.events import TERMINAL_TYPES
 from worker.keys import RedisNames
 
@@ -243,6 +244,18 @@ def stop_stack(pipeline: Pipeline, sandbox: Sandbox) -> None:
     """Ends a module's processes (`stop_pipeline_quickly`, then the sandbox)."""
     stop_pipeline_quickly(pipeline)
     sandbox.process.stop()
+
+
+def start_stack(
+    started: ExitStack, redis_url: str, *, quickly: bool = False, **settings: Any
+) -> tuple[Pipeline, Sandbox]:
+    """A sandbox and a pipeline on `redis_url` with `settings`, each stopped when `started` closes, the
+    sandbox also when the pipeline fails to start; `quickly`: the workers killed (stop_pipeline_quickly)."""
+    sandbox = start_sandbox()
+    started.callback(sandbox.process.stop)
+    pipeline = start_pipeline(redis_url, sandbox.url, **settings)
+    started.callback(stop_pipeline_quickly if quickly else Pipeline.stop, pipeline)
+    return pipeline, sandbox
 
 
 def stop_pipeline_quickly(pipeline: Pipeline) -> None:
