@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from datetime import UTC, datetime
 
+from worker.events import utc_timestamp
 from worker.observing.redaction import install_log_redaction, redacting_filter
 from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
 
@@ -59,9 +59,7 @@ def _task_flow_id(data: object) -> str:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "at": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "at": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "flow_id": getattr(record, "flow_id", "-"),
