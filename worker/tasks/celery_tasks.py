@@ -4,15 +4,19 @@ endpoint's URL and secret stay in Redis, out of the broker and Flower."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Callable
 
 from celery import Task
-from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import task_received, task_revoked, worker_ready, worker_shutdown, worker_shutting_down
 
 from worker.config.settings import get_settings
 from worker.connections.checks import CheckLoop
 from worker.flows.enqueuer import Enqueuer
 from worker.observing import tracing
 from worker.observing.logs import flow_context
+from worker.observing.task_events import TaskEvents
 from worker.oktopost.errors import TransientError
 from worker.queueing.names import (
     COMPLETE_TASK,
@@ -30,21 +34,37 @@ from worker.upstream.budget import NoBudgetInTime
 from worker.upstream.parking import Unparker
 from worker.webhooks.dispatcher import Dispatcher
 
+_FLOW_TASKS = (VERIFY_TASK, COMPLETE_TASK)
 # A countdown longer than the broker's visibility timeout runs the task twice (celery #2599): a longer
 # wait is made of countdowns of at most this fraction of it, the task looking again at each.
 COUNTDOWN_FRACTION = 0.5
 
 
-@app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True)
-def verify(flow_id: str) -> str:
-    with flow_context(flow_id):
-        return _handed_back(flow_id) or _ran(work.verify_flow(runtime.task_context(), flow_id))
+# The flow tasks send their task events themselves (worker.observing.task_events), not through Celery.
+@app.task(name=VERIFY_TASK, acks_late=True, reject_on_worker_lost=True, send_events=False, bind=True)
+def verify(self: Task, flow_id: str) -> str:
+    return _flow_task(self, flow_id, work.verify_flow)
 
 
-@app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True)
-def complete(flow_id: str) -> str:
-    with flow_context(flow_id):
-        return _handed_back(flow_id) or _ran(work.complete_flow(runtime.task_context(), flow_id))
+@app.task(name=COMPLETE_TASK, acks_late=True, reject_on_worker_lost=True, send_events=False, bind=True)
+def complete(self: Task, flow_id: str) -> str:
+    return _flow_task(self, flow_id, work.complete_flow)
+
+
+def _flow_task(task: Task, flow_id: str, work_on: Callable[[work.TaskContext, str], work.TaskOutcome]) -> str:
+    """A flow task's run between its task-started and its task-succeeded (or task-failed) events."""
+    request = task.request
+    events = task_events(request.hostname)
+    events.started(request.id)
+    started = time.perf_counter()
+    try:
+        with flow_context(flow_id):
+            outcome = _handed_back(flow_id) or _ran(work_on(runtime.task_context(), flow_id))
+    except Exception as error:
+        events.failed(request.id, error)
+        raise
+    events.succeeded(request.id, outcome, time.perf_counter() - started)
+    return outcome
 
 
 def _handed_back(flow_id: str) -> str | None:
@@ -108,6 +128,18 @@ _unparker: Unparker | None = None
 _dispatcher: Dispatcher | None = None
 _checks: CheckLoop | None = None
 _graceful: GracefulStop | None = None
+_events: TaskEvents | None = None
+_events_lock = threading.Lock()
+
+
+def task_events(hostname: str | None) -> TaskEvents:
+    """This process's flow task events, made with the first (named by the worker's node name)."""
+    global _events
+    if _events is None:
+        with _events_lock:
+            if _events is None:
+                _events = TaskEvents(app, hostname or socket.gethostname())
+    return _events
 
 
 @worker_ready.connect
@@ -158,10 +190,30 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
 
 @task_received.connect
 def _hold_received_flow(request: object = None, **_: object) -> None:
-    """A flow task received and not started yet: the process holds its flow (worker.tasks.leases)."""
+    """A flow task received and not started yet: its task-received event, and the process holds its flow
+    (worker.tasks.leases)."""
+    if getattr(request, "name", None) not in _FLOW_TASKS:
+        return
+    task_events(getattr(request, "hostname", None)).received(request)
     args = getattr(request, "args", None)
-    if getattr(request, "name", None) in (VERIFY_TASK, COMPLETE_TASK) and args:
+    if args:
         runtime.task_context().leases.expect(str(args[0]))
+
+
+@task_revoked.connect
+def _revoked_flow_task(
+    sender: object = None,
+    request: object = None,
+    terminated: bool = False,
+    signum: int | None = None,
+    expired: bool = False,
+    **_: object,
+) -> None:
+    """A flow task revoked (from Flower, say) before it ran: its task-revoked event, as Celery's.
+    `sender` is the task, `request` its context."""
+    if getattr(sender, "name", None) in _FLOW_TASKS:
+        task_id = str(getattr(request, "id", ""))
+        task_events(getattr(request, "hostname", None)).revoked(task_id, terminated, signum, expired)
 
 
 @worker_shutting_down.connect
@@ -185,3 +237,5 @@ def _stop_background_threads(**_: object) -> None:
         runtime.task_context().leases.stop()
     if runtime.worker_metrics.cache_info().currsize:  # the last second's metrics reach Redis
         runtime.worker_metrics().close()
+    if _events is not None:  # the last task events reach Flower
+        _events.close()
