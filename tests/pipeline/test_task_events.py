@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +23,15 @@ from celery import Celery
 from celery.events.state import State
 from celery.utils.time import utcoffset
 
+from tests.support.flows import callback, consent, events_of, start_flow
 from tests.support.processes import free_port
-from tests.support.stack import RedisServer
+from tests.support.stack import RedisServer, start_pipeline, start_sandbox
 from worker.observing.task_events import TaskEvents
 
 pytestmark = pytest.mark.integration
 
 HOST = "flows@test-host"
+FLOWS_IN_A_ROW = 8
 
 
 @dataclass
@@ -207,3 +210,30 @@ def test_a_broker_away_costs_the_events_not_the_task(caplog: pytest.LogCaptureFi
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # once for the outage, not once a batch
     assert "not published" in warnings[0]
+
+
+def test_a_worker_at_its_prefetch_limit_takes_the_next_task_at_once(redis_server: RedisServer) -> None:
+    """One thread (so it prefetches one task): each flow's task is taken as soon as the one before is
+    acknowledged. Celery's consumer reads the broker again only when its loop turns; Celery's own
+    task-succeeded event turned it, and the flow tasks, which send theirs themselves, turn it at their
+    acknowledgement (worker.tasks.celery_tasks.FlowRequest). Without that, each task waited for the
+    loop's next timer, up to a second."""
+    with ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0)
+        started.callback(pipeline.stop)
+        pipeline.start_worker(concurrency=1)
+        warm = start_flow(pipeline)
+        assert callback(consent(warm["redirect_url"])).status_code == 303
+        assert events_of(pipeline, warm["flow_id"])[-1]["type"] == "connection.completed"
+
+        flows = [start_flow(pipeline) for _ in range(FLOWS_IN_A_ROW)]
+        callbacks = [consent(flow["redirect_url"]) for flow in flows]
+        began = time.monotonic()
+        for url in callbacks:
+            assert callback(url).status_code == 303
+        for flow in flows:
+            assert events_of(pipeline, flow["flow_id"])[-1]["type"] == "connection.completed"
+        took = time.monotonic() - began
+    assert took < FLOWS_IN_A_ROW * 0.25, f"{FLOWS_IN_A_ROW} flows one after the other took {took:.2f}s"
