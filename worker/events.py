@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,6 +57,17 @@ def utc_timestamp(epoch: float | None = None) -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         _last_second = (second, text)
     return f"{text}{micros // 1000:03d}Z"
+
+
+def new_event_id() -> str:
+    """A random UUID's text, as `str(uuid.uuid4())` writes it, for an event's `id`: built from 16 random
+    bytes directly, at less than half the CPU (uuid.UUID checks its input in Python), as every event of
+    every flow, and every connection a flow makes, takes one."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class _Data(BaseModel):
@@ -132,7 +143,7 @@ class FlowEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = Field(default_factory=new_event_id)
     seq: int = Field(default=0, ge=0, description="1, 2, 3... within a flow; set by the flow store")
     flow_id: str
     type: str
@@ -218,7 +229,7 @@ class ConnectionEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = Field(default_factory=new_event_id)
     type: str
     at: str = Field(default_factory=utc_timestamp)
     tenant: str = DEFAULT_TENANT
@@ -256,7 +267,7 @@ class WebhookDisabled(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1] = 1
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = Field(default_factory=new_event_id)
     type: Literal["webhook.disabled"] = "webhook.disabled"
     at: str = Field(default_factory=utc_timestamp)
     tenant: str = DEFAULT_TENANT

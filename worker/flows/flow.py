@@ -131,11 +131,11 @@ class Flow:
             return_url=raw.get("return_url") or None,
             created_at=float(raw["created_at"]),
             deadline=float(raw["deadline"]),
-            token_expires_at=float(raw["token_expires_at"]) if raw.get("token_expires_at") else None,
-            callback_at=float(raw["callback_at"]) if raw.get("callback_at") else None,
+            token_expires_at=_moment(raw.get("token_expires_at")),
+            callback_at=_moment(raw.get("callback_at")),
             token_fp=raw.get("token_fp", ""),
-            entities=json.loads(raw.get("entities") or "[]"),
-            selected_ids=json.loads(raw.get("selected_ids") or "[]"),
+            entities=_listed(raw.get("entities")),
+            selected_ids=_listed(raw.get("selected_ids")),
             seq=int(raw.get("seq", 0)),
             # a flow stored before the hosted pages existed was started for the redirect
             ui=BrowserUI(raw.get("ui") or BrowserUI.REDIRECT),
@@ -158,6 +158,15 @@ class Flow:
     def seconds_left(self, now: float) -> float:
         """`now` on Redis's clock (worker.clock), the one the deadline is on."""
         return self.deadline - now
+
+
+def _moment(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _listed(value: str | None) -> list[Any]:
+    # a flow has no entities or selection until its later stages: most reads skip a JSON parse of "[]"
+    return json.loads(value) if value else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ the flow's stream and publishes it on both channels, or does none of it.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from worker.events import (
     SelectionSubmitted,
     SelectionSubmittedData,
     StartedData,
+    new_event_id,
     utc_timestamp,
 )
 from worker.flows.flow import WORKING_STATES, BrowserUI, Flow, FlowState, Lifetimes, token_fingerprint
@@ -392,9 +392,12 @@ class FlowStore:
         account, names = self.account_of(flow), self.names
         credentials = [
             {
-                **credential.model_dump(include={"id", "name", "status", "network"}),
+                "id": credential.id,
+                "name": credential.name,
+                "status": credential.status,
+                "network": credential.network,
                 "display_name": credential.display_name,
-                "event_id": str(uuid.uuid4()),
+                "event_id": new_event_id(),
             }
             for credential in event.data.credentials
         ]

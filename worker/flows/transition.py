@@ -80,7 +80,7 @@ class Change:
     queue: QueuedTask | None = None
     # a claim's: the flow joins the account's parked flows, when there are any, instead of being queued
     park_behind: str | None = None
-    # a completion's: the JSON of the connections it makes (worker.connections.records.connections_made)
+    # a completion's: the JSON of the connections it makes (FlowStore._connections_made)
     connections: str | None = None
     after: Aftermath | None = None  # a task's transition: never with a claim
 
@@ -211,7 +211,8 @@ class TransitionScript:
         return keys, args
 
     def _outcome(self, result: Any, flow_id: str, state: FlowState) -> Transition:
-        outcome = TransitionOutcome(text(result[0]) if text(result[0]) != "ok" else "done")
+        answer = text(result[0])
+        outcome = TransitionOutcome(answer if answer != "ok" else "done")
         if outcome is TransitionOutcome.DONE:
             self._confirmed(result, flow_id)
             return Transition(outcome, seq=int(result[1]), state=state)

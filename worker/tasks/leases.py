@@ -42,18 +42,20 @@ class Held:
     def __init__(self, flow_id: str, owner: str) -> None:
         self.flow_id = flow_id
         self.owner = owner
-        self._lost = threading.Event()
+        # set by the heartbeat's thread, read by the task's: a plain attribute, as nothing waits for it
+        # (a threading.Event would cost every task a Condition and its lock)
+        self._lost = False
 
     @property
     def lost(self) -> bool:
-        return self._lost.is_set()
+        return self._lost
 
     def mark_lost(self) -> None:
-        self._lost.set()
+        self._lost = True
 
     def check(self) -> None:
         """Raises WorkLost once the flow's work belongs to another task."""
-        if self._lost.is_set():
+        if self._lost:
             raise WorkLost(f"flow {self.flow_id} was taken up by another task")
 
 

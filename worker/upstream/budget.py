@@ -27,8 +27,8 @@ no queue, so under contention the flow that dies first gets no precedence, and w
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -133,6 +133,16 @@ class UpstreamBudget:
         self.account = Account(client, names, daily_limit=daily_limit, block_seconds=block_seconds)
         self._acquire = scripts.register(client, "budget_acquire")
         self._finished = scripts.register(client, "budget_finished")
+        # an ask's KEYS (budget_acquire.lua, and take_work.lua's first ask): the same for every ask
+        self._ask_keys = (
+            names.budget_window,
+            names.budget_queue,
+            names.budget_alive,
+            names.account_pause,
+            names.reserved_calls,
+            names.admissions,
+            names.parked_flows,
+        )
 
     def acquire(
         self,
@@ -157,7 +167,7 @@ class UpstreamBudget:
         caller parks its flow); `slot` is the slot a released parked flow was given, granted if still
         held, once it frees. `asked`: the first ask, made already with the flow's take (`first_ask`).
         """
-        waiter = asked.waiter if asked is not None else uuid.uuid4().hex
+        waiter = asked.waiter if asked is not None else secrets.token_hex(16)
         answer = asked.answer if asked is not None else None
         started = time.monotonic()
         while True:
@@ -189,7 +199,7 @@ class UpstreamBudget:
         """`acquire` for an event loop: each ask is one Redis call made through `run` (a thread pool),
         and the waits between asks are the loop's, so a waiting caller holds no thread. `give_up_at`
         is read once, in the first ask's thread (it may read Redis's clock)."""
-        waiter = uuid.uuid4().hex
+        waiter = secrets.token_hex(16)
         started = time.monotonic()
         until: list[float] = []
 
@@ -214,9 +224,9 @@ class UpstreamBudget:
         always asks next): its priority is the flow's deadline, its give-up time `give_up_before` that,
         its slot the one the flow was released from parking with. Returns it and its waiter id; hand the
         answer to `acquire` as `Asked`, or to `unused` if it is never used."""
-        waiter = uuid.uuid4().hex
+        waiter = secrets.token_hex(16)
         args = self._ask_args(waiter, "", "", hold, "", "")
-        return BudgetAsk(self.names.account_id, self._ask_keys(), tuple(args), give_up_before), waiter
+        return BudgetAsk(self.names.account_id, self._ask_keys, tuple(args), give_up_before), waiter
 
     def unused(self, asked: Asked) -> None:
         """An ask made for a call that was never made: its slot, or its place in the queue, goes back."""
@@ -230,21 +240,8 @@ class UpstreamBudget:
         self, waiter: str, priority: float, give_up_at: float, hold: float, admission: str, slot: str
     ) -> Any:
         """One ask: budget_acquire.lua's answer."""
-        keys = self._ask_keys()
         return self._acquire(
-            keys=keys, args=self._ask_args(waiter, priority, give_up_at, hold, admission, slot)
-        )
-
-    def _ask_keys(self) -> tuple[str, ...]:
-        names = self.names
-        return (
-            names.budget_window,
-            names.budget_queue,
-            names.budget_alive,
-            names.account_pause,
-            names.reserved_calls,
-            names.admissions,
-            names.parked_flows,
+            keys=self._ask_keys, args=self._ask_args(waiter, priority, give_up_at, hold, admission, slot)
         )
 
     def _ask_args(
