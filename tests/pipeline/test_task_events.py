@@ -214,10 +214,8 @@ def test_a_broker_away_costs_the_events_not_the_task(caplog: pytest.LogCaptureFi
 
 def test_a_worker_at_its_prefetch_limit_takes_the_next_task_at_once(redis_server: RedisServer) -> None:
     """One thread (so it prefetches one task): each flow's task is taken as soon as the one before is
-    acknowledged. Celery's consumer reads the broker again only when its loop turns; Celery's own
-    task-succeeded event turned it, and the flow tasks, which send theirs themselves, turn it at their
-    acknowledgement (worker.tasks.celery_tasks.FlowRequest). Without that, each task waited for the
-    loop's next timer, up to a second."""
+    acknowledged, though Celery's own task events, which woke the worker's consumer loop as each task
+    ended, are off for the flow tasks: that loop reads the broker again without them."""
     with ExitStack() as started:
         sandbox = start_sandbox()
         started.callback(sandbox.process.stop)

@@ -10,8 +10,6 @@ from collections.abc import Callable
 
 from celery import Task
 from celery.signals import task_received, task_revoked, worker_ready, worker_shutdown, worker_shutting_down
-from celery.worker.request import Request
-from kombu.asynchronous import get_event_loop
 
 from worker.config.settings import get_settings
 from worker.connections.checks import CheckLoop
@@ -42,34 +40,6 @@ _FLOW_TASKS = (VERIFY_TASK, COMPLETE_TASK)
 COUNTDOWN_FRACTION = 0.5
 
 
-class FlowRequest(Request):
-    """A flow task's request in the worker: once its message is acknowledged (or rejected), it wakes the
-    worker's consumer thread. That thread stops reading the broker while the worker holds as many
-    unacknowledged tasks as it may prefetch, and reads again only when its loop next turns: Celery's
-    task-succeeded event, published by that loop, used to turn it right after each acknowledgement; the
-    flow tasks send their events themselves (worker.observing.task_events), so this does it, without the
-    event. Without it, a worker at its prefetch limit would wait for its loop's next timer (up to a
-    second) before taking the next task."""
-
-    def acknowledge(self) -> None:
-        super().acknowledge()
-        _wake_consumer()
-
-    def reject(self, requeue: bool = False) -> None:
-        super().reject(requeue)
-        _wake_consumer()
-
-
-def _wake_consumer() -> None:
-    loop = get_event_loop()  # the consumer's event loop, in a worker
-    if loop is not None:
-        loop.call_soon(_turn)  # one wake-up of the loop when none is pending
-
-
-def _turn() -> None:
-    """Nothing: the loop's turn is what is wanted (it polls the broker again when it may)."""
-
-
 # The flow tasks send their task events themselves (worker.observing.task_events), not through Celery.
 @app.task(
     name=VERIFY_TASK,
@@ -77,7 +47,6 @@ def _turn() -> None:
     reject_on_worker_lost=True,
     send_events=False,
     bind=True,
-    Request=FlowRequest,
 )
 def verify(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.verify_flow)
@@ -89,7 +58,6 @@ def verify(self: Task, flow_id: str) -> str:
     reject_on_worker_lost=True,
     send_events=False,
     bind=True,
-    Request=FlowRequest,
 )
 def complete(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.complete_flow)
