@@ -7,8 +7,9 @@ endpoint enqueues and answers.
 
 Oktopost comes from the OKTOPOST_* settings, Redis (broker and outcomes) from BENCH_REDIS_URL. The one
 thing a textbook task lacks is `on_failure` reporting the outcome: the benchmark needs to see it.
-Like ours, it sends Celery's task events (task-sent from the web, the rest from the worker): a textbook
-deployment is watched in Flower, which shows only what these events say.
+It sends Celery's task events (task-sent from the web, the rest from the worker): a textbook deployment
+is watched in Flower, which shows only what these events say (ours sends the same events, its flow
+tasks' from its own code).
 """
 
 from __future__ import annotations

@@ -41,24 +41,15 @@ COUNTDOWN_FRACTION = 0.5
 
 
 # The flow tasks send their task events themselves (worker.observing.task_events), not through Celery.
-@app.task(
-    name=VERIFY_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    send_events=False,
-    bind=True,
-)
+_FLOW_TASK = {"acks_late": True, "reject_on_worker_lost": True, "send_events": False, "bind": True}
+
+
+@app.task(name=VERIFY_TASK, **_FLOW_TASK)
 def verify(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.verify_flow)
 
 
-@app.task(
-    name=COMPLETE_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    send_events=False,
-    bind=True,
-)
+@app.task(name=COMPLETE_TASK, **_FLOW_TASK)
 def complete(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.complete_flow)
 
