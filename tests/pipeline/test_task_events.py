@@ -1,9 +1,9 @@
 """The flow tasks' own task events (worker.observing.task_events), on a real redis-server as the broker:
 they reach the event exchange as Celery's buffered group does ("task.multi", a list), with the fields
 Celery gives each type, gathered into one publish per batch; Celery's own state machine (what Flower
-keeps) makes a finished task of them; a failed task's event carries its exception and traceback; a
-broker that is away costs the events, never the task. The whole path, a real worker seen by a real
-Flower: tests/operate/test_flower.py."""
+keeps) makes a finished task of them; a failed task's event carries its exception and traceback, any
+token masked; a broker that is away costs the events, never the task. The whole path, a real worker
+seen by a real Flower: tests/operate/test_flower.py."""
 
 from __future__ import annotations
 
@@ -168,12 +168,16 @@ def test_a_failed_task_carries_its_exception_and_traceback(broker: str, publishe
         events.close()
     failed = [e for message in published.messages() for e in message if e["type"] == "task-failed"]
     assert len(failed) == 1
-    assert failed[0]["exception"] == "ValueError('no such entity')"
+    assert failed[0]["exception"] == "ValueError('no entity at /v2/social-authorization/***')"
     assert "refuse_the_selection" in failed[0]["traceback"]
+    assert TOKEN not in json.dumps(failed)  # masked in the exception and in the traceback
+
+
+TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
 
 def refuse_the_selection() -> None:
-    raise ValueError("no such entity")
+    raise ValueError(f"no entity at /v2/social-authorization/{TOKEN}")
 
 
 def test_batches_of_several_tasks_go_out_in_one_publish(broker: str, published: Published) -> None:

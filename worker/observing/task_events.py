@@ -29,6 +29,8 @@ from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
 from kombu.utils.encoding import safe_repr, safe_str
 
+from worker.observing.redaction import redact
+
 log = logging.getLogger(__name__)
 
 # How late a task's events may reach Flower; what gathers meanwhile goes out in one publish. Celery's
@@ -78,12 +80,13 @@ class TaskEvents:
         self._send("task-succeeded", uuid=task_id, result=saferepr(result, RESULT_REPR_SIZE), runtime=runtime)
 
     def failed(self, task_id: str, error: BaseException) -> None:
-        """task-failed with the exception's repr and the traceback being handled, as Celery's."""
+        """task-failed with the exception's repr and the traceback being handled, as Celery's, with any
+        token, Authorization value or registered secret in them masked (Flower shows both)."""
         self._send(
             "task-failed",
             uuid=task_id,
-            exception=safe_repr(error),
-            traceback=safe_str(traceback.format_exc()),
+            exception=redact(safe_repr(error)),
+            traceback=redact(safe_str(traceback.format_exc())),
         )
 
     def revoked(self, task_id: str, terminated: bool, signum: int | None, expired: bool) -> None:
