@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from worker import scripts
 from worker.connections.records import STATUSES, ConnectionStore
-from worker.events import utc_timestamp
+from worker.events import new_event_id, utc_timestamp
 from worker.keys import AccountNames, RedisNames
 from worker.oktopost import CredentialPage, OktopostClient
 from worker.oktopost.errors import OktopostError, RejectedError
@@ -233,7 +233,7 @@ class ConnectionChecker:
                     self.names.tenant_connection_order(tenant),
                     self.names.tenant_channel(tenant),
                 ]
-            args += [str(uuid.uuid4()) for _ in batch]
+            args += [new_event_id() for _ in batch]  # each change's event id
             keys = [
                 names.check_lock,
                 self.names.all_events_stream,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -16,7 +15,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from worker import scripts
-from worker.events import utc_timestamp
+from worker.events import new_event_id, utc_timestamp
 from worker.keys import RedisNames
 
 ConnectionStatus = Literal["valid", "invalid"]
@@ -144,7 +143,7 @@ class ConnectionStore:
             "done",
             tenant,
             connection_id,
-            str(uuid.uuid4()),
+            new_event_id(),
             utc_timestamp(),
             names.all_events_channel,
             names.tenant_channel(tenant),

@@ -1,17 +1,17 @@
 """Celery's task events for the flow tasks (verify, complete), sent by the worker itself.
 
-Flower shows a task from its events: task-sent (published with the task's message, by the shim's claim
-or a selection), then task-received, task-started and task-succeeded (or task-failed, task-revoked) from
-the worker. Celery's own cost a flow task more CPU than its Redis steps: each event is built by the
-consumer's dispatcher, wakes the worker's consumer thread from the task's thread, and goes out in a
-publish of its own, made by that thread while the task runs. The flow tasks turn Celery's off
-(`send_events=False` on the task: Celery's other events, its workers' heartbeats and the other tasks'
-events, are untouched), and a `TaskEvents` sends the same events, with the fields Celery gives them:
-each is a dict appended to a list, and a thread of its own publishes what gathered, at most
-BATCH_SECONDS after the first, in one message on the event exchange, as Celery's dispatcher publishes a
-buffered group (routing key "task.multi", a list of events). Flower's receiver reads it as it reads
-Celery's. Events are monitoring: a batch that Redis refuses is dropped (a warning is logged), as a
-worker that dies drops the events it had not published yet.
+Flower shows a task from its events: task-sent (published with the task's message, by the shim's claim or a
+selection), then task-received, task-started and task-succeeded (or task-failed, task-revoked) from the
+worker. Celery's own cost a flow about 0.2-0.5 ms of the worker's CPU at load (docs/benchmarks.md, cut 9):
+each event is built by the consumer's dispatcher, wakes the worker's consumer thread from the task's thread,
+and goes out in a publish of its own, made by that thread while the task runs. The flow tasks turn Celery's
+off (`send_events=False` on the task: Celery's other events, its workers' heartbeats and the other tasks'
+events, are untouched), and a `TaskEvents` sends the same events, with the fields Celery gives them: each is a
+dict appended to a list, and a thread of its own publishes what gathered, at most BATCH_SECONDS after the
+first, in one message on the event exchange, as Celery's dispatcher publishes a buffered group (routing key
+"task.multi", a list of events). Flower's receiver reads it as it reads Celery's. Events are monitoring: a
+batch that Redis refuses is dropped (a warning is logged), as a worker that dies drops the events it had not
+published yet.
 """
 
 from __future__ import annotations
