@@ -32,7 +32,7 @@ class Recorded(celery_tasks.TaskEvents):
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Recorded:
     events = Recorded()
     monkeypatch.setattr(celery_tasks, "_events", events)
-    monkeypatch.setattr(celery_tasks, "_handed_back", lambda _flow_id: None)
+    monkeypatch.setattr(celery_tasks, "_handed_back", lambda _flow_id, _early: None)
     monkeypatch.setattr(celery_tasks.runtime, "task_context", lambda: "context")
     return events
 
@@ -49,7 +49,9 @@ def test_celerys_own_task_events_are_off_for_the_flow_tasks_only() -> None:
 
 
 def test_a_run_is_framed_by_started_and_succeeded_with_its_outcome(recorded: Recorded) -> None:
-    outcome = celery_tasks._flow_task(a_task("t-1"), "f-1", lambda _context, _flow_id: TaskOutcome.COMPLETED)
+    outcome = celery_tasks._flow_task(
+        a_task("t-1"), "f-1", lambda _context, _flow_id, _early: TaskOutcome.COMPLETED
+    )
     assert outcome == "completed"
     assert [event["type"] for event in recorded.sent] == ["task-started", "task-succeeded"]
     assert {event["uuid"] for event in recorded.sent} == {"t-1"}
@@ -58,7 +60,7 @@ def test_a_run_is_framed_by_started_and_succeeded_with_its_outcome(recorded: Rec
 
 
 def test_a_run_that_raises_ends_with_task_failed_and_raises(recorded: Recorded) -> None:
-    def broken(_context: object, _flow_id: str) -> TaskOutcome:
+    def broken(_context: object, _flow_id: str, _early: object) -> TaskOutcome:
         raise RuntimeError("the store went away")
 
     with pytest.raises(RuntimeError):
@@ -71,8 +73,9 @@ def test_a_run_that_raises_ends_with_task_failed_and_raises(recorded: Recorded) 
 def test_a_received_flow_task_has_its_task_received_and_another_task_none(
     recorded: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected: list[str] = []
-    leases = SimpleNamespace(expect=expected.append)
+    expected: list[tuple[str, str]] = []
+    leases = SimpleNamespace(expect=lambda flow_id, owner: expected.append((flow_id, owner)))
+    monkeypatch.setattr(celery_tasks, "_starts_at_once", lambda _consumer, _request: False)
     monkeypatch.setattr(celery_tasks.runtime, "task_context", lambda: SimpleNamespace(leases=leases))
     received = SimpleNamespace(
         id="t-3",
@@ -91,4 +94,4 @@ def test_a_received_flow_task_has_its_task_received_and_another_task_none(
     celery_tasks._hold_received_flow(request=SimpleNamespace(id="t-4", name=DELIVER_TASK, args=["d-1"]))
     assert [(event["type"], event["uuid"]) for event in recorded.sent] == [("task-received", "t-3")]
     assert recorded.sent[0]["args"] == "['f-3']"
-    assert expected == ["f-3"]  # its flow is held as received, as before
+    assert expected == [("f-3", "")]  # its flow is held as received, as before

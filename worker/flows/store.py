@@ -81,6 +81,28 @@ class Taken:
     asked: Any = None  # the answer to the `BudgetAsk` made with the take, None when none was made
 
 
+def taken(flow_id: str, answer: Any) -> Taken:
+    """take_work.lua's answer, read."""
+    outcome = TakeOutcome(text(answer[0]))
+    if outcome is not TakeOutcome.TAKEN:
+        return Taken(outcome)
+    flow = Flow.from_hash(flow_id, hash_of(answer[1]))
+    token = text(answer[2]) if answer[2] else None
+    asked = answer[4] if len(answer) > 4 else None
+    return Taken(outcome, flow, token, float(text(answer[3])), asked)
+
+
+class SentTake:
+    """A take sent and not read yet (`FlowStore.send_take`)."""
+
+    def __init__(self, flow_id: str, sent: scripts.Sent) -> None:
+        self.flow_id = flow_id
+        self._sent = sent
+
+    def taken(self) -> Taken:
+        return taken(self.flow_id, self._sent.answer())
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetAsk:
     """An ask of an Oktopost account's upstream budget, made by `take_work` in its own call when the flow
@@ -436,19 +458,21 @@ class FlowStore:
         """TAKEN when this task may work on the flow: it is in `state` and no live task owns it. `owner`
         becomes the fence of the task's transitions. With `ask`, a taken flow of that account with its
         token asks the budget in the same call (`Taken.asked`)."""
+        return taken(flow_id, self._take_work(*self._take_call(flow_id, owner, state, ask)))
+
+    def send_take(self, flow_id: str, owner: str, state: FlowState, ask: BudgetAsk | None = None) -> SentTake:
+        """`take_work` sent now, its answer read with `SentTake.taken()` (by another thread, say)."""
+        return SentTake(flow_id, self._take_work.send(*self._take_call(flow_id, owner, state, ask)))
+
+    def _take_call(
+        self, flow_id: str, owner: str, state: FlowState, ask: BudgetAsk | None
+    ) -> tuple[list[str], list[float | str]]:
         keys = [self.names.flow_state(flow_id), self.names.leases, self.names.flow_token(flow_id)]
         args: list[float | str] = [flow_id, owner, self.lifetimes.lease, f",{state.value},"]
         if ask is not None:
             keys += ask.keys
             args += [ask.account, self.default_account, ask.give_up_before, *ask.args]
-        answer = self._take_work(keys=keys, args=args)
-        outcome = TakeOutcome(text(answer[0]))
-        if outcome is not TakeOutcome.TAKEN:
-            return Taken(outcome)
-        flow = Flow.from_hash(flow_id, hash_of(answer[1]))
-        token = text(answer[2]) if answer[2] else None
-        asked = answer[4] if len(answer) > 4 else None
-        return Taken(outcome, flow, token, float(text(answer[3])), asked)
+        return keys, args
 
     def renew_leases(self, held: dict[str, str]) -> set[str]:
         """Renews the lease of each flow (id -> owner) its owner still owns; returns the flows it lost."""

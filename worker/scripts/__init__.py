@@ -56,6 +56,39 @@ class Step:
             return self._connections.evalsha(self.script, keys, tuple(args))
         return self.script(keys=keys, args=args, client=client)
 
+    def send(self, keys: Sequence[Any] = (), args: Iterable[Any] = ()) -> Sent:
+        """The call sent now, its answer read later (`Sent.answer`), by this thread or another: the work
+        between the two overlaps the script's round trip. Off the short path, the call is made at once."""
+        if self._connections is None:
+            return Sent(answered=self(keys=keys, args=args))
+        return self._connections.send(self.script, keys, tuple(args))
+
+
+class Sent:
+    """A script call whose answer is not read yet. `answer()` reads it, once, and gives the connection
+    back (or closes it when the call failed, and makes the call again)."""
+
+    def __init__(
+        self,
+        connections: _Connections | None = None,
+        connection: Any = None,
+        call: tuple[Script, Sequence[Any], tuple[Any, ...]] | None = None,
+        answered: Any = None,
+    ) -> None:
+        self._connections = connections
+        self._connection = connection
+        self._call = call
+        self._answered = answered
+
+    def answer(self) -> Any:
+        connections, call, self._call = self._connections, self._call, None
+        if connections is None or call is None:
+            return self._answered
+        connection, self._connection = self._connection, None
+        if connection is None:  # it could not be sent: it is made now
+            return connections.evalsha(*call)
+        return connections.finish(connection, *call)
+
 
 class _Connections:
     """Connections of one client's scripts: made with the client pool's settings as needed, kept for the
@@ -101,6 +134,39 @@ class _Connections:
             raise
         finally:
             self._free.append(connection)
+
+    def send(self, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Sent:
+        """EVALSHA sent on a connection of the set, which stays out of it until the answer is read."""
+        try:
+            connection = self._free.pop()
+        except IndexError:
+            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+        try:
+            connection.connect()
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except BaseException:  # not sent: the call is made when its answer is asked for
+            connection.disconnect()
+            self._free.append(connection)
+            return Sent(self, None, (script, keys, args))
+        return Sent(self, connection, (script, keys, args))
+
+    def finish(self, connection: Any, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
+        """The answer of a call sent on `connection`. A failure other than the script's own error closes
+        the connection and makes the call again, as `evalsha` retries one."""
+        try:
+            answer = connection.read_response()
+        except NoScriptError:  # Redis restarted, or its scripts were flushed: `evalsha` loads it
+            self._free.append(connection)
+            return self.evalsha(script, keys, args)
+        except ResponseError:
+            self._free.append(connection)  # the script's own error: its answer was read whole
+            raise
+        except BaseException:
+            connection.disconnect()
+            self._free.append(connection)
+            return self.evalsha(script, keys, args)
+        self._free.append(connection)
+        return answer
 
     def _forget(self) -> None:
         self._free = []  # a forked child: these are the parent's sockets

@@ -3,6 +3,7 @@ endpoint's URL and secret stay in Redis, out of the broker and Flower."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -10,10 +11,13 @@ from collections.abc import Callable
 
 from celery import Task
 from celery.signals import task_received, task_revoked, worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker import state as worker_state
 
 from worker.config.settings import get_settings
 from worker.connections.checks import CheckLoop
 from worker.flows.enqueuer import Enqueuer
+from worker.flows.flow import FlowState
+from worker.flows.store import TakeOutcome
 from worker.observing import tracing
 from worker.observing.logs import flow_context
 from worker.observing.task_events import TaskEvents
@@ -34,6 +38,7 @@ from worker.upstream.budget import NoBudgetInTime
 from worker.upstream.parking import Unparker
 from worker.webhooks.dispatcher import Dispatcher
 
+log = logging.getLogger(__name__)
 _FLOW_TASKS = (VERIFY_TASK, COMPLETE_TASK)
 # A countdown longer than the broker's visibility timeout runs the task twice (celery #2599): a longer
 # wait is made of countdowns of at most this fraction of it, the task looking again at each.
@@ -54,15 +59,20 @@ def complete(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.complete_flow)
 
 
-def _flow_task(task: Task, flow_id: str, work_on: Callable[[work.TaskContext, str], work.TaskOutcome]) -> str:
+_WORKS_ON = {VERIFY_TASK: FlowState.VERIFYING, COMPLETE_TASK: FlowState.COMPLETING}
+_Work = Callable[[work.TaskContext, str, work.EarlyTake | None], work.TaskOutcome]
+
+
+def _flow_task(task: Task, flow_id: str, work_on: _Work) -> str:
     """A flow task's run between its task-started and its task-succeeded (or task-failed) events."""
     request = task.request
     events = task_events(request.hostname)
     events.started(request.id)
     started = time.perf_counter()
+    early = _early_takes.pop(request.id, None)
     try:
         with flow_context(flow_id):
-            outcome = _handed_back(flow_id) or _ran(work_on(runtime.task_context(), flow_id))
+            outcome = _handed_back(flow_id, early) or _ran(work_on(runtime.task_context(), flow_id, early))
     except Exception as error:
         events.failed(request.id, error)
         raise
@@ -70,14 +80,19 @@ def _flow_task(task: Task, flow_id: str, work_on: Callable[[work.TaskContext, st
     return outcome
 
 
-def _handed_back(flow_id: str) -> str | None:
+def _handed_back(flow_id: str, early: work.EarlyTake | None) -> str | None:
     """A flow task starting: its flow stops being held as received; while the worker stops, it goes
-    back to the queue untouched."""
+    back to the queue untouched (and so does a flow its early take took)."""
     tracing.describe_flow_id(flow_id)  # on the task's span, when traces are on
-    runtime.task_context().leases.started(flow_id)
-    if _graceful is not None and _graceful.requested:
-        return _graceful.hand_back_unstarted(flow_id)
-    return None
+    context = runtime.task_context()
+    context.leases.started(flow_id)
+    if _graceful is None or not _graceful.requested:
+        return None
+    if early is not None:
+        taken = early.abandon(context)
+        if taken is not None and taken.outcome is TakeOutcome.TAKEN:
+            return _graceful.hand_back_unstarted(flow_id, early.owner)
+    return _graceful.hand_back_unstarted(flow_id)
 
 
 def _ran(outcome: work.TaskOutcome) -> str:
@@ -133,6 +148,8 @@ _checks: CheckLoop | None = None
 _graceful: GracefulStop | None = None
 _events: TaskEvents | None = None
 _events_lock = threading.Lock()
+# Takes sent when their flow tasks were received, by task id, until the task starts (or is revoked).
+_early_takes: dict[str, work.EarlyTake] = {}
 
 
 def task_events(hostname: str | None) -> TaskEvents:
@@ -192,15 +209,39 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
 
 
 @task_received.connect
-def _hold_received_flow(request: object = None, **_: object) -> None:
+def _hold_received_flow(sender: object = None, request: object = None, **_: object) -> None:
     """A flow task received and not started yet: its task-received event, and the process holds its flow
-    (worker.tasks.leases)."""
-    if getattr(request, "name", None) not in _FLOW_TASKS:
+    (worker.tasks.leases). When a thread is free to run it at once, its flow's take is sent now, and
+    the task reads its answer when it starts (`work.EarlyTake`): Redis answers while Celery hands the
+    task to the thread, instead of after."""
+    name = getattr(request, "name", None)
+    if name not in _FLOW_TASKS:
         return
     task_events(getattr(request, "hostname", None)).received(request)
     args = getattr(request, "args", None)
-    if args:
-        runtime.task_context().leases.expect(str(args[0]))
+    if not args:
+        return
+    flow_id, context, owner = str(args[0]), runtime.task_context(), ""
+    task_id = str(getattr(request, "id", "") or "")
+    if task_id and _starts_at_once(sender, request):
+        try:
+            early = work.take_early(context, flow_id, _WORKS_ON[str(name)])
+        except Exception as error:  # the task takes its flow itself when it starts
+            log.warning("flow %s: early take not sent: %s", flow_id, type(error).__name__)
+        else:
+            _early_takes[task_id] = early
+            owner = early.owner
+    context.leases.expect(flow_id, owner)
+
+
+def _starts_at_once(consumer: object, request: object) -> bool:
+    """Whether a task just received starts now: no countdown, the worker not stopping, and fewer tasks
+    reserved (running or waiting for a thread) than the pool has threads."""
+    if getattr(request, "eta", None) or (_graceful is not None and _graceful.requested):
+        return False
+    controller = getattr(consumer, "controller", None)
+    threads = getattr(controller, "concurrency", None) or app.conf.worker_concurrency
+    return bool(threads) and len(worker_state.reserved_requests) < int(threads)
 
 
 @task_revoked.connect
@@ -217,6 +258,13 @@ def _revoked_flow_task(
     if getattr(sender, "name", None) in _FLOW_TASKS:
         task_id = str(getattr(request, "id", ""))
         task_events(getattr(request, "hostname", None)).revoked(task_id, terminated, signum, expired)
+        args = getattr(request, "args", None)
+        context = runtime.task_context()
+        if args:  # no longer received here: its lease is not renewed, and lapses as a queued one
+            context.leases.started(str(args[0]))
+        early = _early_takes.pop(task_id, None)
+        if early is not None:
+            early.abandon(context)
 
 
 @worker_shutting_down.connect

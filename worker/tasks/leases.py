@@ -39,9 +39,10 @@ class WorkLost(Exception):
 class Held:
     """One task's hold on one flow's work."""
 
-    def __init__(self, flow_id: str, owner: str) -> None:
+    def __init__(self, flow_id: str, owner: str, received: bool = False) -> None:
         self.flow_id = flow_id
         self.owner = owner
+        self.received = received  # its task received and not started (`LeaseKeeper.expect`)
         # set by the heartbeat's thread, read by the task's: a plain attribute, as nothing waits for it
         # (a threading.Event would cost every task a Condition and its lock)
         self._lost = False
@@ -88,20 +89,22 @@ class LeaseKeeper:
                 if self._held.get(flow_id) is held:
                     del self._held[flow_id]
 
-    def expect(self, flow_id: str) -> None:
-        """The process received the flow's task and has not started it: its queued lease is renewed as
-        a working one, unless a task of this process holds the flow already."""
+    def expect(self, flow_id: str, owner: str = "") -> None:
+        """The process received the flow's task and has not started it: its queued lease (or the lease
+        of `owner`, whose take was sent with the task's receipt) is renewed as a working one, unless a
+        task of this process holds the flow already."""
         with self._lock:
             if self._closing is None and flow_id not in self._held:
-                self._held[flow_id] = Held(flow_id, "")
+                self._held[flow_id] = Held(flow_id, owner, received=True)
                 self._start()
                 self._received.set()
 
     def started(self, flow_id: str) -> None:
-        """A received task starts: from now its flow is held only by the task, if it takes the work."""
+        """A received task starts (or is revoked): from now its flow is held only by the task, if it
+        takes the work."""
         with self._lock:
             held = self._held.get(flow_id)
-            if held is not None and held.owner == "":
+            if held is not None and held.received:
                 del self._held[flow_id]
 
     def close(self, hand_back: Callable[[Held], None]) -> list[Held]:
@@ -122,7 +125,7 @@ class LeaseKeeper:
             held[flow_id].mark_lost()
         with self._lock:  # a received task's flow taken up elsewhere, or ended: no longer watched here
             for flow_id in lost:
-                if held[flow_id].owner == "" and self._held.get(flow_id) is held[flow_id]:
+                if held[flow_id].received and self._held.get(flow_id) is held[flow_id]:
                     del self._held[flow_id]
 
     def stop(self) -> None:
@@ -159,4 +162,4 @@ class LeaseKeeper:
 
     def _waiting_to_start(self) -> bool:
         with self._lock:
-            return any(held.owner == "" for held in self._held.values())
+            return any(held.received for held in self._held.values())

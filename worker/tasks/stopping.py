@@ -61,10 +61,11 @@ class GracefulStop:
         threading.Thread(target=self._hand_back_all, name="oktopost-stopping", daemon=True).start()
         threading.Thread(target=self._exit_after_grace, name="oktopost-grace", daemon=True).start()
 
-    def hand_back_unstarted(self, flow_id: str) -> str:
-        """A task starting while the worker stops: its flow goes back to the queue, untouched here."""
-        if flow_id not in self._handed:
-            self._hand_back(Held(flow_id, ""))
+    def hand_back_unstarted(self, flow_id: str, owner: str = "") -> str:
+        """A task starting while the worker stops: its flow goes back to the queue, untouched here (with
+        `owner`, the flow its early take took, whether or not it was handed back already)."""
+        if owner or flow_id not in self._handed:
+            self._hand_back(Held(flow_id, owner))
         return HANDED_BACK
 
     def _hand_back_all(self) -> None:

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
 from worker.flows.flow import Flow, FlowState
-from worker.flows.store import FlowStore, Taken, TakeOutcome
+from worker.flows.store import BudgetAsk, FlowStore, SentTake, Taken, TakeOutcome
 from worker.flows.transition import Aftermath, Transition, TransitionOutcome
 from worker.observing import tracing
 from worker.observing.metrics import WorkerMetrics, callback_to_terminal_fields, outcome_fields
@@ -93,10 +93,40 @@ class _Job:
         return self.held.owner
 
 
-def verify_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
+@dataclass(frozen=True, slots=True)
+class EarlyTake:
+    """A flow's take sent when its task was received, its answer read when the task starts: the round
+    trip overlaps Celery's hand-off of the task to a thread (see worker.tasks.celery_tasks). `waiter` is
+    the first call's ask's, when the take makes one."""
+
+    owner: str
+    sent: SentTake
+    waiter: str | None
+
+    def abandon(self, context: TaskContext) -> Taken | None:
+        """The take's answer, for a task that does not work on its flow: the ask it made goes back."""
+        try:
+            taken = self.sent.taken()
+        except Exception:  # Redis away: the lease it may have taken lapses, as a paused worker's does
+            return None
+        upstream = context.upstreams.get(context.store.default_account)
+        if upstream is not None and self.waiter is not None and taken.asked is not None:
+            upstream.budget.unused(Asked(self.waiter, taken.asked))
+        return taken
+
+
+def take_early(context: TaskContext, flow_id: str, state: FlowState) -> EarlyTake:
+    """The take of a task's flow, sent now and read by the task (`early=`)."""
+    owner = secrets.token_hex(16)
+    ask, waiter = _first_ask(context)
+    return EarlyTake(owner, context.store.send_take(flow_id, owner, state, ask), waiter if ask else None)
+
+
+def verify_flow(context: TaskContext, flow_id: str, early: EarlyTake | None = None) -> TaskOutcome:
     return _work_on(
         context,
         flow_id,
+        early,
         FlowState.VERIFYING,
         "verify",
         lambda client, token, flow, timeout: check_verify_fits(
@@ -106,10 +136,11 @@ def verify_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
     )
 
 
-def complete_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
+def complete_flow(context: TaskContext, flow_id: str, early: EarlyTake | None = None) -> TaskOutcome:
     return _work_on(
         context,
         flow_id,
+        early,
         FlowState.COMPLETING,
         "complete",
         lambda client, token, flow, timeout: client.complete(token, flow.selected_ids, timeout=timeout),
@@ -126,6 +157,7 @@ def complete_flow(context: TaskContext, flow_id: str) -> TaskOutcome:
 def _work_on(
     context: TaskContext,
     flow_id: str,
+    early: EarlyTake | None,
     state: FlowState,
     call_name: str,
     call: Callable[[OktopostClient, str, Flow, float], T],
@@ -134,9 +166,9 @@ def _work_on(
 ) -> TaskOutcome:
     """Take the flow, call Oktopost until the deadline, end with exactly one transition."""
     answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
-    owner = secrets.token_hex(16)
+    owner = early.owner if early is not None else secrets.token_hex(16)
     with context.metrics.batch():
-        taken, asked = _take(context, flow_id, owner, state)
+        taken, asked = _take(context, flow_id, owner, state) if early is None else _taken_early(early)
         if taken.outcome is TakeOutcome.BUSY:
             log.info("flow %s is being worked on by another task", flow_id)
         if taken.flow is None:
@@ -182,13 +214,25 @@ def _work_on(
 def _take(context: TaskContext, flow_id: str, owner: str, state: FlowState) -> tuple[Taken, list[Asked]]:
     """The flow's work, and with it the budget's answer for its first call, in one Redis call, when the
     flow is of the default account (the account of every flow but in a deployment of several)."""
-    guess = context.upstreams.get(context.store.default_account)
-    if guess is None:
-        return context.store.take_work(flow_id, owner, state), []
-    policy = context.policy
-    ask, waiter = guess.budget.first_ask(policy.min_attempt_seconds, policy.max_attempt_seconds + 1)
+    ask, waiter = _first_ask(context)
     taken = context.store.take_work(flow_id, owner, state, ask)
     return taken, [] if taken.asked is None else [Asked(waiter, taken.asked)]
+
+
+def _taken_early(early: EarlyTake) -> tuple[Taken, list[Asked]]:
+    taken = early.sent.taken()
+    if taken.asked is None or early.waiter is None:
+        return taken, []
+    return taken, [Asked(early.waiter, taken.asked)]
+
+
+def _first_ask(context: TaskContext) -> tuple[BudgetAsk | None, str]:
+    """The ask of a flow's first call for its take to make, when the process has a default account."""
+    guess = context.upstreams.get(context.store.default_account)
+    if guess is None:
+        return None, ""
+    policy = context.policy
+    return guess.budget.first_ask(policy.min_attempt_seconds, policy.max_attempt_seconds + 1)
 
 
 def _admission(job: _Job, answered: list[Grant]) -> Admission:
