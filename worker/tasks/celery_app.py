@@ -13,8 +13,11 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from celery.apps.worker import Worker
+from celery.worker.request import Request
+
+from worker.observing.redaction import redact
 
 
 class _Worker(Worker):
@@ -25,13 +28,29 @@ class _Worker(Worker):
         return {**super().prepare_args(**kwargs), "without_gossip": True, "without_mingle": True}
 
 
+class RedactedRequest(Request):
+    """A task's run in the worker whose task-failed and task-retried events carry its exception and
+    traceback with tokens, Authorization values and registered secrets masked, as the logs do: Flower
+    shows both. (The flow tasks send their own events, masked the same way: worker.observing.task_events.)"""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        for name in ("exception", "traceback"):
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
+        super().send_event(type, **fields)
+
+
+class ConnectTask(Task):
+    Request = RedactedRequest
+
+
 class ConnectCelery(Celery):
     @cached_property
     def Worker(self) -> type[Worker]:
         return self.subclass_with_self(_Worker)
 
 
-app = ConnectCelery("oktopost_connect", include=["worker.tasks.celery_tasks"])
+app = ConnectCelery("oktopost_connect", include=["worker.tasks.celery_tasks"], task_cls=ConnectTask)
 app.config_from_object("celeryconfig")
 
 
