@@ -239,3 +239,19 @@ def test_a_worker_at_its_prefetch_limit_takes_the_next_task_at_once(redis_server
             assert events_of(pipeline, flow["flow_id"])[-1]["type"] == "connection.completed"
         took = time.monotonic() - began
     assert took < FLOWS_IN_A_ROW * 0.25, f"{FLOWS_IN_A_ROW} flows one after the other took {took:.2f}s"
+
+
+def test_a_real_worker_sends_a_free_threads_take_at_the_tasks_receipt(redis_server: RedisServer) -> None:
+    """The early take (worker.tasks.work.EarlyTake) in a real worker: its threads pool runs the task in
+    the process that received it, so the take goes out with the receipt, and the flow completes."""
+    with ExitStack() as started:
+        sandbox = start_sandbox()
+        started.callback(sandbox.process.stop)
+        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, log_level="DEBUG")
+        started.callback(pipeline.stop)
+        worker = pipeline.start_worker(concurrency=2)
+        flow = start_flow(pipeline)
+        assert callback(consent(flow["redirect_url"])).status_code == 303
+        assert events_of(pipeline, flow["flow_id"])[-1]["type"] == "connection.completed"
+        log = worker.log_path.read_text(errors="replace")
+    assert f"flow {flow['flow_id']}: its take sent at the task's receipt" in log

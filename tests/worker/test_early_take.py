@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.concurrency.thread import TaskPool as ThreadPool
 
 from tests.support.shim import RecordingEnqueuer
 from tests.support.stack import RedisServer
@@ -82,9 +84,10 @@ def claimed(context: TaskContext, flow_id: str) -> str:
     return flow_id
 
 
-def received(flow_id: str, task_id: str) -> Any:
+def received(flow_id: str, task_id: str, pool: type[Any] = ThreadPool) -> Any:
+    """The flow task's receipt by a worker of two threads (or another `pool` of two)."""
     request = SimpleNamespace(id=task_id, name=VERIFY_TASK, args=[flow_id], eta=None, hostname="flows@test")
-    consumer = SimpleNamespace(controller=SimpleNamespace(concurrency=2))
+    consumer = SimpleNamespace(controller=SimpleNamespace(concurrency=2), pool=object.__new__(pool))
     celery_tasks._hold_received_flow(sender=consumer, request=request)
     return SimpleNamespace(request=request)
 
@@ -135,6 +138,16 @@ def test_a_task_waiting_for_a_thread_takes_its_flow_when_it_starts(in_worker: Ta
     assert "t-later" not in celery_tasks._early_takes
     assert owner_of(in_worker, flow_id) == ""  # queued, held as received
     assert in_worker.leases._held[flow_id].owner == ""
+    assert celery_tasks._flow_task(task, flow_id, work.verify_flow) == "completed"
+
+
+def test_a_task_run_in_another_process_takes_its_flow_when_it_starts(in_worker: TaskContext) -> None:
+    """A prefork pool's child, not the process that received the task, runs it: it could not find the
+    take, so none is sent."""
+    flow_id = claimed(in_worker, "flow-prefork")
+    task = received(flow_id, "t-prefork", pool=PreforkPool)
+    assert "t-prefork" not in celery_tasks._early_takes
+    assert owner_of(in_worker, flow_id) == ""
     assert celery_tasks._flow_task(task, flow_id, work.verify_flow) == "completed"
 
 

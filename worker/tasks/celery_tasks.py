@@ -60,6 +60,8 @@ def complete(self: Task, flow_id: str) -> str:
 
 
 _WORKS_ON = {VERIFY_TASK: FlowState.VERIFYING, COMPLETE_TASK: FlowState.COMPLETING}
+# Celery's pools that run a task in the process that received it: only there can it read an early take.
+_IN_PROCESS_POOLS = frozenset({"celery.concurrency.thread", "celery.concurrency.solo"})
 _Work = Callable[[work.TaskContext, str, work.EarlyTake | None], work.TaskOutcome]
 
 
@@ -231,13 +233,18 @@ def _hold_received_flow(sender: object = None, request: object = None, **_: obje
         else:
             _early_takes[task_id] = early
             owner = early.owner
+            log.debug("flow %s: its take sent at the task's receipt", flow_id)
     context.leases.expect(flow_id, owner)
 
 
 def _starts_at_once(consumer: object, request: object) -> bool:
-    """Whether a task just received starts now: no countdown, the worker not stopping, and fewer tasks
-    reserved (running or waiting for a thread) than the pool has threads."""
+    """Whether a task just received starts now, in this process: a pool that runs tasks here (threads,
+    or solo; a prefork child would not find the take), no countdown, the worker not stopping, and fewer
+    tasks reserved (running or waiting for a thread) than the pool has threads."""
     if getattr(request, "eta", None) or (_graceful is not None and _graceful.requested):
+        return False
+    pool = getattr(consumer, "pool", None)
+    if type(pool).__module__ not in _IN_PROCESS_POOLS:
         return False
     controller = getattr(consumer, "controller", None)
     threads = getattr(controller, "concurrency", None) or app.conf.worker_concurrency
