@@ -118,11 +118,15 @@ class _Connections:
             setattr(pool, _ATTRIBUTE, found)
         return found
 
-    def evalsha(self, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
+    def _connection(self) -> Any:
+        """A free connection of the set, or a new one made with the client pool's settings."""
         try:
-            connection = self._free.pop()
+            return self._free.pop()
         except IndexError:
-            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+            return self._pool.connection_class(**self._pool.connection_kwargs)
+
+    def evalsha(self, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
+        connection = self._connection()
         try:
             return connection.retry.call_with_retry(
                 lambda: _evalsha(connection, script, keys, args), lambda _error: connection.disconnect()
@@ -137,10 +141,7 @@ class _Connections:
 
     def send(self, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Sent:
         """EVALSHA sent on a connection of the set, which stays out of it until the answer is read."""
-        try:
-            connection = self._free.pop()
-        except IndexError:
-            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+        connection = self._connection()
         try:
             connection.connect()
             connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
