@@ -1,6 +1,7 @@
 """worker.scripts.Step: a script's short path on a real redis-server answers exactly as redis-py's
 `Script`, loads a flushed script again, reuses its connections, never reads a late answer as another
-call's, and leaves a forked child's calls to connections of the child's own. (With REDIS_SENTINELS it
+call's, leaves a forked child's calls to connections of the child's own, and closes its connections
+with its client. (With REDIS_SENTINELS it
 reaches the primary the sentinels name: tests/faults/test_sentinel_failover.py, where a take sent
 anywhere else finds no flow.)"""
 
@@ -10,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -118,3 +120,18 @@ def test_pipelines_and_stand_ins_take_redis_pys_script(client: redis.Redis) -> N
 
     assert answer[4] == 1
     assert counted == 2
+
+
+def test_a_closed_client_closes_its_scripts_connections(redis_server: RedisServer) -> None:
+    named = redis.Redis.from_url(redis_server.url, client_name="okc-scripts-close")
+    watcher: Any = redis.Redis.from_url(redis_server.url)  # Any: redis-py types it sync-or-async
+    try:
+        calls = step(named, ANSWERS)
+        assert calls(keys=["closing"], args=[1, "a"])[1] == 2
+        assert sum(c.get("name") == "okc-scripts-close" for c in watcher.client_list()) >= 1
+        named.close()
+        assert not [c for c in watcher.client_list() if c.get("name") == "okc-scripts-close"]
+        assert calls(keys=["closing"], args=[1, "a"])[1] == 2  # a later call opens its connection again
+    finally:
+        named.close()
+        watcher.close()

@@ -102,6 +102,23 @@ class _Connections:
         self._pool = pool
         self._free: list[Any] = []
         _Connections._all.add(self)
+        disconnect = pool.disconnect
+
+        def disconnect_with_scripts(*args: Any, **kwargs: Any) -> Any:
+            """The pool's disconnect (a client's `close()`, say) closes the scripts' connections too."""
+            self.close()
+            return disconnect(*args, **kwargs)
+
+        pool.disconnect = disconnect_with_scripts
+
+    def close(self) -> None:
+        """Closes the free connections (one in use is closed by its call, or opened again by the next)."""
+        while True:
+            try:
+                connection = self._free.pop()
+            except IndexError:
+                return
+            connection.disconnect()
 
     @classmethod
     def of(cls, client: Any) -> _Connections | None:
