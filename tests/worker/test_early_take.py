@@ -221,8 +221,11 @@ def test_a_sent_script_is_made_again_when_redis_lost_it_or_its_connection_died(c
     step.send(keys=[key], args=["calls", 1]).answer()  # NOSCRIPT: loaded again and made
     assert client.hget(key, "calls") == b"2"
 
+    connections = step._connections
+    assert connections is not None
+    connection = connections._free[-1]  # the connection the next call takes
     sent = step.send(keys=[key], args=["calls", 1])
-    connection = sent._connection
+    assert connection not in connections._free  # out of the set until the answer is read
     connection.disconnect()  # the connection dies before its answer is read
     sent.answer()  # made again on a new one; the first may or may not have run
     assert client.hget(key, "calls") in (b"3", b"4")  # as `evalsha` retries a call whose answer is lost

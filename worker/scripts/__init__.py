@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -60,34 +60,21 @@ class Step:
         """The call sent now, its answer read later (`Sent.answer`), by this thread or another: the work
         between the two overlaps the script's round trip. Off the short path, the call is made at once."""
         if self._connections is None:
-            return Sent(answered=self(keys=keys, args=args))
+            answered = self(keys=keys, args=args)
+            return Sent(lambda: answered)
         return self._connections.send(self.script, keys, tuple(args))
 
 
 class Sent:
-    """A script call whose answer is not read yet. `answer()` reads it, once, and gives the connection
-    back (or closes it when the call failed, and makes the call again)."""
+    """A script call whose answer is not read yet. `answer()` reads it, once: it gives the connection back
+    (or closes it when the call failed, and makes the call again)."""
 
-    def __init__(
-        self,
-        connections: _Connections | None = None,
-        connection: Any = None,
-        call: tuple[Script, Sequence[Any], tuple[Any, ...]] | None = None,
-        answered: Any = None,
-    ) -> None:
-        self._connections = connections
-        self._connection = connection
-        self._call = call
-        self._answered = answered
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read: Callable[[], Any] | None = read
 
     def answer(self) -> Any:
-        connections, call, self._call = self._connections, self._call, None
-        if connections is None or call is None:
-            return self._answered
-        connection, self._connection = self._connection, None
-        if connection is None:  # it could not be sent: it is made now
-            return connections.evalsha(*call)
-        return connections.finish(connection, *call)
+        read, self._read = self._read, None
+        return read() if read is not None else None
 
 
 class _Connections:
@@ -165,8 +152,8 @@ class _Connections:
         except BaseException:  # not sent: the call is made when its answer is asked for
             connection.disconnect()
             self._free.append(connection)
-            return Sent(self, None, (script, keys, args))
-        return Sent(self, connection, (script, keys, args))
+            return Sent(lambda: self.evalsha(script, keys, args))
+        return Sent(lambda: self.finish(connection, script, keys, args))
 
     def finish(self, connection: Any, script: Script, keys: Sequence[Any], args: tuple[Any, ...]) -> Any:
         """The answer of a call sent on `connection`. A failure other than the script's own error closes
