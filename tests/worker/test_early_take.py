@@ -112,7 +112,7 @@ def slot_held(context: TaskContext, early: work.EarlyTake) -> bool:
     rather than ended (scored by now, freed a period later) or never granted."""
     upstream = context.upstreams.get(context.store.default_account)
     assert upstream is not None
-    assert early.waiter is not None
+    assert early.waiter  # the take made an ask
     score = context.store.redis.zscore(upstream.budget.names.budget_window, early.waiter)
     return score is not None and score > time.time() + 0.5
 

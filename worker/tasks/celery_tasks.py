@@ -39,12 +39,13 @@ from worker.upstream.parking import Unparker
 from worker.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
-_FLOW_TASKS = (VERIFY_TASK, COMPLETE_TASK)
 # A countdown longer than the broker's visibility timeout runs the task twice (celery #2599): a longer
 # wait is made of countdowns of at most this fraction of it, the task looking again at each.
 COUNTDOWN_FRACTION = 0.5
 
 
+# The flow tasks, by the state of the flow each works on.
+_WORKS_ON = {VERIFY_TASK: FlowState.VERIFYING, COMPLETE_TASK: FlowState.COMPLETING}
 # The flow tasks send their task events themselves (worker.observing.task_events), not through Celery.
 _FLOW_TASK = {"acks_late": True, "reject_on_worker_lost": True, "send_events": False, "bind": True}
 
@@ -59,7 +60,6 @@ def complete(self: Task, flow_id: str) -> str:
     return _flow_task(self, flow_id, work.complete_flow)
 
 
-_WORKS_ON = {VERIFY_TASK: FlowState.VERIFYING, COMPLETE_TASK: FlowState.COMPLETING}
 # Celery's pools that run a task in the process that received it: only there can it read an early take.
 _IN_PROCESS_POOLS = frozenset({"celery.concurrency.thread", "celery.concurrency.solo"})
 _Work = Callable[[work.TaskContext, str, work.EarlyTake | None], work.TaskOutcome]
@@ -217,7 +217,7 @@ def _hold_received_flow(sender: object = None, request: object = None, **_: obje
     the task reads its answer when it starts (`work.EarlyTake`): Redis answers while Celery hands the
     task to the thread, instead of after."""
     name = getattr(request, "name", None)
-    if name not in _FLOW_TASKS:
+    if name not in _WORKS_ON:
         return
     task_events(getattr(request, "hostname", None)).received(request)
     args = getattr(request, "args", None)
@@ -262,7 +262,7 @@ def _revoked_flow_task(
 ) -> None:
     """A flow task revoked (from Flower, say) before it ran: its task-revoked event, as Celery's.
     `sender` is the task, `request` its context."""
-    if getattr(sender, "name", None) in _FLOW_TASKS:
+    if getattr(sender, "name", None) in _WORKS_ON:
         task_id = str(getattr(request, "id", ""))
         task_events(getattr(request, "hostname", None)).revoked(task_id, terminated, signum, expired)
         args = getattr(request, "args", None)

@@ -97,21 +97,27 @@ class _Job:
 class EarlyTake:
     """A flow's take sent when its task was received, its answer read when the task starts: the round
     trip overlaps Celery's hand-off of the task to a thread (see worker.tasks.celery_tasks). `waiter` is
-    the first call's ask's, when the take makes one."""
+    the first call's ask's, "" when the take makes none."""
 
     owner: str
     sent: SentTake
-    waiter: str | None
+    waiter: str
+
+    def taken(self) -> tuple[Taken, list[Asked]]:
+        """The take's answer, and the first call's ask it made, if it made one."""
+        taken = self.sent.taken()
+        return taken, _asked(taken, self.waiter)
 
     def abandon(self, context: TaskContext) -> Taken | None:
         """The take's answer, for a task that does not work on its flow: the ask it made goes back."""
         try:
-            taken = self.sent.taken()
+            taken, asked = self.taken()
         except Exception:  # Redis away: the lease it may have taken lapses, as a paused worker's does
             return None
-        upstream = context.upstreams.get(context.store.default_account)
-        if upstream is not None and self.waiter is not None and taken.asked is not None:
-            upstream.budget.unused(Asked(self.waiter, taken.asked))
+        upstream = context.upstreams.get(context.store.default_account)  # the account the ask was of
+        if upstream is not None:
+            for unused in asked:
+                upstream.budget.unused(unused)
         return taken
 
 
@@ -119,7 +125,7 @@ def take_early(context: TaskContext, flow_id: str, state: FlowState) -> EarlyTak
     """The take of a task's flow, sent now and read by the task (`early=`)."""
     owner = secrets.token_hex(16)
     ask, waiter = _first_ask(context)
-    return EarlyTake(owner, context.store.send_take(flow_id, owner, state, ask), waiter if ask else None)
+    return EarlyTake(owner, context.store.send_take(flow_id, owner, state, ask), waiter)
 
 
 def verify_flow(context: TaskContext, flow_id: str, early: EarlyTake | None = None) -> TaskOutcome:
@@ -168,7 +174,7 @@ def _work_on(
     answered: list[Grant] = []  # budget slots of calls that answered: their end is recorded last
     owner = early.owner if early is not None else secrets.token_hex(16)
     with context.metrics.batch():
-        taken, asked = _take(context, flow_id, owner, state) if early is None else _taken_early(early)
+        taken, asked = _take(context, flow_id, owner, state) if early is None else early.taken()
         if taken.outcome is TakeOutcome.BUSY:
             log.info("flow %s is being worked on by another task", flow_id)
         if taken.flow is None:
@@ -216,14 +222,12 @@ def _take(context: TaskContext, flow_id: str, owner: str, state: FlowState) -> t
     flow is of the default account (the account of every flow but in a deployment of several)."""
     ask, waiter = _first_ask(context)
     taken = context.store.take_work(flow_id, owner, state, ask)
-    return taken, [] if taken.asked is None else [Asked(waiter, taken.asked)]
+    return taken, _asked(taken, waiter)
 
 
-def _taken_early(early: EarlyTake) -> tuple[Taken, list[Asked]]:
-    taken = early.sent.taken()
-    if taken.asked is None or early.waiter is None:
-        return taken, []
-    return taken, [Asked(early.waiter, taken.asked)]
+def _asked(taken: Taken, waiter: str) -> list[Asked]:
+    """The first call's ask that a take made (`waiter` its id), none when it made none."""
+    return [] if taken.asked is None else [Asked(waiter, taken.asked)]
 
 
 def _first_ask(context: TaskContext) -> tuple[BudgetAsk | None, str]:
