@@ -1,11 +1,13 @@
 """A worker SIGKILLed while flows are mid-verification and mid-completion.
 
 Every flow still reaches exactly one terminal event, and the flows the dead worker held are taken up
-by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper promises.
+by a new worker within a quarter of TOKEN_TTL_SECONDS, as the lease sweeper promises: by their leases
+alone, as kombu keeps no copy of a flow task's message (worker/queueing/broker.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from tests.support.fault_report import FaultReport
 from tests.support.ledger import ENTITY_KINDS, NETWORKS, FaultStack, Ledger, epoch, sandbox_stats, wait_until
 from tests.support.stack import Pipeline, Sandbox
+from worker.queueing.names import FLOW_TASKS
 
 # taken up within a quarter of the token's lifetime, timed
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.alone]
@@ -44,6 +47,7 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
         ledger.select(flow, [offers[flow.flow_id]["data"]["entities"][1]["id"]])
     in_flight = wait_until(lambda: sandbox_stats(sandbox)["v2_calls"] - calls_before >= PROFILES + ENTITIES)
     assert in_flight, "the worker did not start every call"
+    assert _broker_copies_of_flow_tasks(ledger) == []
     first.kill()
     killed_at = time.time()
     states = {flow.flow_id: _state(ledger, flow.flow_id) for flow in ledger.flows}
@@ -85,3 +89,9 @@ def test_flows_of_a_killed_worker_complete_once_on_a_new_one(
 
 def _state(ledger: Ledger, flow_id: str) -> str:
     return str(ledger.redis.hget(ledger.names.flow_state(flow_id), "state").decode())
+
+
+def _broker_copies_of_flow_tasks(ledger: Ledger) -> list[str]:
+    """The ids of the flow tasks whose messages kombu copied into its unacked hash."""
+    held = [json.loads(raw)[0]["headers"] for raw in ledger.redis.hvals("unacked")]
+    return [headers["id"] for headers in held if headers.get("task") in FLOW_TASKS]

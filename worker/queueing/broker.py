@@ -1,5 +1,6 @@
-"""Two changes to kombu's Redis transport: a worker survives losing Redis while tasks are running, and a
-publish reuses its channel's Redis client instead of building one.
+"""Three changes to kombu's Redis transport: a worker survives losing Redis while tasks are running, a
+publish reuses its channel's Redis client instead of building one, and a flow task's message is not
+copied into kombu's unacked hash.
 
 1. Surviving a lost Redis.
 
@@ -23,7 +24,19 @@ connection of its own (each command borrows one from the pool) and is safe to sh
 so each channel keeps the one it built for as long as its pool lives; a pool that kombu drops after a
 lost connection gets a new client with the new pool.
 
-Both reach into kombu's internals, so they are made only on the tested Celery and kombu releases
+3. Flow tasks tracked in memory. kombu emulates acknowledgements on Redis: before Celery sees a message,
+its consumer copies it into the `unacked` hash (and its time into `unacked_index`), one round trip, and
+the ack removes it, another; a copy left there past the visibility timeout (TOKEN_TTL_SECONDS + 120 s) is
+pushed again. A flow task (verify, complete) needs none of it: its flow is under a lease from the claim
+that queued it, renewed while a worker holds it, and a worker that dies stops renewing it, so the lease
+sweeper queues the flow's task again within half of TOKEN_TTL_SECONDS (worker/tasks/sweeper.py), long
+before kombu's copy would come back (and be fenced out by the take). So a flow task's message is
+tracked in memory only, as kombu's in-memory transports do: the prefetch count still counts it, and
+what gives messages back (a reject with requeue, the channel's close) pushes it again from memory. The
+round trip between the message's arrival and the task's start, and the ack's, are gone. Webhook
+deliveries and connection deletions keep kombu's copy: Celery delivers them again after a crash.
+
+All three reach into kombu's internals, so they are made only on the tested Celery and kombu releases
 (worker/queueing/versions.py); on others kombu's transport is left as it ships, with one warning.
 """
 
@@ -36,13 +49,16 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
+from worker.queueing.names import FLOW_TASKS
 from worker.queueing.versions import LibraryVersions
 
 log = logging.getLogger(__name__)
 
 _REPAIRED = "_oktopost_connect_repaired"
 _CLIENT = "_oktopost_connect_client"
+_IN_MEMORY = "_oktopost_connect_in_memory"
 
 
 def repair_redis_transport(versions: LibraryVersions | None = None) -> bool:
@@ -53,6 +69,7 @@ def repair_redis_transport(versions: LibraryVersions | None = None) -> bool:
         return False
     _fail_closed_connection_as_connection_error()
     _reuse_one_client_per_channel()
+    _track_flow_tasks_in_memory()
     return True
 
 
@@ -88,3 +105,69 @@ def _reuse_one_client_per_channel() -> None:
 
     setattr(create_client, _REPAIRED, True)
     setattr(kombu_redis.Channel, "_create_client", create_client)  # noqa: B010
+
+
+def _track_flow_tasks_in_memory() -> None:
+    qos = kombu_redis.QoS
+    if getattr(qos.append, _REPAIRED, False):
+        return
+    append, ack, reject, restore_by_tag = qos.append, qos.ack, qos.reject, qos.restore_by_tag
+    in_memory_only = virtual.QoS  # the bookkeeping kombu's Redis QoS adds its copies to
+
+    @functools.wraps(append)
+    def append_(self: Any, message: Any, delivery_tag: str) -> None:
+        if (message.headers or {}).get("task") not in FLOW_TASKS:
+            return append(self, message, delivery_tag)
+        _in_memory(self).add(delivery_tag)
+        in_memory_only.append(self, message, delivery_tag)
+        return None
+
+    @functools.wraps(ack)
+    def ack_(self: Any, delivery_tag: str) -> None:
+        if delivery_tag not in _in_memory(self):
+            return ack(self, delivery_tag)
+        _in_memory(self).discard(delivery_tag)
+        in_memory_only.ack(self, delivery_tag)
+        return None
+
+    @functools.wraps(reject)
+    def reject_(self: Any, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag not in _in_memory(self):
+            return reject(self, delivery_tag, requeue=requeue)
+        if requeue:
+            _push_again(self, delivery_tag, leftmost=True)
+        _in_memory(self).discard(delivery_tag)
+        in_memory_only.ack(self, delivery_tag)
+        return None
+
+    @functools.wraps(restore_by_tag)
+    def restore_by_tag_(self: Any, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        if tag not in _in_memory(self):  # kombu's own: a copy in Redis (or a tag of another process's)
+            return restore_by_tag(self, tag, client=client, leftmost=leftmost)
+        _push_again(self, tag, client, leftmost)
+        _in_memory(self).discard(tag)
+        return None
+
+    methods = {"append": append_, "ack": ack_, "reject": reject_, "restore_by_tag": restore_by_tag_}
+    for name, method in methods.items():
+        setattr(method, _REPAIRED, True)
+        setattr(qos, name, method)
+
+
+def _in_memory(qos: Any) -> set[str]:
+    """The delivery tags of the flow tasks' messages a channel's QoS tracks in memory only."""
+    tags: set[str] = qos.__dict__.setdefault(_IN_MEMORY, set())
+    return tags
+
+
+def _push_again(qos: Any, delivery_tag: str, client: Any = None, leftmost: bool = False) -> None:
+    """A message tracked in memory goes back to its queue, as kombu gives back one it copied to Redis:
+    marked redelivered, at the queue's head when `leftmost` (a reject), else where kombu's restore puts it."""
+    message = qos._delivered.get(delivery_tag)
+    if message is None:
+        return
+    exchange, routing_key = message.delivery_info["exchange"], message.delivery_info["routing_key"]
+    with qos.channel.conn_or_acquire(client) as connection:
+        pipe = connection.pipeline()
+        qos.channel._do_restore_message(message._raw, exchange, routing_key, pipe, leftmost)
+        pipe.execute()

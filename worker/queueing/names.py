@@ -12,6 +12,8 @@ VERIFY_TASK = "oktopost.verify"
 COMPLETE_TASK = "oktopost.complete"
 DELIVER_TASK = "oktopost.deliver"
 DELETE_CONNECTION_TASK = "oktopost.delete_connection"
+# the tasks that work on a flow: its lease, not the broker, brings them back when a worker dies
+FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})
 
 
 def flows_queue(prefix: str) -> str:
