@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from kombu import Exchange, Queue
 
@@ -36,7 +37,7 @@ if (_refusal := flower_refusal(sys.argv, os.environ)) is not None:  # worker/con
 repair_redis_transport()  # a worker survives a Redis restart while tasks run (worker/queueing/broker.py)
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
-broker_transport_options = {
+broker_transport_options: dict[str, Any] = {
     "visibility_timeout": _settings.token_ttl_seconds + 120,
     "socket_timeout": 5,
     "socket_connect_timeout": 5,
