@@ -11,6 +11,7 @@ import base64
 import datetime
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -188,6 +189,42 @@ def test_batches_of_several_tasks_go_out_in_one_publish(broker: str, published: 
         published.wait_for(1)
         time.sleep(0.3)
         assert [len(message) for message in published.messages()] == [20]
+    finally:
+        events.close()
+
+
+class CountedEvent(threading.Event):
+    """A threading.Event that counts the times it is set: the wakes of TaskEvents' thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+def test_events_in_a_row_wake_the_thread_once_then_it_rests(broker: str, published: Published) -> None:
+    events = TaskEvents(app_for(broker), HOST, batch_seconds=0.2)
+    wakes = events._due = CountedEvent()
+    try:
+        for index in range(30):  # a flow every 20 ms, three events each, through three batches
+            events.received(Received(f"t-{index}"))
+            events.started(f"t-{index}")
+            events.succeeded(f"t-{index}", "completed", 0.001)
+            time.sleep(0.02)
+        assert wakes.sets == 1  # woken by the first, then looking by itself: the rest woke nothing
+        published.wait_for(1)
+        time.sleep(0.6)  # a look published the last ones, the next found nothing: the thread rests
+        assert sum(len(message) for message in published.messages()) == 90
+        assert len(published.messages()) >= 3  # published a batch at a time, not all at the end
+        events.started("t-late")  # the next event wakes it, and reaches the exchange in its batch
+        assert wakes.sets == 2
+        deadline = time.monotonic() + 2
+        while sum(len(message) for message in published.messages()) < 91:
+            assert time.monotonic() < deadline, "the event after a rest was not published"
+            time.sleep(0.01)
     finally:
         events.close()
 

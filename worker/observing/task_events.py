@@ -12,6 +12,12 @@ first, in one message on the event exchange, as Celery's dispatcher publishes a 
 "task.multi", a list of events). Flower's receiver reads it as it reads Celery's. Events are monitoring: a
 batch that Redis refuses is dropped (a warning is logged), as a worker that dies drops the events it had not
 published yet.
+
+The thread is woken by the first event after it went to rest, and from then on it looks every BATCH_SECONDS
+by itself, until a look finds nothing gathered: then it rests again. So while flows keep coming no event
+wakes it (a flow's first, task-received, is sent by the consumer thread just before it hands the task to a
+thread of the pool: a thread woken then would take the interpreter's lock in between), and a quiet worker's
+thread sleeps.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class TaskEvents:
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
-        self._due = threading.Event()  # set with the first event of a batch
+        self._due = threading.Event()  # set by the first event after the thread went to rest
+        self._looking = False  # the thread looks for events by itself, every batch_seconds
         self._closed = threading.Event()
         self._publishing = threading.Lock()
         self._dispatcher: EventDispatcher | None = None
@@ -93,10 +100,9 @@ class TaskEvents:
         self._send("task-revoked", uuid=task_id, terminated=terminated, signum=signum, expired=expired)
 
     def flush(self) -> None:
-        """Publishes what gathered now (the thread's turn, the last at `close`, and a test's)."""
+        """Publishes what gathered now (the last at `close`, and a test's)."""
         with self._lock:
             batch, self._events = self._events, []
-            self._due.clear()
         if batch:
             self._publish(batch)
 
@@ -122,19 +128,31 @@ class TaskEvents:
         }
         with self._lock:
             self._events.append(event)
-            first = len(self._events) == 1
+            wake, self._looking = not self._looking, True
             if self._thread is None and not self._closed.is_set():
                 self._thread = threading.Thread(target=self._run, name="oktopost-task-events", daemon=True)
                 self._thread.start()
-        if first:
+        if wake:
             self._due.set()
 
     def _run(self) -> None:
         while not self._closed.is_set():
             self._due.wait()
-            if self._closed.wait(self.batch_seconds):  # close() flushes what is left
-                return
-            self.flush()
+            self._due.clear()
+            while not self._closed.wait(self.batch_seconds):  # close() flushes what is left
+                if not self._publish_gathered():
+                    break
+
+    def _publish_gathered(self) -> bool:
+        """The thread's look: publishes what gathered since its last and goes on looking (True), or,
+        nothing having gathered, rests until an event wakes it (False)."""
+        with self._lock:
+            batch, self._events = self._events, []
+            if not batch:
+                self._looking = False
+                return False
+        self._publish(batch)
+        return True
 
     def _publish(self, batch: list[dict[str, Any]]) -> None:
         offset = utcoffset()  # as Celery's events carry it: the local time's offset, in hours

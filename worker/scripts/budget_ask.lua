@@ -1,15 +1,18 @@
 -- The budget's ask (budget_acquire.lua documents its KEYS, ARGV and answers) as a function, so that a
 -- step that asks in the same call as something else (take_work.lua) makes exactly the same decision.
+-- `now`, when given, is that step's own reading of Redis's TIME in the same call (the same instant).
 
-local function budget_ask(KEYS, ARGV)
+local function budget_ask(KEYS, ARGV, now)
   local window, queue, alive = KEYS[1], KEYS[2], KEYS[3]
   local pause, reserved, admissions, parked = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
   local waiter, priority = ARGV[1], tonumber(ARGV[2])
   local limit, period, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
   local stale, give_up_at = tonumber(ARGV[6]), tonumber(ARGV[7])
   local daily_limit, admission = tonumber(ARGV[8]), ARGV[10]
-  local t = redis.call("TIME")
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not now then
+    local t = redis.call("TIME")
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
 
   local function leave()
     redis.call("ZREM", queue, waiter)

@@ -73,4 +73,4 @@ if ARGV[7] ~= "" and string.find(ARGV[8], "," .. (flow.ui or "") .. ",", 1, true
   argv[#argv + 1] = "browser_fp"
   argv[#argv + 1] = ARGV[7]
 end
-return {"claimed", flat, transition(keys, argv)}
+return {"claimed", flat, transition(keys, argv, flow)}

@@ -20,38 +20,51 @@
 
 --! include budget_ask
 
-local current = redis.call("HMGET", KEYS[1], "state", "owner")
-if not current[1] or not string.find(ARGV[4], "," .. current[1] .. ",", 1, true) then
+-- the flow is read once: what the take decides on, and (its owner changed as below) what it answers
+local flat = redis.call("HGETALL", KEYS[1])
+local flow, owner_at = {}, nil
+for i = 1, #flat, 2 do
+  flow[flat[i]] = flat[i + 1]
+  if flat[i] == "owner" then
+    owner_at = i + 1
+  end
+end
+if not flow.state or not string.find(ARGV[4], "," .. flow.state .. ",", 1, true) then
   return {"gone"}
 end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local score = redis.call("ZSCORE", KEYS[2], ARGV[1])
-local owned_by_other = current[2] and current[2] ~= "" and current[2] ~= ARGV[2]
+local owned_by_other = flow.owner and flow.owner ~= "" and flow.owner ~= ARGV[2]
 if owned_by_other and score and tonumber(score) > now then
   return {"busy"}
 end
 local lease_until = now + tonumber(ARGV[3])
 redis.call("HSET", KEYS[1], "owner", ARGV[2])
+if owner_at then
+  flat[owner_at] = ARGV[2]
+else
+  flat[#flat + 1] = "owner"
+  flat[#flat + 1] = ARGV[2]
+end
 redis.call("ZADD", KEYS[2], lease_until, ARGV[1])
 local token = redis.call("GET", KEYS[3])
 local asked = false
 if ARGV[5] and token then
-  local flow = redis.call("HMGET", KEYS[1], "account", "deadline", "budget_slot")
-  local account = flow[1]
+  local account = flow.account
   if not account or account == "" then
     account = ARGV[6]
   end
-  if account == ARGV[5] and flow[2] then
+  if account == ARGV[5] and flow.deadline then
     local ask_keys = {KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]}
     local ask_argv = {}
     for i = 8, #ARGV do
       ask_argv[i - 7] = ARGV[i]
     end
-    ask_argv[2] = flow[2]
-    ask_argv[7] = tostring(tonumber(flow[2]) - tonumber(ARGV[7]))
-    ask_argv[12] = flow[3] or ""
-    asked = budget_ask(ask_keys, ask_argv)
+    ask_argv[2] = flow.deadline
+    ask_argv[7] = tostring(tonumber(flow.deadline) - tonumber(ARGV[7]))
+    ask_argv[12] = flow.budget_slot or ""
+    asked = budget_ask(ask_keys, ask_argv, now)
   end
 end
-return {"taken", redis.call("HGETALL", KEYS[1]), token, tostring(lease_until), asked}
+return {"taken", flat, token, tostring(lease_until), asked}

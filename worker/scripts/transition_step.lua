@@ -1,10 +1,11 @@
--- The body of a flow's transition as a function, `transition(KEYS, ARGV)`: scripts/transition.lua runs
--- it with its own KEYS and ARGV (its header documents them, and the answers), and
--- scripts/callback_claim.lua with the ones it builds after reading the flow.
+-- The body of a flow's transition as a function, `transition(KEYS, ARGV, read)`: scripts/transition.lua
+-- runs it with its own KEYS and ARGV (its header documents them, and the answers), and
+-- scripts/callback_claim.lua with the ones it builds after reading the flow, and that flow as `read`
+-- (field -> value), which the transition then does not read again.
 
 --! include connection_record
 
-local function transition(KEYS, ARGV)
+local function transition(KEYS, ARGV, read)
   local flow, stream, deadlines, token_key, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   local reserved = KEYS[6]
   local flow_id, allowed, new_state, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -32,15 +33,20 @@ local function transition(KEYS, ARGV)
     return 0
   end
 
-  local old_state, entity_type = nil, nil
+  local old_state, entity_type, seq = nil, nil, 1
   if allowed == "" then
     if redis.call("EXISTS", flow) == 1 then
       local current = redis.call("HMGET", flow, "state", "token_fp")
       return {"conflict", current[1] or "", current[2] or ""}
     end
   else
-    local current = redis.call("HMGET", flow, "state", "token_fp", "deadline", "owner", "entity_type")
-    old_state, entity_type = current[1], current[5]
+    local current
+    if read then
+      current = {read.state, read.token_fp, read.deadline, read.owner, read.entity_type, read.seq}
+    else
+      current = redis.call("HMGET", flow, "state", "token_fp", "deadline", "owner", "entity_type", "seq")
+    end
+    old_state, entity_type, seq = current[1], current[5], (tonumber(current[6]) or 0) + 1
     if not current[1] then
       return {"missing"}
     end
@@ -62,7 +68,7 @@ local function transition(KEYS, ARGV)
     end
   end
 
-  local fields = {"state", new_state}
+  local fields = {"state", new_state, "seq", seq}
   for i = first_field, #ARGV, 2 do
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
@@ -71,7 +77,6 @@ local function transition(KEYS, ARGV)
     end
   end
   redis.call("HSET", flow, unpack(fields))
-  local seq = redis.call("HINCRBY", flow, "seq", 1)
 
   local at = string.find(event, '"seq":0,', 1, true)
   event = string.sub(event, 1, at - 1) .. '"seq":' .. seq .. ',' .. string.sub(event, at + 8)
