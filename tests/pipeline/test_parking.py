@@ -317,7 +317,7 @@ def test_after_a_pause_one_call_goes_first_then_a_window_so_a_new_429_meets_one_
         time.sleep(0.02)
     assert enqueuer.enqueued == []
 
-    probe = _released_now(unparker, enqueuer)
+    probe = _first_release(unparker, enqueuer)  # at the account's first look past the pause's end
     assert probe == flow_ids[:1]  # one call first: the earliest deadline
     assert _released_now(unparker, enqueuer) == []  # the rest wait while it is in flight
     handler.queue = [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200, json=PROFILE)]

@@ -130,7 +130,11 @@ def test_a_closed_client_closes_its_scripts_connections(redis_server: RedisServe
         assert calls(keys=["closing"], args=[1, "a"])[1] == 2
         assert sum(c.get("name") == "okc-scripts-close" for c in watcher.client_list()) >= 1
         named.close()
-        assert not [c for c in watcher.client_list() if c.get("name") == "okc-scripts-close"]
+        # Redis drops a closed connection when it reads its end: on a loaded machine a moment later
+        open_after = time.monotonic() + 2
+        while [c for c in watcher.client_list() if c.get("name") == "okc-scripts-close"]:
+            assert time.monotonic() < open_after, "a script connection stayed open after close()"
+            time.sleep(0.02)
         assert calls(keys=["closing"], args=[1, "a"])[1] == 2  # a later call opens its connection again
     finally:
         named.close()
