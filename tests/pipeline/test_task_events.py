@@ -26,6 +26,7 @@ from celery.utils.time import utcoffset
 
 from tests.support.flows import callback, consent, events_of, start_flow
 from tests.support.processes import free_port
+from tests.support.receivers import wait_until
 from tests.support.stack import RedisServer, start_pipeline, start_sandbox
 from worker.observing.task_events import TaskEvents
 
@@ -221,10 +222,11 @@ def test_events_in_a_row_wake_the_thread_once_then_it_rests(broker: str, publish
         assert len(published.messages()) >= 3  # published a batch at a time, not all at the end
         events.started("t-late")  # the next event wakes it, and reaches the exchange in its batch
         assert wakes.sets == 2
-        deadline = time.monotonic() + 2
-        while sum(len(message) for message in published.messages()) < 91:
-            assert time.monotonic() < deadline, "the event after a rest was not published"
-            time.sleep(0.01)
+        wait_until(
+            lambda: sum(len(message) for message in published.messages()) == 91,
+            2,
+            "the event after a rest was not published",
+        )
     finally:
         events.close()
 

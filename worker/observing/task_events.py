@@ -101,10 +101,7 @@ class TaskEvents:
 
     def flush(self) -> None:
         """Publishes what gathered now (the last at `close`, and a test's)."""
-        with self._lock:
-            batch, self._events = self._events, []
-        if batch:
-            self._publish(batch)
+        self._publish_gathered()
 
     def close(self) -> None:
         """Stops the thread and publishes what is left (a worker stopping)."""

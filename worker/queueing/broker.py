@@ -124,28 +124,31 @@ def _track_flow_tasks_in_memory() -> None:
 
     @functools.wraps(ack)
     def ack_(self: Any, delivery_tag: str) -> None:
-        if delivery_tag not in _in_memory(self):
+        tags = _in_memory(self)
+        if delivery_tag not in tags:
             return ack(self, delivery_tag)
-        _in_memory(self).discard(delivery_tag)
+        tags.discard(delivery_tag)
         in_memory_only.ack(self, delivery_tag)
         return None
 
     @functools.wraps(reject)
     def reject_(self: Any, delivery_tag: str, requeue: bool = False) -> None:
-        if delivery_tag not in _in_memory(self):
+        tags = _in_memory(self)
+        if delivery_tag not in tags:
             return reject(self, delivery_tag, requeue=requeue)
         if requeue:
             _push_again(self, delivery_tag, leftmost=True)
-        _in_memory(self).discard(delivery_tag)
+        tags.discard(delivery_tag)
         in_memory_only.ack(self, delivery_tag)
         return None
 
     @functools.wraps(restore_by_tag)
     def restore_by_tag_(self: Any, tag: Any, client: Any = None, leftmost: bool = False) -> None:
-        if tag not in _in_memory(self):  # kombu's own: a copy in Redis (or a tag of another process's)
+        tags = _in_memory(self)
+        if tag not in tags:  # kombu's own: a copy in Redis (or a tag of another process's)
             return restore_by_tag(self, tag, client=client, leftmost=leftmost)
         _push_again(self, tag, client, leftmost)
-        _in_memory(self).discard(tag)
+        tags.discard(tag)
         return None
 
     methods = {"append": append_, "ack": ack_, "reject": reject_, "restore_by_tag": restore_by_tag_}
@@ -156,7 +159,9 @@ def _track_flow_tasks_in_memory() -> None:
 
 def _in_memory(qos: Any) -> set[str]:
     """The delivery tags of the flow tasks' messages a channel's QoS tracks in memory only."""
-    tags: set[str] = qos.__dict__.setdefault(_IN_MEMORY, set())
+    tags: set[str] | None = qos.__dict__.get(_IN_MEMORY)
+    if tags is None:
+        tags = qos.__dict__[_IN_MEMORY] = set()
     return tags
 
 
