@@ -15,10 +15,12 @@ import fakeredis
 import pytest
 import redis
 from celery import Celery
+from celery.utils.saferepr import saferepr
 
+import worker.flows.enqueuer as enqueuer_module
 import worker.tasks.celery_tasks  # noqa: F401 - defines our tasks, which every Celery app shares
 from tests.support.stack import RedisServer
-from worker.flows.enqueuer import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, task_for
+from worker.flows.enqueuer import COMPLETE_TASK, VERIFY_TASK, Enqueuer, QueuedTask, TaskMessages, task_for
 from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.flows.transition import TransitionOutcome
@@ -226,3 +228,92 @@ def test_once_a_message_was_prepared_the_next_needs_no_broker(
     assert not enqueuer.prepares_without_redis
     assert enqueuer.prepared(FLOW_ID, FlowState.VERIFYING) is not None
     assert enqueuer.prepares_without_redis
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("state", [FlowState.VERIFYING, FlowState.COMPLETING])
+def test_celery_builds_a_tasks_message_once_and_each_flows_is_filled_in_as_celery_builds_it(
+    broker: tuple[Celery, redis.Redis, str], state: FlowState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _, _ = broker
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+    built, values = _counting_builds(app, monkeypatch), _recording_values(monkeypatch)
+    flows = [f"{index:040x}" for index in range(3)]
+
+    prepared = [enqueuer.prepared(flow_id, state) for flow_id in flows]
+
+    assert built == [task_for(state)] * 2  # the template's, and the sample that checked it
+    messages = TaskMessages(app)
+    made_for = {value.flow_id: value for value in values}  # and the template's sample
+    for flow_id, message in zip(flows, prepared, strict=True):
+        value = made_for[flow_id]
+        assert message == messages.built(task_for(state), value)  # the very text Celery builds
+        assert message is not None
+        assert json.loads(base64.b64decode(json.loads(message.message)["body"]))[0] == [flow_id]
+    assert len({message.task_id for message in prepared if message is not None}) == 3
+
+
+@pytest.mark.integration
+def test_a_template_that_would_not_fill_in_what_celery_builds_is_not_used(
+    broker: tuple[Celery, redis.Redis, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Celery release whose messages carry one more value of their own: each is built by Celery."""
+    app, _, _ = broker
+    serial = iter(range(100))
+    create = app.amqp.create_task_message
+
+    def with_a_serial(*args: Any, **kwargs: Any) -> Any:
+        headers, properties, body, sent_event = create(*args, **kwargs)
+        return {**headers, "serial": next(serial)}, properties, body, sent_event
+
+    monkeypatch.setattr(app.amqp, "create_task_message", with_a_serial)
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+
+    serials = []
+    for _ in range(3):
+        prepared = enqueuer.prepared(FLOW_ID, FlowState.VERIFYING)
+        assert prepared is not None
+        serials.append(json.loads(prepared.message)["headers"]["serial"])
+
+    assert serials == [2, 3, 4]  # after the template's two builds, each message built by Celery
+    assert "built by Celery each time" in caplog.text
+
+
+def test_a_flow_id_of_another_shape_is_built_by_celery(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = _app("redis://127.0.0.1:1/0", "quiet.celery")
+    app.conf.task_send_sent_event = False
+    built = _counting_builds(app, monkeypatch)
+    enqueuer = Enqueuer(app, app.conf.broker_url, versions=AS_TESTED)
+
+    prepared = enqueuer.prepared("a'b", FlowState.VERIFYING)
+
+    assert built == [VERIFY_TASK]
+    assert prepared is not None
+    assert json.loads(prepared.message)["headers"]["argsrepr"] == saferepr(["a'b"])  # not repr's
+
+
+def _counting_builds(app: Celery, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The task names Celery builds a message for, from now on."""
+    names: list[str] = []
+    create = app.amqp.create_task_message
+
+    def counted(task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        names.append(name)
+        return create(task_id, name, *args, **kwargs)
+
+    monkeypatch.setattr(app.amqp, "create_task_message", counted)
+    return names
+
+
+def _recording_values(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The values each message is made with, from now on."""
+    made: list[Any] = []
+    new = enqueuer_module._Values.new
+
+    def recorded(app: Celery, flow_id: str) -> Any:
+        values = new(app, flow_id)
+        made.append(values)
+        return values
+
+    monkeypatch.setattr(enqueuer_module._Values, "new", recorded)
+    return made
