@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from worker.queueing.names import DELIVER_TASK, VERIFY_TASK
+from worker.queueing.names import DELIVER_TASK, FLOW_TASKS, VERIFY_TASK
 from worker.tasks import celery_tasks
 from worker.tasks.celery_app import app
 from worker.tasks.work import TaskOutcome
@@ -46,6 +46,13 @@ def test_celerys_own_task_events_are_off_for_the_flow_tasks_only() -> None:
     assert app.tasks["oktopost.complete"].send_events is False
     assert app.tasks[DELIVER_TASK].send_events is True
     assert app.conf.worker_send_task_events is True  # the other tasks' and the workers' heartbeats
+
+
+def test_the_flow_tasks_are_the_tasks_named_flow_tasks() -> None:
+    """The broker's in-memory tracking and the logs' flow ids go by FLOW_TASKS, the tasks' own code by
+    the state each works on: a third flow task must be named in both."""
+    assert set(celery_tasks._WORKS_ON) == FLOW_TASKS
+    assert all(app.tasks[name].send_events is False for name in FLOW_TASKS)
 
 
 def test_a_run_is_framed_by_started_and_succeeded_with_its_outcome(recorded: Recorded) -> None:

@@ -13,10 +13,9 @@ from contextvars import ContextVar
 
 from worker.events import utc_timestamp
 from worker.observing.redaction import install_log_redaction, redacting_filter
-from worker.queueing.names import COMPLETE_TASK, VERIFY_TASK
+from worker.queueing.names import FLOW_TASKS  # tasks whose one argument is a flow id
 
 current_flow: ContextVar[str] = ContextVar("current_flow", default="-")
-FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})  # tasks whose one argument is a flow id
 
 
 @contextmanager

@@ -12,7 +12,8 @@ VERIFY_TASK = "oktopost.verify"
 COMPLETE_TASK = "oktopost.complete"
 DELIVER_TASK = "oktopost.deliver"
 DELETE_CONNECTION_TASK = "oktopost.delete_connection"
-# the tasks that work on a flow: its lease, not the broker, brings them back when a worker dies
+# the tasks that work on a flow, its id their one argument: its lease, not the broker, brings them back
+# when a worker dies (worker.tasks.celery_tasks defines them, by the state of the flow each works on)
 FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})
 
 
