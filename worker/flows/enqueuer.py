@@ -135,13 +135,13 @@ class TaskMessages:
         parent = tracing.current_traceparent()
         values = _Values.new(self.app, flow_id)
         if not parent and is_flow_id(flow_id):
-            template = self._template(task_name)
+            template = self._template(task_name, values.pid)
             if template is not None:
                 return template.filled(values)
         return self.built(task_name, values, parent)
 
-    def _template(self, task_name: str) -> _Template | None:
-        key = (task_name, os.getpid())  # the sender's name in a message holds its pid
+    def _template(self, task_name: str, pid: int) -> _Template | None:
+        key = (task_name, pid)  # the sender's name in a message holds its pid
         if key not in self._templates:
             self._templates[key] = _Template.of(self, task_name)
         return self._templates[key]
