@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -63,6 +64,10 @@ def shim(argv: Sequence[str]) -> int:
     from api_shim import serving
     from api_shim.app import create_app
 
+    try:  # bound here, so that an address in use is one line and exit 2, not uvicorn's log and exit 3
+        listening = listening_socket(args.host, args.port)
+    except OSError as error:
+        return fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,
@@ -78,8 +83,24 @@ def shim(argv: Sequence[str]) -> int:
         limit_concurrency=args.limit_concurrency,
         timeout_graceful_shutdown=5,
     )
-    serving.DrainingServer(config).run()  # SIGTERM: drains, ends event streams, exits 0
+    with listening:
+        serving.DrainingServer(config).run(sockets=[listening])  # SIGTERM: drains, ends streams, exits 0
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` as uvicorn binds one (address reuse, IPv6 for an address with
+    a colon); OSError when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except OSError:
+        listening.close()
+        raise
+    listening.set_inheritable(True)
+    return listening
 
 
 def worker(argv: Sequence[str]) -> int:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cli import commands
+from worker.config.envfile import EnvFileError, read_env_file
 
 USAGE = """usage: oktopost-connect COMMAND [options]
 
@@ -57,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS.get(args[0])
     if command is None:
         print(f"oktopost-connect: unknown command {args[0]!r} (see oktopost-connect --help)", file=sys.stderr)
+        return 2
+    try:  # the working directory's .env, for this process and the ones it starts
+        read_env_file()
+    except EnvFileError as error:
+        print(f"oktopost-connect: {error}", file=sys.stderr)
         return 2
     return command(args[1:])
 

@@ -9,6 +9,7 @@ deadline are part 4's business (test_expiry.py).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,8 +176,22 @@ def test_step1_retries_transient_faults_and_answers_refusals_with_their_code(
         seed=11, error_rate=0.2, throttle_rate=0.1, drop_rate=0.1, malformed_rate=0.1, retry_after_s=1
     )
     body = {"network": "LinkedIn", "type": "profile"}
+    blocked: list[httpx.Response] = []
+
+    def start(caller: httpx.Client) -> httpx.Response:
+        """A start, made again after its Retry-After while Oktopost's 429 has the account paused (a new
+        flow is refused at once then, as a caller is told to)."""
+        for _ in range(10):
+            answer = caller.post("/v1/authorizations", json=body)
+            if answer.status_code != 503:
+                return answer
+            blocked.append(answer)
+            time.sleep(int(answer.headers["retry-after"]))
+        return answer
+
     with httpx.Client(base_url=pipeline.shim_url, headers=pipeline.headers, timeout=15) as caller:
-        answers = [caller.post("/v1/authorizations", json=body) for _ in range(8)]
+        answers = [start(caller) for _ in range(8)]
+        throttled = sandbox_stats(sandbox)["faults"]["throttle"]
         sandbox.set_faults(error_rate=0, throttle_rate=0, drop_rate=0, malformed_rate=0, reject_rate=1.0)
         refused = caller.post("/v1/authorizations", json=body)
         sandbox.set_faults(reject_rate=0)
@@ -185,13 +200,19 @@ def test_step1_retries_transient_faults_and_answers_refusals_with_their_code(
     fault_report.record(
         "3 upstream faults",
         faults_injected=injected,
-        server_errors=sum(answer.status_code == 500 for answer in [*answers, refused]),
+        server_errors=sum(answer.status_code == 500 for answer in [*answers, *blocked, refused]),
         step1_statuses=dict(statuses),
+        step1_blocked=len(blocked),
     )
 
     # Step 1 has 8 s in all (a caller waits on it): a 502 upstream_unavailable is its honest answer
-    # when that is not enough, never a 500; at these rates every start gets through
+    # when that is not enough, never a 500; at these rates every start gets through, those that met a
+    # 429 after the Retry-After of their 503
     assert statuses == {201: len(answers)}, [answer.text for answer in answers]
+    for answer in blocked:
+        assert answer.json()["error"]["code"] == "upstream_blocked", answer.text
+        assert answer.headers["retry-after"].isdigit()
+    assert throttled or not blocked  # refused only while a 429 had the account paused
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["code"] == "upstream_rejected", refused.text
     assert injected > 1

@@ -74,7 +74,7 @@ def test_a_429_without_retry_after_pauses_the_account_for_the_block_seconds(
     redis_server: RedisServer,
 ) -> None:
     with contextlib.ExitStack() as started:
-        # longer than Step 1 waits for budget (4 s), so the new flow is refused rather than kept waiting
+        # a new flow is refused at once while the account is paused, however soon the pause ends
         pipeline, sandbox = start_stack(started, redis_server.url, workers=0, oktopost_block_seconds=5)
         sandbox.set_faults(throttle_rate=1.0, retry_after_s=None)  # 429 without Retry-After
         answer = httpx.post(

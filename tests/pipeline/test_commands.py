@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.support.flows import callback, consent, events_of, start_flow
-from tests.support.processes import run_cli
+from tests.support.processes import busy_port, run_cli
 from tests.support.stack import Pipeline
 
 
@@ -63,6 +63,19 @@ def test_bad_setting_stops_with_one_line_and_exit_2(
     assert len(lines) == 1
     assert named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_shim_that_cannot_listen_says_so_in_one_line_and_exits_2() -> None:
+    keys = {"SHIM_API_KEYS": "a-caller-key-long-enough-000", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    with busy_port() as port:
+        busy = run_cli("shim", "--port", str(port), env=keys)
+    assert busy.returncode == 2
+    assert busy.stderr == f"oktopost-connect: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    unknown = run_cli("shim", "--host", "no-such-host.invalid", "--port", "8000", env=keys)
+    assert unknown.returncode == 2
+    lines = unknown.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("oktopost-connect: cannot listen on no-such-host.invalid:8000: ")
 
 
 def test_unknown_command_and_help() -> None:

@@ -51,6 +51,30 @@ async def test_a_429_at_step1_pauses_the_account_and_refuses_the_flow(shim: Shim
     assert paused_until - time.time() > 100
 
 
+async def test_a_new_flow_is_refused_however_soon_the_pause_ends(shim: Shim) -> None:
+    shim.budget.account.pause(retry_after=3)
+    started = time.monotonic()
+    answer = await shim.http.post("/v1/authorizations", json=PROFILE_START, headers=CALLER)
+    status, code, retry_after = _refusal(answer)
+    assert (status, code) == (503, "upstream_blocked")
+    assert retry_after in (2, 3)
+    assert time.monotonic() - started < 1.0  # told at once, not kept waiting for the pause's end
+    assert shim.oktopost.requests == []
+    assert _flows(shim) == []
+
+
+async def test_a_429_with_a_short_retry_after_at_step1_refuses_the_flow_at_once(shim: Shim) -> None:
+    shim.oktopost.refusal = httpx.Response(429, headers={"Retry-After": "3"})
+    started = time.monotonic()
+    answer = await shim.http.post("/v1/authorizations", json=PROFILE_START, headers=CALLER)
+    status, code, retry_after = _refusal(answer)
+    assert (status, code) == (503, "upstream_blocked")
+    assert 1 <= retry_after <= 3
+    assert time.monotonic() - started < 2.5  # Step 1's backoff, then the pause's answer: not its end
+    assert len(shim.oktopost.requests) == 1  # no call while the account is paused
+    assert _flows(shim) == []
+
+
 async def test_new_flows_are_admitted_again_once_the_pause_is_over(shim: Shim) -> None:
     shim.budget.account.pause(retry_after=0.3)
     time.sleep(0.35)

@@ -1,4 +1,5 @@
-"""Settings of the shim and the worker, read from the environment (docs/api.md lists them).
+"""Settings of the shim and the worker, read from the environment and the working directory's `.env`
+(docs/api.md lists them).
 
 A bad value stops start-up with one line naming the setting: `load_settings()` raises `ConfigError`,
 and the command line turns it into that line and exit code 2.
@@ -17,6 +18,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.config.brand import Brand, check_color, check_support_url, read_logo
+from worker.config.envfile import EnvFileError, read_env_file
 from worker.config.tenants import (
     ACCOUNT_ID,
     DEFAULT_ACCOUNT_ID,
@@ -451,5 +453,9 @@ def load_settings(**overrides: object) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
+    """The process's settings, read once, with the working directory's `.env` (worker.config.envfile)."""
+    try:
+        read_env_file()
+    except EnvFileError as error:
+        raise ConfigError(str(error)) from None
     return load_settings()

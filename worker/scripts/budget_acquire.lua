@@ -18,7 +18,8 @@
 --         is granted no sooner than that moment (epoch seconds)
 -- Returns {"granted", now} | {"wait", seconds to wait before asking again} | {"doomed", least wait}
 --       | {"reserved", seconds until the reserved slot (ARGV[12]) frees: ask again then}
---       | {"paused", seconds until the pause ends} | {"spent", seconds until midnight UTC}
+--       | {"paused", seconds until the pause ends: it outlasts the give-up time, or ARGV[10] is given}
+--       | {"spent", seconds until midnight UTC}
 
 
 --! include budget_ask

@@ -42,8 +42,10 @@ local function budget_ask(KEYS, ARGV, now)
     redis.call("ZREM", alive, member)
   end
 
+  -- paused: a caller whose give-up time comes first is told so at once, and so is a new flow's Step 1
+  -- (an admission) however soon the pause ends: new flows get 503 while the account is paused
   local paused_until = tonumber(redis.call("GET", pause) or "0")
-  if paused_until > now and give_up_at < paused_until then
+  if paused_until > now and (give_up_at < paused_until or admission ~= "") then
     leave()
     return {"paused", tostring(paused_until - now)}
   end
