@@ -34,6 +34,9 @@ DEFAULT_ACCENT = "#1f5fd6"  # connect.css's own
 PARTNER_SCRIPT = (Path(__file__).parent / "partner" / "connect.js").read_bytes()
 _HERE = Path(__file__).parent
 CONTINUE_SECONDS = 2  # a finished page shows this long before the browser goes back to return_url
+# without JavaScript a waiting page reloads itself this often (a <meta refresh> in <noscript>: a browser that
+# runs the page's script never sees it, and updates the page from its events instead)
+CHECK_AGAIN_SECONDS = 3
 
 # Every text below is an English message id (N_ marks it for extraction), translated when shown.
 _WAITING = {
@@ -138,7 +141,7 @@ def flow_page(
         }
         return _render("terminal.html", context, outcome.heading, status_code)
     heading, sentence = _WAITING[flow.state]
-    context |= {"sentence": say(sentence)}
+    context |= {"sentence": say(sentence), "check_again_seconds": CHECK_AGAIN_SECONDS}
     return _render("waiting.html", context, say(heading), status_code)
 
 
