@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.processes import promtool
 from tests.support.stack import RedisServer, Sandbox, start_pipeline
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
@@ -39,13 +39,6 @@ EXPECTED_ALERTS = {
     "NoWorkerConsuming",
 }
 SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:  # never skipped: .ci/run installs Debian's prometheus package, which has it
-        pytest.fail("promtool not found: install Debian's `prometheus` package")
-    return found
 
 
 def rule_expressions() -> dict[str, str]:

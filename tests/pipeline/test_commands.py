@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.support.flows import callback, consent, events_of, start_flow
-from tests.support.processes import busy_port, run_cli
+from tests.support.flows import callback, consent, events_of, select, start_flow, wait_for_event
+from tests.support.processes import busy_port, promtool, run_cli
 from tests.support.stack import Pipeline
 
 
@@ -108,12 +109,24 @@ def test_metrics_show_shim_and_worker_counters(pipeline: Pipeline) -> None:
     created = start_flow(pipeline)
     callback(consent(created["redirect_url"]))
     events_of(pipeline, created["flow_id"])
+    page = start_flow(pipeline, entity_type="page")  # a verify and a complete: two calls timed
+    callback(consent(page["redirect_url"]))
+    offered = wait_for_event(pipeline, page["flow_id"], "selection.required")["data"]["entities"]
+    assert select(pipeline, page["flow_id"], [offered[-1]["id"]]).status_code == 202
+    events_of(pipeline, page["flow_id"])
     # a worker adds its metrics to Redis once a second (docs/operations.md): /metrics follows within that
     given_up_at = time.monotonic() + 5
     text = httpx.get(f"{pipeline.shim_url}/metrics").text
-    while 'okc_worker_outcomes_total{outcome="completed"}' not in text and time.monotonic() < given_up_at:
+    while 'call="complete"' not in text and time.monotonic() < given_up_at:
         time.sleep(0.1)
         text = httpx.get(f"{pipeline.shim_url}/metrics").text
+    # Prometheus's own checker reads it: each metric one family (one HELP, one TYPE)
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert "error" not in (checked.stdout + checked.stderr).lower(), checked.stdout + checked.stderr
+    assert 'okc_worker_upstream_seconds_count{call="complete"}' in text
+    assert 'okc_worker_upstream_seconds_count{call="verify"}' in text
     assert 'okc_shim_callbacks_total{outcome="claimed"}' in text
     assert 'okc_worker_outcomes_total{outcome="completed"}' in text
     assert "okc_worker_upstream_seconds_bucket" in text

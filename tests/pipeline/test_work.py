@@ -10,6 +10,8 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clocks import seen_from
 from tests.support.commands import commands_sent
@@ -234,6 +236,25 @@ def test_histogram_buckets_are_cumulative_at_scrape_time() -> None:
     assert cumulative["+Inf"] == 5
     total = next(s.value for s in family.samples if s.name.endswith("_sum"))
     assert total == pytest.approx(99.265)
+
+
+def test_each_call_is_a_sample_set_of_one_upstream_histogram_in_valid_exposition_text() -> None:
+    """Verify and complete, both timed: one okc_worker_upstream_seconds family (one HELP, one TYPE) with a
+    `call` label each, which Prometheus's own parser reads back."""
+    client = fakeredis.FakeRedis()
+    metrics = WorkerMetrics(client, "t:metrics")
+    metrics.upstream("verify", "ok", 0.03)
+    metrics.upstream("complete", "ok", 0.2)
+    metrics.upstream("complete", "ServerError", 0.5)
+    registry = CollectorRegistry()
+    registry.register(RedisMetricsCollector(client, "t:metrics"))
+    exposition = generate_latest(registry).decode()
+    assert exposition.count("# HELP okc_worker_upstream_seconds ") == 1
+    assert exposition.count("# TYPE okc_worker_upstream_seconds ") == 1
+    parsed = text_string_to_metric_families(exposition)
+    (family,) = [f for f in parsed if f.name == "okc_worker_upstream_seconds"]
+    counts = {s.labels["call"]: s.value for s in family.samples if s.name.endswith("_count")}
+    assert counts == {"verify": 1.0, "complete": 2.0}
 
 
 def test_a_batch_reaches_redis_in_one_call_when_it_ends() -> None:

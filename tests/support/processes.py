@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+import pytest
 
 from cli.processes import CLI as CLI_ARGS
 from cli.processes import Child, free_port, wait_for_http, wait_for_port
@@ -69,3 +72,11 @@ def run_cli(
     return subprocess.run(
         [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
+
+
+def promtool() -> str:
+    """Prometheus's checker (Debian's `prometheus` package)."""
+    found = shutil.which("promtool")
+    if found is None:  # never skipped: .ci/run installs Debian's prometheus package, which has it
+        pytest.fail("promtool not found: install Debian's `prometheus` package")
+    return found

@@ -241,23 +241,30 @@ class RedisMetricsCollector(Collector):
         yield calls
         yield deliveries
         yield attempts
-        for name, values in histograms.items():
-            if name == "webhook":
-                family = HistogramMetricFamily(
-                    "okc_webhook_attempt_seconds", "Time of a webhook delivery attempt"
-                )
-                yield _histogram(family, [], values, UPSTREAM_BUCKETS)
-            elif name == "flow":
-                family = HistogramMetricFamily(
-                    "okc_worker_callback_to_terminal_seconds", "Time from callback to terminal event"
-                )
-                yield _histogram(family, [], values, FLOW_BUCKETS)
-            else:
-                call = name.removeprefix("upstream.")
-                family = HistogramMetricFamily(
-                    "okc_worker_upstream_seconds", "Latency of calls to Oktopost", labels=["call"]
-                )
-                yield _histogram(family, [call], values, UPSTREAM_BUCKETS)
+        yield from _histogram_families(histograms)
+
+
+def _histogram_families(histograms: dict[str, dict[str, float]]) -> Iterator[HistogramMetricFamily]:
+    """The histograms read back, one family per metric: each call a sample set of the upstream one (a
+    second family of the same name would be a second HELP line, which Prometheus's text format refuses)."""
+    upstream = HistogramMetricFamily(
+        "okc_worker_upstream_seconds", "Latency of calls to Oktopost", labels=["call"]
+    )
+    for name, values in sorted(histograms.items()):
+        if name == "webhook":
+            family = HistogramMetricFamily(
+                "okc_webhook_attempt_seconds", "Time of a webhook delivery attempt"
+            )
+            yield _histogram(family, [], values, UPSTREAM_BUCKETS)
+        elif name == "flow":
+            family = HistogramMetricFamily(
+                "okc_worker_callback_to_terminal_seconds", "Time from callback to terminal event"
+            )
+            yield _histogram(family, [], values, FLOW_BUCKETS)
+        else:
+            _histogram(upstream, [name.removeprefix("upstream.")], values, UPSTREAM_BUCKETS)
+    if upstream.samples:
+        yield upstream
 
 
 class WorkersCollector(Collector):
