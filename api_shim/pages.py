@@ -179,6 +179,21 @@ def selection_page(
     return _render("selection.html", context, heading, status_code)
 
 
+def status_page(settings: Settings, flow: Flow, *, denied: bool, language: str) -> HTMLResponse:
+    """What a redirect flow without a return_url shows its browser after the callback: being connected (or
+    the denial), that the window can close, and the flow's id to quote."""
+    say = _speaker(language, settings, flow)
+    heading, sentence = (
+        (N_("Access denied"), _FAILURES["authorization_denied"]) if denied else _WAITING[FlowState.VERIFYING]
+    )
+    context = _common(settings, flow, language) | {
+        "status": (FlowState.FAILED if denied else FlowState.VERIFYING).value,
+        "events_url": None,  # the page's script has nothing to follow: the caller's own UI tells the rest
+        "sentence": say(sentence),
+    }
+    return _render("status.html", context, say(heading), 200)
+
+
 def forbidden_page(settings: Settings, language: str) -> HTMLResponse:
     """For a browser without the flow's cookie: nothing about the flow, not even its network or tenant."""
     heading = languages.translations(language).gettext(N_("This page is not yours to open"))

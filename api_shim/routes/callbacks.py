@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hmac
 import time
-from html import escape
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from api_shim import languages, metrics, pages, rules
 from api_shim.browser import (
@@ -41,12 +40,6 @@ from worker.flows.transition import Transition
 from worker.observing import tracing
 
 router = APIRouter()
-
-_PAGES = {
-    "processing": "Thanks! Your account is being connected. You can close this window.",
-    "denied": "The authorization was not granted. You can close this window.",
-}
-
 
 _QUERY = [
     {
@@ -113,9 +106,10 @@ def _answer(shim: Deps, flow: Flow, request: Request, tokens: list[str]) -> Resp
     if _needs_confirmation(shim, flow, request, tokens):
         language = languages.choose(flow.locale or None, request.headers.get("accept-language"))
         return _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
+    accepted = request.headers.get("accept-language")
     if tokens:
-        return _claim(shim, flow, tokens[0])
-    return _deny(shim, flow, error)
+        return _claim(shim, flow, tokens[0], accepted)
+    return _deny(shim, flow, error, accepted)
 
 
 def _claim_on_read(shim: Deps, flow_id: str, request: Request, token: str) -> Response:
@@ -139,7 +133,8 @@ def _claim_on_read(shim: Deps, flow_id: str, request: Request, token: str) -> Re
     if claim is None:
         return _answer(shim, flow, request, [token])
     shim.enqueuer.after_transition(claim.done, flow_id, FlowState.VERIFYING, prepared)
-    return _claimed(shim, flow, token, claim, key if flow.ui.pages else None)
+    accepted = request.headers.get("accept-language")
+    return _claimed(shim, flow, token, claim, key if flow.ui.pages else None, accepted)
 
 
 @router.post("/v1/callback/{flow_id}/confirm", response_model=None, include_in_schema=False)
@@ -159,10 +154,11 @@ async def confirm(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     tokens = form.get("okt") or []
     if len(tokens) > 1:
         raise ApiError(400, "invalid_callback", "more than one okt parameter")
+    accepted = request.headers.get("accept-language")
     if tokens:
-        return await run_in_threadpool(_claim, shim, flow, tokens[0])
+        return await run_in_threadpool(_claim, shim, flow, tokens[0], accepted)
     errors = form.get("error") or []
-    return await run_in_threadpool(_deny, shim, flow, errors[0] if errors else None)
+    return await run_in_threadpool(_deny, shim, flow, errors[0] if errors else None, accepted)
 
 
 def _needs_confirmation(shim: Deps, flow: Flow, request: Request, tokens: list[str]) -> bool:
@@ -188,7 +184,7 @@ def _confirmation(shim: Deps, flow: Flow, token: str | None, error: str | None, 
     return page
 
 
-def _claim(shim: Deps, flow: Flow, token: str) -> Response:
+def _claim(shim: Deps, flow: Flow, token: str, accepted: str | None) -> Response:
     if not rules.well_formed(token):
         raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
     _expire_if_too_late(shim, flow)
@@ -199,11 +195,16 @@ def _claim(shim: Deps, flow: Flow, token: str) -> Response:
         fingerprint = key.fingerprint if key else ""
         claim = shim.store.claim_callback(flow, token, queue=prepared, browser_fp=fingerprint)
         shim.enqueuer.after_transition(claim.done, flow.flow_id, FlowState.VERIFYING, prepared)
-    return _claimed(shim, flow, token, claim, key)
+    return _claimed(shim, flow, token, claim, key, accepted)
 
 
 def _claimed(
-    shim: Deps, flow: Flow, token: str, claim: Transition | None, key: BrowserKey | None
+    shim: Deps,
+    flow: Flow,
+    token: str,
+    claim: Transition | None,
+    key: BrowserKey | None,
+    accepted: str | None,
 ) -> Response:
     """What a callback with a token comes to, once its claim was made (or, None, could not be tried)."""
     verdict = rules.claim_verdict(flow, token, claim)
@@ -214,10 +215,10 @@ def _claimed(
         raise ApiError(409, "token_already_used", "this token was already used by another flow")
     if verdict is Verdict.CONFLICT:
         raise ApiError(409, "flow_already_claimed", "this flow already received another token")
-    return _onwards(shim, flow, "processing", key if claim is not None and claim.done else None)
+    return _onwards(shim, flow, "processing", key if claim is not None and claim.done else None, accepted)
 
 
-def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
+def _deny(shim: Deps, flow: Flow, error: str | None, accepted: str | None) -> Response:
     _expire_if_too_late(shim, flow)
     denial = None
     key = _browser_key(flow)
@@ -232,7 +233,7 @@ def _deny(shim: Deps, flow: Flow, error: str | None) -> Response:
     if verdict is Verdict.EXPIRED:
         raise _expired()
     if verdict is Verdict.DENIED:
-        return _onwards(shim, flow, "denied", key if denial is not None and denial.done else None)
+        return _onwards(shim, flow, "denied", key if denial is not None and denial.done else None, accepted)
     raise ApiError(409, "flow_already_claimed", "this flow already received a token")
 
 
@@ -240,11 +241,11 @@ def _browser_key(flow: Flow) -> BrowserKey | None:
     return BrowserKey.new() if flow.ui.pages else None
 
 
-def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None) -> Response:
+def _onwards(shim: Deps, flow: Flow, status: str, key: BrowserKey | None, accepted: str | None) -> Response:
     """Where the browser goes next. A hosted flow's browser is sent to the flow's page; it gets the cookie
     only from the callback whose transition kept its hash, so a repeat changes nothing for anybody."""
     if flow.ui is BrowserUI.REDIRECT:
-        return back_to_caller(flow, status)
+        return back_to_caller(shim, flow, status, accepted)
     base = shim.settings.public_base_url
     response = RedirectResponse(f"{base}/connect/{flow.flow_id}", status_code=303)
     if key is not None:
@@ -263,15 +264,12 @@ def _expired() -> ApiError:
     return ApiError(410, "flow_expired", "the flow has expired")
 
 
-def back_to_caller(flow: Flow, status: str) -> Response:
-    """A 303 to the flow's own return_url with flow_id and status added; a small page when it has none."""
+def back_to_caller(shim: Deps, flow: Flow, status: str, accepted: str | None) -> Response:
+    """A 303 to the flow's own return_url with flow_id and status added; without one, a small page in the
+    flow's language (its locale, else the browser's `accepted` languages) saying the window can close."""
     if flow.return_url:
         return RedirectResponse(
             return_url_with(flow.return_url, flow.flow_id, status, flow.caller_state), status_code=303
         )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>oktopost-connect</title></head>"
-        f"<body><p>{escape(_PAGES[status])}</p><p>Reference: <code>{escape(flow.flow_id)}</code></p>"
-        "</body></html>"
-    )
-    return HTMLResponse(page, status_code=200)
+    language = languages.choose(flow.locale or None, accepted)
+    return pages.status_page(shim.settings, flow, denied=status == "denied", language=language)

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 from api_shim.languages import LANGUAGES
 from tests.support.browsers import VIEWPORT
+from tests.support.flows import consent
 from tests.support.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
 from worker.flows.flow import Flow, Lifetimes
 from worker.flows.store import FlowStore
@@ -161,6 +163,16 @@ def test_every_page_state_passes_axe_in_every_language_and_scheme(
     browsing.consent(denied, decision="Deny")
     browsing.shown("failed")
     auditor.audit("denied", opens(f"{shim}/connect/{denied['flow_id']}", "failed"))
+
+    # a redirect flow without return_url: its callback answers with a small page of its own
+    redirected = httpx.post(
+        f"{shim}/v1/authorizations",
+        json={"network": "YouTube", "ui": "redirect"},
+        headers=stack.pipeline.headers,
+        timeout=15,
+    )
+    assert redirected.status_code == 201, redirected.text
+    auditor.audit("redirect flow's page", opens(consent(redirected.json()["redirect_url"]), "verifying"))
 
     auditor.audit("404", opens(f"{shim}/connect/{secrets.token_hex(20)}"))
     profile.clear_cookies()

@@ -35,8 +35,35 @@ async def test_a_flow_without_return_url_shows_a_page_instead(shim: Shim) -> Non
     assert answer.status_code == 200
     assert "location" not in answer.headers
     assert answer.headers["content-type"].startswith("text/html")
-    assert "being connected" in answer.text
-    assert flow.flow_id in answer.text
+    assert '<html lang="en">' in answer.text
+    assert '<main data-status="verifying">' in answer.text
+    assert "is confirming with Facebook that you granted access" in answer.text
+    assert "You can close this window." in answer.text
+    assert f"Reference: {flow.flow_id}" in answer.text
+    assert shim.flow(flow.flow_id).state is FlowState.VERIFYING
+
+
+@pytest.mark.parametrize(
+    ("okt", "status", "says"),
+    [
+        (TOKEN, "verifying", "lässt sich von Facebook bestätigen"),
+        (None, "failed", "Sie haben den Zugriff abgelehnt"),
+    ],
+)
+async def test_that_page_speaks_the_browsers_language(
+    shim: Shim, okt: str | None, status: str, says: str
+) -> None:
+    flow = shim.new_flow(return_url=None, ui=BrowserUI.REDIRECT)
+    answer = await shim.http.get(
+        f"/v1/callback/{flow.flow_id}",
+        params={"okt": okt} if okt else {},
+        headers={"accept-language": "de-DE,de;q=0.9,en;q=0.5"},
+    )
+    assert answer.status_code == 200
+    assert '<html lang="de">' in answer.text
+    assert f'<main data-status="{status}">' in answer.text
+    assert says in answer.text
+    assert "Sie können dieses Fenster schließen." in answer.text
 
 
 async def test_a_repeated_callback_is_answered_alike_and_enqueues_once(shim: Shim) -> None:
