@@ -37,6 +37,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     410: "gone",
     413: "payload_too_large",
@@ -70,6 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        if any(problem.get("type") == "json_invalid" for problem in error.errors()):
+            return error_response(400, "bad_request", "the body is not valid JSON")
         return error_response(422, "invalid_request", _describe_validation(error))
 
     @app.exception_handler(StarletteHTTPException)

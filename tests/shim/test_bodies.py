@@ -4,6 +4,7 @@ SHIM_BODY_TIMEOUT_SECONDS, and the hosted page's form checks the cookie before i
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -30,13 +31,16 @@ class DrippingBody:
 
 
 async def _call(shim: Shim, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
-    """The app called straight with a body of 60000 announced bytes that never comes whole."""
+    """The app called straight with a body of 60000 announced bytes that never comes whole: the answer's
+    status, and its headers with `asked` (the body's bytes read) and `body` (the answer's) added."""
     answer: dict[str, Any] = {}
 
     async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             answer["status"] = message["status"]
             answer["headers"] = {k.decode().lower(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
 
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     scope = {
@@ -55,7 +59,10 @@ async def _call(shim: Shim, method: str, path: str, headers: dict[str, str]) -> 
     body = DrippingBody()
     await asyncio.wait_for(shim.app(scope, body, send), 10)
     answer["asked"] = str(body.asked)
-    return answer["status"], answer["headers"] | {"asked": answer["asked"]}
+    return answer["status"], answer["headers"] | {
+        "asked": answer["asked"],
+        "body": answer.get("body", b"").decode(),
+    }
 
 
 async def test_a_body_on_a_caller_route_without_a_key_is_refused_before_it_is_read(shim: Shim) -> None:
@@ -73,6 +80,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
         took = time.monotonic() - started
     assert status == 408
     assert headers["connection"] == "close"
+    assert json.loads(headers["body"])["error"]["code"] == "request_timeout"
     assert 0.4 < took < 2.0
 
 

@@ -152,9 +152,10 @@ async def test_a_body_that_is_not_json_is_a_400_on_every_json_route(shim: Shim) 
             continue
         url = path.replace("{flow_id}", flow.flow_id).replace("{endpoint_id}", "0")
         headers = {**CALLER, "content-type": "application/json"}
-        answer = await shim.http.request(method, url, content=b"\xff{not json", headers=headers)
-        assert answer.status_code == 400, (method, path, answer.text)
-        assert answer.json()["error"]["code"] == "bad_request"
+        for body in (b"\xff{not json", b"{not json", b"nope", b'{"ids": [1,'):
+            answer = await shim.http.request(method, url, content=body, headers=headers)
+            assert answer.status_code == 400, (method, path, body, answer.text)
+            assert answer.json()["error"]["code"] == "bad_request"
 
 
 async def test_a_replay_since_a_number_is_refused_as_the_description_says(shim: Shim) -> None:
