@@ -85,14 +85,11 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
     tokens = request.query_params.getlist("okt")
     if len(tokens) > 1:
         raise ApiError(400, "invalid_callback", "more than one okt parameter")
+    if tokens and not rules.well_formed(tokens[0]):  # bad input is told as such, whatever the flow
+        raise ApiError(400, "invalid_callback", "okt is not a well-formed token")
     # the first callback of a process reads the flow first: building its task's message reads the task
     # events' channel off the broker once, which would wait as long as a stalled Redis does
-    if (
-        len(tokens) == 1
-        and rules.well_formed(tokens[0])
-        and is_flow_id(flow_id)
-        and shim.enqueuer.prepares_without_redis
-    ):
+    if len(tokens) == 1 and is_flow_id(flow_id) and shim.enqueuer.prepares_without_redis:
         response = _claim_on_read(shim, flow_id, request, tokens[0])
     else:
         response = _answer(shim, shim.load_flow(flow_id), request, tokens)

@@ -170,6 +170,16 @@ async def test_a_malformed_callback_is_400_and_changes_nothing(shim: Shim, query
     assert shim.enqueuer.enqueued == []
 
 
+@pytest.mark.parametrize("flow_id", ["0" * 40, "not-a-flow-id"])
+async def test_a_malformed_token_is_400_whatever_the_flow(shim: Shim, flow_id: str) -> None:
+    """The token's shape is checked before the flow is looked up: bad input is said to be bad input."""
+    answer = await shim.http.get(f"/v1/callback/{flow_id}?okt=has+spaces+in+it")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_callback"
+    unknown = await shim.http.get(f"/v1/callback/{flow_id}", params={"okt": TOKEN})
+    assert unknown.status_code == 404
+
+
 async def test_the_callback_needs_no_bearer_key(shim: Shim) -> None:
     flow = shim.new_flow()
     answer = await shim.http.get(
