@@ -21,7 +21,7 @@ from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import NoBudgetNow, UpstreamBudget
 from worker.upstream.clients import Upstreams
-from worker.upstream.parking import RAMP_WINDOW, Unparker
+from worker.upstream.parking import RAMP_PROBE_SECONDS, RAMP_WINDOW, Unparker
 from worker.upstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
@@ -360,6 +360,24 @@ def test_a_call_that_ends_during_a_ramp_releases_the_next_flow_at_once() -> None
     assert _released_now(unparker, enqueuer) == []
     unparker.call_ended()
     assert _released_now(unparker, enqueuer) == flow_ids[1:]
+
+
+def test_a_first_call_that_hangs_after_a_pause_holds_the_window_for_the_probe_only() -> None:
+    """A block still in force answers at once: a call that has not ended RAMP_PROBE_SECONDS after its grant
+    met none, and hanging (until its timeout) it no longer holds the account's parked flows back."""
+    context, _ = limited_context(limit=100, period=1.0)
+    budget = budget_of(context)
+    enqueuer = RecordingEnqueuer()
+    unparker = unparker_for(context, enqueuer)  # its released slots are held 2 s
+    flow_ids = claim(context, 3)
+    budget.account.pause(0.2)
+    assert [verify_flow(context, flow_id) for flow_id in flow_ids] == [TaskOutcome.PARKED] * 3
+    _wait_out_the_pause(budget)
+    assert _first_release(unparker, enqueuer) == flow_ids[:1]  # its task never ends its call
+    assert _released_now(unparker, enqueuer) == []  # the probe: one call first
+    time.sleep(RAMP_PROBE_SECONDS + 0.05)
+    assert _released_now(unparker, enqueuer) == flow_ids[1:2]  # the window opens past the hanging one
+    assert _released_now(unparker, enqueuer) == []  # and counts the one just released
 
 
 def test_a_released_flow_that_meets_a_new_pause_gives_its_slot_back() -> None:

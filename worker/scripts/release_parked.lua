@@ -32,8 +32,11 @@
 --       4 calls a day or "", 5 prefix of the day's counter, 6 seconds the queued task gets to start (its
 --       lease), 7 the least time left for a call (s), 8 "" or the Celery broker list, 9 lead (s),
 --       10 calls that must end after a pause before its ramp is over, 11 the ramp's window (calls in
---       flight), then per candidate (ARGV[12 + 5i ..]): flow id, the state its task works on, the task's
---       message, "" or its task-sent event's channel, the event
+--       flight), 12 seconds from now past which a call's latest end (its score) counts it as in flight
+--       for the ramp: a call granted longer ago than the ramp's probe was not refused by a block (a block
+--       answers at once), so a call that hangs does not hold the window, then per candidate
+--       (ARGV[13 + 5i ..]): flow id, the state its task works on, the task's message, "" or its
+--       task-sent event's channel, the event
 -- Returns {flow ids released, "1" when room is left for more parked flows than were given else "0",
 --          seconds until the account is next due, or "-1" when nothing is parked any more,
 --          {flow id, "blocked" | "late", ...}: the flows no slot can come for before their deadline,
@@ -75,7 +78,7 @@ if paused_until > now then
 end
 -- the most flows released now while a ramp lasts (nil: no ramp): the window (one until a call has
 -- ended since the pause) less the calls in flight (granted or reserved: scored by their latest end,
--- after now)
+-- after now) that were granted within the ramp's probe (ARGV[12])
 local cap = nil
 local ramp_from = tonumber(redis.call("GET", KEYS[8]) or "0")
 if ramp_from > 0 then
@@ -83,7 +86,7 @@ if ramp_from > 0 then
   if ended >= tonumber(ARGV[10]) then
     redis.call("DEL", KEYS[8])
   else
-    cap = math.min(tonumber(ARGV[11]), 1 + ended) - redis.call("ZCOUNT", window, "(" .. now, "+inf")
+    cap = math.min(tonumber(ARGV[11]), 1 + ended) - redis.call("ZCOUNT", window, "(" .. (now + tonumber(ARGV[12])), "+inf")
   end
 end
 local day = math.floor(now / 86400)
@@ -109,7 +112,7 @@ end
 local released = {}
 local stopped, waiting_ahead = false, false
 for i = 1, #KEYS - 8 do
-  local base = 12 + (i - 1) * 5
+  local base = 13 + (i - 1) * 5
   local flow_id, state = ARGV[base], ARGV[base + 1]
   local flow = KEYS[8 + i]
   local deadline = redis.call("ZSCORE", parked, flow_id)

@@ -186,6 +186,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             budgets.get,
             hold=RELEASED_START_SECONDS + policy.max_attempt_seconds + 1,
             least_seconds=policy.min_attempt_seconds,
+            call_seconds=policy.max_attempt_seconds + 1,  # a flow's first ask's hold (work._first_ask)
         )
         _unparker.start()
         _checks = CheckLoop(

@@ -16,7 +16,7 @@ callbacks of it are queued, not parked.
 
 After a pause (a 429), the account's flows go out through a window: one call first, then RAMP_WINDOW
 calls in flight, the next as soon as one ends here, so a new 429 meets a call or two, not every parked
-flow.
+flow. A call counts against the window for RAMP_PROBE_SECONDS only: one that hangs holds nothing back.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ RAMP_CALLS = 32
 # 429 can meet. One leaves the worker idle while each released task starts (a few milliseconds); more than
 # two went out no faster in the faults bench, and each more wastes a task run at every new 429.
 RAMP_WINDOW = 2
+# A call in flight counts against the ramp's window for this long after its grant: a block still in force
+# answers a call at once (a 429), so one not answered by then met none, and a call that hangs (until
+# OKTOPOST_TIMEOUT_SECONDS) does not hold the account's parked flows back.
+RAMP_PROBE_SECONDS = 1.0
 
 
 class TaskQueue(Protocol):
@@ -72,7 +76,8 @@ class TaskQueue(Protocol):
 class Unparker(BackgroundThreads):
     """`budgets` gives an account's budget by the name of its parked set (None for an account this process
     does not know);
-    `hold`: how long a reserved slot is held, for the task's start and its call."""
+    `hold`: how long a reserved slot is held, for the task's start and its call;
+    `call_seconds`: how long a call under way is held (its ask's hold; `hold` when not given)."""
 
     def __init__(
         self,
@@ -81,12 +86,15 @@ class Unparker(BackgroundThreads):
         budgets: Callable[[str], UpstreamBudget | None],
         hold: float,
         least_seconds: float,
+        call_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.enqueuer = enqueuer
         self.budgets = budgets
         self.hold = hold
         self.least_seconds = least_seconds
+        # a call whose latest end lies further from now than this was granted within the ramp's probe
+        self.counted_after = max(0.0, (hold if call_seconds is None else call_seconds) - RAMP_PROBE_SECONDS)
         self._release = scripts.register(store.redis, "release_parked")
         self._drop = scripts.register(store.redis, "parked_drop")
         # accounts whose last release a ramp held back until calls in flight end (their parked sets), and
@@ -162,7 +170,8 @@ class Unparker(BackgroundThreads):
             pipe.zcount(account.budget_window, f"({now - budget.period + lead}", "+inf")
             pipe.zrange(account.parked_flows, 0, BATCH - 1)
             pipe.get(account.resume_ramp)
-            pipe.zcount(account.budget_window, f"({now}", "+inf")  # in flight, for a ramp
+            # in flight, for a ramp: granted within its probe
+            pipe.zcount(account.budget_window, f"({now + self.counted_after}", "+inf")
             in_window, parked, ramp_from, in_flight = pipe.execute()
         # while a ramp lasts, about as many as the script will release: no message for one it holds back
         ramp_room = BATCH if ramp_from is None else max(0, RAMP_WINDOW - int(in_flight))
@@ -186,7 +195,7 @@ class Unparker(BackgroundThreads):
         args: list[str | float] = [budget.limit, budget.period, self.hold]
         args += ["" if budget.account.daily_limit is None else budget.account.daily_limit]
         args += [account.daily_calls_prefix, store.lifetimes.queued_lease, self.least_seconds, broker]
-        args += [lead, RAMP_CALLS, RAMP_WINDOW]
+        args += [lead, RAMP_CALLS, RAMP_WINDOW, self.counted_after]
         for flow_id, state, prepared in work:
             message = (prepared.message, prepared.event_channel, prepared.event) if prepared else ("",) * 3
             args += [flow_id, state.value, *message]
