@@ -188,7 +188,6 @@ def status_page(settings: Settings, flow: Flow, *, denied: bool, language: str) 
     )
     context = _common(settings, flow, language) | {
         "status": (FlowState.FAILED if denied else FlowState.VERIFYING).value,
-        "events_url": None,  # the page's script has nothing to follow: the caller's own UI tells the rest
         "sentence": say(sentence),
     }
     return _render("status.html", context, say(heading), 200)

@@ -100,10 +100,10 @@ def callback(flow_id: str, request: Request, shim: ShimDeps) -> Response:
 def _answer(shim: Deps, flow: Flow, request: Request, tokens: list[str]) -> Response:
     """The callback on a flow as read: a confirmation page, a claim, or a denial."""
     error = request.query_params.get("error")
-    if _needs_confirmation(shim, flow, request, tokens):
-        language = languages.choose(flow.locale or None, request.headers.get("accept-language"))
-        return _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
     accepted = request.headers.get("accept-language")
+    if _needs_confirmation(shim, flow, request, tokens):
+        language = languages.choose(flow.locale or None, accepted)
+        return _confirmation(shim, flow, tokens[0] if tokens else None, error, language)
     if tokens:
         return _claim(shim, flow, tokens[0], accepted)
     return _deny(shim, flow, error, accepted)

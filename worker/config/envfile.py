@@ -5,7 +5,7 @@ Read at a process's start (the command line, and `get_settings` for `celery -A w
 (the environment wins, as it does over docker compose's `env_file`). So the settings, the OpenTelemetry
 SDK's `OTEL_*` and the processes `oktopost-connect up` starts all see the same values. Comments, blank
 lines, `export KEY=VALUE` and quoted values are read as docker compose reads them; `${VAR}` is left as
-written. A line that is no setting stops start-up with one line naming it (`ConfigError`).
+written. A line that is no setting stops start-up with one line naming it (`EnvFileError`).
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ if ramp_from > 0 then
   if ended >= tonumber(ARGV[10]) then
     redis.call("DEL", KEYS[8])
   else
-    cap = math.min(tonumber(ARGV[11]), 1 + ended) - redis.call("ZCOUNT", window, "(" .. (now + tonumber(ARGV[12])), "+inf")
+    local in_flight = redis.call("ZCOUNT", window, "(" .. (now + tonumber(ARGV[12])), "+inf")
+    cap = math.min(tonumber(ARGV[11]), 1 + ended) - in_flight
   end
 end
 local day = math.floor(now / 86400)
