@@ -78,9 +78,10 @@ def opens(url: str, status: str | None = None) -> Callable[[Page, str], None]:
     def show(page: Page, language: str) -> None:
         if page.url == url:
             answer = page.context.request.get(url, headers={"Accept-Language": language})
-            page.set_content(answer.text(), wait_until="domcontentloaded")
+            # "load": the stylesheets too, or the scheme's colours may be read before they apply
+            page.set_content(answer.text(), wait_until="load")
         else:
-            page.goto(url, wait_until="domcontentloaded")
+            page.goto(url, wait_until="load")
         if status is not None:
             page.locator(f'main[data-status="{status}"]').wait_for(timeout=STEP_TIMEOUT_MS)
 
