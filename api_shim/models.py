@@ -211,10 +211,18 @@ class WebhookSecret(BaseModel):
     )
 
 
+def _written_out(value: object) -> object:
+    """A time as the description says, not a number that pydantic would read as seconds since 1970."""
+    if not isinstance(value, str):
+        raise ValueError("an ISO 8601 time with its offset is expected")
+    datetime.fromisoformat(value)  # a ValueError for what is not one ("0" is, to pydantic)
+    return value
+
+
 class EnableRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    replay_since: AwareDatetime | None = Field(
+    replay_since: Annotated[AwareDatetime, BeforeValidator(_written_out)] | None = Field(
         default=None,
         description="send again what the tenant's events index holds since then (ISO 8601 with offset)",
     )
@@ -255,14 +263,6 @@ class DeliveryStatus(BaseModel):
 class DeliveryList(BaseModel):
     deliveries: list[DeliveryStatus]
     next_cursor: str | None = Field(default=None, description="the next page's cursor; null: the last page")
-
-
-def _written_out(value: object) -> object:
-    """A time as the description says, not a number that pydantic would read as seconds since 1970."""
-    if not isinstance(value, str):
-        raise ValueError("an ISO 8601 time with its offset is expected")
-    datetime.fromisoformat(value)  # a ValueError for what is not one ("0" is, to pydantic)
-    return value
 
 
 class ReplayRequest(BaseModel):

@@ -94,11 +94,18 @@ async def rotate_secret(endpoint_id: str, shim: ShimDeps, tenant: CallerTenant) 
     return WebhookSecret(secret=secret)
 
 
-@router.post("/v1/webhooks/{endpoint_id}/enable", responses=errors(404))
+@router.post(
+    "/v1/webhooks/{endpoint_id}/enable",
+    responses=errors(
+        404, 422, 429, meanings={429: "with replay_since: ten replays per tenant a minute, as /replay"}
+    ),
+)
 async def enable_webhook(
     endpoint_id: str, shim: ShimDeps, tenant: CallerTenant, body: EnableRequest | None = None
 ) -> WebhookEnabled:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
+    if body is not None and body.replay_since is not None:  # a replay as /replay makes: its turn first
+        await _replay_turn(shim, tenant)
     if not await run_in_threadpool(shim.webhooks.enable, endpoint):
         raise ApiError(404, "webhook_not_found", "no such webhook")
     enabled = await _endpoint(shim, endpoint_id, tenant)
@@ -168,16 +175,21 @@ async def list_deliveries(
 )
 async def replay(endpoint_id: str, body: ReplayRequest, shim: ShimDeps, tenant: CallerTenant) -> ReplayQueued:
     endpoint = await _endpoint(shim, endpoint_id, tenant)
+    await _replay_turn(shim, tenant)
+    replayed = await run_in_threadpool(
+        shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
+    )
+    return ReplayQueued(**_replayed(replayed))
+
+
+async def _replay_turn(shim: Deps, tenant: str) -> None:
+    """A replay's turn among the tenant's (REPLAYS_PER_WINDOW a window): 429 when none is left."""
     turn = await run_in_threadpool(
         shim.webhooks.replay_turn, tenant, REPLAY_EVERY_SECONDS, REPLAYS_PER_WINDOW
     )
     if turn:
         message = f"{REPLAYS_PER_WINDOW} replays per tenant every {REPLAY_EVERY_SECONDS} seconds"
         raise ApiError(429, "replay_too_soon", message, {"Retry-After": str(math.ceil(turn))})
-    replayed = await run_in_threadpool(
-        shim.webhooks.replay, endpoint, body.since.timestamp(), shim.enqueuer.enqueue_delivery
-    )
-    return ReplayQueued(**_replayed(replayed))
 
 
 def _replayed(replayed: Replayed) -> dict[str, Any]:

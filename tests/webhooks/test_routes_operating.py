@@ -164,3 +164,32 @@ async def test_a_replay_queues_a_window_of_events_and_its_answer_says_where_the_
         )
         assert enabled.json()["queued"] == 2
         assert enabled.json()["next_since"] == next_since
+
+
+async def test_enable_takes_replay_since_only_as_a_written_time_and_counts_it_among_the_replays(
+    shim: Shim,
+) -> None:
+    created = await _create(shim)
+    endpoint = webhooks_of(shim).endpoint(str(created["id"]))
+    assert endpoint is not None
+    url = f"/v1/webhooks/{created['id']}/enable"
+    webhooks_of(shim).disable(endpoint, time.time() - 10)
+    for since in (5, 1764000000.5, "0", "yesterday"):  # a number is not read as seconds since 1970
+        answer = await shim.http.post(url, json={"replay_since": since}, headers=CALLER)
+        assert answer.status_code == 422, (since, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_request"
+    (listed,) = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
+    assert listed["status"] == "disabled"  # a refused request enabled nothing
+    replay = f"/v1/webhooks/{created['id']}/replay"
+    for _ in range(10):
+        replayed = await shim.http.post(replay, json={"since": "2026-01-01T00:00:00Z"}, headers=CALLER)
+        assert replayed.status_code == 202
+    refused = await shim.http.post(url, json={"replay_since": "2026-01-01T00:00:00Z"}, headers=CALLER)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "replay_too_soon"
+    assert 55 <= int(refused.headers["retry-after"]) <= 60
+    (listed,) = (await shim.http.get("/v1/webhooks", headers=CALLER)).json()["webhooks"]
+    assert listed["status"] == "disabled"  # refused whole: not enabled without its replay
+    plain = await shim.http.post(url, headers=CALLER)  # no replay asked: no turn needed
+    assert plain.status_code == 200
+    assert plain.json()["status"] == "enabled"
