@@ -31,9 +31,15 @@ def test_an_entry_that_is_not_an_event_is_passed_over_with_its_batch_not_read_fo
     time.sleep(0.002)
     stream = dispatcher.names.all_events_stream
     event = {"id": "evt_1", "type": "connection.completed", "flow_id": "f", "tenant": "default"}
+    unordered = {**event, "id": "evt_0", "seq": "a"}  # a flow's event without a place in its order
     entries = [
         client.xadd(stream, {"event": body}).decode()
-        for body in (b"{not json", json.dumps([1]).encode(), json.dumps(event).encode())
+        for body in (
+            b"{not json",
+            json.dumps([1]).encode(),
+            json.dumps(unordered).encode(),
+            json.dumps(event).encode(),
+        )
     ]
     batch = [StreamedEvent(entry, client.xrange(stream, entry, entry)[0][1][b"event"]) for entry in entries]
     assert dispatcher.dispatch(batch) == entries  # all of them handled: the cursor moves past them
@@ -47,6 +53,7 @@ def test_a_replay_skips_an_entry_that_is_not_an_event() -> None:
     event = {"id": "evt_1", "type": "connection.completed", "flow_id": "f", "tenant": "default"}
     index = dispatcher.names.tenant_event_index("default")
     client.xadd(index, {"event": b"{not json"})
+    client.xadd(index, {"event": json.dumps({**event, "id": "evt_0", "seq": [2]})})
     client.xadd(index, {"event": json.dumps(event)})
     queued: list[str] = []
     assert store.replay(endpoint, 0, queued.append) == Replayed(1)

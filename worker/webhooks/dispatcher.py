@@ -40,7 +40,7 @@ from worker.follow.consume import StreamedEvent
 from worker.keys import RedisNames
 from worker.replies import text
 from worker.threads import BackgroundThreads
-from worker.webhooks.endpoints import Endpoint, PendingLimitReached, WebhookStore
+from worker.webhooks.endpoints import Endpoint, PendingLimitReached, WebhookStore, deliverable
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _event_of(streamed: StreamedEvent) -> dict[str, object] | None:
         event = streamed.event
     except (ValueError, UnicodeDecodeError):
         event = None
-    if not isinstance(event, dict) or "id" not in event:
+    if not deliverable(event):
         log.warning("entry %s of the all-flows stream is not an event: skipped", streamed.entry_id)
         return None
     return event

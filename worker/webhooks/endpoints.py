@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import redis
 from prometheus_client.core import GaugeMetricFamily
@@ -792,7 +792,21 @@ def _event(body: bytes | str | None) -> dict[str, Any] | None:
         event = json.loads(body) if body is not None else None
     except ValueError:
         return None
-    return event if isinstance(event, dict) and "id" in event else None
+    return event if deliverable(event) else None
+
+
+def deliverable(event: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a stream entry's JSON is an event a delivery can be made of: an object with an id, whose
+    `seq`, when it is a flow's, is a whole number (its place in the flow's order at each endpoint)."""
+    if not isinstance(event, dict) or "id" not in event:
+        return False
+    if not event.get("flow_id"):
+        return True
+    try:
+        int(event.get("seq") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _moment(entry_id: bytes | str) -> float:
