@@ -138,13 +138,27 @@ def test_a_deleted_endpoint_fails_its_deliveries_at_once(setup: Setup) -> None:
 
 def test_one_tenant_cannot_take_every_slot() -> None:
     slots = Slots(total=3, per_tenant=2)
-    assert slots.take("a")
-    assert slots.take("a")
-    assert not slots.take("a")
-    assert slots.take("b")
-    assert not slots.take("c")
-    slots.give_back("a")
-    assert slots.take("c")
+    assert slots.take("a", "wh_a1")
+    assert slots.take("a", "wh_a2")
+    assert not slots.take("a", "wh_a3")
+    assert slots.take("b", "wh_b1")
+    assert not slots.take("c", "wh_c1")
+    slots.give_back("a", "wh_a1")
+    assert slots.take("c", "wh_c1")
+
+
+def test_one_endpoint_cannot_take_every_slot_of_its_tenant() -> None:
+    slots = Slots(total=4, per_tenant=3)  # a worker of 8 threads serving flows and deliveries
+    assert slots.take("a", "wh_slow")
+    assert slots.take("a", "wh_slow")
+    assert not slots.take("a", "wh_slow")  # the tenant's third slot stays for its other endpoints
+    assert slots.take("a", "wh_fast")
+    assert not slots.take("a", "wh_other")  # the tenant's three are taken
+    slots.give_back("a", "wh_slow")
+    assert slots.take("a", "wh_slow")  # one of its two given back: it may take one again
+    assert not slots.take("a", "wh_slow")
+    lone = Slots(total=1, per_tenant=1)
+    assert lone.take("a", "wh_only")  # a tenant of one slot: its endpoint may use it
 
 
 def test_a_webhook_secret_is_redacted_from_log_lines() -> None:

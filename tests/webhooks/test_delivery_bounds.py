@@ -77,7 +77,7 @@ def test_a_delivery_not_due_yet_answers_its_wait_even_when_every_slot_is_held(se
     delivery_id, _ = setup.delivery_of_new_event()
     assert setup.courier.attempt(delivery_id).outcome == "retry"  # next attempt in 5 s
     for holder in "abcd":  # hanging attempts hold every slot of this process
-        assert setup.courier.slots.take(holder)
+        assert setup.courier.slots.take(holder, f"wh_{holder}")
     later = setup.courier.attempt(delivery_id)
     assert later.outcome == "wait"  # not "deferred" and polled every second
     assert 4.0 < (later.again_in or 0) <= 5.0
@@ -86,7 +86,7 @@ def test_a_delivery_not_due_yet_answers_its_wait_even_when_every_slot_is_held(se
 def test_due_deliveries_without_a_slot_come_back_one_after_another_not_every_second(setup: Setup) -> None:
     ids = [new_delivery(setup, 200 + number) for number in range(40)]
     for holder in "abcd":  # hanging attempts hold every slot of this process
-        assert setup.courier.slots.take(holder)
+        assert setup.courier.slots.take(holder, f"wh_{holder}")
     waits = []
     for delivery_id in ids:
         answer = setup.courier.attempt(delivery_id)
@@ -107,14 +107,26 @@ def test_due_deliveries_without_a_slot_come_back_one_after_another_not_every_sec
 
 def test_one_tenant_holds_at_most_three_quarters_of_a_process_slots(setup: Setup) -> None:
     first, _ = setup.delivery_of_new_event()
-    for _ in range(3):  # three attempts of this tenant hang
-        assert setup.courier.slots.take("default")
+    for holder in "abc":  # three attempts of this tenant hang
+        assert setup.courier.slots.take("default", f"wh_{holder}")
     assert setup.courier.attempt(first).outcome == "deferred"
     other = setup.webhooks.create_endpoint("other-tenant", URL, [])
     event = {"id": "evt_other", "type": "connection.completed", "tenant": "other-tenant"}
     delivery_id = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
     assert delivery_id is not None
     assert setup.courier.attempt(delivery_id).outcome == "delivered"
+
+
+def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup: Setup) -> None:
+    slow = new_delivery(setup, 300)
+    for _ in range(2):  # two attempts to this endpoint hang in this process
+        assert setup.courier.slots.take("default", setup.endpoint.id)
+    assert setup.courier.attempt(slow).outcome == "deferred"  # the tenant's third slot is not its
+    other = setup.webhooks.create_endpoint("default", URL, [])
+    event = {"id": "evt_beside_the_slow_one", "type": "connection.completed"}
+    beside = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
+    assert beside is not None
+    assert setup.courier.attempt(beside).outcome == "delivered"
 
 
 def test_an_endpoint_gets_a_bounded_number_of_attempts_at_once_across_workers(setup: Setup) -> None:

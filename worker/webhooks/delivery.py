@@ -35,7 +35,7 @@ from standardwebhooks import Webhook
 
 from worker.observing.metrics import WorkerMetrics
 from worker.oktopost.deadline import bound_attempts, end_attempt, is_address, start_attempt
-from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore
+from worker.webhooks.endpoints import Attempt, NoAttempt, WebhookStore, endpoint_of
 from worker.webhooks.urls import RefusedUrl, Resolver, resolve, target_of
 
 log = logging.getLogger(__name__)
@@ -57,26 +57,39 @@ class AttemptResult:
 
 @dataclass
 class Slots:
-    """How many attempts this process sends at once, in all and for one tenant, so that slow or dead
-    endpoints hold neither the threads that serve flows nor the other tenants' deliveries."""
+    """How many attempts this process sends at once, in all, for one tenant and for one endpoint, so
+    that slow or dead endpoints hold neither the threads that serve flows, nor the other tenants'
+    deliveries, nor (one endpoint at a time) the other endpoints of their own tenant."""
 
     total: int
     per_tenant: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
+    _endpoints: Counter[str] = field(default_factory=Counter)
 
-    def take(self, tenant: str) -> bool:
+    @property
+    def per_endpoint(self) -> int:
+        """One endpoint leaves its tenant at least one slot, when the tenant has two or more."""
+        return max(1, self.per_tenant - 1)
+
+    def take(self, tenant: str, endpoint: str) -> bool:
         with self._lock:
-            if sum(self._busy.values()) >= self.total or self._busy[tenant] >= self.per_tenant:
+            if (
+                sum(self._busy.values()) >= self.total
+                or self._busy[tenant] >= self.per_tenant
+                or self._endpoints[endpoint] >= self.per_endpoint
+            ):
                 return False
             self._busy[tenant] += 1
+            self._endpoints[endpoint] += 1
             return True
 
-    def give_back(self, tenant: str) -> None:
+    def give_back(self, tenant: str, endpoint: str) -> None:
         with self._lock:
-            self._busy[tenant] -= 1
-            if self._busy[tenant] <= 0:
-                del self._busy[tenant]
+            for busy, name in ((self._busy, tenant), (self._endpoints, endpoint)):
+                busy[name] -= 1
+                if busy[name] <= 0:
+                    del busy[name]
 
 
 class Courier:
@@ -121,12 +134,13 @@ class Courier:
         due = self.store.due_in(delivery_id)
         if isinstance(due, NoAttempt):
             return _not_now(due)
-        if not self.slots.take(due.tenant):
+        endpoint = endpoint_of(delivery_id)
+        if not self.slots.take(due.tenant, endpoint):
             return self._defer(delivery_id)
         try:
             return self._attempt(delivery_id)
         finally:
-            self.slots.give_back(due.tenant)
+            self.slots.give_back(due.tenant, endpoint)
 
     def _defer(self, delivery_id: str) -> AttemptResult:
         """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""

@@ -46,6 +46,11 @@ def delivery_id_of(endpoint_id: str, event_id: str) -> str:
     return f"{endpoint_id}.{event_id}"
 
 
+def endpoint_of(delivery_id: str) -> str:
+    """The endpoint a delivery id names (endpoint ids hold no dot)."""
+    return delivery_id.partition(".")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     id: str
@@ -626,7 +631,7 @@ class WebhookStore:
         `endpoint_cap` attempts in flight (across every worker), its flow's earlier events to it are
         over and its rate allows; else why not now."""
         owner = secrets.token_hex(8)
-        endpoint_id = delivery_id.partition(".")[0]
+        endpoint_id = endpoint_of(delivery_id)
         result = self._begin(
             keys=[
                 self.names.webhook_delivery(delivery_id),
@@ -697,7 +702,7 @@ class WebhookStore:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
         (webhook_wait_turn.lua): seconds until it comes, or None when another task of the delivery
         holds a turn already (this one is a copy)."""
-        endpoint_id = delivery_id.partition(".")[0]
+        endpoint_id = endpoint_of(delivery_id)
         seconds, given = self._wait_turn(
             keys=[self.names.webhook_waiting(endpoint_id), self.names.webhook_due],
             args=[delivery_id, spacing, lease, TURN_TOLERANCE_SECONDS],
