@@ -141,3 +141,31 @@ def test_a_check_waits_behind_a_waiting_flow_and_within_its_share() -> None:
     assert setup.checker.check(setup.upstream) is CheckOutcome.OK
     assert setup.calls == ["GET /v2/credential"]
     assert int(setup.redis.zcard(names.budget_window)) == 1  # counted in the account's window like any call
+
+
+@pytest.mark.parametrize(("limit", "share"), [(10, 1.0), (1, 0.1), (2, 0.5)])
+def test_a_check_is_granted_when_its_share_is_the_whole_rate_or_the_rate_one_call(
+    limit: int, share: float
+) -> None:
+    setup = Setup(listing(credential("005-1", "valid")), limit=limit)
+    setup.connect("005-1")
+    setup.checker.settings = CheckSettings(period=0.01, share=share)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("worker.connections.checks.GIVE_UP_SECONDS", 2.0)
+        assert setup.checker.check(setup.upstream) is CheckOutcome.OK
+    assert setup.calls == ["GET /v2/credential"]
+
+
+def test_an_account_of_one_call_a_period_is_checked_only_while_no_flow_holds_that_call() -> None:
+    setup = Setup(listing(credential("006-1", "valid")), limit=1)
+    setup.connect("006-1")
+    window = NAMES.account(ACCOUNT).budget_window
+    setup.redis.zadd(window, {"a-flow-call": time.time() + 3600})  # a flow's call in flight
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("worker.connections.checks.GIVE_UP_SECONDS", 0.3)
+        assert setup.checker.check(setup.upstream) is CheckOutcome.FAILED
+    assert setup.calls == []
+    setup.redis.delete(window)
+    time.sleep(0.02)  # the next check is due
+    assert setup.checker.check(setup.upstream) is CheckOutcome.OK
+    assert setup.calls == ["GET /v2/credential"]

@@ -45,9 +45,10 @@ if redis.call("ZCARD", checks) >= cap then
   local oldest = redis.call("ZRANGE", checks, 0, 0, "WITHSCORES")
   return {"wait", tostring(math.max(0.01, tonumber(oldest[2]) + span - now))}
 end
--- the window keeps room for the flows: a check takes a slot only while `cap` more would still fit
+-- the window keeps room for the flows: a check takes a slot only while `cap` more would still fit (when
+-- the checks' share is the whole rate, or the rate one call a period: while the window is empty)
 redis.call("ZREMRANGEBYSCORE", window, "-inf", now - period)
-if redis.call("ZCARD", window) + cap >= limit then
+if redis.call("ZCARD", window) + math.min(cap, limit - 1) >= limit then
   local oldest = redis.call("ZRANGE", window, 0, 0, "WITHSCORES")
   local frees = oldest[2] and math.min(tonumber(oldest[2]), now) + period - now or 0.05
   return {"wait", tostring(math.max(0.01, frees))}
