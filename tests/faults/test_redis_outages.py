@@ -4,6 +4,9 @@
   than a Redis that is down, where connections are refused at once: every command waits for an answer
   that does not come. The shim still answers within a couple of seconds, with a JSON 503, and /readyz
   fails; when Redis answers again the same processes carry on.
+- Redis turns into a replica for a while (REPLICAOF: a managed Redis demoting its primary, an operator's
+  slip): the worker's wait for tasks is cut off with "UNBLOCKED" and every write refused as read-only.
+  The worker reconnects rather than exiting, and flows called back once Redis is a primary again complete.
 - Redis restarts (AOF on) while flows are mid-verification: their upstream calls are in flight when it
   goes and answer while it is away, so the worker has outcomes it cannot record yet. The same worker
   process reconnects and the lease sweeper hands those flows to another attempt: every flow completes
@@ -19,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.support.fault_report import FaultReport
 from tests.support.ledger import NETWORKS, Ledger, epoch, sandbox_stats, start_stack
@@ -32,6 +36,7 @@ ANSWER_WITHIN_S = 2.0
 STALL_S = 3.0
 LATENCY_S = 1.0
 DOWN_S = 2.0
+DEMOTED_S = 3.0
 FLOWS = 6
 TOKEN_TTL = 20  # a lease of 4 s: a flow whose outcome was lost is taken up again 4 s after its call began
 
@@ -145,4 +150,37 @@ def test_flows_in_flight_when_redis_restarts_complete_once(
         ]
         assert all(connections.get(c["id"], 0) >= 1 for c in flow_events[-1]["data"]["credentials"])
     assert all(1 <= calls <= 2 for calls in connections.values()), connections
+    assert ledger.server_errors == 0
+
+
+def test_a_redis_demoted_to_a_replica_for_a_while_costs_no_process_and_flows_complete_after(
+    stack: tuple[Pipeline, Sandbox, RestartableRedis], fault_report: FaultReport
+) -> None:
+    pipeline, _, server = stack
+    processes = [pipeline.shim, *pipeline.workers]
+    ledger = Ledger(pipeline)
+    before = ledger.start()
+    client = redis.Redis.from_url(server.url)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a primary nobody can reach: read-only here
+    try:
+        time.sleep(DEMOTED_S)
+        alive_while_demoted = [process.popen.poll() is None for process in processes]
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.close()
+    ledger.callback(before)
+    after = ledger.start("Twitter")
+    ledger.callback(after)
+    events = ledger.outcomes([before, after], timeout=30)
+    tally = ledger.tally(events)
+    fault_report.record(
+        "2 redis restart", **tally.figures(), faults_injected=1, server_errors=ledger.server_errors
+    )
+    ledger.close()
+
+    assert all(alive_while_demoted), "a process exited while Redis was a replica"
+    assert all(process.popen.poll() is None for process in processes)
+    assert tally.lost == [], tally
+    assert tally.duplicated == [], tally
+    assert tally.by_outcome == {"connection.completed": 2}, tally.by_outcome
     assert ledger.server_errors == 0

@@ -1,6 +1,6 @@
-"""Three changes to kombu's Redis transport: a worker survives losing Redis while tasks are running, a
-publish reuses its channel's Redis client instead of building one, and a flow task's message is not
-copied into kombu's unacked hash.
+"""Four changes to kombu's Redis transport: a worker survives losing Redis while tasks are running, and a
+Redis that turns into a replica under its wait for tasks; a publish reuses its channel's Redis client
+instead of building one; and a flow task's message is not copied into kombu's unacked hash.
 
 1. Surviving a lost Redis.
 
@@ -13,7 +13,15 @@ is a connection error, which Celery's close ignores: the worker reconnects, the 
 unacked set until the visibility timeout restores them, and the lease sweeper takes up their flows long
 before that (worker/tasks/sweeper.py).
 
-The method is wrapped in place rather than through a transport of our own (`broker_transport`), which
+A Redis demoted under the consumer's BRPOP (REPLICAOF: a managed Redis's failover, an operator's
+mistake) answers it `UNBLOCKED ... (master -> replica?)`, a ResponseError that kombu passes up as it is:
+Celery took it for an unrecoverable error and the worker exited (with status 0, so a supervisor that
+restarts only on failure left it down). That answer, and a read-only or master-down refusal, now drop
+the connection and count as a connection error: the worker reconnects, and waits on whichever Redis it
+reaches, as after a restart (its first look for expired unacknowledged messages, a write, waits for the
+next while Redis is read-only).
+
+The methods are wrapped in place rather than through a transport of our own (`broker_transport`), which
 would name that class in the broker URL that Celery and Flower print and parse (Flower's /broker breaks).
 
 2. One client per channel. kombu's `conn_or_acquire()` builds a new `redis.Redis` around the channel's
@@ -68,6 +76,7 @@ def repair_redis_transport(versions: LibraryVersions | None = None) -> bool:
     if not versions.tested_or_warn(log, "kombu's Redis transport is left as it ships"):
         return False
     _fail_closed_connection_as_connection_error()
+    _fail_demoted_redis_as_connection_error()
     _reuse_one_client_per_channel()
     _track_flow_tasks_in_memory()
     return True
@@ -86,6 +95,52 @@ def _fail_closed_connection_as_connection_error() -> None:
 
     setattr(connparams, _REPAIRED, True)
     setattr(kombu_redis.Channel, "_connparams", connparams)  # noqa: B010 - mypy refuses assigning a method
+
+
+# what a Redis that stopped being a writable primary answers a BRPOP waiting on it (or a new command)
+_DEMOTED = ("UNBLOCKED", "MASTERDOWN")
+
+
+def _fail_demoted_redis_as_connection_error() -> None:
+    original: Callable[..., Any] = kombu_redis.Channel._brpop_read
+    if getattr(original, _REPAIRED, False):
+        return
+    # a write refused by a replica: the consumer reconnects (and tries again) as for a Redis away
+    transport = kombu_redis.Transport
+    if redis.ReadOnlyError not in transport.connection_errors:
+        transport.connection_errors = (*transport.connection_errors, redis.ReadOnlyError)
+
+    @functools.wraps(original)
+    def brpop_read(self: Any, **options: Any) -> Any:
+        try:
+            return original(self, **options)
+        except redis.ResponseError as error:
+            if isinstance(error, redis.ReadOnlyError) or not str(error).startswith(_DEMOTED):
+                raise
+            connection = getattr(self.client, "connection", None)
+            if connection is not None:
+                connection.disconnect()
+            raise redis.ConnectionError(
+                f"the broker's Redis is no longer a writable primary: {error}"
+            ) from None
+
+    setattr(brpop_read, _REPAIRED, True)
+    setattr(kombu_redis.Channel, "_brpop_read", brpop_read)  # noqa: B010
+
+    # the consumer's (re)connection gives back expired unacked messages first, under a lock it SETs: on a
+    # replica that waits for the next periodic look instead of failing the connection again and again
+    restore_visible: Callable[..., Any] = kombu_redis.QoS.restore_visible
+
+    @functools.wraps(restore_visible)
+    def restore_visible_(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return restore_visible(self, *args, **kwargs)
+        except redis.ReadOnlyError:
+            log.info("unacknowledged messages are given back later: the broker's Redis is read-only")
+            return None
+
+    setattr(restore_visible_, _REPAIRED, True)
+    setattr(kombu_redis.QoS, "restore_visible", restore_visible_)  # noqa: B010
 
 
 def _reuse_one_client_per_channel() -> None:
