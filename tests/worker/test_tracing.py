@@ -92,19 +92,34 @@ def test_the_traces_own_endpoint_alone_turns_traces_on() -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoint",
+    ("endpoint", "protocol"),
     [
-        "http://otel-collector:4318",
-        "https://collector.example/otlp",
-        "otel-collector:4317",
-        "http://[::1]:4317",
+        ("http://otel-collector:4318", "http/protobuf"),
+        ("https://collector.example/otlp", "http/protobuf"),
+        ("otel-collector:4317", "grpc"),
+        ("http://[::1]:4317", "grpc"),
     ],
 )
-def test_a_collector_is_given_as_the_exporters_take_it(endpoint: str) -> None:
+def test_a_collector_is_given_as_the_exporters_take_it(endpoint: str, protocol: str) -> None:
     settings = load_settings(
-        shim_api_keys="a-caller-key-long-enough-0123", otel_exporter_otlp_endpoint=endpoint
+        shim_api_keys="a-caller-key-long-enough-0123",
+        otel_exporter_otlp_endpoint=endpoint,
+        otel_exporter_otlp_protocol=protocol,
     )
     assert settings.otel_exporter_otlp_endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["not-a-url", "127.0.0.1:4318", "otel-collector:4318/v1/traces"])
+@pytest.mark.parametrize("setting", ["otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"])
+def test_a_collector_without_a_scheme_is_refused_over_http(endpoint: str, setting: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{setting.upper()}: http/protobuf needs a URL with its scheme"):
+        load_settings(shim_api_keys="a-caller-key-long-enough-0123", **{setting: endpoint})
+    grpc = load_settings(  # the traces' own protocol decides for them
+        shim_api_keys="a-caller-key-long-enough-0123",
+        otel_exporter_otlp_traces_protocol="grpc",
+        **{setting: endpoint},
+    )
+    assert getattr(grpc, setting) == endpoint
 
 
 def test_an_endpoint_without_the_otel_extra_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

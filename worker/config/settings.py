@@ -249,6 +249,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _collector_as_its_protocol_takes_it(self) -> Settings:
+        # grpc takes host:port; http/protobuf posts to a URL, and without its scheme every export fails
+        protocol = self.otel_exporter_otlp_traces_protocol or self.otel_exporter_otlp_protocol
+        for name in ("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
+            value = getattr(self, name)
+            if value and protocol == "http/protobuf" and "://" not in value:
+                raise ValueError(
+                    f"{name.upper()}: http/protobuf needs a URL with its scheme, such as"
+                    " http://otel-collector:4318 (host:port alone is for OTEL_EXPORTER_OTLP_PROTOCOL=grpc)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _sentinels_name_their_master(self) -> Settings:
         if self.redis_sentinels and not self.redis_sentinel_master:
             raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS")
