@@ -333,6 +333,42 @@ def test_a_collector_that_never_answers_slows_no_request_and_no_stop(redis_serve
         assert time.monotonic() - began < grace + 2
 
 
+def test_a_call_still_hanging_when_a_stopped_worker_exits_is_exported_as_stopped(
+    redis_server: RedisServer,
+) -> None:
+    grace = 1  # seconds: the worker exits this long after SIGTERM, its call still hanging
+    with OtlpReceiver() as receiver, contextlib.ExitStack() as started:
+        pipeline, sandbox = start_stack(
+            started,
+            redis_server.url,
+            workers=1,
+            otel_exporter_otlp_endpoint=receiver.url,
+            otel_bsp_schedule_delay=100,
+            worker_shutdown_grace_seconds=grace,
+        )
+        created = start(pipeline, "profile", None)
+        callback_url = consent(created["redirect_url"])
+        sandbox.set_faults(latency_ms=30_000)  # the verify call hangs past the grace period
+        calls = sandbox.stats()["v2_calls"]
+        assert callback(callback_url).status_code == 303
+        deadline = time.monotonic() + 10
+        while sandbox.stats()["v2_calls"] == calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sandbox.stats()["v2_calls"] > calls, "the verify call never went out"
+        (worker,) = pipeline.workers
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(grace + 5) == 0, worker.tail()
+        sandbox.set_faults(latency_ms=0)
+        (verify,) = named(
+            spans_of_flow(
+                receiver, created["flow_id"], "the stopped worker's verify call", "oktopost verify"
+            ),
+            "oktopost verify",
+        )
+    assert verify.service == "oktopost-connect-worker"
+    assert verify.attributes["error.type"] == "worker_stopped"
+
+
 def assert_no_secrets(spans: list[ReceivedSpan], token: str, cookie: str | None = None) -> None:
     basic = base64.b64encode(f"{OKTOPOST_ACCOUNT}:{OKTOPOST_KEY}".encode()).decode()
     secrets_ = {"okt token": token, "Oktopost key": OKTOPOST_KEY, "Basic auth": basic, "caller key": API_KEY}

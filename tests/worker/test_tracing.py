@@ -329,3 +329,24 @@ def test_a_parked_flow_the_unparker_releases_keeps_its_trace() -> None:
         time.sleep(0.01)
     (message,) = store.redis.lrange(queue, 0, -1)
     assert json.loads(message)["headers"]["traceparent"] == flows[1].traceparent
+
+
+def test_a_call_under_way_as_the_process_exits_is_ended_as_stopped(spans: InMemorySpanExporter) -> None:
+    answered = tracing.call_started("verify", "GET", "http://oktopost.invalid", "/v2/social-auth/t")
+    tracing.call_ended(answered, 200, None)
+    hanging = tracing.call_started("complete", "PUT", "http://oktopost.invalid", "/v2/social-auth/t")
+    assert [span.name for span in spans.get_finished_spans()] == ["oktopost verify"]
+
+    class Provider:  # what the exit hook shuts down once the open calls are ended
+        def shutdown(self) -> None:
+            pass
+
+    tracing._flush_at_exit(Provider(), within=1.0)
+    finished = spans.get_finished_spans()
+    assert [span.name for span in finished] == ["oktopost verify", "oktopost complete"]
+    assert finished[1].attributes is not None
+    assert finished[1].attributes["error.type"] == "worker_stopped"
+    assert finished[1].status.status_code.name == "ERROR"
+    assert hanging.end_time is not None
+    tracing.end_open_calls()  # nothing left: no span is ended twice
+    assert len(spans.get_finished_spans()) == 2

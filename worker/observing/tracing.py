@@ -38,6 +38,8 @@ EXIT_FLUSH_SECONDS = 1.0  # how long an exiting process waits for its last spans
 _lock = threading.Lock()
 _tracer: Any = None  # set by `start`: tracing is on in this process
 _propagator: Any = None
+_open_calls: set[Any] = set()  # the Oktopost calls' spans not ended yet (`call_started`)
+_provider: Any = None  # the SDK's TracerProvider, once `start` made it
 
 
 class Flow(Protocol):
@@ -69,7 +71,7 @@ def active() -> bool:
 def start(service: str) -> bool:
     """Sets tracing up in this process, once, when it is wanted; `service`: service.name unless
     OTEL_SERVICE_NAME gives one. True when tracing is on."""
-    global _tracer, _propagator
+    global _tracer, _propagator, _provider
     if not wanted():
         return False
     with _lock:
@@ -84,16 +86,25 @@ def start(service: str) -> bool:
             provider = TracerProvider(resource=Resource.create(named), shutdown_on_exit=False)
             provider.add_span_processor(BatchSpanProcessor(_exporter()))
             atexit.register(_flush_at_exit, provider)
+            _provider = provider
             trace.set_tracer_provider(provider)
             _propagator = TraceContextTextMapPropagator()
             _tracer = trace.get_tracer("oktopost-connect")
     return True
 
 
+def finish() -> None:
+    """For a process about to leave with `os._exit` (which runs no atexit hook): what `_flush_at_exit`
+    does at a normal exit, now. Nothing when tracing is off."""
+    if _provider is not None:
+        _flush_at_exit(_provider)
+
+
 def _flush_at_exit(provider: Any, within: float = EXIT_FLUSH_SECONDS) -> None:
     """The spans still queued are sent as the process exits, for `within` seconds at most: a collector
     that is away or slow (the SDK's own shutdown waits out the exporter's timeout and retries) must not
     hold a stopping worker or shim past its grace period. What is not sent by then is dropped."""
+    end_open_calls()
     stopping = threading.Thread(target=provider.shutdown, name="traces-flush", daemon=True)
     try:
         stopping.start()
@@ -204,7 +215,10 @@ def call_started(step: str, method: str, base_url: str, path: str) -> Any:
     flow_id = (getattr(_current_span(), "attributes", None) or {}).get("flow.id")
     if flow_id:
         attributes["flow.id"] = flow_id
-    return _tracer.start_span(f"oktopost {step}", kind=SpanKind.CLIENT, attributes=attributes)
+    span = _tracer.start_span(f"oktopost {step}", kind=SpanKind.CLIENT, attributes=attributes)
+    with _lock:
+        _open_calls.add(span)
+    return span
 
 
 def call_ended(span: Any, status_code: int | None, failure: BaseException | None) -> None:
@@ -213,6 +227,8 @@ def call_ended(span: Any, status_code: int | None, failure: BaseException | None
         return
     from opentelemetry.trace import Status, StatusCode
 
+    with _lock:
+        _open_calls.discard(span)
     if status_code is not None:
         span.set_attribute("http.response.status_code", status_code)
     if failure is not None or (status_code is not None and status_code >= 500):
@@ -220,6 +236,21 @@ def call_ended(span: Any, status_code: int | None, failure: BaseException | None
         span.set_attribute("error.type", kind)
         span.set_status(Status(StatusCode.ERROR))
     span.end()
+
+
+def end_open_calls() -> None:
+    """The Oktopost calls still under way as the process exits (a worker stopped past its grace period
+    while a call hung): their spans end now, as failed with `error.type` "worker_stopped", so that the
+    trace still shows the call was made."""
+    from opentelemetry.trace import Status, StatusCode
+
+    with _lock:
+        abandoned = list(_open_calls)
+        _open_calls.clear()
+    for span in abandoned:
+        span.set_attribute("error.type", "worker_stopped")
+        span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
 
 def _current_span() -> Any:

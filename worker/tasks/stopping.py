@@ -27,6 +27,7 @@ import threading
 import time
 
 from worker.flows.store import FlowStore
+from worker.observing import tracing
 from worker.tasks.leases import Held, LeaseKeeper
 from worker.tasks.sweeper import TaskQueue, take_up
 
@@ -112,6 +113,7 @@ class GracefulStop:
         self._all_handed_back.wait(self.grace + HAND_BACK_SECONDS)  # never exit before the hand-back
         threading.Event().wait(max(0.0, ends - time.monotonic()))
         log.warning("worker stopping: grace of %gs over, exiting", self.grace)
+        tracing.finish()  # the calls still hanging end as stopped; the last spans go (a second at most)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # threads still blocked in a call cannot be joined; their flows are already back
