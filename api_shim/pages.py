@@ -245,6 +245,7 @@ def _common(settings: Settings, flow: Flow, language: str) -> dict[str, Any]:
         "status": flow.state.value,
         "network": flow.network,
         "kind": kind,
+        "page_url": f"/connect/{flow.flow_id}",  # what the page's script fetches again, wherever it is shown
         "events_url": None if flow.state.terminal else f"/connect/{flow.flow_id}/events",
         "seq": flow.seq,
         "reconnection": flow.reconnects is not None,

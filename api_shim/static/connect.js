@@ -1,5 +1,7 @@
 // The hosted connect page keeps itself current: the flow's events arrive as server-sent events, and on
-// each change of stage the page's <main> is fetched again and put in place, without a reload. A finished
+// each change of stage the page's <main> is fetched again (from its own address, data-page: a form's
+// answer is shown at the form's) and put in place, without a reload. A page refused its event stream
+// (too many open on the flow) looks again every few seconds instead. A finished
 // page with somewhere to go back to goes there after a moment; in a popup (a "popup" flow, its opener
 // still there) it hands the result to the partner's page that opened it instead, then closes itself.
 "use strict";
@@ -10,7 +12,10 @@
     .concat(TERMINAL);
   var RESULT = "oktopost-connect:result";
   var CLOSE_AFTER_MS = 1000;  // the popup shows the outcome this long after handing it over
+  var POLL_MS = 3000;  // without its event stream, the page looks again this often (as its <noscript> does)
   var source = null;
+  var polling = null;
+  var page = window.location.pathname;
   var seen = 0;
   var followed = false;
 
@@ -18,6 +23,10 @@
     if (source) {
       source.close();
       source = null;
+    }
+    if (polling) {
+      window.clearInterval(polling);
+      polling = null;
     }
   }
 
@@ -70,7 +79,7 @@
   }
 
   function refresh() {
-    window.fetch(window.location.pathname, { credentials: "same-origin", cache: "no-store" })
+    window.fetch(page, { credentials: "same-origin", cache: "no-store" })
       .then(function (answer) { return answer.text(); })
       .then(show)
       .catch(function () { /* the next event, or the reconnection, tries again */ });
@@ -78,6 +87,13 @@
 
   function listen(url) {
     source = new window.EventSource(url);
+    source.onerror = function () {
+      // refused (a 429, a 403) or gone for good: the browser will not reconnect by itself
+      if (source && source.readyState === window.EventSource.CLOSED) {
+        source = null;
+        polling = window.setInterval(refresh, POLL_MS);
+      }
+    };
     TYPES.forEach(function (type) {
       source.addEventListener(type, function (message) {
         var terminal = TERMINAL.indexOf(type) >= 0;
@@ -94,6 +110,7 @@
   var main = document.querySelector("main");
   if (main) {
     seen = Number(main.getAttribute("data-seq")) || 0;
+    page = main.getAttribute("data-page") || page;
     if (main.hasAttribute("data-events") && window.EventSource) {
       listen(main.getAttribute("data-events"));
     }

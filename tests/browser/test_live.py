@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.journey import Browsing, HostedStack, start_hosted_stack
@@ -72,3 +73,27 @@ def test_expiry_while_the_page_is_open_is_shown_and_reported_to_the_partner(
 
     arrived = browsing.lands_at_partner(short_lived.partner)
     assert arrived == {"partner": ["acme"], "flow_id": [flow["flow_id"]], "status": ["expired"]}
+
+
+def test_a_page_refused_its_event_stream_still_follows_the_flow(
+    stack: HostedStack, browsing: Browsing
+) -> None:
+    flow = stack.start_flow("LinkedIn", "page")
+    browsing.consent(flow)
+    browsing.shown("awaiting_selection")  # this tab holds one of the flow's streams
+    events_url = f"{stack.shim_origin}/connect/{flow['flow_id']}/events"
+    cookies = {c["name"]: c["value"] for c in browsing.page.context.cookies(events_url)}
+    with ExitStack() as held, httpx.Client(cookies=cookies, timeout=10) as client:
+        for _ in range(4):  # the rest of the flow's five (SSE_MAX_PER_FLOW)
+            stream = held.enter_context(client.stream("GET", events_url))
+            assert stream.status_code == 200
+        late = Browsing(browsing.page.context.new_page())
+        with late.page.expect_response(lambda r: r.url == events_url) as refused:
+            late.page.goto(f"{stack.shim_origin}/connect/{flow['flow_id']}")
+        assert refused.value.status == 429
+        late.shown("awaiting_selection")
+        loaded = len(late.navigations)
+
+        assert stack.caller_selects(flow["flow_id"], browsing.offered_ids()[:1]).status_code == 202
+        late.shown("completed")  # it looked again by itself
+        assert len(late.navigations) == loaded, "without a reload"

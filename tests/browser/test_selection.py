@@ -85,6 +85,29 @@ def test_empty_selection_is_shown_again_with_a_message(stack: HostedStack, brows
     assert stack.flow(flow["flow_id"])["status"] == "awaiting_selection"
 
 
+def test_after_an_empty_selection_the_page_still_follows_the_flow(
+    stack: HostedStack, browsing: Browsing
+) -> None:
+    flow = stack.start_flow("YouTube", "page")
+    browsing.consent(flow)
+    browsing.shown("awaiting_selection")
+    offered = browsing.offered_ids()
+    page = browsing.page
+    with page.expect_response(is_selection_post) as answer:
+        page.get_by_role("button", name="Connect").click()
+    assert answer.value.status == 422
+    page.wait_for_load_state()
+    browsing.shown("awaiting_selection")  # shown at the form's address, /connect/{flow_id}/selection
+    loaded = len(browsing.navigations)
+
+    assert stack.caller_selects(flow["flow_id"], offered[:1]).status_code == 202
+    browsing.shown("completed")
+    assert len(browsing.navigations) == loaded, "the page moved on without a reload"
+    fetched = [request.url for request in browsing.requests if request.resource_type == "fetch"]
+    assert fetched
+    assert all(url.endswith(f"/connect/{flow['flow_id']}") for url in fetched), fetched
+
+
 def test_page_and_caller_selecting_at_once_one_wins_the_other_gets_409(
     stack: HostedStack, browsing: Browsing
 ) -> None:
