@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from api_shim import languages
 from api_shim.languages import N_
 from api_shim.security import return_url_with
-from worker.config.brand import Brand
+from worker.config.brand import Brand, tint_readable_on
 from worker.config.settings import Settings, origin_of
 from worker.config.tenants import DEFAULT_TENANT
 from worker.events import TERMINAL_TYPES
@@ -30,6 +30,7 @@ from worker.flows.flow import BrowserUI, Flow, FlowState
 STATIC_PATH = "/connect/static"
 BRAND_PATH = "/connect/brand"  # a tenant's stylesheet ({tenant}.css) and logo ({tenant}/logo)
 DEFAULT_ACCENT = "#1f5fd6"  # connect.css's own
+DARK_CARD = "#1b2029"  # connect.css's card in the dark scheme, behind the pages' links
 # what a partner's page loads from {PUBLIC_BASE_URL}/static/connect.js to open popup flows
 PARTNER_SCRIPT = (Path(__file__).parent / "partner" / "connect.js").read_bytes()
 _HERE = Path(__file__).parent
@@ -220,10 +221,15 @@ def not_found_page(settings: Settings, language: str) -> HTMLResponse:
 
 
 def brand_stylesheet(brand: Brand) -> str:
-    """The accent of a tenant's pages: its colour, and a darker shade of it for hover."""
+    """The accent of a tenant's pages, on buttons and links: its colour, a darker shade of it for hover,
+    and for links in the dark scheme the tint of it that is readable there."""
     color = brand.color or DEFAULT_ACCENT
     red, green, blue = (int(color[index : index + 2], 16) * 85 // 100 for index in (1, 3, 5))
-    return f":root {{ --accent: {color}; --accent-hover: #{red:02x}{green:02x}{blue:02x}; }}\n"
+    return (
+        f":root {{ --accent: {color}; --accent-hover: #{red:02x}{green:02x}{blue:02x}; --link: {color}; }}\n"
+        "@media (prefers-color-scheme: dark) {"
+        f" :root {{ --link: {tint_readable_on(color, DARK_CARD)}; }} }}\n"
+    )
 
 
 def _plain(settings: Settings, language: str, tenant: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 from api_shim.languages import LANGUAGES
+from api_shim.pages import DARK_CARD
 from tests.support.browsers import VIEWPORT
 from tests.support.flows import consent
-from tests.support.journey import STEP_TIMEOUT_MS, Browsing, HostedStack
+from tests.support.journey import STEP_TIMEOUT_MS, Browsing, HostedStack, start_hosted_stack
+from tests.support.stack import RedisServer
+from worker.config.brand import tint_readable_on
 from worker.flows.flow import Flow, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
@@ -191,3 +195,36 @@ def assert_spoken_and_schemed(looks: dict[tuple[str, str, str], dict[str, Any]])
             assert look["heading"] != looks[state, "en", scheme]["heading"], (state, language)
         if scheme == "dark":
             assert look["card"] != looks[state, language, "light"]["card"], (state, language)
+
+
+BRAND_COLOR = "#8a1538"  # dark enough for white text, far too dark for text on the dark card
+
+
+def test_a_brands_colour_is_its_links_accent_readable_in_both_schemes(
+    redis_server: RedisServer, chromium: Browser
+) -> None:
+    with ExitStack() as resources:
+        branded = start_hosted_stack(
+            redis_server,
+            resources,
+            hosted_ui_color=BRAND_COLOR,
+            hosted_ui_support_url="https://help.partner.example/connect",
+        )
+        context = chromium.new_context(viewport=VIEWPORT, bypass_csp=True)
+        resources.callback(context.close)
+        context.add_init_script(path=AXE)
+        auditor = Auditor(context.new_page())
+        auditor.audit("404, branded", opens(f"{branded.shim_origin}/connect/{secrets.token_hex(20)}"))
+        link_colours = {}
+        for scheme in SCHEMES:
+            auditor.page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
+            link_colours[scheme] = auditor.page.evaluate(
+                "() => getComputedStyle(document.querySelector('.support a')).color"
+            )
+    assert not auditor.violations, "\n".join(auditor.violations)
+    assert link_colours == {"light": rgb(BRAND_COLOR), "dark": rgb(tint_readable_on(BRAND_COLOR, DARK_CARD))}
+
+
+def rgb(color: str) -> str:
+    red, green, blue = (int(color[index : index + 2], 16) for index in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"

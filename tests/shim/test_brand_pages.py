@@ -50,6 +50,9 @@ async def test_a_tenants_flow_shows_its_brand(branded: Shim) -> None:
     stylesheet = await branded.http.get("/connect/brand/acme.css")
     assert stylesheet.headers["content-type"].startswith("text/css")
     assert re.search(r"--accent: #8a1538;", stylesheet.text)
+    light, dark = stylesheet.text.split("@media (prefers-color-scheme: dark)")
+    assert "--link: #8a1538;" in light  # the accent of links too
+    assert "--link: #b97388;" in dark  # its tint that reads on the dark card
     logo = await branded.http.get("/connect/brand/acme/logo")
     assert (logo.status_code, logo.headers["content-type"], logo.content) == (200, "image/svg+xml", SVG)
     assert "sandbox" in logo.headers["content-security-policy"]

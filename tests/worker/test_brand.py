@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.config.brand import contrast_with_white
+from worker.config.brand import contrast, contrast_with_white, tint_readable_on
 from worker.config.settings import ConfigError, load_settings
 
 KEY = "acme-caller-key-0123456789abcdef"
@@ -102,3 +102,23 @@ def test_a_bad_brand_stops_start_up_with_one_line(tmp_path: Path, brand: str, re
 def test_a_bad_default_brand_setting_is_named(setting: str, value: str, refusal: str) -> None:
     with pytest.raises(ConfigError, match=f"^invalid setting {refusal}"):
         load_settings(**{setting: value})
+
+
+@pytest.mark.parametrize("color", ["#1f5fd6", "#8a1538", "#000000", "#767676", "#0b5d1e"])
+def test_a_brand_colours_tint_for_dark_links_reads_on_the_dark_card(color: str) -> None:
+    dark_card = "#1b2029"
+    tint = tint_readable_on(color, dark_card)
+    assert contrast(tint, dark_card) >= 4.5
+    assert tint != "#ffffff"  # a tint of the colour, not white in its place
+    assert tint_readable_on("#9fc0ff", dark_card) == "#9fc0ff"  # a colour readable as it is stays
+
+
+def test_the_stylesheets_dark_link_is_the_default_accents_tint() -> None:
+    from api_shim.pages import DARK_CARD, DEFAULT_ACCENT
+
+    css = (Path(__file__).parents[2] / "api_shim" / "static" / "connect.css").read_text()
+    light, dark = css.split("@media (prefers-color-scheme: dark)", 1)
+    assert f"--accent: {DEFAULT_ACCENT};" in light
+    assert f"--link: {DEFAULT_ACCENT};" in light
+    assert f"--card: {DARK_CARD};" in dark
+    assert f"--link: {tint_readable_on(DEFAULT_ACCENT, DARK_CARD)};" in dark

@@ -33,10 +33,31 @@ class Logo:
 
 def contrast_with_white(color: str) -> float:
     """WCAG's contrast ratio of white text on `color` (#RRGGBB)."""
+    return contrast("#ffffff", color)
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG's contrast ratio of two colours (#RRGGBB), the lighter's luminance over the darker's."""
+    lighter, darker = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def _luminance(color: str) -> float:
     channels = [int(color[index : index + 2], 16) / 255 for index in (1, 3, 5)]
     linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
-    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-    return 1.05 / (luminance + 0.05)
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def tint_readable_on(color: str, background: str) -> str:
+    """`color` mixed with white, as little as WCAG AA's 4.5:1 against `background` (a dark one) needs: a
+    brand colour that carries white text is too dark for text on a dark page; its tint keeps its hue."""
+    red, green, blue = (int(color[index : index + 2], 16) for index in (1, 3, 5))
+    for step in range(21):
+        share = step / 20
+        mixed = "#" + "".join(f"{round(c + (255 - c) * share):02x}" for c in (red, green, blue))
+        if contrast(mixed, background) >= MIN_CONTRAST_WITH_WHITE:
+            return mixed
+    return "#ffffff"
 
 
 def check_color(color: str) -> str:
