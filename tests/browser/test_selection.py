@@ -39,6 +39,14 @@ def is_selection_post(response: Response) -> bool:
     return response.request.method == "POST" and response.url.endswith("/selection")
 
 
+def submit_nothing(browsing: Browsing) -> None:
+    """Connect pressed with nothing ticked: the form comes back as a 422."""
+    with browsing.page.expect_response(is_selection_post) as answer:
+        browsing.page.get_by_role("button", name="Connect").click()
+    assert answer.value.status == 422
+    browsing.page.wait_for_load_state()
+
+
 def test_selection_form_works_by_keyboard_alone(stack: HostedStack, browsing: Browsing) -> None:
     flow = stack.start_flow("Facebook", "group")
     browsing.consent(flow)
@@ -71,11 +79,7 @@ def test_empty_selection_is_shown_again_with_a_message(stack: HostedStack, brows
     offered = browsing.offered_ids()
     page = browsing.page
 
-    with page.expect_response(is_selection_post) as answer:
-        page.get_by_role("button", name="Connect").click()
-    assert answer.value.status == 422
-    page.wait_for_load_state()
-
+    submit_nothing(browsing)
     again = browsing.shown("awaiting_selection")
     assert again["form"]
     message = set(again["text"].splitlines()) - set(before["text"].splitlines())
@@ -92,11 +96,7 @@ def test_after_an_empty_selection_the_page_still_follows_the_flow(
     browsing.consent(flow)
     browsing.shown("awaiting_selection")
     offered = browsing.offered_ids()
-    page = browsing.page
-    with page.expect_response(is_selection_post) as answer:
-        page.get_by_role("button", name="Connect").click()
-    assert answer.value.status == 422
-    page.wait_for_load_state()
+    submit_nothing(browsing)
     browsing.shown("awaiting_selection")  # shown at the form's address, /connect/{flow_id}/selection
     loaded = len(browsing.navigations)
 
