@@ -136,10 +136,16 @@ async def test_deliveries_page_with_limit_and_cursor(shim: Shim) -> None:
     assert third["next_cursor"] is None
     seen = [item["flow_id"] for page in (first, second, third) for item in page["deliveries"]]
     assert seen == [flow.flow_id for flow in reversed(flows)]
+    other = await _create(shim, events=["authorization.started"])
+    foreign = first["next_cursor"]  # this endpoint's, not the other's
     for params in ({"limit": 0}, {"limit": 101}, {"cursor": "%%%"}):
         answer = await shim.http.get(path, params=params, headers=CALLER)
         assert answer.status_code == 422, (params, answer.text)
         assert answer.json()["error"]["code"]
+    elsewhere = await shim.http.get(
+        f"/v1/webhooks/{other['id']}/deliveries", params={"cursor": foreign}, headers=CALLER
+    )
+    assert elsewhere.status_code == 422, elsewhere.text
 
 
 async def test_a_replay_queues_a_window_of_events_and_its_answer_says_where_the_next_goes_on() -> None:

@@ -550,6 +550,8 @@ class WebhookStore:
         this was the last). Each delivery shows once across pages, whatever is created meanwhile."""
         listed = self.names.webhook_deliveries(endpoint_id)
         after = _read_cursor(cursor)
+        if after is not None and endpoint_of(after[1]) != endpoint_id:
+            raise ValueError("a cursor of another endpoint's deliveries")
         top = "+inf" if after is None else repr(after[0])
         # ties on the creation time are ordered by id (descending, as ZREVRANGE orders them)
         window = self.redis.zrevrangebyscore(listed, top, "-inf", start=0, num=limit + 64, withscores=True)
