@@ -88,6 +88,9 @@ def create_app(
         # Swagger UI and ReDoc load their code from a CDN, which the pages' content policy forbids
         docs_url=None,
         redoc_url=None,
+        # a path that names no route is 404, never a 307 to a guess without its trailing slash (which made
+        # /v1/authorizations/..%2f a redirect to a flow named "..")
+        redirect_slashes=False,
     )
     app.state.deps = deps
     install_error_handlers(app)

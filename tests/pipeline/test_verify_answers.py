@@ -46,9 +46,87 @@ def test_a_verify_answer_for_another_network_or_type_fails_the_flow_as_a_mismatc
     assert event["data"]["retryable"] is False
 
 
-def test_a_network_spelled_in_another_case_is_the_same_network() -> None:
-    outcome, _event = _verified(_credential(Network="linkedin"), "profile")
+def test_a_network_spelled_in_another_case_is_the_same_network_and_passed_on_as_the_flow_spells_it() -> None:
+    outcome, event = _verified(_credential(Network="linkedin"), "profile")
     assert outcome is TaskOutcome.COMPLETED
+    assert event["data"]["credentials"][0]["network"] == "LinkedIn"
+    outcome, event = _verified({**PAGES, "data": [{**FIRST_PAGE, "Network": "LINKEDIN"}]}, "page")
+    assert outcome is TaskOutcome.SELECTION_REQUIRED
+    assert event["data"]["entities"][0]["network"] == "LinkedIn"
+
+
+@pytest.mark.parametrize(
+    "entities",
+    [
+        [],  # nothing to choose from
+        [{**FIRST_PAGE, "Id": "3,33"}],  # only an id the completion could never send back
+    ],
+)
+def test_a_verify_answer_with_nothing_that_can_be_chosen_fails_the_flow_as_a_mismatch(
+    entities: list[dict[str, Any]],
+) -> None:
+    outcome, event = _verified({**PAGES, "data": entities}, "page")
+    assert outcome is TaskOutcome.FAILED
+    assert event["data"]["code"] == "upstream_mismatch"
+
+
+def test_an_entity_whose_id_holds_a_comma_is_not_offered() -> None:
+    answer = {**PAGES, "data": [*PAGES["data"], {**FIRST_PAGE, "Id": "3,33"}]}  # type: ignore[misc]
+    outcome, event = _verified(answer, "page")
+    assert outcome is TaskOutcome.SELECTION_REQUIRED
+    assert [entity["id"] for entity in event["data"]["entities"]] == ["1", "2", "3"]
+
+
+def _completed_with(
+    put_answer: dict[str, Any], verify_answer: dict[str, Any] = PAGES
+) -> tuple[TaskOutcome, dict[str, Any], list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=verify_answer if request.method == "GET" else put_answer)
+
+    context = make_context(handler)
+    flow_id = claimed(context, "page")
+    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
+    waiting = context.store.get(flow_id)
+    assert waiting is not None
+    assert context.store.submit_selection(waiting, ["2"]).done
+    outcome = complete_flow(context, flow_id)
+    return outcome, context.store.events(flow_id)[-1], seen
+
+
+PUT_P2 = {
+    "Result": True,
+    "Credentials": [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "LinkedIn"}],
+}
+
+
+def test_the_completion_uses_the_token_verify_gave_for_it() -> None:
+    for_the_next_step = "pagetok.FROM-VERIFY-123456"
+    outcome, _, seen = _completed_with(PUT_P2, {**PAGES, "token": for_the_next_step})
+    assert outcome is TaskOutcome.COMPLETED
+    verify, put = seen
+    assert verify.url.path == f"/v2/social-authorization/{TOKEN}"
+    assert (put.method, put.url.path) == ("PUT", f"/v2/social-authorization/{for_the_next_step}")
+    _, _, seen = _completed_with(PUT_P2)  # the reference's own case: the same token echoed
+    assert seen[1].url.path == f"/v2/social-authorization/{TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        [],  # nothing connected
+        [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "Facebook"}],  # another network's
+    ],
+)
+def test_a_completion_that_connected_nothing_of_the_flows_fails_it_as_a_mismatch(
+    credentials: list[dict[str, Any]],
+) -> None:
+    outcome, event, _ = _completed_with({"Result": True, "Credentials": credentials})
+    assert outcome is TaskOutcome.FAILED
+    assert event["type"] == "authorization.failed"
+    assert event["data"]["code"] == "upstream_mismatch"
 
 
 def test_an_invalid_credential_is_reported_with_its_status_and_display_name() -> None:

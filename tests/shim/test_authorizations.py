@@ -128,6 +128,13 @@ async def test_status_of_no_such_flow_is_404(shim: Shim) -> None:
     assert _error_code(answer) == "flow_not_found"
 
 
+@pytest.mark.parametrize("path", ["/v1/authorizations/..%2f", "/v1/authorizations/", "/v1/webhooks/"])
+async def test_a_path_that_names_no_route_is_404_not_a_redirect_to_a_guess(shim: Shim, path: str) -> None:
+    answer = await shim.http.get(path, headers=CALLER)
+    assert answer.status_code == 404, (answer.status_code, answer.headers.get("location"))
+    assert "location" not in answer.headers
+
+
 # --- POST /v1/authorizations/{flow_id}/selection ---------------------------------------------------------
 
 

@@ -388,12 +388,21 @@ class FlowStore:
     # transitions made by the task that owns the flow's work: fenced with its owner id
 
     def offer_selection(
-        self, flow: Flow, entities: list[EntityOffer], owner: str, after: Aftermath | None = None
+        self,
+        flow: Flow,
+        entities: list[EntityOffer],
+        owner: str,
+        after: Aftermath | None = None,
+        token: str | None = None,
     ) -> Transition:
+        """`token`: the one verify's answer gave for the next step (the completion), kept in place of the
+        callback's when it is another."""
         now = self.clock.now()
         event = SelectionRequired(**_envelope(flow, now), data=SelectionRequiredData(entities=entities))
         fields = {"entities": json.dumps([entity.model_dump() for entity in entities])}
-        change = Change(fields, live_for=flow.deadline - now, lease=DROP, fence=owner, after=after)
+        change = Change(
+            fields, live_for=flow.deadline - now, lease=DROP, token=token, fence=owner, after=after
+        )
         return self._apply(flow, (FlowState.VERIFYING,), FlowState.AWAITING_SELECTION, event, change)
 
     # `after`: the task's aftermath (its answered calls' ends, its metrics), made only with the transition

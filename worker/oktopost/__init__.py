@@ -33,7 +33,13 @@ from worker.oktopost.client import (
     OktopostClient,
     timeout_from_settings,
 )
-from worker.oktopost.reading import check_verify_fits, error_messages, parse_retry_after, read_answer
+from worker.oktopost.reading import (
+    check_complete_fits,
+    check_verify_fits,
+    error_messages,
+    parse_retry_after,
+    read_answer,
+)
 from worker.oktopost.vocabulary import ENTITY_TYPES, NETWORKS, canonical_entity_type, canonical_network
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "VerifiedProfile",
     "canonical_entity_type",
     "canonical_network",
+    "check_complete_fits",
     "check_verify_fits",
     "complete_request",
     "credential_request",

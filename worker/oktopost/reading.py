@@ -191,7 +191,10 @@ def check_verify_fits(
     """The verify answer, when it is for the flow's network and entity type; else MismatchedAnswerError.
 
     A Credential answers a profile, entities answer a page or group; every network in it must be the
-    flow's (compared without case: Oktopost's own SDK spells YouTube two ways).
+    flow's (compared without case: Oktopost's own SDK spells YouTube two ways), and is passed on as the
+    flow spells it. An entity whose id holds a comma could never be sent back (the completion's ids are
+    comma-separated) and is not offered; entities answering a page or group flow with none that can be
+    chosen is no choice at all.
     """
     if isinstance(answer, VerifiedProfile):
         kind, networks = "a connected profile", [answer.credential.network]
@@ -199,12 +202,37 @@ def check_verify_fits(
         kind, networks = "entities to choose from", [entity.network for entity in answer.entities]
     if (entity_type == "profile") != isinstance(answer, VerifiedProfile):
         raise MismatchedAnswerError(f"Oktopost answered a {entity_type} flow's verify with {kind}")
+    _same_network(networks, network, "verify")
+    if isinstance(answer, VerifiedProfile):
+        return answer.model_copy(
+            update={"credential": answer.credential.model_copy(update={"network": network})}
+        )
+    choosable = [
+        entity.model_copy(update={"network": network}) for entity in answer.entities if "," not in entity.id
+    ]
+    if not choosable:
+        raise MismatchedAnswerError(
+            f"Oktopost answered a {entity_type} flow's verify with nothing to choose from"
+        )
+    return answer.model_copy(update={"entities": choosable})
+
+
+def check_complete_fits(credentials: list[Credential], network: str) -> list[Credential]:
+    """The completion's credentials, when it connected something on the flow's network (passed on as the
+    flow spells it); else MismatchedAnswerError: a flow is never reported completed with nothing, or
+    with another network's accounts, connected."""
+    if not credentials:
+        raise MismatchedAnswerError("Oktopost answered the completion with no credential connected")
+    _same_network([credential.network for credential in credentials], network, "completion")
+    return [credential.model_copy(update={"network": network}) for credential in credentials]
+
+
+def _same_network(networks: list[str], network: str, call: str) -> None:
     others = sorted({name for name in networks if name.strip().lower() != network.lower()})
     if others:
         raise MismatchedAnswerError(
-            f"Oktopost answered a {network} flow's verify for another network ({', '.join(others)[:100]})"
+            f"Oktopost answered a {network} flow's {call} for another network ({', '.join(others)[:100]})"
         )
-    return answer
 
 
 def parse_complete(response: httpx.Response) -> list[Credential]:

@@ -24,7 +24,14 @@ from worker.flows.store import BudgetAsk, FlowStore, SentTake, Taken, TakeOutcom
 from worker.flows.transition import Aftermath, Transition, TransitionOutcome
 from worker.observing import tracing
 from worker.observing.metrics import WorkerMetrics, callback_to_terminal_fields, outcome_fields
-from worker.oktopost import Credential, EntityChoice, OktopostClient, VerifiedProfile, check_verify_fits
+from worker.oktopost import (
+    Credential,
+    EntityChoice,
+    OktopostClient,
+    VerifiedProfile,
+    check_complete_fits,
+    check_verify_fits,
+)
 from worker.oktopost.errors import (
     OktopostError,
     RefusedError,
@@ -87,6 +94,7 @@ class _Job:
     upstream: Upstream[OktopostClient]
     answered: list[Grant]
     asked: list[Asked]  # the first call's ask, made with the take, until an admission uses it
+    token: str | None  # the flow's token as taken (None: gone with its lifetime)
 
     @property
     def owner(self) -> str:
@@ -149,7 +157,9 @@ def complete_flow(context: TaskContext, flow_id: str, early: EarlyTake | None = 
         early,
         FlowState.COMPLETING,
         "complete",
-        lambda client, token, flow, timeout: client.complete(token, flow.selected_ids, timeout=timeout),
+        lambda client, token, flow, timeout: check_complete_fits(
+            client.complete(token, flow.selected_ids, timeout=timeout), flow.network
+        ),
         lambda job, credentials, attempts: _complete(job, credentials, attempts),
         # Oktopost refusing ids we offered from its own list means the selection no longer holds
         refusal_code=lambda refused: (
@@ -185,7 +195,7 @@ def _work_on(
         if upstream is None:  # its tenant's account left the configuration while the flow was under way
             return _unconfigured(context, taken.flow, owner, account)
         with _then_finish(upstream.budget, answered, asked), context.leases.hold(flow_id, owner) as held:
-            job = _Job(context, taken.flow, held, upstream, answered, asked)
+            job = _Job(context, taken.flow, held, upstream, answered, asked, taken.token)
             if taken.token is None:
                 return _give_up(job)
             token = taken.token
@@ -309,7 +319,10 @@ def _verified(job: _Job, answer: VerifiedProfile | EntityChoice, attempts: int) 
         return _complete(job, [answer.credential], attempts)
     offers = [EntityOffer(**entity.model_dump()) for entity in answer.entities]
     after = _aftermath(job, outcome_fields(TaskOutcome.SELECTION_REQUIRED))
-    transition = job.context.store.offer_selection(job.flow, offers, job.owner, after=after)
+    # the completion uses the token verify's answer gives for it (the reference's Step 3: "needed to
+    # complete the connection in the next step"), kept only when it is not the callback's own
+    token = answer.token if answer.token != job.token else None
+    transition = job.context.store.offer_selection(job.flow, offers, job.owner, after=after, token=token)
     if not transition.done:
         return _not_ours(job, transition)
     _handed_over(job)
