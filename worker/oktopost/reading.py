@@ -22,6 +22,7 @@ from worker.oktopost.answers import (
     Credential,
     CredentialAnswer,
     CredentialPage,
+    Entity,
     EntityChoice,
     StartAnswer,
     VerifiedProfile,
@@ -204,12 +205,10 @@ def check_verify_fits(
         raise MismatchedAnswerError(f"Oktopost answered a {entity_type} flow's verify with {kind}")
     _same_network(networks, network, "verify")
     if isinstance(answer, VerifiedProfile):
-        return answer.model_copy(
-            update={"credential": answer.credential.model_copy(update={"network": network})}
-        )
-    choosable = [
-        entity.model_copy(update={"network": network}) for entity in answer.entities if "," not in entity.id
-    ]
+        if answer.credential.network == network:  # as Oktopost's answers spell it: nothing to copy
+            return answer
+        return answer.model_copy(update={"credential": _spelled(answer.credential, network)})
+    choosable = [_spelled(entity, network) for entity in answer.entities if "," not in entity.id]
     if not choosable:
         raise MismatchedAnswerError(
             f"Oktopost answered a {entity_type} flow's verify with nothing to choose from"
@@ -224,7 +223,15 @@ def check_complete_fits(credentials: list[Credential], network: str) -> list[Cre
     if not credentials:
         raise MismatchedAnswerError("Oktopost answered the completion with no credential connected")
     _same_network([credential.network for credential in credentials], network, "completion")
-    return [credential.model_copy(update={"network": network}) for credential in credentials]
+    return [_spelled(credential, network) for credential in credentials]
+
+
+_Named = TypeVar("_Named", Credential, Entity)
+
+
+def _spelled(answer: _Named, network: str) -> _Named:
+    """`answer` with its network spelled as the flow's (a copy only when it is spelled otherwise)."""
+    return answer if answer.network == network else answer.model_copy(update={"network": network})
 
 
 def _same_network(networks: list[str], network: str, call: str) -> None:
