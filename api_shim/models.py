@@ -253,7 +253,7 @@ class WebhookList(BaseModel):
 class DeliveryStatus(BaseModel):
     event_id: str
     type: str
-    flow_id: str
+    flow_id: str | None = Field(description="null for an event of no flow (a connection's, an endpoint's)")
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_status_code: int | None

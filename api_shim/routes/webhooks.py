@@ -154,7 +154,7 @@ async def list_deliveries(
             DeliveryStatus(
                 event_id=delivery.event_id,
                 type=delivery.type,
-                flow_id=delivery.flow_id,
+                flow_id=delivery.flow_id or None,
                 status=delivery.status,  # type: ignore[arg-type]  # one of the three, by the Lua scripts
                 attempts=delivery.attempts,
                 last_status_code=delivery.last_status_code,

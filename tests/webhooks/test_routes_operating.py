@@ -199,3 +199,19 @@ async def test_enable_takes_replay_since_only_as_a_written_time_and_counts_it_am
     plain = await shim.http.post(url, headers=CALLER)  # no replay asked: no turn needed
     assert plain.status_code == 200
     assert plain.json()["status"] == "enabled"
+
+
+async def test_a_delivery_of_an_event_of_no_flow_lists_its_flow_id_as_null(shim: Shim) -> None:
+    created = await _create(shim)
+    endpoint = webhooks_of(shim).endpoint(str(created["id"]))
+    assert endpoint is not None
+    event = {
+        "id": "evt_connection",
+        "type": "connection.invalid",
+        "tenant": "default",
+        "connection_id": "c-1",
+    }
+    assert webhooks_of(shim).create_delivery(endpoint, event, b"{}") is not None
+    listed = await shim.http.get(f"/v1/webhooks/{created['id']}/deliveries", headers=CALLER)
+    (delivery,) = listed.json()["deliveries"]
+    assert (delivery["event_id"], delivery["flow_id"]) == ("evt_connection", None)
