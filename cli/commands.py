@@ -51,6 +51,8 @@ def shim(argv: Sequence[str]) -> int:
         help="connections and requests served at once; past it, 503 (default 1000)",
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        return fail(f"--port must be a port number from 0 to 65535, not {args.port}")
     if args.limit_concurrency < 1:
         return fail("--limit-concurrency must be at least 1")
     settings = settings_or_exit()

@@ -77,6 +77,13 @@ def test_the_shim_that_cannot_listen_says_so_in_one_line_and_exits_2() -> None:
     lines = unknown.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("oktopost-connect: cannot listen on no-such-host.invalid:8000: ")
+    for port in ("70000", "-1"):
+        out_of_range = run_cli("shim", "--port", port, env=keys)
+        assert out_of_range.returncode == 2
+        assert (
+            out_of_range.stderr
+            == f"oktopost-connect: --port must be a port number from 0 to 65535, not {port}\n"
+        )
 
 
 def test_unknown_command_and_help() -> None:
