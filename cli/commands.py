@@ -154,6 +154,8 @@ def watch(argv: Sequence[str]) -> int:
         help="give up after this many seconds (without it, waits through a Redis outage)",
     )
     args = parser.parse_args(argv)
+    if args.timeout is not None and not args.timeout > 0:
+        return fail(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     settings = settings_or_exit()
     import redis
 

@@ -77,13 +77,20 @@ def test_the_shim_that_cannot_listen_says_so_in_one_line_and_exits_2() -> None:
     lines = unknown.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("oktopost-connect: cannot listen on no-such-host.invalid:8000: ")
-    for port in ("70000", "-1"):
-        out_of_range = run_cli("shim", "--port", port, env=keys)
+    for bad in ("70000", "-1"):
+        out_of_range = run_cli("shim", "--port", bad, env=keys)
         assert out_of_range.returncode == 2
         assert (
             out_of_range.stderr
-            == f"oktopost-connect: --port must be a port number from 0 to 65535, not {port}\n"
+            == f"oktopost-connect: --port must be a port number from 0 to 65535, not {bad}\n"
         )
+
+
+def test_watch_with_a_timeout_that_is_not_positive_is_a_usage_error() -> None:
+    for timeout in ("0", "-1"):
+        refused = run_cli("watch", "0" * 40, "--timeout", timeout, env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("oktopost-connect: --timeout must be a positive number of seconds")
 
 
 def test_unknown_command_and_help() -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from kombu.transport import TRANSPORT_ALIASES
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
 
 from worker.config.brand import Brand, check_color, check_support_url, read_logo
 from worker.config.envfile import EnvFileError, read_env_file
@@ -30,6 +32,7 @@ from worker.config.tenants import (
     Tenants,
     TenantsError,
     check_caller_keys,
+    check_hosts,
     check_origins,
     cleartext_refused,
     gather,
@@ -107,7 +110,7 @@ class Settings(BaseSettings):
     redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(default=100, ge=1, le=60000)
 
-    oktopost_account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=ACCOUNT_ID.pattern)
+    oktopost_account_id: str = DEFAULT_ACCOUNT_ID
     oktopost_api_key: SecretStr = SecretStr("demo-key")
     oktopost_base_url: str = US_BASE_URL
     oktopost_rate_limit: str = "60/minute"
@@ -220,7 +223,26 @@ class Settings(BaseSettings):
     @field_validator("webhook_allowed_hosts")
     @classmethod
     def _lower_hosts(cls, value: list[str]) -> list[str]:
-        return [host.lower().strip("[]") for host in value]
+        return [host.lower().strip("[]") for host in check_hosts(value)]
+
+    @field_validator("allow_http_hosts")
+    @classmethod
+    def _http_hosts(cls, value: list[str]) -> list[str]:
+        return check_hosts(value)
+
+    @field_validator("oktopost_account_id")
+    @classmethod
+    def _account_id(cls, value: str) -> str:
+        if not ACCOUNT_ID.fullmatch(value):  # it is part of Redis names: as a tenants file's is checked
+            raise ValueError("expected letters, digits and . _ @ - (at most 128)")
+        return value
+
+    @field_validator("oktopost_api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
 
     @field_validator(
         "allowed_return_urls", "shim_api_keys", "allow_http_hosts", "webhook_allowed_hosts", mode="before"
@@ -267,11 +289,21 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS")
         return self
 
-    @field_validator("redis_url", "celery_broker_url")
+    @field_validator("redis_url")
     @classmethod
-    def _redis_like(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError("expected a URL such as redis://localhost:6379/0")
+    def _redis(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme in ("redis", "rediss", "unix"):
+            return check_redis_url(value)
+        if scheme not in TRANSPORT_ALIASES:
+            raise ValueError("expected a broker URL such as redis://localhost:6379/0 or amqp://host:5672//")
         return value
 
     @field_validator("oktopost_base_url", "public_base_url")
@@ -431,6 +463,26 @@ def _traces_installed() -> bool:
         return all(find_spec(name) is not None for name in OTEL_MODULES)
     except ModuleNotFoundError:  # a parent package missing
         return False
+
+
+def check_redis_url(url: str) -> str:
+    """A Redis URL as redis-py takes it (redis://, rediss:// or unix://, a port that is a number, a database
+    that is one); ValueError saying what is wrong, never with the URL (it may hold a password)."""
+    example = "expected a URL such as redis://localhost:6379/0"
+    try:
+        parse_url(url)
+    except ValueError as error:
+        reason = (
+            "its port is not a number"
+            if "Port" in str(error)
+            else "the scheme is redis://, rediss:// or unix://"
+        )
+        raise ValueError(f"{example} ({reason})") from None
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"{example} (its database is not a number)")
+    return url
 
 
 def check_collector_url(url: str) -> str:

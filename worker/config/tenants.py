@@ -100,10 +100,25 @@ def oktopost_api_root(url: str) -> str:
 
 
 def check_origins(urls: list[str]) -> list[str]:
-    """Return-URL allowlists: each entry an http(s) origin without user information."""
+    """Return-URL allowlists: each entry an http(s) origin without user information, and nothing after
+    it (a path would read as a limit that the origin-wide check does not make)."""
     for url in urls:
         origin_of(url)
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+            raise ValueError(f"expected origins, scheme://host[:port] without a path, not {url!r}")
     return urls
+
+
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]?")
+
+
+def check_hosts(hosts: list[str]) -> list[str]:
+    """Host allowlists: each entry a host name or an address, nothing more (no scheme, port or path)."""
+    for host in hosts:
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"expected host names or addresses, not {host!r}")
+    return hosts
 
 
 def check_caller_keys(keys: list[SecretStr]) -> list[SecretStr]:
