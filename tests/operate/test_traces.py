@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.processes.readiness import free_port
 from tests.support.flows import callback, consent, events_of, okt_of, select, wait_for_event
 from tests.support.ledger import start_stack
 from tests.support.otlp import GrpcOtlpReceiver, OtlpReceiver, ReceivedSpan, silent_collector
@@ -292,9 +293,11 @@ def test_a_malformed_traceparent_is_ignored(traced: tuple[OtlpReceiver, Pipeline
 
 
 def test_traces_go_to_a_grpc_collector_one_per_flow(redis_server: RedisServer) -> None:
+    port = free_port()  # the processes start before the receiver's gRPC threads (GrpcOtlpReceiver says why)
+    collector = f"http://127.0.0.1:{port}"
     with (
-        GrpcOtlpReceiver() as receiver,
-        exporting_pipeline(redis_server.url, receiver.url, otel_exporter_otlp_protocol="grpc") as pipeline,
+        exporting_pipeline(redis_server.url, collector, otel_exporter_otlp_protocol="grpc") as pipeline,
+        GrpcOtlpReceiver(port) as receiver,
     ):
         caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
         created = start(pipeline, "profile", f"00-{caller_trace}-{caller_span}-01")

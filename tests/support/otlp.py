@@ -140,9 +140,13 @@ class OtlpReceiver(_Received):
 
 
 class GrpcOtlpReceiver(_Received):
-    """OTLP over gRPC (TraceService/Export) on 127.0.0.1:`port`, plaintext."""
+    """OTLP over gRPC (TraceService/Export) on 127.0.0.1:`port` (a free one unless given), plaintext.
 
-    def __init__(self) -> None:
+    gRPC's threads in this process can abort a child it forks meanwhile (the child's copy of gRPC's
+    poller: "epoll_wait error: Bad file descriptor", then SIGABRT): start the processes that export to
+    it first, on a port chosen beforehand, then the receiver."""
+
+    def __init__(self, port: int = 0) -> None:
         super().__init__()
         receiver = self
 
@@ -153,7 +157,7 @@ class GrpcOtlpReceiver(_Received):
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self.url = f"http://127.0.0.1:{self.port}"
         self._server.start()
 
