@@ -79,7 +79,9 @@ def test_an_entity_whose_id_holds_a_comma_is_not_offered() -> None:
 
 def _completed_with(
     put_answer: dict[str, Any], verify_answer: dict[str, Any] = PAGES
-) -> tuple[TaskOutcome, dict[str, Any], list[httpx.Request]]:
+) -> tuple[TaskOutcome, list[dict[str, Any]], list[httpx.Request]]:
+    """A page flow verified, "2" selected and completed against these answers: the completion's outcome,
+    the flow's events and the requests Oktopost saw."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -93,7 +95,7 @@ def _completed_with(
     assert waiting is not None
     assert context.store.submit_selection(waiting, ["2"]).done
     outcome = complete_flow(context, flow_id)
-    return outcome, context.store.events(flow_id)[-1], seen
+    return outcome, context.store.events(flow_id), seen
 
 
 PUT_P2 = {
@@ -123,7 +125,8 @@ def test_the_completion_uses_the_token_verify_gave_for_it() -> None:
 def test_a_completion_that_connected_nothing_of_the_flows_fails_it_as_a_mismatch(
     credentials: list[dict[str, Any]],
 ) -> None:
-    outcome, event, _ = _completed_with({"Result": True, "Credentials": credentials})
+    outcome, events, _ = _completed_with({"Result": True, "Credentials": credentials})
+    event = events[-1]
     assert outcome is TaskOutcome.FAILED
     assert event["type"] == "authorization.failed"
     assert event["data"]["code"] == "upstream_mismatch"
@@ -149,17 +152,8 @@ def test_completed_pages_carry_their_status_and_display_name() -> None:
             {"Id": "003-2", "Name": "P2", "Status": "invalid", "Network": "LinkedIn", "DisplayName": "P Two"}
         ],
     }
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
-
-    context = make_context(handler)
-    flow_id = claimed(context, "page")
-    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
-    waiting = context.store.get(flow_id)
-    assert waiting is not None
-    assert context.store.submit_selection(waiting, ["2"]).done
-    assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
-    credential = context.store.events(flow_id)[-1]["data"]["credentials"][0]
+    outcome, events, _ = _completed_with(put_answer)
+    assert outcome is TaskOutcome.COMPLETED
+    credential = events[-1]["data"]["credentials"][0]
     assert (credential["status"], credential["display_name"]) == ("invalid", "P Two")
-    assert TOKEN not in str(context.store.events(flow_id))
+    assert TOKEN not in str(events)
