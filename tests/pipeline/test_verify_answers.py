@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.work import PAGES, PROFILE, TOKEN, claimed, make_context
-from worker.tasks.work import TaskOutcome, complete_flow, verify_flow
+from tests.support.work import PAGES, PROFILE, TOKEN, claimed, make_context, page_flow_completed
+from worker.tasks.work import TaskOutcome, verify_flow
 
 
 def _verified(answer: dict[str, Any], entity_type: str) -> tuple[TaskOutcome, dict[str, Any]]:
@@ -78,24 +78,11 @@ def test_an_entity_whose_id_holds_a_comma_is_not_offered() -> None:
 
 
 def _completed_with(
-    put_answer: dict[str, Any], verify_answer: dict[str, Any] = PAGES
+    put_answer: dict[str, Any], verify_answer: dict[str, Any] | None = None
 ) -> tuple[TaskOutcome, list[dict[str, Any]], list[httpx.Request]]:
-    """A page flow verified, "2" selected and completed against these answers: the completion's outcome,
-    the flow's events and the requests Oktopost saw."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=verify_answer if request.method == "GET" else put_answer)
-
-    context = make_context(handler)
-    flow_id = claimed(context, "page")
-    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
-    waiting = context.store.get(flow_id)
-    assert waiting is not None
-    assert context.store.submit_selection(waiting, ["2"]).done
-    outcome = complete_flow(context, flow_id)
-    return outcome, context.store.events(flow_id), seen
+    """`page_flow_completed`'s outcome, with the flow's events and the requests Oktopost saw."""
+    outcome, context, seen = page_flow_completed(put_answer, verify_answer)
+    return outcome, context.store.events("flow-1"), seen
 
 
 PUT_P2 = {

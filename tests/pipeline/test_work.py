@@ -15,7 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clocks import seen_from
 from tests.support.commands import commands_sent
-from tests.support.work import FAST, PAGES, PROFILE, TOKEN, Answers, claimed, make_context
+from tests.support.work import (
+    FAST,
+    PAGES,
+    PROFILE,
+    TOKEN,
+    Answers,
+    claimed,
+    make_context,
+    page_flow_completed,
+)
 from worker.flows.flow import FlowState
 from worker.keys import RedisNames
 from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
@@ -49,18 +58,8 @@ def test_page_verification_offers_a_selection_then_completion_connects() -> None
         "Result": True,
         "Credentials": [{"Id": "003-2", "Name": "P2", "Status": "valid", "Network": "LinkedIn"}],
     }
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=PAGES if request.method == "GET" else put_answer)
-
-    context = make_context(handler)
-    flow_id = claimed(context, "page")
-    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
-    waiting = context.store.get(flow_id)
-    assert waiting is not None
-    assert waiting.state is FlowState.AWAITING_SELECTION
-    assert context.store.submit_selection(waiting, ["2"]).done
-    assert complete_flow(context, flow_id) is TaskOutcome.COMPLETED
+    outcome, context, _ = page_flow_completed(put_answer)
+    assert outcome is TaskOutcome.COMPLETED
     assert types(context)[-2:] == ["selection.submitted", "connection.completed"]
 
 

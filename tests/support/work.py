@@ -4,18 +4,19 @@ does with a flow; and the answers they give."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import fakeredis
 import httpx
 
 from tests.support.shim import RecordingEnqueuer
-from worker.flows.flow import Lifetimes
+from worker.flows.flow import FlowState, Lifetimes
 from worker.flows.store import FlowStore
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
 from worker.oktopost import OktopostClient
 from worker.tasks.leases import LeaseKeeper
-from worker.tasks.work import TaskContext
+from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, verify_flow
 from worker.upstream.budget import UpstreamBudget
 from worker.upstream.clients import Upstreams
 from worker.upstream.parking import Unparker
@@ -57,6 +58,27 @@ def claimed(context: TaskContext, entity_type: str = "profile") -> str:
     flow = context.store.create("flow-1", "LinkedIn", entity_type, None, None)
     assert context.store.claim_callback(flow, TOKEN).done
     return "flow-1"
+
+
+def page_flow_completed(
+    put_answer: dict[str, Any], verify_answer: dict[str, Any] | None = None
+) -> tuple[TaskOutcome, TaskContext, list[httpx.Request]]:
+    """A page flow ("flow-1") verified against `verify_answer` (PAGES unless given), "2" selected and
+    completed against `put_answer`: the completion's outcome, the context, the requests Oktopost saw."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=(verify_answer or PAGES) if request.method == "GET" else put_answer)
+
+    context = make_context(handler)
+    flow_id = claimed(context, "page")
+    assert verify_flow(context, flow_id) is TaskOutcome.SELECTION_REQUIRED
+    waiting = context.store.get(flow_id)
+    assert waiting is not None
+    assert waiting.state is FlowState.AWAITING_SELECTION
+    assert context.store.submit_selection(waiting, ["2"]).done
+    return complete_flow(context, flow_id), context, seen
 
 
 class Answers:
