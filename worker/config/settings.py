@@ -22,7 +22,6 @@ from redis.connection import parse_url
 from worker.config.brand import Brand, check_color, check_support_url, read_logo
 from worker.config.envfile import EnvFileError, read_env_file
 from worker.config.tenants import (
-    ACCOUNT_ID,
     DEFAULT_ACCOUNT_ID,
     DEFAULT_TENANT,
     PLACEHOLDER_PREFIX,
@@ -31,6 +30,7 @@ from worker.config.tenants import (
     Tenant,
     Tenants,
     TenantsError,
+    check_account_id,
     check_caller_keys,
     check_hosts,
     check_origins,
@@ -233,9 +233,7 @@ class Settings(BaseSettings):
     @field_validator("oktopost_account_id")
     @classmethod
     def _account_id(cls, value: str) -> str:
-        if not ACCOUNT_ID.fullmatch(value):  # it is part of Redis names: as a tenants file's is checked
-            raise ValueError("expected letters, digits and . _ @ - (at most 128)")
-        return value
+        return check_account_id(value)  # as a tenants file's is checked
 
     @field_validator("oktopost_api_key")
     @classmethod

@@ -118,6 +118,13 @@ def check_hosts(hosts: list[str]) -> list[str]:
     return hosts
 
 
+def check_account_id(value: str) -> str:
+    """An Oktopost account id as it may be part of Redis names (`{prefix}:account:{id}:...`)."""
+    if not ACCOUNT_ID.fullmatch(value):
+        raise ValueError("expected letters, digits and . _ @ - (at most 128)")
+    return value
+
+
 def check_caller_keys(keys: list[SecretStr]) -> list[SecretStr]:
     """Caller keys long enough to resist guessing, and none of them a placeholder shipped with the docs."""
     for key in keys:
@@ -150,9 +157,7 @@ class OktopostAccount(BaseModel):
     @field_validator("account_id")
     @classmethod
     def _account_id_shape(cls, value: str) -> str:
-        if not ACCOUNT_ID.fullmatch(value):
-            raise ValueError("expected letters, digits and . _ @ - (at most 128)")
-        return value
+        return check_account_id(value)
 
     @field_validator("api_key")
     @classmethod

@@ -225,16 +225,12 @@ def call_ended(span: Any, status_code: int | None, failure: BaseException | None
     """Ends `call_started`'s span with the answer's status, or the failure's kind (never its text)."""
     if span is None:
         return
-    from opentelemetry.trace import Status, StatusCode
-
     with _lock:
         _open_calls.discard(span)
     if status_code is not None:
         span.set_attribute("http.response.status_code", status_code)
     if failure is not None or (status_code is not None and status_code >= 500):
-        kind = type(failure).__name__ if failure is not None else str(status_code)
-        span.set_attribute("error.type", kind)
-        span.set_status(Status(StatusCode.ERROR))
+        _failed(span, type(failure).__name__ if failure is not None else str(status_code))
     span.end()
 
 
@@ -242,15 +238,20 @@ def end_open_calls() -> None:
     """The Oktopost calls still under way as the process exits (a worker stopped past its grace period
     while a call hung): their spans end now, as failed with `error.type` "worker_stopped", so that the
     trace still shows the call was made."""
-    from opentelemetry.trace import Status, StatusCode
-
     with _lock:
         abandoned = list(_open_calls)
         _open_calls.clear()
     for span in abandoned:
-        span.set_attribute("error.type", "worker_stopped")
-        span.set_status(Status(StatusCode.ERROR))
+        _failed(span, "worker_stopped")
         span.end()
+
+
+def _failed(span: Any, kind: str) -> None:
+    """A call's span marked failed, with the failure's kind (never its text)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", kind)
+    span.set_status(Status(StatusCode.ERROR))
 
 
 def _current_span() -> Any:
