@@ -97,6 +97,18 @@ def test_a_check_reports_each_change_once_and_confirms_a_missing_one_by_id() -> 
     assert setup.lifecycle() == [("connection.invalid", "003-1")]
 
 
+def test_a_check_reads_valid_in_any_case_as_valid() -> None:
+    def present(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"Result": True, "Credential": credential("003-2", "VALID")})
+
+    setup = Setup(listing(credential("003-1", "Valid"), missing=present))
+    setup.connect("003-1")
+    setup.connect("003-2")  # read by id
+    assert setup.checker.check(setup.upstream) is CheckOutcome.OK
+    assert setup.lifecycle() == []
+    assert [setup.connections.get("default", c).status for c in ("003-1", "003-2")] == ["valid", "valid"]  # type: ignore[union-attr]
+
+
 def test_a_connection_oktopost_no_longer_has_is_deleted_upstream() -> None:
     setup = Setup(listing())
     setup.connect("003-1")

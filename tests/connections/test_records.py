@@ -106,3 +106,17 @@ def test_a_deletion_is_asked_once_and_done_once(stores: tuple[FlowStore, Connect
     assert (deleted["type"], deleted["data"]["reason"]) == ("connection.deleted", "requested")
     assert connections.members("demo-account") == []
     assert connections.counts() == {("demo-account", "valid"): 0}
+
+
+@pytest.mark.parametrize("spelled", ["Valid", "VALID"])
+def test_a_credential_valid_in_another_case_is_a_valid_connection(
+    stores: tuple[FlowStore, ConnectionStore], spelled: str
+) -> None:
+    flows, connections = stores
+    complete(flows, "flow-a" * 3, "user-1", "003-1", spelled)
+    connection = connections.get("default", "003-1")
+    assert connection is not None and connection.status == "valid"
+    complete(flows, "flow-b" * 3, "user-1", "003-1", "Invalid")
+    [broken] = lifecycle(flows)
+    assert broken["type"] == "connection.invalid"
+    assert connections.counts() == {("demo-account", "valid"): 0, ("demo-account", "invalid"): 1}

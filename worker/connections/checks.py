@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import scripts
-from worker.connections.records import STATUSES, ConnectionStore
+from worker.connections.records import STATUSES, ConnectionStore, status_of
 from worker.events import new_event_id, utc_timestamp
 from worker.keys import AccountNames, RedisNames
 from worker.oktopost import CredentialPage, OktopostClient
@@ -137,7 +137,7 @@ class ConnectionChecker:
         while page < pages:
             answer = self._call(upstream, fence, _listing(upstream.client, page, self.settings.call_seconds))
             for credential in answer.items:
-                statuses[credential.id] = "valid" if credential.status == "valid" else "invalid"
+                statuses[credential.id] = status_of(credential.status)
             pages = max(1, math.ceil(answer.total / PAGE_SIZE))
             page += 1
         return statuses
@@ -154,7 +154,7 @@ class ConnectionChecker:
             if refused.status == 404:
                 return "gone"
             raise
-        return "valid" if credential.status == "valid" else "invalid"
+        return status_of(credential.status)
 
     def _call(self, upstream: Upstream[OktopostClient], fence: str, call: Callable[[], Any]) -> Any:
         budget = upstream.budget

@@ -59,7 +59,7 @@ local function connect_credentials(made, route, now_ms)
   for _, credential in ipairs(made.credentials) do
     local stored = redis.call("HGET", made.hash, credential.id)
     local record = stored and cjson.decode(stored) or nil
-    local status = credential.status == "valid" and "valid" or "invalid"
+    local status = string.lower(credential.status) == "valid" and "valid" or "invalid"  -- as records.status_of
     local changed_from = nil
     if record == nil then
       record = {id = credential.id, connected_at = made.at, status_changed_at = made.at, checked_at = cjson.null,
