@@ -115,7 +115,8 @@ def test_a_credential_valid_in_another_case_is_a_valid_connection(
     flows, connections = stores
     complete(flows, "flow-a" * 3, "user-1", "003-1", spelled)
     connection = connections.get("default", "003-1")
-    assert connection is not None and connection.status == "valid"
+    assert connection is not None
+    assert connection.status == "valid"
     complete(flows, "flow-b" * 3, "user-1", "003-1", "Invalid")
     [broken] = lifecycle(flows)
     assert broken["type"] == "connection.invalid"

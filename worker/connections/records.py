@@ -26,6 +26,8 @@ def status_of(credential_status: str) -> ConnectionStatus:
     """A connection's status from a credential's `Status` as Oktopost spells it: `valid` in any case is
     valid, anything else invalid (connection_record.lua decides the same for a flow's credentials)."""
     return "valid" if credential_status.lower() == "valid" else "invalid"
+
+
 MAX_PAGE = 100
 _SCAN_BATCH = 200  # ids read per round while filtering a page
 
