@@ -20,16 +20,14 @@ from worker.keys import RedisNames
 
 ConnectionStatus = Literal["valid", "invalid"]
 STATUSES: tuple[ConnectionStatus, ...] = ("valid", "invalid")
+MAX_PAGE = 100
+_SCAN_BATCH = 200  # ids read per round while filtering a page
 
 
 def status_of(credential_status: str) -> ConnectionStatus:
     """A connection's status from a credential's `Status` as Oktopost spells it: `valid` in any case is
     valid, anything else invalid (connection_record.lua decides the same for a flow's credentials)."""
     return "valid" if credential_status.lower() == "valid" else "invalid"
-
-
-MAX_PAGE = 100
-_SCAN_BATCH = 200  # ids read per round while filtering a page
 
 
 class Connection(BaseModel):
