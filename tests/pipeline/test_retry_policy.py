@@ -196,3 +196,23 @@ def test_a_first_fault_is_the_loops_first_attempt_waits_and_retries_included() -
     assert clock.sleeps == [2.0]
     assert told == [("ThrottledError", 2.0)]
     assert len(upstream.timeouts) == 2  # the fault was not sent again: one call, then the retry
+
+
+def test_step1_spends_few_of_the_accounts_calls_on_an_oktopost_that_keeps_failing() -> None:
+    """The shim's Step 1 has 8 s (a caller waits on it); its backoff keeps a failing Oktopost from taking a
+    quarter of the account's minute for one start, while still trying several times."""
+    from api_shim.routes.authorizations import STEP1_POLICY, STEP1_SECONDS
+
+    made: list[int] = []
+    for seed in range(100):
+        random.seed(seed)  # tenacity's jitter
+        clock = FakeClock()
+        upstream = Failing(*[ServerError(503)] * 100, clock=clock, cost=0.01)
+        with pytest.raises(DeadlineReached):
+            call_until_deadline(
+                upstream, clock.now + STEP1_SECONDS, policy=STEP1_POLICY, clock=clock, sleep=clock.sleep
+            )
+        made.append(len(upstream.timeouts))
+    assert min(made) >= 6
+    assert max(made) <= 15
+    assert sum(made) / len(made) <= 11
