@@ -46,11 +46,15 @@ FlowStateName = Annotated[
 EventTypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(get_args(EventType))})]
 UrlText = Annotated[str, WithJsonSchema({"type": "string", "format": "uri"})]
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
-# an endpoint's filter entry as it is shown: an event type, or a family of them ending in .*
-EventFilterText = Annotated[
-    str,
-    WithJsonSchema({"type": "string", "pattern": r"^[a-z_]+\.([a-z_]+|\*)$", "examples": ["connection.*"]}),
-]
+EVENT_TYPES = frozenset(get_args(EventType))
+EVENT_FAMILIES = frozenset(event_type.split(".")[0] for event_type in EVENT_TYPES)
+# an endpoint's filter entry: an event type, or a family of them ending in .*
+EVENT_FILTER_SCHEMA = {
+    "type": "string",
+    "enum": sorted(EVENT_TYPES) + sorted(f"{family}.*" for family in EVENT_FAMILIES),
+    "examples": ["connection.*"],
+}
+EventFilterText = Annotated[str, WithJsonSchema(EVENT_FILTER_SCHEMA)]
 
 
 class AuthorizationRequest(BaseModel):
@@ -125,10 +129,6 @@ class SelectionAccepted(BaseModel):
     ids: list[str]
 
 
-EVENT_TYPES = frozenset(get_args(EventType))
-EVENT_FAMILIES = frozenset(event_type.split(".")[0] for event_type in EVENT_TYPES)
-
-
 def _known_filter(entry: str) -> str:
     family, _, name = entry.partition(".")
     if entry in EVENT_TYPES or (name == "*" and family in EVENT_FAMILIES):
@@ -149,6 +149,7 @@ EventFilter = Annotated[
     str,
     StringConstraints(max_length=64, pattern=r"^[a-z_]+\.([a-z_]+|\*)$"),
     AfterValidator(_known_filter),
+    WithJsonSchema(EVENT_FILTER_SCHEMA),
 ]
 RateLimit = Annotated[
     str,

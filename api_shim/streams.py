@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,13 @@ STOP_GRACE_SECONDS = 1.0  # how long a stream has, once the shim stops, to send 
 
 
 def last_event_id(request: Request) -> int:
-    """The seq the client saw last; 0 (everything) when it sent none, or nothing that is a seq."""
+    """The seq the client saw last; 0 (everything) when it sent none, or nothing that is a seq. A number
+    past any seq a flow can reach (more than 18 digits) is read as past every one: nothing is sent again."""
     value = request.headers.get("last-event-id", "").strip()
     # ASCII digits only: str.isdigit also takes "²" and other digits int() refuses
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 12 else 0
+    if not (value.isascii() and value.isdigit()):
+        return 0
+    return int(value) if len(value) <= 18 else sys.maxsize
 
 
 def key_digest(secret: str) -> str:

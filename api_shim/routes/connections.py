@@ -16,6 +16,7 @@ from api_shim.models import (
     AuthorizationRequest,
     ConnectionDeleting,
     ConnectionList,
+    Network,
     ReconnectRequest,
 )
 from api_shim.openapi import errors
@@ -36,7 +37,7 @@ def list_connections(
     shim: ShimDeps,
     tenant: CallerTenant,
     reference: Annotated[str | None, Query(max_length=256)] = None,
-    network: Annotated[str | None, Query(description=", ".join(NETWORKS) + "; any case")] = None,
+    network: Annotated[Network | None, Query(description=", ".join(NETWORKS) + "; any case")] = None,
     status: Literal["valid", "invalid"] | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,

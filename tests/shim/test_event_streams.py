@@ -55,8 +55,9 @@ async def test_last_event_id_sends_only_later_events(shim: Shim) -> None:
     later = _messages((await _stream(shim.http, url, **CALLER, **{"Last-Event-ID": "3"})).text)
     assert [m["id"] for m in later] == ["4", "5"]
     assert later[-1]["event"] == "connection.completed"
-    nothing = _messages((await _stream(shim.http, url, **CALLER, **{"Last-Event-ID": "5"})).text)
-    assert nothing == []
+    for seen in ("5", "12345678901", "99999999999999999999", "9" * 400):  # past every seq: nothing again
+        nothing = _messages((await _stream(shim.http, url, **CALLER, **{"Last-Event-ID": seen})).text)
+        assert nothing == [], seen
 
 
 @pytest.mark.parametrize("seen", [b"\xb2", b"\xd9\xa3", b"-1", b"3x"])

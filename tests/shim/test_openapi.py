@@ -132,6 +132,19 @@ async def test_values_with_a_vocabulary_or_a_format_say_so(shim: Shim) -> None:
     assert status["network"]["enum"] == request["network"]["enum"]
     assert schemas["Webhook"]["properties"]["created_at"]["format"] == "date-time"
     assert schemas["ReplayRequest"]["properties"]["since"]["format"] == "date-time"
+    assert schemas["Connection"]["properties"]["network"]["enum"] == request["network"]["enum"]
+    listing = (await _description(shim))["paths"]["/v1/connections"]["get"]["parameters"]
+    [network] = [parameter for parameter in listing if parameter["name"] == "network"]
+    assert [choice.get("enum") for choice in network["schema"]["anyOf"]] == [request["network"]["enum"], None]
+    filters = {
+        schema: schemas[schema]["properties"]["events"]
+        for schema in ("WebhookRequest", "WebhookChange", "Webhook", "WebhookCreated")
+    }
+    for schema, events in filters.items():
+        items = events["anyOf"][0]["items"] if "anyOf" in events else events["items"]
+        assert "connection.*" in items["enum"], schema
+        assert "connection.completed" in items["enum"], schema
+        assert "foo.bar" not in items["enum"], schema
 
 
 async def test_a_method_a_path_does_not_serve_is_refused_with_every_method_it_does(shim: Shim) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from worker import scripts
 from worker.events import new_event_id, utc_timestamp
 from worker.keys import RedisNames
+from worker.oktopost.vocabulary import NETWORKS
 
 ConnectionStatus = Literal["valid", "invalid"]
 STATUSES: tuple[ConnectionStatus, ...] = ("valid", "invalid")
@@ -34,7 +35,7 @@ class Connection(BaseModel):
     """A credential a flow of the tenant connected, as `GET /v1/connections/{id}` answers it."""
 
     id: str = Field(description="Oktopost's credential id")
-    network: str
+    network: str = Field(json_schema_extra={"enum": list(NETWORKS)})
     entity_type: Literal["profile", "page", "group"]
     name: str
     display_name: str | None = None
