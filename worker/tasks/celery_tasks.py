@@ -117,15 +117,23 @@ def deliver(delivery_id: str) -> str:
     return result.outcome
 
 
-@app.task(name=DELETE_CONNECTION_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None on the task itself: Celery reads retry(max_retries=None) as "the task's default" (3)
+@app.task(
+    name=DELETE_CONNECTION_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
 def delete_connection(self: Task, tenant: str, connection_id: str) -> str:
     """Oktopost's DELETE of a connection the caller deleted, then its event; a transient fault or no
-    budget in time tries again later (the connection stays `deleting` meanwhile)."""
+    budget in time tries again later, for as long as it takes (the connection stays `deleting`
+    meanwhile)."""
     try:
         return runtime.connection_deleter().delete(tenant, connection_id).value
     except (TransientError, NoBudgetInTime) as fault:
-        delay = min(60.0, 2.0 ** min(self.request.retries, 6))
-        raise self.retry(countdown=delay, max_retries=None, exc=fault) from None
+        raise self.retry(countdown=deletion_retry_delay(self.request.retries), exc=fault) from None
+
+
+def deletion_retry_delay(retries: int) -> float:
+    """1 s, 2 s, 4 s ... up to a minute between a deletion's attempts."""
+    return min(60.0, 2.0 ** min(retries, 6))
 
 
 def longest_countdown() -> float:
