@@ -31,6 +31,8 @@ Network = Annotated[
 EntityType = Annotated[
     str, StringConstraints(max_length=16), WithJsonSchema({"type": "string", "enum": list(ENTITY_TYPES)})
 ]
+CallerState = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[ -~]+$")]
+Locale = Annotated[str, StringConstraints(max_length=35)]
 HTTP_URL = {"type": "string", "format": "uri", "pattern": "^[hH][tT][tT][pP][sS]?://", "maxLength": 2048}
 HttpUrlText = Annotated[str, StringConstraints(max_length=2048), WithJsonSchema(HTTP_URL)]
 # an empty return_url is no return_url
@@ -72,11 +74,8 @@ class AuthorizationRequest(BaseModel):
     reference: str | None = Field(
         default=None, max_length=256, description="your own id for this flow, echoed in every event"
     )
-    state: str | None = Field(
+    state: CallerState | None = Field(
         default=None,
-        min_length=1,
-        max_length=256,
-        pattern=r"^[ -~]+$",
         description="your own value for this flow (printable ASCII), echoed on return_url as `state` and "
         "in authorization.started's data",
     )
@@ -87,9 +86,8 @@ class AuthorizationRequest(BaseModel):
         "/static/connect.js, which hands the result back to it (needs a return_url); redirect: the "
         "callback sends it straight back to return_url",
     )
-    locale: str | None = Field(
+    locale: Locale | None = Field(
         default=None,
-        max_length=35,
         examples=["de"],
         description="the language of the hosted pages: en, de, fr or es (a tag such as de-AT counts as its "
         "language); absent: the browser's Accept-Language, else English",
@@ -303,3 +301,5 @@ class ReconnectRequest(BaseModel):
         description="where the browser goes after the callback; its origin must be in ALLOWED_RETURN_URLS",
     )
     ui: BrowserUI = Field(default=BrowserUI.HOSTED, description="as for POST /v1/authorizations")
+    state: CallerState | None = Field(default=None, description="as for POST /v1/authorizations")
+    locale: Locale | None = Field(default=None, description="as for POST /v1/authorizations")

@@ -105,6 +105,8 @@ async def reconnect(
         return_url=options.return_url,
         reference=connection.references[0] if connection.references else None,
         ui=options.ui,
+        state=options.state,
+        locale=options.locale,
     )
     return await start_flow(request, shim, tenant, reconnects=connection.id)
 

@@ -200,3 +200,19 @@ async def test_one_accounts_pause_refuses_only_its_tenants_new_flows(shim: TwoTe
 async def test_a_key_of_no_tenant_is_refused(shim: TwoTenants) -> None:
     answer = await shim.start({"Authorization": "Bearer a-key-of-nobody-0123456789abc"})
     assert answer.status_code == 401
+
+
+async def test_a_reconnect_takes_the_callers_state_and_locale_as_a_new_flow_does(shim: TwoTenants) -> None:
+    flow_id = (await shim.start(ACME, reference="user-7")).json()["flow_id"]
+    connection_id = "003-001000000000000-10795421000000000"
+    shim.connect(flow_id, connection_id)
+    path = f"/v1/connections/{connection_id}/reconnect"
+    answer = await shim.http.post(path, json={"state": "s-1", "locale": "de"}, headers=ACME)
+    assert answer.status_code == 201, answer.text
+    started = shim.store.events(answer.json()["flow_id"])[0]
+    assert started["data"]["state"] == "s-1"
+    assert started["data"]["reconnects"] == connection_id
+    assert shim.store.get(answer.json()["flow_id"]).locale == "de"  # type: ignore[union-attr]
+    for bad in ({"state": "x" * 257}, {"state": "caf\u00e9"}, {"locale": "x" * 36}):
+        refused = await shim.http.post(path, json=bad, headers=ACME)
+        assert refused.status_code == 422, bad
