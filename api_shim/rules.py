@@ -111,6 +111,8 @@ def submit_selection(store: FlowStore, enqueuer: Enqueuer, flow: Flow, ids: list
     them; otherwise the reason it does not."""
     refused = _selection_refused(flow, ids, store.clock.now(), store.token(flow.flow_id) is not None)
     if refused is not None:
+        if refused.outcome in _ANSWERED_FROM_STATE:
+            store.confirm_read(flow.flow_id)
         return refused
     chosen = list(dict.fromkeys(ids))
     prepared = enqueuer.prepared(flow.flow_id, FlowState.COMPLETING)
@@ -119,9 +121,16 @@ def submit_selection(store: FlowStore, enqueuer: Enqueuer, flow: Flow, ids: list
     if submitted.done:
         return Selection(SelectionOutcome.QUEUED, flow, chosen)
     now = store.get(flow.flow_id) or flow  # another selection, or the expiry, came between
+    store.confirm_read(flow.flow_id)
     if now.state is FlowState.EXPIRED:
         return Selection(SelectionOutcome.FLOW_EXPIRED, now)
     return Selection(SelectionOutcome.WRONG_STATE, now)
+
+
+# refusals that say what state the flow is in: with REDIS_WAIT_REPLICAS, only once the replicas have it
+_ANSWERED_FROM_STATE = frozenset(
+    {SelectionOutcome.FLOW_EXPIRED, SelectionOutcome.WRONG_STATE, SelectionOutcome.TOKEN_EXPIRED}
+)
 
 
 def _selection_refused(flow: Flow, ids: list[str], now: float, token_alive: bool) -> Selection | None:

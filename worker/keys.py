@@ -53,6 +53,12 @@ class RedisNames:
         return f"{self.prefix}:deadlines"
 
     @property
+    def replication_barrier(self) -> str:
+        """Counter written after a transition's script when replicas confirm acknowledged steps
+        (REDIS_WAIT_REPLICAS): WAIT then covers the state the script read, whoever wrote it."""
+        return f"{self.prefix}:replication:barrier"
+
+    @property
     def leases(self) -> str:
         """Sorted set: flows with work queued or running, scored by when that work must show progress."""
         return f"{self.prefix}:leases"

@@ -357,6 +357,12 @@ class FlowStore:
         answer = self._bind_start(keys=[self.names.flow_state(flow_id)], args=[fingerprint])
         return StartBinding(text(answer))
 
+    def confirm_read(self, flow_id: str) -> None:
+        """Before a refusal is answered from a flow as read (a 409, a 410): with `confirm`, the replicas
+        have that state (a step answered 503 for want of them may still be on the primary alone), else
+        ReplicasUnconfirmed."""
+        self._transition.confirm_read(flow_id)
+
     def submit_selection(self, flow: Flow, ids: list[str], queue: QueuedTask | None = None) -> Transition:
         """awaiting_selection -> completing; queues `queue` with it, or the caller enqueues once DONE."""
         now = self.clock.now()

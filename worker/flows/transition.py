@@ -154,7 +154,8 @@ class TransitionScript:
         if kind == "missing":
             return ReadClaim(None, None)
         read = hash_of(answer[1])
-        if kind == "read":
+        if kind == "read":  # what the shim answers from (a repeat's 303, a 409) is confirmed too
+            self._confirmed(answer, flow_id)
             return ReadClaim(read, None)
         result = answer[2] if self.confirm is None else [*answer[2], answer[-1]]
         return ReadClaim(read, self._outcome(result, flow_id, FlowState.VERIFYING))
@@ -213,8 +214,8 @@ class TransitionScript:
     def _outcome(self, result: Any, flow_id: str, state: FlowState) -> Transition:
         answer = text(result[0])
         outcome = TransitionOutcome(answer if answer != "ok" else "done")
+        self._confirmed(result, flow_id, wrote=outcome is TransitionOutcome.DONE)
         if outcome is TransitionOutcome.DONE:
-            self._confirmed(result, flow_id)
             return Transition(outcome, seq=int(result[1]), state=state)
         if outcome is TransitionOutcome.CONFLICT:
             current = FlowState(text(result[1])) if result[1] else None
@@ -224,17 +225,35 @@ class TransitionScript:
         return Transition(outcome)
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """`script`; with `confirm`, followed by WAIT on the same connection (WAIT counts the replicas
-        that have this connection's writes): the answer then carries the count, kept for `_confirmed`."""
+        """`script`; with `confirm`, followed on the same connection by a write of the barrier and WAIT
+        (WAIT counts the replicas that have this connection's writes, and the barrier's comes after
+        every write the script saw, its own or another process's): the answer then carries the count,
+        kept for `_confirmed`."""
         if self.confirm is None:
             return script(keys=keys, args=args)
         with self._client.pipeline(transaction=False) as pipe:
             script(keys=keys, args=args, client=pipe)
+            pipe.incr(self.names.replication_barrier)
             pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
-            result, confirmed = pipe.execute()
+            result, _, confirmed = pipe.execute()
         return [*result, _Confirmations(int(confirmed))]
 
-    def _confirmed(self, result: list[Any], flow_id: str) -> None:
+    def confirm_read(self, flow_id: str) -> None:
+        """With `confirm`: the replicas have every write this process has seen so far, the flow's state
+        as it was read included, or (when refusing) ReplicasUnconfirmed."""
+        if self.confirm is None:
+            return
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.incr(self.names.replication_barrier)
+            pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
+            _, confirmed = pipe.execute()
+        self._confirmed([_Confirmations(int(confirmed))], flow_id)
+
+    def _confirmed(self, result: list[Any], flow_id: str, *, wrote: bool = False) -> None:
+        """An answer the shim acknowledges or refuses from (a transition made, or the flow as the script
+        found it: a repeated callback's 303, a 409) stands only once the replicas have that state: a step
+        answered 503 for want of them is still on the primary, and its repeat must not be acknowledged
+        before they have it either. A worker's transition unconfirmed is logged."""
         if self.confirm is None or not isinstance(result[-1], _Confirmations):
             return
         if result[-1].count >= self.confirm.replicas:
@@ -242,7 +261,8 @@ class TransitionScript:
         message = f"flow {flow_id}: {result[-1].count} of {self.confirm.replicas} replicas confirmed in time"
         if self.confirm.refuse:
             raise ReplicasUnconfirmed(message)
-        log.warning("%s", message)
+        if wrote:
+            log.warning("%s", message)
 
 
 MARK = "\x00"  # stands for the flow's account or tenant in a name, until callback_claim.lua reads the flow
