@@ -233,10 +233,8 @@ class TransitionScript:
             return script(keys=keys, args=args)
         with self._client.pipeline(transaction=False) as pipe:
             script(keys=keys, args=args, client=pipe)
-            pipe.incr(self.names.replication_barrier)
-            pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
-            result, _, confirmed = pipe.execute()
-        return [*result, _Confirmations(int(confirmed))]
+            [result], confirmed = self._with_replicas(pipe, self.confirm)
+        return [*result, _Confirmations(confirmed)]
 
     def confirm_read(self, flow_id: str) -> None:
         """With `confirm`: the replicas have every write this process has seen so far, the flow's state
@@ -244,10 +242,16 @@ class TransitionScript:
         if self.confirm is None:
             return
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.incr(self.names.replication_barrier)
-            pipe.execute_command("WAIT", self.confirm.replicas, self.confirm.timeout_ms)
-            _, confirmed = pipe.execute()
-        self._confirmed([_Confirmations(int(confirmed))], flow_id)
+            _, confirmed = self._with_replicas(pipe, self.confirm)
+        self._confirmed([_Confirmations(confirmed)], flow_id)
+
+    def _with_replicas(self, pipe: Any, confirm: ReplicaWait) -> tuple[list[Any], int]:
+        """Runs `pipe` with the barrier's write and WAIT after what it holds: the answers of what it
+        held, and how many replicas have every write up to the barrier."""
+        pipe.incr(self.names.replication_barrier)
+        pipe.execute_command("WAIT", confirm.replicas, confirm.timeout_ms)
+        *answers, _, confirmed = pipe.execute()
+        return answers, int(confirmed)
 
     def _confirmed(self, result: list[Any], flow_id: str, *, wrote: bool = False) -> None:
         """An answer the shim acknowledges or refuses from (a transition made, or the flow as the script
