@@ -220,9 +220,11 @@ class Account:
         if as_profile is None:
             return new_profile(request.network)
         known = self._credentials.get(CREDENTIAL_PREFIX + as_profile)
-        if known is not None and known.entity.network == request.network and known.entity_type == "profile":
+        if known is None:
+            return new_profile(request.network, as_profile)
+        if known.entity.network == request.network and known.entity_type == "profile":
             return known.entity
-        return new_profile(request.network, as_profile)
+        return new_profile(request.network)  # that id is another network's (or a page): a profile of its own
 
     def _live_grant(self, token: str) -> Grant:
         grant = self._grants.get(token)

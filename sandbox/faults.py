@@ -63,10 +63,13 @@ class FaultConfig:
             if name not in known:
                 raise FaultConfigError(name, f"unknown fault setting (known: {', '.join(sorted(known))})")
             values[name] = _validated(name, value)
+        named = [name for name in RATE_FIELDS if name in values]
+        if sum(float(values[name]) for name in named) > 1.0 + 1e-9:  # type: ignore[arg-type]
+            raise FaultConfigError(named[0], "the fault rates together must not exceed 1")
         config = dataclasses.replace(self, **values)  # type: ignore[arg-type]
         if sum(getattr(config, name) for name in RATE_FIELDS) > 1.0 + 1e-9:
-            blamed = next((name for name in RATE_FIELDS if name in changes), RATE_FIELDS[0])
-            raise FaultConfigError(blamed, "the fault rates together must not exceed 1")
+            # the rates just set win: those set before and not named now make way (set to 0)
+            config = dataclasses.replace(config, **{name: 0.0 for name in RATE_FIELDS if name not in values})
         return config
 
 

@@ -106,6 +106,19 @@ def test_consent_as_reconnects_a_profile_in_place(sandbox: RunningSandbox, api: 
     assert len(sandbox.connections()) == 1
 
 
+def test_consent_as_another_networks_profile_connects_a_profile_of_its_own(
+    sandbox: RunningSandbox, api: httpx.Client
+) -> None:
+    twitter = connect_profile(sandbox, api, "Twitter")
+    started = api.post("/v2/social-authorization", data={"network": "LinkedIn", "url": CALLBACK})
+    consent = decide(f"{started.json()['RedirectUrl']}&as={twitter.rsplit('-', 1)[1]}", "approve")
+    token = httpx.URL(consent.headers["location"]).params["okt"]
+    credential = api.get(f"/v2/social-authorization/{token}").json()["Credential"]
+    assert credential["Network"] == "LinkedIn"
+    assert credential["Id"] != twitter
+    assert len(sandbox.connections()) == 2
+
+
 def test_connecting_an_invalid_page_again_makes_it_valid(sandbox: RunningSandbox, api: httpx.Client) -> None:
     [page] = connect_pages(api, sandbox, 1)
     httpx.post(f"{sandbox.url}/_sandbox/credentials/{page}/invalidate").raise_for_status()

@@ -89,9 +89,14 @@ def test_without_a_block_retry_after_is_the_wait_for_a_free_slot() -> None:
 def test_fault_config_updates_partially_and_names_bad_fields() -> None:
     config = FaultConfig().updated({"error_rate": 0.5, "latency_ms": 20})
     assert (config.error_rate, config.latency_ms, config.drop_rate) == (0.5, 20.0, 0.0)
-    with pytest.raises(FaultConfigError) as refused:
-        config.updated({"drop_rate": 0.6})
-    assert refused.value.field == "drop_rate"
+    kept = config.updated({"drop_rate": 0.4})  # room for both: the earlier rate stays
+    assert (kept.error_rate, kept.drop_rate) == (0.5, 0.4)
+    switched = kept.updated({"throttle_rate": 1})  # no room: the rates set now win, the others make way
+    assert (switched.error_rate, switched.throttle_rate, switched.drop_rate) == (0.0, 1.0, 0.0)
+    assert Faults(switched).roll() == "throttle"
+    with pytest.raises(FaultConfigError) as refused:  # one setting's own rates past 1: refused whole
+        config.updated({"timeout_rate": 0.3, "drop_rate": 0.3, "malformed_rate": 0.5})
+    assert refused.value.field == "timeout_rate"
     cases: list[tuple[dict[str, object], str]] = [
         ({"error_rate": True}, "error_rate"),
         ({"latency_ms": float("nan")}, "latency_ms"),
