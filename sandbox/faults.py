@@ -63,14 +63,13 @@ class FaultConfig:
             if name not in known:
                 raise FaultConfigError(name, f"unknown fault setting (known: {', '.join(sorted(known))})")
             values[name] = _validated(name, value)
-        named = [name for name in RATE_FIELDS if name in values]
-        if sum(float(values[name]) for name in named) > 1.0 + 1e-9:  # type: ignore[arg-type]
-            raise FaultConfigError(named[0], "the fault rates together must not exceed 1")
-        config = dataclasses.replace(self, **values)  # type: ignore[arg-type]
-        if sum(getattr(config, name) for name in RATE_FIELDS) > 1.0 + 1e-9:
-            # the rates just set win: those set before and not named now make way (set to 0)
-            config = dataclasses.replace(config, **{name: 0.0 for name in RATE_FIELDS if name not in values})
-        return config
+        named = {name: float(values[name]) for name in RATE_FIELDS if name in values}  # type: ignore[arg-type]
+        if sum(named.values()) > 1.0 + 1e-9:
+            raise FaultConfigError(next(iter(named)), "the fault rates together must not exceed 1")
+        if sum(named.get(name, getattr(self, name)) for name in RATE_FIELDS) > 1.0 + 1e-9:
+            # the rates set now win: those set before and not named now make way (set to 0)
+            values.update({name: 0.0 for name in RATE_FIELDS if name not in named})
+        return dataclasses.replace(self, **values)  # type: ignore[arg-type]
 
 
 _CHOICES = {
