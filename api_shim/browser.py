@@ -31,9 +31,19 @@ BROWSER_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-HTML_POLICY = (
-    "default-src 'self'; base-uri 'none'; form-action 'self'; object-src 'none'; frame-ancestors 'none'"
-)
+
+
+def html_policy(*form_targets: str) -> str:
+    """The content security policy of an HTML answer; `form_targets`: origins besides the shim's own
+    that a form on the page may lead to (browsers hold a form's redirects to form-action too)."""
+    targets = " ".join(("'self'", *form_targets))
+    return (
+        f"default-src 'self'; base-uri 'none'; form-action {targets}; object-src 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+HTML_POLICY = html_policy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +126,7 @@ class BrowserHeaders:
                 if browser_route or html:
                     for name, value in BROWSER_HEADERS.items():
                         headers[name] = value
-                if html:
+                if html and "content-security-policy" not in headers:  # a page may widen its form-action
                     headers["Content-Security-Policy"] = HTML_POLICY
             await send(message)
 

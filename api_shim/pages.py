@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from api_shim import languages
+from api_shim.browser import html_policy
 from api_shim.languages import N_
 from api_shim.security import return_url_with
 from worker.config.brand import Brand, tint_readable_on
@@ -212,7 +213,11 @@ def confirm_page(
         "error": error,
     }
     heading = languages.translations(language).gettext(N_("Confirm this connection"))
-    return _render("confirm.html", context, heading, 200)
+    page = _render("confirm.html", context, heading, 200)
+    back = _origin(flow.return_url) if flow.ui is BrowserUI.REDIRECT else None
+    if back is not None:  # its form's answer sends the browser straight back there
+        page.headers["Content-Security-Policy"] = html_policy(back)
+    return page
 
 
 def not_found_page(settings: Settings, language: str) -> HTMLResponse:
@@ -307,7 +312,7 @@ def _origin(url: str | None) -> str | None:
     if not url:
         return None
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # an IPv6 host keeps its brackets
 
 
 def _own_image(link: object, base: tuple[str, str, int]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage
 
@@ -62,6 +63,23 @@ def test_a_browser_without_the_cookie_gets_403_and_sees_no_entity_names(
     forged = context.request.post(f"{page_url}/selection", form={"ids": one_id}, max_redirects=0)
     assert forged.status == 403
     assert stack.flow(flow_id)["status"] == "awaiting_selection", "nothing was selected by the refused posts"
+
+
+def test_a_redirect_flow_confirmed_in_another_browser_goes_back_to_the_partner(
+    stack: HostedStack, browsing: Browsing
+) -> None:
+    """The confirmation page's form answers 303 to the partner's return_url, another origin: the page's
+    form-action lets the browser follow it (Chromium holds a form's redirects to it)."""
+    flow = stack.start_flow("LinkedIn", "profile", ui="redirect")
+    opened = httpx.get(flow["start_url"], timeout=10)  # the flow is bound to another browser than this one
+    assert opened.status_code == 303
+    browsing.page.goto(flow["redirect_url"])
+    browsing.page.get_by_role("button", name="Approve").click()
+    browsing.page.get_by_role("button", name="Connect").click()
+    query = browsing.lands_at_partner(stack.partner)
+    assert query["flow_id"] == [flow["flow_id"]]
+    assert query["status"] == ["processing"]
+    assert stack.terminal_event(flow["flow_id"])["type"] == "connection.completed"
 
 
 def test_every_request_the_page_makes_goes_to_the_shim(stack: HostedStack, browsing: Browsing) -> None:

@@ -67,6 +67,31 @@ async def test_a_callback_from_another_browser_is_a_confirmation_page_that_claim
     assert shim.enqueuer.enqueued == [(flow_id, FlowState.VERIFYING)]
 
 
+@pytest.mark.parametrize(
+    ("ui", "form_action"), [("redirect", "'self' https://app.example"), ("hosted", "'self'")]
+)
+async def test_a_confirmation_page_lets_its_form_lead_where_the_confirmed_callback_goes(
+    shim: Shim, ui: str, form_action: str
+) -> None:
+    """A redirect flow's confirmed callback answers 303 to its return_url, which browsers hold to the
+    page's form-action: that origin is in it (a hosted flow's goes to the shim's own /connect/ page)."""
+    created = await _started(shim, ui=ui)
+    flow_id = created["flow_id"]
+    await _open_start(shim.http, created)
+    async with shim.another_browser() as other:
+        asked = await other.get(f"/v1/callback/{flow_id}", params={"okt": new_token()})
+        fields = FormFields(asked.text)
+        confirmed = await other.post(
+            f"/v1/callback/{flow_id}/confirm", data={"csrf": fields.value("csrf"), "okt": fields.value("okt")}
+        )
+    policy = dict(part.strip().split(" ", 1) for part in asked.headers["content-security-policy"].split(";"))
+    assert policy["form-action"] == form_action
+    assert policy["default-src"] == "'self'"
+    assert urlsplit(confirmed.headers["location"]).netloc == (
+        "app.example" if ui == "redirect" else "shim.example"
+    )
+
+
 async def test_the_confirmation_needs_its_cookie_and_csrf(shim: Shim) -> None:
     created = await _started(shim)
     flow_id = created["flow_id"]
