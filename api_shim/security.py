@@ -42,9 +42,11 @@ def check_return_url(url: str, allowed: list[str]) -> str:
 
 def return_url_with(return_url: str, flow_id: str, status: str, state: str | None = None) -> str:
     """The flow's return_url with `flow_id`, `status` and the caller's `state` (when it gave one) added to
-    its own query."""
+    its own query, in place of any it had of those names (a receiver reading the first of a name reads
+    ours)."""
     parts = urlsplit(return_url)
-    query = [*parse_qsl(parts.query, keep_blank_values=True), ("flow_id", flow_id), ("status", status)]
-    if state is not None:
-        query.append(("state", state))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    ours = [("flow_id", flow_id), ("status", status), *([("state", state)] if state is not None else [])]
+    names = {name for name, _ in ours}
+    given = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in given if name not in names]
+    return urlunsplit(parts._replace(query=urlencode([*kept, *ours])))

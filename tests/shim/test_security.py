@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from api_shim.errors import ApiError
-from api_shim.security import check_return_url
+from api_shim.security import check_return_url, return_url_with
 from worker.config.settings import is_loopback
 
 
@@ -34,3 +34,10 @@ def test_an_allowed_return_url_must_use_https_on_a_name_that_only_looks_local() 
     with pytest.raises(ApiError) as refused:
         check_return_url("http://app.localhost.example:3000/done", ["http://app.localhost.example:3000"])
     assert (refused.value.status, refused.value.code) == (422, "return_url_not_allowed")
+
+
+def test_the_flows_own_query_keys_take_the_place_of_the_callers_of_the_same_name() -> None:
+    back = return_url_with("https://app.example/done?a=b&flow_id=old&status=x&state=s0", "f1", "completed")
+    assert back == "https://app.example/done?a=b&state=s0&flow_id=f1&status=completed"
+    with_state = return_url_with("https://app.example/done?state=s0&tab=1", "f1", "denied", "s1")
+    assert with_state == "https://app.example/done?tab=1&flow_id=f1&status=denied&state=s1"
