@@ -161,6 +161,29 @@ def test_one_endpoint_cannot_take_every_slot_of_its_tenant() -> None:
     assert lone.take("a", "wh_only")  # a tenant of one slot: its endpoint may use it
 
 
+def test_endpoints_that_hang_leave_slots_to_those_that_answer_in_every_tenant() -> None:
+    """A worker of 8 threads: 4 slots, 3 a tenant. Two endpoints of tenant a and one of tenant b time
+    out; the endpoints that answer, in a and in b, still find a slot while they hang."""
+    slots = Slots(total=4, per_tenant=3)
+    for tenant, endpoint in (("a", "wh_dead1"), ("a", "wh_dead2"), ("b", "wh_dead3")):
+        assert slots.take(tenant, endpoint)
+        slots.give_back(tenant, endpoint, delivered=False)  # its first attempt timed out
+    assert slots.take("a", "wh_dead1")
+    assert not slots.take("a", "wh_dead1")  # a failing endpoint holds one slot at most
+    assert slots.take("a", "wh_dead2")
+    assert not slots.take("b", "wh_dead3")  # the failing ones hold half the slots at most
+    assert slots.take("a", "wh_ok")
+    assert slots.take("b", "wh_ok_b")
+    slots.give_back("a", "wh_ok", delivered=True)
+    slots.give_back("a", "wh_dead1", delivered=True)  # it answers again: no longer failing
+    assert slots.take("a", "wh_dead1")
+    assert slots.take("a", "wh_dead1")  # two, as any endpoint that answers
+    assert not slots.take("a", "wh_ok")  # the tenant's three are taken
+    slots.give_back("a", "wh_dead2", delivered=None)  # no attempt was made: still failing
+    assert slots.take("b", "wh_dead3")  # the failing ones' slot free again
+    assert not slots.take("a", "wh_dead2")  # every slot is taken
+
+
 def test_a_webhook_secret_is_redacted_from_log_lines() -> None:
     from worker.observing.redaction import redact
 

@@ -129,6 +129,33 @@ def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup:
     assert setup.courier.attempt(beside).outcome == "delivered"
 
 
+def test_endpoints_whose_attempts_hang_leave_the_endpoints_that_answer_a_slot(setup: Setup) -> None:
+    """An audit's case: two endpoints of the tenant and one of another tenant time out, each attempt
+    holding its slot for the whole timeout; an endpoint that answers is still delivered to at once."""
+    setup.receiver.statuses = [503, 200]  # the first attempt fails, every later one answers
+    failed_once = new_delivery(setup, 400)
+    assert setup.courier.attempt(failed_once).outcome == "retry"  # this endpoint now counts as failing
+    slots = setup.courier.slots
+    assert slots.take("default", setup.endpoint.id)  # its next attempt, hanging
+    assert not slots.take("default", setup.endpoint.id)  # failing: one at a time
+    dead = setup.webhooks.create_endpoint("default", URL, [])
+    for tenant, endpoint in (("default", dead.id), ("other-tenant", "wh_dead_other")):
+        assert slots.take(tenant, endpoint)
+        slots.give_back(tenant, endpoint, delivered=False)  # its attempt timed out
+    assert slots.take("default", dead.id)  # two failing endpoints hang: half the slots
+    assert not slots.take("other-tenant", "wh_dead_other")  # a third waits
+    answering = setup.webhooks.create_endpoint("default", URL, [])
+    event = {"id": "evt_beside_the_dead_ones", "type": "connection.completed"}
+    beside = setup.webhooks.create_delivery(answering, event, json.dumps(event).encode())
+    assert beside is not None
+    assert setup.courier.attempt(beside).outcome == "delivered"
+    other = setup.webhooks.create_endpoint("other-tenant", URL, [])
+    event = {"id": "evt_other_tenant", "type": "connection.completed", "tenant": "other-tenant"}
+    elsewhere = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
+    assert elsewhere is not None
+    assert setup.courier.attempt(elsewhere).outcome == "delivered"
+
+
 def test_an_endpoint_gets_a_bounded_number_of_attempts_at_once_across_workers(setup: Setup) -> None:
     ids = [new_delivery(setup, 100 + number) for number in range(ENDPOINT_IN_FLIGHT + 1)]
     # other workers' attempts to the same endpoint, hanging

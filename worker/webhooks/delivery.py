@@ -59,37 +59,68 @@ class AttemptResult:
 class Slots:
     """How many attempts this process sends at once, in all, for one tenant and for one endpoint, so
     that slow or dead endpoints hold neither the threads that serve flows, nor the other tenants'
-    deliveries, nor (one endpoint at a time) the other endpoints of their own tenant."""
+    deliveries, nor the other endpoints of their own tenant. An endpoint whose last attempt here did not
+    deliver (an error, a refusal, a timeout) is failing: it holds one slot at most, and the failing ones
+    together hold at most half of them, so the endpoints that answer always find one, whatever number
+    of endpoints hang (each such attempt holds its slot for the whole timeout)."""
 
     total: int
     per_tenant: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
     _endpoints: Counter[str] = field(default_factory=Counter)
+    _failing: set[str] = field(default_factory=set)
+    _held_failing: Counter[str] = field(default_factory=Counter)  # slots taken by endpoints then failing
 
     @property
     def per_endpoint(self) -> int:
         """One endpoint leaves its tenant at least one slot, when the tenant has two or more."""
         return max(1, self.per_tenant - 1)
 
+    @property
+    def for_failing(self) -> int:
+        """The slots the failing endpoints may hold together: half, and at least one."""
+        return max(1, self.total // 2)
+
     def take(self, tenant: str, endpoint: str) -> bool:
         with self._lock:
+            failing = endpoint in self._failing
             if (
                 sum(self._busy.values()) >= self.total
                 or self._busy[tenant] >= self.per_tenant
-                or self._endpoints[endpoint] >= self.per_endpoint
+                or self._endpoints[endpoint] >= (1 if failing else self.per_endpoint)
+                or (failing and sum(self._held_failing.values()) >= self.for_failing)
             ):
                 return False
             self._busy[tenant] += 1
             self._endpoints[endpoint] += 1
+            if failing:
+                self._held_failing[endpoint] += 1
             return True
 
-    def give_back(self, tenant: str, endpoint: str) -> None:
+    def give_back(self, tenant: str, endpoint: str, delivered: bool | None = None) -> None:
+        """`delivered`: whether the attempt made with the slot delivered (None: no attempt was made, or
+        its end is not known), which makes the endpoint answering or failing for its next ones."""
         with self._lock:
-            for busy, name in ((self._busy, tenant), (self._endpoints, endpoint)):
+            for busy, name in (
+                (self._busy, tenant),
+                (self._endpoints, endpoint),
+                (self._held_failing, endpoint),
+            ):
                 busy[name] -= 1
                 if busy[name] <= 0:
                     del busy[name]
+            if delivered is True:
+                self._failing.discard(endpoint)
+            elif delivered is False:
+                self._failing.add(endpoint)
+
+
+def _delivered(result: AttemptResult | None) -> bool | None:
+    """Whether an attempt delivered, as the endpoint's slots read it; None when no attempt was sent."""
+    if result is None or result.outcome not in ("delivered", "retry", "failed"):
+        return None
+    return result.outcome == "delivered"
 
 
 class Courier:
@@ -137,10 +168,12 @@ class Courier:
         endpoint = endpoint_of(delivery_id)
         if not self.slots.take(due.tenant, endpoint):
             return self._defer(delivery_id)
+        result: AttemptResult | None = None
         try:
-            return self._attempt(delivery_id)
+            result = self._attempt(delivery_id)
+            return result
         finally:
-            self.slots.give_back(due.tenant, endpoint)
+            self.slots.give_back(due.tenant, endpoint, _delivered(result))
 
     def _defer(self, delivery_id: str) -> AttemptResult:
         """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
