@@ -150,6 +150,9 @@ def test_one_tenant_cannot_take_every_slot() -> None:
 def test_one_endpoint_cannot_take_every_slot_of_its_tenant() -> None:
     slots = Slots(total=4, per_tenant=3)  # a worker of 8 threads serving flows and deliveries
     assert slots.take("a", "wh_slow")
+    assert not slots.take("a", "wh_slow")  # not tried here yet: one at a time until an attempt delivers
+    slots.give_back("a", "wh_slow", delivered=True)
+    assert slots.take("a", "wh_slow")
     assert slots.take("a", "wh_slow")
     assert not slots.take("a", "wh_slow")  # the tenant's third slot stays for its other endpoints
     assert slots.take("a", "wh_fast")

@@ -85,8 +85,8 @@ def test_a_delivery_not_due_yet_answers_its_wait_even_when_every_slot_is_held(se
 
 def test_due_deliveries_without_a_slot_come_back_one_after_another_not_every_second(setup: Setup) -> None:
     ids = [new_delivery(setup, 200 + number) for number in range(40)]
-    for holder in "abcd":  # hanging attempts hold every slot of this process
-        assert setup.courier.slots.take(holder, f"wh_{holder}")
+    # an attempt of this endpoint (not yet tried here: one at a time) hangs: its own limit is reached
+    assert setup.courier.slots.take("default", setup.endpoint.id)
     waits = []
     for delivery_id in ids:
         answer = setup.courier.attempt(delivery_id)
@@ -117,8 +117,21 @@ def test_one_tenant_holds_at_most_three_quarters_of_a_process_slots(setup: Setup
     assert setup.courier.attempt(delivery_id).outcome == "delivered"
 
 
+def test_deliveries_held_back_by_other_endpoints_look_again_soon_one_after_another(setup: Setup) -> None:
+    ids = [new_delivery(setup, 500 + number) for number in range(10)]
+    for holder in "abcd":  # other endpoints' hanging attempts hold every slot of this process
+        assert setup.courier.slots.take(holder, f"wh_{holder}")
+    waits = [setup.courier.attempt(delivery_id).again_in or 0 for delivery_id in ids]
+    # turns spaced by a twentieth of the timeout (2 s / 20), jittered: no backlog builds behind others
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits))
+    assert 0.08 * 10 <= waits[-1] <= 0.12 * 10 + 0.05
+
+
 def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup: Setup) -> None:
     slow = new_delivery(setup, 300)
+    slots = setup.courier.slots
+    assert slots.take("default", setup.endpoint.id)
+    slots.give_back("default", setup.endpoint.id, delivered=True)  # it answers: two at a time from now
     for _ in range(2):  # two attempts to this endpoint hang in this process
         assert setup.courier.slots.take("default", setup.endpoint.id)
     assert setup.courier.attempt(slow).outcome == "deferred"  # the tenant's third slot is not its

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "oktopost-connect-webhooks/1"
 ENDPOINT_IN_FLIGHT = 4  # attempts one endpoint is sent at once, by every worker together
+SHARED_SPACING = 20  # a delivery held back by other endpoints' attempts looks again in timeout / this
 _JITTER = secrets.SystemRandom()
 
 
@@ -62,14 +63,15 @@ class Slots:
     deliveries, nor the other endpoints of their own tenant. An endpoint whose last attempt here did not
     deliver (an error, a refusal, a timeout) is failing: it holds one slot at most, and the failing ones
     together hold at most half of them, so the endpoints that answer always find one, whatever number
-    of endpoints hang (each such attempt holds its slot for the whole timeout)."""
+    of endpoints hang (each such attempt holds its slot for the whole timeout). An endpoint not yet tried
+    here holds one at most too, until an attempt of it delivers."""
 
     total: int
     per_tenant: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
     _endpoints: Counter[str] = field(default_factory=Counter)
-    _failing: set[str] = field(default_factory=set)
+    _answered: dict[str, bool] = field(default_factory=dict)  # endpoint -> whether its last attempt delivered
     _held_failing: Counter[str] = field(default_factory=Counter)  # slots taken by endpoints then failing
 
     @property
@@ -84,11 +86,11 @@ class Slots:
 
     def take(self, tenant: str, endpoint: str) -> bool:
         with self._lock:
-            failing = endpoint in self._failing
+            failing = self._answered.get(endpoint) is False
             if (
                 sum(self._busy.values()) >= self.total
                 or self._busy[tenant] >= self.per_tenant
-                or self._endpoints[endpoint] >= (1 if failing else self.per_endpoint)
+                or self._endpoints[endpoint] >= self._own_limit(endpoint)
                 or (failing and sum(self._held_failing.values()) >= self.for_failing)
             ):
                 return False
@@ -110,10 +112,16 @@ class Slots:
                 busy[name] -= 1
                 if busy[name] <= 0:
                     del busy[name]
-            if delivered is True:
-                self._failing.discard(endpoint)
-            elif delivered is False:
-                self._failing.add(endpoint)
+            if delivered is not None:
+                self._answered[endpoint] = delivered
+
+    def at_own_limit(self, endpoint: str) -> bool:
+        """Whether the endpoint holds all the slots it may (else others' attempts hold them)."""
+        with self._lock:
+            return self._endpoints[endpoint] >= self._own_limit(endpoint)
+
+    def _own_limit(self, endpoint: str) -> int:
+        return self.per_endpoint if self._answered.get(endpoint) is True else 1
 
 
 def _delivered(result: AttemptResult | None) -> bool | None:
@@ -167,7 +175,7 @@ class Courier:
             return _not_now(due)
         endpoint = endpoint_of(delivery_id)
         if not self.slots.take(due.tenant, endpoint):
-            return self._defer(delivery_id)
+            return self._defer(delivery_id, own=self.slots.at_own_limit(endpoint))
         result: AttemptResult | None = None
         try:
             result = self._attempt(delivery_id)
@@ -175,9 +183,12 @@ class Courier:
         finally:
             self.slots.give_back(due.tenant, endpoint, _delivered(result))
 
-    def _defer(self, delivery_id: str) -> AttemptResult:
-        """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones."""
-        spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / ENDPOINT_IN_FLIGHT
+    def _defer(self, delivery_id: str, *, own: bool = True) -> AttemptResult:
+        """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones,
+        spaced by about the time one of the endpoint's own attempts may take when it holds all it may
+        (`own`), and by a twentieth of that when other endpoints' attempts hold the slots (an endpoint
+        that answers, held back by ones that hang, goes on as soon as a slot is free)."""
+        spacing = _JITTER.uniform(0.8, 1.2) * self.timeout / (ENDPOINT_IN_FLIGHT if own else SHARED_SPACING)
         turn = self.store.wait_turn(delivery_id, spacing, self.lease)
         if turn is None:  # a copy: the task given the turn comes then
             return AttemptResult("copy")
