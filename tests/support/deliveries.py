@@ -4,6 +4,7 @@ every request, the store and courier around it, and the in-process shim's webhoo
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -19,13 +20,17 @@ URL = "https://hooks.partner.example/oktopost?x=1"
 
 @dataclass
 class Receiver:
-    """The endpoint: answers with `statuses` in turn (the last one repeated), keeps every request."""
+    """The endpoint: answers with `statuses` in turn (the last one repeated), after `delays` in turn (then
+    at once), keeps every request."""
 
     statuses: list[int] = field(default_factory=lambda: [200])
     requests: list[httpx.Request] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.delays:
+            time.sleep(self.delays.pop(0))
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         headers = {"Location": "https://10.0.0.1/"} if 300 <= status < 400 else {}
         return httpx.Response(status, headers=headers)

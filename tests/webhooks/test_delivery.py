@@ -151,7 +151,7 @@ def test_one_endpoint_cannot_take_every_slot_of_its_tenant() -> None:
     slots = Slots(total=4, per_tenant=3)  # a worker of 8 threads serving flows and deliveries
     assert slots.take("a", "wh_slow")
     assert not slots.take("a", "wh_slow")  # not tried here yet: one at a time until an attempt delivers
-    slots.give_back("a", "wh_slow", delivered=True)
+    slots.give_back("a", "wh_slow", answered=True)
     assert slots.take("a", "wh_slow")
     assert slots.take("a", "wh_slow")
     assert not slots.take("a", "wh_slow")  # the tenant's third slot stays for its other endpoints
@@ -170,19 +170,19 @@ def test_endpoints_that_hang_leave_slots_to_those_that_answer_in_every_tenant() 
     slots = Slots(total=4, per_tenant=3)
     for tenant, endpoint in (("a", "wh_dead1"), ("a", "wh_dead2"), ("b", "wh_dead3")):
         assert slots.take(tenant, endpoint)
-        slots.give_back(tenant, endpoint, delivered=False)  # its first attempt timed out
+        slots.give_back(tenant, endpoint, answered=False)  # its first attempt timed out
     assert slots.take("a", "wh_dead1")
     assert not slots.take("a", "wh_dead1")  # a failing endpoint holds one slot at most
     assert slots.take("a", "wh_dead2")
     assert not slots.take("b", "wh_dead3")  # the failing ones hold half the slots at most
     assert slots.take("a", "wh_ok")
     assert slots.take("b", "wh_ok_b")
-    slots.give_back("a", "wh_ok", delivered=True)
-    slots.give_back("a", "wh_dead1", delivered=True)  # it answers again: no longer failing
+    slots.give_back("a", "wh_ok", answered=True)
+    slots.give_back("a", "wh_dead1", answered=True)  # it answers again: no longer failing
     assert slots.take("a", "wh_dead1")
     assert slots.take("a", "wh_dead1")  # two, as any endpoint that answers
     assert not slots.take("a", "wh_ok")  # the tenant's three are taken
-    slots.give_back("a", "wh_dead2", delivered=None)  # no attempt was made: still failing
+    slots.give_back("a", "wh_dead2", answered=None)  # no attempt was made: still failing
     assert slots.take("b", "wh_dead3")  # the failing ones' slot free again
     assert not slots.take("a", "wh_dead2")  # every slot is taken
 

@@ -131,7 +131,7 @@ def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup:
     slow = new_delivery(setup, 300)
     slots = setup.courier.slots
     assert slots.take("default", setup.endpoint.id)
-    slots.give_back("default", setup.endpoint.id, delivered=True)  # it answers: two at a time from now
+    slots.give_back("default", setup.endpoint.id, answered=True)  # it answers: two at a time from now
     for _ in range(2):  # two attempts to this endpoint hang in this process
         assert setup.courier.slots.take("default", setup.endpoint.id)
     assert setup.courier.attempt(slow).outcome == "deferred"  # the tenant's third slot is not its
@@ -145,16 +145,24 @@ def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup:
 def test_endpoints_whose_attempts_hang_leave_the_endpoints_that_answer_a_slot(setup: Setup) -> None:
     """An audit's case: two endpoints of the tenant and one of another tenant time out, each attempt
     holding its slot for the whole timeout; an endpoint that answers is still delivered to at once."""
-    setup.receiver.statuses = [503, 200]  # the first attempt fails, every later one answers
+    slots = setup.courier.slots
+    setup.receiver.statuses = [503, 200]
+    refused_quickly = new_delivery(setup, 399)
+    assert setup.courier.attempt(refused_quickly).outcome == "retry"  # a quick 503: it answers
+    assert slots.take("default", setup.endpoint.id)
+    assert slots.take("default", setup.endpoint.id)  # two at a time, as an endpoint that answers
+    for _ in range(2):
+        slots.give_back("default", setup.endpoint.id, answered=None)
+    setup.receiver.statuses = [503, 200]
+    setup.receiver.delays = [1.1]  # past half the 2 s timeout: as good as hanging
     failed_once = new_delivery(setup, 400)
     assert setup.courier.attempt(failed_once).outcome == "retry"  # this endpoint now counts as failing
-    slots = setup.courier.slots
     assert slots.take("default", setup.endpoint.id)  # its next attempt, hanging
     assert not slots.take("default", setup.endpoint.id)  # failing: one at a time
     dead = setup.webhooks.create_endpoint("default", URL, [])
     for tenant, endpoint in (("default", dead.id), ("other-tenant", "wh_dead_other")):
         assert slots.take(tenant, endpoint)
-        slots.give_back(tenant, endpoint, delivered=False)  # its attempt timed out
+        slots.give_back(tenant, endpoint, answered=False)  # its attempt timed out
     assert slots.take("default", dead.id)  # two failing endpoints hang: half the slots
     assert not slots.take("other-tenant", "wh_dead_other")  # a third waits
     answering = setup.webhooks.create_endpoint("default", URL, [])

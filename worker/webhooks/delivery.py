@@ -60,18 +60,19 @@ class AttemptResult:
 class Slots:
     """How many attempts this process sends at once, in all, for one tenant and for one endpoint, so
     that slow or dead endpoints hold neither the threads that serve flows, nor the other tenants'
-    deliveries, nor the other endpoints of their own tenant. An endpoint whose last attempt here did not
-    deliver (an error, a refusal, a timeout) is failing: it holds one slot at most, and the failing ones
-    together hold at most half of them, so the endpoints that answer always find one, whatever number
-    of endpoints hang (each such attempt holds its slot for the whole timeout). An endpoint not yet tried
-    here holds one at most too, until an attempt of it delivers."""
+    deliveries, nor the other endpoints of their own tenant. An endpoint whose last attempt here hung
+    (no answer, or no 2xx, within half the timeout) is failing: it holds one slot at most, and the failing
+    ones together hold at most half of them, so the endpoints that answer always find one, whatever
+    number of endpoints hang (each such attempt holds its slot for the whole timeout). An endpoint not yet
+    tried here holds one at most too, until an attempt of it answers (a quick 503 counts: it holds its
+    slot no longer than a 2xx)."""
 
     total: int
     per_tenant: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
     _endpoints: Counter[str] = field(default_factory=Counter)
-    _answered: dict[str, bool] = field(default_factory=dict)  # endpoint -> whether its last attempt delivered
+    _answered: dict[str, bool] = field(default_factory=dict)  # endpoint -> its last attempt answered in time
     _held_failing: Counter[str] = field(default_factory=Counter)  # slots taken by endpoints then failing
 
     @property
@@ -100,9 +101,10 @@ class Slots:
                 self._held_failing[endpoint] += 1
             return True
 
-    def give_back(self, tenant: str, endpoint: str, delivered: bool | None = None) -> None:
-        """`delivered`: whether the attempt made with the slot delivered (None: no attempt was made, or
-        its end is not known), which makes the endpoint answering or failing for its next ones."""
+    def give_back(self, tenant: str, endpoint: str, answered: bool | None = None) -> None:
+        """`answered`: whether the attempt made with the slot delivered, or was refused, within half the
+        timeout (None: no attempt was made), which makes the endpoint answering or failing for its next
+        ones."""
         with self._lock:
             for busy, name in (
                 (self._busy, tenant),
@@ -112,8 +114,8 @@ class Slots:
                 busy[name] -= 1
                 if busy[name] <= 0:
                     del busy[name]
-            if delivered is not None:
-                self._answered[endpoint] = delivered
+            if answered is not None:
+                self._answered[endpoint] = answered
 
     def at_own_limit(self, endpoint: str) -> bool:
         """Whether the endpoint holds all the slots it may (else others' attempts hold them)."""
@@ -124,11 +126,12 @@ class Slots:
         return self.per_endpoint if self._answered.get(endpoint) is True else 1
 
 
-def _delivered(result: AttemptResult | None) -> bool | None:
-    """Whether an attempt delivered, as the endpoint's slots read it; None when no attempt was sent."""
+def _answered(result: AttemptResult | None, seconds: float, timeout: float) -> bool | None:
+    """Whether an attempt's endpoint answered in time, as its slots read it: it delivered, or it was
+    refused within half the timeout; None when no attempt was sent."""
     if result is None or result.outcome not in ("delivered", "retry", "failed"):
         return None
-    return result.outcome == "delivered"
+    return result.outcome == "delivered" or seconds < timeout / 2
 
 
 class Courier:
@@ -177,11 +180,13 @@ class Courier:
         if not self.slots.take(due.tenant, endpoint):
             return self._defer(delivery_id, own=self.slots.at_own_limit(endpoint))
         result: AttemptResult | None = None
+        started = time.monotonic()
         try:
             result = self._attempt(delivery_id)
             return result
         finally:
-            self.slots.give_back(due.tenant, endpoint, _delivered(result))
+            answered = _answered(result, time.monotonic() - started, self.timeout)
+            self.slots.give_back(due.tenant, endpoint, answered)
 
     def _defer(self, delivery_id: str, *, own: bool = True) -> AttemptResult:
         """No slot now: the task comes back at the delivery's turn behind the endpoint's waiting ones,
