@@ -65,6 +65,17 @@ def new_delivery(setup: Setup, number: int) -> str:
     return delivery_id
 
 
+def delivery_at_another_endpoint(setup: Setup, tenant: str, event_id: str) -> str:
+    """A delivery of a new event to a new endpoint of `tenant` (beside the setup's own)."""
+    endpoint = setup.webhooks.create_endpoint(tenant, URL, [])
+    event = {"id": event_id, "type": "connection.completed"} | (
+        {"tenant": tenant} if tenant != "default" else {}
+    )
+    delivery_id = setup.webhooks.create_delivery(endpoint, event, json.dumps(event).encode())
+    assert delivery_id is not None
+    return delivery_id
+
+
 @pytest.fixture
 def setup() -> Iterator[Setup]:
     made = _setup(Slots(total=4, per_tenant=3))
@@ -110,10 +121,7 @@ def test_one_tenant_holds_at_most_three_quarters_of_a_process_slots(setup: Setup
     for holder in "abc":  # three attempts of this tenant hang
         assert setup.courier.slots.take("default", f"wh_{holder}")
     assert setup.courier.attempt(first).outcome == "deferred"
-    other = setup.webhooks.create_endpoint("other-tenant", URL, [])
-    event = {"id": "evt_other", "type": "connection.completed", "tenant": "other-tenant"}
-    delivery_id = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
-    assert delivery_id is not None
+    delivery_id = delivery_at_another_endpoint(setup, "other-tenant", "evt_other")
     assert setup.courier.attempt(delivery_id).outcome == "delivered"
 
 
@@ -135,10 +143,7 @@ def test_a_slow_endpoint_leaves_its_tenant_a_slot_for_its_other_endpoints(setup:
     for _ in range(2):  # two attempts to this endpoint hang in this process
         assert setup.courier.slots.take("default", setup.endpoint.id)
     assert setup.courier.attempt(slow).outcome == "deferred"  # the tenant's third slot is not its
-    other = setup.webhooks.create_endpoint("default", URL, [])
-    event = {"id": "evt_beside_the_slow_one", "type": "connection.completed"}
-    beside = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
-    assert beside is not None
+    beside = delivery_at_another_endpoint(setup, "default", "evt_beside_the_slow_one")
     assert setup.courier.attempt(beside).outcome == "delivered"
 
 
@@ -165,15 +170,9 @@ def test_endpoints_whose_attempts_hang_leave_the_endpoints_that_answer_a_slot(se
         slots.give_back(tenant, endpoint, answered=False)  # its attempt timed out
     assert slots.take("default", dead.id)  # two failing endpoints hang: half the slots
     assert not slots.take("other-tenant", "wh_dead_other")  # a third waits
-    answering = setup.webhooks.create_endpoint("default", URL, [])
-    event = {"id": "evt_beside_the_dead_ones", "type": "connection.completed"}
-    beside = setup.webhooks.create_delivery(answering, event, json.dumps(event).encode())
-    assert beside is not None
+    beside = delivery_at_another_endpoint(setup, "default", "evt_beside_the_dead_ones")
     assert setup.courier.attempt(beside).outcome == "delivered"
-    other = setup.webhooks.create_endpoint("other-tenant", URL, [])
-    event = {"id": "evt_other_tenant", "type": "connection.completed", "tenant": "other-tenant"}
-    elsewhere = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
-    assert elsewhere is not None
+    elsewhere = delivery_at_another_endpoint(setup, "other-tenant", "evt_other_tenant")
     assert setup.courier.attempt(elsewhere).outcome == "delivered"
 
 
@@ -184,10 +183,7 @@ def test_an_endpoint_gets_a_bounded_number_of_attempts_at_once_across_workers(se
         assert isinstance(setup.webhooks.begin_attempt(delivery_id, 30, ENDPOINT_IN_FLIGHT), Attempt)
     assert setup.courier.attempt(ids[-1]).outcome == "deferred"
     assert setup.receiver.requests == []
-    other = setup.webhooks.create_endpoint("default", URL, [])
-    event = {"id": "evt_elsewhere", "type": "connection.completed"}
-    elsewhere = setup.webhooks.create_delivery(other, event, json.dumps(event).encode())
-    assert elsewhere is not None
+    elsewhere = delivery_at_another_endpoint(setup, "default", "evt_elsewhere")
     assert setup.courier.attempt(elsewhere).outcome == "delivered"  # another endpoint is not held up
     # an attempt that ends gives its place back
     setup.flows.redis.zremrangebyrank(setup.flows.names.webhook_in_flight(setup.endpoint.id), 0, 0)
