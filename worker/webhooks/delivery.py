@@ -73,7 +73,6 @@ class Slots:
     _busy: Counter[str] = field(default_factory=Counter)
     _endpoints: Counter[str] = field(default_factory=Counter)
     _answered: dict[str, bool] = field(default_factory=dict)  # endpoint -> its last attempt answered in time
-    _held_failing: Counter[str] = field(default_factory=Counter)  # slots taken by endpoints then failing
 
     @property
     def per_endpoint(self) -> int:
@@ -87,18 +86,15 @@ class Slots:
 
     def take(self, tenant: str, endpoint: str) -> bool:
         with self._lock:
-            failing = self._answered.get(endpoint) is False
             if (
                 sum(self._busy.values()) >= self.total
                 or self._busy[tenant] >= self.per_tenant
                 or self._endpoints[endpoint] >= self._own_limit(endpoint)
-                or (failing and sum(self._held_failing.values()) >= self.for_failing)
+                or (self._failing(endpoint) and self._held_by_failing() >= self.for_failing)
             ):
                 return False
             self._busy[tenant] += 1
             self._endpoints[endpoint] += 1
-            if failing:
-                self._held_failing[endpoint] += 1
             return True
 
     def give_back(self, tenant: str, endpoint: str, answered: bool | None = None) -> None:
@@ -106,11 +102,7 @@ class Slots:
         timeout (None: no attempt was made), which makes the endpoint answering or failing for its next
         ones."""
         with self._lock:
-            for busy, name in (
-                (self._busy, tenant),
-                (self._endpoints, endpoint),
-                (self._held_failing, endpoint),
-            ):
+            for busy, name in ((self._busy, tenant), (self._endpoints, endpoint)):
                 busy[name] -= 1
                 if busy[name] <= 0:
                     del busy[name]
@@ -124,6 +116,12 @@ class Slots:
 
     def _own_limit(self, endpoint: str) -> int:
         return self.per_endpoint if self._answered.get(endpoint) is True else 1
+
+    def _failing(self, endpoint: str) -> bool:
+        return self._answered.get(endpoint) is False
+
+    def _held_by_failing(self) -> int:
+        return sum(held for endpoint, held in self._endpoints.items() if self._failing(endpoint))
 
 
 def _answered(result: AttemptResult | None, seconds: float, timeout: float) -> bool | None:
