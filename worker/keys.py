@@ -54,7 +54,7 @@ class RedisNames:
 
     @property
     def replication_barrier(self) -> str:
-        """Counter written after a transition's script when replicas confirm acknowledged steps
+        """Counter the shim writes after a transition's script when replicas confirm acknowledged steps
         (REDIS_WAIT_REPLICAS): WAIT then covers the state the script read, whoever wrote it."""
         return f"{self.prefix}:replication:barrier"
 

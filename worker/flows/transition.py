@@ -225,10 +225,10 @@ class TransitionScript:
         return Transition(outcome)
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """`script`; with `confirm`, followed on the same connection by a write of the barrier and WAIT
-        (WAIT counts the replicas that have this connection's writes, and the barrier's comes after
-        every write the script saw, its own or another process's): the answer then carries the count,
-        kept for `_confirmed`."""
+        """`script`; with `confirm`, followed on the same connection by WAIT (WAIT counts the replicas that
+        have this connection's writes; in the shim a write of the barrier before it comes after every
+        write the script saw, its own or another process's): the answer then carries the count, kept for
+        `_confirmed`."""
         if self.confirm is None:
             return script(keys=keys, args=args)
         with self._client.pipeline(transaction=False) as pipe:
@@ -246,12 +246,15 @@ class TransitionScript:
         self._confirmed([_Confirmations(confirmed)], flow_id)
 
     def _with_replicas(self, pipe: Any, confirm: ReplicaWait) -> tuple[list[Any], int]:
-        """Runs `pipe` with the barrier's write and WAIT after what it holds: the answers of what it
-        held, and how many replicas have every write up to the barrier."""
-        pipe.incr(self.names.replication_barrier)
+        """Runs `pipe` with WAIT after what it holds: the answers of what it held, and how many replicas
+        have every write up to then. The shim (`refuse`), which answers from states other processes
+        wrote too, writes the barrier before the WAIT; a worker logs only its own transitions
+        unconfirmed, which WAIT covers without it."""
+        if confirm.refuse:
+            pipe.incr(self.names.replication_barrier)
         pipe.execute_command("WAIT", confirm.replicas, confirm.timeout_ms)
-        *answers, _, confirmed = pipe.execute()
-        return answers, int(confirmed)
+        *answers, confirmed = pipe.execute()
+        return answers[:-1] if confirm.refuse else answers, int(confirmed)
 
     def _confirmed(self, result: list[Any], flow_id: str, *, wrote: bool = False) -> None:
         """An answer the shim acknowledges or refuses from (a transition made, or the flow as the script
