@@ -31,6 +31,7 @@ from worker.config.tenants import (
     Tenants,
     TenantsError,
     check_account_id,
+    check_api_key,
     check_caller_keys,
     check_hosts,
     check_origins,
@@ -238,9 +239,7 @@ class Settings(BaseSettings):
     @field_validator("oktopost_api_key")
     @classmethod
     def _api_key(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
+        return check_api_key(value)  # as a tenants file's is checked
 
     @field_validator(
         "allowed_return_urls", "shim_api_keys", "allow_http_hosts", "webhook_allowed_hosts", mode="before"

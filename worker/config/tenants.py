@@ -125,6 +125,13 @@ def check_account_id(value: str) -> str:
     return value
 
 
+def check_api_key(value: SecretStr) -> SecretStr:
+    """An Oktopost API key that is there (not empty or blank)."""
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 def check_caller_keys(keys: list[SecretStr]) -> list[SecretStr]:
     """Caller keys long enough to resist guessing, and none of them a placeholder shipped with the docs."""
     for key in keys:
@@ -162,9 +169,7 @@ class OktopostAccount(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _key_set(cls, value: SecretStr) -> SecretStr:
-        secret = value.get_secret_value()
-        if not secret.strip():
-            raise ValueError("must not be empty")
+        secret = check_api_key(value).get_secret_value()
         if secret.startswith(PLACEHOLDER_PREFIX):
             raise ValueError("is still a shipped placeholder: set the account's API key")
         return value
