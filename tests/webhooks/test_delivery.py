@@ -187,6 +187,24 @@ def test_endpoints_that_hang_leave_slots_to_those_that_answer_in_every_tenant() 
     assert not slots.take("a", "wh_dead2")  # every slot is taken
 
 
+def test_slots_remember_a_bounded_number_of_endpoints_forgetting_the_least_recent_without_a_slot() -> None:
+    slots = Slots(total=4, per_tenant=3, remembered=3)
+    assert slots.take("a", "wh_busy")
+    for endpoint in ("wh_old", "wh_mid", "wh_new"):
+        assert slots.take("a", endpoint)
+        slots.give_back("a", endpoint, answered=False)
+    slots.give_back("a", "wh_busy", answered=True)  # heard from last, but the other three are older
+    assert slots.take("a", "wh_busy")  # wh_busy holds a slot now
+    for endpoint in (f"wh_{n}" for n in range(1000)):  # months of endpoints, each tried once
+        assert slots.take("b", endpoint)
+        slots.give_back("b", endpoint, answered=True)
+    assert len(slots._answered) == 3
+    assert slots.take("a", "wh_busy")  # still remembered as answering: its second slot, while it holds one
+    assert list(slots._answered) == ["wh_busy", "wh_998", "wh_999"]
+    assert slots.take("c", "wh_old")  # forgotten: not yet tried, one slot at most
+    assert not slots.take("c", "wh_old")
+
+
 def test_a_webhook_secret_is_redacted_from_log_lines() -> None:
     from worker.observing.redaction import redact
 

@@ -25,7 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "oktopost-connect-webhooks/1"
 ENDPOINT_IN_FLIGHT = 4  # attempts one endpoint is sent at once, by every worker together
+REMEMBERED_ENDPOINTS = 4096  # endpoints whose last answer a worker's slots keep (the least recent go first)
 SHARED_SPACING = 20  # a delivery held back by other endpoints' attempts looks again in timeout / this
 _JITTER = secrets.SystemRandom()
 
@@ -65,14 +66,18 @@ class Slots:
     ones together hold at most half of them, so the endpoints that answer always find one, whatever
     number of endpoints hang (each such attempt holds its slot for the whole timeout). An endpoint not yet
     tried here holds one at most too, until an attempt of it answers (a quick 503 counts: it holds its
-    slot no longer than a 2xx)."""
+    slot no longer than a 2xx). The last answers of `remembered` endpoints are kept, over months of
+    endpoints created and deleted: past that, the endpoint heard from least recently that holds no slot
+    is forgotten, and counts as not yet tried."""
 
     total: int
     per_tenant: int
+    remembered: int = REMEMBERED_ENDPOINTS
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _busy: Counter[str] = field(default_factory=Counter)
     _endpoints: Counter[str] = field(default_factory=Counter)
-    _answered: dict[str, bool] = field(default_factory=dict)  # endpoint -> its last attempt answered in time
+    # endpoint -> its last attempt answered in time, the most recently heard from last
+    _answered: OrderedDict[str, bool] = field(default_factory=OrderedDict)
 
     @property
     def per_endpoint(self) -> int:
@@ -107,7 +112,17 @@ class Slots:
                 if busy[name] <= 0:
                     del busy[name]
             if answered is not None:
-                self._answered[endpoint] = answered
+                self._remember(endpoint, answered)
+
+    def _remember(self, endpoint: str, answered: bool) -> None:
+        self._answered[endpoint] = answered
+        self._answered.move_to_end(endpoint)
+        if len(self._answered) <= self.remembered:
+            return
+        for name in self._answered:  # the least recently heard from first
+            if name not in self._endpoints:
+                del self._answered[name]
+                return
 
     def at_own_limit(self, endpoint: str) -> bool:
         """Whether the endpoint holds all the slots it may (else others' attempts hold them)."""
