@@ -21,7 +21,7 @@ from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import NoBudgetNow, UpstreamBudget
 from worker.upstream.clients import Upstreams
-from worker.upstream.parking import RAMP_PROBE_SECONDS, RAMP_WINDOW, Unparker
+from worker.upstream.parking import RAMP_PROBE_SECONDS, RAMP_WINDOW, STRANDED_SECONDS, Unparker
 from worker.upstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
@@ -269,7 +269,8 @@ def test_an_account_no_worker_knows_fails_its_parked_flows_and_is_forgotten() ->
     stranger = Unparker(store, RecordingEnqueuer(), lambda _: None, hold=2.0, least_seconds=0.1)
     stranger.release_due()  # not overdue yet: a worker that knows it may still release them
     assert parked(context) == [second, third]
-    store.redis.zadd(names.parked_accounts, {parked_set: store.clock.now() - 11})  # nobody moved it on
+    overdue = store.clock.now() - STRANDED_SECONDS - 1  # nobody moved it on
+    store.redis.zadd(names.parked_accounts, {parked_set: overdue})
     stranger.release_due()
     for flow_id in (second, third):
         ended = store.events(flow_id)[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,42 @@ def test_two_tenants_on_two_accounts_stay_apart(redis_server: RedisServer, tmp_p
     finally:
         for channel in channels:
             channel.close()
+        if pipeline is not None:
+            pipeline.stop()
+        sandbox.process.stop()
+
+
+def test_a_deploy_that_adds_a_tenant_loses_none_of_its_flows_to_a_worker_started_before(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The shim knows the new tenant globex before any worker does: the old worker parks globex's flow
+    under its account instead of failing it, and the worker started with the new file completes it."""
+    sandbox = start_sandbox("--account", ":".join(ACME_OKTOPOST), "--account", ":".join(GLOBEX_OKTOPOST))
+    pipeline: Pipeline | None = None
+    try:
+        old_file, new_file = tmp_path / "old.toml", tmp_path / "new.toml"
+        new_file.write_text(tenants_toml(sandbox.url))
+        old_file.write_text(tenants_toml(sandbox.url).split("\n\n[tenants.globex]")[0])
+        pipeline = start_pipeline(redis_server.url, sandbox.url, workers=0, tenants_file=new_file)
+        pipeline.env["TENANTS_FILE"] = str(old_file)
+        pipeline.start_worker()  # the worker of the deploy before: acme only
+        pipeline.env["TENANTS_FILE"] = str(new_file)
+        acme, globex = start(pipeline, ACME, "profile"), start(pipeline, GLOBEX, "profile")
+        for flow in (acme, globex):
+            assert callback(consent(flow["redirect_url"])).status_code in (200, 303)
+        assert events_of(pipeline, acme["flow_id"])[-1]["type"] == "connection.completed"
+        time.sleep(3)  # the old worker took globex's task more than once meanwhile
+        status = httpx.get(
+            f"{pipeline.shim_url}/v1/authorizations/{globex['flow_id']}", headers=GLOBEX, timeout=5
+        )
+        assert status.json()["status"] == "verifying", status.text
+        pipeline.start_worker()  # the deploy's new worker
+        events = events_of(pipeline, globex["flow_id"])
+        assert events[-1]["type"] == "connection.completed", events[-1]
+        (credential,) = events[-1]["data"]["credentials"]
+        accounts = {item["Id"]: item["Account"] for item in sandbox.connections()}
+        assert accounts[credential["id"]] == GLOBEX_OKTOPOST[0]
+    finally:
         if pipeline is not None:
             pipeline.stop()
         sandbox.process.stop()

@@ -1,9 +1,10 @@
 """A task calls Oktopost for its flow's account: that account's client and budget, whichever tenant the
-flow is; a flow whose account has left the configuration fails at once instead of waiting out its token;
-one account's pause ends only that account's flows."""
+flow is; a flow whose account this worker does not know waits, parked, for a worker that knows it, and
+fails once no worker does; one account's pause ends only that account's flows."""
 
 from __future__ import annotations
 
+import time
 from typing import NoReturn
 
 import fakeredis
@@ -22,12 +23,16 @@ from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import UpstreamBudget
 from worker.upstream.clients import Upstream, Upstreams
+from worker.upstream.parking import STRANDED_SECONDS, Unparker
 
 
-def two_accounts(seen: list[str]) -> TaskContext:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    names = RedisNames("t")
-    store = FlowStore(client, names, Lifetimes(flow_ttl=60, token_ttl=30, lease=5))
+def two_accounts(seen: list[str], store: FlowStore | None = None, extra: str = "") -> TaskContext:
+    """A worker's context of the accounts acme-account and globex-account (and `extra`), on `store` (a
+    new one when None)."""
+    if store is None:
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        store = FlowStore(client, RedisNames("t"), Lifetimes(flow_ttl=60, token_ttl=30, lease=5))
+    client, names = store.redis, store.names
 
     def upstream(account_id: str) -> Upstream[OktopostClient]:
         def answer(request: httpx.Request) -> httpx.Response:
@@ -38,7 +43,8 @@ def two_accounts(seen: list[str]) -> TaskContext:
         oktopost = OktopostClient(f"https://{account_id}.test", account_id, "key", transport=transport)
         return Upstream(account_id, oktopost, UpstreamBudget(client, names.account(account_id), 1000, 1.0))
 
-    upstreams = Upstreams({}, _unused, _unused, [upstream("acme-account"), upstream("globex-account")])
+    accounts = ["acme-account", "globex-account", *([extra] if extra else [])]
+    upstreams = Upstreams({}, _unused, _unused, [upstream(account) for account in accounts])
     return TaskContext(store, upstreams, FAST, WorkerMetrics(client, "t:metrics"), LeaseKeeper(store))
 
 
@@ -66,12 +72,49 @@ def test_each_flow_is_verified_on_its_own_account() -> None:
     assert [event["tenant"] for event in context.store.events(acme)] == ["acme"] * 3
 
 
-def test_a_flow_whose_account_left_the_configuration_fails_at_once() -> None:
+def test_a_flow_of_an_account_this_worker_does_not_know_waits_for_a_worker_that_knows_it() -> None:
+    """A deploy that adds a tenant: the shim knows its account before this worker does. The flow is
+    parked under its account, and a worker started with the account releases it and completes it."""
+    seen: list[str] = []
+    old = two_accounts(seen)
+    flow_id = claimed(old, "flow-initech-1", "initech", "initech-account")
+    assert verify_flow(old, flow_id) is TaskOutcome.PARKED
+    assert seen == []
+    assert old.store.get(flow_id).state is FlowState.VERIFYING  # type: ignore[union-attr]
+    stranger = Unparker(old.store, RecordingEnqueuer(), lambda _: None, hold=2.0, least_seconds=0.1)
+    stranger.release_due()  # not stranded: a worker that knows the account may come
+    assert old.store.get(flow_id).state is FlowState.VERIFYING  # type: ignore[union-attr]
+    new = two_accounts(seen, old.store, extra="initech-account")
+    enqueuer = RecordingEnqueuer()
+    initech = new.upstreams.get("initech-account")
+    assert initech is not None
+    budget = initech.budget
+    knowing = Unparker(
+        new.store,
+        enqueuer,
+        lambda parked: budget if parked == budget.names.parked_flows else None,
+        hold=2.0,
+        least_seconds=0.1,
+    )
+    deadline = time.monotonic() + 3
+    while not enqueuer.enqueued and time.monotonic() < deadline:  # due a second after it parked
+        knowing.release_due()
+        time.sleep(0.05)
+    assert [queued for queued, _ in enqueuer.enqueued] == [flow_id]
+    assert verify_flow(new, flow_id) is TaskOutcome.COMPLETED
+    assert seen == ["initech-account@initech-account.test"]
+
+
+def test_a_flow_whose_account_no_worker_knows_fails_once_it_is_stranded() -> None:
     seen: list[str] = []
     context = two_accounts(seen)
-    flow_id = claimed(context, "flow-initech-1", "initech", "initech-account")
-    assert verify_flow(context, flow_id) is TaskOutcome.FAILED
-    ended = context.store.events(flow_id)[-1]
+    store = context.store
+    flow_id = claimed(context, "flow-initech-2", "initech", "initech-account")
+    assert verify_flow(context, flow_id) is TaskOutcome.PARKED
+    parked_set = store.names.account("initech-account").parked_flows
+    store.redis.zadd(store.names.parked_accounts, {parked_set: store.clock.now() - STRANDED_SECONDS - 1})
+    Unparker(store, RecordingEnqueuer(), lambda _: None, hold=2.0, least_seconds=0.1).release_due()
+    ended = store.events(flow_id)[-1]
     assert ended["type"] == "authorization.failed"
     assert ended["data"]["code"] == "unauthorized"
     assert seen == []

@@ -37,7 +37,6 @@ from worker.oktopost.errors import (
     RefusedError,
     RejectedError,
     TokenInvalidError,
-    UnauthorizedError,
 )
 from worker.tasks.leases import Held, LeaseKeeper, WorkLost
 from worker.upstream.budget import (
@@ -58,6 +57,9 @@ TOKEN_END_OF_LIFE = 0.25  # the share of a token's life, at its end, in which "i
 # the thread, as parking and being released take three Redis calls and a trip through the broker,
 # about as long as the wait itself, and a wait this short holds a thread for no time that matters.
 PARK_AFTER_SECONDS = 0.05
+# A flow of an account this worker does not know is due again this long after it parks: released by a
+# worker that knows the account, its task may meet this one again, once a second at most
+UNKNOWN_ACCOUNT_WAIT = 1.0
 
 
 class TaskOutcome(StrEnum):
@@ -295,14 +297,19 @@ def _then_finish(budget: UpstreamBudget, answered: list[Grant], asked: list[Aske
 
 
 def _unconfigured(context: TaskContext, flow: Flow, owner: str, account: str) -> TaskOutcome:
-    """No credentials to call with: the flow fails (unauthorized) rather than wait for its deadline."""
-    message = f"Oktopost account {account} is no longer configured"
-    transition = context.store.fail(flow, UnauthorizedError.code, message, 0, owner)
-    if not transition.done:
+    """No credentials for the flow's account in this worker: a deploy that adds a tenant may have started
+    the shim (or other workers) with it before this worker. The flow is parked under its account, for
+    the unparker of a worker that knows the account; when none does (the account left the
+    configuration), any unparker fails it after STRANDED_SECONDS (worker.upstream.parking)."""
+    names = context.store.names.account(account)
+    if not context.store.park(flow, owner, names, "", UNKNOWN_ACCOUNT_WAIT):
         return _recorded(context, TaskOutcome.SKIPPED)
-    log.warning("flow %s failed: %s", flow.flow_id, message)
-    context.metrics.outcome(UnauthorizedError.code)
-    return TaskOutcome.FAILED
+    log.warning(
+        "flow %s: Oktopost account %s is not configured here; parked for a worker that knows it",
+        flow.flow_id,
+        account,
+    )
+    return _recorded(context, TaskOutcome.PARKED)
 
 
 def _near_the_end_of_its_life(job: _Job) -> bool:

@@ -51,8 +51,9 @@ MAX_IDLE_SECONDS = 1.0
 # broker's and the task's start-up to the budget, a tenth of its rate on a busy machine. A task that
 # starts early holds its thread until then: a tenth of a second at most.
 LEAD_SECONDS = 0.1
-# An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look)
-STRANDED_SECONDS = 10.0
+# An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look):
+# long enough for a deploy that adds a tenant to start the workers that know its account
+STRANDED_SECONDS = 30.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
 # While a ramp lasts, the most calls in flight once the first call after the pause has ended: what a new
