@@ -21,6 +21,11 @@ from worker.flows.store import FlowStore
 from worker.flows.transition import Transition, TransitionOutcome
 
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9_. -]")
+# A selection with less of the token's life left than this is refused as expired (410): its completion
+# could not make its call in time (the task's trip through the broker, then at least
+# worker.upstream.retry's min_attempt_seconds for the attempt), so a 202 would promise a completion that
+# can only end expired
+SELECTION_LEAST_SECONDS = 0.5
 
 
 class Verdict(StrEnum):
@@ -138,7 +143,7 @@ def _selection_refused(flow: Flow, ids: list[str], now: float, token_alive: bool
         return Selection(SelectionOutcome.FLOW_EXPIRED, flow)
     if flow.state is not FlowState.AWAITING_SELECTION:
         return Selection(SelectionOutcome.WRONG_STATE, flow)
-    if flow.seconds_left(now) <= 0 or not token_alive:
+    if flow.seconds_left(now) < SELECTION_LEAST_SECONDS or not token_alive:
         return Selection(SelectionOutcome.TOKEN_EXPIRED, flow)
     if not ids:
         return Selection(SelectionOutcome.NOTHING_SELECTED, flow)

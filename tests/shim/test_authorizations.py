@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api_shim.rules import SELECTION_LEAST_SECONDS
 from tests.support.shim import CALLER, OFFERS, PREFIX, REDIRECT_URL, RETURN_URL, SHIM_URL, Shim, open_shim
 from worker.flows.flow import FlowState
 
@@ -49,6 +50,24 @@ async def test_start_creates_a_flow_and_answers_where_to_send_the_browser(shim: 
         "type": "page",
     }
     assert shim.event_types(flow_id) == ["authorization.started"]
+
+
+async def test_a_selection_too_close_to_the_deadline_for_its_completion_to_call_is_410(shim: Shim) -> None:
+    late, in_time = shim.flow_awaiting_selection(), shim.flow_awaiting_selection()
+    now = shim.store.clock.now()
+    for flow, left in ((late, SELECTION_LEAST_SECONDS - 0.2), (in_time, SELECTION_LEAST_SECONDS + 2)):
+        shim.store.redis.hset(shim.store.names.flow_state(flow.flow_id), "deadline", repr(now + left))
+    answer = await shim.http.post(
+        f"/v1/authorizations/{late.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
+    )
+    assert answer.status_code == 410
+    assert _error_code(answer) == "token_expired"
+    assert shim.enqueuer.enqueued == []
+    assert shim.flow(late.flow_id).state is FlowState.AWAITING_SELECTION
+    answer = await shim.http.post(
+        f"/v1/authorizations/{in_time.flow_id}/selection", json={"ids": [OFFERS[0].id]}, headers=CALLER
+    )
+    assert answer.status_code == 202, answer.text
 
 
 @pytest.mark.parametrize(
