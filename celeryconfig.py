@@ -20,6 +20,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from worker.config.envfile import from_env_file
 from worker.config.flower import flower_refusal
 from worker.config.settings import ConfigError, get_settings
 from worker.queueing.broker import repair_redis_transport
@@ -30,7 +31,7 @@ try:
 except ConfigError as error:  # `celery -A worker ...` started with a bad setting: one line, exit 2
     print(f"oktopost-connect: {error}", file=sys.stderr)
     raise SystemExit(2) from None
-if (_refusal := flower_refusal(sys.argv, os.environ)) is not None:  # worker/config/flower.py
+if (_refusal := flower_refusal(sys.argv, os.environ, from_env_file())) is not None:  # worker/config/flower.py
     print(f"oktopost-connect: {_refusal}", file=sys.stderr)
     raise SystemExit(2)
 

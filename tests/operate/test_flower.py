@@ -260,13 +260,18 @@ def test_flower_shows_no_token_or_key(stack: Stack, flows: Flows) -> None:
                 assert value not in text, f"{kind} shown by Flower at {path}"
 
 
-def _flower_exits(*flags: str, **env: str) -> subprocess.CompletedProcess[str] | None:
-    """Flower started with these flags and environment; its outcome, or None when it kept running."""
+def _flower_exits(
+    *flags: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str] | None:
+    """Flower started with these flags and environment (in `cwd`); its outcome, or None when it kept
+    running."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     environ |= {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SHIM_API_KEYS": API_KEY, **env}
     argv = [CELERY, "-A", "worker", "flower", f"--port={free_port()}", *flags]
     try:
-        return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=6, check=False)
+        return subprocess.run(
+            argv, env=environ, capture_output=True, text=True, timeout=6, check=False, cwd=cwd
+        )
     except subprocess.TimeoutExpired:  # run() killed it: it had started
         return None
 
@@ -281,6 +286,24 @@ def test_flower_without_authentication_off_loopback_refuses_to_start() -> None:
 
 def test_flower_without_authentication_starts_on_loopback() -> None:
     assert _flower_exits("--address=127.0.0.1") is None
+
+
+@pytest.mark.parametrize(
+    "setting", ["FLOWER_BASIC_AUTH=ops:env-file-password-1234", "FLOWER_ADDRESS=127.0.0.1"]
+)
+def test_flower_options_in_the_env_file_which_flower_does_not_apply_do_not_let_it_start(
+    tmp_path: Path, setting: str
+) -> None:
+    """Flower reads its FLOWER_* variables before `.env` is read: a password or a loopback address set
+    there would not be applied, and Flower would serve every interface unauthenticated."""
+    (tmp_path / ".env").write_text(setting + "\n")
+    refused = _flower_exits(cwd=tmp_path)
+    assert refused is not None, "Flower started unauthenticated on every interface"
+    assert refused.returncode == 2
+    assert "Flower does not read .env" in refused.stderr
+    assert setting.split("=")[0] in refused.stderr
+    assert "env-file-password" not in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(

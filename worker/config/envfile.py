@@ -18,6 +18,7 @@ from pathlib import Path
 from dotenv.parser import parse_stream
 
 ENV_FILE = Path(".env")
+_PUT_HERE: set[str] = set()  # the keys this process's environment holds from `.env`, not its own
 
 
 class EnvFileError(Exception):
@@ -44,4 +45,12 @@ def read_env_file(path: Path = ENV_FILE, environ: MutableMapping[str, str] | Non
         if binding.key not in environ:  # a key given twice: its last line, as docker compose reads it
             added[binding.key] = binding.value
     environ.update(added)
+    if environ is os.environ:
+        _PUT_HERE.update(added)
     return added
+
+
+def from_env_file() -> frozenset[str]:
+    """The keys of this process's environment that `.env` put there (the environment had none of them):
+    what a reader of the environment that ran before the file was read, such as Flower, did not see."""
+    return frozenset(_PUT_HERE)

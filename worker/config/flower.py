@@ -3,12 +3,14 @@
 Anyone who reaches Flower can shut the workers down and read every task. `celery -A worker flower` loads
 celeryconfig.py, which asks `flower_refusal` before Flower starts: with no Basic auth (FLOWER_BASIC_AUTH or
 --basic-auth) and no OAuth (FLOWER_AUTH or --auth), Flower may listen only on a loopback address
-(--address, FLOWER_ADDRESS; Flower's own default, every interface, is not one).
+(--address, FLOWER_ADDRESS; Flower's own default, every interface, is not one). Flower reads its FLOWER_*
+variables before celeryconfig.py reads `.env`: those that only `.env` sets count for nothing here, as
+they do for Flower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from worker.config.tenants import is_loopback
 
@@ -23,11 +25,19 @@ def _option(argv: Sequence[str], flag: str, environ: Mapping[str, str], variable
     return environ.get(variable)
 
 
-def flower_refusal(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+_OPTIONS = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH", "FLOWER_ADDRESS")
+
+
+def flower_refusal(
+    argv: Sequence[str], environ: Mapping[str, str], from_env_file: Collection[str] = ()
+) -> str | None:
     """Why Flower must not start as `argv` asks (one line), or None: it is not Flower, it asks for
-    authentication, or it listens on loopback only."""
+    authentication, or it listens on loopback only. `from_env_file`: the variables `.env` put into the
+    environment, which Flower does not apply."""
     if "flower" not in argv[1:]:
         return None
+    unseen = [name for name in _OPTIONS if name in from_env_file]
+    environ = {name: value for name, value in environ.items() if name not in unseen}
     if _option(argv, "--basic-auth", environ, "FLOWER_BASIC_AUTH") or _option(
         argv, "--auth", environ, "FLOWER_AUTH"
     ):
@@ -36,7 +46,8 @@ def flower_refusal(argv: Sequence[str], environ: Mapping[str, str]) -> str | Non
     if address and is_loopback(address):
         return None
     shown = address or "every interface"
+    ignored = f" (Flower does not read .env: its {', '.join(unseen)} there is not applied)" if unseen else ""
     return (
         f"Flower would listen on {shown} without authentication: set FLOWER_BASIC_AUTH "
-        "(user:password) or --address=127.0.0.1"
+        f"(user:password) in Flower's environment or --address=127.0.0.1{ignored}"
     )
