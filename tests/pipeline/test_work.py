@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clocks import seen_from
 from tests.support.commands import commands_sent
+from tests.support.shim import RecordingEnqueuer
 from tests.support.work import (
     FAST,
     PAGES,
@@ -29,6 +30,7 @@ from worker.flows.flow import FlowState
 from worker.keys import RedisNames
 from worker.observing.metrics import UPSTREAM_BUCKETS, RedisMetricsCollector, WorkerMetrics
 from worker.replies import text
+from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, complete_flow, expire_flow, verify_flow
 from worker.upstream.budget import Asked, UpstreamBudget
 
@@ -176,6 +178,26 @@ def test_metrics_add_up_in_redis_and_read_back_as_prometheus(flush_every: float 
     assert len(buckets) == len(UPSTREAM_BUCKETS) + 1
     assert buckets[-1] == 2.0
     assert buckets == sorted(buckets)  # cumulative: each bound counts every call at or below it
+
+
+def test_the_sweepers_expiries_of_flows_a_worker_had_to_finish_count_as_the_tasks_expiries() -> None:
+    """FlowsExpiring reads okc_worker_outcomes_total{outcome="expired"}: a flow whose worker never got
+    to it before its deadline counts there, one whose user never came back does not."""
+    context = make_context(Answers(httpx.Response(200, json=PROFILE)), token_ttl=1)
+    store = context.store
+    verifying = claimed(context)  # no task takes it up
+    abandoned = store.create("flow-2", "LinkedIn", "profile", None, None).flow_id  # awaits its callback
+    time.sleep(1.1)
+    now = store.clock.now()
+    store.redis.hset(store.names.flow_state(abandoned), "deadline", repr(now - 0.1))
+    store.redis.zadd(store.names.deadlines, {abandoned: now - 0.1})
+    assert sweep_once(store, RecordingEnqueuer(), metrics=context.metrics) == (2, 0)
+    assert [store.events(flow_id)[-1]["type"] for flow_id in (verifying, abandoned)] == [
+        "authorization.expired"
+    ] * 2
+    families = {f.name: f for f in RedisMetricsCollector(store.redis, "t:metrics").collect()}
+    outcomes = {s.labels["outcome"]: s.value for s in families["okc_worker_outcomes"].samples}
+    assert outcomes == {"expired": 1.0}
 
 
 def test_metrics_summed_in_the_process_are_flushed_by_a_thread_of_their_own() -> None:

@@ -181,9 +181,11 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
     settings, store = get_settings(), runtime.store()
     budgets = {budget.names.parked_flows: budget for budget in runtime.upstreams().budgets()}
     tasks = enqueuer(settings.store_as_broker_url)
-    leases = runtime.task_context().leases
+    context = runtime.task_context()
+    leases, metrics = context.leases, context.metrics
     _graceful = GracefulStop(store, tasks, leases, settings.worker_shutdown_grace_seconds)
-    _sweeper = Sweeper(store, tasks, name=name, accounts=[budget.account for budget in budgets.values()])
+    accounts = [budget.account for budget in budgets.values()]
+    _sweeper = Sweeper(store, tasks, name=name, accounts=accounts, metrics=metrics)
     _sweeper.start()
     served = set(app.amqp.queues.consume_from or app.amqp.queues)
     if flows_queue(settings.channel_prefix) in served:  # a worker serving flows releases parked ones
@@ -195,6 +197,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             hold=RELEASED_START_SECONDS + policy.max_attempt_seconds + 1,
             least_seconds=policy.min_attempt_seconds,
             call_seconds=policy.max_attempt_seconds + 1,  # a flow's first ask's hold (work._first_ask)
+            metrics=metrics,
         )
         _unparker.start()
         _checks = CheckLoop(

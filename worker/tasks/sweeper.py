@@ -17,8 +17,9 @@ from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore, RequeueOutcome
 from worker.observing import tracing
+from worker.observing.metrics import WorkerMetrics
 from worker.replies import text
-from worker.tasks.work import TaskOutcome, expire_flow
+from worker.tasks.work import TaskOutcome, count_expired, expire_flow
 from worker.threads import BackgroundThreads
 from worker.upstream.account import Account
 
@@ -38,16 +39,22 @@ class TaskQueue(Protocol):
 BLOCKABLE_STATES = (*WORKING_STATES, FlowState.AWAITING_SELECTION)
 
 
-def sweep_once(store: FlowStore, enqueuer: TaskQueue, accounts: Sequence[Account] = ()) -> tuple[int, int]:
+def sweep_once(
+    store: FlowStore,
+    enqueuer: TaskQueue,
+    accounts: Sequence[Account] = (),
+    metrics: WorkerMetrics | None = None,
+) -> tuple[int, int]:
     """One pass over the flows and the Oktopost `accounts`; returns (flows expired, flows taken up
-    again). One flow's trouble is logged and the pass goes on with the others."""
+    again). One flow's trouble is logged and the pass goes on with the others. `metrics` counts the
+    expiries of flows a worker had to finish."""
     now = store.clock.read_time()  # Redis's clock, read once per pass
     expired = requeued = 0
     for account, paused_until in _paused(store, accounts):
-        expired += _end_blocked(store, account, paused_until, now)
+        expired += _end_blocked(store, account, paused_until, now, metrics)
     for flow_id in store.due_deadlines(now):
         try:
-            expired += expire_flow(store, flow_id) is TaskOutcome.EXPIRED
+            expired += expire_flow(store, flow_id, metrics) is TaskOutcome.EXPIRED
         except Exception as error:
             log.warning("flow %s: expiry failed: %s", flow_id, type(error).__name__)
     for flow_id in store.due_leases(now):
@@ -66,7 +73,9 @@ def _paused(store: FlowStore, accounts: Sequence[Account]) -> list[tuple[Account
     return [(account, float(end)) for account, end in zip(accounts, ends, strict=True) if end is not None]
 
 
-def _end_blocked(store: FlowStore, account: Account, paused_until: float, now: float) -> int:
+def _end_blocked(
+    store: FlowStore, account: Account, paused_until: float, now: float, metrics: WorkerMetrics | None
+) -> int:
     """While the account is paused, ends at once its flows whose deadline comes before the pause's end
     (`authorization.expired`, reason upstream_blocked); once it is over, says so (one process does)."""
     if paused_until <= now:
@@ -80,6 +89,7 @@ def _end_blocked(store: FlowStore, account: Account, paused_until: float, now: f
         try:
             if store.expire_blocked(flow).done:
                 log.warning("flow %s expires: its account's pause outlives its token", flow_id)
+                count_expired(metrics, flow)
                 ended += 1
         except Exception as error:
             log.warning("flow %s: ending it failed: %s", flow_id, type(error).__name__)
@@ -148,10 +158,12 @@ class Sweeper(BackgroundThreads):
         interval: float = 0.25,
         name: str | None = None,
         accounts: Sequence[Account] = (),
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.store = store
         self.enqueuer = enqueuer
         self.accounts = accounts
+        self.metrics = metrics
         self.interval = interval
         self.name = name
         self._beat_at = 0.0
@@ -179,7 +191,7 @@ class Sweeper(BackgroundThreads):
         while True:
             try:
                 self._beat()
-                sweep_once(self.store, self.enqueuer, self.accounts)
+                sweep_once(self.store, self.enqueuer, self.accounts, self.metrics)
             except Exception as error:  # Redis away: keep sweeping once it is back
                 log.warning("sweep failed: %s", type(error).__name__)
                 self._stop.wait(1.0)

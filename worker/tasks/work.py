@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from worker.events import ConnectedCredential, EntityOffer, ExpiredReason
-from worker.flows.flow import Flow, FlowState
+from worker.flows.flow import WORKING_STATES, Flow, FlowState
 from worker.flows.store import BudgetAsk, FlowStore, SentTake, Taken, TakeOutcome
 from worker.flows.transition import Aftermath, Transition, TransitionOutcome
 from worker.observing import tracing
@@ -337,13 +337,24 @@ def _verified(job: _Job, answer: VerifiedProfile | EntityChoice, attempts: int) 
     return TaskOutcome.SELECTION_REQUIRED
 
 
-def expire_flow(store: FlowStore, flow_id: str) -> TaskOutcome:
-    """The sweeper's part: ends a flow whose deadline has passed, whatever stage it is in."""
+def expire_flow(store: FlowStore, flow_id: str, metrics: WorkerMetrics | None = None) -> TaskOutcome:
+    """The sweeper's part: ends a flow whose deadline has passed, whatever stage it is in. One that a
+    worker had to finish (verifying, completing) counts in `metrics` as a task's expiry does."""
     flow = store.get(flow_id)
     if flow is None or flow.state.terminal:
         store.forget_deadline(flow_id)
         return TaskOutcome.SKIPPED
-    return TaskOutcome.EXPIRED if store.expire(flow).done else TaskOutcome.SKIPPED
+    if not store.expire(flow).done:
+        return TaskOutcome.SKIPPED
+    count_expired(metrics, flow)
+    return TaskOutcome.EXPIRED
+
+
+def count_expired(metrics: WorkerMetrics | None, flow: Flow) -> None:
+    """A flow ended `expired` by no task of its own (the sweeper, the unparker): counted with the tasks'
+    expiries (okc_worker_outcomes_total{outcome="expired"}) when a worker had it to finish."""
+    if metrics is not None and flow.state in WORKING_STATES:
+        metrics.outcome(TaskOutcome.EXPIRED.value)
 
 
 def _observed(job: _Job, call_name: str, call: Callable[[float], T]) -> Callable[[float], T]:

@@ -33,6 +33,7 @@ from worker.flows.enqueuer import QueuedTask
 from worker.flows.flow import WORKING_STATES, FlowState
 from worker.flows.store import FlowStore
 from worker.observing import tracing
+from worker.observing.metrics import WorkerMetrics
 from worker.oktopost.errors import UnauthorizedError
 from worker.replies import text
 from worker.threads import BackgroundThreads
@@ -88,8 +89,10 @@ class Unparker(BackgroundThreads):
         hold: float,
         least_seconds: float,
         call_seconds: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics  # counts the parked flows it ends expired, as the tasks' expiries
         self.enqueuer = enqueuer
         self.budgets = budgets
         self.hold = hold
@@ -241,6 +244,8 @@ class Unparker(BackgroundThreads):
                     "its account is blocked past its deadline" if reason else "no budget before its deadline"
                 )
                 log.warning("parked flow %s expires: %s", flow_id, why)
+                if self.metrics is not None:
+                    self.metrics.outcome("expired")
         except Exception as error:  # it expires at its deadline instead
             log.warning("parked flow %s: ending it failed: %s", flow_id, type(error).__name__)
 
