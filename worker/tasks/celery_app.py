@@ -18,6 +18,7 @@ from celery.apps.worker import Worker
 from celery.worker.request import Request
 
 from worker.observing.redaction import redact
+from worker.queueing import stats as _stats  # noqa: F401 - registers the worker's `stats` without secrets
 
 
 class _Worker(Worker):
