@@ -154,6 +154,21 @@ def test_a_malformed_file_is_refused_with_one_line_naming_tenant_and_field(
     assert ACME_KEY not in message
 
 
+def test_a_file_that_is_not_utf8_is_refused_with_one_line_naming_the_setting_not_its_bytes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_bytes(
+        (ACME + ACME_ACCOUNT).replace("acme-oktopost-key", "acme-oktopost-k\xffey").encode("latin-1")
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings(tenants_file=path)
+    message = str(refused.value)
+    assert message.startswith(f"invalid setting TENANTS_FILE: {path} is not UTF-8 text (byte ")
+    assert "\n" not in message
+    assert "oktopost-k" not in message
+
+
 def test_a_caller_key_of_the_environment_and_the_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tenant acme: api_keys: a key is also tenant default's"):
         load_settings(shim_api_keys=ACME_KEY, tenants_file=tenants_file(tmp_path, VALID))

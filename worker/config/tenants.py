@@ -291,6 +291,8 @@ def read_tenants_file(path: Path, allow_http_hosts: list[str]) -> list[Tenant]:
         raise TenantsError(f"cannot read {path}: {error.strerror or type(error).__name__}") from None
     except tomllib.TOMLDecodeError as error:
         raise TenantsError(f"{path} is not valid TOML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; the bytes themselves may be a key: not shown
+        raise TenantsError(f"{path} is not UTF-8 text (byte {error.start})") from None
     try:
         parsed = _TenantsFile.model_validate(document)
     except ValidationError as error:
