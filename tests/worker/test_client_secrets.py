@@ -3,8 +3,10 @@ Oktopost echoes them; the redaction behind it."""
 
 from __future__ import annotations
 
+import http.server
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +26,9 @@ from tests.support.mock_oktopost import (
     ok,
     refusal,
 )
-from worker.observing.redaction import RedactingFilter, redact, register_secret
+from worker.observing.redaction import RedactingFilter, install_log_redaction, redact, register_secret
 from worker.oktopost import EntityChoice, OktopostClient, complete_request, verify_request
-from worker.oktopost.errors import TokenInvalidError, UpstreamTransportError
+from worker.oktopost.errors import OktopostError, TokenInvalidError, UpstreamTransportError
 
 
 def test_transport_error_message_never_holds_a_url(call: Callable[..., Any]) -> None:
@@ -76,6 +78,45 @@ def test_log_lines_never_show_token_or_key(
     assert TOKEN not in caplog.text
     assert KEY not in caplog.text
     assert BASIC.split()[1] not in caplog.text
+
+
+def test_debug_lines_of_a_real_connection_never_show_a_token_an_answer_header_carries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httpcore logs each answer's headers at DEBUG: a Location (or Set-Cookie) of the upstream, or of a
+    proxy before it, holding the token is not shown; the status is."""
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"https://elsewhere.test/?tok={TOKEN}")
+            self.send_header("Set-Cookie", f"session={TOKEN}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        caplog.set_level(logging.DEBUG)
+        install_log_redaction()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with OktopostClient(base, ACCOUNT, KEY) as client, pytest.raises(OktopostError):
+            client.verify(TOKEN)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    headers_lines = [
+        r.getMessage() for r in caplog.records if "receive_response_headers.complete" in r.getMessage()
+    ]
+    assert headers_lines
+    assert all("302" in line for line in headers_lines), headers_lines
+    assert TOKEN not in caplog.text
+    assert KEY not in caplog.text
 
 
 # --- redaction ---------------------------------------------------------------------------------------

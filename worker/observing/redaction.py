@@ -26,6 +26,11 @@ _AUTHORIZATION = re.compile(
 )
 # A Standard Webhooks secret (`whsec_` and base64), whatever endpoint it is of.
 _WEBHOOK_SECRET = re.compile(r"(whsec_)[A-Za-z0-9+/=]+")
+# httpcore's DEBUG line of an answer's headers: the status is kept, the headers are not (a Location or a
+# Set-Cookie of the upstream, or of a proxy before it, may carry a token no pattern above knows).
+_RESPONSE_HEADERS = re.compile(
+    r"(receive_response_headers\.complete return_value=\([^\[]*)\[.*\]\)", re.DOTALL
+)
 
 # Shorter values would blank out ordinary words; no real key or token is that short.
 _MIN_SECRET_LENGTH = 4
@@ -64,6 +69,7 @@ def redact(text: str) -> str:
     text = _TOKEN_SEGMENT.sub(rf"\g<1>{MASK}", text)
     text = _AUTHORIZATION.sub(rf"\g<1>{MASK}", text)
     text = _WEBHOOK_SECRET.sub(rf"\g<1>{MASK}", text)
+    text = _RESPONSE_HEADERS.sub(rf"\g<1>[{MASK}])", text)
     pattern = _secret_pattern
     if pattern is not None:
         text = pattern.sub(MASK, text)
