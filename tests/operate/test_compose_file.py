@@ -32,7 +32,7 @@ from tests.support.compose_spec import (
     services,
     variables_used,
 )
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, promtool
 from worker.config.settings import ConfigError, load_settings
 
 APP_SERVICES = {"shim", "worker", "flower", "sandbox"}
@@ -202,6 +202,35 @@ def test_prometheus_scrapes_the_shim_with_the_metrics_token() -> None:
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
 
 
+def test_prometheus_loads_the_alert_rules_as_compose_mounts_them(tmp_path: Path) -> None:
+    """The container's /etc/prometheus laid out from compose's volumes, with each file's paths under
+    it: promtool checks the configuration and the rule file it names."""
+    import yaml
+
+    etc = tmp_path / "etc" / "prometheus"
+    etc.mkdir(parents=True)
+    mounted = {}
+    for volume in services()["prometheus"]["volumes"]:
+        source, target, _ = volume.split(":")
+        mounted[target] = source
+        (tmp_path / target.lstrip("/")).write_text((ROOT / source).read_text())
+    assert mounted["/etc/prometheus/alerts.yml"] == "./deploy/prometheus/alerts.yml"
+    config_path = tmp_path / "etc/prometheus/prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    config["rule_files"] = [str(tmp_path / name.lstrip("/")) for name in config["rule_files"]]
+    token = tmp_path / "metrics_token"
+    token.write_text("a-token")
+    config["scrape_configs"][0]["authorization"]["credentials_file"] = str(token)
+    config_path.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        [promtool(), "check", "config", str(config_path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr
+    assert "rules found" in checked.stdout + checked.stderr
+
+
 def test_shim_publishes_8000_and_is_health_checked_on_healthz() -> None:
     shim = services()["shim"]
     assert "8000:8000" in [str(port) for port in shim["ports"]]
@@ -247,6 +276,19 @@ def test_the_ha_settings_documented_at_the_top_pass_the_start_up_checks() -> Non
     assert hosts == {name for name in HA_SERVICES if "sentinel" in name}
     loaded = load_settings(**{name.lower(): value for name, value in documented.items()})
     assert loaded.broker_url.startswith("sentinel://")
+
+
+def test_flower_finds_the_broker_through_the_sentinels_with_the_ha_settings_and_directly_without() -> None:
+    header = COMPOSE_FILE.read_text().split("services:", 1)[0]
+    documented = dict(re.findall(r"(REDIS_[A-Z_]+)=(\S+)", header))
+    for env, broker in (({**deployer_env(), **documented}, "sentinel://"), (deployer_env(), "redis://")):
+        flower = interpolated(services()["flower"], env)
+        settings = {
+            name.lower(): value
+            for name, value in environment_of(flower).items()
+            if name.startswith(("REDIS_", "CELERY_"))
+        }
+        assert load_settings(**settings).broker_url.startswith(broker), (broker, settings)
 
 
 def test_sandbox_runs_only_in_the_dev_profile() -> None:

@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
     otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None  # the traces' own
 
-    @field_validator("otel_exporter_otlp_traces_protocol", mode="before")
+    @field_validator("otel_exporter_otlp_traces_protocol", "redis_sentinel_password", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
