@@ -5,6 +5,7 @@ and a failed check changes nothing."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import fakeredis
 import httpx
 import pytest
 
-from worker.connections.checks import CheckOutcome, CheckSettings, ConnectionChecker
+from worker.connections.checks import CheckLoop, CheckOutcome, CheckSettings, ConnectionChecker
 from worker.connections.records import ConnectionStore
 from worker.events import ConnectedCredential
 from worker.flows.flow import FlowState, Lifetimes
@@ -181,3 +182,59 @@ def test_an_account_of_one_call_a_period_is_checked_only_while_no_flow_holds_tha
     time.sleep(0.02)  # the next check is due
     assert setup.checker.check(setup.upstream) is CheckOutcome.OK
     assert setup.calls == ["GET /v2/credential"]
+
+
+def test_an_accounts_check_that_waits_holds_back_no_other_accounts_check() -> None:
+    """Each account's check runs in a thread of its own: while one account's check hangs on its call (as
+    one waiting minutes for spare budget does), another account's change is still seen at its period."""
+    redis_client: Any = fakeredis.FakeRedis()
+    flows = FlowStore(redis_client, NAMES, Lifetimes())
+    connections = ConnectionStore(redis_client, NAMES, 86400)
+    entered, release = threading.Event(), threading.Event()
+    fast_status = {"fast-1": "valid"}
+
+    def slow(_: httpx.Request) -> httpx.Response:
+        entered.set()
+        release.wait(10)
+        return httpx.Response(200, json={"Result": True, "Items": [], "Total": 0})
+
+    def fast(_: httpx.Request) -> httpx.Response:
+        items = [credential(key, value) for key, value in fast_status.items()]
+        return httpx.Response(200, json={"Result": True, "Items": items, "Total": len(items)})
+
+    upstreams = {}
+    for account, answer in (("slow-account", slow), ("fast-account", fast)):
+        client = OktopostClient("http://oktopost.test", account, "key", transport=httpx.MockTransport(answer))
+        budget = UpstreamBudget(redis_client, NAMES.account(account), limit=100, period=1.0)
+        upstreams[account] = Upstream(account, client, budget)
+    for account, credential_id in (("slow-account", "slow-1"), ("fast-account", "fast-1")):
+        flow = flows.create(
+            f"flow-{credential_id}".ljust(20, "x"), "LinkedIn", "profile", None, None, account=account
+        )
+        assert flows.claim_callback(flow, f"okt-token-{credential_id}").done
+        flows.take_work(flow.flow_id, "task", FlowState.VERIFYING)
+        made = ConnectedCredential(id=credential_id, name="Acme", status="valid", network="LinkedIn")
+        assert flows.complete(flows.get(flow.flow_id), [made], "task").done  # type: ignore[arg-type]
+    checker = ConnectionChecker(connections, upstreams.get, CheckSettings(period=0.2, share=1.0))
+    loop = CheckLoop(checker, lambda _tenant, _connection: None, tick=0.05)
+    loop.start()
+    try:
+        assert entered.wait(5), "the slow account's check never called"
+        fast_status["fast-1"] = "invalid"  # while the slow account's check hangs
+        seen_by = time.monotonic() + 3
+        while _statuses(redis_client).get("fast-1") != "invalid" and time.monotonic() < seen_by:
+            time.sleep(0.05)
+        assert _statuses(redis_client).get("fast-1") == "invalid"
+        assert not release.is_set()  # the slow check was still under way
+    finally:
+        release.set()
+        loop.stop()
+
+
+def _statuses(redis_client: Any) -> dict[str, str]:
+    events = [json.loads(f[b"event"]) for _, f in redis_client.xrange(NAMES.all_events_stream)]
+    seen: dict[str, str] = {}
+    for event in events:
+        if event["type"] == "connection.invalid":
+            seen[event["connection_id"]] = "invalid"
+    return seen

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 100
 GIVE_UP_SECONDS = 120.0  # a check that found no spare budget for this long fails (tried next period)
 APPLY_BATCH = 200  # connections per Lua step when a check's findings are applied
+CHECKS_AT_ONCE = 16  # accounts' checks one worker process runs together (most of their time is waiting)
 
 
 class CheckOutcome(StrEnum):
@@ -65,6 +66,14 @@ class CheckSettings:
         """A check's lock lives this long past its last sign of life (renewed before every call): longer
         than any call, so only a check whose process died or stalled loses it."""
         return 3 * self.call_seconds + 2
+
+
+class TakenCheck(NamedTuple):
+    """An account's check whose lock this process holds, to be run (`ConnectionChecker.finish`)."""
+
+    upstream: Upstream[OktopostClient]
+    fence: str
+    began_ms: int
 
 
 class ConnectionChecker:
@@ -103,11 +112,22 @@ class ConnectionChecker:
         return outcomes
 
     def check(self, upstream: Upstream[OktopostClient]) -> CheckOutcome:
+        taken = self.take(upstream)
+        return CheckOutcome.SKIPPED if taken is None else self.finish(taken)
+
+    def take(self, upstream: Upstream[OktopostClient]) -> TakenCheck | None:
+        """The account's check, when it is due and no process runs it (its lock taken); else None."""
         names = self.names.account(upstream.account_id)
         taken = self._lock(keys=_lock_keys(names), args=["take", "", self._lock_ms, self.settings.period])
         if _text(taken[0]) != "taken":
-            return CheckOutcome.SKIPPED
-        fence, began_ms = _text(taken[1]), int(_text(taken[2]))
+            return None
+        return TakenCheck(upstream, _text(taken[1]), int(_text(taken[2])))
+
+    def finish(self, taken: TakenCheck) -> CheckOutcome:
+        """Runs a taken check to its end (it may wait up to GIVE_UP_SECONDS for spare budget) and
+        releases its lock."""
+        upstream, fence, began_ms = taken
+        names = self.names.account(upstream.account_id)
         started = time.monotonic()
         try:
             changes = self._run(upstream, names, fence, began_ms)
@@ -323,8 +343,10 @@ def _text(value: bytes | str) -> str:
 
 
 class CheckLoop:
-    """A worker's thread that checks the accounts whose check is due (each at most once a period, one
-    process at a time) and queues again deletions whose task was lost."""
+    """A worker's thread that starts the checks of the accounts whose check is due (each at most once a
+    period, one process at a time) and queues again deletions whose task was lost. Each check runs in a
+    thread of its own, at most `at_once` together: one account's check that waits minutes for spare
+    budget holds back no other account's."""
 
     def __init__(
         self,
@@ -333,11 +355,14 @@ class CheckLoop:
         *,
         tick: float = 1.0,
         lost_after: float = 120.0,
+        at_once: int = CHECKS_AT_ONCE,
     ) -> None:
         self.checker = checker
         self.requeue_deletion = requeue_deletion
         self.tick = tick
         self.lost_after = lost_after  # a deletion asked for this long ago and still there lost its task
+        self.at_once = at_once
+        self._checks: dict[str, threading.Thread] = {}  # account -> its check running here
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oktopost-connection-checks", daemon=True)
         checker.sleep = self._pause  # a check waiting for spare budget ends as soon as the worker stops
@@ -348,6 +373,8 @@ class CheckLoop:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        for check in list(self._checks.values()):  # a check waiting for budget ends at once (`_pause`)
+            check.join(timeout=2)
 
     def _pause(self, seconds: float) -> None:
         if self._stop.wait(seconds):
@@ -357,10 +384,32 @@ class CheckLoop:
         while not self._stop.wait(self.tick):
             try:
                 if self.checker.settings.period > 0:
-                    self.checker.check_due()
+                    self._start_due()
                 self._requeue_deletions()
             except Exception as error:  # Redis away: try again next tick
                 log.warning("connection checks failed: %s", type(error).__name__)
+
+    def _start_due(self) -> None:
+        """Takes the due checks of the accounts whose check is not running here, and starts each."""
+        self._checks = {account: check for account, check in self._checks.items() if check.is_alive()}
+        for account in self.checker.store.accounts():
+            if len(self._checks) >= self.at_once or self._stop.is_set():
+                return
+            upstream = None if account in self._checks else self.checker.upstream_of(account)
+            taken = self.checker.take(upstream) if upstream is not None else None
+            if taken is None:
+                continue
+            check = threading.Thread(
+                target=self._finish, args=(taken,), name="oktopost-connection-check", daemon=True
+            )
+            self._checks[account] = check
+            check.start()
+
+    def _finish(self, taken: TakenCheck) -> None:
+        try:
+            self.checker.finish(taken)
+        except Exception as error:  # Redis away: its lock lapses, and the check is tried again
+            log.warning("connection check failed: %s", type(error).__name__)
 
     def _requeue_deletions(self) -> None:
         store = self.checker.store
