@@ -6,6 +6,7 @@ read any other key, nor run an admin command."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, cast
@@ -132,6 +133,32 @@ def test_a_subscriber_cannot_run_admin_commands_or_listen_elsewhere(acl_redis: R
                 pubsub.get_message(timeout=2)
         finally:
             pubsub.close()
+
+
+def test_a_subscriber_may_subscribe_to_every_public_channel(acl_redis: RedisServer) -> None:
+    """The channels docs/api.md calls public: the all-flows one, a flow's, a tenant's, a connection's."""
+    names = RedisNames(PREFIX)
+    pipeline = user(acl_redis, "pipeline")
+    channels = [
+        names.all_events_channel,
+        names.flow_channel("f" * 40),
+        names.tenant_channel("acme"),
+        names.connection_channel("003-credential"),
+    ]
+    pubsub = user(acl_redis, "subscriber").pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(*channels)
+        for channel in channels:
+            pipeline.publish(channel, f"to {channel}")
+        got: list[str] = []
+        deadline = time.monotonic() + 5
+        while len(got) < len(channels) and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                got.append(message["data"].decode())
+        assert got == [f"to {channel}" for channel in channels]
+    finally:
+        pubsub.close()
 
 
 def test_a_subscriber_reads_the_streams_with_a_consumer_group(
