@@ -4,7 +4,9 @@ and stopped gracefully.
 uvicorn waits for a request head for ever once its first byte came (and for the first byte of a new
 connection too), and the shim is published directly. The protocol here closes a connection that has
 not sent a complete request head within `head_timeout` seconds of being opened or of its last answer;
-uvicorn's `limit_concurrency` bounds how many connections and requests are served at once.
+uvicorn's `limit_concurrency` bounds how many connections and requests are served at once; a request
+past it is answered, without reaching the app, by `overloaded`: 503 with the shim's JSON error body,
+`Retry-After: 1` and the browser routes' headers, where uvicorn's own answer is a bare `text/plain` 503.
 
 On SIGTERM (or SIGINT) `DrainingServer` stops accepting connections, answers the requests under way
 (event streams end with a `retry:` hint, api_shim/streams.py) and returns, so the process exits 0;
@@ -22,7 +24,12 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from api_shim.browser import BrowserHeaders
+from api_shim.errors import error_response
 
 MAX_HEAD_BYTES = 16 * 1024  # h11's bound on a request line and headers: the first of the size limits
 
@@ -67,8 +74,17 @@ class HeadTimeoutProtocol(H11Protocol):
             self.transport.close()
 
 
+async def overloaded(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to a request past `--limit-concurrency`, as every other refusal of the shim reads."""
+    message = "the shim is serving as many requests as it may: try again in a moment"
+    response = error_response(503, "overloaded", message, headers={"Retry-After": "1"})
+    await BrowserHeaders(response)(scope, receive, send)
+
+
 def protocol(head_timeout: float) -> type[HeadTimeoutProtocol]:
-    """The protocol class uvicorn builds per connection, with this head timeout."""
+    """The protocol class uvicorn builds per connection, with this head timeout; its requests past the
+    concurrency limit are answered by `overloaded` (uvicorn's h11 protocol looks its answer up by name)."""
+    h11_impl.service_unavailable = overloaded  # type: ignore[assignment]
     return type("ShimProtocol", (HeadTimeoutProtocol,), {"head_timeout": head_timeout})
 
 

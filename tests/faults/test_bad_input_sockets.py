@@ -18,7 +18,8 @@ from schemathesis import GenerationMode
 
 from tests.support.fault_report import FaultReport
 from tests.support.in_process_shim import FUZZ, check_answer
-from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, start_pipeline
+from tests.support.processes import free_port, start_cli, wait_for_http
+from tests.support.stack import API_KEY, Pipeline, RedisServer, Sandbox, pipeline_env, start_pipeline
 from worker.keys import RedisNames
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -171,3 +172,30 @@ def test_oversized_bodies_headers_and_urls_are_refused_early(
             assert httpx.Response(answer.status, content=answer.body).json()["error"]["code"], (name, answer)
     ok = raw_request(url, _head("GET", "/v1/callback/" + "a" * 40 + "?okt=" + "b" * 200, []))
     assert ok.status == 404  # a request within the limits goes through
+
+
+def test_a_request_past_the_concurrency_limit_gets_the_shims_own_503(
+    redis_server: RedisServer, sandbox: Sandbox
+) -> None:
+    """`shim --limit-concurrency 2` with two connections held open: the third connection's request is
+    refused before the app, as any refusal of the shim reads (JSON error, Retry-After, browser headers)."""
+    port = free_port()
+    env = pipeline_env(redis_server.url, sandbox.url, port)
+    shim = start_cli(["shim", "--port", str(port), "--limit-concurrency", "2"], env=env, name="shim")
+    held: list[socket.socket] = []
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", shim)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        time.sleep(0.2)  # both accepted
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/callback/{'f' * 40}?okt=abcdefgh1234", timeout=5)
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["error"]["code"] == "overloaded"
+        assert answer.headers["retry-after"] == "1"
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert "referrer-policy" in answer.headers
+    finally:
+        for connection in held:
+            connection.close()
+        shim.stop()
