@@ -13,7 +13,7 @@ from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
 from worker.tasks.leases import RECEIVED_RENEWAL_GAP, RECEIVED_SETTLE_SECONDS, Held, LeaseKeeper
-from worker.tasks.stopping import RETAKES, GracefulStop
+from worker.tasks.stopping import HANDED_BACK, RETAKE_AFTER, RETAKES, GracefulStop
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
 
@@ -189,3 +189,29 @@ def test_a_flow_another_workers_sweeper_queued_first_is_watched_too(store: FlowS
 
     assert broker.queued == ["flow-1"]  # the sweeper's task, the stopping worker's requeue found it alive
     assert requeues.queued.count("flow-1") == RETAKES
+
+
+def test_a_flows_requeued_task_fetched_by_the_stopping_worker_queues_it_again_and_the_exit_waits(
+    store: FlowStore,
+) -> None:
+    """The hand-back's own requeue went to this worker's fetch, and its task starts here: the flow is
+    queued again at once; and the process's exit waits for the looks at flows no task took, though
+    Celery's shutdown ends at once."""
+    claimed(store, "flow-1")
+    assert store.take_work("flow-1", "task-a", FlowState.VERIFYING).outcome is TakeOutcome.TAKEN
+    broker = _Broker(store, {})
+    keeper = LeaseKeeper(store, interval=3600)
+    exits: list[int] = []
+    stop = GracefulStop(store, broker, keeper, grace=2.0, exit_process=exits.append)
+    with keeper.hold("flow-1", "task-a"):
+        stop.begin()  # SIGTERM
+        stop._all_handed_back.wait(2)
+    keeper.stop()
+    assert broker.queued == ["flow-1"]
+    assert stop.hand_back_unstarted("flow-1") == HANDED_BACK  # that task, started here
+    assert broker.queued == ["flow-1", "flow-1"]  # queued again at once, not after a look
+    started = time.monotonic()
+    stop.wait()  # what the worker's shutdown does before the process exits
+    assert time.monotonic() - started >= RETAKE_AFTER * RETAKES - 0.1
+    assert broker.queued.count("flow-1") == 2 + RETAKES  # no task took it: each look queued it again
+    assert exits == []  # the grace (2 s) is not over: the process would still run

@@ -295,6 +295,8 @@ def _hand_back_flows(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_background_threads(**_: object) -> None:
+    if _graceful is not None:  # its looks for flows handed back that no task took, within the grace
+        _graceful.wait()
     if _checks is not None:
         _checks.stop()
     if _unparker is not None:

@@ -15,7 +15,9 @@ and drops the tasks received but not started. Here, the moment the signal arrive
   worker's sweeper queued for a flow handed back here (its lease lapsed with the hand-back, and that
   sweeper may look first). So while the grace lasts, every flow handed back from here that no task has
   taken a moment later is queued once more (at most RETAKES times; a duplicate task is fenced out by
-  the take), whoever queued it the first time.
+  the take), whoever queued it the first time. A task of such a flow that starts here (its fetch came
+  back with it) queues it again at once. Celery's shutdown may end before those looks (its last task
+  done a moment after the signal): the process waits for them (`wait`), within the grace.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from worker.flows.store import FlowStore
 from worker.observing import tracing
@@ -40,8 +43,16 @@ RETAKES = 2  # at most this many times a flow (a busy deployment's queue is slow
 
 
 class GracefulStop:
-    def __init__(self, store: FlowStore, tasks: TaskQueue, leases: LeaseKeeper, grace: float) -> None:
+    def __init__(
+        self,
+        store: FlowStore,
+        tasks: TaskQueue,
+        leases: LeaseKeeper,
+        grace: float,
+        exit_process: Callable[[int], object] = os._exit,
+    ) -> None:
         self.store = store
+        self.exit_process = exit_process  # at the grace's end; threads blocked in a call cannot be joined
         self.tasks = tasks
         self.leases = leases
         self.grace = grace
@@ -49,6 +60,8 @@ class GracefulStop:
         self._handed: set[str] = set()  # flows handed back already: a late task of one leaves it alone
         self._handed_back: list[str] = []  # flows handed back from here, queued again here or elsewhere
         self._all_handed_back = threading.Event()
+        self._handing_back: threading.Thread | None = None
+        self._began = 0.0
 
     @property
     def requested(self) -> bool:
@@ -59,15 +72,29 @@ class GracefulStop:
         if self._requested.is_set():
             return
         self._requested.set()
-        threading.Thread(target=self._hand_back_all, name="oktopost-stopping", daemon=True).start()
+        self._began = time.monotonic()
+        self._handing_back = threading.Thread(
+            target=self._hand_back_all, name="oktopost-stopping", daemon=True
+        )
+        self._handing_back.start()
         threading.Thread(target=self._exit_after_grace, name="oktopost-grace", daemon=True).start()
 
     def hand_back_unstarted(self, flow_id: str, owner: str = "") -> str:
         """A task starting while the worker stops: its flow goes back to the queue, untouched here (with
-        `owner`, the flow its early take took, whether or not it was handed back already)."""
+        `owner`, the flow its early take took, whether or not it was handed back already). A flow handed
+        back from here before is this task's own flow queued again and fetched here: queued once more
+        when no task has it."""
         if owner or flow_id not in self._handed:
             self._hand_back(Held(flow_id, owner))
+        else:
+            self._queue_again_if_untaken(flow_id)
         return HANDED_BACK
+
+    def wait(self) -> None:
+        """Until the hand-back and its looks for flows no task took are done (within the grace): the
+        process must not exit before them, however soon Celery's own shutdown is over."""
+        if self._handing_back is not None:
+            self._handing_back.join(max(0.0, self._began + self.grace - time.monotonic()))
 
     def _hand_back_all(self) -> None:
         held = self.leases.close(self._hand_back)
@@ -84,17 +111,20 @@ class GracefulStop:
         fetch of this process (see the module's docstring), so it is queued again."""
         ends = time.monotonic() + self.grace
         for _ in range(RETAKES):
-            if time.monotonic() + RETAKE_AFTER >= ends:
+            if not self._handed_back or time.monotonic() + RETAKE_AFTER >= ends:
                 return
             threading.Event().wait(RETAKE_AFTER)
             for flow_id in list(self._handed_back):
-                try:
-                    if self.store.untaken(flow_id):
-                        self.store.lapse_lease(flow_id)
-                        take_up(self.store, self.tasks, flow_id)
-                        log.info("flow %s handed back again: no task took it", flow_id)
-                except Exception as error:  # Redis away: its lease lapses and a sweeper takes it up
-                    log.warning("flow %s not handed back again: %s", flow_id, type(error).__name__)
+                self._queue_again_if_untaken(flow_id)
+
+    def _queue_again_if_untaken(self, flow_id: str) -> None:
+        try:
+            if self.store.untaken(flow_id):
+                self.store.lapse_lease(flow_id)
+                take_up(self.store, self.tasks, flow_id)
+                log.info("flow %s handed back again: no task took it", flow_id)
+        except Exception as error:  # Redis away: its lease lapses and a sweeper takes it up
+            log.warning("flow %s not handed back again: %s", flow_id, type(error).__name__)
 
     def _hand_back(self, held: Held) -> None:
         held.mark_lost()  # a task under way stops at its next look; its transitions are fenced out
@@ -116,4 +146,4 @@ class GracefulStop:
         tracing.finish()  # the calls still hanging end as stopped; the last spans go (a second at most)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)  # threads still blocked in a call cannot be joined; their flows are already back
+        self.exit_process(0)  # threads still blocked in a call cannot be joined; their flows are already back
