@@ -120,9 +120,9 @@ class GracefulStop:
     def _queue_again_if_untaken(self, flow_id: str) -> None:
         try:
             if self.store.untaken(flow_id):
-                self.store.lapse_lease(flow_id)
-                take_up(self.store, self.tasks, flow_id)
-                log.info("flow %s handed back again: no task took it", flow_id)
+                self.store.lapse_lease(flow_id)  # a flow parked meanwhile has no lease: it stays parked
+                if take_up(self.store, self.tasks, flow_id):
+                    log.info("flow %s handed back again: no task took it", flow_id)
         except Exception as error:  # Redis away: its lease lapses and a sweeper takes it up
             log.warning("flow %s not handed back again: %s", flow_id, type(error).__name__)
 
