@@ -247,6 +247,24 @@ def test_a_delivery_whose_hash_is_gone_leaves_the_listing(setup: Setup) -> None:
     assert setup.redis.zrange(setup.names.webhook_deliveries(setup.endpoint.id), 0, -1) == [kept.encode()]
 
 
+def test_a_page_is_not_left_short_by_deliveries_whose_retention_is_over(setup: Setup) -> None:
+    """The oldest deliveries' hashes expire before their entries in the listing do: a page reads past
+    them, to `limit` deliveries that are still there."""
+    kept = [setup.event(f"flow-old-{index}", 1)[0] for index in range(3)]
+    gone = [setup.event(f"flow-{index}", 1)[0] for index in range(12)]
+    for delivery_id in gone:
+        setup.redis.delete(setup.names.webhook_delivery(delivery_id))  # their retention ended
+    newest = setup.event("flow-new", 1)[0]
+    page, cursor = setup.webhooks.deliveries_page(setup.endpoint.id, 3)
+    assert [delivery.id for delivery in page] == [newest, kept[2], kept[1]]
+    assert cursor is not None
+    page, cursor = setup.webhooks.deliveries_page(setup.endpoint.id, 3, cursor)
+    assert [delivery.id for delivery in page] == [kept[0]]
+    assert cursor is None
+    listed = setup.redis.zrange(setup.names.webhook_deliveries(setup.endpoint.id), 0, -1)
+    assert sorted(listed) == sorted(delivery_id.encode() for delivery_id in [*kept, newest])
+
+
 def test_a_held_delivery_is_not_missed_when_its_predecessor_vanishes(setup: Setup) -> None:
     first, _ = setup.event("flow-a", 1)
     second, _ = setup.event("flow-a", 2)

@@ -29,6 +29,7 @@ from worker.replies import text
 
 ENDPOINT_ID = re.compile(r"^wh_[0-9a-f]{24}$")
 LISTED_DELIVERIES = 50  # GET .../deliveries shows the most recent ones, a page at a time
+PRUNING_READS = 8  # reads of one page while the entries of deliveries gone leave it short
 REPLAY_PAGE = 1000  # index entries read per XRANGE
 PRUNE_LOOK = 100  # a tenant's oldest pending deliveries looked at when its count is made true again
 # A delivery held behind an earlier event of its flow is queued again by that event's end at once; if
@@ -547,11 +548,24 @@ class WebhookStore:
         self, endpoint_id: str, limit: int = LISTED_DELIVERIES, cursor: str | None = None
     ) -> tuple[list[Delivery], str | None]:
         """A page of the endpoint's deliveries, most recent first, and the cursor of the next page (None:
-        this was the last). Each delivery shows once across pages, whatever is created meanwhile."""
-        listed = self.names.webhook_deliveries(endpoint_id)
+        this was the last). Each delivery shows once across pages, whatever is created meanwhile. An
+        entry whose delivery is gone (its retention over) leaves the listing as it is read, and the page
+        is read again without it, so a page is not left short by them (PRUNING_READS at most)."""
         after = _read_cursor(cursor)
         if after is not None and endpoint_of(after[1]) != endpoint_id:
             raise ValueError("a cursor of another endpoint's deliveries")
+        for _ in range(PRUNING_READS):
+            deliveries, next_cursor, pruned = self._deliveries_page(endpoint_id, limit, after)
+            if not pruned or next_cursor is None or len(deliveries) >= limit:
+                break
+        return deliveries, next_cursor
+
+    def _deliveries_page(
+        self, endpoint_id: str, limit: int, after: tuple[float, str] | None
+    ) -> tuple[list[Delivery], str | None, bool]:
+        """One read of a page (see `deliveries_page`); and whether entries of deliveries gone were
+        dropped from the listing meanwhile."""
+        listed = self.names.webhook_deliveries(endpoint_id)
         top = "+inf" if after is None else repr(after[0])
         # ties on the creation time are ordered by id (descending, as ZREVRANGE orders them)
         window = self.redis.zrevrangebyscore(listed, top, "-inf", start=0, num=limit + 64, withscores=True)
@@ -568,7 +582,7 @@ class WebhookStore:
         if gone:  # ended and past their retention: the hash expired, the listing forgets them too
             self.redis.zrem(listed, *gone)
         next_cursor = _write_cursor(*page[-1][::-1]) if more and page else None
-        return deliveries, next_cursor
+        return deliveries, next_cursor, bool(gone)
 
     def _read_deliveries(self, endpoint_id: str, ids: list[str]) -> list[Delivery]:
         fields = (
