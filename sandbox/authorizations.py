@@ -18,6 +18,10 @@ Clock = Callable[[], float]
 
 APPROVE = "approve"
 DENY = "deny"
+# A Step 1 request whose consent page has not been answered this long is forgotten (its page is then
+# 404): longer than any flow waits for its callback (FLOW_TTL_SECONDS is at most a week, 15 minutes by
+# default; a flow's consent that comes later is answered 410 by the shim anyway)
+REQUEST_LIFETIME_S = 7 * 86400.0
 
 
 class AuthorizationError(Exception):
@@ -58,6 +62,7 @@ class AuthorizationRequest:
     callback_url: str
     decision: str | None = None
     token: str | None = None
+    made_at: float = 0.0  # on the account's monotonic clock
 
 
 @dataclass(slots=True)
@@ -136,9 +141,28 @@ class Account:
     def request_authorization(
         self, network: str, entity_type: str, callback_url: str
     ) -> AuthorizationRequest:
-        request = AuthorizationRequest(secrets.token_urlsafe(16), network, entity_type, callback_url)
+        self._forget_the_past()
+        request = AuthorizationRequest(
+            secrets.token_urlsafe(16), network, entity_type, callback_url, made_at=self._clock()
+        )
         self._requests[request.id] = request
         return request
+
+    def _forget_the_past(self) -> None:
+        """Drops the requests made more than REQUEST_LIFETIME_S ago and the grants whose token expired
+        (an expired token is answered as an unknown one), so a sandbox that runs for months holds only
+        the recent ones. Both dicts are in the order their entries were made."""
+        now = self._clock()
+        while self._requests:
+            oldest = next(iter(self._requests.values()))
+            if now - oldest.made_at < REQUEST_LIFETIME_S:
+                break
+            del self._requests[oldest.id]
+        while self._grants:
+            grant = next(iter(self._grants.values()))
+            if now < grant.expires_at:
+                break
+            del self._grants[grant.token]
 
     def find_request(self, request_id: str) -> AuthorizationRequest:
         request = self._requests.get(request_id)

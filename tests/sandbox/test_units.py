@@ -11,6 +11,7 @@ import pytest
 from sandbox.authorizations import (
     APPROVE,
     DENY,
+    REQUEST_LIFETIME_S,
     Account,
     DecisionConflict,
     NotSelectable,
@@ -184,6 +185,30 @@ def test_account_consent_verify_complete_and_expiry() -> None:
         account.verify(token)
     with pytest.raises(TokenInvalid):
         account.complete(token, [offered[1].id])
+
+
+def test_an_account_forgets_expired_tokens_and_old_requests_as_it_runs() -> None:
+    """A sandbox running for months holds only the recent requests and live tokens; the answers are
+    the ones an expired token or an unknown request always got."""
+    clock = FakeClock()
+    account = Account(token_ttl_s=300, clock=clock)
+    approved = [
+        account.request_authorization("LinkedIn", "profile", "https://app.example/cb") for _ in range(50)
+    ]
+    tokens = [account.decide(request.id, APPROVE).rsplit("okt=", 1)[1] for request in approved]
+    clock.now += 301
+    account.request_authorization("LinkedIn", "profile", "https://app.example/cb")  # a later flow
+    assert len(account._grants) == 0
+    assert len(account._requests) == 51  # a request is kept for a week, its page may still be opened
+    with pytest.raises(TokenInvalid):
+        account.verify(tokens[0])
+    clock.now += REQUEST_LIFETIME_S
+    fresh = account.request_authorization("LinkedIn", "profile", "https://app.example/cb")
+    assert list(account._requests) == [fresh.id]
+    with pytest.raises(UnknownRequest):
+        account.decide(approved[0].id, APPROVE)
+    token = account.decide(fresh.id, APPROVE).rsplit("okt=", 1)[1]
+    assert account.verify(token).profile is not None
 
 
 def test_profile_tokens_connect_on_verify_and_cannot_select() -> None:
