@@ -373,8 +373,9 @@ class CheckLoop:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        for check in list(self._checks.values()):  # a check waiting for budget ends at once (`_pause`)
-            check.join(timeout=2)
+        ends = time.monotonic() + 2  # a check waiting for budget ends at once (`_pause`); one in a call
+        for check in list(self._checks.values()):  # is left to the process's exit (a daemon thread)
+            check.join(timeout=max(0.0, ends - time.monotonic()))
 
     def _pause(self, seconds: float) -> None:
         if self._stop.wait(seconds):
