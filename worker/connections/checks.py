@@ -102,16 +102,8 @@ class ConnectionChecker:
     def _lock_ms(self) -> int:
         return int(self.settings.lock_seconds * 1000)
 
-    def check_due(self) -> dict[str, CheckOutcome]:
-        """Checks every account that is due and free; the outcome of each account looked at."""
-        outcomes = {}
-        for account in self.store.accounts():
-            upstream = self.upstream_of(account)
-            if upstream is not None:
-                outcomes[account] = self.check(upstream)
-        return outcomes
-
     def check(self, upstream: Upstream[OktopostClient]) -> CheckOutcome:
+        """The account's check, taken and run here when it is due (else SKIPPED)."""
         taken = self.take(upstream)
         return CheckOutcome.SKIPPED if taken is None else self.finish(taken)
 
@@ -396,7 +388,9 @@ class CheckLoop:
         for account in self.checker.store.accounts():
             if len(self._checks) >= self.at_once or self._stop.is_set():
                 return
-            upstream = None if account in self._checks else self.checker.upstream_of(account)
+            if account in self._checks:
+                continue
+            upstream = self.checker.upstream_of(account)
             taken = self.checker.take(upstream) if upstream is not None else None
             if taken is None:
                 continue
