@@ -165,15 +165,22 @@ def watch(argv: Sequence[str]) -> int:
 
     names = RedisNames(settings.channel_prefix)
     client = _redis(settings, socket_connect_timeout=3)
+    where = settings.redis_url.split("@")[-1]
     try:
-        if not client.exists(names.flow_state(args.flow_id), names.flow_stream(args.flow_id)):
+        # a flow's stream holds its events from the first on and lives as long as the flow: reading its
+        # length is all a subscribing service's Redis user may do (docs/design.md, the `subscriber` user)
+        if not client.xlen(names.flow_stream(args.flow_id)):
             return fail(f"no flow {args.flow_id!r} in {settings.channel_prefix}")
         terminal = False
         for event in follow_flow(client, args.flow_id, settings.channel_prefix, timeout=args.timeout):
             print(json.dumps(event), flush=True)
             terminal = event["type"] in TERMINAL_TYPES
+    except redis.exceptions.AuthenticationError:
+        return fail(f"Redis at REDIS_URL ({where}) refused its user name or password")
     except redis.exceptions.ConnectionError:
-        return fail(f"cannot reach Redis at REDIS_URL ({settings.redis_url.split('@')[-1]})")
+        return fail(f"cannot reach Redis at REDIS_URL ({where})")
+    except redis.exceptions.NoPermissionError as refused:
+        return fail(f"REDIS_URL's Redis user may not follow events ({refused})")
     except KeyboardInterrupt:
         return 130
     return 0 if terminal else 1

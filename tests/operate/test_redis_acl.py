@@ -6,6 +6,7 @@ read any other key, nor run an admin command."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import redis
 
 from tests.support.compose_spec import DEPLOYER_SECRETS, argv_of, deployer_env, services
 from tests.support.flows import callback, consent, select, start_flow
+from tests.support.processes import run_cli
 from tests.support.stack import RedisServer, Sandbox, start_pipeline, start_redis, stop_redis
 from worker.follow.subscribe import follow_flow
 from worker.keys import RedisNames
@@ -186,6 +188,37 @@ def test_a_subscriber_follows_a_flow_to_its_end(acl_redis: RedisServer, waiting_
     events = list(follow_flow(user(acl_redis, "subscriber"), waiting_flow["flow_id"], PREFIX, timeout=30))
     assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "connection.completed", events[-1]
+
+
+def test_watch_needs_no_more_than_a_subscriber_may_do(
+    acl_redis: RedisServer, waiting_flow: dict[str, Any]
+) -> None:
+    """`oktopost-connect watch` as the `subscriber` user: the flow's events, then one line for an unknown
+    flow and for a wrong password (it read the flow's state key once, which the ACL refuses: a traceback)."""
+    flow_id = waiting_flow["flow_id"]
+    if (
+        user(acl_redis, "pipeline").hget(RedisNames(PREFIX).flow_state(flow_id), "state")
+        == b"awaiting_selection"
+    ):
+        ids = [str(waiting_flow["entities"][0]["id"])]
+        assert select(waiting_flow["pipeline"], flow_id, ids).status_code == 202
+    history = list(follow_flow(user(acl_redis, "subscriber"), flow_id, PREFIX, timeout=30))
+    password = DEPLOYER_SECRETS["REDIS_SUBSCRIBER_PASSWORD"]
+    env = {
+        "REDIS_URL": f"redis://subscriber:{password}@127.0.0.1:{acl_redis.port}/0",
+        "CHANNEL_PREFIX": PREFIX,
+    }
+    watched = run_cli("watch", flow_id, "--timeout", "20", env=env)
+    assert watched.returncode == 0, watched.stderr
+    assert [json.loads(line) for line in watched.stdout.splitlines()] == history
+    unknown = run_cli("watch", "0" * 40, "--timeout", "5", env=env)
+    assert (unknown.returncode, unknown.stderr.count("\n")) == (2, 1), unknown.stderr
+    assert "no flow" in unknown.stderr
+    wrong = {**env, "REDIS_URL": f"redis://subscriber:guessed@127.0.0.1:{acl_redis.port}/0"}
+    refused = run_cli("watch", flow_id, "--timeout", "5", env=wrong)
+    assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused.stderr
+    assert "refused its user name or password" in refused.stderr
+    assert "guessed" not in refused.stderr
 
 
 @pytest.mark.usefixtures("waiting_flow")  # its pipeline's worker runs a dispatcher
