@@ -98,6 +98,26 @@ def test_a_check_reports_each_change_once_and_confirms_a_missing_one_by_id() -> 
     assert setup.lifecycle() == [("connection.invalid", "003-1")]
 
 
+def test_a_shorter_period_applies_to_a_check_due_under_a_longer_one() -> None:
+    """CONNECTION_CHECK_SECONDS lowered by a restart: the next check comes a new period later at the
+    latest, not when the old period would have ended."""
+    setup = Setup(listing(credential("003-1", "valid")))
+    setup.connect("003-1")
+
+    def checker(period: float) -> ConnectionChecker:
+        settings = CheckSettings(period=period, share=0.1)
+        return ConnectionChecker(setup.connections, lambda _: setup.upstream, settings, sleep=time.sleep)
+
+    hourly, quick = checker(3600), checker(1.2)
+    assert hourly.check(setup.upstream) is CheckOutcome.OK
+    assert hourly.check(setup.upstream) is CheckOutcome.SKIPPED
+    assert quick.check(setup.upstream) is CheckOutcome.SKIPPED  # due 1.2 s from now at the latest
+    time.sleep(1.3)
+    assert hourly.check(setup.upstream) is CheckOutcome.OK  # whichever process looks first
+    assert quick.check(setup.upstream) is CheckOutcome.SKIPPED
+    assert setup.calls == ["GET /v2/credential"] * 2
+
+
 def test_a_check_reads_valid_in_any_case_as_valid() -> None:
     def present(_: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"Result": True, "Credential": credential("003-2", "VALID")})

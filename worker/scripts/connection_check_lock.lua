@@ -16,7 +16,13 @@ if ARGV[1] == "take" then
   if tonumber(redis.call("GET", pause) or "0") > now then
     return {"paused"}  -- a paused account is not checked (nor is its check counted as due and done)
   end
-  if tonumber(redis.call("GET", due) or "0") > now then
+  local next_due = tonumber(redis.call("GET", due) or "0")
+  if next_due > now then
+    if next_due > now + tonumber(ARGV[4]) then
+      -- set under a longer period than this process's (CONNECTION_CHECK_SECONDS lowered since): due a
+      -- period from now at the latest, not when the longer period would have ended
+      redis.call("SET", due, tostring(now + tonumber(ARGV[4])))
+    end
     return {"not_due"}
   end
   if redis.call("EXISTS", lock) == 1 then
