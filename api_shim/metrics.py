@@ -44,7 +44,7 @@ def install(client: redis.Redis, names: RedisNames, accounts: list[Account], web
     _worker_collectors.extend(
         [
             RedisMetricsCollector(client, names.worker_metrics),
-            WorkersCollector(client, names.workers),
+            WorkersCollector(client, names),
             AccountCollector(accounts),
             BacklogCollector(webhooks),
             ConnectionCollector(ConnectionStore(webhooks.redis, webhooks.names, int(webhooks.retention))),

@@ -81,6 +81,11 @@ class RedisNames:
         """Sorted set: worker node names, scored by when each last showed it is consuming (its sweeper)."""
         return f"{self.prefix}:workers"
 
+    def queue_workers(self, queue: str) -> str:
+        """Sorted set: the node names of the workers serving one kind of task (QUEUE_KINDS), scored as
+        `workers` is."""
+        return f"{self.prefix}:workers:{queue}"
+
     @property
     def worker_metrics(self) -> str:
         return f"{self.prefix}:metrics"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import promtool
+from tests.support.processes import promtool, start_cli
 from tests.support.stack import RedisServer, Sandbox, start_pipeline
 from worker.keys import RedisNames
 from worker.observing.metrics import WorkerMetrics
@@ -128,6 +128,32 @@ def metrics_text(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[str]:
 @pytest.mark.integration
 def test_the_shim_counts_the_workers_consuming(metrics_text: str) -> None:
     assert re.search(r"^okc_workers_consuming 1\.0$", metrics_text, re.MULTILINE), metrics_text
+    for queue in ("flows", "deliveries"):  # a worker serves both unless told otherwise
+        assert f'okc_queue_workers{{queue="{queue}"}} 1.0' in metrics_text.splitlines(), metrics_text
+
+
+@pytest.mark.integration
+def test_a_worker_serving_deliveries_only_leaves_flows_without_a_consumer(
+    redis_server: RedisServer, sandbox: Sandbox
+) -> None:
+    """What NoWorkerConsuming reads for flows: a worker started with `--serve deliveries` consumes, but
+    no flow is verified while it is the only one."""
+    running = start_pipeline(redis_server.url, sandbox.url, workers=0)
+    try:
+        hostname = f"deliveries-{time.time_ns()}@%h"
+        command = ["worker", "--concurrency", "2", "--serve", "deliveries", "--hostname", hostname]
+        running.workers.append(start_cli(command, env=running.env, name="worker-deliveries"))
+        deadline = time.monotonic() + 30
+        while True:
+            lines = httpx.get(f"{running.shim_url}/metrics").text.splitlines()
+            if "okc_workers_consuming 1.0" in lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "okc_workers_consuming 1.0" in lines
+        assert 'okc_queue_workers{queue="deliveries"} 1.0' in lines
+        assert 'okc_queue_workers{queue="flows"} 0.0' in lines
+    finally:
+        running.stop()
 
 
 @pytest.mark.integration

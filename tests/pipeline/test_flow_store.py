@@ -212,17 +212,22 @@ def test_taking_work_hands_over_the_flow_and_its_token(store: FlowStore) -> None
 
 
 def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowStore) -> None:
-    sweeper = Sweeper(store, RecordingEnqueuer(), interval=0.05, name="w1@host")
+    """Marked as a worker, and as one serving the kinds of task it serves (here deliveries only)."""
+    sweeper = Sweeper(store, RecordingEnqueuer(), interval=0.05, name="w1@host", serves=["deliveries"])
     before = time.time()
     sweeper.start()
     deadline = time.monotonic() + 2
     while store.redis.zscore(store.names.workers, "w1@host") is None and time.monotonic() < deadline:
         time.sleep(0.01)
     marked = store.redis.zscore(store.names.workers, "w1@host")
+    delivering = store.redis.zscore(store.names.queue_workers("deliveries"), "w1@host")
+    flows = store.redis.zscore(store.names.queue_workers("flows"), "w1@host")
     sweeper.stop()
     assert marked is not None
     assert before <= marked <= time.time()
+    assert (delivering, flows) == (marked, None)
     assert store.redis.zscore(store.names.workers, "w1@host") is None
+    assert store.redis.zscore(store.names.queue_workers("deliveries"), "w1@host") is None
 
 
 def test_every_event_carries_its_tenant_and_reaches_the_all_flows_stream_and_the_tenant_channel(

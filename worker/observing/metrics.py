@@ -17,7 +17,9 @@ transition carries no metrics and /metrics is at most about a second behind the 
     okc_webhook_attempt_seconds                   histogram of an attempt's time
 
 `WorkersCollector` adds `okc_workers_consuming`: the workers whose sweeper marked them consuming within
-the last WORKER_FRESH_SECONDS (every worker marks itself each second), 0 when none does.
+the last WORKER_FRESH_SECONDS (every worker marks itself each second), 0 when none does; and
+`okc_queue_workers{queue}`: those of them serving flows' tasks (`flows`) and webhook deliveries
+(`deliveries`), as `oktopost-connect worker --serve` chose.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from worker import scripts
+from worker.keys import RedisNames
+from worker.queueing.names import QUEUE_KINDS
 from worker.replies import text
 
 log = logging.getLogger(__name__)
@@ -268,17 +272,21 @@ def _histogram_families(histograms: dict[str, dict[str, float]]) -> Iterator[His
 
 
 class WorkersCollector(Collector):
-    """How many workers are consuming, from the marks their sweepers keep in Redis (on Redis's clock)."""
+    """How many workers are consuming, and how many serve each kind of task, from the marks their
+    sweepers keep in Redis (on Redis's clock)."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    def __init__(self, client: redis.Redis, names: RedisNames) -> None:
         self.redis: Any = client
-        self.key = key
+        self.keys = [names.workers, *(names.queue_workers(queue) for queue in QUEUE_KINDS)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             seconds, microseconds = self.redis.time()
             fresh_since = int(seconds) + int(microseconds) / 1e6 - WORKER_FRESH_SECONDS
-            consuming = int(self.redis.zcount(self.key, fresh_since, "+inf"))
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys:
+                    pipe.zcount(key, fresh_since, "+inf")
+                consuming, *serving = [int(count) for count in pipe.execute()]
         except redis.RedisError:
             return
         yield GaugeMetricFamily(
@@ -286,6 +294,15 @@ class WorkersCollector(Collector):
             f"Workers that showed they are consuming tasks within the last {WORKER_FRESH_SECONDS:g} s",
             value=consuming,
         )
+        queues = GaugeMetricFamily(
+            "okc_queue_workers",
+            f"Workers that showed they are consuming one kind of task (flows, deliveries) within the last"
+            f" {WORKER_FRESH_SECONDS:g} s",
+            labels=["queue"],
+        )
+        for queue, count in zip(QUEUE_KINDS, serving, strict=True):
+            queues.add_metric([queue], count)
+        yield queues
 
 
 def _histogram(

@@ -17,6 +17,11 @@ DELETE_CONNECTION_TASK = "oktopost.delete_connection"
 FLOW_TASKS = frozenset({VERIFY_TASK, COMPLETE_TASK})
 
 
+# The kinds of task a worker may serve (`oktopost-connect worker --serve`), each with a queue of its own.
+FLOWS, DELIVERIES = "flows", "deliveries"
+QUEUE_KINDS = (FLOWS, DELIVERIES)
+
+
 def flows_queue(prefix: str) -> str:
     return "oktopost-connect" if prefix == "oktopost" else f"{prefix}.oktopost-connect"
 

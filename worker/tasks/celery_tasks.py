@@ -26,6 +26,8 @@ from worker.queueing.names import (
     COMPLETE_TASK,
     DELETE_CONNECTION_TASK,
     DELIVER_TASK,
+    DELIVERIES,
+    FLOWS,
     VERIFY_TASK,
     deliveries_queue,
     flows_queue,
@@ -185,10 +187,13 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
     leases, metrics = context.leases, context.metrics
     _graceful = GracefulStop(store, tasks, leases, settings.worker_shutdown_grace_seconds)
     accounts = [budget.account for budget in budgets.values()]
-    _sweeper = Sweeper(store, tasks, name=name, accounts=accounts, metrics=metrics)
-    _sweeper.start()
     served = set(app.amqp.queues.consume_from or app.amqp.queues)
-    if flows_queue(settings.channel_prefix) in served:  # a worker serving flows releases parked ones
+    prefix = settings.channel_prefix
+    queues = {FLOWS: flows_queue(prefix), DELIVERIES: deliveries_queue(prefix)}
+    serves = [kind for kind, queue in queues.items() if queue in served]
+    _sweeper = Sweeper(store, tasks, name=name, accounts=accounts, metrics=metrics, serves=serves)
+    _sweeper.start()
+    if FLOWS in serves:  # a worker serving flows releases parked ones
         policy = runtime.retry_policy(settings)
         _unparker = Unparker(
             store,
@@ -206,7 +211,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
             tick=min(1.0, settings.connection_check_seconds or 1.0),
         )
         _checks.start()
-    if deliveries_queue(settings.channel_prefix) in served:
+    if DELIVERIES in serves:
         # a worker that also serves flows keeps half its threads for them, whatever the endpoints do
         controller = getattr(sender, "controller", None)
         threads = int(getattr(controller, "concurrency", None) or app.conf.worker_concurrency or 1)

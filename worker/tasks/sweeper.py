@@ -148,8 +148,9 @@ WORKER_MARK_SECONDS = 60.0  # a mark older than this is a worker gone without a 
 
 
 class Sweeper(BackgroundThreads):
-    """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it);
-    `accounts`: the configured Oktopost accounts, whose pauses it watches."""
+    """`name`: the worker's node name, marked alive in Redis each HEARTBEAT_SECONDS (`up` waits for it),
+    and marked too under each kind of task it `serves` (flows, deliveries: the alert on a queue no
+    worker consumes reads these); `accounts`: the configured Oktopost accounts, whose pauses it watches."""
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class Sweeper(BackgroundThreads):
         name: str | None = None,
         accounts: Sequence[Account] = (),
         metrics: WorkerMetrics | None = None,
+        serves: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.enqueuer = enqueuer
@@ -166,6 +168,8 @@ class Sweeper(BackgroundThreads):
         self.metrics = metrics
         self.interval = interval
         self.name = name
+        names = store.names
+        self._marks = [names.workers, *(names.queue_workers(queue) for queue in serves)]
         self._beat_at = 0.0
         super().__init__({"oktopost-sweeper": self._run})
 
@@ -173,17 +177,20 @@ class Sweeper(BackgroundThreads):
         super().stop()
         if self.name is not None:
             try:
-                self.store.redis.zrem(self.store.names.workers, self.name)
+                with self.store.redis.pipeline(transaction=False) as pipe:
+                    for marks in self._marks:
+                        pipe.zrem(marks, self.name)
+                    pipe.execute()
             except Exception as error:  # Redis away at shutdown: the mark ages out by itself
                 log.debug("worker mark not removed: %s", type(error).__name__)
 
     def _beat(self) -> None:
         now = self.store.clock.now()
         if self.name is not None and now - self._beat_at >= HEARTBEAT_SECONDS:
-            workers = self.store.names.workers
             with self.store.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(workers, {self.name: now})
-                pipe.zremrangebyscore(workers, "-inf", now - WORKER_MARK_SECONDS)
+                for marks in self._marks:
+                    pipe.zadd(marks, {self.name: now})
+                    pipe.zremrangebyscore(marks, "-inf", now - WORKER_MARK_SECONDS)
                 pipe.execute()
             self._beat_at = now
 
