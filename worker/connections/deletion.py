@@ -50,9 +50,14 @@ class ConnectionDeleter:
             return Deletion.NO_ACCOUNT
         try:
             with upstream.budget.call(STEP1_PRIORITY, time.time() + BUDGET_WAIT_SECONDS, CALL_SECONDS):
+                if not self.store.deleting(tenant, connection_id):  # connected again while it waited
+                    log.info("connection %s: connected again, its deletion called off", connection_id)
+                    return Deletion.GONE
                 upstream.client.delete_credential(connection_id, timeout=CALL_SECONDS)
         except RefusedError as refused:
             log.warning("connection %s: Oktopost refused its deletion: %s", connection_id, refused)
             return Deletion.REFUSED
-        self.store.deleted(tenant, connection_id, account)
+        if not self.store.deleted(tenant, connection_id, account):  # connected again during the call
+            log.info("connection %s: connected again during its deletion, kept", connection_id)
+            return Deletion.GONE
         return Deletion.DELETED

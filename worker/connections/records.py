@@ -165,6 +165,12 @@ class ConnectionStore:
         members = self.redis.zrangebyscore(self.names.connections_deleting, "-inf", older_than_ms, 0, limit)
         return [_member(member) for member in members]
 
+    def deleting(self, tenant: str, connection_id: str) -> bool:
+        """Whether the connection's deletion is still asked for (a flow that connects it again calls the
+        deletion off)."""
+        record = self.record(tenant, connection_id)
+        return record is not None and record.get("_deleting") is not None
+
     def forget_deletion(self, tenant: str, connection_id: str) -> None:
         """A deletion with nothing left to do leaves the deletions under way."""
         self.redis.zrem(self.names.connections_deleting, f"{tenant}:{connection_id}")

@@ -451,6 +451,7 @@ class FlowStore:
                 "account_set": names.account(account).connections,
                 "accounts": names.connection_accounts,
                 "counts": names.connection_counts,
+                "deleting": names.connections_deleting,
                 "credentials": credentials,
             }
         )

@@ -5,7 +5,10 @@
 -- "ask": marks the connection as being deleted (its `_deleting`) and lists it among the deletions under
 -- way, once; the caller queues the task that calls Oktopost.
 -- "done": Oktopost no longer has the credential: the connection goes, with its connection.deleted event
--- (reason "requested"), in one step; only if its deletion was asked for and it is still there.
+-- (reason "requested"), in one step; only if its deletion was asked for and it is still there. A flow
+-- that connected the credential again meanwhile called the deletion off (connect_credentials): the
+-- connection stays, as Oktopost may have taken the flow's call after the DELETE, and a health check
+-- that finds it gone upstream ends it then.
 --
 -- KEYS: 1 the tenant's connections hash, 2 the tenant's order zset, 3 the deletions zset, 4 the all-events
 --       stream, 5 the connection counts

@@ -52,9 +52,12 @@ end
 
 -- A completed flow's credentials become connections of its tenant (transition.lua, in the same step as
 -- connection.completed). `made` (JSON): {"tenant", "account", "flow_id", "reference" (or null),
--- "entity_type", "at", "hash", "order", "account_set", "accounts", "counts", "credentials": [{"id", "name",
--- "display_name", "status", "network", "event_id"}]}. A credential connected again keeps its connection:
--- its reference joins `references`, it takes the new status (an event when that status changes).
+-- "entity_type", "at", "hash", "order", "account_set", "accounts", "counts", "deleting" (the deletions
+-- under way), "credentials": [{"id", "name", "display_name", "status", "network", "event_id"}]}. A
+-- credential connected again keeps its connection: its reference joins `references`, it takes the new
+-- status (an event when that status changes), and a deletion of it still asked for is called off (the
+-- deletion's task then calls nothing; one whose call was under way keeps the connection, for the next
+-- health check to settle: connection_delete.lua).
 local function connect_credentials(made, route, now_ms)
   for _, credential in ipairs(made.credentials) do
     local stored = redis.call("HGET", made.hash, credential.id)
@@ -75,6 +78,10 @@ local function connect_credentials(made, route, now_ms)
     record.network, record.entity_type = credential.network, made.entity_type
     record.name, record.display_name = credential.name, credential.display_name
     record.flow_id, record._account, record._touched = made.flow_id, made.account, now_ms
+    if record._deleting ~= nil then
+      record._deleting = nil
+      redis.call("ZREM", made.deleting, made.tenant .. ":" .. credential.id)
+    end
     if made.reference ~= cjson.null and made.reference ~= nil then
       local known = false
       for _, reference in ipairs(record.references) do
