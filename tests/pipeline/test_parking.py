@@ -21,7 +21,13 @@ from worker.tasks.sweeper import sweep_once
 from worker.tasks.work import TaskContext, TaskOutcome, verify_flow
 from worker.upstream.budget import NoBudgetNow, UpstreamBudget
 from worker.upstream.clients import Upstreams
-from worker.upstream.parking import RAMP_PROBE_SECONDS, RAMP_WINDOW, STRANDED_SECONDS, Unparker
+from worker.upstream.parking import (
+    RAMP_PROBE_SECONDS,
+    RAMP_WINDOW,
+    STRANDED_MARGIN_SECONDS,
+    STRANDED_SECONDS,
+    Unparker,
+)
 from worker.upstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.alone  # budgets of a few tenths of a second: a busy machine would blur them
@@ -271,6 +277,8 @@ def test_an_account_no_worker_knows_fails_its_parked_flows_and_is_forgotten() ->
     assert parked(context) == [second, third]
     overdue = store.clock.now() - STRANDED_SECONDS - 1  # nobody moved it on
     store.redis.zadd(names.parked_accounts, {parked_set: overdue})
+    near = store.clock.now() + STRANDED_MARGIN_SECONDS - 1  # and their deadlines come (their scores)
+    store.redis.zadd(parked_set, {second: near, third: near})
     stranger.release_due()
     for flow_id in (second, third):
         ended = store.events(flow_id)[-1]

@@ -18,6 +18,7 @@ import redis
 from tests.support.flows import callback, consent, events_of, wait_for_event
 from tests.support.stack import Pipeline, RedisServer, start_pipeline, start_sandbox
 from worker.keys import RedisNames
+from worker.upstream.parking import STRANDED_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -189,6 +190,15 @@ def test_a_deploy_that_adds_a_tenant_loses_none_of_its_flows_to_a_worker_started
             assert callback(consent(flow["redirect_url"])).status_code in (200, 303)
         assert events_of(pipeline, acme["flow_id"])[-1]["type"] == "connection.completed"
         time.sleep(3)  # the old worker took globex's task more than once meanwhile
+        # as if the new workers came more than STRANDED_SECONDS after the shim: no worker has known
+        # globex's account for that long, and its flow still waits while its token lives
+        names, client = RedisNames(pipeline.prefix), pipeline.redis()
+        parked_set = names.account(GLOBEX_OKTOPOST[0]).parked_flows
+        assert client.zadd(
+            names.parked_accounts, {parked_set: time.time() - STRANDED_SECONDS - 1}, xx=True, ch=True
+        )
+        client.close()
+        time.sleep(2)  # the old worker's unparker looks at least once a second
         status = httpx.get(
             f"{pipeline.shim_url}/v1/authorizations/{globex['flow_id']}", headers=GLOBEX, timeout=5
         )

@@ -299,8 +299,9 @@ def _then_finish(budget: UpstreamBudget, answered: list[Grant], asked: list[Aske
 def _unconfigured(context: TaskContext, flow: Flow, owner: str, account: str) -> TaskOutcome:
     """No credentials for the flow's account in this worker: a deploy that adds a tenant may have started
     the shim (or other workers) with it before this worker. The flow is parked under its account, for
-    the unparker of a worker that knows the account; when none does (the account left the
-    configuration), any unparker fails it after STRANDED_SECONDS (worker.upstream.parking)."""
+    the unparker of a worker that knows the account; while none does (the account left the
+    configuration, or its workers have not started yet), it waits until STRANDED_MARGIN_SECONDS before its
+    deadline, when any unparker fails it (worker.upstream.parking)."""
     names = context.store.names.account(account)
     if not context.store.park(flow, owner, names, "", UNKNOWN_ACCOUNT_WAIT):
         return _recorded(context, TaskOutcome.SKIPPED)

@@ -10,9 +10,10 @@ step (release_parked.lua). Several unparkers are safe: a flow leaves the parked 
 A parked flow that no slot can come for before its deadline ends at once, as a task waiting in its
 thread would: `authorization.expired` with reason `upstream_blocked` when the account's pause or its
 day's limit outlives it, without a reason when the budget is merely too busy. An account that no worker
-knows any more (removed from the configuration) is overdue for good: after STRANDED_SECONDS any
-unparker fails its parked flows (`unauthorized`, as their tasks would) and forgets the account, so later
-callbacks of it are queued, not parked.
+knows (removed from the configuration, or added and its workers not started yet) is overdue for good
+after STRANDED_SECONDS: its flows wait on for a worker that knows it until STRANDED_MARGIN_SECONDS before
+their deadlines, when any unparker fails them (`unauthorized`, as their tasks would); once none is left
+it forgets the account, so later callbacks of it are queued, not parked.
 
 After a pause (a 429), the account's flows go out through a window: one call first, then RAMP_WINDOW
 calls in flight, the next as soon as one ends here, so a new 429 meets a call or two, not every parked
@@ -52,9 +53,12 @@ MAX_IDLE_SECONDS = 1.0
 # broker's and the task's start-up to the budget, a tenth of its rate on a busy machine. A task that
 # starts early holds its thread until then: a tenth of a second at most.
 LEAD_SECONDS = 0.1
-# An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look):
-# long enough for a deploy that adds a tenant to start the workers that know its account
+# An account overdue this long has no unparker that knows it (a knowing one moves its moment at each look).
 STRANDED_SECONDS = 30.0
+# Its flows still wait for a worker that knows it (a deploy that adds a tenant may start those workers
+# after the shim, minutes later) until this long before their deadlines: then they fail, with the reason,
+# before the sweeper would end them as expired.
+STRANDED_MARGIN_SECONDS = 5.0
 # After a pause, the ramp is over once this many calls have ended since (or after account.RAMP_SECONDS).
 RAMP_CALLS = 32
 # While a ramp lasts, the most calls in flight once the first call after the pause has ended: what a new
@@ -142,7 +146,7 @@ class Unparker(BackgroundThreads):
             budget = self.budgets(account)
             if budget is None:  # a worker that knows the account releases its flows, unless none does
                 if due < now - STRANDED_SECONDS:
-                    self._fail_stranded(account)
+                    self._fail_stranded(account, now)
                 continue
             try:
                 count, due_in = self.release(budget)
@@ -249,16 +253,17 @@ class Unparker(BackgroundThreads):
         except Exception as error:  # it expires at its deadline instead
             log.warning("parked flow %s: ending it failed: %s", flow_id, type(error).__name__)
 
-    def _fail_stranded(self, parked_set: str) -> None:
-        """Fails the parked flows of an account no worker knows, a batch at a time, and forgets the account
-        once none is left."""
+    def _fail_stranded(self, parked_set: str, now: float) -> None:
+        """Fails the parked flows of an account no worker knows whose deadlines are near, a batch at a time,
+        and forgets the account once none is left."""
         store = self.store
-        flow_ids = [text(member) for member in store.redis.zrange(parked_set, 0, BATCH - 1)]
+        last = now + STRANDED_MARGIN_SECONDS  # a parked flow's score is its deadline
+        flow_ids = [text(member) for member in store.redis.zrangebyscore(parked_set, "-inf", last, 0, BATCH)]
         for flow_id in flow_ids:
             flow = store.get(flow_id)
             if flow is None or flow.state not in WORKING_STATES:
                 continue
-            message = f"Oktopost account {store.account_of(flow)} is no longer configured"
+            message = f"Oktopost account {store.account_of(flow)} is not configured on any worker"
             if store.fail_unclaimed(flow, UnauthorizedError.code, message).done:
                 log.warning("parked flow %s failed: %s", flow_id, message)
         self._drop(keys=[parked_set, store.names.parked_accounts], args=flow_ids)
