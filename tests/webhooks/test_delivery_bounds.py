@@ -191,6 +191,34 @@ def test_an_endpoint_gets_a_bounded_number_of_attempts_at_once_across_workers(se
     assert setup.courier.attempt(ids[-1]).outcome == "delivered"
 
 
+def test_an_attempt_that_ends_hands_its_place_to_the_first_waiting_delivery(setup: Setup) -> None:
+    """A backlog at an endpoint that answers at once drains as fast as it answers: each attempt's end
+    makes the next waiting delivery's turn now, for its task to be queued at once, instead of each
+    waiting for a turn a share of the timeout after the one before."""
+    ids = [new_delivery(setup, 300 + number) for number in range(ENDPOINT_IN_FLIGHT + 6)]
+    hanging = ids[:ENDPOINT_IN_FLIGHT]  # other workers' attempts fill the endpoint
+    attempts = [setup.webhooks.begin_attempt(delivery_id, 30, ENDPOINT_IN_FLIGHT) for delivery_id in hanging]
+    waiting = ids[ENDPOINT_IN_FLIGHT:]
+    turns = [setup.courier.attempt(delivery_id) for delivery_id in waiting]
+    assert [turn.outcome for turn in turns] == ["deferred"] * len(waiting)
+    assert (turns[-1].again_in or 0) > 2.0  # six turns behind one another, half a second apart
+    first = attempts[0]
+    assert isinstance(first, Attempt)
+    ended = setup.webhooks.end_attempt(hanging[0], first, "delivered", 204)
+    assert ended is not None
+    assert ended.waiting == waiting[0]
+    handed = ended.waiting
+    delivered = []
+    while handed:  # each task queued at once by the attempt before it
+        result = setup.courier.attempt(handed)
+        assert result.outcome == "delivered", result
+        delivered.append(handed)
+        handed = result.waiting
+    assert delivered == waiting
+    # a task that comes at the turn it was first given finds its delivery done
+    assert setup.courier.attempt(waiting[-1]).outcome == "over"
+
+
 def test_a_late_2xx_of_an_attempt_whose_lease_lapsed_is_counted_while_the_delivery_is_pending(
     setup: Setup,
 ) -> None:

@@ -3,10 +3,13 @@
 -- nothing, unless it was answered 2xx while the delivery is still pending: then the delivery is
 -- delivered (the receiver has it; another attempt in flight is fenced out in turn).
 -- It also keeps the endpoint's failing streak (since when no attempt got a 2xx) and, when the
--- delivery is over, hands the flow's turn at this endpoint to its next event.
+-- delivery is over, hands the flow's turn at this endpoint to its next event. The attempt's place in
+-- flight goes to that event, or else to the first delivery waiting for one at the endpoint
+-- (webhook_wait_turn.lua), whose turn becomes now: an endpoint that answers at once drains a backlog as
+-- fast as it answers, not one turn (a share of WEBHOOK_TIMEOUT_SECONDS) at a time.
 --
 -- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending, 4 the endpoint's attempts in
---       flight (sorted sets), 5 the endpoint's hash
+--       flight (sorted sets), 5 the endpoint's hash, 6 the endpoint's waiting deliveries (sorted set)
 -- ARGV: 1 delivery id, 2 owner id, 3 "delivered" | "retry" | "failed", 4 the answer's status code or "",
 --       5 seconds until the next attempt (retry), 6 seconds to keep the delivery's hash from now,
 --       7 seconds of failing after which the endpoint is to be disabled, 8 seconds the next event of
@@ -14,7 +17,8 @@
 --       prefix of a flow's deliveries to this endpoint not over yet (sorted set by seq; flow id follows),
 --       10 the prefix of a tenant's deliveries pending (sorted set; the tenant follows)
 -- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or "", the flow's next delivery
---         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or ""}
+--         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or "",
+--         the waiting delivery whose turn is now or ""} (the caller queues the tasks of the two at once)
 
 local delivery, due, pending, endpoint = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 local delivery_id, outcome = ARGV[1], ARGV[3]
@@ -65,5 +69,13 @@ else
     redis.call("ZADD", due, "XX", now + tonumber(ARGV[8]), successor)
   end
 end
+local waiting = ""
+if successor == "" then
+  local first = redis.call("ZRANGE", KEYS[6], 0, 0)
+  if #first > 0 and first[1] ~= delivery_id then
+    waiting = first[1]
+    redis.call("ZADD", KEYS[6], "XX", now, waiting)
+  end
+end
 redis.call("EXPIRE", delivery, ARGV[6])
-return {"ok", attempts, tostring(next_at), successor, disable}
+return {"ok", attempts, tostring(next_at), successor, disable, waiting}

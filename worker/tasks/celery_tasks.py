@@ -116,6 +116,8 @@ def deliver(delivery_id: str) -> str:
         deliver.apply_async(args=[delivery_id], countdown=min(result.again_in, longest_countdown()))
     if result.successor:  # the flow's next event at that endpoint was held behind this one
         deliver.apply_async(args=[result.successor])
+    if result.waiting:  # this attempt's place at the endpoint goes to a delivery waiting for one
+        deliver.apply_async(args=[result.waiting])
     return result.outcome
 
 

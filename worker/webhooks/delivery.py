@@ -55,6 +55,7 @@ class AttemptResult:
     outcome: str
     again_in: float | None = None
     successor: str = ""  # the flow's next delivery to the endpoint, whose turn it is now: queue its task
+    waiting: str = ""  # the endpoint's waiting delivery whose turn the attempt's end made now: queue it too
 
 
 @dataclass
@@ -240,9 +241,9 @@ class Courier:
             self._disable(taken.endpoint_id, recorded.failing_since)
         if outcome == "retry":
             log.info("delivery %s: attempt %d %s, next in %.0f s", delivery_id, attempts, result, wait)
-            return AttemptResult("retry", wait, recorded.successor)
+            return AttemptResult("retry", wait, recorded.successor, recorded.waiting)
         log.info("delivery %s: %s after %d attempt(s)", delivery_id, outcome, attempts)
-        return AttemptResult(outcome, None, recorded.successor)
+        return AttemptResult(outcome, None, recorded.successor, recorded.waiting)
 
     def _disable(self, endpoint_id: str, failing_since: float) -> None:
         endpoint = self.store.endpoint(endpoint_id)

@@ -140,12 +140,14 @@ class NoAttempt:
 @dataclass(frozen=True, slots=True)
 class AttemptEnd:
     """What recording an attempt's outcome found: the delivery's attempts so far; the flow's next
-    delivery to this endpoint, whose turn it is now ("": none); and, when the endpoint has been failing
-    long enough to be disabled, since when (epoch seconds)."""
+    delivery to this endpoint, whose turn it is now ("": none); when the endpoint has been failing
+    long enough to be disabled, since when (epoch seconds); and, without a successor, the delivery
+    waiting at the endpoint whose turn the attempt's end made now ("": none)."""
 
     attempts: int
     successor: str = ""
     failing_since: float | None = None
+    waiting: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,6 +697,7 @@ class WebhookStore:
                 self.names.webhook_pending,
                 self.names.webhook_in_flight(endpoint_id),
                 self.names.webhook_endpoint(endpoint_id),
+                self.names.webhook_waiting(endpoint_id),
             ],
             args=[
                 delivery_id,
@@ -712,7 +715,7 @@ class WebhookStore:
         if text(result[0]) == "fenced":
             return None
         since = text(result[4])
-        return AttemptEnd(int(result[1]), text(result[3]), float(since) if since else None)
+        return AttemptEnd(int(result[1]), text(result[3]), float(since) if since else None, text(result[5]))
 
     def wait_turn(self, delivery_id: str, spacing: float, lease: float) -> float | None:
         """A turn for a due delivery that found no slot, behind its endpoint's other waiting ones
