@@ -2,7 +2,7 @@
 // its result back.
 //
 //   <script src="{PUBLIC_BASE_URL}/static/connect.js"></script>
-//   OktopostConnect.open(redirectUrl, {
+//   OktopostConnect.open(startUrl, {  // the flow's start_url (its redirect_url works too, unbound)
 //     onResult: function (result) { /* {type: "oktopost-connect:result", flow_id, status} */ },
 //     onClose: function () { /* the user closed the popup before the end */ }
 //   });
@@ -19,9 +19,9 @@
   var script = document.currentScript;
   var shimOrigin = script ? new URL(script.src, global.location.href).origin : null;
 
-  function open(redirectUrl, options) {
+  function open(url, options) {
     var callbacks = options || {};
-    var popup = global.open(redirectUrl, "oktopost-connect", FEATURES);
+    var popup = global.open(url, "oktopost-connect", FEATURES);
     if (!popup) {
       return null;
     }

@@ -32,7 +32,7 @@ def partner_page(stack: HostedStack) -> Iterator[list[dict[str, Any]]]:
 
     def start() -> dict[str, Any]:
         started.append(stack.start_flow("LinkedIn", ui="popup"))
-        return {"redirect_url": started[-1]["redirect_url"]}
+        return {"start_url": started[-1]["start_url"]}  # what the example page opens
 
     page = EXAMPLE.read_text().replace(PLACEHOLDER_SHIM, stack.shim_origin)
     stack.partner.pages["/connect.html"] = page.encode()
