@@ -315,8 +315,21 @@ def parse_event(raw: str | bytes) -> Event:
     return EVENT_ADAPTER.validate_json(raw)
 
 
+# `at` as every event writes it: UTC, with milliseconds (utc_timestamp)
+AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+
+
 def event_json_schema() -> dict[str, Any]:
+    """The models' schema, made as strict as the events are: a published event carries every field of its
+    model (the models' defaults serve those who build one), `seq` from 1, `at` as utc_timestamp writes it."""
     schema = EVENT_ADAPTER.json_schema()
+    for reference in schema["discriminator"]["mapping"].values():
+        definition = schema["$defs"][reference.rsplit("/", 1)[-1]]
+        properties = definition["properties"]
+        definition["required"] = list(properties)
+        if "seq" in properties:
+            properties["seq"]["minimum"] = 1
+        properties["at"]["pattern"] = AT_PATTERN
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://github.com/oktopost-connect/oktopost-connect/event.schema.json",
