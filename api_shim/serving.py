@@ -24,6 +24,7 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -75,7 +76,12 @@ class HeadTimeoutProtocol(H11Protocol):
 
 
 async def overloaded(scope: Scope, receive: Receive, send: Send) -> None:
-    """The answer to a request past `--limit-concurrency`, as every other refusal of the shim reads."""
+    """The answer to a request past `--limit-concurrency`, as every other refusal of the shim reads; but
+    the liveness probe's is its usual 200: a busy shim is alive, and an orchestrator that restarted it
+    for being busy would only make it busier (`/readyz` is refused, taking it out of rotation meanwhile)."""
+    if scope.get("path") == "/healthz" and scope.get("method") in ("GET", "HEAD"):
+        await JSONResponse({"status": "ok"})(scope, receive, send)
+        return
     message = "the shim is serving as many requests as it may: try again in a moment"
     response = error_response(503, "overloaded", message, headers={"Retry-After": "1"})
     await BrowserHeaders(response)(scope, receive, send)

@@ -178,7 +178,8 @@ def test_a_request_past_the_concurrency_limit_gets_the_shims_own_503(
     redis_server: RedisServer, sandbox: Sandbox
 ) -> None:
     """`shim --limit-concurrency 2` with two connections held open: the third connection's request is
-    refused before the app, as any refusal of the shim reads (JSON error, Retry-After, browser headers)."""
+    refused before the app, as any refusal of the shim reads (JSON error, Retry-After, browser headers),
+    all but the liveness probe's."""
     port = free_port()
     env = pipeline_env(redis_server.url, sandbox.url, port)
     shim = start_cli(["shim", "--port", str(port), "--limit-concurrency", "2"], env=env, name="shim")
@@ -195,6 +196,11 @@ def test_a_request_past_the_concurrency_limit_gets_the_shims_own_503(
         assert answer.headers["cache-control"] == "no-store"
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert "referrer-policy" in answer.headers
+        # a busy shim is alive (a liveness probe must not restart it), and not ready (out of rotation)
+        alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert (ready.status_code, ready.json()["error"]["code"]) == (503, "overloaded")
     finally:
         for connection in held:
             connection.close()
