@@ -15,6 +15,7 @@ from worker.flows.flow import Flow, FlowState, Lifetimes, token_fingerprint
 from worker.flows.store import FlowStore, RequeueOutcome, TakeOutcome
 from worker.flows.transition import TransitionOutcome
 from worker.keys import RedisNames
+from worker.observing.metrics import WorkersCollector
 from worker.tasks.sweeper import Sweeper
 
 TOKEN = "591c6053d81978.11578446867279657339b29ad2799b11ca4ff883"
@@ -228,6 +229,21 @@ def test_a_named_sweeper_marks_its_worker_consuming_until_it_stops(store: FlowSt
     assert (delivering, flows) == (marked, None)
     assert store.redis.zscore(store.names.workers, "w1@host") is None
     assert store.redis.zscore(store.names.queue_workers("deliveries"), "w1@host") is None
+
+
+def test_the_workers_by_kind_of_task_count_a_worker_of_an_earlier_version_as_serving_both(
+    store: FlowStore,
+) -> None:
+    """NoWorkerConsuming reads okc_queue_workers: a deploy that restarts the shim first must not see the
+    workers it has not restarted yet (marked as workers only) as serving nothing."""
+    now = store.clock.now()
+    names = store.names
+    store.redis.zadd(names.workers, {"old@host": now, "deliveries@host": now, "gone@host": now - 60})
+    store.redis.zadd(names.queue_workers("deliveries"), {"deliveries@host": now})
+    families = {family.name: family for family in WorkersCollector(store.redis, names).collect()}
+    assert [sample.value for sample in families["okc_workers_consuming"].samples] == [2]
+    counts = {sample.labels["queue"]: sample.value for sample in families["okc_queue_workers"].samples}
+    assert counts == {"flows": 1, "deliveries": 2}
 
 
 def test_every_event_carries_its_tenant_and_reaches_the_all_flows_stream_and_the_tenant_channel(

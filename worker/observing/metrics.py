@@ -285,15 +285,18 @@ class WorkersCollector(Collector):
             fresh_since = int(seconds) + int(microseconds) / 1e6 - WORKER_FRESH_SECONDS
             with self.redis.pipeline(transaction=False) as pipe:
                 for key in self.keys:
-                    pipe.zcount(key, fresh_since, "+inf")
-                consuming, *serving = [int(count) for count in pipe.execute()]
+                    pipe.zrangebyscore(key, fresh_since, "+inf")
+                every, *marked = [set(members) for members in pipe.execute()]
         except redis.RedisError:
             return
         yield GaugeMetricFamily(
             "okc_workers_consuming",
             f"Workers that showed they are consuming tasks within the last {WORKER_FRESH_SECONDS:g} s",
-            value=consuming,
+            value=len(every),
         )
+        # a worker of a version before the marks by kind serves both, as a worker does unless told otherwise
+        unmarked = every.difference(*marked)
+        serving = [len(members | unmarked) for members in marked]
         queues = GaugeMetricFamily(
             "okc_queue_workers",
             f"Workers that showed they are consuming one kind of task (flows, deliveries) within the last"
