@@ -219,6 +219,52 @@ def test_an_attempt_that_ends_hands_its_place_to_the_first_waiting_delivery(setu
     assert setup.courier.attempt(waiting[-1]).outcome == "over"
 
 
+def test_attempts_that_end_together_hand_their_places_to_two_deliveries(setup: Setup) -> None:
+    ids = [new_delivery(setup, 400 + number) for number in range(ENDPOINT_IN_FLIGHT + 2)]
+    hanging, waiting = ids[:ENDPOINT_IN_FLIGHT], ids[ENDPOINT_IN_FLIGHT:]
+    attempts = [setup.webhooks.begin_attempt(delivery_id, 30, ENDPOINT_IN_FLIGHT) for delivery_id in hanging]
+    assert [setup.courier.attempt(delivery_id).outcome for delivery_id in waiting] == ["deferred"] * 2
+    ends = []
+    for delivery_id, attempt in zip(hanging[:2], attempts[:2], strict=True):
+        assert isinstance(attempt, Attempt)
+        ended = setup.webhooks.end_attempt(delivery_id, attempt, "delivered", 204)
+        assert ended is not None
+        ends.append(ended.waiting)
+    assert ends == waiting  # before either handed task began: one place each
+    assert [setup.courier.attempt(delivery_id).outcome for delivery_id in ends] == ["delivered"] * 2
+
+
+def test_a_hand_off_passes_over_a_delivery_held_behind_its_flow_or_failed_meanwhile(setup: Setup) -> None:
+    """A waiting delivery that cannot take the place (its flow's earlier event is still retried, or it
+    was failed by a disable) leaves the waiting set and is passed over: it would take every hand-off."""
+
+    def delivery_of_the_last_event() -> str:
+        _, fields = setup.flows.redis.xrange(setup.flows.names.all_events_stream)[-1]
+        delivery_id = setup.webhooks.create_delivery(
+            setup.endpoint, json.loads(fields[b"event"]), fields[b"event"]
+        )
+        assert delivery_id is not None
+        return delivery_id
+
+    setup.receiver.statuses = [503]
+    flow = setup.flows.create("b" * 40, "LinkedIn", "profile", "ref", None)
+    assert setup.courier.attempt(delivery_of_the_last_event()).outcome == "retry"  # its next event waits
+    setup.receiver.statuses = [200]
+    assert setup.flows.claim_callback(flow, "okt-token-held").done
+    held = delivery_of_the_last_event()
+    failed, ready, *ending = [new_delivery(setup, 500 + number) for number in range(4)]
+    for holder in "abcd":  # this process's slots are all taken a moment: the three wait for turns
+        assert setup.courier.slots.take(holder, f"wh_{holder}")
+    assert [setup.courier.attempt(d).outcome for d in (held, failed, ready)] == ["deferred"] * 3
+    for holder in "abcd":
+        setup.courier.slots.give_back(holder, f"wh_{holder}", True)
+    setup.flows.redis.hset(setup.flows.names.webhook_delivery(failed), "status", "failed")
+    handed = setup.courier.attempt(ending[0])
+    assert (handed.outcome, handed.waiting) == ("delivered", ready)
+    waiting = setup.flows.redis.zrange(setup.flows.names.webhook_waiting(setup.endpoint.id), 0, -1)
+    assert waiting == []  # the held and the failed ones left with it: they hold no later hand-off
+
+
 def test_a_late_2xx_of_an_attempt_whose_lease_lapsed_is_counted_while_the_delivery_is_pending(
     setup: Setup,
 ) -> None:

@@ -5,8 +5,11 @@
 -- It also keeps the endpoint's failing streak (since when no attempt got a 2xx) and, when the
 -- delivery is over, hands the flow's turn at this endpoint to its next event. The attempt's place in
 -- flight goes to that event, or else to the first delivery waiting for one at the endpoint
--- (webhook_wait_turn.lua), whose turn becomes now: an endpoint that answers at once drains a backlog as
--- fast as it answers, not one turn (a share of WEBHOOK_TIMEOUT_SECONDS) at a time.
+-- (webhook_wait_turn.lua) that can take it: it leaves the waiting set (two attempts that end together
+-- hand their places to two deliveries), and so do the ones passed over on the way, over (failed by a
+-- disable, say) or held behind their flow's earlier event (whose end queues them). An endpoint that
+-- answers at once drains a backlog as fast as it answers, not one turn (a share of
+-- WEBHOOK_TIMEOUT_SECONDS) at a time.
 --
 -- KEYS: 1 the delivery's hash, 2 deliveries due, 3 deliveries pending, 4 the endpoint's attempts in
 --       flight (sorted sets), 5 the endpoint's hash, 6 the endpoint's waiting deliveries (sorted set)
@@ -15,7 +18,8 @@
 --       7 seconds of failing after which the endpoint is to be disabled, 8 seconds the next event of
 --       the flow gets before its task is queued again (it is queued at once by the caller), 9 the
 --       prefix of a flow's deliveries to this endpoint not over yet (sorted set by seq; flow id follows),
---       10 the prefix of a tenant's deliveries pending (sorted set; the tenant follows)
+--       10 the prefix of a tenant's deliveries pending (sorted set; the tenant follows), 11 the prefix of
+--       a delivery's hash (its id follows)
 -- Returns {"fenced"} | {"ok", attempts, next attempt's epoch seconds or "", the flow's next delivery
 --         id or "", the epoch seconds the endpoint has been failing since (when it is to be disabled) or "",
 --         the waiting delivery whose turn is now or ""} (the caller queues the tasks of the two at once)
@@ -70,11 +74,21 @@ else
   end
 end
 local waiting = ""
-if successor == "" then
+local looks = 16  -- deliveries passed over at most: the script stays short, the rest wait their turns
+while successor == "" and waiting == "" and looks > 0 do
   local first = redis.call("ZRANGE", KEYS[6], 0, 0)
-  if #first > 0 and first[1] ~= delivery_id then
-    waiting = first[1]
-    redis.call("ZADD", KEYS[6], "XX", now, waiting)
+  if #first == 0 then
+    break
+  end
+  looks = looks - 1
+  local candidate = first[1]
+  redis.call("ZREM", KEYS[6], candidate)
+  local fields = redis.call("HMGET", ARGV[11] .. candidate, "status", "flow_id")
+  if candidate ~= delivery_id and fields[1] == "pending" then
+    local ahead = redis.call("ZRANGE", ARGV[9] .. (fields[2] or ""), 0, 0)
+    if #ahead == 0 or ahead[1] == candidate or redis.call("HGET", ARGV[11] .. ahead[1], "status") ~= "pending" then
+      waiting = candidate
+    end
   end
 end
 redis.call("EXPIRE", delivery, ARGV[6])

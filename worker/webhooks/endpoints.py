@@ -710,6 +710,7 @@ class WebhookStore:
                 HELD_RECHECK_SECONDS,
                 self.names.webhook_flow_order(endpoint_id, ""),
                 self.names.webhook_tenant_pending(""),
+                self.names.webhook_delivery(""),
             ],
         )
         if text(result[0]) == "fenced":
