@@ -106,6 +106,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def worker(argv: Sequence[str]) -> int:
+    from worker.queueing.names import QUEUE_KINDS, kind_queues
+
     parser = argparse.ArgumentParser(
         prog="oktopost-connect worker", description="Run a Celery worker (threads pool) for the pipeline."
     )
@@ -113,7 +115,7 @@ def worker(argv: Sequence[str]) -> int:
     parser.add_argument("--hostname", "-n", default=None, help="Celery node name (default celery@HOST)")
     parser.add_argument(
         "--serve",
-        choices=["both", "flows", "deliveries"],
+        choices=["both", *QUEUE_KINDS],
         default="both",
         help="the queues served: flows' tasks, webhook deliveries, or both (default both)",
     )
@@ -124,14 +126,10 @@ def worker(argv: Sequence[str]) -> int:
     from worker.observing.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    from worker.queueing.names import deliveries_queue, flows_queue
     from worker.tasks.celery_app import app
 
-    queues = {
-        "flows": [flows_queue(settings.channel_prefix)],
-        "deliveries": [deliveries_queue(settings.channel_prefix)],
-        "both": [flows_queue(settings.channel_prefix), deliveries_queue(settings.channel_prefix)],
-    }[args.serve]
+    by_kind = kind_queues(settings.channel_prefix)
+    queues = list(by_kind.values()) if args.serve == "both" else [by_kind[args.serve]]
     options = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency), "-Q", ",".join(queues)]
     options += ["--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
     if args.hostname:

@@ -28,3 +28,8 @@ def flows_queue(prefix: str) -> str:
 
 def deliveries_queue(prefix: str) -> str:
     return f"{flows_queue(prefix)}.webhooks"
+
+
+def kind_queues(prefix: str) -> dict[str, str]:
+    """Each kind of task (QUEUE_KINDS) and its queue."""
+    return {FLOWS: flows_queue(prefix), DELIVERIES: deliveries_queue(prefix)}

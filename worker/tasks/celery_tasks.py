@@ -29,8 +29,7 @@ from worker.queueing.names import (
     DELIVERIES,
     FLOWS,
     VERIFY_TASK,
-    deliveries_queue,
-    flows_queue,
+    kind_queues,
 )
 from worker.tasks import runtime, work
 from worker.tasks.celery_app import app
@@ -190,9 +189,7 @@ def _start_background_threads(sender: object = None, **_: object) -> None:
     _graceful = GracefulStop(store, tasks, leases, settings.worker_shutdown_grace_seconds)
     accounts = [budget.account for budget in budgets.values()]
     served = set(app.amqp.queues.consume_from or app.amqp.queues)
-    prefix = settings.channel_prefix
-    queues = {FLOWS: flows_queue(prefix), DELIVERIES: deliveries_queue(prefix)}
-    serves = [kind for kind, queue in queues.items() if queue in served]
+    serves = [kind for kind, queue in kind_queues(settings.channel_prefix).items() if queue in served]
     _sweeper = Sweeper(store, tasks, name=name, accounts=accounts, metrics=metrics, serves=serves)
     _sweeper.start()
     if FLOWS in serves:  # a worker serving flows releases parked ones
