@@ -73,21 +73,27 @@ else
     redis.call("ZADD", due, "XX", now + tonumber(ARGV[8]), successor)
   end
 end
-local waiting = ""
-local looks = 16  -- deliveries passed over at most: the script stays short, the rest wait their turns
-while successor == "" and waiting == "" and looks > 0 do
-  local first = redis.call("ZRANGE", KEYS[6], 0, 0)
-  if #first == 0 then
-    break
-  end
-  looks = looks - 1
-  local candidate = first[1]
-  redis.call("ZREM", KEYS[6], candidate)
+-- whether a waiting delivery can take the place: pending, and no earlier event of its flow pending ahead
+local function can_go(candidate)
   local fields = redis.call("HMGET", ARGV[11] .. candidate, "status", "flow_id")
-  if candidate ~= delivery_id and fields[1] == "pending" then
-    local ahead = redis.call("ZRANGE", ARGV[9] .. (fields[2] or ""), 0, 0)
-    if #ahead == 0 or ahead[1] == candidate or redis.call("HGET", ARGV[11] .. ahead[1], "status") ~= "pending" then
-      waiting = candidate
+  if candidate == delivery_id or fields[1] ~= "pending" then
+    return false
+  end
+  local ahead = redis.call("ZRANGE", ARGV[9] .. (fields[2] or ""), 0, 0)
+  return #ahead == 0 or ahead[1] == candidate or redis.call("HGET", ARGV[11] .. ahead[1], "status") ~= "pending"
+end
+
+local waiting = ""
+if successor == "" then
+  for _ = 1, 16 do  -- deliveries passed over at most: the script stays short, the rest wait their turns
+    local first = redis.call("ZRANGE", KEYS[6], 0, 0)
+    if #first == 0 then
+      break
+    end
+    redis.call("ZREM", KEYS[6], first[1])
+    if can_go(first[1]) then
+      waiting = first[1]
+      break
     end
   end
 end
